@@ -1,0 +1,133 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// app is an app as the API returns it.
+type app struct {
+	ID            int64     `json:"id"`
+	Name          string    `json:"name"`
+	Repo          string    `json:"repo"`
+	CreatedAt     time.Time `json:"created_at"`
+	WebhookURL    string    `json:"webhook_url"`
+	WebhookSecret string    `json:"webhook_secret,omitempty"`
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func appCmd(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "app", Short: "Manage apps (repositories Hangar builds)"}
+	var repo, secret string
+	var asJSON bool
+	add := &cobra.Command{
+		Use:   "add NAME --repo URL_OR_PATH [--webhook-secret S]",
+		Short: "Register an app",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			var a app
+			req := map[string]string{"name": args[0], "repo": repo, "webhook_secret": secret}
+			if err := c.do(cmd.Context(), "POST", "/api/v1/apps", req, &a); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a)
+			}
+			fmt.Printf("Added app %s (%s)\n", a.Name, a.Repo)
+			fmt.Printf("Webhook URL:    %s\n", a.WebhookURL)
+			if secret == "" {
+				fmt.Printf("Webhook secret: %s (shown once)\n", a.WebhookSecret)
+			}
+			fmt.Printf("Start a build:  hangar build start %s --follow\n", a.Name)
+			return nil
+		},
+	}
+	add.Flags().StringVar(&repo, "repo", "", "git URL or local path of the repository (required)")
+	add.Flags().StringVar(&secret, "webhook-secret", "", "secret of the GitHub webhook (default: a random one, shown once)")
+	add.Flags().BoolVar(&asJSON, "json", false, "print the app as JSON")
+	_ = add.MarkFlagRequired("repo")
+
+	var listJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List apps",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			var apps []app
+			if err := c.do(cmd.Context(), "GET", "/api/v1/apps", nil, &apps); err != nil {
+				return err
+			}
+			if listJSON {
+				return printJSON(apps)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tREPOSITORY\tCREATED")
+			for _, a := range apps {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", a.Name, a.Repo, a.CreatedAt.Local().Format(time.DateTime))
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().BoolVar(&listJSON, "json", false, "print JSON")
+
+	var showJSON bool
+	show := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show an app",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			var a app
+			if err := c.do(cmd.Context(), "GET", "/api/v1/apps/"+url.PathEscape(args[0]), nil, &a); err != nil {
+				return err
+			}
+			if showJSON {
+				return printJSON(a)
+			}
+			fmt.Printf("Name:        %s\nRepository:  %s\nWebhook URL: %s\nCreated:     %s\n", a.Name, a.Repo, a.WebhookURL, a.CreatedAt.Local().Format(time.DateTime))
+			return nil
+		},
+	}
+	show.Flags().BoolVar(&showJSON, "json", false, "print JSON")
+
+	del := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete an app with its builds",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			if err := c.do(cmd.Context(), "DELETE", "/api/v1/apps/"+url.PathEscape(args[0]), nil, nil); err != nil {
+				return err
+			}
+			fmt.Printf("Deleted app %s\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(add, list, show, del)
+	return cmd
+}

@@ -1,0 +1,343 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hangar-ci/hangar/internal/build"
+)
+
+func buildCmd(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "build", Short: "Start, follow and inspect builds"}
+	cmd.AddCommand(buildStartCmd(cf), buildShowCmd(cf), buildLogsCmd(cf), buildListCmd(cf), buildCancelCmd(cf))
+	return cmd
+}
+
+func parseID(s string) (int64, error) {
+	id, err := strconv.ParseInt(strings.TrimPrefix(s, "build-"), 10, 64)
+	if err != nil || id <= 0 {
+		return 0, fmt.Errorf("%q is not a build id: ids are positive numbers (see `hangar build list`)", s)
+	}
+	return id, nil
+}
+
+// exitFor is the exit status for a build that ended: 0 only if it finished.
+func exitFor(b *build.Build) error {
+	if b.Status == build.Finished {
+		return nil
+	}
+	msg := ""
+	if b.Message != "" {
+		msg = ": " + b.Message
+	}
+	fmt.Fprintf(os.Stderr, "hangar: build %d %s%s\n", b.ID, b.Status, msg)
+	return &exitError{code: 1}
+}
+
+func buildStartCmd(cf *clientFlags) *cobra.Command {
+	var wf, branch string
+	var follow, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "start APP [--workflow ID] [--branch B] [--follow] [--json]",
+		Short: "Start a build of an app",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			var b build.Build
+			req := map[string]any{"app": args[0], "workflow": wf, "branch": branch}
+			if err := c.do(cmd.Context(), "POST", "/api/v1/builds", req, &b); err != nil {
+				return err
+			}
+			if asJSON && !follow {
+				return printJSON(b)
+			}
+			if !asJSON {
+				fmt.Printf("Build %d of %s: workflow %s, branch %s at %.10s\n", b.ID, b.App, b.Workflow, b.Branch, b.Commit)
+			}
+			if !follow {
+				if b.Status.Done() {
+					return exitFor(&b)
+				}
+				fmt.Printf("Follow it with: hangar build logs %d --follow\n", b.ID)
+				return nil
+			}
+			out := io.Writer(os.Stdout)
+			if asJSON {
+				out = io.Discard
+			}
+			end, err := followBuild(cmd.Context(), c, b.ID, out)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				_ = printJSON(end)
+			}
+			return exitFor(end)
+		},
+	}
+	cmd.Flags().StringVar(&wf, "workflow", "", "workflow id (required when the file has several)")
+	cmd.Flags().StringVar(&branch, "branch", "", "branch to build (default: the repository's default branch)")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "show the steps and their output as the build runs")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the build as JSON (with --follow: once it ends)")
+	return cmd
+}
+
+// followBuild prints a build's progress and log until it ends, and returns
+// it as it ended. The server sends a step's lines before the step's end.
+func followBuild(ctx context.Context, c *client, id int64, out io.Writer) (*build.Build, error) {
+	var steps []build.Step
+	header := map[int]bool{}
+	ended := map[int]bool{}
+	printHeader := func(i int) {
+		if !header[i] && i < len(steps) {
+			header[i] = true
+			fmt.Fprintf(out, "==> %s\n", steps[i].Name)
+		}
+	}
+	err := c.stream(ctx, fmt.Sprintf("/api/v1/builds/%d/logs", id), func(ev sseEvent) bool {
+		switch ev.Event {
+		case "build":
+			var b build.Build
+			if json.Unmarshal([]byte(ev.Data), &b) != nil {
+				return true
+			}
+			steps = b.Steps
+			for i, s := range steps {
+				switch s.Status {
+				case build.StepRunning:
+					printHeader(i)
+				case build.StepSuccess, build.StepFailed, build.StepCanceled:
+					if !ended[i] {
+						printHeader(i)
+						ended[i] = true
+						fmt.Fprintf(out, "%s %s (%s)%s\n", mark(s.Status), s.Name, stepDuration(s), exitNote(s))
+					}
+				}
+			}
+		case "log":
+			var l build.LogLine
+			if json.Unmarshal([]byte(ev.Data), &l) == nil {
+				printHeader(l.Step)
+				fmt.Fprintf(out, "    %s\n", l.Text)
+			}
+		case "end":
+			return false
+		}
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	var b build.Build
+	if err := c.do(ctx, "GET", fmt.Sprintf("/api/v1/builds/%d", id), nil, &b); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(out, "Build %d %s in %s\n", b.ID, b.Status, buildDuration(&b))
+	return &b, nil
+}
+
+func mark(s build.StepStatus) string {
+	switch s {
+	case build.StepSuccess:
+		return "✔"
+	case build.StepFailed:
+		return "✘"
+	case build.StepCanceled:
+		return "■"
+	case build.StepSkipped:
+		return "-"
+	case build.StepRunning:
+		return "▶"
+	}
+	return "·"
+}
+
+func stepDuration(s build.Step) string {
+	if s.DurationMS != nil {
+		return (time.Duration(*s.DurationMS) * time.Millisecond).String()
+	}
+	if s.StartedAt != nil {
+		return time.Since(*s.StartedAt).Round(time.Millisecond).String()
+	}
+	return string(s.Status)
+}
+
+func exitNote(s build.Step) string {
+	if s.ExitCode != nil && *s.ExitCode != 0 {
+		return fmt.Sprintf(", exit status %d", *s.ExitCode)
+	}
+	return ""
+}
+
+func buildDuration(b *build.Build) string {
+	switch {
+	case b.StartedAt == nil:
+		return "-"
+	case b.FinishedAt == nil:
+		return time.Since(*b.StartedAt).Round(time.Second).String()
+	}
+	return b.FinishedAt.Sub(*b.StartedAt).Round(time.Millisecond).String()
+}
+
+func buildShowCmd(cf *clientFlags) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "show ID [--json]",
+		Short: "Show a build and its steps",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			var b build.Build
+			if err := c.do(cmd.Context(), "GET", fmt.Sprintf("/api/v1/builds/%d", id), nil, &b); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(b)
+			}
+			fmt.Printf("Build %d (#%d of %s)\n", b.ID, b.Number, b.App)
+			fmt.Printf("Workflow: %s (%s)\nBranch:   %s at %.10s\nTrigger:  %s\nStatus:   %s\nDuration: %s\n",
+				b.WorkflowName, b.Workflow, b.Branch, b.Commit, b.Trigger, b.Status, buildDuration(&b))
+			if b.Message != "" {
+				fmt.Printf("Message:  %s\n", b.Message)
+			}
+			if len(b.Steps) > 0 {
+				fmt.Println("Steps:")
+				tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+				for _, s := range b.Steps {
+					d := ""
+					if s.Status != build.StepPending && s.Status != build.StepSkipped {
+						d = stepDuration(s)
+					}
+					fmt.Fprintf(tw, "  %s %s\t%s\t%s%s\n", mark(s.Status), s.Name, s.Status, d, exitNote(s))
+				}
+				_ = tw.Flush()
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the build as JSON")
+	return cmd
+}
+
+func buildLogsCmd(cf *clientFlags) *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs ID [--follow]",
+		Short: "Print a build's log",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			if follow {
+				b, err := followBuild(cmd.Context(), c, id, os.Stdout)
+				if err != nil {
+					return err
+				}
+				return exitFor(b)
+			}
+			var b build.Build
+			if err := c.do(cmd.Context(), "GET", fmt.Sprintf("/api/v1/builds/%d", id), nil, &b); err != nil {
+				return err
+			}
+			var lines []build.LogLine
+			if err := c.do(cmd.Context(), "GET", fmt.Sprintf("/api/v1/builds/%d/logs", id), nil, &lines); err != nil {
+				return err
+			}
+			step := -1
+			for _, l := range lines {
+				if l.Step != step {
+					step = l.Step
+					if step < len(b.Steps) {
+						fmt.Printf("==> %s\n", b.Steps[step].Name)
+					}
+				}
+				fmt.Printf("    %s\n", l.Text)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing until the build ends")
+	return cmd
+}
+
+func buildListCmd(cf *clientFlags) *cobra.Command {
+	var appName string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list [--app A]",
+		Short: "List the newest builds",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			var list []build.Build
+			if err := c.do(cmd.Context(), "GET", "/api/v1/builds?app="+url.QueryEscape(appName), nil, &list); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(list)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tAPP\tWORKFLOW\tBRANCH\tCOMMIT\tSTATUS\tTRIGGER\tDURATION")
+			for _, b := range list {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.10s\t%s\t%s\t%s\n", b.ID, b.App, b.Workflow, b.Branch, b.Commit, b.Status, b.Trigger, buildDuration(&b))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&appName, "app", "", "only builds of this app")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func buildCancelCmd(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "cancel ID",
+		Short: "Cancel a build",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			var b build.Build
+			if err := c.do(cmd.Context(), "POST", fmt.Sprintf("/api/v1/builds/%d/cancel", id), nil, &b); err != nil {
+				return err
+			}
+			fmt.Printf("Build %d %s\n", b.ID, b.Status)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,37 @@
+// Command hangar is Hangar's one binary: the service (`hangar server`), the
+// process inside build machines (`hangar builder`) and the client commands.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// exitError ends the program with a code and no further message.
+type exitError struct{ code int }
+
+func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+func main() {
+	root := &cobra.Command{
+		Use:           "hangar",
+		Short:         "Hangar: CI builds on isolated machines you can SSH into",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	var cf clientFlags
+	root.PersistentFlags().StringVar(&cf.server, "server", "", "Hangar server URL (env HANGAR_SERVER, default http://127.0.0.1:8080)")
+	root.PersistentFlags().StringVar(&cf.token, "token", "", "API token (env HANGAR_TOKEN; default: ./hangar-data/admin-token when readable)")
+	root.AddCommand(serverCmd(), builderCmd(), appCmd(&cf), buildCmd(&cf))
+	if err := root.Execute(); err != nil {
+		var ee *exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		fmt.Fprintln(os.Stderr, "hangar:", err)
+		os.Exit(1)
+	}
+}

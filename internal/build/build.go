@@ -1,0 +1,122 @@
+// Package build is Hangar's domain: builds, their steps and the states they
+// move through. It does no I/O.
+package build
+
+import "time"
+
+// Status is the state of a build.
+type Status string
+
+// Build states. A build moves queued -> preparing -> building and ends in
+// exactly one of the final states.
+const (
+	Queued    Status = "queued"
+	Preparing Status = "preparing"
+	Building  Status = "building"
+	Finished  Status = "finished"
+	Failed    Status = "failed"
+	Canceled  Status = "canceled"
+	Timeout   Status = "timeout"
+)
+
+// Done reports whether s is a final state.
+func (s Status) Done() bool {
+	switch s {
+	case Finished, Failed, Canceled, Timeout:
+		return true
+	}
+	return false
+}
+
+// StepStatus is the state of one step.
+type StepStatus string
+
+// Step states.
+const (
+	StepPending  StepStatus = "pending"
+	StepRunning  StepStatus = "running"
+	StepSuccess  StepStatus = "success"
+	StepFailed   StepStatus = "failed"
+	StepSkipped  StepStatus = "skipped"
+	StepCanceled StepStatus = "canceled"
+)
+
+// Trigger says what started a build.
+type Trigger string
+
+// Triggers.
+const (
+	Manual  Trigger = "manual"
+	Webhook Trigger = "webhook"
+)
+
+// Names of the steps every build has before the workflow's scripts.
+const (
+	StepPrepare = "Preparing build machine"
+	StepFetch   = "Fetching app sources"
+)
+
+// Build is one run of a workflow at one commit.
+type Build struct {
+	ID           int64      `json:"id"`
+	App          string     `json:"app"`
+	Number       int64      `json:"number"`
+	Workflow     string     `json:"workflow"`
+	WorkflowName string     `json:"workflow_name"`
+	Branch       string     `json:"branch"`
+	Commit       string     `json:"commit"`
+	Status       Status     `json:"status"`
+	Trigger      Trigger    `json:"trigger"`
+	StartedBy    string     `json:"started_by,omitempty"`
+	Message      string     `json:"message,omitempty"`
+	MaxDuration  int64      `json:"max_build_duration_seconds"`
+	CreatedAt    time.Time  `json:"created_at"`
+	StartedAt    *time.Time `json:"started_at"`
+	FinishedAt   *time.Time `json:"finished_at"`
+	Steps        []Step     `json:"steps"`
+}
+
+// Step is one step of a build.
+type Step struct {
+	Name       string     `json:"name"`
+	Status     StepStatus `json:"status"`
+	ExitCode   *int       `json:"exit_code,omitempty"`
+	StartedAt  *time.Time `json:"started_at"`
+	FinishedAt *time.Time `json:"finished_at"`
+	DurationMS *int64     `json:"duration_ms,omitempty"`
+}
+
+// LogLine is one line of a step's output.
+type LogLine struct {
+	Seq  int64     `json:"seq"`
+	Step int       `json:"step"`
+	Time time.Time `json:"time"`
+	Text string    `json:"text"`
+}
+
+// Spec is what the runner needs to run a build, fixed when it is created
+// (so later changes to the repository's workflow file do not alter it).
+type Spec struct {
+	Repo    string       `json:"repo"`
+	Vars    []string     `json:"vars"` // KEY=VALUE, the workflow's environment.vars
+	Scripts []SpecScript `json:"scripts"`
+	Ignored []string     `json:"ignored,omitempty"` // workflow sections Hangar does not run
+}
+
+// SpecScript is one script of a Spec.
+type SpecScript struct {
+	Name             string `json:"name"`
+	File             string `json:"file"` // kept in the machine as ~/.hangar/steps/File
+	Script           string `json:"script"`
+	IgnoreFailure    bool   `json:"ignore_failure,omitempty"`
+	WorkingDirectory string `json:"working_directory,omitempty"`
+}
+
+// NewSteps returns the steps of a build that runs scripts, all pending.
+func NewSteps(scripts []SpecScript) []Step {
+	steps := []Step{{Name: StepPrepare, Status: StepPending}, {Name: StepFetch, Status: StepPending}}
+	for _, s := range scripts {
+		steps = append(steps, Step{Name: s.Name, Status: StepPending})
+	}
+	return steps
+}

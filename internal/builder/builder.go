@@ -1,0 +1,348 @@
+// Package builder is the process that runs inside a build's machine as
+// `hangar builder`: it links up with its runner (package link), clones the
+// repository, runs the workflow's steps with bash and streams their output.
+package builder
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hangar-ci/hangar/internal/link"
+)
+
+// Config is the builder's configuration, read from its environment by the
+// command that starts it.
+type Config struct {
+	// Home is where the clone and the step scripts go (HANGAR_HOME).
+	Home string
+	// User is the account steps run as (HANGAR_USER); empty: our own.
+	User string
+	// Stdin carries the runner's link.Hello.
+	Stdin io.Reader
+	// Logger takes the builder's own diagnostics (never secrets).
+	Logger *slog.Logger
+}
+
+// Run links up with the runner, runs the job it sends and then waits until
+// the runner closes the link.
+func Run(ctx context.Context, cfg Config) error {
+	hello, err := link.ReadHello(cfg.Stdin)
+	if err != nil {
+		return err
+	}
+	c, err := link.Dial(ctx, hello)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	job, err := c.Job()
+	if err != nil {
+		return err
+	}
+	r, err := newRun(cfg, job, c)
+	if err != nil {
+		_ = c.Send(link.Event{Type: link.Done, Failed: true, Error: err.Error()})
+		return c.Wait()
+	}
+	failed, reason := r.all(ctx)
+	if err := c.Send(link.Event{Type: link.Done, Failed: failed, Error: reason}); err != nil {
+		return err
+	}
+	_ = c.Wait()
+	return nil
+}
+
+// run is one job being executed.
+type run struct {
+	job   *link.Job
+	send  func(link.Event) error
+	home  string
+	dir   string // the clone: $FCI_BUILD_DIR
+	cred  *syscall.Credential
+	uid   int
+	gid   int
+	env   []string // base environment of every step, CM_ENV exports merged in
+	cmEnv string   // path of the CM_ENV file
+}
+
+func newRun(cfg Config, job *link.Job, c *link.Client) (*run, error) {
+	r := &run{job: job, send: c.Send, home: cfg.Home, uid: -1, gid: -1}
+	if r.home == "" {
+		return nil, errors.New("builder: HANGAR_HOME is not set")
+	}
+	userName := cfg.User
+	if userName != "" {
+		u, err := user.Lookup(userName)
+		if err != nil {
+			return nil, fmt.Errorf("builder: look up user %s: %w", userName, err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		r.uid, r.gid = uid, gid
+		r.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		if gids, err := u.GroupIds(); err == nil {
+			for _, g := range gids {
+				if n, err := strconv.Atoi(g); err == nil {
+					r.cred.Groups = append(r.cred.Groups, uint32(n))
+				}
+			}
+		}
+	} else if u, err := user.Current(); err == nil {
+		userName = u.Username
+	}
+	r.dir = filepath.Join(r.home, "clone")
+	steps := filepath.Join(r.home, ".hangar", "steps")
+	if err := os.MkdirAll(steps, 0o755); err != nil {
+		return nil, fmt.Errorf("builder: %w", err)
+	}
+	r.cmEnv = filepath.Join(r.home, ".hangar", "env")
+	if err := os.WriteFile(r.cmEnv, nil, 0o644); err != nil {
+		return nil, fmt.Errorf("builder: %w", err)
+	}
+	for _, p := range []string{r.home, filepath.Join(r.home, ".hangar"), steps, r.cmEnv} {
+		if err := r.chown(p); err != nil {
+			return nil, err
+		}
+	}
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	}
+	r.env = []string{
+		"PATH=" + path,
+		"HOME=" + r.home,
+		"USER=" + userName,
+		"LOGNAME=" + userName,
+		"SHELL=/bin/bash",
+		"LANG=C.UTF-8",
+		"FCI_BUILD_DIR=" + r.dir,
+		"CM_BUILD_DIR=" + r.dir,
+		"CM_ENV=" + r.cmEnv,
+	}
+	r.env = mergeEnv(r.env, job.Env)
+	return r, nil
+}
+
+func (r *run) chown(path string) error {
+	if r.cred == nil {
+		return nil
+	}
+	if err := os.Lchown(path, r.uid, r.gid); err != nil {
+		return fmt.Errorf("builder: %w", err)
+	}
+	return nil
+}
+
+// all runs every step in order and stops at the first failure.
+func (r *run) all(ctx context.Context) (failed bool, reason string) {
+	for i, st := range r.job.Steps {
+		var err error
+		if i == 0 {
+			err = r.step(ctx, i, r.clone)
+		} else {
+			err = r.step(ctx, i, func(ctx context.Context, out io.Writer) error { return r.script(ctx, i, st, out) })
+		}
+		if err != nil && !(i > 0 && st.IgnoreFailure) {
+			return true, fmt.Sprintf("step %q failed: %v", st.Name, err)
+		}
+	}
+	return false, ""
+}
+
+// step runs fn as step i, streaming what it writes as log lines.
+func (r *run) step(ctx context.Context, i int, fn func(context.Context, io.Writer) error) error {
+	_ = r.send(link.Event{Type: link.StepStart, Step: i})
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.stream(i, pr)
+	}()
+	err = fn(ctx, pw)
+	pw.Close()
+	// Background processes a step leaves behind may keep the pipe open:
+	// wait briefly for the step's last output, then leave the rest to the
+	// streaming goroutine.
+	select {
+	case <-done:
+	case <-time.After(500 * time.Millisecond):
+	}
+	ev := link.Event{Type: link.StepEnd, Step: i}
+	if err != nil {
+		ev.Failed = true
+		ev.Error = err.Error()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			ev.ExitCode = ee.ExitCode()
+		} else {
+			ev.ExitCode = -1
+		}
+		if ev.Error != "" {
+			_ = r.send(link.Event{Type: link.Log, Step: i, Text: "hangar: " + ev.Error})
+		}
+	}
+	_ = r.send(ev)
+	return err
+}
+
+// stream sends each line read from rd as a log event of step i.
+func (r *run) stream(i int, rd io.ReadCloser) {
+	defer rd.Close()
+	br := bufio.NewReaderSize(rd, link.MaxLine)
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			text := strings.TrimRight(string(line), "\r\n")
+			if serr := r.send(link.Event{Type: link.Log, Step: i, Text: text}); serr != nil {
+				_, _ = io.Copy(io.Discard, br)
+				return
+			}
+		}
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return
+		}
+	}
+}
+
+func (r *run) command(ctx context.Context, out io.Writer, dir string, env []string, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = dir
+	cmd.Env = env
+	cmd.Stdout = out
+	cmd.Stderr = out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: r.cred}
+	return cmd
+}
+
+// clone checks out the job's commit into r.dir.
+func (r *run) clone(ctx context.Context, out io.Writer) error {
+	j := r.job
+	fmt.Fprintf(out, "Cloning %s (branch %s, commit %s)\n", j.Origin, j.Branch, short(j.Commit))
+	env := append(r.env[:len(r.env):len(r.env)], "GIT_TERMINAL_PROMPT=0")
+	// Borrow the objects of the server's mirror (mounted read-only in the
+	// machine) instead of copying them: a checkout of any size starts at
+	// once. The mirror belongs to another user, which git accepts for an
+	// alternate object store.
+	steps := [][]string{
+		{"init", "--quiet", "--initial-branch", j.Branch, r.dir},
+		{"-C", r.dir, "remote", "add", "origin", j.Origin},
+		{"-C", r.dir, "update-ref", "refs/remotes/origin/" + j.Branch, j.Commit},
+		{"-C", r.dir, "checkout", "--quiet", "-B", j.Branch, j.Commit},
+		{"-C", r.dir, "branch", "--quiet", "--set-upstream-to", "origin/" + j.Branch},
+	}
+	alternates := func() error {
+		return os.WriteFile(filepath.Join(r.dir, ".git", "objects", "info", "alternates"), []byte(filepath.Join(j.Repo, "objects")+"\n"), 0o644)
+	}
+	for i, args := range steps {
+		if i == 1 {
+			if err := alternates(); err != nil {
+				return err
+			}
+		}
+		if err := r.command(ctx, out, r.home, env, "git", args...).Run(); err != nil {
+			return fmt.Errorf("git %s: %w", strings.Join(args, " "), err)
+		}
+	}
+	fmt.Fprintf(out, "Checked out %s at %s\n", j.Branch, short(j.Commit))
+	return nil
+}
+
+// script writes step i's script to ~/.hangar/steps and runs it.
+func (r *run) script(ctx context.Context, i int, st link.Step, out io.Writer) error {
+	file := filepath.Base(st.File)
+	if st.File == "" || file == "." || file == "/" {
+		file = fmt.Sprintf("%02d-step.sh", i)
+	}
+	path := filepath.Join(r.home, ".hangar", "steps", file)
+	body := st.Script
+	if !strings.HasPrefix(body, "#!") {
+		body = "#!/usr/bin/env bash\n" + body
+	}
+	if !strings.HasSuffix(body, "\n") {
+		body += "\n"
+	}
+	if err := os.WriteFile(path, []byte(body), 0o755); err != nil {
+		return err
+	}
+	if err := r.chown(path); err != nil {
+		return err
+	}
+	dir := r.dir
+	switch {
+	case filepath.IsAbs(st.WorkingDirectory):
+		dir = st.WorkingDirectory
+	case st.WorkingDirectory != "":
+		dir = filepath.Join(r.dir, st.WorkingDirectory)
+	}
+	env := mergeEnv(r.env, readEnvFile(r.cmEnv))
+	var cmd *exec.Cmd
+	if strings.HasPrefix(st.Script, "#!") {
+		cmd = r.command(ctx, out, dir, env, path)
+	} else {
+		cmd = r.command(ctx, out, dir, env, "bash", "--noprofile", "--norc", "-eo", "pipefail", path)
+	}
+	return cmd.Run()
+}
+
+func short(commit string) string {
+	if len(commit) > 10 {
+		return commit[:10]
+	}
+	return commit
+}
+
+// readEnvFile reads KEY=value lines of a CM_ENV file. Lines that are not
+// assignments to a valid name are skipped.
+func readEnvFile(path string) []string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var env []string
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSuffix(line, "\r")
+		k, _, ok := strings.Cut(line, "=")
+		if ok && validName.MatchString(k) {
+			env = append(env, line)
+		}
+	}
+	return env
+}
+
+var validName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// mergeEnv returns base with the assignments of add applied in order.
+func mergeEnv(base, add []string) []string {
+	out := append([]string(nil), base...)
+	idx := make(map[string]int, len(out))
+	for i, kv := range out {
+		k, _, _ := strings.Cut(kv, "=")
+		idx[k] = i
+	}
+	for _, kv := range add {
+		k, _, _ := strings.Cut(kv, "=")
+		if i, ok := idx[k]; ok {
+			out[i] = kv
+			continue
+		}
+		idx[k] = len(out)
+		out = append(out, kv)
+	}
+	return out
+}

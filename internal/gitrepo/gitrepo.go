@@ -1,0 +1,135 @@
+// Package gitrepo keeps a bare mirror of each app's repository on the
+// server, from which commits are resolved, workflow files read and builders
+// clone.
+package gitrepo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+)
+
+// Mirrors manages mirrors under Dir.
+type Mirrors struct {
+	Dir string
+
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex // guarded by mu; one per mirror
+}
+
+func (m *Mirrors) lock(name string) *sync.Mutex {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.locks == nil {
+		m.locks = make(map[string]*sync.Mutex)
+	}
+	l := m.locks[name]
+	if l == nil {
+		l = new(sync.Mutex)
+		m.locks[name] = l
+	}
+	return l
+}
+
+// Path is where the mirror of app name lives.
+func (m *Mirrors) Path(name string) string { return filepath.Join(m.Dir, name+".git") }
+
+// Fetch brings the mirror of app name up to date with url, creating it on
+// first use, and returns its path.
+func (m *Mirrors) Fetch(ctx context.Context, name, url string) (string, error) {
+	l := m.lock(name)
+	l.Lock()
+	defer l.Unlock()
+	path := m.Path(name)
+	if _, err := os.Stat(filepath.Join(path, "HEAD")); err != nil {
+		tmp := path + ".new"
+		os.RemoveAll(tmp)
+		if err := os.MkdirAll(m.Dir, 0o755); err != nil {
+			return "", err
+		}
+		if _, err := git(ctx, "", "clone", "--quiet", "--mirror", "--", url, tmp); err != nil {
+			os.RemoveAll(tmp)
+			return "", fmt.Errorf("cannot clone %s: %w", url, err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return "", err
+		}
+		return path, nil
+	}
+	if _, err := git(ctx, path, "remote", "set-url", "origin", url); err != nil {
+		return "", err
+	}
+	if _, err := git(ctx, path, "fetch", "--quiet", "--prune", "origin"); err != nil {
+		return "", fmt.Errorf("cannot fetch %s: %w", url, err)
+	}
+	return path, nil
+}
+
+// Remove deletes the mirror of app name.
+func (m *Mirrors) Remove(name string) error {
+	l := m.lock(name)
+	l.Lock()
+	defer l.Unlock()
+	return os.RemoveAll(m.Path(name))
+}
+
+// ErrNoBranch is returned by Resolve for a branch the repository lacks.
+var ErrNoBranch = errors.New("no such branch")
+
+// Resolve returns the commit at the tip of branch.
+func Resolve(ctx context.Context, mirror, branch string) (string, error) {
+	if branch == "" || strings.HasPrefix(branch, "-") {
+		return "", ErrNoBranch
+	}
+	out, err := git(ctx, mirror, "rev-parse", "--verify", "--quiet", "refs/heads/"+branch+"^{commit}")
+	if err != nil {
+		return "", ErrNoBranch
+	}
+	return strings.TrimSpace(out), nil
+}
+
+// DefaultBranch returns the branch the mirror's HEAD names.
+func DefaultBranch(ctx context.Context, mirror string) (string, error) {
+	out, err := git(ctx, mirror, "symbolic-ref", "--quiet", "--short", "HEAD")
+	if err != nil {
+		return "", errors.New("the repository has no default branch")
+	}
+	return strings.TrimSpace(out), nil
+}
+
+// ReadFile returns the first of names that exists at commit, with its name.
+func ReadFile(ctx context.Context, mirror, commit string, names []string) (string, []byte, error) {
+	for _, n := range names {
+		out, err := git(ctx, mirror, "cat-file", "blob", commit+":"+n)
+		if err == nil {
+			return n, []byte(out), nil
+		}
+	}
+	return "", nil, fmt.Errorf("no %s at the root of the repository at commit %.10s", strings.Join(names, " or "), commit)
+}
+
+func git(ctx context.Context, dir string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "git", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0", "GIT_ASKPASS=/bin/false", "LC_ALL=C")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if i := strings.LastIndex(msg, "\n"); i >= 0 {
+			msg = msg[i+1:]
+		}
+		if msg == "" {
+			msg = err.Error()
+		}
+		return "", errors.New(strings.TrimPrefix(msg, "fatal: "))
+	}
+	return stdout.String(), nil
+}

@@ -1,0 +1,112 @@
+package link
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// ReadHello reads the runner's Hello from r (the builder's standard input).
+func ReadHello(r io.Reader) (*Hello, error) {
+	line, err := bufio.NewReaderSize(r, 16<<10).ReadBytes('\n')
+	if err != nil && !(errors.Is(err, io.EOF) && len(line) > 0) {
+		return nil, fmt.Errorf("read hello from stdin: %w", err)
+	}
+	var h Hello
+	if err := json.Unmarshal(line, &h); err != nil {
+		return nil, fmt.Errorf("parse hello from stdin: %w", err)
+	}
+	if h.Name == "" || h.Addr == "" || h.HostKey == "" || h.Key == "" {
+		return nil, errors.New("hello from stdin is incomplete")
+	}
+	return &h, nil
+}
+
+// Client is the builder's end of a link.
+type Client struct {
+	conn *ssh.Client
+	ch   ssh.Channel
+	dec  *json.Decoder
+
+	mu  sync.Mutex // guards enc
+	enc *json.Encoder
+}
+
+// Dial opens the link described by h.
+func Dial(ctx context.Context, h *Hello) (*Client, error) {
+	signer, err := ssh.ParsePrivateKey([]byte(h.Key))
+	if err != nil {
+		return nil, errors.New("link: the builder key is not a valid private key")
+	}
+	hostKey, _, _, _, err := ssh.ParseAuthorizedKey([]byte(h.HostKey))
+	if err != nil {
+		return nil, fmt.Errorf("link: parse host key: %w", err)
+	}
+	cfg := &ssh.ClientConfig{
+		User:            h.Name,
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.FixedHostKey(hostKey),
+		Timeout:         HandshakeTimeout,
+	}
+	d := net.Dialer{Timeout: HandshakeTimeout}
+	nc, err := d.DialContext(ctx, "tcp", h.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("link: %w", err)
+	}
+	_ = nc.SetDeadline(time.Now().Add(HandshakeTimeout))
+	sc, chans, reqs, err := ssh.NewClientConn(nc, h.Addr, cfg)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("link: ssh handshake with %s: %w", h.Addr, err)
+	}
+	conn := ssh.NewClient(sc, chans, reqs)
+	ch, creqs, err := conn.OpenChannel(ControlChannel, nil)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("link: open control channel: %w", err)
+	}
+	_ = nc.SetDeadline(time.Time{})
+	go ssh.DiscardRequests(creqs)
+	return &Client{
+		conn: conn,
+		ch:   ch,
+		dec:  json.NewDecoder(bufio.NewReaderSize(ch, 64<<10)),
+		enc:  json.NewEncoder(ch),
+	}, nil
+}
+
+// SSH is the underlying connection, for features that add channels.
+func (c *Client) SSH() *ssh.Client { return c.conn }
+
+// Job waits for the runner's job.
+func (c *Client) Job() (*Job, error) {
+	var j Job
+	if err := c.dec.Decode(&j); err != nil {
+		return nil, fmt.Errorf("link: read job: %w", err)
+	}
+	return &j, nil
+}
+
+// Send sends an event. It is safe for concurrent use.
+func (c *Client) Send(ev Event) error {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.enc.Encode(ev)
+}
+
+// Wait blocks until the runner closes the link.
+func (c *Client) Wait() error { return c.conn.Wait() }
+
+// Close closes the link.
+func (c *Client) Close() error { return c.conn.Close() }

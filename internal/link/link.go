@@ -1,0 +1,86 @@
+// Package link is the protocol between a runner and the builder inside a
+// machine.
+//
+// # Transport
+//
+// The machine has no inbound route, so the builder dials out. The runner
+// writes a Hello (one JSON line) to the builder's standard input: the link
+// address, the runner's host key and a private key made for this build only.
+// The builder dials the address over TCP and opens an SSH connection as user
+// Hello.Name (e.g. "build-12"), authenticating with that key and accepting
+// only that host key. The server admits a connection only for a name it is
+// expecting, with exactly the key it expects for that name.
+//
+// The builder then opens one channel of type ControlChannel. On it each side
+// writes JSON messages, one per line: the runner sends one Job; the builder
+// answers with Events (step_start, log, step_end, done). The SSH connection is
+// the one link between them: later features (the reverse SSH tunnel for the
+// build, session events) are further channels and requests on it.
+//
+// # Lifecycle
+//
+// The runner owns the machine: it ends a build by destroying the machine,
+// which ends the builder and the link. After sending done the builder keeps
+// the link open and waits; it exits when the link closes. If the builder exits
+// or the link drops before done, the build fails.
+package link
+
+import (
+	"time"
+)
+
+// ControlChannel is the SSH channel type that carries Job and Events.
+const ControlChannel = "hangar-control"
+
+// Hello is what the runner writes to the builder's standard input.
+type Hello struct {
+	Name    string `json:"name"`     // SSH user and build alias, e.g. "build-12"
+	Addr    string `json:"addr"`     // host:port of the link server
+	HostKey string `json:"host_key"` // the link server's host key, authorized_keys format
+	Key     string `json:"key"`      // the builder's private key, OpenSSH PEM (a secret)
+}
+
+// Job is what the builder must do.
+type Job struct {
+	// Repo is the repository to clone, as a path or URL the builder can reach.
+	Repo string `json:"repo"`
+	// Origin is the URL set as the clone's origin remote afterwards.
+	Origin string `json:"origin"`
+	Branch string `json:"branch"`
+	Commit string `json:"commit"`
+	// Env is the environment of every step (KEY=VALUE), before CM_ENV exports.
+	Env []string `json:"env"`
+	// Steps are run in order; step 0 is always the clone.
+	Steps []Step `json:"steps"`
+}
+
+// Step is one step of a Job.
+type Step struct {
+	Name             string `json:"name"`
+	File             string `json:"file,omitempty"` // the script's file name in ~/.hangar/steps
+	Script           string `json:"script,omitempty"`
+	IgnoreFailure    bool   `json:"ignore_failure,omitempty"`
+	WorkingDirectory string `json:"working_directory,omitempty"`
+}
+
+// Event types sent by the builder.
+const (
+	StepStart = "step_start"
+	Log       = "log"
+	StepEnd   = "step_end"
+	Done      = "done"
+)
+
+// Event is a message from the builder. Step indexes Job.Steps.
+type Event struct {
+	Type     string    `json:"type"`
+	Step     int       `json:"step"`
+	Time     time.Time `json:"time"`
+	Text     string    `json:"text,omitempty"`      // log: one line, without newline
+	ExitCode int       `json:"exit_code,omitempty"` // step_end
+	Failed   bool      `json:"failed,omitempty"`    // step_end, done
+	Error    string    `json:"error,omitempty"`     // step_end, done: why, for the build log
+}
+
+// MaxLine is the longest log line sent; longer output is split.
+const MaxLine = 16 << 10

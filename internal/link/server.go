@@ -1,0 +1,273 @@
+package link
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// HandshakeTimeout bounds a builder's TCP accept to an authenticated control
+// channel.
+const HandshakeTimeout = 10 * time.Second
+
+// ErrServerClosed is returned by Serve after Close.
+var ErrServerClosed = errors.New("link: server closed")
+
+// Server accepts builders' links. Its zero value is not usable: set HostKey.
+type Server struct {
+	HostKey ssh.Signer
+	Logger  *slog.Logger
+
+	mu       sync.Mutex
+	expect   map[string]*Expectation // guarded by mu
+	listener map[net.Listener]bool   // guarded by mu
+	conns    map[*ssh.ServerConn]bool
+	closed   bool // guarded by mu
+}
+
+// Expectation is a build the server is waiting for.
+type Expectation struct {
+	srv  *Server
+	name string
+	key  []byte
+	ch   chan *Conn
+
+	// guarded by srv.mu
+	taken bool
+	conn  *Conn
+}
+
+// Expect admits one link for name, authenticated by key.
+func (s *Server) Expect(name string, key ssh.PublicKey) (*Expectation, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrServerClosed
+	}
+	if s.expect == nil {
+		s.expect = make(map[string]*Expectation)
+	}
+	if _, ok := s.expect[name]; ok {
+		return nil, fmt.Errorf("link: %s is already expected", name)
+	}
+	e := &Expectation{srv: s, name: name, key: key.Marshal(), ch: make(chan *Conn, 1)}
+	s.expect[name] = e
+	return e, nil
+}
+
+// Conn delivers the builder's link once it is up.
+func (e *Expectation) Conn() <-chan *Conn { return e.ch }
+
+// Close stops admitting the build and closes its link if it is up.
+func (e *Expectation) Close() {
+	s := e.srv
+	s.mu.Lock()
+	if s.expect[e.name] == e {
+		delete(s.expect, e.name)
+	}
+	c := e.conn
+	e.taken = true
+	s.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+// Serve accepts links on l until Close.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	if s.listener == nil {
+		s.listener = make(map[net.Listener]bool)
+	}
+	s.listener[l] = true
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		go s.handle(nc)
+	}
+}
+
+// Close stops all listeners and closes every link.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	ls := s.listener
+	s.listener = nil
+	cs := s.conns
+	s.conns = nil
+	s.mu.Unlock()
+	for l := range ls {
+		l.Close()
+	}
+	for c := range cs {
+		c.Close()
+	}
+	return nil
+}
+
+func (s *Server) config() *ssh.ServerConfig {
+	cfg := &ssh.ServerConfig{
+		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			e := s.expect[meta.User()]
+			if e == nil || e.taken || !bytes.Equal(e.key, key.Marshal()) {
+				return nil, errors.New("not authorized")
+			}
+			return &ssh.Permissions{}, nil
+		},
+		MaxAuthTries: 3,
+	}
+	cfg.AddHostKey(s.HostKey)
+	return cfg
+}
+
+func (s *Server) handle(nc net.Conn) {
+	log := s.logger().With("remote", nc.RemoteAddr().String())
+	_ = nc.SetDeadline(time.Now().Add(HandshakeTimeout))
+	sc, chans, reqs, err := ssh.NewServerConn(nc, s.config())
+	if err != nil {
+		log.Debug("link handshake failed", "err", err)
+		nc.Close()
+		return
+	}
+	go ssh.DiscardRequests(reqs)
+	name := sc.User()
+
+	s.mu.Lock()
+	e := s.expect[name]
+	if s.closed || e == nil || e.taken {
+		s.mu.Unlock()
+		sc.Close()
+		return
+	}
+	e.taken = true
+	if s.conns == nil {
+		s.conns = make(map[*ssh.ServerConn]bool)
+	}
+	s.conns[sc] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, sc)
+		s.mu.Unlock()
+	}()
+
+	var c *Conn
+	for nch := range chans {
+		if nch.ChannelType() != ControlChannel || c != nil {
+			_ = nch.Reject(ssh.Prohibited, "only one "+ControlChannel+" channel is allowed")
+			continue
+		}
+		ch, creqs, err := nch.Accept()
+		if err != nil {
+			break
+		}
+		go ssh.DiscardRequests(creqs)
+		_ = nc.SetDeadline(time.Time{})
+		c = newConn(sc, ch)
+		s.mu.Lock()
+		if e.conn != nil || s.expect[name] != e {
+			s.mu.Unlock()
+			c.Close()
+			break
+		}
+		e.conn = c
+		s.mu.Unlock()
+		e.ch <- c
+		log.Debug("builder linked", "build", name)
+	}
+	sc.Close()
+	if c != nil {
+		c.Close()
+	}
+}
+
+// Conn is an established link, seen from the runner.
+type Conn struct {
+	sc  *ssh.ServerConn
+	ch  ssh.Channel
+	dec *json.Decoder
+
+	mu  sync.Mutex // guards enc
+	enc *json.Encoder
+
+	once sync.Once
+	done chan struct{}
+}
+
+func newConn(sc *ssh.ServerConn, ch ssh.Channel) *Conn {
+	return &Conn{
+		sc:   sc,
+		ch:   ch,
+		dec:  json.NewDecoder(bufio.NewReaderSize(ch, 64<<10)),
+		enc:  json.NewEncoder(ch),
+		done: make(chan struct{}),
+	}
+}
+
+// RemoteAddr is the builder's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.sc.RemoteAddr() }
+
+// SendJob sends the job to the builder.
+func (c *Conn) SendJob(j *Job) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.enc.Encode(j)
+}
+
+// Recv returns the builder's next event. It is not safe for concurrent use.
+func (c *Conn) Recv() (Event, error) {
+	var ev Event
+	err := c.dec.Decode(&ev)
+	return ev, err
+}
+
+// Done is closed when the link is closed.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Close closes the link.
+func (c *Conn) Close() error {
+	c.once.Do(func() {
+		c.ch.Close()
+		c.sc.Close()
+		close(c.done)
+	})
+	return nil
+}

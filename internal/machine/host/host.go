@@ -1,0 +1,116 @@
+// Package host is the machine driver without isolation: the builder runs as
+// a plain child process of the service, in a fresh directory, as the
+// service's own user. It is for development and for running Hangar without
+// root; a build can do anything the service's user can.
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hangar-ci/hangar/internal/machine"
+)
+
+// Driver runs builders as local processes. StateDir must be set.
+type Driver struct {
+	// StateDir holds one directory per machine.
+	StateDir string
+}
+
+// Name implements machine.Driver.
+func (d *Driver) Name() string { return "host" }
+
+// Isolated implements machine.Driver: host machines are not isolated.
+func (d *Driver) Isolated() bool { return false }
+
+// Listen implements machine.Driver with a loopback listener.
+func (d *Driver) Listen() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
+
+// Close implements machine.Driver.
+func (d *Driver) Close() error { return nil }
+
+// Start implements machine.Driver. Mounts are visible at their Source.
+func (d *Driver) Start(ctx context.Context, spec machine.Spec) (machine.Machine, error) {
+	if d.StateDir == "" {
+		return nil, errors.New("host driver: no state dir")
+	}
+	dir := filepath.Join(d.StateDir, spec.Name)
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, fmt.Errorf("host driver: %w", err)
+	}
+	home := filepath.Join(dir, "home")
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		return nil, fmt.Errorf("host driver: %w", err)
+	}
+	cmd := exec.Command(spec.Builder, spec.Args...)
+	cmd.Dir = home
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HANGAR_HOME=" + home}, spec.Env...)
+	cmd.Stdin = spec.Stdin
+	out := spec.Output
+	if out == nil {
+		out = io.Discard
+	}
+	cmd.Stdout = out
+	cmd.Stderr = out
+	// Its own process group, so that Destroy reaches the steps' processes.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("host driver: start builder: %w", err)
+	}
+	m := &hostMachine{cmd: cmd, dir: dir, done: make(chan struct{})}
+	go func() {
+		m.err = cmd.Wait()
+		close(m.done)
+	}()
+	return m, nil
+}
+
+type hostMachine struct {
+	cmd  *exec.Cmd
+	dir  string
+	done chan struct{}
+	err  error // set before done is closed
+
+	once       sync.Once
+	destroyErr error
+}
+
+func (m *hostMachine) Wait() error {
+	<-m.done
+	return m.err
+}
+
+func (m *hostMachine) Destroy(ctx context.Context) error {
+	m.once.Do(func() {
+		pgid := m.cmd.Process.Pid
+		// Kill the whole group until it is empty: the builder may be gone
+		// already while steps it started still run.
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			err := syscall.Kill(-pgid, syscall.SIGKILL)
+			if errors.Is(err, syscall.ESRCH) || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		select {
+		case <-m.done:
+		case <-ctx.Done():
+			m.destroyErr = ctx.Err()
+		}
+		if err := os.RemoveAll(m.dir); err != nil && m.destroyErr == nil {
+			m.destroyErr = fmt.Errorf("host driver: %w", err)
+		}
+	})
+	return m.destroyErr
+}

@@ -1,0 +1,169 @@
+package server
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/hangar-ci/hangar/internal/store"
+)
+
+// appRequest is the body of POST /api/v1/apps.
+type appRequest struct {
+	Name          string `json:"name"`
+	Repo          string `json:"repo"`
+	WebhookSecret string `json:"webhook_secret"`
+}
+
+// appResponse is an app as the API shows it. The webhook secret is shown
+// only in the answer that created the app.
+type appResponse struct {
+	*store.App
+	WebhookURL    string `json:"webhook_url"`
+	WebhookSecret string `json:"webhook_secret,omitempty"`
+}
+
+var scpLike = regexp.MustCompile(`^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:`)
+
+var validAppName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+func webhookURL(r *http.Request, app string) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return fmt.Sprintf("%s://%s/api/v1/webhooks/%s", scheme, r.Host, app)
+}
+
+// normalizeRepo checks a repository URL or local path and makes paths
+// absolute.
+func normalizeRepo(repo string) (string, error) {
+	repo = strings.TrimSpace(repo)
+	switch {
+	case repo == "":
+		return "", errors.New(`"repo" is required: a git URL (https://, ssh://, git@host:path) or a local path`)
+	case strings.HasPrefix(repo, "-"):
+		return "", errors.New("repo must not start with '-'")
+	case strings.Contains(repo, "://"):
+		for _, p := range []string{"https://", "http://", "ssh://", "git://", "file://"} {
+			if strings.HasPrefix(repo, p) {
+				return repo, nil
+			}
+		}
+		return "", fmt.Errorf("repo %q: only https, http, ssh, git and file URLs are supported", repo)
+	case scpLike.MatchString(repo):
+		return repo, nil
+	}
+	abs, err := filepath.Abs(repo)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return "", fmt.Errorf("repo %q: no such directory on the server: give a git URL or an existing path", repo)
+	}
+	return abs, nil
+}
+
+func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
+	var req appRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	if !validAppName.MatchString(req.Name) {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("app name %q is not valid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", req.Name))
+		return
+	}
+	repo, err := normalizeRepo(req.Repo)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	secret := req.WebhookSecret
+	if secret == "" {
+		var b [24]byte
+		_, _ = rand.Read(b[:])
+		secret = hex.EncodeToString(b[:])
+	}
+	if _, err := s.cfg.Store.App(r.Context(), req.Name); err == nil {
+		writeError(w, http.StatusConflict, fmt.Sprintf("an app named %q already exists", req.Name))
+		return
+	}
+	// Check that the repository can be read before accepting the app.
+	if _, err := s.cfg.Mirrors.Fetch(r.Context(), req.Name, repo); err != nil {
+		writeError(w, http.StatusUnprocessableEntity, fmt.Sprintf("cannot read repository %s: %v", repo, err))
+		return
+	}
+	app := &store.App{Name: req.Name, Repo: repo, WebhookSecret: secret}
+	if err := s.cfg.Store.CreateApp(r.Context(), app); errors.Is(err, store.ErrExists) {
+		writeError(w, http.StatusConflict, fmt.Sprintf("an app named %q already exists", req.Name))
+		return
+	} else if err != nil {
+		s.internal(w, "create app", err)
+		return
+	}
+	s.log.Info("app added", "app", app.Name, "repo", app.Repo)
+	writeJSON(w, http.StatusCreated, appResponse{App: app, WebhookURL: webhookURL(r, app.Name), WebhookSecret: secret})
+}
+
+func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
+	apps, err := s.cfg.Store.Apps(r.Context())
+	if err != nil {
+		s.internal(w, "list apps", err)
+		return
+	}
+	out := make([]appResponse, len(apps))
+	for i, a := range apps {
+		out[i] = appResponse{App: a, WebhookURL: webhookURL(r, a.Name)}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) lookupApp(w http.ResponseWriter, r *http.Request, name string) (*store.App, bool) {
+	app, err := s.cfg.Store.App(r.Context(), name)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no app %q: see `hangar app list`", name))
+		return nil, false
+	}
+	if err != nil {
+		s.internal(w, "read app", err)
+		return nil, false
+	}
+	return app, true
+}
+
+func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
+	if app, ok := s.lookupApp(w, r, r.PathValue("name")); ok {
+		writeJSON(w, http.StatusOK, appResponse{App: app, WebhookURL: webhookURL(r, app.Name)})
+	}
+}
+
+func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
+	app, ok := s.lookupApp(w, r, r.PathValue("name"))
+	if !ok {
+		return
+	}
+	n, err := s.cfg.Store.ActiveBuilds(r.Context(), app.Name)
+	if err != nil {
+		s.internal(w, "count builds", err)
+		return
+	}
+	if n > 0 {
+		writeError(w, http.StatusConflict, fmt.Sprintf("app %s has %d builds that have not ended: cancel them first", app.Name, n))
+		return
+	}
+	if err := s.cfg.Store.DeleteApp(r.Context(), app.Name); err != nil {
+		s.internal(w, "delete app", err)
+		return
+	}
+	if err := s.cfg.Mirrors.Remove(app.Name); err != nil {
+		s.log.Warn("remove mirror", "app", app.Name, "err", err)
+	}
+	s.log.Info("app deleted", "app", app.Name)
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,256 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/gitrepo"
+	"github.com/hangar-ci/hangar/internal/store"
+	"github.com/hangar-ci/hangar/internal/workflow"
+)
+
+// startRequest is the body of POST /api/v1/builds.
+type startRequest struct {
+	App      string `json:"app"`
+	Workflow string `json:"workflow"`
+	Branch   string `json:"branch"`
+}
+
+// userError is an error whose message is meant for the API client.
+type userError struct {
+	code int
+	msg  string
+}
+
+func (e *userError) Error() string { return e.msg }
+
+func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
+	var req startRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	if req.App == "" {
+		writeError(w, http.StatusBadRequest, `"app" is required: the name of the app to build`)
+		return
+	}
+	app, err := s.cfg.Store.App(r.Context(), req.App)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no app %q: see `hangar app list`", req.App))
+		return
+	}
+	if err != nil {
+		s.internal(w, "read app", err)
+		return
+	}
+	mirror, err := s.cfg.Mirrors.Fetch(r.Context(), app.Name, app.Repo)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, fmt.Sprintf("app %s: %v", app.Name, err))
+		return
+	}
+	branch := req.Branch
+	if branch == "" {
+		if branch, err = gitrepo.DefaultBranch(r.Context(), mirror); err != nil {
+			writeError(w, http.StatusUnprocessableEntity, fmt.Sprintf("app %s: %v; pass a branch", app.Name, err))
+			return
+		}
+	}
+	commit, err := gitrepo.Resolve(r.Context(), mirror, branch)
+	if err != nil {
+		writeError(w, http.StatusUnprocessableEntity, fmt.Sprintf("app %s has no branch %q", app.Name, branch))
+		return
+	}
+	starter := ""
+	if t := tokenOf(r); t != nil {
+		starter = t.Name
+	}
+	b, err := s.createBuild(r.Context(), app, mirror, branch, commit, req.Workflow, build.Manual, starter)
+	var ue *userError
+	if errors.As(err, &ue) {
+		writeError(w, ue.code, ue.msg)
+		return
+	}
+	if err != nil {
+		s.internal(w, "create build", err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, b)
+}
+
+// createBuild queues a build of workflow wfID (empty: the only one) at
+// commit. A missing or malformed workflow file gives a build that has failed
+// at once, with the file, line and reason as its message.
+func (s *Server) createBuild(ctx context.Context, app *store.App, mirror, branch, commit, wfID string, trigger build.Trigger, starter string) (*build.Build, error) {
+	b := &build.Build{
+		App: app.Name, Workflow: wfID, WorkflowName: wfID, Branch: branch, Commit: commit,
+		Status: build.Queued, Trigger: trigger, StartedBy: starter, Steps: []build.Step{},
+	}
+	fail := func(msg string) (*build.Build, error) {
+		now := time.Now().UTC()
+		b.Status, b.Message, b.FinishedAt = build.Failed, msg, &now
+		if b.Workflow == "" {
+			b.Workflow, b.WorkflowName = "default", "default"
+		}
+		if err := s.cfg.Store.CreateBuild(ctx, b, []byte("{}")); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	name, data, err := gitrepo.ReadFile(ctx, mirror, commit, workflow.FileNames)
+	if err != nil {
+		return fail(err.Error())
+	}
+	f, err := workflow.Parse(name, data)
+	if err != nil {
+		return fail(err.Error())
+	}
+	var wf *workflow.Workflow
+	if wfID == "" && len(f.Workflows) == 1 {
+		wf = f.Workflows[0]
+	} else if wfID == "" {
+		ids := ""
+		for i, w := range f.Workflows {
+			if i > 0 {
+				ids += ", "
+			}
+			ids += w.ID
+		}
+		return nil, &userError{http.StatusBadRequest, fmt.Sprintf("%s defines several workflows (%s): pick one with --workflow (API: \"workflow\")", name, ids)}
+	} else if wf, err = f.Workflow(wfID); err != nil {
+		return nil, &userError{http.StatusBadRequest, err.Error()}
+	}
+	return s.queue(ctx, b, app, wf)
+}
+
+// queue stores b as a queued build of wf.
+func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, wf *workflow.Workflow) (*build.Build, error) {
+	spec := build.Spec{Repo: app.Repo, Ignored: wf.Ignored}
+	for _, v := range wf.Vars {
+		spec.Vars = append(spec.Vars, v.Name+"="+v.Value)
+	}
+	for i, sc := range wf.Scripts {
+		spec.Scripts = append(spec.Scripts, build.SpecScript{
+			Name: sc.Name, File: sc.FileName(i + 1), Script: sc.Script,
+			IgnoreFailure: sc.IgnoreFailure, WorkingDirectory: sc.WorkingDirectory,
+		})
+	}
+	data, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	b.Workflow, b.WorkflowName = wf.ID, wf.Name
+	b.MaxDuration = int64(wf.MaxDuration / time.Second)
+	if b.MaxDuration < 1 {
+		b.MaxDuration = 1
+	}
+	b.Steps = build.NewSteps(spec.Scripts)
+	if err := s.cfg.Store.CreateBuild(ctx, b, data); err != nil {
+		return nil, err
+	}
+	s.log.Info("build queued", "build", b.ID, "app", b.App, "workflow", b.Workflow, "trigger", b.Trigger)
+	return b, nil
+}
+
+func (s *Server) listBuilds(w http.ResponseWriter, r *http.Request) {
+	app := r.URL.Query().Get("app")
+	if app != "" {
+		if _, err := s.cfg.Store.App(r.Context(), app); errors.Is(err, store.ErrNotFound) {
+			writeError(w, http.StatusNotFound, fmt.Sprintf("no app %q: see `hangar app list`", app))
+			return
+		}
+	}
+	limit := 50
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			writeError(w, http.StatusBadRequest, "limit must be a number from 1 to 1000")
+			return
+		}
+		limit = n
+	}
+	list, err := s.cfg.Store.Builds(r.Context(), app, limit)
+	if err != nil {
+		s.internal(w, "list builds", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+// lookupBuild writes a 404 for an unknown build.
+func (s *Server) lookupBuild(w http.ResponseWriter, r *http.Request) (*build.Build, bool) {
+	id, ok := pathID(w, r)
+	if !ok {
+		return nil, false
+	}
+	b, err := s.cfg.Store.Build(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no build %d: see `hangar build list`", id))
+		return nil, false
+	}
+	if err != nil {
+		s.internal(w, "read build", err)
+		return nil, false
+	}
+	return b, true
+}
+
+func (s *Server) getBuild(w http.ResponseWriter, r *http.Request) {
+	if b, ok := s.lookupBuild(w, r); ok {
+		writeJSON(w, http.StatusOK, b)
+	}
+}
+
+func (s *Server) cancelBuild(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.lookupBuild(w, r)
+	if !ok {
+		return
+	}
+	if b.Status.Done() {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d has already ended (%s)", b.ID, b.Status))
+		return
+	}
+	// The build may move from queued to the runner at any moment: try both
+	// until one takes it or it ends.
+	for try := 0; try < 50; try++ {
+		done, err := s.cfg.Store.CancelQueued(r.Context(), b.ID, "canceled before it started")
+		if err != nil {
+			s.internal(w, "cancel build", err)
+			return
+		}
+		if done || s.cfg.Runner.Cancel(b.ID) {
+			break
+		}
+		if nb, err := s.cfg.Store.Build(r.Context(), b.ID); err == nil && nb.Status.Done() {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Wait briefly so that the answer shows the ended build.
+	ch, unsub := s.cfg.Store.Subscribe(b.ID)
+	defer unsub()
+	deadline := time.After(10 * time.Second)
+	for {
+		nb, err := s.cfg.Store.Build(r.Context(), b.ID)
+		if err != nil {
+			s.internal(w, "read build", err)
+			return
+		}
+		if nb.Status.Done() {
+			writeJSON(w, http.StatusOK, nb)
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			writeJSON(w, http.StatusAccepted, nb)
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+}

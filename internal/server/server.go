@@ -1,0 +1,187 @@
+// Package server is Hangar's HTTP API: apps, builds, live logs and webhooks.
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/store"
+)
+
+// Store is what the API needs of the store.
+type Store interface {
+	CreateApp(ctx context.Context, a *store.App) error
+	App(ctx context.Context, name string) (*store.App, error)
+	Apps(ctx context.Context) ([]*store.App, error)
+	DeleteApp(ctx context.Context, name string) error
+	ActiveBuilds(ctx context.Context, app string) (int, error)
+	TokenByHash(ctx context.Context, hash string) (*store.Token, error)
+	CreateBuild(ctx context.Context, b *build.Build, spec []byte) error
+	Build(ctx context.Context, id int64) (*build.Build, error)
+	Builds(ctx context.Context, app string, limit int) ([]*build.Build, error)
+	CancelQueued(ctx context.Context, id int64, message string) (bool, error)
+	Logs(ctx context.Context, id, after int64, limit int) ([]build.LogLine, error)
+	Subscribe(id int64) (<-chan struct{}, func())
+}
+
+// Canceler stops running builds.
+type Canceler interface {
+	Cancel(id int64) bool
+}
+
+// Mirrors keeps the apps' repository mirrors.
+type Mirrors interface {
+	Fetch(ctx context.Context, name, url string) (string, error)
+	Remove(name string) error
+}
+
+// Config configures the API.
+type Config struct {
+	Store    Store
+	Runner   Canceler
+	Mirrors  Mirrors
+	Logger   *slog.Logger
+	DataDir  string // only to tell users where the admin token is
+	MaxBody  int64  // API request bodies; default 1 MiB
+	MaxHook  int64  // webhook bodies; default 25 MiB (GitHub's limit)
+	MaxBuild int    // max_build_duration cap in seconds, 0: 120 minutes
+}
+
+// Server serves the API. Create it with New.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	mux *http.ServeMux
+}
+
+// New returns the API server.
+func New(cfg Config) *Server {
+	if cfg.MaxBody == 0 {
+		cfg.MaxBody = 1 << 20
+	}
+	if cfg.MaxHook == 0 {
+		cfg.MaxHook = 25 << 20
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	m := s.mux
+	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintln(w, "ok")
+	})
+	m.HandleFunc("POST /api/v1/apps", s.auth(s.createApp))
+	m.HandleFunc("GET /api/v1/apps", s.auth(s.listApps))
+	m.HandleFunc("GET /api/v1/apps/{name}", s.auth(s.getApp))
+	m.HandleFunc("DELETE /api/v1/apps/{name}", s.auth(s.deleteApp))
+	m.HandleFunc("POST /api/v1/builds", s.auth(s.startBuild))
+	m.HandleFunc("GET /api/v1/builds", s.auth(s.listBuilds))
+	m.HandleFunc("GET /api/v1/builds/{id}", s.auth(s.getBuild))
+	m.HandleFunc("POST /api/v1/builds/{id}/cancel", s.auth(s.cancelBuild))
+	m.HandleFunc("GET /api/v1/builds/{id}/logs", s.auth(s.buildLogs))
+	m.HandleFunc("POST /api/v1/webhooks/{app}", s.webhook)
+	m.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path))
+	})
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	s.mux.ServeHTTP(w, r)
+}
+
+// HashToken is how tokens are stored: the hex SHA-256 of the secret.
+func HashToken(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+type ctxKey struct{}
+
+// auth admits requests that carry a valid bearer token.
+func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || secret == "" {
+			writeError(w, http.StatusUnauthorized, "missing API token: pass --token or set HANGAR_TOKEN (the admin token is in the server's data dir, file admin-token)")
+			return
+		}
+		t, err := s.cfg.Store.TokenByHash(r.Context(), HashToken(strings.TrimSpace(secret)))
+		if errors.Is(err, store.ErrNotFound) {
+			writeError(w, http.StatusUnauthorized, "invalid API token: check --token or HANGAR_TOKEN")
+			return
+		}
+		if err != nil {
+			s.internal(w, "check token", err)
+			return
+		}
+		h(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, t)))
+	}
+}
+
+func tokenOf(r *http.Request) *store.Token {
+	t, _ := r.Context().Value(ctxKey{}).(*store.Token)
+	return t
+}
+
+// apiError is the body of every error response.
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, apiError{Error: msg})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func (s *Server) internal(w http.ResponseWriter, what string, err error) {
+	s.log.Error(what, "err", err)
+	writeError(w, http.StatusInternalServerError, "internal error: "+what+" failed; see the server log")
+}
+
+// decode reads a JSON body into v, refusing unknown fields and oversized
+// bodies with a message that says what to fix.
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBody)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", mbe.Limit))
+		default:
+			writeError(w, http.StatusBadRequest, "request body is not valid JSON for this endpoint: "+err.Error())
+		}
+		return false
+	}
+	return true
+}
+
+func pathID(w http.ResponseWriter, r *http.Request) (int64, bool) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%q is not a build id: ids are positive numbers", r.PathValue("id")))
+		return 0, false
+	}
+	return id, true
+}

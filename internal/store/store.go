@@ -1,0 +1,478 @@
+// Package store persists apps, builds, their logs and API tokens. The
+// embedded default is SQLite (modernc.org/sqlite, pure Go) in the data
+// directory. Writers notify in-process subscribers so that live views (log
+// streams, the runner's queue) wake up without polling.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/hangar-ci/hangar/internal/build"
+
+	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+)
+
+// Errors callers branch on.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+)
+
+// App is a repository Hangar builds.
+type App struct {
+	ID            int64     `json:"id"`
+	Name          string    `json:"name"`
+	Repo          string    `json:"repo"`
+	WebhookSecret string    `json:"-"`
+	CreatedAt     time.Time `json:"created_at"`
+}
+
+// Token is an API token, stored by the hash of its secret only.
+type Token struct {
+	Name  string
+	Admin bool
+}
+
+// Store is a database of apps, builds, logs and tokens.
+type Store struct {
+	db *sql.DB
+
+	mu   sync.Mutex
+	subs map[int64]map[chan struct{}]bool // guarded by mu; key 0: every build
+}
+
+const schema = `
+CREATE TABLE IF NOT EXISTS apps (
+	id INTEGER PRIMARY KEY,
+	name TEXT NOT NULL UNIQUE,
+	repo TEXT NOT NULL,
+	webhook_secret TEXT NOT NULL DEFAULT '',
+	next_number INTEGER NOT NULL DEFAULT 1,
+	created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS builds (
+	id INTEGER PRIMARY KEY,
+	app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+	number INTEGER NOT NULL,
+	workflow TEXT NOT NULL,
+	workflow_name TEXT NOT NULL,
+	branch TEXT NOT NULL,
+	commit_sha TEXT NOT NULL,
+	status TEXT NOT NULL,
+	trigger TEXT NOT NULL,
+	started_by TEXT NOT NULL DEFAULT '',
+	message TEXT NOT NULL DEFAULT '',
+	max_duration INTEGER NOT NULL,
+	spec TEXT NOT NULL DEFAULT '',
+	steps TEXT NOT NULL DEFAULT '[]',
+	created_at INTEGER NOT NULL,
+	started_at INTEGER,
+	finished_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS builds_status ON builds(status);
+CREATE INDEX IF NOT EXISTS builds_app ON builds(app_id, id);
+CREATE TABLE IF NOT EXISTS logs (
+	build_id INTEGER NOT NULL REFERENCES builds(id) ON DELETE CASCADE,
+	seq INTEGER NOT NULL,
+	step INTEGER NOT NULL,
+	time INTEGER NOT NULL,
+	text TEXT NOT NULL,
+	PRIMARY KEY (build_id, seq)
+);
+CREATE TABLE IF NOT EXISTS tokens (
+	hash TEXT PRIMARY KEY,
+	name TEXT NOT NULL,
+	admin INTEGER NOT NULL,
+	created_at INTEGER NOT NULL
+);
+`
+
+// OpenSQLite opens (creating if needed) the SQLite database at path.
+func OpenSQLite(path string) (*Store, error) {
+	q := url.Values{}
+	for _, p := range []string{"busy_timeout(10000)", "journal_mode(WAL)", "foreign_keys(1)", "synchronous(NORMAL)"} {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(4)
+	if _, err := db.Exec(schema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Subscribe returns a channel that receives a value after each change to
+// build id (0: to any build). Notifications coalesce; re-read on wake.
+func (s *Store) Subscribe(id int64) (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	s.mu.Lock()
+	if s.subs == nil {
+		s.subs = make(map[int64]map[chan struct{}]bool)
+	}
+	if s.subs[id] == nil {
+		s.subs[id] = make(map[chan struct{}]bool)
+	}
+	s.subs[id][ch] = true
+	s.mu.Unlock()
+	return ch, func() {
+		s.mu.Lock()
+		delete(s.subs[id], ch)
+		if len(s.subs[id]) == 0 {
+			delete(s.subs, id)
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (s *Store) notify(id int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, key := range []int64{id, 0} {
+		for ch := range s.subs[key] {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+func fromMS(v sql.NullInt64) *time.Time {
+	if !v.Valid {
+		return nil
+	}
+	t := time.UnixMilli(v.Int64).UTC()
+	return &t
+}
+
+func nullMS(t *time.Time) sql.NullInt64 {
+	if t == nil {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: ms(*t), Valid: true}
+}
+
+// CreateApp adds an app. A taken name gives ErrExists.
+func (s *Store) CreateApp(ctx context.Context, a *App) error {
+	a.CreatedAt = time.Now().UTC().Truncate(time.Millisecond)
+	res, err := s.db.ExecContext(ctx,
+		`INSERT INTO apps (name, repo, webhook_secret, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING`,
+		a.Name, a.Repo, a.WebhookSecret, ms(a.CreatedAt))
+	if err != nil {
+		return fmt.Errorf("create app: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrExists
+	}
+	a.ID, _ = res.LastInsertId()
+	return nil
+}
+
+const appCols = `id, name, repo, webhook_secret, created_at`
+
+func scanApp(row interface{ Scan(...any) error }) (*App, error) {
+	var a App
+	var created int64
+	if err := row.Scan(&a.ID, &a.Name, &a.Repo, &a.WebhookSecret, &created); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, ErrNotFound
+		}
+		return nil, err
+	}
+	a.CreatedAt = time.UnixMilli(created).UTC()
+	return &a, nil
+}
+
+// App returns the app called name.
+func (s *Store) App(ctx context.Context, name string) (*App, error) {
+	return scanApp(s.db.QueryRowContext(ctx, `SELECT `+appCols+` FROM apps WHERE name = $1`, name))
+}
+
+// Apps lists every app by name.
+func (s *Store) Apps(ctx context.Context) ([]*App, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+appCols+` FROM apps ORDER BY name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	apps := []*App{}
+	for rows.Next() {
+		a, err := scanApp(rows)
+		if err != nil {
+			return nil, err
+		}
+		apps = append(apps, a)
+	}
+	return apps, rows.Err()
+}
+
+// DeleteApp removes an app with its builds and logs.
+func (s *Store) DeleteApp(ctx context.Context, name string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM apps WHERE name = $1`, name)
+	if err != nil {
+		return fmt.Errorf("delete app: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// AddToken stores a token by the hash of its secret.
+func (s *Store) AddToken(ctx context.Context, hash string, t Token) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (hash, name, admin, created_at) VALUES ($1, $2, $3, $4)`,
+		hash, t.Name, t.Admin, ms(time.Now()))
+	return err
+}
+
+// TokenByHash finds a token by the hash of its secret.
+func (s *Store) TokenByHash(ctx context.Context, hash string) (*Token, error) {
+	var t Token
+	err := s.db.QueryRowContext(ctx, `SELECT name, admin FROM tokens WHERE hash = $1`, hash).Scan(&t.Name, &t.Admin)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	return &t, err
+}
+
+// HasTokens reports whether any token exists.
+func (s *Store) HasTokens(ctx context.Context) (bool, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM tokens`).Scan(&n)
+	return n > 0, err
+}
+
+// DeleteTokens removes every token named name.
+func (s *Store) DeleteTokens(ctx context.Context, name string) error {
+	_, err := s.db.ExecContext(ctx, `DELETE FROM tokens WHERE name = $1`, name)
+	return err
+}
+
+// CreateBuild stores b with its spec (an opaque document for the runner),
+// assigning b.ID and the app's next build number.
+func (s *Store) CreateBuild(ctx context.Context, b *build.Build, spec []byte) error {
+	steps, err := json.Marshal(b.Steps)
+	if err != nil {
+		return err
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("create build: %w", err)
+	}
+	defer tx.Rollback()
+	var appID int64
+	err = tx.QueryRowContext(ctx, `UPDATE apps SET next_number = next_number + 1 WHERE name = $1 RETURNING id, next_number - 1`, b.App).Scan(&appID, &b.Number)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("create build: %w", err)
+	}
+	b.CreatedAt = time.Now().UTC().Truncate(time.Millisecond)
+	err = tx.QueryRowContext(ctx, `INSERT INTO builds (app_id, number, workflow, workflow_name, branch, commit_sha, status, trigger,
+		started_by, message, max_duration, spec, steps, created_at, started_at, finished_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING id`,
+		appID, b.Number, b.Workflow, b.WorkflowName, b.Branch, b.Commit, b.Status, b.Trigger,
+		b.StartedBy, b.Message, b.MaxDuration, string(spec), string(steps), ms(b.CreatedAt), nullMS(b.StartedAt), nullMS(b.FinishedAt)).Scan(&b.ID)
+	if err != nil {
+		return fmt.Errorf("create build: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("create build: %w", err)
+	}
+	s.notify(b.ID)
+	return nil
+}
+
+const buildCols = `b.id, a.name, b.number, b.workflow, b.workflow_name, b.branch, b.commit_sha, b.status, b.trigger,
+	b.started_by, b.message, b.max_duration, b.steps, b.created_at, b.started_at, b.finished_at`
+
+func scanBuild(row interface{ Scan(...any) error }) (*build.Build, error) {
+	var b build.Build
+	var steps string
+	var created int64
+	var started, finished sql.NullInt64
+	err := row.Scan(&b.ID, &b.App, &b.Number, &b.Workflow, &b.WorkflowName, &b.Branch, &b.Commit, &b.Status, &b.Trigger,
+		&b.StartedBy, &b.Message, &b.MaxDuration, &steps, &created, &started, &finished)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(steps), &b.Steps); err != nil {
+		return nil, fmt.Errorf("build %d: bad steps: %w", b.ID, err)
+	}
+	b.CreatedAt = time.UnixMilli(created).UTC()
+	b.StartedAt, b.FinishedAt = fromMS(started), fromMS(finished)
+	return &b, nil
+}
+
+// Build returns build id.
+func (s *Store) Build(ctx context.Context, id int64) (*build.Build, error) {
+	return scanBuild(s.db.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds b JOIN apps a ON a.id = b.app_id WHERE b.id = $1`, id))
+}
+
+// BuildSpec returns the spec stored with build id.
+func (s *Store) BuildSpec(ctx context.Context, id int64) ([]byte, error) {
+	var spec string
+	err := s.db.QueryRowContext(ctx, `SELECT spec FROM builds WHERE id = $1`, id).Scan(&spec)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	return []byte(spec), err
+}
+
+// Builds lists the newest builds, of one app if app is not empty.
+func (s *Store) Builds(ctx context.Context, app string, limit int) ([]*build.Build, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+buildCols+` FROM builds b JOIN apps a ON a.id = b.app_id
+		WHERE $1 = '' OR a.name = $1 ORDER BY b.id DESC LIMIT $2`, app, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	list := []*build.Build{}
+	for rows.Next() {
+		b, err := scanBuild(rows)
+		if err != nil {
+			return nil, err
+		}
+		list = append(list, b)
+	}
+	return list, rows.Err()
+}
+
+// ActiveBuilds counts builds of app that have not ended.
+func (s *Store) ActiveBuilds(ctx context.Context, app string) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM builds b JOIN apps a ON a.id = b.app_id
+		WHERE a.name = $1 AND b.status IN ('queued', 'preparing', 'building')`, app).Scan(&n)
+	return n, err
+}
+
+// ClaimBuild moves the oldest queued build to preparing and returns it with
+// its spec, or ErrNotFound when none is queued.
+func (s *Store) ClaimBuild(ctx context.Context) (*build.Build, []byte, error) {
+	now := time.Now().UTC()
+	var id int64
+	var spec string
+	err := s.db.QueryRowContext(ctx, `UPDATE builds SET status = 'preparing', started_at = $1
+		WHERE id = (SELECT id FROM builds WHERE status = 'queued' ORDER BY id LIMIT 1) AND status = 'queued'
+		RETURNING id, spec`, ms(now)).Scan(&id, &spec)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("claim build: %w", err)
+	}
+	s.notify(id)
+	b, err := s.Build(ctx, id)
+	return b, []byte(spec), err
+}
+
+// UpdateBuild writes b's status, message, steps and times. It never changes
+// a build that has already ended, and reports whether it wrote.
+func (s *Store) UpdateBuild(ctx context.Context, b *build.Build) (bool, error) {
+	steps, err := json.Marshal(b.Steps)
+	if err != nil {
+		return false, err
+	}
+	res, err := s.db.ExecContext(ctx, `UPDATE builds SET status = $1, message = $2, steps = $3, started_at = $4, finished_at = $5
+		WHERE id = $6 AND status NOT IN ('finished', 'failed', 'canceled', 'timeout')`,
+		b.Status, b.Message, string(steps), nullMS(b.StartedAt), nullMS(b.FinishedAt), b.ID)
+	if err != nil {
+		return false, fmt.Errorf("update build %d: %w", b.ID, err)
+	}
+	n, _ := res.RowsAffected()
+	s.notify(b.ID)
+	return n > 0, nil
+}
+
+// CancelQueued cancels build id if it is still queued.
+func (s *Store) CancelQueued(ctx context.Context, id int64, message string) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE builds SET status = 'canceled', message = $1, finished_at = $2
+		WHERE id = $3 AND status = 'queued'`, message, ms(time.Now()), id)
+	if err != nil {
+		return false, err
+	}
+	n, _ := res.RowsAffected()
+	if n > 0 {
+		s.notify(id)
+	}
+	return n > 0, nil
+}
+
+// FailInterrupted ends builds left preparing or building by a previous
+// process, and returns how many there were.
+func (s *Store) FailInterrupted(ctx context.Context, message string) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE builds SET status = 'failed', message = $1, finished_at = $2
+		WHERE status IN ('preparing', 'building')`, message, ms(time.Now()))
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// AppendLogs stores log lines of build id. Seq numbers are the caller's.
+func (s *Store) AppendLogs(ctx context.Context, id int64, lines []build.LogLine) error {
+	if len(lines) == 0 {
+		return nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("append logs: %w", err)
+	}
+	defer tx.Rollback()
+	stmt, err := tx.PrepareContext(ctx, `INSERT INTO logs (build_id, seq, step, time, text) VALUES ($1, $2, $3, $4, $5)`)
+	if err != nil {
+		return fmt.Errorf("append logs: %w", err)
+	}
+	defer stmt.Close()
+	for _, l := range lines {
+		if _, err := stmt.ExecContext(ctx, id, l.Seq, l.Step, ms(l.Time), l.Text); err != nil {
+			return fmt.Errorf("append logs: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("append logs: %w", err)
+	}
+	s.notify(id)
+	return nil
+}
+
+// Logs returns up to limit lines of build id after seq.
+func (s *Store) Logs(ctx context.Context, id, after int64, limit int) ([]build.LogLine, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, step, time, text FROM logs WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`, id, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	lines := []build.LogLine{}
+	for rows.Next() {
+		var l build.LogLine
+		var t int64
+		if err := rows.Scan(&l.Seq, &l.Step, &t, &l.Text); err != nil {
+			return nil, err
+		}
+		l.Time = time.UnixMilli(t).UTC()
+		lines = append(lines, l)
+	}
+	return lines, rows.Err()
+}
