@@ -144,7 +144,12 @@ func runServer(cfg serverConfig) error {
 		}
 		return nil
 	})
-	g.Go(func() error { return run.Run(gctx) })
+	g.Go(func() error {
+		// Builds end (and their machines go) before the link closes.
+		err := run.Run(gctx)
+		linkSrv.Close()
+		return err
+	})
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down: stopping builds")
@@ -155,9 +160,7 @@ func runServer(cfg serverConfig) error {
 		_ = hs.Shutdown(sctx)
 		return nil
 	})
-	err = g.Wait()
-	linkSrv.Close()
-	return err
+	return g.Wait()
 }
 
 // newDriver picks and creates the machine driver.

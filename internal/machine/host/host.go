@@ -5,6 +5,7 @@
 package host
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -93,15 +96,17 @@ func (m *hostMachine) Wait() error {
 func (m *hostMachine) Destroy(ctx context.Context) error {
 	m.once.Do(func() {
 		pgid := m.cmd.Process.Pid
-		// Kill the whole group until it is empty: the builder may be gone
-		// already while steps it started still run.
-		deadline := time.Now().Add(2 * time.Second)
+		// Kill the whole group until no live process is left in it: the
+		// builder may be gone already while steps it started still run.
+		// Orphans that died wait as zombies for init to reap them; they
+		// are gone for our purpose.
+		deadline := time.Now().Add(5 * time.Second)
 		for {
 			err := syscall.Kill(-pgid, syscall.SIGKILL)
-			if errors.Is(err, syscall.ESRCH) || time.Now().After(deadline) {
+			if errors.Is(err, syscall.ESRCH) || !liveInGroup(pgid) || time.Now().After(deadline) {
 				break
 			}
-			time.Sleep(10 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond)
 		}
 		select {
 		case <-m.done:
@@ -113,4 +118,25 @@ func (m *hostMachine) Destroy(ctx context.Context) error {
 		}
 	})
 	return m.destroyErr
+}
+
+// liveInGroup reports whether a process of group pgid is alive (not a zombie).
+func liveInGroup(pgid int) bool {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
+		i := bytes.LastIndexByte(data, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(data[i+1:]))
+		if len(f) >= 3 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
+			return true
+		}
+	}
+	return false
 }

@@ -1,0 +1,605 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hangar-ci/hangar/e2e/harness"
+	"github.com/hangar-ci/hangar/internal/build"
+)
+
+// Test network of sandbox servers: apart from `make run`'s default.
+const (
+	testBridge = "hgtest0"
+	testSubnet = "10.213.99.0/24"
+	testPrefix = "10.213.99."
+)
+
+// workflowFile is the repository's codemagic.yaml; {{run}} and {{data}}
+// are replaced by the run's marker and the server's data dir.
+const workflowFile = `
+definitions:
+  vars: &vars
+    E2E_RUN: "{{run}}"
+workflows:
+  pass:
+    name: Passing workflow
+    environment:
+      vars:
+        <<: *vars
+        GREETING: hello e2e
+    publishing:
+      email:
+        recipients: [nobody@example.invalid]
+    scripts:
+      - name: Greet
+        script: echo "greeting=$GREETING number=$BUILD_NUMBER ci=$CI dir=$FCI_BUILD_DIR cm=$CM_BUILD_DIR"
+      - name: Check the clone
+        script: |
+          test "$PWD" = "$FCI_BUILD_DIR"
+          cat marker.txt
+          echo "commit=$CM_COMMIT branch=$CM_BRANCH"
+      - ls "$HOME/.hangar/steps"
+  fail:
+    environment:
+      vars: *vars
+    scripts:
+      - name: Before
+        script: echo before-failure
+      - name: Broken
+        script: |
+          echo about-to-fail
+          exit 3
+      - name: After
+        script: echo SHOULD-NOT-RUN
+  env:
+    environment:
+      vars: *vars
+    scripts:
+      - name: Export
+        script: echo "E2E_EXPORTED=from-step-one" >> "$CM_ENV"
+      - name: Read
+        script: echo "exported=$E2E_EXPORTED"
+  timeout:
+    max_build_duration: "3s"
+    environment:
+      vars: *vars
+    scripts:
+      - name: Sleep
+        script: echo sleeping; sleep 120
+  cancel:
+    environment:
+      vars: *vars
+    scripts:
+      - name: Wait
+        script: echo waiting; sleep 120
+  sudo:
+    environment:
+      vars: *vars
+    scripts:
+      - name: Write to /usr
+        script: |
+          sudo -n touch /usr/local/bin/hangar-e2e-{{run}}
+          ls /usr/local/bin/hangar-e2e-{{run}}
+          echo "whoami=$(whoami) sudo=$(sudo -n whoami)"
+      - name: Hangar's data is out of reach
+        script: |
+          if sudo -n cat {{data}}/admin-token; then echo LEAKED; exit 1; fi
+          if sudo -n ls {{data}}/hangar.db; then echo LEAKED; exit 1; fi
+          echo data-hidden
+  listen:
+    max_build_duration: "90s"
+    environment:
+      vars: *vars
+    scripts:
+      - name: Serve
+        script: |
+          nc -lk 9000 >/dev/null 2>&1 &
+          for i in $(seq 50); do nc -z -w1 127.0.0.1 9000 && break; sleep 0.1; done
+          me=$(hostname -I | tr -d ' ')
+          nc -z -w2 "$me" 9000 && echo "self-reachable ip=$me"
+          sleep 80
+  probe:
+    environment:
+      vars: *vars
+    scripts:
+      - name: Probe the other machines
+        script: |
+          me=$(hostname -I | tr -d ' ')
+          echo "probing from $me"
+          for i in $(seq 2 40); do
+            ip={{prefix}}$i
+            [ "$ip" = "$me" ] && continue
+            (nc -z -w2 "$ip" 9000 && echo "REACHED $ip") &
+          done
+          wait
+          echo probe-done
+`
+
+func marker() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// fixture is one server with an app whose repository has workflowFile.
+type fixture struct {
+	t      *testing.T
+	s      *harness.Server
+	repo   *harness.Repo
+	run    string
+	driver string
+}
+
+func newFixture(t *testing.T, driver string) *fixture {
+	args := []string{}
+	if driver == "sandbox" {
+		if os.Geteuid() != 0 {
+			t.Skip("the sandbox driver needs root")
+		}
+		if _, err := exec.LookPath("runc"); err != nil {
+			t.Skip("the sandbox driver needs runc (apt-get install runc)")
+		}
+		args = append(args, "--sandbox-bridge", testBridge, "--sandbox-subnet", testSubnet)
+	}
+	s := harness.StartServer(t, harness.Options{Driver: driver, Args: args})
+	f := &fixture{t: t, s: s, run: marker(), driver: driver}
+	yaml := strings.NewReplacer("{{run}}", f.run, "{{data}}", s.Data, "{{prefix}}", testPrefix).Replace(workflowFile)
+	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": yaml, "marker.txt": "marker-" + f.run + "\n"})
+	f.repo.Commit("broken", map[string]string{"codemagic.yaml": "workflows:\n  pass:\n    scripts:\n      - name: ok\n        script: echo ok\n    max_build_duration: 500\n"})
+	if r := s.Hangar("app", "add", "demo", "--repo", f.repo.Path); r.Code != 0 {
+		t.Fatalf("app add: %d %s %s", r.Code, r.Stdout, r.Stderr)
+	}
+	return f
+}
+
+func (f *fixture) hangar(args string) harness.Result {
+	return f.s.Hangar(strings.Fields(args)...)
+}
+
+// start starts a build and returns it as created.
+func (f *fixture) start(args string) *build.Build {
+	f.t.Helper()
+	r := f.hangar("build start demo --json " + args)
+	if r.Code != 0 {
+		f.t.Fatalf("build start %s: exit %d: %s", args, r.Code, r.Stderr)
+	}
+	var b build.Build
+	if err := json.Unmarshal([]byte(r.Stdout), &b); err != nil {
+		f.t.Fatalf("build start %s: %v: %s", args, err, r.Stdout)
+	}
+	return &b
+}
+
+func (f *fixture) show(id int64) *build.Build {
+	f.t.Helper()
+	r := f.hangar(fmt.Sprintf("build show %d --json", id))
+	if r.Code != 0 {
+		f.t.Fatalf("build show %d: %s", id, r.Stderr)
+	}
+	var b build.Build
+	if err := json.Unmarshal([]byte(r.Stdout), &b); err != nil {
+		f.t.Fatal(err)
+	}
+	return &b
+}
+
+// wait waits for build id to end, then checks that nothing of its machine
+// is left, and returns it with its log.
+func (f *fixture) wait(id int64, within time.Duration) (*build.Build, string) {
+	f.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		b := f.show(id)
+		if b.Status.Done() {
+			logs := f.hangar(fmt.Sprintf("build logs %d", id))
+			f.checkGone(id)
+			return b, logs.Stdout
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("build %d still %s after %s", id, b.Status, within)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// checkGone asserts that no process, mount, netns, veth or directory of
+// build id is left.
+func (f *fixture) checkGone(id int64) {
+	f.t.Helper()
+	name := fmt.Sprintf("build-%d", id)
+	// The runner destroys the machine before it records the end; allow a
+	// moment for process reaping.
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		left := f.leftovers(id, name)
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			f.t.Errorf("build %d left behind: %s", id, strings.Join(left, "; "))
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (f *fixture) leftovers(id int64, name string) []string {
+	var left []string
+	procs, _ := filepath.Glob("/proc/[0-9]*/environ")
+	for _, p := range procs {
+		env, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		vars := bytes.Split(env, []byte{0})
+		var run, bid, hb bool
+		for _, v := range vars {
+			s := string(v)
+			run = run || s == "E2E_RUN="+f.run
+			bid = bid || s == "FCI_BUILD_ID="+strconv.FormatInt(id, 10)
+			hb = hb || s == "HANGAR_BUILD="+name
+		}
+		if (run && bid) || (hb && f.ownsProcess(p)) {
+			cmd, _ := os.ReadFile(strings.TrimSuffix(p, "environ") + "cmdline")
+			left = append(left, fmt.Sprintf("process %s (%s)", filepath.Base(filepath.Dir(p)), strings.ReplaceAll(string(cmd), "\x00", " ")))
+		}
+	}
+	if _, err := os.Stat(filepath.Join(f.s.Data, "machines", name)); err == nil {
+		left = append(left, "directory machines/"+name)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if bytes.Contains(mounts, []byte(filepath.Join(f.s.Data, "machines", name)+"/")) {
+		left = append(left, "mounts under machines/"+name)
+	}
+	if f.driver == "sandbox" {
+		if _, err := os.Stat("/run/netns/hangar-" + name); err == nil {
+			left = append(left, "netns hangar-"+name)
+		}
+		sum := sha256.Sum256([]byte(name))
+		veth := "hgr" + hex.EncodeToString(sum[:6])
+		if _, err := os.Stat("/sys/class/net/" + veth); err == nil {
+			left = append(left, "veth "+veth)
+		}
+		if _, err := os.Stat(filepath.Join(f.s.Data, "machines", ".runc", "hangar-"+name)); err == nil {
+			left = append(left, "runc container hangar-"+name)
+		}
+	}
+	return left
+}
+
+// ownsProcess tells builder processes of this server from another
+// server's (both number their builds from 1).
+func (f *fixture) ownsProcess(environ string) bool {
+	if f.driver == "host" {
+		cwd, err := os.Readlink(strings.TrimSuffix(environ, "environ") + "cwd")
+		return err == nil && strings.HasPrefix(cwd, f.s.Data)
+	}
+	return true
+}
+
+func stepStatuses(b *build.Build) map[string]build.StepStatus {
+	m := map[string]build.StepStatus{}
+	for _, s := range b.Steps {
+		m[s.Name] = s.Status
+	}
+	return m
+}
+
+func TestBuildsSandbox(t *testing.T) { testBuilds(t, "sandbox") }
+
+func TestBuildsHost(t *testing.T) { testBuilds(t, "host") }
+
+func testBuilds(t *testing.T, driver string) {
+	f := newFixture(t, driver)
+
+	t.Run("pass", func(t *testing.T) {
+		t.Parallel()
+		b := f.start("--workflow pass")
+		if b.Trigger != build.Manual || b.Workflow != "pass" || b.Branch != "main" || len(b.Commit) != 40 {
+			t.Errorf("created build: %+v", b)
+		}
+		b, logs := f.wait(b.ID, 2*time.Minute)
+		if b.Status != build.Finished {
+			t.Fatalf("status %s (%s), log:\n%s", b.Status, b.Message, logs)
+		}
+		want := []string{
+			"greeting=hello e2e number=",
+			"ci=true",
+			"marker-" + f.run,
+			"commit=" + b.Commit + " branch=main",
+			"01-greet.sh",
+			"Ignored: publishing",
+		}
+		if driver == "sandbox" {
+			want = append(want, "dir=/home/builder/clone cm=/home/builder/clone")
+		}
+		for _, w := range want {
+			if !strings.Contains(logs, w) {
+				t.Errorf("log lacks %q:\n%s", w, logs)
+			}
+		}
+		for _, s := range b.Steps {
+			if s.Status != build.StepSuccess || s.StartedAt == nil || s.FinishedAt == nil || s.DurationMS == nil {
+				t.Errorf("step %q: %+v", s.Name, s)
+			}
+		}
+		if len(b.Steps) != 5 || b.StartedAt == nil || b.FinishedAt == nil {
+			t.Errorf("build: %+v", b)
+		}
+	})
+
+	t.Run("fail", func(t *testing.T) {
+		t.Parallel()
+		b, logs := f.wait(f.start("--workflow fail").ID, 2*time.Minute)
+		if b.Status != build.Failed {
+			t.Fatalf("status %s, log:\n%s", b.Status, logs)
+		}
+		st := stepStatuses(b)
+		if st["Before"] != build.StepSuccess || st["Broken"] != build.StepFailed || st["After"] != build.StepSkipped {
+			t.Errorf("steps: %v", st)
+		}
+		if !strings.Contains(logs, "about-to-fail") || strings.Contains(logs, "SHOULD-NOT-RUN") {
+			t.Errorf("log:\n%s", logs)
+		}
+		for _, s := range b.Steps {
+			if s.Name == "Broken" && (s.ExitCode == nil || *s.ExitCode != 3) {
+				t.Errorf("exit code of Broken: %v", s.ExitCode)
+			}
+		}
+		if !strings.Contains(b.Message, "Broken") {
+			t.Errorf("message %q does not name the failed step", b.Message)
+		}
+	})
+
+	t.Run("cm_env", func(t *testing.T) {
+		t.Parallel()
+		b, logs := f.wait(f.start("--workflow env").ID, 2*time.Minute)
+		if b.Status != build.Finished || !strings.Contains(logs, "exported=from-step-one") {
+			t.Fatalf("status %s, log:\n%s", b.Status, logs)
+		}
+	})
+
+	t.Run("timeout", func(t *testing.T) {
+		t.Parallel()
+		start := time.Now()
+		b, logs := f.wait(f.start("--workflow timeout").ID, time.Minute)
+		if b.Status != build.Timeout {
+			t.Fatalf("status %s (%s), log:\n%s", b.Status, b.Message, logs)
+		}
+		if !strings.Contains(b.Message, "max_build_duration") || !strings.Contains(logs, "max_build_duration") {
+			t.Errorf("message %q / log does not say why:\n%s", b.Message, logs)
+		}
+		if d := time.Since(start); d > 30*time.Second {
+			t.Errorf("timeout took %s", d)
+		}
+		if st := stepStatuses(b); st["Sleep"] != build.StepCanceled {
+			t.Errorf("steps: %v", st)
+		}
+	})
+
+	t.Run("cancel", func(t *testing.T) {
+		t.Parallel()
+		b := f.start("--workflow cancel")
+		waitLog(t, f, b.ID, "waiting")
+		start := time.Now()
+		if r := f.hangar(fmt.Sprintf("build cancel %d", b.ID)); r.Code != 0 || !strings.Contains(r.Stdout, "canceled") {
+			t.Fatalf("cancel: %d %s %s", r.Code, r.Stdout, r.Stderr)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("cancel took %s", d)
+		}
+		b, _ = f.wait(b.ID, time.Minute)
+		if b.Status != build.Canceled {
+			t.Fatalf("status %s", b.Status)
+		}
+		if r := f.hangar(fmt.Sprintf("build cancel %d", b.ID)); r.Code == 0 || !strings.Contains(r.Stderr, "already ended") {
+			t.Errorf("second cancel: %d %s", r.Code, r.Stderr)
+		}
+	})
+
+	t.Run("malformed workflow file", func(t *testing.T) {
+		t.Parallel()
+		b := f.start("--branch broken")
+		if b.Status != build.Failed || !strings.Contains(b.Message, "codemagic.yaml:6") || !strings.Contains(b.Message, "max_build_duration") {
+			t.Fatalf("build: %s %q", b.Status, b.Message)
+		}
+		r := f.hangar("build start demo --branch broken --follow")
+		if r.Code == 0 || !strings.Contains(r.Stderr, "codemagic.yaml:6") {
+			t.Errorf("start --follow: %d %s", r.Code, r.Stderr)
+		}
+	})
+
+	t.Run("clear errors", func(t *testing.T) {
+		t.Parallel()
+		for _, c := range []struct {
+			args, want string
+			env        []string
+		}{
+			{args: "build start demo --workflow nope", want: `no workflow "nope"`},
+			{args: "build start demo", want: "several workflows"},
+			{args: "build start nope", want: `no app "nope"`},
+			{args: "build start demo --workflow pass --branch nope", want: `no branch "nope"`},
+			{args: "build show 99999", want: "no build 99999"},
+			{args: "build show abc", want: "not a build id"},
+			{args: "app list", env: []string{"HANGAR_TOKEN=wrong"}, want: "invalid API token"},
+			{args: "app list", env: []string{"HANGAR_TOKEN="}, want: "missing API token"},
+			{args: "app add demo --repo /nonexistent/repo", want: "no such directory"},
+			{args: "app add 'bad name' --repo /tmp", want: "not valid"},
+		} {
+			var r harness.Result
+			args := strings.Fields(c.args)
+			if c.args == "app add 'bad name' --repo /tmp" {
+				args = []string{"app", "add", "bad name", "--repo", "/tmp"}
+			}
+			if c.env != nil {
+				r = f.s.HangarEnv(c.env, args...)
+			} else {
+				r = f.s.Hangar(args...)
+			}
+			if r.Code == 0 || !strings.Contains(r.Stderr, c.want) {
+				t.Errorf("hangar %s: exit %d, stderr %q, want %q", c.args, r.Code, r.Stderr, c.want)
+			}
+		}
+	})
+
+	t.Run("webhook", func(t *testing.T) {
+		t.Parallel()
+		testWebhook(t, f)
+	})
+
+	if driver != "sandbox" {
+		return
+	}
+
+	t.Run("sudo stays in the machine", func(t *testing.T) {
+		t.Parallel()
+		b, logs := f.wait(f.start("--workflow sudo").ID, 2*time.Minute)
+		if b.Status != build.Finished {
+			t.Fatalf("status %s (%s), log:\n%s", b.Status, b.Message, logs)
+		}
+		if !strings.Contains(logs, "whoami=builder sudo=root") || !strings.Contains(logs, "data-hidden") {
+			t.Errorf("log:\n%s", logs)
+		}
+		if _, err := os.Stat("/usr/local/bin/hangar-e2e-" + f.run); err == nil {
+			os.Remove("/usr/local/bin/hangar-e2e-" + f.run)
+			t.Errorf("the build's sudo write reached the host's /usr")
+		}
+	})
+
+	t.Run("machines cannot reach each other", func(t *testing.T) {
+		t.Parallel()
+		a := f.start("--workflow listen")
+		waitLog(t, f, a.ID, "self-reachable")
+		b, logs := f.wait(f.start("--workflow probe").ID, 2*time.Minute)
+		if b.Status != build.Finished || !strings.Contains(logs, "probe-done") {
+			t.Fatalf("probe: %s, log:\n%s", b.Status, logs)
+		}
+		if strings.Contains(logs, "REACHED") {
+			t.Errorf("a machine reached another:\n%s", logs)
+		}
+		if ab := f.show(a.ID); ab.Status != build.Building {
+			t.Errorf("the listening build ended early (%s): the probe proves nothing", ab.Status)
+		}
+		f.hangar(fmt.Sprintf("build cancel %d", a.ID))
+		f.wait(a.ID, time.Minute)
+	})
+}
+
+// waitLog waits until build id's log contains s.
+func waitLog(t *testing.T, f *fixture, id int64, s string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		r := f.hangar(fmt.Sprintf("build logs %d", id))
+		if strings.Contains(r.Stdout, s) {
+			return
+		}
+		if b := f.show(id); b.Status.Done() || time.Now().After(deadline) {
+			t.Fatalf("build %d (%s) never logged %q:\n%s", id, b.Status, s, r.Stdout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+var webhookMu sync.Mutex
+
+func testWebhook(t *testing.T, f *fixture) {
+	webhookMu.Lock()
+	defer webhookMu.Unlock()
+	// A second app with a known secret and a workflow triggered on push.
+	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": `
+workflows:
+  on-push:
+    triggering:
+      events: [push]
+      branch_patterns:
+        - pattern: 'release/*'
+    environment:
+      vars:
+        E2E_RUN: "` + f.run + `"
+    scripts:
+      - echo pushed
+  manual-only:
+    scripts:
+      - echo manual
+`})
+	commit := repo.Commit("release/1.0", nil)
+	if r := f.s.Hangar("app", "add", "hooked", "--repo", repo.Path, "--webhook-secret", "s3cret"); r.Code != 0 {
+		t.Fatalf("app add: %s", r.Stderr)
+	}
+	post := func(body []byte, sig string) (int, string) {
+		req, _ := http.NewRequest("POST", f.s.URL+"/api/v1/webhooks/hooked", bytes.NewReader(body))
+		req.Header.Set("X-GitHub-Event", "push")
+		if sig != "" {
+			req.Header.Set("X-Hub-Signature-256", sig)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var buf bytes.Buffer
+		_, _ = buf.ReadFrom(resp.Body)
+		return resp.StatusCode, buf.String()
+	}
+	sign := func(secret string, body []byte) string {
+		m := hmac.New(sha256.New, []byte(secret))
+		m.Write(body)
+		return "sha256=" + hex.EncodeToString(m.Sum(nil))
+	}
+	before := len(listBuilds(t, f, "hooked"))
+	body := []byte(`{"ref":"refs/heads/release/1.0","after":"` + commit + `"}`)
+	for _, sig := range []string{"", "sha256=00", sign("wrong", body), "sha1=abc"} {
+		if code, msg := post(body, sig); code != http.StatusUnauthorized || !strings.Contains(msg, "signature") {
+			t.Errorf("signature %q: %d %s", sig, code, msg)
+		}
+	}
+	if n := len(listBuilds(t, f, "hooked")); n != before {
+		t.Fatalf("a refused webhook started %d builds", n-before)
+	}
+	code, msg := post(body, sign("s3cret", body))
+	if code != http.StatusAccepted {
+		t.Fatalf("signed webhook: %d %s", code, msg)
+	}
+	var res struct{ Builds []build.Build }
+	if err := json.Unmarshal([]byte(msg), &res); err != nil || len(res.Builds) != 1 {
+		t.Fatalf("signed webhook started %s", msg)
+	}
+	b := res.Builds[0]
+	if b.Trigger != build.Webhook || b.Workflow != "on-push" || b.Commit != commit || b.Branch != "release/1.0" {
+		t.Errorf("webhook build: %+v", b)
+	}
+	// A push to a branch no pattern matches starts nothing.
+	other := []byte(`{"ref":"refs/heads/main","after":""}`)
+	if code, msg := post(other, sign("s3cret", other)); code != http.StatusAccepted || !strings.Contains(msg, `"builds": []`) {
+		t.Errorf("unmatched push: %d %s", code, msg)
+	}
+	nb, logs := f.wait(b.ID, 2*time.Minute)
+	if nb.Status != build.Finished || !strings.Contains(logs, "pushed") {
+		t.Errorf("webhook build: %s\n%s", nb.Status, logs)
+	}
+}
+
+func listBuilds(t *testing.T, f *fixture, app string) []build.Build {
+	r := f.hangar("build list --json --app " + app)
+	var list []build.Build
+	if err := json.Unmarshal([]byte(r.Stdout), &list); err != nil {
+		t.Fatalf("build list: %v %s %s", err, r.Stdout, r.Stderr)
+	}
+	return list
+}

@@ -1,0 +1,255 @@
+// Package harness starts real Hangar processes for end-to-end tests: it
+// builds the binary once, runs `hangar server` on loopback with its own data
+// dir, makes git repositories and runs the CLI against the server.
+package harness
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// Binary builds the hangar binary once per test process and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "hangar-e2e-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "hangar")
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Join(filepath.Dir(file), "..", "..")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/hangar")
+		cmd.Dir = root
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// Server is a running `hangar server`.
+type Server struct {
+	t      testing.TB
+	URL    string
+	Data   string
+	Token  string
+	cmd    *exec.Cmd
+	log    *lockedBuffer
+	exited chan struct{}
+}
+
+// Options configure a server.
+type Options struct {
+	Driver string   // "sandbox" or "host"
+	Args   []string // more flags
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func freePort(t testing.TB) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// StartServer starts `hangar server` and waits until it answers. It is
+// stopped (SIGTERM) at cleanup.
+func StartServer(t testing.TB, o Options) *Server {
+	t.Helper()
+	bin := Binary(t)
+	data := t.TempDir()
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	args := append([]string{"server", "--http", addr, "--data", data, "--driver", o.Driver, "--log-level", "debug"}, o.Args...)
+	s := &Server{t: t, URL: "http://" + addr, Data: data, log: &lockedBuffer{}, exited: make(chan struct{})}
+	s.cmd = exec.Command(bin, args...)
+	s.cmd.Stdout = s.log
+	s.cmd.Stderr = s.log
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = s.cmd.Wait()
+		close(s.exited)
+	}()
+	t.Cleanup(s.Stop)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(s.URL + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		select {
+		case <-s.exited:
+			t.Fatalf("hangar server exited at start:\n%s", s.log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hangar server did not answer within 30s:\n%s", s.log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tok, err := os.ReadFile(filepath.Join(data, "admin-token"))
+	if err != nil {
+		t.Fatalf("admin token: %v", err)
+	}
+	s.Token = strings.TrimSpace(string(tok))
+	return s
+}
+
+// Log is what the server printed so far.
+func (s *Server) Log() string { return s.log.String() }
+
+// Stop stops the server and waits for it to exit.
+func (s *Server) Stop() {
+	select {
+	case <-s.exited:
+		return
+	default:
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.exited:
+	case <-time.After(60 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.exited
+		s.t.Errorf("hangar server did not stop within 60s of SIGTERM")
+	}
+	if s.t.Failed() {
+		s.t.Logf("server log:\n%s", s.log.String())
+	}
+}
+
+// Result is the outcome of a CLI command.
+type Result struct {
+	Stdout, Stderr string
+	Code           int
+}
+
+// Hangar runs the CLI against the server with the admin token.
+func (s *Server) Hangar(args ...string) Result {
+	return s.HangarEnv([]string{"HANGAR_TOKEN=" + s.Token}, args...)
+}
+
+// HangarEnv runs the CLI with extra environment (e.g. another token).
+func (s *Server) HangarEnv(env []string, args ...string) Result {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, Binary(s.t), args...)
+	cmd.Env = append(append(os.Environ(), "HANGAR_SERVER="+s.URL, "HANGAR_DATA=/nonexistent"), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	r := Result{Stdout: stdout.String(), Stderr: stderr.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.Code = ee.ExitCode()
+	case err != nil:
+		s.t.Fatalf("hangar %v: %v", args, err)
+	}
+	return r
+}
+
+// Repo is a bare git repository made for a test.
+type Repo struct {
+	Path string
+	work string
+	t    testing.TB
+}
+
+// NewRepo makes a bare repository whose branch main holds files.
+func NewRepo(t testing.TB, files map[string]string) *Repo {
+	t.Helper()
+	dir := t.TempDir()
+	r := &Repo{Path: filepath.Join(dir, "repo.git"), work: filepath.Join(dir, "work"), t: t}
+	r.git("", "init", "--quiet", "--bare", "--initial-branch", "main", r.Path)
+	r.git("", "clone", "--quiet", r.Path, r.work)
+	r.git(r.work, "checkout", "--quiet", "-b", "main")
+	r.Commit("main", files)
+	return r
+}
+
+// Commit writes files on branch (created from main if new) and pushes.
+func (r *Repo) Commit(branch string, files map[string]string) string {
+	r.t.Helper()
+	if branch != "main" {
+		r.git(r.work, "checkout", "--quiet", "-B", branch)
+		defer r.git(r.work, "checkout", "--quiet", "main")
+	}
+	for name, content := range files {
+		p := filepath.Join(r.work, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			r.t.Fatal(err)
+		}
+		mode := os.FileMode(0o644)
+		if strings.HasSuffix(name, ".sh") {
+			mode = 0o755
+		}
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+	r.git(r.work, "add", "-A")
+	r.git(r.work, "-c", "user.name=e2e", "-c", "user.email=e2e@example.invalid", "commit", "--quiet", "--allow-empty", "-m", "commit on "+branch)
+	r.git(r.work, "push", "--quiet", "--force", "origin", branch)
+	return strings.TrimSpace(r.git(r.work, "rev-parse", "HEAD"))
+}
+
+func (r *Repo) git(dir string, args ...string) string {
+	r.t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		r.t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
