@@ -39,7 +39,8 @@ func Binary(t testing.TB) string {
 		binPath = filepath.Join(dir, "hangar")
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..", "..")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/hangar")
+		// The race detector watches the service in end-to-end tests too.
+		cmd := exec.Command("go", "build", "-race", "-o", binPath, "./cmd/hangar")
 		cmd.Dir = root
 		out, err := cmd.CombinedOutput()
 		if err != nil {

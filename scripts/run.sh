@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs `hangar server` on its embedded defaults, registers the demo app from
+# examples/demo and says how to start a build. Ctrl-C stops the server.
+set -euo pipefail
+BIN=${BIN:-bin/hangar} DATA=${DATA:-hangar-data} HTTP=${HTTP:-127.0.0.1:8080}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+# The demo repository: examples/demo as a git repository with one commit.
+demo="$DATA/../.hangar-demo/demo.git"
+if [ ! -d "$demo" ]; then
+  work=$(mktemp -d)
+  cp -r examples/demo/. "$work/"
+  git -C "$work" init -q -b main
+  git -C "$work" add -A
+  git -C "$work" -c user.name=Hangar -c user.email=demo@hangar.invalid commit -qm "Hangar demo app"
+  mkdir -p "$(dirname "$demo")"
+  git clone -q --bare "$work" "$demo"
+  rm -rf "$work"
+fi
+demo=$(cd "$demo" && pwd)
+
+"$BIN" server --data "$DATA" --http "$HTTP" &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null; wait $pid' INT TERM
+for _ in $(seq 100); do
+  curl -fsS "http://$HTTP/healthz" >/dev/null 2>&1 && break
+  kill -0 $pid 2>/dev/null || { wait $pid; exit 1; }
+  sleep 0.1
+done
+export HANGAR_SERVER="http://$HTTP" HANGAR_DATA="$DATA"
+"$BIN" app show demo >/dev/null 2>&1 || "$BIN" app add demo --repo "$demo" >/dev/null
+cat <<MSG
+
+Hangar is running at http://$HTTP (data in $DATA). In another terminal, from $root:
+
+  export HANGAR_TOKEN=\$(cat $DATA/admin-token) HANGAR_SERVER=http://$HTTP
+  $BIN build start demo --workflow test --follow
+
+Ctrl-C stops the server.
+MSG
+wait $pid
