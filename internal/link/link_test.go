@@ -1,0 +1,130 @@
+package link
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+func newKey(t *testing.T) (ssh.PublicKey, string) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, _ := ssh.NewPublicKey(pub)
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sp, string(pem.EncodeToMemory(block))
+}
+
+func startServer(t *testing.T) (*Server, string, string) {
+	t.Helper()
+	_, hostPriv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := ssh.NewSignerFromKey(hostPriv)
+	s := &Server{HostKey: signer}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(l) }()
+	t.Cleanup(func() {
+		s.Close()
+		if err := <-done; err != ErrServerClosed {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return s, l.Addr().String(), string(ssh.MarshalAuthorizedKey(signer.PublicKey()))
+}
+
+func TestLink(t *testing.T) {
+	s, addr, hostKey := startServer(t)
+	pub, priv := newKey(t)
+	_, otherPriv := newKey(t)
+	exp, err := s.Expect("build-1", pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer exp.Close()
+	if _, err := s.Expect("build-1", pub); err == nil {
+		t.Fatal("a name was expected twice")
+	}
+	ctx := context.Background()
+
+	// Wrong key, unknown name, wrong host key: refused.
+	for _, h := range []*Hello{
+		{Name: "build-1", Addr: addr, HostKey: hostKey, Key: otherPriv},
+		{Name: "build-2", Addr: addr, HostKey: hostKey, Key: priv},
+	} {
+		if c, err := Dial(ctx, h); err == nil {
+			c.Close()
+			t.Errorf("%s with a wrong credential was admitted", h.Name)
+		}
+	}
+	wrongHost, _ := newKey(t)
+	if c, err := Dial(ctx, &Hello{Name: "build-1", Addr: addr, HostKey: string(ssh.MarshalAuthorizedKey(wrongHost)), Key: priv}); err == nil {
+		c.Close()
+		t.Error("the builder accepted a server with another host key")
+	}
+
+	c, err := Dial(ctx, &Hello{Name: "build-1", Addr: addr, HostKey: hostKey, Key: priv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var conn *Conn
+	select {
+	case conn = <-exp.Conn():
+	case <-time.After(5 * time.Second):
+		t.Fatal("no link delivered")
+	}
+	// A second link for the same build is refused.
+	if c2, err := Dial(ctx, &Hello{Name: "build-1", Addr: addr, HostKey: hostKey, Key: priv}); err == nil {
+		c2.Close()
+		t.Error("a second link for the same build was admitted")
+	}
+
+	if err := conn.SendJob(&Job{Branch: "main", Steps: []Step{{Name: "x"}}}); err != nil {
+		t.Fatal(err)
+	}
+	job, err := c.Job()
+	if err != nil || job.Branch != "main" || len(job.Steps) != 1 {
+		t.Fatalf("job: %+v %v", job, err)
+	}
+	if err := c.Send(Event{Type: Log, Step: 1, Text: strings.Repeat("x", 100)}); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := conn.Recv()
+	if err != nil || ev.Type != Log || ev.Step != 1 || len(ev.Text) != 100 || ev.Time.IsZero() {
+		t.Fatalf("event: %+v %v", ev, err)
+	}
+	// Closing the expectation closes the link.
+	exp.Close()
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- c.Wait() }()
+	select {
+	case <-waitErr:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the builder's link stayed open after the runner closed it")
+	}
+}
+
+func TestReadHello(t *testing.T) {
+	for _, in := range []string{"", "not json\n", `{"name":"build-1"}` + "\n"} {
+		if _, err := ReadHello(strings.NewReader(in)); err == nil {
+			t.Errorf("hello %q accepted", in)
+		} else if strings.Contains(err.Error(), "PRIVATE") {
+			t.Errorf("error shows key material: %v", err)
+		}
+	}
+}
