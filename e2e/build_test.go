@@ -25,8 +25,8 @@ import (
 // Test network of sandbox servers: apart from `make run`'s default.
 const (
 	testBridge = "hgtest0"
-	testSubnet = "10.213.99.0/24"
-	testPrefix = "10.213.99."
+	testSubnet = "10.213.97.0/24"
+	testPrefix = "10.213.97."
 )
 
 // workflowFile is the repository's codemagic.yaml; {{run}} and {{data}}

@@ -1,0 +1,161 @@
+package sandbox
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// recoverLeftovers removes what a crashed driver with the same StateDir
+// left: containers in our runc root, and for every machine directory its
+// network namespace, veth, cgroups and the directory itself.
+func (d *Driver) recoverLeftovers() error {
+	var errs []error
+	ids, err := os.ReadDir(d.runcRoot)
+	if err != nil {
+		return err
+	}
+	for _, e := range ids {
+		if err := d.runc("delete", "--force", e.Name()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	entries, err := os.ReadDir(d.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") || !e.IsDir() {
+			continue
+		}
+		if machineNameRE.MatchString(name) {
+			if err := deleteNetwork(name); err != nil {
+				errs = append(errs, err)
+			}
+			if err := removeCgroups(d.cgroupRoots, name); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := removeDir(filepath.Join(d.cfg.StateDir, name)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// cgroupMounts returns the mount points of the cgroup hierarchies.
+func cgroupMounts() ([]string, error) {
+	mounts, err := readMountinfo()
+	if err != nil {
+		return nil, err
+	}
+	var roots []string
+	for _, m := range mounts {
+		if m.fstype == "cgroup" || m.fstype == "cgroup2" {
+			roots = append(roots, m.point)
+		}
+	}
+	return roots, nil
+}
+
+// removeCgroups removes the cgroup directories of machine name that runc
+// left in any hierarchy.
+func removeCgroups(roots []string, name string) error {
+	var errs []error
+	for _, r := range roots {
+		p := filepath.Join(r, cgroupParent, name)
+		if err := unix.Rmdir(p); err != nil && err != unix.ENOENT {
+			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", p, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeDir unmounts whatever is mounted under dir, deepest first, and
+// removes dir.
+func removeDir(dir string) error {
+	mounts, err := readMountinfo()
+	if err != nil {
+		return err
+	}
+	var under []string
+	for _, m := range mounts {
+		if within(m.point, dir) {
+			under = append(under, m.point)
+		}
+	}
+	slices.SortFunc(under, func(a, b string) int { return len(b) - len(a) })
+	for _, p := range under {
+		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && err != unix.EINVAL {
+			return fmt.Errorf("unmount %s: %w", p, err)
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove machine dir: %w", err)
+	}
+	return nil
+}
+
+type mountEntry struct{ point, fstype string }
+
+// readMountinfo parses /proc/self/mountinfo.
+func readMountinfo() ([]mountEntry, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []mountEntry
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		// id parent major:minor root point options [optional...] - fstype source superopts
+		fields := strings.Fields(sc.Text())
+		sep := slices.Index(fields, "-")
+		if len(fields) < 5 || sep < 0 || sep+1 >= len(fields) {
+			continue
+		}
+		out = append(out, mountEntry{point: unescapeMount(fields[4]), fstype: fields[sep+1]})
+	}
+	return out, sc.Err()
+}
+
+// unescapeMount undoes the octal escapes (\040 for space...) of mountinfo.
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, ok := octal(s[i+1 : i+4]); ok {
+				b.WriteByte(v)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func octal(s string) (byte, bool) {
+	if len(s) != 3 {
+		return 0, false
+	}
+	var v int
+	for _, c := range s {
+		if c < '0' || c > '7' {
+			return 0, false
+		}
+		v = v*8 + int(c-'0')
+	}
+	return byte(v), v < 256
+}

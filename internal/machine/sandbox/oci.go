@@ -1,0 +1,176 @@
+package sandbox
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// capabilities are Docker's default set without CAP_NET_RAW. sudo needs
+// SETUID, SETGID and AUDIT_WRITE in the bounding set.
+var capabilities = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+	"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+}
+
+// Masked and read-only paths of `runc spec`.
+var (
+	defaultMaskedPaths = []string{
+		"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+		"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+	}
+	defaultReadonlyPaths = []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
+)
+
+const (
+	defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	nofileLimit = 16384 // must not exceed runc's own hard limit
+	pidsLimit   = 4096
+)
+
+// ociParams is what one machine's OCI config is made of.
+type ociParams struct {
+	name      string
+	layout    layout
+	rootBinds []string // host top-level directories bound read-only
+	builder   string   // host path of the builder binary
+	args      []string
+	env       []string
+	mounts    []specMount
+	masked    []string // extra paths to mask (Mask/StateDir seen through mounts)
+	netns     string
+	// volatile skips the overlays' syncs: their upper layers are thrown
+	// away with the machine, and dpkg syncs a lot.
+	volatile bool
+}
+
+// specMount is a machine.Mount after validation.
+type specMount struct{ source, target string }
+
+// ociSpec returns the OCI runtime config of a machine.
+func ociSpec(p ociParams) *specs.Spec {
+	l := p.layout
+	var mounts []specs.Mount
+	for i, b := range l.baseDirs {
+		opts := []string{"lowerdir=" + b, "upperdir=" + l.upper(i), "workdir=" + l.work(i)}
+		if p.volatile {
+			opts = append(opts, "volatile")
+		}
+		mounts = append(mounts, specs.Mount{Destination: b, Type: "overlay", Source: "overlay", Options: opts})
+	}
+	for _, b := range p.rootBinds {
+		mounts = append(mounts, specs.Mount{Destination: b, Type: "bind", Source: b,
+			Options: []string{"bind", "ro", "nodev"}})
+	}
+	mounts = append(mounts,
+		specs.Mount{Destination: "/proc", Type: "proc", Source: "proc",
+			Options: []string{"nosuid", "noexec", "nodev"}},
+		specs.Mount{Destination: "/dev", Type: "tmpfs", Source: "tmpfs",
+			Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+		specs.Mount{Destination: "/dev/pts", Type: "devpts", Source: "devpts",
+			Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
+		specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm",
+			Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+		specs.Mount{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue",
+			Options: []string{"nosuid", "noexec", "nodev"}},
+		specs.Mount{Destination: "/sys", Type: "sysfs", Source: "sysfs",
+			Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		specs.Mount{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs",
+			Options: []string{"nosuid", "nodev", "mode=1777"}},
+		specs.Mount{Destination: "/run", Type: "tmpfs", Source: "tmpfs",
+			Options: []string{"nosuid", "nodev", "mode=755"}},
+		specs.Mount{Destination: "/home", Type: "bind", Source: l.home(),
+			Options: []string{"bind", "rw", "nodev"}},
+		specs.Mount{Destination: builderPath, Type: "bind", Source: p.builder,
+			Options: []string{"bind", "ro", "nodev", "nosuid"}},
+	)
+	for _, m := range p.mounts {
+		// Not rbind: mounts below the source stay hidden.
+		mounts = append(mounts, specs.Mount{Destination: m.target, Type: "bind", Source: m.source,
+			Options: []string{"bind", "ro", "nodev", "nosuid"}})
+	}
+
+	env := make([]string, 0, len(p.env)+4)
+	hasPath := false
+	for _, kv := range p.env {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "HANGAR_HOME", "HANGAR_USER":
+			continue // the driver's own
+		case "PATH":
+			hasPath = true
+		}
+		env = append(env, kv)
+	}
+	if !hasPath {
+		env = append(env, defaultPath)
+	}
+	env = append(env, "HANGAR_HOME="+builderHome, "HANGAR_USER="+builderUser)
+
+	pids := int64(pidsLimit)
+	return &specs.Spec{
+		Version: specs.Version,
+		Process: &specs.Process{
+			Terminal: false,
+			User:     specs.User{UID: 0, GID: 0},
+			Args:     append([]string{builderPath}, p.args...),
+			Env:      env,
+			Cwd:      "/",
+			Capabilities: &specs.LinuxCapabilities{
+				Bounding:  capabilities,
+				Effective: capabilities,
+				Permitted: capabilities,
+			},
+			Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: nofileLimit, Soft: nofileLimit}},
+			NoNewPrivileges: false,
+		},
+		Root:     &specs.Root{Path: l.rootfs(), Readonly: false},
+		Hostname: p.name,
+		Mounts:   mounts,
+		Linux: &specs.Linux{
+			CgroupsPath: "/" + cgroupParent + "/" + p.name,
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.PIDNamespace},
+				{Type: specs.MountNamespace},
+				{Type: specs.IPCNamespace},
+				{Type: specs.UTSNamespace},
+				{Type: specs.NetworkNamespace, Path: p.netns},
+				{Type: specs.CgroupNamespace},
+			},
+			Resources: &specs.LinuxResources{
+				Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+				Pids:    &specs.LinuxPids{Limit: &pids},
+			},
+			MaskedPaths:   append(append([]string{}, defaultMaskedPaths...), p.masked...),
+			ReadonlyPaths: defaultReadonlyPaths,
+		},
+	}
+}
+
+// overlayVolatile reports whether the kernel has overlayfs's volatile
+// option (Linux 5.10).
+func overlayVolatile() bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor); err != nil {
+		return false
+	}
+	return major > 5 || major == 5 && minor >= 10
+}
+
+// writeSpec writes s as the bundle's config.json.
+func writeSpec(path string, s *specs.Spec) error {
+	data, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, data, 0o600)
+}

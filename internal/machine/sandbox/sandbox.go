@@ -1,0 +1,511 @@
+// Package sandbox is the "sandbox" machine driver: every build runs in its own
+// runc container on this host, with its own network namespace on a private
+// bridge and a copy-on-write view of a few host directories.
+//
+// A machine sees the host's BaseDirs (/usr /etc /var /opt by default) through
+// one overlay each, so a build may `sudo apt-get install` or write anywhere
+// without changing the host: writes land in a per-machine upper directory
+// that Destroy removes. Everything else (the host's /root, /home, /tmp, /run,
+// Hangar's data and the other machines) is absent, and so are the secrets
+// of the base dirs: password hashes are replaced by "*", SSH host keys and
+// TLS private keys are hidden. The builder process runs as root; the
+// `builder` account (passwordless sudo) is what steps run as.
+//
+// Network: the host side of each machine's veth is an isolated port of the
+// driver's bridge, so machines cannot reach each other; the host accepts from
+// the bridge only the ports of listeners made by Driver.Listen, and machines
+// reach the outside only when Config.Egress is set. Firewall state lives in
+// iptables chains named HANGAR-*-<bridge>, removed by Close.
+//
+// The driver needs root, runc, iptables and sudo on the host.
+package sandbox
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hangar-ci/hangar/internal/machine"
+)
+
+// Config configures the sandbox driver. The zero value of every field but
+// StateDir selects a default.
+type Config struct {
+	// Subnet is the IPv4 network of the bridge, default "10.213.42.0/24".
+	// The bridge takes the first address, machines the following ones.
+	Subnet string
+	// Bridge is the name of the host bridge, default "hangar0". It also
+	// suffixes the iptables chains, so two drivers with different bridges
+	// can share a host.
+	Bridge string
+	// Egress lets machines open connections to the outside (NAT through
+	// the host). It sets net.ipv4.ip_forward=1 on the host.
+	Egress bool
+	// StateDir holds one directory per machine and runc's state. Required,
+	// absolute, used by one driver at a time, and not inside a BaseDir.
+	// New removes whatever an earlier, crashed driver left in it.
+	StateDir string
+	// Mask lists host paths that must never be visible inside a machine,
+	// such as Hangar's data directory. They must not be inside a BaseDir,
+	// and are hidden (an empty read-only tmpfs) where a Spec mount of a
+	// parent would expose them. A Spec mount of a path strictly inside a
+	// masked one exposes that subtree only: the runner mounts repository
+	// mirrors from the data directory that way. StateDir is masked too, and
+	// no Spec mount may come from it.
+	Mask []string
+	// Runtime is the path of the runc binary, default "runc" from PATH.
+	Runtime string
+	// BaseDirs are the host directories machines see, each through its own
+	// overlay (host directory as the read-only lower layer). Default /usr
+	// /etc /var /opt.
+	BaseDirs []string
+	// BuilderUID is the uid (and gid) of the builder account inside the
+	// machines. Default: the first uid >= 1500 unused in the host's
+	// /etc/passwd and /etc/group.
+	BuilderUID int
+}
+
+const (
+	defaultSubnet = "10.213.42.0/24"
+	defaultBridge = "hangar0"
+	builderUser   = "builder"
+	builderHome   = "/home/builder"
+	// builderPath is where spec.Builder appears inside the machine.
+	builderPath = "/.hangar/hangar"
+	// netnsPrefix prefixes runc container ids and netns names.
+	netnsPrefix = "hangar-"
+	netnsDir    = "/run/netns"
+	// cgroupParent is the parent of every machine's cgroup.
+	cgroupParent = "hangar"
+)
+
+var defaultBaseDirs = []string{"/usr", "/etc", "/var", "/opt"}
+
+// Driver is the sandbox machine driver. Create it with New; it owns the
+// bridge and the firewall rules until Close.
+type Driver struct {
+	cfg      Config
+	runcRoot string // runc --root, inside StateDir
+	lock     *os.File
+	subnet   netip.Prefix
+	bridgeIP netip.Addr
+	fw       *firewall
+	// cgroupRoots are the mount points of the cgroup hierarchies.
+	cgroupRoots []string
+	// rootLinks and rootBinds mirror the host's /bin, /lib... in every
+	// skeleton: symlinks are copied, real directories are bound read-only.
+	rootLinks map[string]string
+	rootBinds []string
+	// hidden are the Mask paths and StateDir: never visible in a machine.
+	hidden []string
+	// bridgeIndex is the bridge's interface index.
+	bridgeIndex int
+	// volatile is whether overlays can skip syncs.
+	volatile bool
+
+	mu sync.Mutex
+	// machines are the live machines by name; guarded by mu.
+	machines map[string]*Machine
+	// usedIPs are the leased machine addresses; guarded by mu.
+	usedIPs map[netip.Addr]bool
+	// listeners are the open Listen listeners; guarded by mu.
+	listeners map[*listener]bool
+	// closed is set by Close; guarded by mu.
+	closed bool
+	// forwardWas is ip_forward before New changed it ("" if unchanged).
+	forwardWas string
+}
+
+var _ machine.Driver = (*Driver)(nil)
+
+var ifNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$`)
+
+// New validates cfg, cleans up after any crashed earlier driver using the
+// same StateDir or bridge, and creates the bridge and firewall rules.
+func New(cfg Config) (*Driver, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("sandbox: the sandbox driver must run as root")
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	subnet, err := netip.ParsePrefix(cfg.Subnet)
+	if err != nil || !subnet.Addr().Is4() || subnet.Bits() > 29 || subnet.Bits() < 8 {
+		return nil, fmt.Errorf("sandbox: subnet %q: want an IPv4 network between /8 and /29", cfg.Subnet)
+	}
+	subnet = subnet.Masked()
+	d := &Driver{
+		cfg:       cfg,
+		runcRoot:  filepath.Join(cfg.StateDir, ".runc"),
+		subnet:    subnet,
+		bridgeIP:  subnet.Addr().Next(),
+		machines:  map[string]*Machine{},
+		usedIPs:   map[netip.Addr]bool{},
+		listeners: map[*listener]bool{},
+		hidden:    append(slices.Clone(cfg.Mask), cfg.StateDir),
+		volatile:  overlayVolatile(),
+	}
+	if err := checkBuilderUID(cfg.BuilderUID); err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	if d.rootLinks, d.rootBinds, err = hostRootLayout(cfg.BaseDirs); err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	if d.cgroupRoots, err = cgroupMounts(); err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	if err := os.MkdirAll(d.runcRoot, 0o700); err != nil {
+		return nil, fmt.Errorf("sandbox: create state dir: %w", err)
+	}
+	if err := os.Chmod(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(cfg.StateDir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: lock state dir: %w", err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("sandbox: state dir %s is used by another driver: %w", cfg.StateDir, err)
+	}
+	d.lock = lock
+	if err := d.recoverLeftovers(); err != nil {
+		d.lock.Close()
+		return nil, fmt.Errorf("sandbox: clean up an earlier run: %w", err)
+	}
+	if err := d.setupHost(); err != nil {
+		d.teardownHost()
+		d.lock.Close()
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	return d, nil
+}
+
+// setupHost creates the bridge and the firewall rules.
+func (d *Driver) setupHost() error {
+	if err := checkSubnetFree(d.subnet, d.cfg.Bridge); err != nil {
+		return err
+	}
+	idx, err := createBridge(d.cfg.Bridge, netip.PrefixFrom(d.bridgeIP, d.subnet.Bits()))
+	if err != nil {
+		return err
+	}
+	d.bridgeIndex = idx
+	d.fw = newFirewall(d.cfg.Bridge, d.subnet, d.bridgeIP)
+	if err := d.fw.setup(d.cfg.Egress); err != nil {
+		return err
+	}
+	if d.cfg.Egress {
+		was, err := setSysctl("net/ipv4/ip_forward", "1")
+		if err != nil {
+			return fmt.Errorf("enable ip forwarding: %w", err)
+		}
+		if was != "1" {
+			d.forwardWas = was
+		}
+	}
+	return nil
+}
+
+// teardownHost removes what setupHost created; it ignores what is missing.
+func (d *Driver) teardownHost() error {
+	var errs []error
+	if d.fw == nil {
+		d.fw = newFirewall(d.cfg.Bridge, d.subnet, d.bridgeIP)
+	}
+	if err := d.fw.teardown(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := deleteBridge(d.cfg.Bridge); err != nil {
+		errs = append(errs, err)
+	}
+	if d.forwardWas != "" {
+		if _, err := setSysctl("net/ipv4/ip_forward", d.forwardWas); err != nil {
+			errs = append(errs, fmt.Errorf("restore ip forwarding: %w", err))
+		}
+		d.forwardWas = ""
+	}
+	for _, root := range d.cgroupRoots {
+		// Fails while another driver's machines live there; that is fine.
+		_ = os.Remove(filepath.Join(root, cgroupParent))
+	}
+	return errors.Join(errs...)
+}
+
+// Name returns "sandbox".
+func (d *Driver) Name() string { return "sandbox" }
+
+// Isolated returns true: machines are isolated from the host and from each
+// other, and Mounts appear at their Target.
+func (d *Driver) Isolated() bool { return true }
+
+// BridgeIP returns the host's address on the bridge, where machines reach
+// the listeners made by Listen.
+func (d *Driver) BridgeIP() net.IP { return net.IP(d.bridgeIP.AsSlice()) }
+
+// Listen listens on a free TCP port of the bridge address and lets machines
+// reach it. Closing the listener (or the driver) withdraws the permission.
+func (d *Driver) Listen() (net.Listener, error) {
+	d.mu.Lock()
+	closed := d.closed
+	d.mu.Unlock()
+	if closed {
+		return nil, errors.New("sandbox: driver is closed")
+	}
+	l, err := net.Listen("tcp4", net.JoinHostPort(d.bridgeIP.String(), "0"))
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: listen: %w", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := d.fw.allowPort(port); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	ln := &listener{Listener: l, d: d, port: port}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		ln.closeLocked()
+		return nil, errors.New("sandbox: driver is closed")
+	}
+	d.listeners[ln] = true
+	return ln, nil
+}
+
+// listener is a Listen listener; closing it removes its firewall rule.
+type listener struct {
+	net.Listener
+	d    *Driver
+	port int
+	once sync.Once
+	err  error
+}
+
+func (l *listener) Close() error {
+	l.d.mu.Lock()
+	defer l.d.mu.Unlock()
+	return l.closeLocked()
+}
+
+// closeLocked closes l; l.d.mu is held.
+func (l *listener) closeLocked() error {
+	l.once.Do(func() {
+		delete(l.d.listeners, l)
+		err := l.Listener.Close()
+		if ferr := l.d.fw.denyPort(l.port); ferr != nil {
+			err = errors.Join(err, ferr)
+		}
+		l.err = err
+	})
+	return l.err
+}
+
+// Close destroys the machines still alive, closes the listeners and
+// removes the firewall rules, the bridge and the parent cgroups.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	live := make([]*Machine, 0, len(d.machines))
+	for _, m := range d.machines {
+		live = append(live, m)
+	}
+	d.mu.Unlock()
+
+	var errs []error
+	for _, m := range live {
+		if err := m.Destroy(context.Background()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	d.mu.Lock()
+	for l := range d.listeners {
+		if err := l.closeLocked(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	d.mu.Unlock()
+	if err := d.teardownHost(); err != nil {
+		errs = append(errs, err)
+	}
+	d.lock.Close()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sandbox: close: %w", err)
+	}
+	return nil
+}
+
+// setDefaults fills in defaults and validates c.
+func (c *Config) setDefaults() error {
+	if c.Subnet == "" {
+		c.Subnet = defaultSubnet
+	}
+	if c.Bridge == "" {
+		c.Bridge = defaultBridge
+	}
+	if !ifNameRE.MatchString(c.Bridge) {
+		return fmt.Errorf("bridge name %q: want at most 15 letters, digits, '-', '_' or '.'", c.Bridge)
+	}
+	if c.Runtime == "" {
+		p, err := exec.LookPath("runc")
+		if err != nil {
+			return errors.New("runc not found in PATH: install it with `apt-get install runc`")
+		}
+		c.Runtime = p
+	} else if _, err := exec.LookPath(c.Runtime); err != nil {
+		return fmt.Errorf("runtime %s: %w (install runc with `apt-get install runc`)", c.Runtime, err)
+	}
+	if _, err := exec.LookPath("iptables"); err != nil {
+		return errors.New("iptables not found in PATH: install it with `apt-get install iptables`")
+	}
+	if c.BaseDirs == nil {
+		c.BaseDirs = defaultBaseDirs
+	}
+	var err error
+	if c.StateDir, err = cleanAbs("state dir", c.StateDir); err != nil {
+		return err
+	}
+	if strings.ContainsAny(c.StateDir, ",:") {
+		return fmt.Errorf("state dir %s: must not contain ',' or ':' (overlay options)", c.StateDir)
+	}
+	bases := make([]string, 0, len(c.BaseDirs))
+	for _, b := range c.BaseDirs {
+		if b, err = cleanAbs("base dir", b); err != nil {
+			return err
+		}
+		if b == "/" || strings.ContainsAny(b, ",:") {
+			return fmt.Errorf("base dir %q: not usable as an overlay lower layer", b)
+		}
+		if fi, err := os.Stat(b); err != nil || !fi.IsDir() {
+			return fmt.Errorf("base dir %s: not a directory", b)
+		}
+		bases = append(bases, b)
+	}
+	// Parents first: that is the order their overlays are mounted in.
+	slices.Sort(bases)
+	c.BaseDirs = slices.Compact(bases)
+	mask := make([]string, 0, len(c.Mask))
+	for _, p := range c.Mask {
+		if p, err = cleanAbs("mask path", p); err != nil {
+			return err
+		}
+		mask = append(mask, p)
+	}
+	c.Mask = mask
+	for _, b := range c.BaseDirs {
+		if overlaps(b, c.StateDir) {
+			return fmt.Errorf("state dir %s overlaps base dir %s, which machines see: move Hangar's data dir out of %s",
+				c.StateDir, b, strings.Join(c.BaseDirs, ", "))
+		}
+		for _, p := range c.Mask {
+			if overlaps(b, p) {
+				return fmt.Errorf("masked path %s overlaps base dir %s, which machines see: move it (Hangar's data dir) out of %s",
+					p, b, strings.Join(c.BaseDirs, ", "))
+			}
+		}
+	}
+	if _, err := os.Stat("/usr/bin/sudo"); err != nil && slices.Contains(c.BaseDirs, "/usr") {
+		return errors.New("sudo is not installed on the host, and builds need it: install it with `apt-get install sudo`")
+	}
+	switch {
+	case c.BuilderUID < 0:
+		return fmt.Errorf("builder uid %d: must be positive", c.BuilderUID)
+	case c.BuilderUID == 0:
+		uid, err := freeUID(1500)
+		if err != nil {
+			return err
+		}
+		c.BuilderUID = uid
+	}
+	return nil
+}
+
+func cleanAbs(what, p string) (string, error) {
+	if p == "" || !filepath.IsAbs(p) {
+		return "", fmt.Errorf("%s %q: must be an absolute path", what, p)
+	}
+	return filepath.Clean(p), nil
+}
+
+// within reports whether p is dir or lies inside it.
+func within(p, dir string) bool {
+	if dir == "/" {
+		return true
+	}
+	return p == dir || strings.HasPrefix(p, dir+"/")
+}
+
+// overlaps reports whether one of a and b lies inside the other.
+func overlaps(a, b string) bool { return within(a, b) || within(b, a) }
+
+// freeUID returns the first id >= from used neither as a uid in the host's
+// /etc/passwd nor as a gid in /etc/group.
+func freeUID(from int) (int, error) {
+	used := map[int]bool{}
+	for _, f := range []string{"/etc/passwd", "/etc/group"} {
+		ids, err := idsIn(f)
+		if err != nil {
+			return 0, err
+		}
+		for id := range ids {
+			used[id] = true
+		}
+	}
+	for id := from; id < 60000; id++ {
+		if !used[id] {
+			return id, nil
+		}
+	}
+	return 0, errors.New("no free uid for the builder account")
+}
+
+// idsIn returns the ids (third field) of the colon-separated file f.
+func idsIn(f string) (map[int]bool, error) {
+	file, err := os.Open(f)
+	if err != nil {
+		return nil, err
+	}
+	defer file.Close()
+	ids := map[int]bool{}
+	sc := bufio.NewScanner(file)
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), ":")
+		if len(fields) < 3 {
+			continue
+		}
+		if id, err := strconv.Atoi(fields[2]); err == nil {
+			ids[id] = true
+		}
+	}
+	return ids, sc.Err()
+}
+
+// leaseIP reserves a free machine address; d.mu is held.
+func (d *Driver) leaseIPLocked() (netip.Addr, error) {
+	for a := d.bridgeIP.Next(); d.subnet.Contains(a); a = a.Next() {
+		if !d.subnet.Contains(a.Next()) {
+			break // the broadcast address
+		}
+		if !d.usedIPs[a] {
+			d.usedIPs[a] = true
+			return a, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("no free address left in %s", d.subnet)
+}

@@ -1,0 +1,590 @@
+// These tests run real machines: they need root, runc, iptables and sudo,
+// and skip otherwise. They use the bridge hangart0 and 10.213.99.0/24, so a
+// Hangar server on the default hangar0 is not disturbed.
+
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/hangar-ci/hangar/internal/machine"
+)
+
+func TestConfigRefusesDataInsideBaseDirs(t *testing.T) {
+	requireHost(t)
+	cases := []Config{
+		{StateDir: "/var/lib/hangar-test/machines"},
+		{StateDir: filepath.Join(t.TempDir(), "state"), Mask: []string{"/opt/hangar-test-data"}},
+		{StateDir: filepath.Join(t.TempDir(), "state"), BaseDirs: []string{"/usr", "/tmp"}},
+	}
+	for _, cfg := range cases {
+		cfg.Bridge = testBridge
+		cfg.Subnet = testSubnet
+		d, err := New(cfg)
+		if err == nil {
+			d.Close()
+			t.Errorf("New(%+v) accepted data inside a base dir", cfg)
+			continue
+		}
+		if !strings.Contains(err.Error(), "move") {
+			t.Errorf("New(%+v): %v; want it to tell the user to move the data dir", cfg, err)
+		}
+	}
+	if _, err := os.Stat("/var/lib/hangar-test"); err == nil {
+		t.Errorf("New created /var/lib/hangar-test")
+	}
+}
+
+func TestBuilderRootAndSudo(t *testing.T) {
+	d := newTestDriver(t, nil)
+	const marker = "/usr/local/bin/hangar-test-x"
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatalf("%s exists on the host before the test", marker)
+	}
+	out := runShell(t, d, "sudo", `
+echo "uid=$(id -u)"
+echo "env=$HANGAR_HOME:$HANGAR_USER"
+su builder -c 'sudo -n touch `+marker+`' && test -f `+marker+` && echo sudo-ok
+su builder -c 'echo "home=$HOME"; echo "whoami=$(whoami)"; touch ~/f && echo home-writable'
+echo "owner=$(stat -c %U /home/builder)"
+su builder -c 'touch /usr/local/bin/y' 2>/dev/null || echo builder-not-root
+timeout 3 getent hosts sudo >/dev/null && echo hostname-resolves
+timeout 3 getent hosts hangar.example.com; test $? = 124 && echo dns-lookup-hangs || true
+`)
+	for _, want := range []string{"uid=0", "env=/home/builder:builder", "sudo-ok", "home=/home/builder",
+		"whoami=builder", "home-writable", "owner=builder", "builder-not-root", "hostname-resolves"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "dns-lookup-hangs") {
+		t.Errorf("a name lookup without egress hangs instead of failing")
+	}
+	if _, err := os.Stat(marker); err == nil {
+		os.Remove(marker)
+		t.Errorf("sudo inside the machine created %s on the host", marker)
+	}
+}
+
+func TestSecretsHidden(t *testing.T) {
+	base := t.TempDir()
+	exposed := filepath.Join(base, "exposed")
+	secret := filepath.Join(exposed, "secret")
+	state := filepath.Join(exposed, "state")
+	mirror := filepath.Join(secret, "mirror")
+	for _, dir := range []string{mirror, state} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for p, data := range map[string]string{
+		filepath.Join(exposed, "pub"):   "public-data",
+		filepath.Join(secret, "token"):  "secret-token",
+		filepath.Join(mirror, "HEAD"):   "mirror-data",
+		filepath.Join(base, "unlisted"): "unlisted-data",
+	} {
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := newTestDriver(t, func(c *Config) {
+		c.StateDir = state
+		c.Mask = []string{secret}
+	})
+	hostRoot, _ := os.ReadDir("/root")
+	script := fmt.Sprintf(`
+cat /mnt/x/pub; echo
+cat /mnt/mirror/HEAD; echo
+cat /mnt/x/secret/token 2>/dev/null; echo "secret-list=$(ls -A /mnt/x/secret 2>&1 | tr '\n' ' ')"
+echo "state-list=$(ls -A /mnt/x/state 2>&1 | tr '\n' ' ')"
+cat %[1]s/unlisted 2>/dev/null || echo base-absent
+ls %[2]s >/dev/null 2>&1 || echo statedir-absent
+echo "root-list=$(ls -A /root | tr '\n' ' ')"
+echo "hashes=$(cut -d: -f2 /etc/shadow | sort -u | tr '\n' ' ')"
+echo "sudo-hashes=$(su builder -c 'sudo -n cut -d: -f2 /etc/shadow' | sort -u | tr '\n' ' ')"
+test -e /etc/shadow- || echo backup-absent
+ls /etc/ssh/ssh_host_*_key 2>/dev/null || echo hostkeys-absent
+`, base, state)
+	out := runShell(t, d, "secrets", script,
+		machine.Mount{Source: exposed, Target: "/mnt/x"},
+		machine.Mount{Source: mirror, Target: "/mnt/mirror"})
+	for _, want := range []string{"public-data", "mirror-data", "secret-list=\n", "state-list=\n", "base-absent",
+		"statedir-absent", "root-list=\n", "hashes=* \n", "sudo-hashes=* \n", "backup-absent", "hostkeys-absent"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	for _, leak := range []string{"secret-token", "unlisted-data"} {
+		if strings.Contains(out, leak) {
+			t.Errorf("machine read %q:\n%s", leak, out)
+		}
+	}
+	// Mounting a masked path itself, or anything from the state dir, is
+	// refused.
+	for _, src := range []string{secret, state, filepath.Join(state, ".runc")} {
+		_, err := d.Start(context.Background(), machine.Spec{Name: "refused", Builder: "/bin/sh",
+			Mounts: []machine.Mount{{Source: src, Target: "/mnt/y"}}})
+		if err == nil {
+			t.Errorf("Start with a mount of %s succeeded", src)
+		}
+	}
+	if len(hostRoot) == 0 {
+		t.Log("host /root is empty: the /root check proves little")
+	}
+}
+
+func TestNetworkIsolation(t *testing.T) {
+	d := newTestDriver(t, nil)
+	br := d.BridgeIP().String()
+
+	// A listener made by Listen, another one on the bridge address that is
+	// not, and one on the host's loopback.
+	allowed, err := d.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer allowed.Close()
+	accepted := make(chan struct{}, 10)
+	go func() {
+		for {
+			c, err := allowed.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- struct{}{}
+			c.Close()
+		}
+	}()
+	other, err := net.Listen("tcp4", net.JoinHostPort(br, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	loopback, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loopback.Close()
+	port := func(l net.Listener) string { return strconv.Itoa(l.Addr().(*net.TCPAddr).Port) }
+
+	// Machine A serves on 7000 and checks it reaches its own listener over
+	// eth0 (the positive control for B's attempt).
+	a, outA := startShell(t, d, "net-a", `
+nc -lk 7000 >/dev/null &
+sleep 0.3
+nc -z -w 2 $(hostname -I) 7000 && echo a-self-ok
+echo a-ready
+wait`)
+	outA.waitFor(t, "a-ready", 10*time.Second)
+	if !strings.Contains(outA.String(), "a-self-ok") {
+		t.Fatalf("A cannot reach its own listener, the isolation check would prove nothing:\n%s", outA.String())
+	}
+	if c, err := net.DialTimeout("tcp", net.JoinHostPort(a.IP().String(), "7000"), 2*time.Second); err != nil {
+		t.Fatalf("host cannot reach A's listener: %v", err)
+	} else {
+		c.Close()
+	}
+
+	outB := runShell(t, d, "net-b", fmt.Sprintf(`
+nc -z -w 2 %[1]s 7000 && echo b-reached-a || echo b-blocked-a
+nc -z -w 2 %[2]s %[3]s && echo listen-ok || echo listen-blocked
+nc -z -w 2 %[2]s %[4]s && echo other-reached || echo other-blocked
+nc -z -w 2 127.0.0.1 %[5]s && echo loopback-reached || echo loopback-blocked
+`, a.IP(), br, port(allowed), port(other), port(loopback)))
+	for _, want := range []string{"b-blocked-a", "listen-ok", "other-blocked", "loopback-blocked"} {
+		if !strings.Contains(outB, want) {
+			t.Errorf("B's output lacks %q:\n%s", want, outB)
+		}
+	}
+	select {
+	case <-accepted:
+	case <-time.After(time.Second):
+		t.Errorf("the Listen listener accepted no connection from B")
+	}
+
+	// Bridge port isolation alone keeps machines apart: without the
+	// FORWARD rules, C still cannot reach A.
+	if _, err := iptables("filter", "-D", "FORWARD", "-j", d.fw.fwd); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if _, err := iptables("filter", "-I", "FORWARD", "1", "-j", d.fw.fwd); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer restore()
+	outC := runShell(t, d, "net-c", fmt.Sprintf("nc -z -w 2 %s 7000 && echo c-reached-a || echo c-blocked-a", a.IP()))
+	restore()
+	if !strings.Contains(outC, "c-blocked-a") {
+		t.Errorf("without the FORWARD rules, C reached A: port isolation is missing:\n%s", outC)
+	}
+
+	// Closing the listener withdraws its rule.
+	rule := strings.Join(d.fw.portRule(allowed.Addr().(*net.TCPAddr).Port), " ")
+	if !strings.Contains(chainRules(t, "filter", d.fw.in), "--dport "+port(allowed)) {
+		t.Errorf("no rule for the Listen port %s in %s", port(allowed), d.fw.in)
+	}
+	allowed.Close()
+	if s := chainRules(t, "filter", d.fw.in); strings.Contains(s, "--dport "+port(allowed)) {
+		t.Errorf("rule %q still in %s after closing the listener:\n%s", rule, d.fw.in, s)
+	}
+}
+
+func chainRules(t *testing.T, table, chain string) string {
+	t.Helper()
+	out, err := iptables(table, "-S", chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+func TestDestroyLeavesNothing(t *testing.T) {
+	d := newTestDriver(t, nil)
+	m, out := startShell(t, d, "destroy", `
+setsid sleep 31337 &
+su builder -c 'sudo -n setsid sleep 31338 &'
+echo started
+exec sleep 31336`)
+	out.waitFor(t, "started", 10*time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(processesWith("sleep 31337")) == 0 || len(processesWith("sleep 31338")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the machine's sleeps never showed up on the host (positive control); output:\n%s", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	hostVeth := hostVethName(m.name)
+	if l, err := netlink.LinkByName(hostVeth); err != nil {
+		t.Fatalf("no host veth %s: %v", hostVeth, err)
+	} else if l.Attrs().MasterIndex != d.bridgeIndex {
+		t.Errorf("host veth %s is not on the bridge", hostVeth)
+	}
+
+	// Concurrent Destroys, and a Wait, all return.
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = m.Destroy(context.Background())
+		}()
+	}
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- m.Wait() }()
+	wg.Wait()
+	took := time.Since(start)
+	for _, err := range errs {
+		if err != nil {
+			t.Errorf("Destroy: %v", err)
+		}
+	}
+	if took > 2*time.Second {
+		t.Errorf("Destroy took %v", took)
+	}
+	t.Logf("Destroy took %v", took)
+	select {
+	case err := <-waitErr:
+		if err == nil {
+			t.Errorf("Wait returned nil for a killed builder")
+		}
+	case <-time.After(time.Second):
+		t.Errorf("Wait did not return after Destroy")
+	}
+	if err := m.Destroy(context.Background()); err != nil {
+		t.Errorf("second Destroy: %v", err)
+	}
+	assertMachineGone(t, d, m.name)
+	for _, c := range []string{"sleep 31337", "sleep 31338", "sleep 31336"} {
+		if pids := processesWith(c); len(pids) > 0 {
+			t.Errorf("%q still runs after Destroy: pids %v", c, pids)
+		}
+	}
+}
+
+// assertMachineGone checks that nothing of machine name is left, and
+// nothing of any machine if the driver has none alive.
+func assertMachineGone(t *testing.T, d *Driver, name string) {
+	t.Helper()
+	d.mu.Lock()
+	alive := len(d.machines)
+	d.mu.Unlock()
+	entries, err := os.ReadDir(d.runcRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name() == netnsPrefix+name || alive == 0 {
+			t.Errorf("runc container %s still in the state root", e.Name())
+		}
+	}
+	if _, err := os.Lstat(netnsPath(name)); err == nil {
+		t.Errorf("network namespace %s still exists", netnsName(name))
+	}
+	if _, err := netlink.LinkByName(hostVethName(name)); err == nil {
+		t.Errorf("host veth %s still exists", hostVethName(name))
+	}
+	if alive == 0 {
+		// Other drivers (another Hangar on this host) may have namespaces
+		// of their own: only this driver's bridge is checked as a whole.
+		links, err := netlink.LinkList()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range links {
+			if l.Attrs().MasterIndex == d.bridgeIndex {
+				t.Errorf("link %s still on the bridge", l.Attrs().Name)
+			}
+		}
+	}
+	mounts, err := readMountinfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mounts {
+		if within(m.point, d.cfg.StateDir) {
+			t.Errorf("%s still mounted under the state dir", m.point)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(d.cfg.StateDir, name)); err == nil {
+		t.Errorf("machine dir of %s still exists", name)
+	}
+	for _, r := range d.cgroupRoots {
+		if _, err := os.Stat(filepath.Join(r, cgroupParent, name)); err == nil {
+			t.Errorf("cgroup %s/%s/%s still exists", r, cgroupParent, name)
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.machines[name]; ok {
+		t.Errorf("driver still lists machine %s", name)
+	}
+	if mounts, err := readMountinfo(); err != nil {
+		t.Fatal(err)
+	} else if slices.ContainsFunc(mounts, func(m mountEntry) bool { return m.point == netnsPath(name) }) {
+		t.Errorf("network namespace %s still mounted", netnsPath(name))
+	}
+	if len(d.usedIPs) > len(d.machines) {
+		t.Errorf("%d addresses leased for %d machines", len(d.usedIPs), len(d.machines))
+	}
+}
+
+func TestStartErrorCleansUp(t *testing.T) {
+	d := newTestDriver(t, nil)
+	// runc fails late: the mount target lies under a file.
+	out := &syncBuffer{}
+	_, err := d.Start(context.Background(), machine.Spec{
+		Name:    "fail",
+		Builder: "/bin/sh",
+		Args:    []string{"-c", "echo should-not-run"},
+		Output:  out,
+		Mounts:  []machine.Mount{{Source: t.TempDir(), Target: "/etc/hostname/x"}},
+	})
+	if err == nil {
+		t.Fatal("Start succeeded with a mount under a file")
+	}
+	t.Logf("Start error: %v", err)
+	assertMachineGone(t, d, "fail")
+
+	// A name in use: the second Start fails and leaves the first alone.
+	first, firstOut := startShell(t, d, "dup", "echo up; exec sleep 1000")
+	firstOut.waitFor(t, "up", 10*time.Second)
+	if _, err := d.Start(context.Background(), machine.Spec{Name: "dup", Builder: "/bin/sh"}); err == nil {
+		t.Fatal("second Start of the same name succeeded")
+	}
+	if _, err := os.Lstat(netnsPath("dup")); err != nil {
+		t.Errorf("the failed Start removed the first machine's netns: %v", err)
+	}
+	if _, err := os.Stat(first.layout.dir); err != nil {
+		t.Errorf("the failed Start removed the first machine's dir: %v", err)
+	}
+
+	// A canceled context.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := d.Start(ctx, machine.Spec{Name: "canceled", Builder: "/bin/sh"}); !errors.Is(err, context.Canceled) {
+		t.Errorf("Start with a canceled context: %v", err)
+	}
+	assertMachineGone(t, d, "canceled")
+}
+
+func TestStdinAndExitStatus(t *testing.T) {
+	d := newTestDriver(t, nil)
+	out := &syncBuffer{}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	m, err := d.Start(context.Background(), machine.Spec{
+		Name:    "stdin",
+		Builder: "/bin/sh",
+		Args:    []string{"-c", `read line; echo "got=$line"; exit 3`},
+		Stdin:   pr,
+		Output:  out,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Destroy(context.Background())
+	if _, err := io.WriteString(pw, "credentials\n"); err != nil {
+		t.Fatal(err)
+	}
+	// Wait must return although the runner's stdin stays open.
+	done := make(chan error, 1)
+	go func() { done <- m.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "exit status 3") {
+			t.Errorf("Wait: %v, want exit status 3", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait did not return")
+	}
+	if !strings.Contains(out.String(), "got=credentials") {
+		t.Errorf("output: %q", out.String())
+	}
+}
+
+func TestEgressRules(t *testing.T) {
+	d := newTestDriver(t, func(c *Config) { c.Egress = true })
+	if s := chainRules(t, "nat", d.fw.nat); !strings.Contains(s, "MASQUERADE") {
+		t.Errorf("no MASQUERADE in %s:\n%s", d.fw.nat, s)
+	}
+	// New is idempotent: a second driver on the same bridge (as after a
+	// crash) replaces the rules instead of adding copies.
+	if err := d.fw.setup(true); err != nil {
+		t.Fatal(err)
+	}
+	out, err := iptables("filter", "-S", "FORWARD")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(out), "-j "+d.fw.fwd); n != 1 {
+		t.Errorf("%d jumps to %s after a second setup, want 1:\n%s", n, d.fw.fwd, out)
+	}
+}
+
+func TestRecoverAfterCrash(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state")
+	d := newTestDriver(t, func(c *Config) { c.StateDir = state })
+	m, out := startShell(t, d, "crashed", "echo up; exec sleep 31339")
+	out.waitFor(t, "up", 10*time.Second)
+	// Simulate a crash: drop the driver without cleaning up, keeping the
+	// container, netns and dir.
+	d.lock.Close()
+	d2, err := New(d.cfg)
+	if err != nil {
+		t.Fatalf("New after a crash: %v", err)
+	}
+	assertMachineGone(t, d2, m.name)
+	if pids := processesWith("sleep 31339"); len(pids) > 0 {
+		t.Errorf("the crashed driver's machine still runs: %v", pids)
+	}
+	// The old driver's own cleanup must not fail now.
+	d.mu.Lock()
+	delete(d.machines, m.name)
+	d.mu.Unlock()
+	m.destroyed = true
+	if err := d2.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	assertHostClean(t, d2)
+}
+
+func TestMirrorInMaskedDataDirIsCloneable(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("needs git on the host")
+	}
+	data := filepath.Join(t.TempDir(), "data")
+	repo := filepath.Join(data, "mirrors", "app.git")
+	src := filepath.Join(t.TempDir(), "src")
+	for _, c := range [][]string{
+		{"git", "init", "-q", src},
+		{"git", "-C", src, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "first"},
+		{"git", "clone", "-q", "--mirror", src, repo},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", c, err, out)
+		}
+	}
+	d := newTestDriver(t, func(c *Config) { c.Mask = []string{data} })
+	out := runShell(t, d, "mirror", `su builder -c 'cd && git clone -q /hangar/repo.git src && git -C src log --format=%s' && echo cloned`,
+		machine.Mount{Source: repo, Target: "/hangar/repo.git"})
+	if !strings.Contains(out, "first\ncloned") {
+		t.Errorf("builder could not clone the mirror:\n%s", out)
+	}
+}
+
+func TestParallelMachines(t *testing.T) {
+	d := newTestDriver(t, nil)
+	const n = 4
+	var wg sync.WaitGroup
+	machines := make([]machine.Machine, n)
+	outs := make([]*syncBuffer, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs[i] = &syncBuffer{}
+			m, err := d.Start(context.Background(), machine.Spec{
+				Name:    fmt.Sprintf("par-%d", i),
+				Builder: "/bin/sh",
+				Args:    []string{"-c", "echo ip=$(hostname -I); exec sleep 1000"},
+				Output:  outs[i],
+			})
+			if err != nil {
+				t.Errorf("Start %d: %v", i, err)
+				return
+			}
+			machines[i] = m
+		}()
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for i, m := range machines {
+		if m == nil {
+			continue
+		}
+		outs[i].waitFor(t, "ip=", 10*time.Second)
+		ip := strings.TrimSpace(strings.TrimPrefix(outs[i].String(), "ip="))
+		if seen[ip] {
+			t.Errorf("two machines got address %s", ip)
+		}
+		seen[ip] = true
+	}
+	for i, m := range machines {
+		if m == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := m.Destroy(context.Background()); err != nil {
+				t.Errorf("Destroy %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		assertMachineGone(t, d, fmt.Sprintf("par-%d", i))
+	}
+}
