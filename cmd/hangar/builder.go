@@ -19,6 +19,10 @@ func builderCmd() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if os.Getpid() == 1 {
+				// PID 1 of a machine: stay as its init, run the builder below.
+				return &exitError{code: builder.Init([]string{"builder"})}
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return builder.Run(ctx, builder.Config{
