@@ -7,7 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 # The demo repository: examples/demo as a git repository with one commit.
-demo="$DATA/../.hangar-demo/demo.git"
+demo=".hangar-demo/hangar/demo.git"
 if [ ! -d "$demo" ]; then
   work=$(mktemp -d)
   cp -r examples/demo/. "$work/"
