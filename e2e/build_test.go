@@ -267,16 +267,18 @@ func (f *fixture) leftovers(id int64, name string) []string {
 		left = append(left, "mounts under machines/"+name)
 	}
 	if f.driver == "sandbox" {
-		if _, err := os.Stat("/run/netns/hangar-" + name); err == nil {
-			left = append(left, "netns hangar-"+name)
+		// Host-global names of a sandbox machine include the driver's bridge.
+		id := "hangar-" + testBridge + "_" + name
+		if _, err := os.Stat("/run/netns/" + id); err == nil {
+			left = append(left, "netns "+id)
 		}
-		sum := sha256.Sum256([]byte(name))
+		sum := sha256.Sum256([]byte(id))
 		veth := "hgr" + hex.EncodeToString(sum[:6])
 		if _, err := os.Stat("/sys/class/net/" + veth); err == nil {
 			left = append(left, "veth "+veth)
 		}
-		if _, err := os.Stat(filepath.Join(f.s.Data, "machines", ".runc", "hangar-"+name)); err == nil {
-			left = append(left, "runc container hangar-"+name)
+		if _, err := os.Stat(filepath.Join(f.s.Data, "machines", ".runc", id)); err == nil {
+			left = append(left, "runc container "+id)
 		}
 	}
 	return left

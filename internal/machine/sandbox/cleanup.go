@@ -12,9 +12,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// bridgeRecord is the file of StateDir that names the bridge of the driver
+// that used StateDir last, whose leftovers New removes.
+const bridgeRecord = ".bridge"
+
 // recoverLeftovers removes what a crashed driver with the same StateDir
 // left: containers in our runc root, and for every machine directory its
-// network namespace, veth, cgroups and the directory itself.
+// network namespace, veth, cgroups and the directory itself. The names of
+// the host-global ones are those of the crashed driver's bridge (recorded
+// in StateDir, see names.go): it never touches another driver's machines.
 func (d *Driver) recoverLeftovers() error {
 	var errs []error
 	ids, err := os.ReadDir(d.runcRoot)
@@ -26,6 +32,7 @@ func (d *Driver) recoverLeftovers() error {
 			errs = append(errs, err)
 		}
 	}
+	bridge := d.previousBridge()
 	entries, err := os.ReadDir(d.cfg.StateDir)
 	if err != nil {
 		return err
@@ -36,10 +43,11 @@ func (d *Driver) recoverLeftovers() error {
 			continue
 		}
 		if machineNameRE.MatchString(name) {
-			if err := deleteNetwork(name); err != nil {
+			h := machineHostNames(bridge, name)
+			if err := deleteNetwork(h); err != nil {
 				errs = append(errs, err)
 			}
-			if err := removeCgroups(d.cgroupRoots, name); err != nil {
+			if err := removeCgroups(d.cgroupRoots, h.cgroup); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -47,7 +55,29 @@ func (d *Driver) recoverLeftovers() error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	if bridge != d.cfg.Bridge {
+		for _, root := range d.cgroupRoots {
+			// Fails if the old bridge is another driver's now; fine.
+			_ = os.Remove(filepath.Join(root, cgroupParent(bridge)))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(d.cfg.StateDir, bridgeRecord), []byte(d.cfg.Bridge+"\n"), 0o600)
+}
+
+// previousBridge returns the bridge recorded in StateDir by the last driver
+// that used it, or ours if there is no valid record.
+func (d *Driver) previousBridge() string {
+	data, err := os.ReadFile(filepath.Join(d.cfg.StateDir, bridgeRecord))
+	if err != nil {
+		return d.cfg.Bridge
+	}
+	if b := strings.TrimSpace(string(data)); ifNameRE.MatchString(b) {
+		return b
+	}
+	return d.cfg.Bridge
 }
 
 // cgroupMounts returns the mount points of the cgroup hierarchies.
@@ -65,12 +95,12 @@ func cgroupMounts() ([]string, error) {
 	return roots, nil
 }
 
-// removeCgroups removes the cgroup directories of machine name that runc
-// left in any hierarchy.
-func removeCgroups(roots []string, name string) error {
+// removeCgroups removes the directories of cgroup path (relative to a
+// hierarchy's root) that runc left in any hierarchy.
+func removeCgroups(roots []string, path string) error {
 	var errs []error
 	for _, r := range roots {
-		p := filepath.Join(r, cgroupParent, name)
+		p := filepath.Join(r, path)
 		if err := unix.Rmdir(p); err != nil && err != unix.ENOENT {
 			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", p, err))
 		}

@@ -19,6 +19,9 @@ import (
 const (
 	testBridge = "hangart0"
 	testSubnet = "10.213.99.0/24"
+	// A second driver's, for the tests of two drivers on one host.
+	testBridge2 = "hangart1"
+	testSubnet2 = "10.213.98.0/24"
 )
 
 // requireHost skips the test unless it can run real machines.
@@ -68,6 +71,17 @@ func assertHostClean(tb testing.TB, d *Driver) {
 	tb.Helper()
 	if _, err := netlink.LinkByName(d.cfg.Bridge); err == nil {
 		tb.Errorf("bridge %s still exists after Close", d.cfg.Bridge)
+	}
+	for _, r := range d.cgroupRoots {
+		if p := filepath.Join(r, cgroupParent(d.cfg.Bridge)); exists(p) {
+			tb.Errorf("cgroup %s still exists after Close", p)
+		}
+	}
+	nss, _ := os.ReadDir(netnsDir)
+	for _, e := range nss {
+		if strings.HasPrefix(e.Name(), hostPrefix+d.cfg.Bridge+"_") {
+			tb.Errorf("network namespace %s still exists after Close", e.Name())
+		}
 	}
 	for _, table := range []string{"filter", "nat"} {
 		out, err := iptables(table, "-S")
@@ -173,4 +187,9 @@ func processesWith(s string) []string {
 		}
 	}
 	return pids
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
 }

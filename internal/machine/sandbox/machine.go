@@ -40,7 +40,7 @@ var machineNameRE = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,48}[a-zA-Z0-
 type Machine struct {
 	d      *Driver
 	name   string
-	id     string // runc container id
+	host   hostNames // names of the container, netns, veth and cgroup
 	layout layout
 	ip     netip.Addr
 
@@ -97,7 +97,7 @@ func (d *Driver) Start(ctx context.Context, spec machine.Spec) (machine.Machine,
 	m := &Machine{
 		d:      d,
 		name:   spec.Name,
-		id:     netnsPrefix + spec.Name,
+		host:   machineHostNames(d.cfg.Bridge, spec.Name),
 		layout: layout{dir: filepath.Join(d.cfg.StateDir, spec.Name), baseDirs: d.cfg.BaseDirs},
 		ip:     ip,
 		exited: make(chan struct{}),
@@ -196,7 +196,7 @@ func (m *Machine) start(ctx context.Context, spec machine.Spec, mounts []specMou
 			rootLinks: d.rootLinks, egress: d.cfg.Egress, gitSafe: mountTargets(mounts)})
 	}()
 	netErr = createNetwork(netConfig{
-		name:        m.name,
+		host:        m.host,
 		ip:          netip.PrefixFrom(m.ip, d.subnet.Bits()),
 		gateway:     d.bridgeIP,
 		bridgeIndex: d.bridgeIndex,
@@ -215,7 +215,8 @@ func (m *Machine) start(ctx context.Context, spec machine.Spec, mounts []specMou
 		env:       spec.Env,
 		mounts:    mounts,
 		masked:    masked,
-		netns:     netnsPath(m.name),
+		netns:     m.host.netnsPath(),
+		cgroup:    m.host.cgroup,
 		volatile:  d.volatile,
 	})
 	if err := writeSpec(m.layout.config(), s); err != nil {
@@ -246,7 +247,7 @@ func (d *Driver) runc(args ...string) error {
 func (m *Machine) startRunc(stdin io.Reader, output io.Writer) error {
 	cmd := exec.Command(m.d.cfg.Runtime,
 		"--root", m.d.runcRoot, "--log", m.layout.runcLog(), "--log-format", "json",
-		"run", "--bundle", m.layout.dir, "--pid-file", m.layout.pidFile(), m.id)
+		"run", "--bundle", m.layout.dir, "--pid-file", m.layout.pidFile(), m.host.id)
 	cmd.Dir = m.layout.dir
 	cmd.Env = []string{defaultPath}
 	// Own process group: a terminal's ^C reaches Hangar, not every build.
@@ -410,13 +411,13 @@ func (m *Machine) teardown(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			netErr = deleteNetwork(m.name)
+			netErr = deleteNetwork(m.host)
 		}()
 	}
 	if err := removeDir(m.layout.dir); err != nil {
 		errs = append(errs, err)
 	}
-	if err := removeCgroups(m.d.cgroupRoots, m.name); err != nil {
+	if err := removeCgroups(m.d.cgroupRoots, m.host.cgroup); err != nil {
 		errs = append(errs, err)
 	}
 	wg.Wait()
@@ -442,7 +443,7 @@ func (m *Machine) stopContainer(ctx context.Context) error {
 			// deletes the container and exits.
 			var killErr error
 			if !m.killInit() {
-				killErr = m.d.runc("kill", m.id, "KILL")
+				killErr = m.d.runc("kill", m.host.id, "KILL")
 			}
 			grace, cancel := context.WithTimeout(ctx, killGrace)
 			select {
@@ -453,7 +454,7 @@ func (m *Machine) stopContainer(ctx context.Context) error {
 			select {
 			case <-m.exited:
 			default:
-				if err := m.d.runc("delete", "--force", m.id); err != nil {
+				if err := m.d.runc("delete", "--force", m.host.id); err != nil {
 					errs = append(errs, killErr, err)
 				}
 				_ = m.cmd.Process.Kill()
@@ -469,8 +470,8 @@ func (m *Machine) stopContainer(ctx context.Context) error {
 			m.stdin = nil
 		}
 	}
-	if _, err := os.Stat(filepath.Join(m.d.runcRoot, m.id)); err == nil {
-		if err := m.d.runc("delete", "--force", m.id); err != nil {
+	if _, err := os.Stat(filepath.Join(m.d.runcRoot, m.host.id)); err == nil {
+		if err := m.d.runc("delete", "--force", m.host.id); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -2,13 +2,11 @@ package sandbox
 
 import (
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 
@@ -96,17 +94,6 @@ func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// hostVethName is the name of the host end of machine name's veth: a hash,
-// because interface names are limited to 15 bytes.
-func hostVethName(name string) string {
-	sum := sha256.Sum256([]byte(name))
-	return "hgr" + hex.EncodeToString(sum[:6])
-}
-
-func netnsName(name string) string { return netnsPrefix + name }
-
-func netnsPath(name string) string { return filepath.Join(netnsDir, netnsName(name)) }
-
 // setSysctl writes value to /proc/sys/key, in the network namespace of the
 // calling thread for net/ keys, and returns the previous value.
 func setSysctl(key, value string) (string, error) {
@@ -137,32 +124,34 @@ func disableIPv6(ifname string) error {
 
 // netConfig is one machine's network.
 type netConfig struct {
-	name        string // machine name
+	host        hostNames // names of the netns and the host veth
 	ip          netip.Prefix
 	gateway     netip.Addr
 	bridgeIndex int
 }
 
 // createNetwork creates the machine's named network namespace (bound at
-// /run/netns/hangar-<name>) with lo up, IPv6 off, and eth0, the inner end of
-// a veth pair whose host end is an isolated port of the bridge. On error it
-// leaves nothing behind.
+// /run/netns/<id>, see names.go) with lo up, IPv6 off, and eth0, the inner
+// end of a veth pair whose host end is an isolated port of the bridge. On
+// error it leaves nothing behind, and it never touches a namespace it did not
+// create.
 func createNetwork(c netConfig) (err error) {
-	hostVeth := hostVethName(c.name)
-	if _, err := os.Lstat(netnsPath(c.name)); err == nil {
-		return fmt.Errorf("network namespace %s already exists (another driver, or a leftover to remove with `ip netns del %s`)",
-			netnsName(c.name), netnsName(c.name))
+	hostVeth := c.host.veth
+	if _, err := os.Lstat(c.host.netnsPath()); err == nil {
+		return fmt.Errorf("network namespace %s already exists (a leftover of this driver's bridge: remove it with `ip netns del %s`)",
+			c.host.id, c.host.id)
 	}
 	// A stale link of that name would make the creation fail.
 	if l, err := netlink.LinkByName(hostVeth); err == nil {
 		_ = netlink.LinkDel(l)
 	}
+	created := false
 	defer func() {
-		if err != nil {
-			_ = deleteNetwork(c.name)
+		if err != nil && created {
+			_ = deleteNetwork(c.host)
 		}
 	}()
-	if err := inNewNetns(c.name, func(host netns.NsHandle) error {
+	if err := inNewNetns(c.host.netnsPath(), &created, func(host netns.NsHandle) error {
 		return configureInside(c, host)
 	}); err != nil {
 		return err
@@ -203,7 +192,7 @@ func configureInside(c netConfig, host netns.NsHandle) error {
 	}
 	veth := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: "eth0"},
-		PeerName:      hostVethName(c.name),
+		PeerName:      c.host.veth,
 		PeerNamespace: netlink.NsFd(host),
 	}
 	if err := netlink.LinkAdd(veth); err != nil {
@@ -226,11 +215,11 @@ func configureInside(c netConfig, host netns.NsHandle) error {
 	return nil
 }
 
-// inNewNetns creates the named network namespace of machine name and runs
-// fn on an OS thread inside it. The thread is returned to the Go runtime
-// only if it could be switched back to the host's namespace; otherwise it
-// ends with the goroutine.
-func inNewNetns(name string, fn func(host netns.NsHandle) error) error {
+// inNewNetns creates a network namespace bound at path and runs fn on an OS
+// thread inside it. It sets *created once the bind file at path is its own.
+// The thread is returned to the Go runtime only if it could be switched back
+// to the host's namespace; otherwise it ends with the goroutine.
+func inNewNetns(path string, created *bool, fn func(host netns.NsHandle) error) error {
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -240,7 +229,7 @@ func inNewNetns(name string, fn func(host netns.NsHandle) error) error {
 			return
 		}
 		defer host.Close()
-		err = newNamedNetns(name)
+		err = newNamedNetns(path, created)
 		if err == nil {
 			err = fn(host)
 		}
@@ -255,17 +244,18 @@ func inNewNetns(name string, fn func(host netns.NsHandle) error) error {
 }
 
 // newNamedNetns moves the calling (locked) thread to a new network namespace
-// and binds it at /run/netns/hangar-<name>, like `ip netns add`.
-func newNamedNetns(name string) error {
+// and binds it at p, like `ip netns add`. It sets *created once it has
+// created the file at p.
+func newNamedNetns(p string, created *bool) error {
 	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", netnsDir, err)
 	}
-	p := netnsPath(name)
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
 	if err != nil {
 		return fmt.Errorf("create network namespace file: %w", err)
 	}
 	f.Close()
+	*created = true
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		os.Remove(p)
 		return fmt.Errorf("create network namespace: %w", err)
@@ -279,10 +269,10 @@ func newNamedNetns(name string) error {
 }
 
 // deleteNetwork deletes the host veth (which removes both ends) and the
-// named network namespace of machine name; what is missing is skipped.
-func deleteNetwork(name string) error {
+// named network namespace of a machine; what is missing is skipped.
+func deleteNetwork(h hostNames) error {
 	var errs []error
-	hostVeth := hostVethName(name)
+	hostVeth := h.veth
 	if l, err := netlink.LinkByName(hostVeth); err == nil {
 		if err := netlink.LinkDel(l); err != nil && !isNotFound(err) {
 			errs = append(errs, fmt.Errorf("delete veth %s: %w", hostVeth, err))
@@ -290,7 +280,7 @@ func deleteNetwork(name string) error {
 	} else if !isNotFound(err) {
 		errs = append(errs, fmt.Errorf("look up veth %s: %w", hostVeth, err))
 	}
-	p := netnsPath(name)
+	p := h.netnsPath()
 	if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {
 		errs = append(errs, fmt.Errorf("unmount %s: %w", p, err))
 	}

@@ -35,7 +35,7 @@ const (
 
 // ociParams is what one machine's OCI config is made of.
 type ociParams struct {
-	name      string
+	name      string // machine name: the hostname
 	layout    layout
 	rootBinds []string // host top-level directories bound read-only
 	builder   string   // host path of the builder binary
@@ -43,7 +43,8 @@ type ociParams struct {
 	env       []string
 	mounts    []specMount
 	masked    []string // extra paths to mask (Mask/StateDir seen through mounts)
-	netns     string
+	netns     string   // network namespace path
+	cgroup    string   // cgroup path
 	// volatile skips the overlays' syncs: their upper layers are thrown
 	// away with the machine, and dpkg syncs a lot.
 	volatile bool
@@ -133,7 +134,7 @@ func ociSpec(p ociParams) *specs.Spec {
 		Hostname: p.name,
 		Mounts:   mounts,
 		Linux: &specs.Linux{
-			CgroupsPath: "/" + cgroupParent + "/" + p.name,
+			CgroupsPath: p.cgroup,
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace},
 				{Type: specs.MountNamespace},

@@ -17,6 +17,11 @@
 // reach the outside only when Config.Egress is set. Firewall state lives in
 // iptables chains named HANGAR-*-<bridge>, removed by Close.
 //
+// The names of a machine's host-global resources (runc container id, network
+// namespace, host veth, cgroup) are made of the bridge and the machine name
+// (see names.go), so that drivers on different bridges can share a host
+// although they give their machines the same names.
+//
 // The driver needs root, runc, iptables and sudo on the host.
 package sandbox
 
@@ -48,8 +53,9 @@ type Config struct {
 	// The bridge takes the first address, machines the following ones.
 	Subnet string
 	// Bridge is the name of the host bridge, default "hangar0". It also
-	// suffixes the iptables chains, so two drivers with different bridges
-	// can share a host.
+	// names the iptables chains and the machines' network namespaces, veths,
+	// cgroups and runc containers (see names.go), so two drivers with
+	// different bridges (and subnets) can share a host.
 	Bridge string
 	// Egress lets machines open connections to the outside (NAT through
 	// the host). It sets net.ipv4.ip_forward=1 on the host.
@@ -85,11 +91,6 @@ const (
 	builderHome   = "/home/builder"
 	// builderPath is where spec.Builder appears inside the machine.
 	builderPath = "/.hangar/hangar"
-	// netnsPrefix prefixes runc container ids and netns names.
-	netnsPrefix = "hangar-"
-	netnsDir    = "/run/netns"
-	// cgroupParent is the parent of every machine's cgroup.
-	cgroupParent = "hangar"
 )
 
 var defaultBaseDirs = []string{"/usr", "/etc", "/var", "/opt"}
@@ -239,8 +240,11 @@ func (d *Driver) teardownHost() error {
 		d.forwardWas = ""
 	}
 	for _, root := range d.cgroupRoots {
-		// Fails while another driver's machines live there; that is fine.
-		_ = os.Remove(filepath.Join(root, cgroupParent))
+		// Our own parent only: other drivers' machines live in theirs.
+		p := filepath.Join(root, cgroupParent(d.cfg.Bridge))
+		if err := unix.Rmdir(p); err != nil && err != unix.ENOENT {
+			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", p, err))
+		}
 	}
 	return errors.Join(errs...)
 }

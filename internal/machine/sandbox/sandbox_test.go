@@ -273,7 +273,7 @@ exec sleep 31336`)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	hostVeth := hostVethName(m.name)
+	hostVeth := m.host.veth
 	if l, err := netlink.LinkByName(hostVeth); err != nil {
 		t.Fatalf("no host veth %s: %v", hostVeth, err)
 	} else if l.Attrs().MasterIndex != d.bridgeIndex {
@@ -327,6 +327,7 @@ exec sleep 31336`)
 // nothing of any machine if the driver has none alive.
 func assertMachineGone(t *testing.T, d *Driver, name string) {
 	t.Helper()
+	h := machineHostNames(d.cfg.Bridge, name)
 	d.mu.Lock()
 	alive := len(d.machines)
 	d.mu.Unlock()
@@ -335,15 +336,15 @@ func assertMachineGone(t *testing.T, d *Driver, name string) {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		if e.Name() == netnsPrefix+name || alive == 0 {
+		if e.Name() == h.id || alive == 0 {
 			t.Errorf("runc container %s still in the state root", e.Name())
 		}
 	}
-	if _, err := os.Lstat(netnsPath(name)); err == nil {
-		t.Errorf("network namespace %s still exists", netnsName(name))
+	if _, err := os.Lstat(h.netnsPath()); err == nil {
+		t.Errorf("network namespace %s still exists", h.id)
 	}
-	if _, err := netlink.LinkByName(hostVethName(name)); err == nil {
-		t.Errorf("host veth %s still exists", hostVethName(name))
+	if _, err := netlink.LinkByName(h.veth); err == nil {
+		t.Errorf("host veth %s still exists", h.veth)
 	}
 	if alive == 0 {
 		// Other drivers (another Hangar on this host) may have namespaces
@@ -371,8 +372,8 @@ func assertMachineGone(t *testing.T, d *Driver, name string) {
 		t.Errorf("machine dir of %s still exists", name)
 	}
 	for _, r := range d.cgroupRoots {
-		if _, err := os.Stat(filepath.Join(r, cgroupParent, name)); err == nil {
-			t.Errorf("cgroup %s/%s/%s still exists", r, cgroupParent, name)
+		if _, err := os.Stat(filepath.Join(r, h.cgroup)); err == nil {
+			t.Errorf("cgroup %s still exists", filepath.Join(r, h.cgroup))
 		}
 	}
 	d.mu.Lock()
@@ -382,8 +383,8 @@ func assertMachineGone(t *testing.T, d *Driver, name string) {
 	}
 	if mounts, err := readMountinfo(); err != nil {
 		t.Fatal(err)
-	} else if slices.ContainsFunc(mounts, func(m mountEntry) bool { return m.point == netnsPath(name) }) {
-		t.Errorf("network namespace %s still mounted", netnsPath(name))
+	} else if slices.ContainsFunc(mounts, func(m mountEntry) bool { return m.point == h.netnsPath() }) {
+		t.Errorf("network namespace %s still mounted", h.netnsPath())
 	}
 	if len(d.usedIPs) > len(d.machines) {
 		t.Errorf("%d addresses leased for %d machines", len(d.usedIPs), len(d.machines))
@@ -413,7 +414,7 @@ func TestStartErrorCleansUp(t *testing.T) {
 	if _, err := d.Start(context.Background(), machine.Spec{Name: "dup", Builder: "/bin/sh"}); err == nil {
 		t.Fatal("second Start of the same name succeeded")
 	}
-	if _, err := os.Lstat(netnsPath("dup")); err != nil {
+	if _, err := os.Lstat(first.host.netnsPath()); err != nil {
 		t.Errorf("the failed Start removed the first machine's netns: %v", err)
 	}
 	if _, err := os.Stat(first.layout.dir); err != nil {
@@ -587,4 +588,238 @@ func TestParallelMachines(t *testing.T) {
 	for i := range n {
 		assertMachineGone(t, d, fmt.Sprintf("par-%d", i))
 	}
+}
+
+// TestTwoDriversSameMachineName runs two drivers on one host, like a Hangar
+// server and a benchmark each on its own bridge, that both name a machine
+// build-1. Both machines work, and what happens to one driver's build-1 (a
+// Destroy, a failed Start, a crash and New's recovery, Close) leaves the
+// other's running and intact.
+func TestTwoDriversSameMachineName(t *testing.T) {
+	d1 := newTestDriver(t, nil)
+	d2 := newTestDriver(t, func(c *Config) {
+		c.Bridge = testBridge2
+		c.Subnet = testSubnet2
+	})
+	const name = "build-1"
+	script := func(sleep int) string {
+		return fmt.Sprintf(`nc -lk 7000 >/dev/null &
+echo "host=$(hostname) etc=$(cat /etc/hostname) ip=$(hostname -I | tr -d ' ')"
+echo "hosts=$(getent hosts %s | tr -s ' \t' ' ')"
+echo up
+exec sleep %d`, name, sleep)
+	}
+	start := func(d *Driver, sleep int, out io.Writer) (*Machine, error) {
+		m, err := d.Start(context.Background(), machine.Spec{
+			Name:    name,
+			Builder: "/bin/sh",
+			Args:    []string{"-c", script(sleep)},
+			Env:     []string{"LANG=C"},
+			Output:  out,
+		})
+		if err != nil {
+			return nil, err
+		}
+		t.Cleanup(func() {
+			if err := m.Destroy(context.Background()); err != nil {
+				t.Errorf("Destroy: %v", err)
+			}
+		})
+		return m.(*Machine), nil
+	}
+
+	// Both at once.
+	drivers := []*Driver{d1, d2}
+	sleeps := []int{31350, 31351}
+	machines := make([]*Machine, len(drivers))
+	outs := make([]*syncBuffer, len(drivers))
+	var wg sync.WaitGroup
+	gate := make(chan struct{})
+	for i, d := range drivers {
+		outs[i] = &syncBuffer{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-gate
+			m, err := start(d, sleeps[i], outs[i])
+			if err != nil {
+				t.Errorf("Start %s on %s: %v", name, d.cfg.Bridge, err)
+				return
+			}
+			machines[i] = m
+		}()
+	}
+	close(gate)
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for i, m := range machines {
+		d := drivers[i]
+		outs[i].waitFor(t, "up", 10*time.Second)
+		out := outs[i].String()
+		ip := m.IP().String()
+		for _, want := range []string{"host=" + name + " etc=" + name + " ip=" + ip + "\n", "hosts=" + ip + " " + name + "\n"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s on %s: output lacks %q:\n%s", name, d.cfg.Bridge, want, out)
+			}
+		}
+		if !d.subnet.Contains(m.ip) {
+			t.Errorf("%s on %s has address %s, outside %s", name, d.cfg.Bridge, m.ip, d.subnet)
+		}
+		assertRunning(t, d, m, fmt.Sprintf("sleep %d", sleeps[i]))
+	}
+	h1, h2 := machines[0].host, machines[1].host
+	if h1.id == h2.id || h1.veth == h2.veth || h1.cgroup == h2.cgroup {
+		t.Fatalf("the two drivers' machines share host names: %+v and %+v", h1, h2)
+	}
+	for _, h := range []hostNames{h1, h2} {
+		if len(h.veth) > 15 {
+			t.Errorf("veth name %q is longer than 15 bytes", h.veth)
+		}
+	}
+	m2, alive := machines[1], "sleep 31351"
+
+	// Destroy.
+	if err := machines[0].Destroy(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	assertMachineGone(t, d1, name)
+	assertRunning(t, d2, m2, alive)
+
+	// A failed Start: runc fails late, the mount target lies under a file.
+	_, err := d1.Start(context.Background(), machine.Spec{
+		Name:    name,
+		Builder: "/bin/sh",
+		Mounts:  []machine.Mount{{Source: t.TempDir(), Target: "/etc/hostname/x"}},
+	})
+	if err == nil {
+		t.Fatal("Start succeeded with a mount under a file")
+	}
+	assertMachineGone(t, d1, name)
+	assertRunning(t, d2, m2, alive)
+
+	// A crash of d1 with its build-1 running, and New's recovery.
+	out := &syncBuffer{}
+	crashed, err := start(d1, 31352, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "up", 10*time.Second)
+	d1.lock.Close()
+	d3, err := New(d1.cfg)
+	if err != nil {
+		t.Fatalf("New after a crash: %v", err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			d3.Close()
+		}
+	})
+	d1.mu.Lock()
+	delete(d1.machines, name)
+	delete(d1.usedIPs, crashed.ip)
+	d1.mu.Unlock()
+	crashed.destroyed = true
+	assertMachineGone(t, d3, name)
+	if pids := processesWith("sleep 31352"); len(pids) > 0 {
+		t.Errorf("the crashed driver's machine still runs: %v", pids)
+	}
+	assertRunning(t, d2, m2, alive)
+
+	// Close of a driver with a build-1 alive.
+	out = &syncBuffer{}
+	if _, err := start(d3, 31353, out); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, "up", 10*time.Second)
+	closed = true
+	if err := d3.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	assertHostClean(t, d3)
+	if pids := processesWith("sleep 31353"); len(pids) > 0 {
+		t.Errorf("the closed driver's machine still runs: %v", pids)
+	}
+	assertRunning(t, d2, m2, alive)
+}
+
+// assertRunning checks that machine m of d is alive and whole: its builder
+// runs (the process cmd), and its netns, veth, cgroup, directory and
+// network are in place.
+func assertRunning(t *testing.T, d *Driver, m *Machine, cmd string) {
+	t.Helper()
+	select {
+	case <-m.exited:
+		t.Fatalf("machine %s on %s exited: %v", m.name, d.cfg.Bridge, m.waitErr)
+	default:
+	}
+	if len(processesWith(cmd)) == 0 {
+		t.Errorf("machine %s on %s: %q does not run", m.name, d.cfg.Bridge, cmd)
+	}
+	mounts, err := readMountinfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(mounts, func(e mountEntry) bool { return e.point == m.host.netnsPath() }) {
+		t.Errorf("machine %s on %s: network namespace %s is not mounted", m.name, d.cfg.Bridge, m.host.netnsPath())
+	}
+	if l, err := netlink.LinkByName(m.host.veth); err != nil {
+		t.Errorf("machine %s on %s: host veth %s: %v", m.name, d.cfg.Bridge, m.host.veth, err)
+	} else if l.Attrs().MasterIndex != d.bridgeIndex {
+		t.Errorf("machine %s on %s: host veth %s is not on the bridge", m.name, d.cfg.Bridge, m.host.veth)
+	}
+	cgroups := 0
+	for _, r := range d.cgroupRoots {
+		if exists(filepath.Join(r, m.host.cgroup)) {
+			cgroups++
+		}
+	}
+	if cgroups == 0 {
+		t.Errorf("machine %s on %s: cgroup %s is in no hierarchy", m.name, d.cfg.Bridge, m.host.cgroup)
+	}
+	if !exists(filepath.Join(m.layout.rootfs(), "etc")) {
+		t.Errorf("machine %s on %s: its directory is gone", m.name, d.cfg.Bridge)
+	}
+	c, err := net.DialTimeout("tcp", net.JoinHostPort(m.IP().String(), "7000"), 2*time.Second)
+	if err != nil {
+		t.Errorf("machine %s on %s: host cannot reach its listener: %v", m.name, d.cfg.Bridge, err)
+	} else {
+		c.Close()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.machines[m.name] != m {
+		t.Errorf("driver on %s no longer lists machine %s", d.cfg.Bridge, m.name)
+	}
+}
+
+// TestRecoverAfterCrashOnAnotherBridge checks that New removes the leftovers
+// of a crashed driver that used the same StateDir with another bridge.
+func TestRecoverAfterCrashOnAnotherBridge(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state")
+	d := newTestDriver(t, func(c *Config) { c.StateDir = state })
+	m, out := startShell(t, d, "crashed", "echo up; exec sleep 31354")
+	out.waitFor(t, "up", 10*time.Second)
+	d.lock.Close()
+	cfg := d.cfg
+	cfg.Bridge, cfg.Subnet = testBridge2, testSubnet2
+	d2, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New after a crash: %v", err)
+	}
+	d.mu.Lock()
+	delete(d.machines, m.name)
+	delete(d.usedIPs, m.ip)
+	d.mu.Unlock()
+	m.destroyed = true
+	assertMachineGone(t, d, m.name) // by the crashed driver's names
+	if pids := processesWith("sleep 31354"); len(pids) > 0 {
+		t.Errorf("the crashed driver's machine still runs: %v", pids)
+	}
+	if err := d2.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	assertHostClean(t, d2)
 }
