@@ -8,7 +8,7 @@ HTTP      ?= 127.0.0.1:8080
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages: the sandbox driver (runc, sudo, iptables, iproute2), git for
 # repositories, netcat and OpenSSH's client for tests and builds.
-DEB_PACKAGES := git runc sudo iptables iproute2 netcat-openbsd openssh-client curl procps ca-certificates
+DEB_PACKAGES := git runc sudo iptables iproute2 netcat-openbsd openssh-client curl procps tmux rsync ca-certificates
 
 .PHONY: all build run test deps vet staticcheck gotest bench clean
 

@@ -19,7 +19,8 @@ import (
 
 func buildCmd(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "build", Short: "Start, follow and inspect builds"}
-	cmd.AddCommand(buildStartCmd(cf), buildShowCmd(cf), buildLogsCmd(cf), buildListCmd(cf), buildCancelCmd(cf))
+	cmd.AddCommand(buildStartCmd(cf), buildShowCmd(cf), buildLogsCmd(cf), buildListCmd(cf), buildCancelCmd(cf),
+		buildSSHScriptCmd(cf), buildSSHConfigCmd(cf), buildEventsCmd(cf))
 	return cmd
 }
 
@@ -46,7 +47,7 @@ func exitFor(b *build.Build) error {
 
 func buildStartCmd(cf *clientFlags) *cobra.Command {
 	var wf, branch string
-	var follow, asJSON bool
+	var follow, asJSON, withSSH bool
 	cmd := &cobra.Command{
 		Use:   "start APP [--workflow ID] [--branch B] [--follow] [--json]",
 		Short: "Start a build of an app",
@@ -57,7 +58,7 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 				return err
 			}
 			var b build.Build
-			req := map[string]any{"app": args[0], "workflow": wf, "branch": branch}
+			req := map[string]any{"app": args[0], "workflow": wf, "branch": branch, "ssh": withSSH}
 			if err := c.do(cmd.Context(), "POST", "/api/v1/builds", req, &b); err != nil {
 				return err
 			}
@@ -72,6 +73,9 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 					return exitFor(&b)
 				}
 				fmt.Printf("Follow it with: hangar build logs %d --follow\n", b.ID)
+				if b.SSH.Enabled {
+					fmt.Printf("SSH into it:    hangar ssh %d   (or: %s)\n", b.ID, b.SSH.Command)
+				}
 				return nil
 			}
 			out := io.Writer(os.Stdout)
@@ -92,6 +96,7 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 	cmd.Flags().StringVar(&branch, "branch", "", "branch to build (default: the repository's default branch)")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "show the steps and their output as the build runs")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the build as JSON (with --follow: once it ends)")
+	cmd.Flags().BoolVar(&withSSH, "ssh", false, "enable SSH access to the build's machine (see `hangar ssh ID`)")
 	return cmd
 }
 
@@ -101,6 +106,7 @@ func followBuild(ctx context.Context, c *client, id int64, out io.Writer) (*buil
 	var steps []build.Step
 	header := map[int]bool{}
 	ended := map[int]bool{}
+	var sshShown build.SSHState
 	printHeader := func(i int) {
 		if !header[i] && i < len(steps) {
 			header[i] = true
@@ -115,6 +121,14 @@ func followBuild(ctx context.Context, c *client, id int64, out io.Writer) (*buil
 				return true
 			}
 			steps = b.Steps
+			if b.SSH.Enabled && b.SSH.State != sshShown && (b.SSH.State == build.SSHReady || b.SSH.State == build.SSHClosed) {
+				sshShown = b.SSH.State
+				if b.SSH.State == build.SSHReady {
+					fmt.Fprintf(out, "*** SSH is ready: hangar ssh %d   or   %s\n", b.ID, b.SSH.Command)
+				} else {
+					fmt.Fprintf(out, "*** SSH access closed: %s\n", b.SSH.ClosedReason)
+				}
+			}
 			for i, s := range steps {
 				switch s.Status {
 				case build.StepRunning:

@@ -94,19 +94,24 @@ func (c *client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
-		var e struct {
-			Error string `json:"error"`
-		}
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(data, &e) != nil || e.Error == "" {
-			e.Error = fmt.Sprintf("server answered %s", resp.Status)
-		}
-		return &apiError{Status: resp.StatusCode, Msg: e.Error}
+		return apiErrorFrom(resp, data)
 	}
 	if out == nil {
 		return nil
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// apiErrorFrom makes the error of an error answer.
+func apiErrorFrom(resp *http.Response, body []byte) error {
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(body, &e) != nil || e.Error == "" {
+		e.Error = fmt.Sprintf("server answered %s", resp.Status)
+	}
+	return &apiError{Status: resp.StatusCode, Msg: e.Error}
 }
 
 func unwrapURL(err error) error {

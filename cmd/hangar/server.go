@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,9 +18,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/crypto/ssh"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/hangar-ci/hangar/internal/gateway"
 	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/link"
 	"github.com/hangar-ci/hangar/internal/machine"
@@ -30,6 +30,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/machine/sandbox"
 	"github.com/hangar-ci/hangar/internal/runner"
 	"github.com/hangar-ci/hangar/internal/server"
+	"github.com/hangar-ci/hangar/internal/sshca"
 	"github.com/hangar-ci/hangar/internal/store"
 )
 
@@ -43,6 +44,11 @@ type serverConfig struct {
 	SandboxSubnet string
 	SandboxBridge string
 	LogLevel      string
+	SSH           string
+	SSHPublicHost string
+	SSHAfterSteps time.Duration
+	SSHHandshake  time.Duration
+	PublicURL     string
 }
 
 func serverCmd() *cobra.Command {
@@ -64,6 +70,11 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.SandboxSubnet, "sandbox-subnet", "10.213.42.0/24", "private IPv4 network of sandbox machines")
 	f.StringVar(&cfg.SandboxBridge, "sandbox-bridge", "hangar0", "name of the host bridge of sandbox machines")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&cfg.SSH, "ssh", ":2222", "address of the public SSH gateway, or \"off\" (no SSH builds)")
+	f.StringVar(&cfg.SSHPublicHost, "ssh-public-host", "", "host name users reach the gateway at (default: the host of the API request)")
+	f.DurationVar(&cfg.SSHAfterSteps, "ssh-after-steps", 20*time.Minute, "how long an SSH build's machine stays after its steps complete (bounded by max_build_duration)")
+	f.DurationVar(&cfg.SSHHandshake, "ssh-handshake-timeout", 10*time.Second, "time a client has from connecting to being authenticated at the gateway")
+	f.StringVar(&cfg.PublicURL, "public-url", "", "base URL users reach the API at, for one-line SSH commands (default: from the request)")
 	return cmd
 }
 
@@ -103,7 +114,7 @@ func runServer(cfg serverConfig) error {
 	if err := ensureAdminToken(ctx, st, data); err != nil {
 		return err
 	}
-	hostKey, err := loadOrCreateKey(filepath.Join(data, "link_host_key"))
+	hostKey, err := sshca.LoadOrCreateKey(filepath.Join(data, "link_host_key"), "hangar link")
 	if err != nil {
 		return err
 	}
@@ -119,17 +130,58 @@ func runServer(cfg serverConfig) error {
 	}
 	linkSrv := &link.Server{HostKey: hostKey, Logger: log}
 	mirrors := &gitrepo.Mirrors{Dir: filepath.Join(data, "repos")}
-	run := runner.New(runner.Config{
+	rcfg := runner.Config{
 		Store: st, Driver: driver, Mirrors: mirrors, Link: linkSrv, LinkAddr: linkLn.Addr().String(),
 		Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
-	})
-	api := server.New(server.Config{Store: st, Runner: run, Mirrors: mirrors, Logger: log, DataDir: data})
+	}
+	scfg := server.Config{Store: st, Mirrors: mirrors, Logger: log, DataDir: data, Metrics: promhttp.Handler()}
+
+	var gw *gateway.Gateway
+	var sshLn net.Listener
+	if cfg.SSH != "off" {
+		keys := filepath.Join(data, "ssh")
+		ca, err := sshca.LoadOrCreateCA(filepath.Join(keys, "user_ca"))
+		if err != nil {
+			return err
+		}
+		gwKey, err := sshca.LoadOrCreateKey(filepath.Join(keys, "gateway_host_key"), "hangar gateway")
+		if err != nil {
+			return err
+		}
+		sealer, err := sshca.LoadOrCreateSealer(filepath.Join(keys, "seal.key"))
+		if err != nil {
+			return err
+		}
+		urlKey, err := sshca.LoadOrCreateSecret(filepath.Join(keys, "url.key"))
+		if err != nil {
+			return err
+		}
+		if sshLn, err = net.Listen("tcp", cfg.SSH); err != nil {
+			return fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
+		}
+		gw = &gateway.Gateway{HostKey: gwKey, CA: ca.PublicKey(), Logger: log, HandshakeTimeout: cfg.SSHHandshake}
+		linkSrv.Tunnels = gw
+		rcfg.SSH = &runner.SSHConfig{CA: ca, Sealer: sealer, Gateway: gw, Store: st, AfterSteps: cfg.SSHAfterSteps}
+		scfg.SSH = &server.SSHConfig{
+			Store: st, Sealer: sealer, URLKey: urlKey, GatewayHost: cfg.SSHPublicHost,
+			GatewayPort: sshLn.Addr().(*net.TCPAddr).Port, GatewayKey: gwKey.PublicKey(), PublicURL: cfg.PublicURL,
+		}
+	}
+	run := runner.New(rcfg)
+	scfg.Runner = run
+	if gw != nil {
+		gw.Events = run.GatewayEvent
+	}
+	api := server.New(scfg)
 	httpLn, err := net.Listen("tcp", cfg.HTTP)
 	if err != nil {
 		return fmt.Errorf("--http %s: %w", cfg.HTTP, err)
 	}
 	hs := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	log.Info("hangar server started", "http", "http://"+httpLn.Addr().String(), "driver", driver.Name(), "data", data, "link", linkLn.Addr().String())
+	if sshLn != nil {
+		log.Info("SSH gateway listening", "ssh", sshLn.Addr().String())
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -144,10 +196,22 @@ func runServer(cfg serverConfig) error {
 		}
 		return nil
 	})
+	if gw != nil {
+		g.Go(func() error {
+			if err := gw.Serve(sshLn); !errors.Is(err, gateway.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
-		// Builds end (and their machines go) before the link closes.
+		// Builds end (and their machines go) before the link and the
+		// gateway close.
 		err := run.Run(gctx)
 		linkSrv.Close()
+		if gw != nil {
+			_ = gw.Shutdown()
+		}
 		return err
 	})
 	g.Go(func() error {
@@ -220,27 +284,4 @@ func ensureAdminToken(ctx context.Context, st *store.Store, data string) error {
 	}
 	fmt.Fprintf(os.Stderr, "Created the admin API token in %s (mode 0600)\n", path)
 	return nil
-}
-
-// loadOrCreateKey reads an ed25519 private key, creating it on first use.
-func loadOrCreateKey(path string) (ssh.Signer, error) {
-	if b, err := os.ReadFile(path); err == nil {
-		s, err := ssh.ParsePrivateKey(b)
-		if err != nil {
-			return nil, fmt.Errorf("%s is not a valid private key: move it away to make a new one", path)
-		}
-		return s, nil
-	}
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	block, err := ssh.MarshalPrivateKey(priv, "hangar")
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-		return nil, err
-	}
-	return ssh.NewSignerFromKey(priv)
 }

@@ -74,6 +74,42 @@ type Build struct {
 	StartedAt    *time.Time `json:"started_at"`
 	FinishedAt   *time.Time `json:"finished_at"`
 	Steps        []Step     `json:"steps"`
+	SSH          SSH        `json:"ssh"`
+}
+
+// SSHState is the state of a build's SSH access.
+type SSHState string
+
+// SSH access states.
+const (
+	SSHPending   SSHState = "pending"   // the machine's tunnel is not up yet
+	SSHReady     SSHState = "ready"     // the script connects
+	SSHConnected SSHState = "connected" // someone is connected
+	SSHClosed    SSHState = "closed"    // access has ended for good
+)
+
+// SSH is the SSH access of a build, as the API shows it.
+type SSH struct {
+	Enabled bool     `json:"enabled"`
+	State   SSHState `json:"state,omitempty"`
+	// Command is the one-line command that connects (a signed URL piped to
+	// bash); PowerShell the same for Windows. Both only while access is open.
+	Command    string `json:"command,omitempty"`
+	PowerShell string `json:"powershell,omitempty"`
+	// ExpiresAt is when access ends at the latest; ExpiresBecause says
+	// which rule sets it.
+	ExpiresAt      *time.Time `json:"expires_at,omitempty"`
+	ExpiresBecause string     `json:"expires_because,omitempty"`
+	ClosedReason   string     `json:"closed_reason,omitempty"`
+	Connections    int        `json:"connections"`
+}
+
+// Event is something recorded about a build (SSH script fetches,
+// connections, channels, logins).
+type Event struct {
+	Time time.Time         `json:"time"`
+	Kind string            `json:"kind"`
+	Data map[string]string `json:"data,omitempty"`
 }
 
 // Step is one step of a build.

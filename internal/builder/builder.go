@@ -57,6 +57,15 @@ func Run(ctx context.Context, cfg Config) error {
 		_ = c.Send(link.Event{Type: link.Done, Failed: true, Error: err.Error()})
 		return c.Wait()
 	}
+	var access *sshAccess
+	if job.SSH != nil {
+		if access, err = r.startSSH(ctx, hello, job.SSH); err != nil {
+			_ = c.Send(link.Event{Type: link.Done, Failed: true, Error: err.Error()})
+			return c.Wait()
+		}
+		defer access.revoke("the build has ended")
+	}
+	go r.commands(c, access)
 	failed, reason := r.all(ctx)
 	if err := c.Send(link.Event{Type: link.Done, Failed: failed, Error: reason}); err != nil {
 		return err

@@ -40,15 +40,15 @@ type Client struct {
 	enc *json.Encoder
 }
 
-// Dial opens the link described by h.
-func Dial(ctx context.Context, h *Hello) (*Client, error) {
+// dialSSH opens an SSH connection to the link address as h.Name.
+func dialSSH(ctx context.Context, h *Hello) (net.Conn, ssh.Conn, <-chan ssh.NewChannel, <-chan *ssh.Request, error) {
 	signer, err := ssh.ParsePrivateKey([]byte(h.Key))
 	if err != nil {
-		return nil, errors.New("link: the builder key is not a valid private key")
+		return nil, nil, nil, nil, errors.New("link: the builder key is not a valid private key")
 	}
 	hostKey, _, _, _, err := ssh.ParseAuthorizedKey([]byte(h.HostKey))
 	if err != nil {
-		return nil, fmt.Errorf("link: parse host key: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("link: parse host key: %w", err)
 	}
 	cfg := &ssh.ClientConfig{
 		User:            h.Name,
@@ -59,13 +59,23 @@ func Dial(ctx context.Context, h *Hello) (*Client, error) {
 	d := net.Dialer{Timeout: HandshakeTimeout}
 	nc, err := d.DialContext(ctx, "tcp", h.Addr)
 	if err != nil {
-		return nil, fmt.Errorf("link: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("link: %w", err)
 	}
 	_ = nc.SetDeadline(time.Now().Add(HandshakeTimeout))
 	sc, chans, reqs, err := ssh.NewClientConn(nc, h.Addr, cfg)
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("link: ssh handshake with %s: %w", h.Addr, err)
+		return nil, nil, nil, nil, fmt.Errorf("link: ssh handshake with %s: %w", h.Addr, err)
+	}
+	_ = nc.SetDeadline(time.Time{})
+	return nc, sc, chans, reqs, nil
+}
+
+// Dial opens the link described by h.
+func Dial(ctx context.Context, h *Hello) (*Client, error) {
+	_, sc, chans, reqs, err := dialSSH(ctx, h)
+	if err != nil {
+		return nil, err
 	}
 	conn := ssh.NewClient(sc, chans, reqs)
 	ch, creqs, err := conn.OpenChannel(ControlChannel, nil)
@@ -73,7 +83,6 @@ func Dial(ctx context.Context, h *Hello) (*Client, error) {
 		conn.Close()
 		return nil, fmt.Errorf("link: open control channel: %w", err)
 	}
-	_ = nc.SetDeadline(time.Time{})
 	go ssh.DiscardRequests(creqs)
 	return &Client{
 		conn: conn,
@@ -93,6 +102,15 @@ func (c *Client) Job() (*Job, error) {
 		return nil, fmt.Errorf("link: read job: %w", err)
 	}
 	return &j, nil
+}
+
+// Command waits for the runner's next command.
+func (c *Client) Command() (*Command, error) {
+	var cmd Command
+	if err := c.dec.Decode(&cmd); err != nil {
+		return nil, err
+	}
+	return &cmd, nil
 }
 
 // Send sends an event. It is safe for concurrent use.

@@ -38,6 +38,9 @@ type Hello struct {
 	Addr    string `json:"addr"`     // host:port of the link server
 	HostKey string `json:"host_key"` // the link server's host key, authorized_keys format
 	Key     string `json:"key"`      // the builder's private key, OpenSSH PEM (a secret)
+	// SSHHostKey is the host key the builder's SSH server presents to users
+	// of an SSH build (OpenSSH PEM, a secret); empty for other builds.
+	SSHHostKey string `json:"ssh_host_key,omitempty"`
 }
 
 // Job is what the builder must do.
@@ -52,6 +55,34 @@ type Job struct {
 	Env []string `json:"env"`
 	// Steps are run in order; step 0 is always the clone.
 	Steps []Step `json:"steps"`
+	// SSH, for an SSH build, says whom the builder's SSH server admits.
+	SSH *JobSSH `json:"ssh,omitempty"`
+}
+
+// JobSSH configures an SSH build's access. The builder opens a second
+// connection to the link address (its tunnel), asks for a reverse forward
+// of Alias port 22 ("tcpip-forward"), and serves SSH on every
+// "forwarded-tcpip" channel it gets, admitting user "builder" with a
+// certificate of UserCA for principal Alias, or exactly UserKey.
+type JobSSH struct {
+	Alias   string `json:"alias"`
+	UserCA  string `json:"user_ca"`  // authorized_keys format
+	UserKey string `json:"user_key"` // authorized_keys format
+}
+
+// Command types sent by the runner after the Job.
+const (
+	// SSHNotice asks the builder to show Text in every login session.
+	SSHNotice = "ssh_notice"
+	// SSHClose revokes SSH access: show Text, close every session and the
+	// tunnel, admit no one again.
+	SSHClose = "ssh_close"
+)
+
+// Command is a message from the runner after the Job.
+type Command struct {
+	Type string `json:"type"`
+	Text string `json:"text,omitempty"`
 }
 
 // Step is one step of a Job.
@@ -69,6 +100,9 @@ const (
 	Log       = "log"
 	StepEnd   = "step_end"
 	Done      = "done"
+	// SSH events: Kind is "tunnel_up", "tunnel_down", "login_start",
+	// "login_end", "connect", "disconnect" or "channel"; Text the detail.
+	SSH = "ssh"
 )
 
 // Event is a message from the builder. Step indexes Job.Steps.
@@ -80,6 +114,8 @@ type Event struct {
 	ExitCode int       `json:"exit_code,omitempty"` // step_end
 	Failed   bool      `json:"failed,omitempty"`    // step_end, done
 	Error    string    `json:"error,omitempty"`     // step_end, done: why, for the build log
+	Kind     string    `json:"kind,omitempty"`      // ssh
+	Conn     uint64    `json:"conn,omitempty"`      // ssh: the session's connection
 }
 
 // MaxLine is the longest log line sent; longer output is split.

@@ -21,10 +21,23 @@ const HandshakeTimeout = 10 * time.Second
 // ErrServerClosed is returned by Serve after Close.
 var ErrServerClosed = errors.New("link: server closed")
 
+// Tunnels takes builders' reverse forwards (the tunnels of SSH builds).
+type Tunnels interface {
+	// Bind makes conn the route to alias and returns a func that unbinds it.
+	Bind(alias string, conn ssh.Conn) (func(), error)
+}
+
+// MaxConnsPerBuild bounds a builder's simultaneous connections (its control
+// link and its tunnel, with room for reconnects).
+const MaxConnsPerBuild = 4
+
 // Server accepts builders' links. Its zero value is not usable: set HostKey.
 type Server struct {
 	HostKey ssh.Signer
 	Logger  *slog.Logger
+	// Tunnels, if set, takes "tcpip-forward" requests: a builder may bind
+	// only the alias it authenticated as. Without it they are refused.
+	Tunnels Tunnels
 
 	mu       sync.Mutex
 	expect   map[string]*Expectation // guarded by mu
@@ -41,8 +54,9 @@ type Expectation struct {
 	ch   chan *Conn
 
 	// guarded by srv.mu
-	taken bool
-	conn  *Conn
+	closed bool
+	conns  int   // live connections
+	conn   *Conn // the control link, once up
 }
 
 // Expect admits one link for name, authenticated by key.
@@ -74,7 +88,7 @@ func (e *Expectation) Close() {
 		delete(s.expect, e.name)
 	}
 	c := e.conn
-	e.taken = true
+	e.closed = true
 	s.mu.Unlock()
 	if c != nil {
 		c.Close()
@@ -147,7 +161,7 @@ func (s *Server) config() *ssh.ServerConfig {
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			e := s.expect[meta.User()]
-			if e == nil || e.taken || !bytes.Equal(e.key, key.Marshal()) {
+			if e == nil || e.closed || e.conns >= MaxConnsPerBuild || !bytes.Equal(e.key, key.Marshal()) {
 				return nil, errors.New("not authorized")
 			}
 			return &ssh.Permissions{}, nil
@@ -167,17 +181,16 @@ func (s *Server) handle(nc net.Conn) {
 		nc.Close()
 		return
 	}
-	go ssh.DiscardRequests(reqs)
 	name := sc.User()
 
 	s.mu.Lock()
 	e := s.expect[name]
-	if s.closed || e == nil || e.taken {
+	if s.closed || e == nil || e.closed || e.conns >= MaxConnsPerBuild {
 		s.mu.Unlock()
 		sc.Close()
 		return
 	}
-	e.taken = true
+	e.conns++
 	if s.conns == nil {
 		s.conns = make(map[*ssh.ServerConn]bool)
 	}
@@ -186,13 +199,22 @@ func (s *Server) handle(nc net.Conn) {
 	defer func() {
 		s.mu.Lock()
 		delete(s.conns, sc)
+		e.conns--
 		s.mu.Unlock()
 	}()
+	go s.globalRequests(sc, reqs, log)
 
 	var c *Conn
 	for nch := range chans {
 		if nch.ChannelType() != ControlChannel || c != nil {
 			_ = nch.Reject(ssh.Prohibited, "only one "+ControlChannel+" channel is allowed")
+			continue
+		}
+		s.mu.Lock()
+		taken := e.conn != nil
+		s.mu.Unlock()
+		if taken {
+			_ = nch.Reject(ssh.Prohibited, "the build's control link is up already")
 			continue
 		}
 		ch, creqs, err := nch.Accept()
@@ -219,6 +241,48 @@ func (s *Server) handle(nc net.Conn) {
 	}
 }
 
+// forwardRequest is RFC 4254's tcpip-forward payload.
+type forwardRequest struct {
+	Addr string
+	Port uint32
+}
+
+// globalRequests serves a builder's global requests: tcpip-forward of its
+// own alias (its SSH tunnel) and nothing else.
+func (s *Server) globalRequests(sc *ssh.ServerConn, reqs <-chan *ssh.Request, log *slog.Logger) {
+	var release func()
+	defer func() {
+		if release != nil {
+			release()
+		}
+	}()
+	for r := range reqs {
+		ok := false
+		switch r.Type {
+		case "tcpip-forward":
+			var fr forwardRequest
+			if s.Tunnels == nil || ssh.Unmarshal(r.Payload, &fr) != nil || fr.Addr != sc.User() || release != nil {
+				log.Warn("builder forward refused", "build", sc.User(), "alias", fr.Addr)
+				break
+			}
+			rel, err := s.Tunnels.Bind(fr.Addr, sc)
+			if err != nil {
+				log.Debug("builder forward refused", "build", sc.User(), "err", err)
+				break
+			}
+			release, ok = rel, true
+		case "cancel-tcpip-forward":
+			if release != nil {
+				release()
+				release, ok = nil, true
+			}
+		}
+		if r.WantReply {
+			_ = r.Reply(ok, nil)
+		}
+	}
+}
+
 // Conn is an established link, seen from the runner.
 type Conn struct {
 	sc  *ssh.ServerConn
@@ -240,6 +304,13 @@ func newConn(sc *ssh.ServerConn, ch ssh.Channel) *Conn {
 		enc:  json.NewEncoder(ch),
 		done: make(chan struct{}),
 	}
+}
+
+// Send sends a command to the builder.
+func (c *Conn) Send(cmd Command) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.enc.Encode(cmd)
 }
 
 // RemoteAddr is the builder's address.

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/gateway"
 	"github.com/hangar-ci/hangar/internal/link"
 	"github.com/hangar-ci/hangar/internal/machine"
 	"github.com/hangar-ci/hangar/internal/store"
@@ -55,6 +56,8 @@ type Config struct {
 	// LinkTimeout bounds machine start to builder link.
 	LinkTimeout time.Duration
 	Logger      *slog.Logger
+	// SSH enables SSH builds; nil refuses them.
+	SSH *SSHConfig
 }
 
 // Causes of a build's end other than its own result.
@@ -71,6 +74,7 @@ type Runner struct {
 
 	mu      sync.Mutex
 	running map[int64]context.CancelCauseFunc // guarded by mu
+	byAlias map[string]*job                   // guarded by mu; SSH builds by alias
 	wg      sync.WaitGroup
 }
 
@@ -91,6 +95,7 @@ func New(cfg Config) *Runner {
 		log:     log,
 		hostKey: string(ssh.MarshalAuthorizedKey(cfg.Link.HostKey.PublicKey())),
 		running: make(map[int64]context.CancelCauseFunc),
+		byAlias: make(map[string]*job),
 	}
 }
 
@@ -169,6 +174,8 @@ type job struct {
 	mu    sync.Mutex // guards lines and seq
 	lines []build.LogLine
 	seq   int64
+
+	ssh *sshJob // nil unless the build has SSH access
 }
 
 func (j *job) logf(step int, format string, args ...any) {
@@ -232,19 +239,8 @@ func (r *Runner) execute(ctx context.Context, b *build.Build, specJSON []byte) {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 
-	status, msg := r.run(ctx, j, specJSON)
-	switch cause := context.Cause(ctx); {
-	case status != "":
-	case errors.Is(cause, errCanceled):
-		status, msg = build.Canceled, "canceled"
-	case errors.Is(cause, context.DeadlineExceeded):
-		status = build.Timeout
-		msg = fmt.Sprintf("the build ran past its max_build_duration of %s and was stopped", time.Duration(b.MaxDuration)*time.Second)
-	case errors.Is(cause, errShutdown):
-		status, msg = build.Failed, "the server shut down during the build"
-	default:
-		status, msg = build.Failed, "the build machine stopped unexpectedly"
-	}
+	st, msg := r.run(ctx, j, specJSON)
+	status, msg := resolve(ctx, b, st, msg)
 	now := time.Now().UTC()
 	for i := range b.Steps {
 		switch b.Steps[i].Status {
@@ -267,6 +263,22 @@ func (r *Runner) execute(ctx context.Context, b *build.Build, specJSON []byte) {
 	j.log.Info("build ended", "status", status, "duration", now.Sub(start).Round(time.Millisecond))
 }
 
+// resolve gives the final status of a build whose run returned st and
+// msg; an empty st means the build's context ended first.
+func resolve(ctx context.Context, b *build.Build, st build.Status, msg string) (build.Status, string) {
+	switch cause := context.Cause(ctx); {
+	case st != "":
+		return st, msg
+	case errors.Is(cause, errCanceled):
+		return build.Canceled, "canceled"
+	case errors.Is(cause, context.DeadlineExceeded):
+		return build.Timeout, fmt.Sprintf("the build ran past its max_build_duration of %s and was stopped", time.Duration(b.MaxDuration)*time.Second)
+	case errors.Is(cause, errShutdown):
+		return build.Failed, "the server shut down during the build"
+	}
+	return build.Failed, "the build machine stopped unexpectedly"
+}
+
 func lastStarted(b *build.Build) int {
 	last := 0
 	for i, s := range b.Steps {
@@ -279,7 +291,7 @@ func lastStarted(b *build.Build) int {
 
 // run provisions the machine and follows the builder. It returns the final
 // status and message, or "" when ctx ended first.
-func (r *Runner) run(ctx context.Context, j *job, specJSON []byte) (build.Status, string) {
+func (r *Runner) run(ctx context.Context, j *job, specJSON []byte) (st build.Status, msg string) {
 	b := j.b
 	var spec build.Spec
 	if err := json.Unmarshal(specJSON, &spec); err != nil {
@@ -314,7 +326,18 @@ func (r *Runner) run(ctx context.Context, j *job, specJSON []byte) (build.Status
 		return build.Failed, err.Error()
 	}
 	defer exp.Close()
-	hello, _ := json.Marshal(link.Hello{Name: name, Addr: r.cfg.LinkAddr, HostKey: r.hostKey, Key: string(pem.EncodeToMemory(pemBlock))})
+	hello := link.Hello{Name: name, Addr: r.cfg.LinkAddr, HostKey: r.hostKey, Key: string(pem.EncodeToMemory(pemBlock))}
+	var jobSSH *link.JobSSH
+	if b.SSH.Enabled {
+		if r.cfg.SSH == nil {
+			return build.Failed, "SSH access is not available on this server"
+		}
+		if jobSSH, err = r.setupSSH(j, &hello); err != nil {
+			return build.Failed, "could not set up SSH access: " + err.Error()
+		}
+		j.save()
+	}
+	helloJSON, _ := json.Marshal(hello)
 
 	mirror := r.cfg.Mirrors.Path(b.App)
 	repo := mirror
@@ -327,7 +350,7 @@ func (r *Runner) run(ctx context.Context, j *job, specJSON []byte) (build.Status
 		Builder: r.cfg.Executable,
 		Args:    []string{"builder"},
 		Env:     []string{"HANGAR_BUILD=" + name},
-		Stdin:   strings.NewReader(string(hello) + "\n"),
+		Stdin:   strings.NewReader(string(helloJSON) + "\n"),
 		Output:  &logWriter{log: j.log},
 		Mounts:  []machine.Mount{mount},
 	})
@@ -349,6 +372,16 @@ func (r *Runner) run(ctx context.Context, j *job, specJSON []byte) (build.Status
 	go func() { exited <- m.Wait() }()
 
 	var conn *link.Conn
+	if j.ssh != nil {
+		// Runs before the machine is destroyed (defers run last first).
+		defer func() {
+			fst, _ := resolve(ctx, b, st, msg)
+			r.teardownSSH(j, conn, fst)
+			if conn != nil {
+				time.Sleep(300 * time.Millisecond) // let the builder tell its sessions
+			}
+		}()
+	}
 	select {
 	case conn = <-exp.Conn():
 	case err := <-exited:
@@ -369,7 +402,7 @@ func (r *Runner) run(ctx context.Context, j *job, specJSON []byte) (build.Status
 		steps = append(steps, link.Step{Name: s.Name, File: s.File, Script: s.Script, IgnoreFailure: s.IgnoreFailure, WorkingDirectory: s.WorkingDirectory})
 	}
 	env := append(stdEnv(b, spec.Repo), spec.Vars...)
-	if err := conn.SendJob(&link.Job{Repo: repo, Origin: spec.Repo, Branch: b.Branch, Commit: b.Commit, Env: env, Steps: steps}); err != nil {
+	if err := conn.SendJob(&link.Job{Repo: repo, Origin: spec.Repo, Branch: b.Branch, Commit: b.Commit, Env: env, Steps: steps, SSH: jobSSH}); err != nil {
 		return build.Failed, "lost the link to the builder"
 	}
 	return r.follow(ctx, j, conn)
@@ -394,16 +427,35 @@ func (r *Runner) follow(ctx context.Context, j *job, conn *link.Conn) (build.Sta
 	}()
 	flush := time.NewTicker(100 * time.Millisecond)
 	defer flush.Stop()
+	var gw chan gateway.Event
+	if j.ssh != nil {
+		gw = j.ssh.gw
+		r.scheduleNotices(j, conn, j.ssh.deadline, "max_build_duration")
+	}
+	var result *build.Status
+	var resultMsg string
+	var window <-chan time.Time
+	// finish ends the build with the steps' result once they are done, or
+	// reports that it must wait for them.
+	finish := func() bool { return result != nil }
 	for {
 		select {
 		case <-ctx.Done():
 			return "", ""
 		case <-flush.C:
 			j.flush()
+		case <-window:
+			r.closeSSH(j, conn, fmt.Sprintf("the SSH window of build %d has ended (%s)", j.b.ID, j.b.SSH.ExpiresBecause))
+			return *result, resultMsg
+		case gev := <-gw:
+			j.onGateway(gev)
 		case ev, ok := <-events:
 			if !ok {
 				if ctx.Err() != nil {
 					return "", ""
+				}
+				if finish() {
+					return *result, resultMsg
 				}
 				return build.Failed, "lost the link to the builder before the build ended"
 			}
@@ -430,11 +482,31 @@ func (r *Runner) follow(ctx context.Context, j *job, conn *link.Conn) (build.Sta
 				j.flush()
 				j.stepEnd(i, st, ev.Time, &code)
 				j.save()
-			case link.Done:
-				if ev.Failed {
-					return build.Failed, ev.Error
+			case link.SSH:
+				if r.onBuilderSSH(j, ev) && !j.ssh.closed {
+					r.closeSSH(j, conn, fmt.Sprintf("you logged out of build %d: its SSH access is closed", j.b.ID))
+					if finish() {
+						return *result, resultMsg
+					}
 				}
-				return build.Finished, ""
+			case link.Done:
+				st, msg := build.Finished, ""
+				if ev.Failed {
+					st, msg = build.Failed, ev.Error
+				}
+				result, resultMsg = &st, msg
+				if j.ssh == nil || j.ssh.closed {
+					return st, msg
+				}
+				j.flush()
+				wait := r.stepsDone(j, conn, st)
+				if wait <= 0 {
+					r.closeSSH(j, conn, fmt.Sprintf("build %d reached its max_build_duration", j.b.ID))
+					return st, msg
+				}
+				j.logf(lastStarted(j.b), "hangar: steps done; the machine stays for SSH for %s (%s) unless you log out", wait.Round(time.Second), j.b.SSH.ExpiresBecause)
+				r.scheduleNotices(j, conn, *j.b.SSH.ExpiresAt, j.b.SSH.ExpiresBecause)
+				window = time.After(wait)
 			}
 		}
 	}

@@ -71,6 +71,9 @@ func normalizeRepo(repo string) (string, error) {
 }
 
 func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
+	if !adminOnly(w, r) {
+		return
+	}
 	var req appRequest
 	if !s.decode(w, r, &req) {
 		return
@@ -117,14 +120,19 @@ func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, "list apps", err)
 		return
 	}
-	out := make([]appResponse, len(apps))
-	for i, a := range apps {
-		out[i] = appResponse{App: a, WebhookURL: webhookURL(r, a.Name)}
+	out := []appResponse{}
+	for _, a := range apps {
+		if t := tokenOf(r); t != nil && t.Allows(a.Name) {
+			out = append(out, appResponse{App: a, WebhookURL: webhookURL(r, a.Name)})
+		}
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) lookupApp(w http.ResponseWriter, r *http.Request, name string) (*store.App, bool) {
+	if !allowed(w, r, name) {
+		return nil, false
+	}
 	app, err := s.cfg.Store.App(r.Context(), name)
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no app %q: see `hangar app list`", name))
@@ -144,6 +152,9 @@ func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
+	if !adminOnly(w, r) {
+		return
+	}
 	app, ok := s.lookupApp(w, r, r.PathValue("name"))
 	if !ok {
 		return

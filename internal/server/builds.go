@@ -20,6 +20,11 @@ type startRequest struct {
 	App      string `json:"app"`
 	Workflow string `json:"workflow"`
 	Branch   string `json:"branch"`
+	// SSH asks for SSH access to the build's machine.
+	SSH bool `json:"ssh"`
+	// Trigger may only be "manual" (the default): builds started through
+	// the API are manual. It exists to refuse SSH with anything else.
+	Trigger string `json:"trigger"`
 }
 
 // userError is an error whose message is meant for the API client.
@@ -37,6 +42,21 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.App == "" {
 		writeError(w, http.StatusBadRequest, `"app" is required: the name of the app to build`)
+		return
+	}
+	if req.Trigger != "" && req.Trigger != string(build.Manual) {
+		msg := fmt.Sprintf("trigger %q: builds started through the API are manual", req.Trigger)
+		if req.SSH {
+			msg = fmt.Sprintf("SSH access is only for manually triggered builds, not %q ones: leave out \"trigger\" or set it to \"manual\"", req.Trigger)
+		}
+		writeError(w, http.StatusUnprocessableEntity, msg)
+		return
+	}
+	if req.SSH && s.cfg.SSH == nil {
+		writeError(w, http.StatusUnprocessableEntity, "SSH access is not enabled on this server")
+		return
+	}
+	if !allowed(w, r, req.App) {
 		return
 	}
 	app, err := s.cfg.Store.App(r.Context(), req.App)
@@ -69,7 +89,7 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 	if t := tokenOf(r); t != nil {
 		starter = t.Name
 	}
-	b, err := s.createBuild(r.Context(), app, mirror, branch, commit, req.Workflow, build.Manual, starter)
+	b, err := s.createBuild(r.Context(), app, mirror, branch, commit, req.Workflow, build.Manual, starter, req.SSH)
 	var ue *userError
 	if errors.As(err, &ue) {
 		writeError(w, ue.code, ue.msg)
@@ -79,22 +99,29 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, "create build", err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, b)
+	writeJSON(w, http.StatusCreated, s.present(r, b))
 }
 
 // createBuild queues a build of workflow wfID (empty: the only one) at
 // commit. A missing or malformed workflow file gives a build that has failed
 // at once, with the file, line and reason as its message.
-func (s *Server) createBuild(ctx context.Context, app *store.App, mirror, branch, commit, wfID string, trigger build.Trigger, starter string) (*build.Build, error) {
+func (s *Server) createBuild(ctx context.Context, app *store.App, mirror, branch, commit, wfID string, trigger build.Trigger, starter string, withSSH bool) (*build.Build, error) {
 	b := &build.Build{
 		App: app.Name, Workflow: wfID, WorkflowName: wfID, Branch: branch, Commit: commit,
 		Status: build.Queued, Trigger: trigger, StartedBy: starter, Steps: []build.Step{},
+	}
+	// Only manually triggered builds may have SSH access.
+	if withSSH && trigger == build.Manual {
+		b.SSH = build.SSH{Enabled: true, State: build.SSHPending}
 	}
 	fail := func(msg string) (*build.Build, error) {
 		now := time.Now().UTC()
 		b.Status, b.Message, b.FinishedAt = build.Failed, msg, &now
 		if b.Workflow == "" {
 			b.Workflow, b.WorkflowName = "default", "default"
+		}
+		if b.SSH.Enabled {
+			b.SSH.State = build.SSHClosed
 		}
 		if err := s.cfg.Store.CreateBuild(ctx, b, []byte("{}")); err != nil {
 			return nil, err
@@ -178,7 +205,13 @@ func (s *Server) listBuilds(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, "list builds", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, list)
+	out := []*build.Build{}
+	for _, b := range list {
+		if t := tokenOf(r); t != nil && t.Allows(b.App) {
+			out = append(out, s.present(r, b))
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // lookupBuild writes a 404 for an unknown build.
@@ -196,12 +229,15 @@ func (s *Server) lookupBuild(w http.ResponseWriter, r *http.Request) (*build.Bui
 		s.internal(w, "read build", err)
 		return nil, false
 	}
+	if !allowed(w, r, b.App) {
+		return nil, false
+	}
 	return b, true
 }
 
 func (s *Server) getBuild(w http.ResponseWriter, r *http.Request) {
 	if b, ok := s.lookupBuild(w, r); ok {
-		writeJSON(w, http.StatusOK, b)
+		writeJSON(w, http.StatusOK, s.present(r, b))
 	}
 }
 

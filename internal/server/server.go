@@ -3,6 +3,7 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -19,6 +20,7 @@ import (
 
 // Store is what the API needs of the store.
 type Store interface {
+	AddToken(ctx context.Context, hash string, t store.Token) error
 	CreateApp(ctx context.Context, a *store.App) error
 	App(ctx context.Context, name string) (*store.App, error)
 	Apps(ctx context.Context) ([]*store.App, error)
@@ -46,14 +48,15 @@ type Mirrors interface {
 
 // Config configures the API.
 type Config struct {
-	Store    Store
-	Runner   Canceler
-	Mirrors  Mirrors
-	Logger   *slog.Logger
-	DataDir  string // only to tell users where the admin token is
-	MaxBody  int64  // API request bodies; default 1 MiB
-	MaxHook  int64  // webhook bodies; default 25 MiB (GitHub's limit)
-	MaxBuild int    // max_build_duration cap in seconds, 0: 120 minutes
+	Store   Store
+	Runner  Canceler
+	Mirrors Mirrors
+	Logger  *slog.Logger
+	DataDir string     // only to tell users where the admin token is
+	MaxBody int64      // API request bodies; default 1 MiB
+	MaxHook int64      // webhook bodies; default 25 MiB (GitHub's limit)
+	SSH     *SSHConfig // nil: no SSH builds
+	Metrics http.Handler
 }
 
 // Server serves the API. Create it with New.
@@ -90,6 +93,14 @@ func New(cfg Config) *Server {
 	m.HandleFunc("POST /api/v1/builds/{id}/cancel", s.auth(s.cancelBuild))
 	m.HandleFunc("GET /api/v1/builds/{id}/logs", s.auth(s.buildLogs))
 	m.HandleFunc("POST /api/v1/webhooks/{app}", s.webhook)
+	m.HandleFunc("GET /api/v1/builds/{id}/ssh/script", s.auth(s.sshScript))
+	m.HandleFunc("GET /api/v1/builds/{id}/ssh/access", s.auth(s.sshAccess))
+	m.HandleFunc("GET /api/v1/builds/{id}/events", s.auth(s.buildEvents))
+	m.HandleFunc("GET /ssh/{id}/{sig}", s.signedScript)
+	m.HandleFunc("POST /api/v1/tokens", s.auth(s.createToken))
+	if cfg.Metrics != nil {
+		m.Handle("GET /metrics", cfg.Metrics)
+	}
 	m.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path))
 	})
@@ -184,4 +195,58 @@ func pathID(w http.ResponseWriter, r *http.Request) (int64, bool) {
 		return 0, false
 	}
 	return id, true
+}
+
+// allowed writes a 403 unless the request's token may use app.
+func allowed(w http.ResponseWriter, r *http.Request, app string) bool {
+	if t := tokenOf(r); t != nil && t.Allows(app) {
+		return true
+	}
+	writeError(w, http.StatusForbidden, fmt.Sprintf("your API token has no access to app %s: ask an admin for a token with --app %s", app, app))
+	return false
+}
+
+// adminOnly writes a 403 unless the request's token is an admin's.
+func adminOnly(w http.ResponseWriter, r *http.Request) bool {
+	if t := tokenOf(r); t != nil && t.Admin {
+		return true
+	}
+	writeError(w, http.StatusForbidden, "this needs an admin API token")
+	return false
+}
+
+// tokenRequest is the body of POST /api/v1/tokens.
+type tokenRequest struct {
+	Name  string   `json:"name"`
+	Apps  []string `json:"apps"`
+	Admin bool     `json:"admin"`
+}
+
+// createToken makes an API token (admin only); the secret is shown once.
+func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
+	if !adminOnly(w, r) {
+		return
+	}
+	var req tokenRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	if !validAppName.MatchString(req.Name) {
+		writeError(w, http.StatusBadRequest, "a token needs a name: 1-63 letters, digits, '.', '_' or '-'")
+		return
+	}
+	for _, a := range req.Apps {
+		if _, err := s.cfg.Store.App(r.Context(), a); err != nil {
+			writeError(w, http.StatusNotFound, fmt.Sprintf("no app %q", a))
+			return
+		}
+	}
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	secret := "hgr_" + hex.EncodeToString(b[:])
+	if err := s.cfg.Store.AddToken(r.Context(), HashToken(secret), store.Token{Name: req.Name, Admin: req.Admin, Apps: req.Apps}); err != nil {
+		s.internal(w, "create token", err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"name": req.Name, "token": secret, "apps": req.Apps, "admin": req.Admin})
 }

@@ -84,7 +84,7 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 	}
 	f, err := workflow.Parse(fname, data)
 	if err != nil {
-		b, cerr := s.createBuild(ctx, app, mirror, name, commit, "", build.Webhook, "webhook")
+		b, cerr := s.createBuild(ctx, app, mirror, name, commit, "", build.Webhook, "webhook", false)
 		if cerr != nil {
 			s.internal(w, "create build", cerr)
 			return

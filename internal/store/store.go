@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +39,20 @@ type App struct {
 type Token struct {
 	Name  string
 	Admin bool
+	Apps  []string // apps a non-admin token may use
+}
+
+// Allows reports whether the token may use app.
+func (t *Token) Allows(app string) bool {
+	if t.Admin {
+		return true
+	}
+	for _, a := range t.Apps {
+		if a == app {
+			return true
+		}
+	}
+	return false
 }
 
 // Store is a database of apps, builds, logs and tokens.
@@ -74,8 +89,29 @@ CREATE TABLE IF NOT EXISTS builds (
 	steps TEXT NOT NULL DEFAULT '[]',
 	created_at INTEGER NOT NULL,
 	started_at INTEGER,
-	finished_at INTEGER
+	finished_at INTEGER,
+	ssh_enabled INTEGER NOT NULL DEFAULT 0,
+	ssh_state TEXT NOT NULL DEFAULT '',
+	ssh_expires_at INTEGER,
+	ssh_expires_because TEXT NOT NULL DEFAULT '',
+	ssh_closed_reason TEXT NOT NULL DEFAULT '',
+	ssh_connections INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS build_ssh (
+	build_id INTEGER PRIMARY KEY REFERENCES builds(id) ON DELETE CASCADE,
+	private_key BLOB,
+	certificate TEXT NOT NULL,
+	public_key TEXT NOT NULL,
+	host_key TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS build_events (
+	id INTEGER PRIMARY KEY,
+	build_id INTEGER NOT NULL REFERENCES builds(id) ON DELETE CASCADE,
+	time INTEGER NOT NULL,
+	kind TEXT NOT NULL,
+	data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS build_events_build ON build_events(build_id, id);
 CREATE INDEX IF NOT EXISTS builds_status ON builds(status);
 CREATE INDEX IF NOT EXISTS builds_app ON builds(app_id, id);
 CREATE TABLE IF NOT EXISTS logs (
@@ -90,6 +126,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 	hash TEXT PRIMARY KEY,
 	name TEXT NOT NULL,
 	admin INTEGER NOT NULL,
+	apps TEXT NOT NULL DEFAULT '',
 	created_at INTEGER NOT NULL
 );
 `
@@ -237,17 +274,21 @@ func (s *Store) DeleteApp(ctx context.Context, name string) error {
 
 // AddToken stores a token by the hash of its secret.
 func (s *Store) AddToken(ctx context.Context, hash string, t Token) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (hash, name, admin, created_at) VALUES ($1, $2, $3, $4)`,
-		hash, t.Name, t.Admin, ms(time.Now()))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (hash, name, admin, apps, created_at) VALUES ($1, $2, $3, $4, $5)`,
+		hash, t.Name, t.Admin, strings.Join(t.Apps, ","), ms(time.Now()))
 	return err
 }
 
 // TokenByHash finds a token by the hash of its secret.
 func (s *Store) TokenByHash(ctx context.Context, hash string) (*Token, error) {
 	var t Token
-	err := s.db.QueryRowContext(ctx, `SELECT name, admin FROM tokens WHERE hash = $1`, hash).Scan(&t.Name, &t.Admin)
+	var apps string
+	err := s.db.QueryRowContext(ctx, `SELECT name, admin, apps FROM tokens WHERE hash = $1`, hash).Scan(&t.Name, &t.Admin, &apps)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
+	}
+	if apps != "" {
+		t.Apps = strings.Split(apps, ",")
 	}
 	return &t, err
 }
@@ -287,10 +328,11 @@ func (s *Store) CreateBuild(ctx context.Context, b *build.Build, spec []byte) er
 	}
 	b.CreatedAt = time.Now().UTC().Truncate(time.Millisecond)
 	err = tx.QueryRowContext(ctx, `INSERT INTO builds (app_id, number, workflow, workflow_name, branch, commit_sha, status, trigger,
-		started_by, message, max_duration, spec, steps, created_at, started_at, finished_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING id`,
+		started_by, message, max_duration, spec, steps, created_at, started_at, finished_at, ssh_enabled, ssh_state)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id`,
 		appID, b.Number, b.Workflow, b.WorkflowName, b.Branch, b.Commit, b.Status, b.Trigger,
-		b.StartedBy, b.Message, b.MaxDuration, string(spec), string(steps), ms(b.CreatedAt), nullMS(b.StartedAt), nullMS(b.FinishedAt)).Scan(&b.ID)
+		b.StartedBy, b.Message, b.MaxDuration, string(spec), string(steps), ms(b.CreatedAt), nullMS(b.StartedAt), nullMS(b.FinishedAt),
+		b.SSH.Enabled, b.SSH.State).Scan(&b.ID)
 	if err != nil {
 		return fmt.Errorf("create build: %w", err)
 	}
@@ -302,15 +344,17 @@ func (s *Store) CreateBuild(ctx context.Context, b *build.Build, spec []byte) er
 }
 
 const buildCols = `b.id, a.name, b.number, b.workflow, b.workflow_name, b.branch, b.commit_sha, b.status, b.trigger,
-	b.started_by, b.message, b.max_duration, b.steps, b.created_at, b.started_at, b.finished_at`
+	b.started_by, b.message, b.max_duration, b.steps, b.created_at, b.started_at, b.finished_at,
+	b.ssh_enabled, b.ssh_state, b.ssh_expires_at, b.ssh_expires_because, b.ssh_closed_reason, b.ssh_connections`
 
 func scanBuild(row interface{ Scan(...any) error }) (*build.Build, error) {
 	var b build.Build
 	var steps string
 	var created int64
-	var started, finished sql.NullInt64
+	var started, finished, sshExpires sql.NullInt64
 	err := row.Scan(&b.ID, &b.App, &b.Number, &b.Workflow, &b.WorkflowName, &b.Branch, &b.Commit, &b.Status, &b.Trigger,
-		&b.StartedBy, &b.Message, &b.MaxDuration, &steps, &created, &started, &finished)
+		&b.StartedBy, &b.Message, &b.MaxDuration, &steps, &created, &started, &finished,
+		&b.SSH.Enabled, &b.SSH.State, &sshExpires, &b.SSH.ExpiresBecause, &b.SSH.ClosedReason, &b.SSH.Connections)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -321,7 +365,7 @@ func scanBuild(row interface{ Scan(...any) error }) (*build.Build, error) {
 		return nil, fmt.Errorf("build %d: bad steps: %w", b.ID, err)
 	}
 	b.CreatedAt = time.UnixMilli(created).UTC()
-	b.StartedAt, b.FinishedAt = fromMS(started), fromMS(finished)
+	b.StartedAt, b.FinishedAt, b.SSH.ExpiresAt = fromMS(started), fromMS(finished), fromMS(sshExpires)
 	return &b, nil
 }
 
@@ -394,9 +438,11 @@ func (s *Store) UpdateBuild(ctx context.Context, b *build.Build) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE builds SET status = $1, message = $2, steps = $3, started_at = $4, finished_at = $5
-		WHERE id = $6 AND status NOT IN ('finished', 'failed', 'canceled', 'timeout')`,
-		b.Status, b.Message, string(steps), nullMS(b.StartedAt), nullMS(b.FinishedAt), b.ID)
+	res, err := s.db.ExecContext(ctx, `UPDATE builds SET status = $1, message = $2, steps = $3, started_at = $4, finished_at = $5,
+		ssh_state = $6, ssh_expires_at = $7, ssh_expires_because = $8, ssh_closed_reason = $9, ssh_connections = $10
+		WHERE id = $11 AND status NOT IN ('finished', 'failed', 'canceled', 'timeout')`,
+		b.Status, b.Message, string(steps), nullMS(b.StartedAt), nullMS(b.FinishedAt),
+		b.SSH.State, nullMS(b.SSH.ExpiresAt), b.SSH.ExpiresBecause, b.SSH.ClosedReason, b.SSH.Connections, b.ID)
 	if err != nil {
 		return false, fmt.Errorf("update build %d: %w", b.ID, err)
 	}
@@ -407,7 +453,8 @@ func (s *Store) UpdateBuild(ctx context.Context, b *build.Build) (bool, error) {
 
 // CancelQueued cancels build id if it is still queued.
 func (s *Store) CancelQueued(ctx context.Context, id int64, message string) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE builds SET status = 'canceled', message = $1, finished_at = $2
+	res, err := s.db.ExecContext(ctx, `UPDATE builds SET status = 'canceled', message = $1, finished_at = $2,
+		ssh_state = CASE WHEN ssh_enabled THEN 'closed' ELSE '' END
 		WHERE id = $3 AND status = 'queued'`, message, ms(time.Now()), id)
 	if err != nil {
 		return false, err
@@ -422,9 +469,15 @@ func (s *Store) CancelQueued(ctx context.Context, id int64, message string) (boo
 // FailInterrupted ends builds left preparing or building by a previous
 // process, and returns how many there were.
 func (s *Store) FailInterrupted(ctx context.Context, message string) (int64, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE builds SET status = 'failed', message = $1, finished_at = $2
+	res, err := s.db.ExecContext(ctx, `UPDATE builds SET status = 'failed', message = $1, finished_at = $2,
+		ssh_state = CASE WHEN ssh_enabled THEN 'closed' ELSE '' END
 		WHERE status IN ('preparing', 'building')`, message, ms(time.Now()))
 	if err != nil {
+		return 0, err
+	}
+	// Their SSH keys go with them.
+	if _, err := s.db.ExecContext(ctx, `UPDATE build_ssh SET private_key = NULL WHERE build_id IN
+		(SELECT id FROM builds WHERE status IN ('finished', 'failed', 'canceled', 'timeout'))`); err != nil {
 		return 0, err
 	}
 	return res.RowsAffected()
@@ -475,4 +528,77 @@ func (s *Store) Logs(ctx context.Context, id, after int64, limit int) ([]build.L
 		lines = append(lines, l)
 	}
 	return lines, rows.Err()
+}
+
+// BuildSSH is the stored credential of an SSH build.
+type BuildSSH struct {
+	PrivateKey  []byte // sealed; nil once the build has ended
+	Certificate string // authorized_keys format
+	PublicKey   string // authorized_keys format
+	HostKey     string // the builder's host public key, authorized_keys format
+}
+
+// PutBuildSSH stores build id's credential.
+func (s *Store) PutBuildSSH(ctx context.Context, id int64, c *BuildSSH) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO build_ssh (build_id, private_key, certificate, public_key, host_key) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (build_id) DO UPDATE SET private_key = $2, certificate = $3, public_key = $4, host_key = $5`,
+		id, c.PrivateKey, c.Certificate, c.PublicKey, c.HostKey)
+	return err
+}
+
+// GetBuildSSH returns build id's credential, or ErrNotFound.
+func (s *Store) GetBuildSSH(ctx context.Context, id int64) (*BuildSSH, error) {
+	var c BuildSSH
+	err := s.db.QueryRowContext(ctx, `SELECT private_key, certificate, public_key, host_key FROM build_ssh WHERE build_id = $1`, id).
+		Scan(&c.PrivateKey, &c.Certificate, &c.PublicKey, &c.HostKey)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	return &c, err
+}
+
+// DestroySSHKey erases build id's private key.
+func (s *Store) DestroySSHKey(ctx context.Context, id int64) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE build_ssh SET private_key = NULL WHERE build_id = $1`, id)
+	return err
+}
+
+// AddEvent records an event of build id.
+func (s *Store) AddEvent(ctx context.Context, id int64, ev build.Event) error {
+	data, err := json.Marshal(ev.Data)
+	if err != nil {
+		return err
+	}
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO build_events (build_id, time, kind, data) VALUES ($1, $2, $3, $4)`, id, ms(ev.Time), ev.Kind, string(data))
+	if err == nil {
+		s.notify(id)
+	}
+	return err
+}
+
+// Events returns build id's events in order.
+func (s *Store) Events(ctx context.Context, id int64) ([]build.Event, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT time, kind, data FROM build_events WHERE build_id = $1 ORDER BY id`, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	evs := []build.Event{}
+	for rows.Next() {
+		var ev build.Event
+		var t int64
+		var data string
+		if err := rows.Scan(&t, &ev.Kind, &data); err != nil {
+			return nil, err
+		}
+		ev.Time = time.UnixMilli(t).UTC()
+		if err := json.Unmarshal([]byte(data), &ev.Data); err != nil {
+			return nil, err
+		}
+		evs = append(evs, ev)
+	}
+	return evs, rows.Err()
 }

@@ -1,0 +1,272 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hangar-ci/hangar/internal/build"
+)
+
+// sshAccess is the API's answer to GET /api/v1/builds/{id}/ssh/access.
+type sshAccess struct {
+	Alias      string    `json:"alias"`
+	Gateway    string    `json:"gateway"`
+	Key        string    `json:"private_key"`
+	Cert       string    `json:"certificate"`
+	KnownHosts string    `json:"known_hosts"`
+	Config     string    `json:"config"`
+	ExpiresAt  time.Time `json:"expires_at"`
+}
+
+// writeAccess writes key, certificate, known_hosts and config into dir and
+// returns the config's path.
+func writeAccess(dir string, a *sshAccess) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return "", err
+	}
+	files := []struct {
+		name, content string
+	}{
+		{"key", a.Key},
+		{"key-cert.pub", a.Cert},
+		{"known_hosts", a.KnownHosts},
+		{"config", strings.ReplaceAll(a.Config, "@DIR@", abs)},
+	}
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(abs, f.name), []byte(f.content), 0o600); err != nil {
+			return "", err
+		}
+	}
+	return filepath.Join(abs, "config"), nil
+}
+
+func (c *client) sshAccess(ctx context.Context, id int64) (*sshAccess, error) {
+	var a sshAccess
+	if err := c.do(ctx, "GET", fmt.Sprintf("/api/v1/builds/%d/ssh/access", id), nil, &a); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+func buildSSHScriptCmd(cf *clientFlags) *cobra.Command {
+	var shell string
+	cmd := &cobra.Command{
+		Use:   "ssh-script ID [--shell bash|powershell]",
+		Short: "Print the script that opens an SSH session on a build's machine",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			body, err := c.text(cmd.Context(), fmt.Sprintf("/api/v1/builds/%d/ssh/script?shell=%s", id, shell))
+			if err != nil {
+				return err
+			}
+			_, err = io.WriteString(os.Stdout, body)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&shell, "shell", "bash", "bash (Linux, macOS) or powershell (Windows)")
+	return cmd
+}
+
+func buildSSHConfigCmd(cf *clientFlags) *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "ssh-config ID --dir DIR",
+		Short: "Write the key, certificate, known_hosts and an ssh_config for a build into DIR",
+		Long: "Writes DIR/key, DIR/key-cert.pub, DIR/known_hosts and DIR/config (Host build-N),\n" +
+			"so that ssh -F DIR/config build-N, scp -F, sftp -F, rsync -e 'ssh -F DIR/config'\n" +
+			"and VS Code Remote-SSH (remote.SSH.configFile) reach the build's machine.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			a, err := c.sshAccess(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			cfgPath, err := writeAccess(dir, a)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("Wrote %s (usable until %s)\n", cfgPath, a.ExpiresAt.Local().Format(time.DateTime))
+			fmt.Printf("Connect:  ssh -F %s %s\n", cfgPath, a.Alias)
+			fmt.Printf("Copy:     scp -F %s FILE %s:\n", cfgPath, a.Alias)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "directory to write into (created, mode 0700)")
+	_ = cmd.MarkFlagRequired("dir")
+	return cmd
+}
+
+func sshCmd(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "ssh ID [-- COMMAND...]",
+		Short: "Open an SSH session on a build's machine (or run COMMAND there)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			if _, err := exec.LookPath("ssh"); err != nil {
+				return errors.New("hangar ssh needs OpenSSH's ssh client (apt-get install openssh-client)")
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			a, err := c.sshAccess(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			dir, err := os.MkdirTemp("", "hangar-ssh-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+			cfgPath, err := writeAccess(dir, a)
+			if err != nil {
+				return err
+			}
+			sshArgs := []string{"-F", cfgPath}
+			if len(args) == 1 {
+				sshArgs = append(sshArgs, "-t", a.Alias)
+			} else {
+				sshArgs = append(sshArgs, a.Alias, "--")
+				sshArgs = append(sshArgs, args[1:]...)
+			}
+			ssh := exec.CommandContext(cmd.Context(), "ssh", sshArgs...)
+			ssh.Stdin, ssh.Stdout, ssh.Stderr = os.Stdin, os.Stdout, os.Stderr
+			if err := ssh.Run(); err != nil {
+				var ee *exec.ExitError
+				if errors.As(err, &ee) {
+					return &exitError{code: ee.ExitCode()}
+				}
+				return err
+			}
+			return nil
+		},
+	}
+}
+
+func buildEventsCmd(cf *clientFlags) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "events ID [--json]",
+		Short: "Show a build's events (SSH script fetches, connections, logins)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			var evs []build.Event
+			if err := c.do(cmd.Context(), "GET", fmt.Sprintf("/api/v1/builds/%d/events", id), nil, &evs); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(evs)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tEVENT\tDETAILS")
+			for _, ev := range evs {
+				var parts []string
+				for _, k := range []string{"via", "remote", "detail", "shell", "token", "reason", "conn"} {
+					if v, ok := ev.Data[k]; ok {
+						parts = append(parts, k+"="+v)
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", ev.Time.Local().Format("15:04:05.000"), ev.Kind, strings.Join(parts, " "))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func tokenCmd(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "token", Short: "Manage API tokens (admin)"}
+	var apps []string
+	var admin bool
+	create := &cobra.Command{
+		Use:   "create NAME [--app A]... [--admin]",
+		Short: "Create an API token for some apps (or an admin token); the token is printed once",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			var out struct {
+				Token string `json:"token"`
+			}
+			if err := c.do(cmd.Context(), "POST", "/api/v1/tokens", map[string]any{"name": args[0], "apps": apps, "admin": admin}, &out); err != nil {
+				return err
+			}
+			fmt.Println(out.Token)
+			return nil
+		},
+	}
+	create.Flags().StringSliceVar(&apps, "app", nil, "app the token may use (repeatable)")
+	create.Flags().BoolVar(&admin, "admin", false, "an admin token (all apps, tokens)")
+	cmd.AddCommand(create)
+	return cmd
+}
+
+// text GETs path and returns the body as text.
+func (c *client) text(ctx context.Context, path string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.server+path, nil)
+	if err != nil {
+		return "", err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("cannot reach the Hangar server at %s: %w", c.server, unwrapURL(err))
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode >= 300 {
+		return "", apiErrorFrom(resp, body)
+	}
+	return string(body), nil
+}

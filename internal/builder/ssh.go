@@ -1,0 +1,124 @@
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/hangar-ci/hangar/internal/link"
+	"github.com/hangar-ci/hangar/internal/sshca"
+	"github.com/hangar-ci/hangar/internal/sshd"
+)
+
+// sshAccess is an SSH build's access: the builder's SSH server and the
+// tunnel that brings users to it.
+type sshAccess struct {
+	srv    *sshd.Server
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	revoked bool // guarded by mu
+}
+
+// startSSH starts the SSH server and keeps the tunnel up until ctx ends or
+// access is revoked.
+func (r *run) startSSH(ctx context.Context, hello *link.Hello, js *link.JobSSH) (*sshAccess, error) {
+	hostKey, err := ssh.ParsePrivateKey([]byte(hello.SSHHostKey))
+	if err != nil {
+		return nil, errors.New("builder: the SSH host key is not a valid private key")
+	}
+	ca, _, _, _, err := ssh.ParseAuthorizedKey([]byte(js.UserCA))
+	if err != nil {
+		return nil, fmt.Errorf("builder: user CA: %w", err)
+	}
+	userKey, _, _, _, err := ssh.ParseAuthorizedKey([]byte(js.UserKey))
+	if err != nil {
+		return nil, fmt.Errorf("builder: user key: %w", err)
+	}
+	a := &sshAccess{}
+	checker := &sshca.Checker{CA: ca, Principal: js.Alias, Key: userKey}
+	cfg := &ssh.ServerConfig{
+		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			a.mu.Lock()
+			revoked := a.revoked
+			a.mu.Unlock()
+			if revoked {
+				return nil, errors.New("access revoked")
+			}
+			if meta.User() != "builder" {
+				return nil, errors.New("log in as builder")
+			}
+			if err := checker.Check(key); err != nil {
+				return nil, err
+			}
+			return &ssh.Permissions{}, nil
+		},
+		MaxAuthTries:  6,
+		ServerVersion: "SSH-2.0-Hangar-builder",
+	}
+	cfg.AddHostKey(hostKey)
+	a.srv = &sshd.Server{
+		Config:     cfg,
+		Credential: r.cred,
+		Home:       r.home,
+		Env: func() []string {
+			return mergeEnv(r.env, readEnvFile(r.cmEnv))
+		},
+		Dir:         func() string { return r.dir },
+		SFTPCommand: []string{"/proc/self/exe", "builder-sftp"},
+		Events: func(ev sshd.Event) {
+			_ = r.send(link.Event{Type: link.SSH, Kind: ev.Kind, Text: ev.Detail, Conn: ev.Conn, Time: ev.Time})
+		},
+	}
+	tctx, cancel := context.WithCancel(ctx)
+	a.cancel = cancel
+	t := &link.Tunnel{
+		Hello: hello,
+		Alias: js.Alias,
+		Serve: a.srv.ServeConn,
+		State: func(up bool, err error) {
+			kind, text := "tunnel_up", ""
+			if !up {
+				kind = "tunnel_down"
+				if err != nil {
+					text = err.Error()
+				}
+			}
+			_ = r.send(link.Event{Type: link.SSH, Kind: kind, Text: text, Time: time.Now()})
+		},
+	}
+	go t.Run(tctx)
+	return a, nil
+}
+
+// revoke closes every session with msg and admits no one again.
+func (a *sshAccess) revoke(msg string) {
+	a.mu.Lock()
+	a.revoked = true
+	a.mu.Unlock()
+	a.cancel()
+	a.srv.CloseAll(msg)
+}
+
+// commands serves the runner's commands until the link closes.
+func (r *run) commands(c *link.Client, a *sshAccess) {
+	for {
+		cmd, err := c.Command()
+		if err != nil {
+			return
+		}
+		if a == nil {
+			continue
+		}
+		switch cmd.Type {
+		case link.SSHNotice:
+			a.srv.Notice(cmd.Text)
+		case link.SSHClose:
+			a.revoke(cmd.Text)
+		}
+	}
+}

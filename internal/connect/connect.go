@@ -1,0 +1,196 @@
+// Package connect writes what a user runs to reach a build's machine over
+// SSH: a bash script (Linux, macOS), a PowerShell script (Windows' built-in
+// OpenSSH) and ssh_config files. Each pins the gateway's and the builder's
+// host keys (no trust on first use) and jumps through the gateway with
+// ProxyJump; only OpenSSH's client is needed.
+package connect
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"text/template"
+	"time"
+)
+
+// Access is everything needed to connect to one build.
+type Access struct {
+	Build       int64
+	App         string
+	Alias       string // "build-12": ssh host name and the gateway user
+	GatewayHost string
+	GatewayPort int
+	GatewayKey  string // authorized_keys format
+	BuilderKey  string // authorized_keys format
+	PrivateKey  string // OpenSSH PEM: a secret
+	Certificate string // authorized_keys format
+	ExpiresAt   time.Time
+}
+
+// Files are the files a connection needs, by name.
+type Files struct {
+	Key, Cert, KnownHosts string
+}
+
+// Files returns the key, certificate and known_hosts contents.
+func (a *Access) Files() Files {
+	return Files{
+		Key:        ensureNL(a.PrivateKey),
+		Cert:       ensureNL(a.Certificate),
+		KnownHosts: a.gatewayAlias() + " " + strings.TrimSpace(a.GatewayKey) + "\n" + a.Alias + " " + strings.TrimSpace(a.BuilderKey) + "\n",
+	}
+}
+
+func (a *Access) gatewayAlias() string { return "hangar-gateway-" + a.Alias }
+
+func ensureNL(s string) string {
+	if strings.HasSuffix(s, "\n") {
+		return s
+	}
+	return s + "\n"
+}
+
+// Config returns an ssh_config whose files live in dir (as the client
+// sees it, forward slashes on Windows too).
+func (a *Access) Config(dir string) string {
+	var b strings.Builder
+	opts := func(keyAlias string) {
+		fmt.Fprintf(&b, "  IdentityFile \"%s/key\"\n", dir)
+		fmt.Fprintf(&b, "  CertificateFile \"%s/key-cert.pub\"\n", dir)
+		fmt.Fprintf(&b, "  UserKnownHostsFile \"%s/known_hosts\"\n", dir)
+		b.WriteString("  IdentitiesOnly yes\n  IdentityAgent none\n  PreferredAuthentications publickey\n")
+		b.WriteString("  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n")
+		b.WriteString("  GlobalKnownHostsFile none\n  StrictHostKeyChecking yes\n  UpdateHostKeys no\n")
+		fmt.Fprintf(&b, "  HostKeyAlias %s\n", keyAlias)
+		b.WriteString("  ServerAliveInterval 30\n  ServerAliveCountMax 4\n")
+	}
+	fmt.Fprintf(&b, "# Hangar: build %d of %s, until %s\n", a.Build, a.App, a.ExpiresAt.UTC().Format(time.RFC3339))
+	fmt.Fprintf(&b, "Host %s\n  HostName %s\n  Port %d\n  User %s\n", a.gatewayAlias(), a.GatewayHost, a.GatewayPort, a.Alias)
+	opts(a.gatewayAlias())
+	fmt.Fprintf(&b, "\nHost %s\n  HostName %s\n  Port 22\n  User builder\n  ProxyJump %s\n", a.Alias, a.Alias, a.gatewayAlias())
+	opts(a.Alias)
+	return b.String()
+}
+
+// GatewayAddr is host:port of the gateway.
+func (a *Access) GatewayAddr() string {
+	return net.JoinHostPort(a.GatewayHost, strconv.Itoa(a.GatewayPort))
+}
+
+var bashTmpl = template.Must(template.New("bash").Parse(`#!/usr/bin/env bash
+# Hangar: SSH into build {{.A.Build}} of {{.A.App}} ({{.A.Alias}}), usable until {{.Expires}}.
+# Needs only OpenSSH's ssh client. With no arguments it opens a shell on the
+# build's machine; with arguments it runs them there and returns their exit status:
+#   bash this-script.sh                 # interactive shell (logging out finishes the build)
+#   bash this-script.sh printenv PATH   # one command
+# Everything it writes goes to a private temporary directory, removed on exit.
+hangar_main() {
+	set -u
+	if ! command -v ssh >/dev/null 2>&1; then
+		echo "hangar: this script needs OpenSSH's ssh client (Debian/Ubuntu: apt-get install openssh-client)" >&2
+		return 127
+	fi
+	umask 077
+	local dir
+	dir=$(mktemp -d "${TMPDIR:-/tmp}/hangar-ssh.XXXXXXXX") || return 1
+	trap 'rm -rf "$dir"' EXIT
+	trap 'exit 130' INT TERM HUP
+	cat >"$dir/key" <<'HANGAR_KEY_EOF'
+{{.F.Key}}HANGAR_KEY_EOF
+	cat >"$dir/key-cert.pub" <<'HANGAR_CERT_EOF'
+{{.F.Cert}}HANGAR_CERT_EOF
+	cat >"$dir/known_hosts" <<'HANGAR_HOSTS_EOF'
+{{.F.KnownHosts}}HANGAR_HOSTS_EOF
+	sed "s#@DIR@#$dir#g" >"$dir/config" <<'HANGAR_CONFIG_EOF'
+{{.Config}}HANGAR_CONFIG_EOF
+	local rc=0
+	if [ $# -eq 0 ]; then
+		# A shell reads the terminal, even when this script came through a pipe.
+		if [ -t 0 ]; then
+			ssh -F "$dir/config" -t {{.A.Alias}} || rc=$?
+		elif { : </dev/tty; } 2>/dev/null; then
+			ssh -F "$dir/config" -t {{.A.Alias}} </dev/tty || rc=$?
+		else
+			ssh -F "$dir/config" {{.A.Alias}} || rc=$?
+		fi
+	else
+		local cmd
+		cmd=$(printf '%q ' "$@")
+		ssh -F "$dir/config" {{.A.Alias}} "$cmd" || rc=$?
+	fi
+	if [ "$rc" -eq 255 ]; then
+		echo "hangar: could not connect to {{.A.Alias}} through {{.A.GatewayAddr}}. SSH access ends when the build ends; see the build's page or 'hangar build show {{.A.Build}}'." >&2
+	fi
+	return "$rc"
+}
+hangar_main "$@"
+exit $?
+`))
+
+// Bash returns the bash script.
+func (a *Access) Bash() string {
+	var b bytes.Buffer
+	_ = bashTmpl.Execute(&b, map[string]any{
+		"A": a, "F": a.Files(), "Config": a.Config("@DIR@"), "Expires": a.ExpiresAt.UTC().Format(time.RFC3339),
+	})
+	return b.String()
+}
+
+var psTmpl = template.Must(template.New("ps").Parse(`# Hangar: SSH into build {{.A.Build}} of {{.A.App}} ({{.A.Alias}}), usable until {{.Expires}}.
+# For Windows' built-in OpenSSH client (ssh.exe). With no arguments it opens a
+# shell on the build's machine; with arguments it runs them there.
+$ErrorActionPreference = 'Stop'
+if (-not (Get-Command ssh.exe -ErrorAction SilentlyContinue)) {
+    Write-Error "hangar: this script needs Windows' OpenSSH client (Settings > Apps > Optional features > OpenSSH Client)"
+    exit 127
+}
+$dir = Join-Path ([IO.Path]::GetTempPath()) ("hangar-ssh-" + [guid]::NewGuid().ToString('N'))
+New-Item -ItemType Directory -Path $dir | Out-Null
+$code = 255
+try {
+    # Only the current user may read the files (OpenSSH refuses a key others can read).
+    & icacls.exe $dir /inheritance:r /grant:r ("{0}:(OI)(CI)F" -f [Security.Principal.WindowsIdentity]::GetCurrent().Name) | Out-Null
+    $fwd = $dir -replace '\\', '/'
+    [IO.File]::WriteAllText((Join-Path $dir 'key'), @'
+{{.F.Key}}'@.Replace("` + "`r`n" + `", "` + "`n" + `"))
+    [IO.File]::WriteAllText((Join-Path $dir 'key-cert.pub'), @'
+{{.F.Cert}}'@)
+    [IO.File]::WriteAllText((Join-Path $dir 'known_hosts'), @'
+{{.F.KnownHosts}}'@)
+    [IO.File]::WriteAllText((Join-Path $dir 'config'), (@'
+{{.Config}}'@).Replace('@DIR@', $fwd))
+    if ($args.Count -gt 0) {
+        & ssh.exe -F "$fwd/config" {{.A.Alias}} ($args -join ' ')
+    } else {
+        & ssh.exe -F "$fwd/config" -t {{.A.Alias}}
+    }
+    $code = $LASTEXITCODE
+    if ($code -eq 255) {
+        Write-Host "hangar: could not connect to {{.A.Alias}} through {{.A.GatewayAddr}}. SSH access ends when the build ends."
+    }
+} finally {
+    Remove-Item -Recurse -Force $dir -ErrorAction SilentlyContinue
+}
+exit $code
+`))
+
+// PowerShell returns the PowerShell script.
+func (a *Access) PowerShell() string {
+	var b bytes.Buffer
+	_ = psTmpl.Execute(&b, map[string]any{
+		"A": a, "F": a.Files(), "Config": a.Config("@DIR@"), "Expires": a.ExpiresAt.UTC().Format(time.RFC3339),
+	})
+	return b.String()
+}
+
+// OneLiner is the command that fetches the bash script from url and runs it.
+func OneLiner(url string) string {
+	return "curl -fsSL '" + url + "' | bash"
+}
+
+// PowerShellOneLiner is the same for PowerShell.
+func PowerShellOneLiner(url string) string {
+	return "powershell -NoProfile -Command \"iex (iwr -UseBasicParsing '" + url + "?shell=powershell').Content\""
+}

@@ -1,0 +1,438 @@
+// Package gateway is Hangar's public SSH gateway. Users reach a build's
+// machine through it with ProxyJump: the gateway admits a connection only
+// with a credential of a build whose SSH window is open now, allows only a
+// direct-tcpip channel to that build's alias, and copies bytes to the
+// builder's reverse tunnel. It never sees the user's session in clear: the
+// SSH session inside is end to end between the user and the builder.
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/hangar-ci/hangar/internal/sshca"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("gateway: server closed")
+
+// Event is something that happened on the gateway for a build.
+type Event struct {
+	Alias  string
+	Kind   string // "connect", "disconnect", "channel"
+	Remote string // the client's address
+	Detail string
+}
+
+// Gateway is the SSH gateway. Set HostKey and CA before Serve.
+type Gateway struct {
+	HostKey ssh.Signer
+	CA      ssh.PublicKey
+	Logger  *slog.Logger
+	// Events, if set, is told of connections and channels. It must not block.
+	Events func(Event)
+	// HandshakeTimeout bounds TCP accept to authenticated (default 10s).
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection that moved no bytes for so long
+	// (default 15 minutes; the generated ssh_config sends keepalives).
+	IdleTimeout time.Duration
+	// MaxConns bounds open connections, authenticated or not (default 1024).
+	MaxConns int
+
+	mu        sync.Mutex
+	builds    map[string]*entry         // guarded by mu; by alias
+	listeners map[net.Listener]struct{} // guarded by mu
+	conns     map[net.Conn]struct{}     // guarded by mu; every open TCP connection
+	closed    bool                      // guarded by mu
+}
+
+// entry is one build known to the gateway.
+type entry struct {
+	key    ssh.PublicKey // the build's plain public key
+	open   bool
+	reason string   // why access closed
+	route  ssh.Conn // the builder's tunnel, nil until bound
+	users  map[*ssh.ServerConn]struct{}
+}
+
+func (g *Gateway) log() *slog.Logger {
+	if g.Logger != nil {
+		return g.Logger
+	}
+	return slog.Default()
+}
+
+func (g *Gateway) emit(ev Event) {
+	if g.Events != nil {
+		g.Events(ev)
+	}
+}
+
+func (g *Gateway) entryLocked(alias string) *entry {
+	if g.builds == nil {
+		g.builds = make(map[string]*entry)
+	}
+	e := g.builds[alias]
+	if e == nil {
+		e = &entry{users: make(map[*ssh.ServerConn]struct{})}
+		g.builds[alias] = e
+	}
+	return e
+}
+
+// Open admits, from now on, the credentials of alias: a certificate of the
+// CA with principal alias, or exactly key.
+func (g *Gateway) Open(alias string, key ssh.PublicKey) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	e := g.entryLocked(alias)
+	e.key, e.open, e.reason = key, true, ""
+}
+
+// Revoke closes alias's access: its credentials are refused from now on
+// (with reason as the message), its user connections are closed and its
+// route is dropped.
+func (g *Gateway) Revoke(alias, reason string) {
+	g.mu.Lock()
+	e := g.entryLocked(alias)
+	e.open, e.reason = false, reason
+	users := e.users
+	e.users = make(map[*ssh.ServerConn]struct{})
+	route := e.route
+	e.route = nil
+	g.mu.Unlock()
+	for c := range users {
+		c.Close()
+	}
+	if route != nil {
+		route.Close()
+	}
+}
+
+// Forget drops everything the gateway knows of alias; its credentials are
+// refused like any unknown key.
+func (g *Gateway) Forget(alias string) {
+	g.Revoke(alias, "")
+	g.mu.Lock()
+	delete(g.builds, alias)
+	g.mu.Unlock()
+}
+
+// Bind makes conn, a builder's link, the route to alias. The builder may
+// bind only its own alias: the caller checks that conn authenticated as
+// alias. The returned func unbinds it (a newer Bind replaces an older one,
+// as when the builder reconnects).
+func (g *Gateway) Bind(alias string, conn ssh.Conn) (func(), error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	e := g.builds[alias]
+	if e == nil || !e.open {
+		return nil, fmt.Errorf("no open SSH access for %s", alias)
+	}
+	e.route = conn
+	return func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if e.route == conn {
+			e.route = nil
+		}
+	}, nil
+}
+
+// Routed reports whether alias has a route (its builder's tunnel is up).
+func (g *Gateway) Routed(alias string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	e := g.builds[alias]
+	return e != nil && e.route != nil
+}
+
+func (g *Gateway) config() *ssh.ServerConfig {
+	cfg := &ssh.ServerConfig{
+		MaxAuthTries: 6,
+		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			alias := meta.User()
+			g.mu.Lock()
+			e := g.builds[alias]
+			var open bool
+			var plain ssh.PublicKey
+			if e != nil {
+				open, plain = e.open, e.key
+			}
+			g.mu.Unlock()
+			if !open {
+				return nil, errors.New("no open SSH access")
+			}
+			c := sshca.Checker{CA: g.CA, Principal: alias, Key: plain}
+			if err := c.Check(key); err != nil {
+				return nil, err
+			}
+			return &ssh.Permissions{Extensions: map[string]string{"alias": alias}}, nil
+		},
+		BannerCallback: func(meta ssh.ConnMetadata) string {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			if e := g.builds[meta.User()]; e != nil && !e.open && e.reason != "" {
+				return "Hangar: " + e.reason + "\n"
+			}
+			return ""
+		},
+		ServerVersion: "SSH-2.0-Hangar",
+	}
+	cfg.AddHostKey(g.HostKey)
+	return cfg
+}
+
+// Serve accepts connections on l until Shutdown.
+func (g *Gateway) Serve(l net.Listener) error {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return ErrServerClosed
+	}
+	if g.listeners == nil {
+		g.listeners = make(map[net.Listener]struct{})
+	}
+	g.listeners[l] = struct{}{}
+	g.mu.Unlock()
+	cfg := g.config()
+	var delay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			g.mu.Lock()
+			closed := g.closed
+			g.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		if !g.track(nc) {
+			nc.Close()
+			continue
+		}
+		go g.handle(nc, cfg)
+	}
+}
+
+// track registers nc, refusing it when the gateway is full or closed.
+func (g *Gateway) track(nc net.Conn) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	maxConns := g.MaxConns
+	if maxConns <= 0 {
+		maxConns = 1024
+	}
+	if g.closed || len(g.conns) >= maxConns {
+		return false
+	}
+	if g.conns == nil {
+		g.conns = make(map[net.Conn]struct{})
+	}
+	g.conns[nc] = struct{}{}
+	return true
+}
+
+// Shutdown closes the listeners and every connection.
+func (g *Gateway) Shutdown() error {
+	g.mu.Lock()
+	g.closed = true
+	ls, cs := g.listeners, g.conns
+	g.listeners, g.conns = nil, nil
+	g.mu.Unlock()
+	for l := range ls {
+		l.Close()
+	}
+	for c := range cs {
+		c.Close()
+	}
+	return nil
+}
+
+func (g *Gateway) handle(nc net.Conn, cfg *ssh.ServerConfig) {
+	defer func() {
+		g.mu.Lock()
+		delete(g.conns, nc)
+		g.mu.Unlock()
+		nc.Close()
+	}()
+	hs := g.HandshakeTimeout
+	if hs <= 0 {
+		hs = 10 * time.Second
+	}
+	idle := g.IdleTimeout
+	if idle <= 0 {
+		idle = 15 * time.Minute
+	}
+	_ = nc.SetDeadline(time.Now().Add(hs))
+	sc, chans, reqs, err := ssh.NewServerConn(nc, cfg)
+	if err != nil {
+		g.log().Debug("gateway handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+		return
+	}
+	_ = nc.SetDeadline(time.Time{})
+	ic := &idleConn{Conn: nc, timeout: idle}
+	ic.touch()
+	go ic.watch(sc)
+	alias := sc.Permissions.Extensions["alias"]
+	remote := nc.RemoteAddr().String()
+
+	g.mu.Lock()
+	e := g.builds[alias]
+	if e == nil || !e.open {
+		g.mu.Unlock()
+		sc.Close()
+		return
+	}
+	e.users[sc] = struct{}{}
+	g.mu.Unlock()
+	g.emit(Event{Alias: alias, Kind: "connect", Remote: remote})
+	start := time.Now()
+	defer func() {
+		g.mu.Lock()
+		delete(e.users, sc)
+		g.mu.Unlock()
+		g.emit(Event{Alias: alias, Kind: "disconnect", Remote: remote, Detail: time.Since(start).Round(time.Second).String()})
+	}()
+
+	go func() {
+		for r := range reqs {
+			ic.touch() // keepalives count as activity
+			if r.WantReply {
+				_ = r.Reply(false, nil)
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for nch := range chans {
+		ic.touch()
+		if nch.ChannelType() != "direct-tcpip" {
+			_ = nch.Reject(ssh.Prohibited, fmt.Sprintf("Hangar's gateway only forwards to %s: connect with the build's script or `ssh -J`", alias))
+			continue
+		}
+		var p forwardPayload
+		if err := ssh.Unmarshal(nch.ExtraData(), &p); err != nil {
+			_ = nch.Reject(ssh.ConnectionFailed, "malformed direct-tcpip request")
+			continue
+		}
+		if p.Host != alias || p.Port != 22 {
+			_ = nch.Reject(ssh.Prohibited, fmt.Sprintf("this credential reaches only %s port 22, not %s", alias, net.JoinHostPort(p.Host, fmt.Sprint(p.Port))))
+			continue
+		}
+		g.mu.Lock()
+		route := e.route
+		g.mu.Unlock()
+		if route == nil {
+			_ = nch.Reject(ssh.ConnectionFailed, alias+"'s machine is not connected to the gateway (yet): try again in a few seconds")
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.forward(nch, route, alias, p, ic)
+		}()
+		g.emit(Event{Alias: alias, Kind: "channel", Remote: remote, Detail: "direct-tcpip " + alias + ":22"})
+	}
+	wg.Wait()
+}
+
+// forwardPayload is RFC 4254's direct-tcpip / forwarded-tcpip payload.
+type forwardPayload struct {
+	Host       string
+	Port       uint32
+	OriginHost string
+	OriginPort uint32
+}
+
+// forward connects a user's direct-tcpip channel to the builder's tunnel.
+func (g *Gateway) forward(nch ssh.NewChannel, route ssh.Conn, alias string, p forwardPayload, ic *idleConn) {
+	payload := ssh.Marshal(&forwardPayload{Host: alias, Port: 22, OriginHost: p.OriginHost, OriginPort: p.OriginPort})
+	bch, breqs, err := route.OpenChannel("forwarded-tcpip", payload)
+	if err != nil {
+		_ = nch.Reject(ssh.ConnectionFailed, alias+"'s machine did not answer: "+err.Error())
+		return
+	}
+	go ssh.DiscardRequests(breqs)
+	uch, ureqs, err := nch.Accept()
+	if err != nil {
+		bch.Close()
+		return
+	}
+	go ssh.DiscardRequests(ureqs)
+	done := make(chan struct{}, 2)
+	pipe := func(dst, src ssh.Channel) {
+		buf := make([]byte, 256<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				ic.touch()
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		_ = dst.CloseWrite()
+		done <- struct{}{}
+	}
+	go pipe(bch, uch)
+	go pipe(uch, bch)
+	<-done
+	<-done
+	uch.Close()
+	bch.Close()
+}
+
+// idleConn closes an SSH connection that moved no bytes for timeout.
+type idleConn struct {
+	net.Conn
+	timeout time.Duration
+	mu      sync.Mutex
+	last    time.Time // guarded by mu
+}
+
+func (c *idleConn) touch() {
+	c.mu.Lock()
+	c.last = time.Now()
+	c.mu.Unlock()
+}
+
+func (c *idleConn) watch(sc *ssh.ServerConn) {
+	done := make(chan struct{})
+	go func() {
+		_ = sc.Wait()
+		close(done)
+	}()
+	t := time.NewTicker(min(c.timeout/4, time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			c.mu.Lock()
+			idle := time.Since(c.last)
+			c.mu.Unlock()
+			if idle > c.timeout {
+				sc.Close()
+				return
+			}
+		}
+	}
+}

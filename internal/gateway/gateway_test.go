@@ -1,0 +1,129 @@
+package gateway_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/hangar-ci/hangar/internal/gateway"
+	"github.com/hangar-ci/hangar/internal/link"
+	"github.com/hangar-ci/hangar/internal/sshca"
+)
+
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// setup starts a gateway and a link server that hands it builders' tunnels.
+func setup(t *testing.T) (*gateway.Gateway, *link.Server, *sshca.CA, string, string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := sshca.LoadOrCreateCA(filepath.Join(dir, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gwKey, _ := sshca.LoadOrCreateKey(filepath.Join(dir, "gw"), "gw")
+	linkKey, _ := sshca.LoadOrCreateKey(filepath.Join(dir, "link"), "link")
+	gw := &gateway.Gateway{HostKey: gwKey, CA: ca.PublicKey(), HandshakeTimeout: 2 * time.Second}
+	ls := &link.Server{HostKey: linkKey, Tunnels: gw}
+	gl, ll := listen(t), listen(t)
+	go func() { _ = gw.Serve(gl) }()
+	go func() { _ = ls.Serve(ll) }()
+	t.Cleanup(func() {
+		_ = gw.Shutdown()
+		ls.Close()
+	})
+	return gw, ls, ca, gl.Addr().String(), ll.Addr().String(), string(ssh.MarshalAuthorizedKey(linkKey.PublicKey()))
+}
+
+func builderKey(t *testing.T) (ssh.PublicKey, string) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	block, _ := ssh.MarshalPrivateKey(priv, "")
+	signer, _ := ssh.NewSignerFromKey(priv)
+	return signer.PublicKey(), string(pem.EncodeToMemory(block))
+}
+
+func TestBuilderBindsOnlyItsOwnAlias(t *testing.T) {
+	gw, ls, _, _, linkAddr, linkHost := setup(t)
+	pub, priv := builderKey(t)
+	exp, err := ls.Expect("build-1", pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer exp.Close()
+	gw.Open("build-1", pub)
+	gw.Open("build-2", pub)
+	hello := &link.Hello{Name: "build-1", Addr: linkAddr, HostKey: linkHost, Key: priv}
+
+	states := make(chan bool, 4)
+	for _, alias := range []string{"build-2", "build-1"} {
+		tun := &link.Tunnel{Hello: hello, Alias: alias, Serve: func(c net.Conn) { c.Close() },
+			State: func(up bool, err error) { states <- up }}
+		ctx, cancel := contextWithTimeout(3 * time.Second)
+		go tun.Run(ctx)
+		want := alias == "build-1"
+		select {
+		case up := <-states:
+			if up != want {
+				t.Errorf("binding %s as build-1: up=%v, want %v", alias, up, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no tunnel state for %s", alias)
+		}
+		cancel()
+		if routed := gw.Routed("build-2"); routed {
+			t.Errorf("build-1's builder got a route to build-2")
+		}
+	}
+}
+
+func TestUserAuth(t *testing.T) {
+	gw, _, ca, gwAddr, _, _ := setup(t)
+	cred, err := ca.Issue("build-7", time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ssh.ParsePrivateKey(cred.PrivateKey)
+	certSigner, _ := ssh.NewCertSigner(cred.Certificate, key)
+	dial := func(user string, s ssh.Signer) error {
+		c, err := ssh.Dial("tcp", gwAddr, &ssh.ClientConfig{User: user, Auth: []ssh.AuthMethod{ssh.PublicKeys(s)},
+			HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 5 * time.Second})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if dial("build-7", certSigner) == nil {
+		t.Error("admitted before the build's access opened")
+	}
+	gw.Open("build-7", cred.PublicKey)
+	if err := dial("build-7", certSigner); err != nil {
+		t.Errorf("certificate refused: %v", err)
+	}
+	if err := dial("build-7", key); err != nil {
+		t.Errorf("plain key refused: %v", err)
+	}
+	if dial("build-8", certSigner) == nil || dial("build-8", key) == nil {
+		t.Error("build-7's credential admitted as build-8")
+	}
+	gw.Revoke("build-7", "build 7 has ended")
+	if dial("build-7", certSigner) == nil || dial("build-7", key) == nil {
+		t.Error("admitted after revocation")
+	}
+}
+
+func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}

@@ -1,0 +1,132 @@
+package link
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Tunnel keeps an SSH build's reverse tunnel up: a connection to the link
+// address that asks for a forward of alias port 22 and hands each user
+// connection that arrives through it to Serve. It redials with backoff
+// when the connection drops, until ctx ends.
+type Tunnel struct {
+	Hello *Hello
+	Alias string
+	// Serve handles one user connection (the builder's SSH server).
+	Serve func(net.Conn)
+	// State, if set, is told when the tunnel goes up (true) or down.
+	State func(up bool, err error)
+}
+
+// Run keeps the tunnel up until ctx ends.
+func (t *Tunnel) Run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := t.once(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if t.State != nil {
+			t.State(false, err)
+		}
+		if time.Since(start) > 30*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// once holds one tunnel connection until it drops.
+func (t *Tunnel) once(ctx context.Context) error {
+	nc, sc, chans, reqs, err := dialSSH(ctx, t.Hello)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	go ssh.DiscardRequests(reqs)
+	stop := context.AfterFunc(ctx, func() { sc.Close() })
+	defer stop()
+	ok, _, err := sc.SendRequest("tcpip-forward", true, ssh.Marshal(&forwardRequest{Addr: t.Alias, Port: 22}))
+	if err != nil {
+		return fmt.Errorf("tunnel: %w", err)
+	}
+	if !ok {
+		sc.Close()
+		return errors.New("tunnel: the gateway refused the forward")
+	}
+	if t.State != nil {
+		t.State(true, nil)
+	}
+	var wg sync.WaitGroup
+	for nch := range chans {
+		if nch.ChannelType() != "forwarded-tcpip" {
+			_ = nch.Reject(ssh.UnknownChannelType, "not accepted")
+			continue
+		}
+		ch, creqs, err := nch.Accept()
+		if err != nil {
+			continue
+		}
+		go ssh.DiscardRequests(creqs)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t.Serve(newChanConn(ch, nc))
+		}()
+	}
+	wg.Wait()
+	return errors.New("tunnel: connection closed")
+}
+
+// chanConn is an SSH channel seen as a net.Conn. Deadlines close the
+// channel when they pass (enough for handshake timeouts).
+type chanConn struct {
+	ssh.Channel
+	under net.Conn
+
+	mu    sync.Mutex
+	timer *time.Timer // guarded by mu
+}
+
+func newChanConn(ch ssh.Channel, under net.Conn) *chanConn {
+	return &chanConn{Channel: ch, under: under}
+}
+
+func (c *chanConn) LocalAddr() net.Addr  { return c.under.LocalAddr() }
+func (c *chanConn) RemoteAddr() net.Addr { return c.under.RemoteAddr() }
+
+func (c *chanConn) SetDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	if !t.IsZero() {
+		c.timer = time.AfterFunc(time.Until(t), func() { c.Channel.Close() })
+	}
+	return nil
+}
+
+func (c *chanConn) SetReadDeadline(t time.Time) error  { return c.SetDeadline(t) }
+func (c *chanConn) SetWriteDeadline(t time.Time) error { return c.SetDeadline(t) }
+
+func (c *chanConn) Close() error {
+	_ = c.SetDeadline(time.Time{})
+	return c.Channel.Close()
+}
+
+var _ io.ReadWriteCloser = (*chanConn)(nil)

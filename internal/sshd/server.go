@@ -1,0 +1,472 @@
+// Package sshd is the SSH server that runs inside a build machine: users'
+// OpenSSH clients reach it through the builder's reverse tunnel and get
+// shells, commands, SFTP/scp/rsync, agent forwarding and `ssh -L` port
+// forwarding there, running as the build's user.
+//
+// The caller decides who may log in (host key, accepted keys and
+// certificates) through the ssh.ServerConfig it sets in Server.Config; this
+// package decides what an authenticated user may do, and refuses everything
+// it does not know.
+package sshd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Defaults used when the corresponding Server field is zero.
+const (
+	DefaultHandshakeTimeout = 30 * time.Second
+	DefaultMaxConns         = 64
+)
+
+// ErrServerClosed is returned by Serve after CloseAll.
+var ErrServerClosed = errors.New("sshd: server closed")
+
+// Server serves SSH connections. Set its fields before the first call to
+// ServeConn or Serve and do not change them afterwards. The zero value
+// refuses every connection (Config is nil).
+type Server struct {
+	// Config holds the host key and the authentication callbacks. nil
+	// refuses every connection.
+	Config *ssh.ServerConfig
+	// Credential is who sessions run as (uid, gid, supplementary groups);
+	// nil: the server's own user.
+	Credential *syscall.Credential
+	// Home is HOME of sessions; empty: the user's home from the password
+	// database, else "/".
+	Home string
+	// Env returns the base environment of a new session (KEY=VALUE); it is
+	// called once per session. The server sets HOME, USER, LOGNAME, SHELL,
+	// TERM, SSH_CONNECTION, SSH_CLIENT, SSH_TTY and SSH_AUTH_SOCK over it,
+	// and adds PATH when it has none.
+	Env func() []string
+	// Dir returns the starting directory of sessions (shells, commands and
+	// SFTP); Home when nil, empty or not an existing directory.
+	Dir func() string
+	// SFTPCommand is the argv that serves SFTP on its stdin and stdout (see
+	// ServeSFTP), e.g. {"/proc/self/exe", "builder-sftp"}. It runs like any
+	// session command, as Credential. Empty: the sftp subsystem is refused.
+	SFTPCommand []string
+	// Events, when set, is called for connection, channel and login events.
+	// It is called synchronously from connection goroutines: it must not
+	// block for long.
+	Events func(Event)
+	// HandshakeTimeout bounds the SSH handshake including authentication;
+	// zero means DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection that has carried no bytes in either
+	// direction for that long; zero means never.
+	IdleTimeout time.Duration
+	// MaxConns bounds concurrent connections, handshakes included; further
+	// ones are closed at once. Zero means DefaultMaxConns.
+	MaxConns int
+
+	nextID atomic.Uint64
+	logins atomic.Int64
+
+	mu        sync.Mutex
+	closed    bool                      // guarded by mu: CloseAll was called
+	conns     map[*conn]struct{}        // guarded by mu
+	listeners map[net.Listener]struct{} // guarded by mu
+}
+
+// Event kinds.
+const (
+	EventConnect    = "connect"     // handshake and authentication done; Detail: user and remote address
+	EventDisconnect = "disconnect"  // an authenticated connection ended; Detail: why
+	EventReject     = "reject"      // a connection was refused or failed its handshake; Detail: why
+	EventChannel    = "channel"     // Detail: "session", "direct-tcpip HOST:PORT", "exec: CMD", "subsystem: sftp", "shell", or a refused request
+	EventLoginStart = "login_start" // a login shell (pty + shell) started; Detail: its pid
+	EventLoginEnd   = "login_end"   // a login shell's process ended; Detail: its pid and how it ended
+	EventError      = "error"       // a session could not be set up; Detail: the error (not shown to the user)
+)
+
+// Event is something that happened on a connection, for logs and for the
+// caller's access rules (see EventLoginStart).
+type Event struct {
+	Kind   string
+	Conn   uint64 // connection number, unique within this Server
+	Detail string
+	Time   time.Time
+}
+
+func (s *Server) emit(id uint64, kind, detail string) {
+	if s.Events != nil {
+		s.Events(Event{Kind: kind, Conn: id, Detail: detail, Time: time.Now()})
+	}
+}
+
+// LoginShells returns how many login shells (sessions with a pty that asked
+// for a shell) are running now.
+func (s *Server) LoginShells() int { return int(s.logins.Load()) }
+
+// Serve accepts connections on l and serves each with ServeConn in its own
+// goroutine. It returns ErrServerClosed after CloseAll, otherwise the error
+// of Accept. It closes l when it returns.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	if s.listeners == nil {
+		s.listeners = make(map[net.Listener]struct{})
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+	var delay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		go s.ServeConn(nc)
+	}
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// ServeConn runs the SSH handshake on nc (bounded by HandshakeTimeout) and
+// serves the connection until it closes; then it ends the connection's
+// processes and returns. It always closes nc. It may be called from many
+// goroutines at once.
+func (s *Server) ServeConn(nc net.Conn) {
+	c := &conn{srv: s, id: s.nextID.Add(1), nc: nc}
+	if reason := s.track(c); reason != "" {
+		nc.Close()
+		s.emit(c.id, EventReject, reason)
+		return
+	}
+	defer s.untrack(c)
+	defer nc.Close()
+	if s.Config == nil {
+		s.emit(c.id, EventReject, "no server config")
+		return
+	}
+	var tc net.Conn = nc
+	if s.IdleTimeout > 0 {
+		ic := newIdleConn(nc, s.IdleTimeout)
+		defer ic.stop()
+		tc = ic
+	}
+	timeout := s.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = DefaultHandshakeTimeout
+	}
+	// x/crypto/ssh has no context for the handshake, and nc may not support
+	// deadlines (it can be a tunnelled channel): close it when time is up.
+	timer := time.AfterFunc(timeout, func() { nc.Close() })
+	sc, chans, reqs, err := ssh.NewServerConn(tc, s.Config)
+	if !timer.Stop() {
+		if sc != nil {
+			sc.Close()
+		}
+		s.emit(c.id, EventReject, "handshake timed out")
+		return
+	}
+	if err != nil {
+		s.emit(c.id, EventReject, "handshake: "+err.Error())
+		return
+	}
+	c.sc = sc
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	s.emit(c.id, EventConnect, fmt.Sprintf("user %q from %s", sc.User(), nc.RemoteAddr()))
+
+	// Global requests (tcpip-forward, i.e. ssh -R; keepalives) get "no".
+	c.goTracked(func() { ssh.DiscardRequests(reqs) })
+	for nch := range chans {
+		c.handleChannel(nch)
+	}
+	// The connection is gone: end everything that belongs to it.
+	c.mu.Lock()
+	c.closing = true
+	c.mu.Unlock()
+	c.cancel()
+	sc.Close()
+	werr := sc.Wait()
+	c.wg.Wait()
+	c.killStragglers()
+	why := "closed"
+	if werr != nil && !errors.Is(werr, net.ErrClosed) {
+		why = werr.Error()
+	}
+	s.emit(c.id, EventDisconnect, why)
+}
+
+// track registers c, or says why it is refused.
+func (s *Server) track(c *conn) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return "server closed"
+	}
+	limit := s.MaxConns
+	if limit <= 0 {
+		limit = DefaultMaxConns
+	}
+	if len(s.conns) >= limit {
+		return fmt.Sprintf("too many connections (%d)", limit)
+	}
+	if s.conns == nil {
+		s.conns = make(map[*conn]struct{})
+	}
+	s.conns[c] = struct{}{}
+	return ""
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// noticeTimeout bounds how long Notice and CloseAll wait for slow clients.
+const noticeTimeout = 2 * time.Second
+
+// Notice writes "*** msg ***" on a line of its own to every running pty
+// session (login shells and `ssh -t` commands). It waits at most a couple of
+// seconds for clients that do not read.
+func (s *Server) Notice(msg string) {
+	s.notify(s.snapshot(false), msg)
+}
+
+// CloseAll revokes access: it writes msg (as Notice does, unless empty) to
+// every pty session, then closes every connection, which ends their
+// processes, and closes the listeners given to Serve. Later ServeConn calls
+// refuse their connection at once. CloseAll does not wait for the
+// connections' goroutines to finish.
+func (s *Server) CloseAll(msg string) {
+	conns := s.snapshot(true)
+	if msg != "" {
+		s.notify(conns, msg)
+	}
+	for _, c := range conns {
+		c.nc.Close()
+	}
+}
+
+// snapshot returns the open connections; with revoke it also marks the
+// server closed and closes its listeners.
+func (s *Server) snapshot(revoke bool) []*conn {
+	s.mu.Lock()
+	var ls []net.Listener
+	if revoke {
+		s.closed = true
+		for l := range s.listeners {
+			ls = append(ls, l)
+		}
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, l := range ls {
+		l.Close()
+	}
+	return conns
+}
+
+func (s *Server) notify(conns []*conn, msg string) {
+	text := []byte("\r\n*** " + msg + " ***\r\n")
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		for _, ch := range c.ptyChannels() {
+			wg.Add(1)
+			// A write blocks while the client's window is full; it ends at
+			// the latest when the connection closes.
+			go func() {
+				defer wg.Done()
+				_, _ = ch.Write(text)
+			}()
+		}
+	}
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(noticeTimeout):
+	}
+}
+
+// conn is one client connection.
+type conn struct {
+	srv *Server
+	id  uint64
+	nc  net.Conn
+	// Set once the handshake is done, before any channel is handled.
+	sc     *ssh.ServerConn
+	ctx    context.Context // cancelled when the connection ends
+	cancel context.CancelFunc
+
+	wg sync.WaitGroup // goroutines of this connection (see goTracked)
+
+	mu         sync.Mutex
+	closing    bool                  // guarded by mu: no new goroutines
+	channels   int                   // guarded by mu: open session and direct-tcpip channels
+	sessions   map[*session]struct{} // guarded by mu
+	stragglers []int                 // guarded by mu: process groups that outlived their session
+}
+
+// goTracked runs f in a goroutine that ServeConn waits for, unless the
+// connection is already being torn down.
+func (c *conn) goTracked(f func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+	return true
+}
+
+func (c *conn) addSession(s *session) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sessions == nil {
+		c.sessions = make(map[*session]struct{})
+	}
+	c.sessions[s] = struct{}{}
+}
+
+func (c *conn) removeSession(s *session) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.sessions, s)
+}
+
+// ptyChannels returns the channels of this connection's running pty sessions.
+func (c *conn) ptyChannels() []ssh.Channel {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var chs []ssh.Channel
+	for s := range c.sessions {
+		if s.ptyRunning() {
+			chs = append(chs, s.ch)
+		}
+	}
+	return chs
+}
+
+// maxChannels bounds the open session and direct-tcpip channels of one
+// connection.
+const maxChannels = 64
+
+func (c *conn) handleChannel(nch ssh.NewChannel) {
+	switch t := nch.ChannelType(); t {
+	case "session", "direct-tcpip":
+		handle := c.handleSession
+		if t == "direct-tcpip" {
+			handle = c.handleDirectTCPIP
+		}
+		c.mu.Lock()
+		full := c.channels >= maxChannels
+		if !full {
+			c.channels++
+		}
+		c.mu.Unlock()
+		if full {
+			_ = nch.Reject(ssh.ResourceShortage, "too many channels on this connection")
+			return
+		}
+		release := func() {
+			c.mu.Lock()
+			c.channels--
+			c.mu.Unlock()
+		}
+		if !c.goTracked(func() { defer release(); handle(nch) }) {
+			release()
+			_ = nch.Reject(ssh.ResourceShortage, "connection closing")
+		}
+	case "x11", "forwarded-tcpip", "direct-streamlocal@openssh.com", "forwarded-streamlocal@openssh.com", "tun@openssh.com":
+		c.srv.emit(c.id, EventChannel, t+" (refused)")
+		_ = nch.Reject(ssh.Prohibited, t+" channels are not allowed on this server")
+	default:
+		c.srv.emit(c.id, EventChannel, t+" (refused)")
+		_ = nch.Reject(ssh.UnknownChannelType, "unknown channel type "+t)
+	}
+}
+
+// idleConn closes its net.Conn when no byte has moved for timeout. It works
+// on any net.Conn, deadlines or not.
+type idleConn struct {
+	net.Conn
+	timeout time.Duration
+	last    atomic.Int64 // unix nanoseconds of the last read or write
+	stopped atomic.Bool
+	timer   *time.Timer
+}
+
+func newIdleConn(nc net.Conn, timeout time.Duration) *idleConn {
+	ic := &idleConn{Conn: nc, timeout: timeout}
+	ic.last.Store(time.Now().UnixNano())
+	ic.timer = time.AfterFunc(timeout, ic.check)
+	return ic
+}
+
+func (ic *idleConn) check() {
+	if ic.stopped.Load() {
+		return
+	}
+	idle := time.Since(time.Unix(0, ic.last.Load()))
+	if idle >= ic.timeout {
+		ic.Conn.Close()
+		return
+	}
+	ic.timer.Reset(ic.timeout - idle)
+}
+
+func (ic *idleConn) stop() {
+	ic.stopped.Store(true)
+	ic.timer.Stop()
+}
+
+func (ic *idleConn) Read(p []byte) (int, error) {
+	n, err := ic.Conn.Read(p)
+	if n > 0 {
+		ic.last.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+func (ic *idleConn) Write(p []byte) (int, error) {
+	n, err := ic.Conn.Write(p)
+	if n > 0 {
+		ic.last.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
