@@ -134,7 +134,8 @@ func runServer(cfg serverConfig) error {
 		Store: st, Driver: driver, Mirrors: mirrors, Link: linkSrv, LinkAddr: linkLn.Addr().String(),
 		Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
 	}
-	scfg := server.Config{Store: st, Mirrors: mirrors, Logger: log, DataDir: data, Metrics: promhttp.Handler()}
+	scfg := server.Config{Store: st, Mirrors: mirrors, Logger: log, DataDir: data, Metrics: promhttp.Handler(),
+		Driver: driver.Name(), Isolated: driver.Isolated()}
 
 	var gw *gateway.Gateway
 	var sshLn net.Listener
@@ -165,6 +166,7 @@ func runServer(cfg serverConfig) error {
 		scfg.SSH = &server.SSHConfig{
 			Store: st, Sealer: sealer, URLKey: urlKey, GatewayHost: cfg.SSHPublicHost,
 			GatewayPort: sshLn.Addr().(*net.TCPAddr).Port, GatewayKey: gwKey.PublicKey(), PublicURL: cfg.PublicURL,
+			GatewayDialAddr: dialable(sshLn.Addr()),
 		}
 	}
 	run := runner.New(rcfg)
@@ -284,4 +286,18 @@ func ensureAdminToken(ctx context.Context, st *store.Store, data string) error {
 	}
 	fmt.Fprintf(os.Stderr, "Created the admin API token in %s (mode 0600)\n", path)
 	return nil
+}
+
+// dialable is an address the server itself can dial to reach a listener
+// (an unspecified listen address becomes loopback).
+func dialable(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	ip := ta.IP
+	if ip == nil || ip.IsUnspecified() {
+		ip = net.IPv4(127, 0, 0, 1)
+	}
+	return net.JoinHostPort(ip.String(), fmt.Sprint(ta.Port))
 }

@@ -102,6 +102,16 @@ type SSH struct {
 	ExpiresBecause string     `json:"expires_because,omitempty"`
 	ClosedReason   string     `json:"closed_reason,omitempty"`
 	Connections    int        `json:"connections"`
+	// Sessions are the open connections through the gateway.
+	Sessions []SSHSession `json:"sessions"`
+}
+
+// SSHSession is one open connection to a build's machine.
+type SSHSession struct {
+	Remote string    `json:"remote"` // the client's address
+	Client string    `json:"client"` // its SSH version, e.g. "OpenSSH_9.2p1 Debian-2"
+	User   string    `json:"user,omitempty"`
+	Since  time.Time `json:"since"`
 }
 
 // Event is something recorded about a build (SSH script fetches,

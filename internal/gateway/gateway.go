@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +28,7 @@ type Event struct {
 	Alias  string
 	Kind   string // "connect", "disconnect", "channel"
 	Remote string // the client's address
+	Client string // the client's SSH version (connect)
 	Detail string
 }
 
@@ -300,7 +302,7 @@ func (g *Gateway) handle(nc net.Conn, cfg *ssh.ServerConfig) {
 	}
 	e.users[sc] = struct{}{}
 	g.mu.Unlock()
-	g.emit(Event{Alias: alias, Kind: "connect", Remote: remote})
+	g.emit(Event{Alias: alias, Kind: "connect", Remote: remote, Client: strings.TrimPrefix(string(sc.ClientVersion()), "SSH-2.0-")})
 	start := time.Now()
 	defer func() {
 		g.mu.Lock()

@@ -61,6 +61,9 @@ func (r *Runner) GatewayEvent(ev gateway.Event) {
 	if ev.Detail != "" {
 		data["detail"] = ev.Detail
 	}
+	if ev.Client != "" {
+		data["client"] = ev.Client
+	}
 	if err := r.cfg.SSH.Store.AddEvent(context.Background(), j.b.ID, build.Event{Kind: "ssh_" + ev.Kind, Data: data}); err != nil {
 		j.log.Error("record event", "err", err)
 	}
@@ -149,6 +152,7 @@ func (r *Runner) closeSSH(j *job, conn *link.Conn, msg string) {
 	j.b.SSH.State = build.SSHClosed
 	j.b.SSH.ClosedReason = msg
 	j.b.SSH.Connections = 0
+	j.b.SSH.Sessions = nil
 	now := time.Now().UTC()
 	j.b.SSH.ExpiresAt = &now
 	j.logf(lastStarted(j.b), "hangar: SSH access closed: %s", msg)
@@ -214,9 +218,16 @@ func (j *job) onGateway(ev gateway.Event) {
 	switch ev.Kind {
 	case "connect":
 		s.users++
+		j.b.SSH.Sessions = append(j.b.SSH.Sessions, build.SSHSession{Remote: ev.Remote, Client: ev.Client, Since: time.Now().UTC()})
 	case "disconnect":
 		if s.users > 0 {
 			s.users--
+		}
+		for i, ss := range j.b.SSH.Sessions {
+			if ss.Remote == ev.Remote {
+				j.b.SSH.Sessions = append(j.b.SSH.Sessions[:i], j.b.SSH.Sessions[i+1:]...)
+				break
+			}
 		}
 	default:
 		return

@@ -10,8 +10,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
+	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/store"
+	"github.com/hangar-ci/hangar/internal/workflow"
 )
 
 // appRequest is the body of POST /api/v1/apps.
@@ -177,4 +180,61 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("app deleted", "app", app.Name)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// workflowInfo is a workflow as GET /api/v1/apps/{name}/workflows shows it.
+type workflowInfo struct {
+	ID          string   `json:"id"`
+	Name        string   `json:"name"`
+	MaxDuration int64    `json:"max_build_duration_seconds"`
+	Scripts     []string `json:"scripts"`
+	Events      []string `json:"events"`
+}
+
+// appWorkflows serves the workflows of an app's branch (default: the
+// repository's default branch).
+func (s *Server) appWorkflows(w http.ResponseWriter, r *http.Request) {
+	app, ok := s.lookupApp(w, r, r.PathValue("name"))
+	if !ok {
+		return
+	}
+	mirror, err := s.cfg.Mirrors.Fetch(r.Context(), app.Name, app.Repo)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, fmt.Sprintf("app %s: %v", app.Name, err))
+		return
+	}
+	branch := r.URL.Query().Get("branch")
+	if branch == "" {
+		if branch, err = gitrepo.DefaultBranch(r.Context(), mirror); err != nil {
+			writeError(w, http.StatusUnprocessableEntity, fmt.Sprintf("app %s: %v", app.Name, err))
+			return
+		}
+	}
+	commit, err := gitrepo.Resolve(r.Context(), mirror, branch)
+	if err != nil {
+		writeError(w, http.StatusUnprocessableEntity, fmt.Sprintf("app %s has no branch %q", app.Name, branch))
+		return
+	}
+	name, data, err := gitrepo.ReadFile(r.Context(), mirror, commit, workflow.FileNames)
+	if err != nil {
+		writeError(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	f, err := workflow.Parse(name, data)
+	if err != nil {
+		writeError(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	out := []workflowInfo{}
+	for _, wf := range f.Workflows {
+		wi := workflowInfo{ID: wf.ID, Name: wf.Name, MaxDuration: int64(wf.MaxDuration / time.Second), Events: wf.Triggering.Events, Scripts: []string{}}
+		if wi.Events == nil {
+			wi.Events = []string{}
+		}
+		for _, sc := range wf.Scripts {
+			wi.Scripts = append(wi.Scripts, sc.Name)
+		}
+		out = append(out, wi)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"branch": branch, "commit": commit, "file": name, "workflows": out})
 }

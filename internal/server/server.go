@@ -57,13 +57,19 @@ type Config struct {
 	MaxHook int64      // webhook bodies; default 25 MiB (GitHub's limit)
 	SSH     *SSHConfig // nil: no SSH builds
 	Metrics http.Handler
+	// Driver and Isolated describe the machines, for /api/v1/info.
+	Driver   string
+	Isolated bool
+	// UI serves the web UI at / (nil: none).
+	UI http.Handler
 }
 
 // Server serves the API. Create it with New.
 type Server struct {
-	cfg Config
-	log *slog.Logger
-	mux *http.ServeMux
+	cfg     Config
+	log     *slog.Logger
+	mux     *http.ServeMux
+	tickets terminalTickets
 }
 
 // New returns the API server.
@@ -97,9 +103,16 @@ func New(cfg Config) *Server {
 	m.HandleFunc("GET /api/v1/builds/{id}/ssh/access", s.auth(s.sshAccess))
 	m.HandleFunc("GET /api/v1/builds/{id}/events", s.auth(s.buildEvents))
 	m.HandleFunc("GET /ssh/{id}/{sig}", s.signedScript)
+	m.HandleFunc("POST /api/v1/builds/{id}/terminal", s.auth(s.terminalTicket))
+	m.HandleFunc("GET /api/v1/builds/{id}/terminal/ws", s.terminalWS)
+	m.HandleFunc("GET /api/v1/info", s.auth(s.info))
+	m.HandleFunc("GET /api/v1/apps/{name}/workflows", s.auth(s.appWorkflows))
 	m.HandleFunc("POST /api/v1/tokens", s.auth(s.createToken))
 	if cfg.Metrics != nil {
 		m.Handle("GET /metrics", cfg.Metrics)
+	}
+	if cfg.UI != nil {
+		m.Handle("GET /", cfg.UI)
 	}
 	m.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path))
@@ -125,6 +138,10 @@ type ctxKey struct{}
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok && r.Method == http.MethodGet && r.URL.Query().Get("token") != "" {
+			// EventSource cannot set headers.
+			secret, ok = r.URL.Query().Get("token"), true
+		}
 		if !ok || secret == "" {
 			writeError(w, http.StatusUnauthorized, "missing API token: pass --token or set HANGAR_TOKEN (the admin token is in the server's data dir, file admin-token)")
 			return
@@ -249,4 +266,13 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, map[string]any{"name": req.Name, "token": secret, "apps": req.Apps, "admin": req.Admin})
+}
+
+// info serves GET /api/v1/info: what this server offers.
+func (s *Server) info(w http.ResponseWriter, r *http.Request) {
+	sshInfo := map[string]any{"enabled": s.cfg.SSH != nil}
+	if s.cfg.SSH == nil {
+		sshInfo["reason"] = "SSH access is turned off on this server (hangar server --ssh off)"
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ssh": sshInfo, "driver": s.cfg.Driver, "isolated": s.cfg.Isolated})
 }

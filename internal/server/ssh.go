@@ -32,6 +32,9 @@ type SSHConfig struct {
 	GatewayHost string
 	GatewayPort int
 	GatewayKey  ssh.PublicKey
+	// GatewayDialAddr is where the server itself reaches the gateway (for
+	// browser terminals).
+	GatewayDialAddr string
 	// PublicURL is the API's base URL as users reach it; empty: from the
 	// request.
 	PublicURL string

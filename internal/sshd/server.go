@@ -28,6 +28,18 @@ const (
 	DefaultMaxConns         = 64
 )
 
+// DefaultCiphers are the ciphers offered when Config.Ciphers is empty: AES
+// only. The client picks the first of its own list that the server offers,
+// and OpenSSH lists chacha20-poly1305 first, which x/crypto implements
+// without assembly on amd64: it moves about half as many bytes per second
+// as AES-CTR and AES-GCM, which use AES-NI. (With these, OpenSSH picks
+// aes128-ctr; offering only the GCM ciphers is faster still, but shuts out
+// old clients.)
+var DefaultCiphers = []string{
+	"aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+	"aes128-ctr", "aes192-ctr", "aes256-ctr",
+}
+
 // ErrServerClosed is returned by Serve after CloseAll.
 var ErrServerClosed = errors.New("sshd: server closed")
 
@@ -36,7 +48,8 @@ var ErrServerClosed = errors.New("sshd: server closed")
 // refuses every connection (Config is nil).
 type Server struct {
 	// Config holds the host key and the authentication callbacks. nil
-	// refuses every connection.
+	// refuses every connection. When its Ciphers is empty the server offers
+	// DefaultCiphers instead of x/crypto's defaults.
 	Config *ssh.ServerConfig
 	// Credential is who sessions run as (uid, gid, supplementary groups);
 	// nil: the server's own user.
@@ -186,7 +199,13 @@ func (s *Server) ServeConn(nc net.Conn) {
 	// x/crypto/ssh has no context for the handshake, and nc may not support
 	// deadlines (it can be a tunnelled channel): close it when time is up.
 	timer := time.AfterFunc(timeout, func() { nc.Close() })
-	sc, chans, reqs, err := ssh.NewServerConn(tc, s.Config)
+	cfg := s.Config
+	if len(cfg.Ciphers) == 0 {
+		withCiphers := *cfg
+		withCiphers.Ciphers = DefaultCiphers
+		cfg = &withCiphers
+	}
+	sc, chans, reqs, err := ssh.NewServerConn(tc, cfg)
 	if !timer.Stop() {
 		if sc != nil {
 			sc.Close()

@@ -95,7 +95,8 @@ CREATE TABLE IF NOT EXISTS builds (
 	ssh_expires_at INTEGER,
 	ssh_expires_because TEXT NOT NULL DEFAULT '',
 	ssh_closed_reason TEXT NOT NULL DEFAULT '',
-	ssh_connections INTEGER NOT NULL DEFAULT 0
+	ssh_connections INTEGER NOT NULL DEFAULT 0,
+	ssh_sessions TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS build_ssh (
 	build_id INTEGER PRIMARY KEY REFERENCES builds(id) ON DELETE CASCADE,
@@ -345,16 +346,16 @@ func (s *Store) CreateBuild(ctx context.Context, b *build.Build, spec []byte) er
 
 const buildCols = `b.id, a.name, b.number, b.workflow, b.workflow_name, b.branch, b.commit_sha, b.status, b.trigger,
 	b.started_by, b.message, b.max_duration, b.steps, b.created_at, b.started_at, b.finished_at,
-	b.ssh_enabled, b.ssh_state, b.ssh_expires_at, b.ssh_expires_because, b.ssh_closed_reason, b.ssh_connections`
+	b.ssh_enabled, b.ssh_state, b.ssh_expires_at, b.ssh_expires_because, b.ssh_closed_reason, b.ssh_connections, b.ssh_sessions`
 
 func scanBuild(row interface{ Scan(...any) error }) (*build.Build, error) {
 	var b build.Build
-	var steps string
+	var steps, sessions string
 	var created int64
 	var started, finished, sshExpires sql.NullInt64
 	err := row.Scan(&b.ID, &b.App, &b.Number, &b.Workflow, &b.WorkflowName, &b.Branch, &b.Commit, &b.Status, &b.Trigger,
 		&b.StartedBy, &b.Message, &b.MaxDuration, &steps, &created, &started, &finished,
-		&b.SSH.Enabled, &b.SSH.State, &sshExpires, &b.SSH.ExpiresBecause, &b.SSH.ClosedReason, &b.SSH.Connections)
+		&b.SSH.Enabled, &b.SSH.State, &sshExpires, &b.SSH.ExpiresBecause, &b.SSH.ClosedReason, &b.SSH.Connections, &sessions)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -363,6 +364,12 @@ func scanBuild(row interface{ Scan(...any) error }) (*build.Build, error) {
 	}
 	if err := json.Unmarshal([]byte(steps), &b.Steps); err != nil {
 		return nil, fmt.Errorf("build %d: bad steps: %w", b.ID, err)
+	}
+	if err := json.Unmarshal([]byte(sessions), &b.SSH.Sessions); err != nil {
+		return nil, fmt.Errorf("build %d: bad sessions: %w", b.ID, err)
+	}
+	if b.SSH.Sessions == nil {
+		b.SSH.Sessions = []build.SSHSession{}
 	}
 	b.CreatedAt = time.UnixMilli(created).UTC()
 	b.StartedAt, b.FinishedAt, b.SSH.ExpiresAt = fromMS(started), fromMS(finished), fromMS(sshExpires)
@@ -438,11 +445,19 @@ func (s *Store) UpdateBuild(ctx context.Context, b *build.Build) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	sessions := b.SSH.Sessions
+	if sessions == nil {
+		sessions = []build.SSHSession{}
+	}
+	sess, err := json.Marshal(sessions)
+	if err != nil {
+		return false, err
+	}
 	res, err := s.db.ExecContext(ctx, `UPDATE builds SET status = $1, message = $2, steps = $3, started_at = $4, finished_at = $5,
-		ssh_state = $6, ssh_expires_at = $7, ssh_expires_because = $8, ssh_closed_reason = $9, ssh_connections = $10
-		WHERE id = $11 AND status NOT IN ('finished', 'failed', 'canceled', 'timeout')`,
+		ssh_state = $6, ssh_expires_at = $7, ssh_expires_because = $8, ssh_closed_reason = $9, ssh_connections = $10, ssh_sessions = $11
+		WHERE id = $12 AND status NOT IN ('finished', 'failed', 'canceled', 'timeout')`,
 		b.Status, b.Message, string(steps), nullMS(b.StartedAt), nullMS(b.FinishedAt),
-		b.SSH.State, nullMS(b.SSH.ExpiresAt), b.SSH.ExpiresBecause, b.SSH.ClosedReason, b.SSH.Connections, b.ID)
+		b.SSH.State, nullMS(b.SSH.ExpiresAt), b.SSH.ExpiresBecause, b.SSH.ClosedReason, b.SSH.Connections, string(sess), b.ID)
 	if err != nil {
 		return false, fmt.Errorf("update build %d: %w", b.ID, err)
 	}

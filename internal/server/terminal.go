@@ -1,0 +1,256 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/hangar-ci/hangar/internal/build"
+)
+
+// A browser terminal is an SSH client inside the server: it reaches the
+// build's machine through the gateway exactly like the user's OpenSSH
+// (ProxyJump, the build's certificate, pinned host keys, the same rules),
+// opens a login shell, and relays it over a WebSocket. The browser never
+// sees the key. Closing the terminal ends the login shell: a logout.
+
+// terminalTickets are single-use, short-lived permissions to open a
+// terminal WebSocket (browsers cannot set headers on WebSockets).
+type terminalTickets struct {
+	mu      sync.Mutex
+	tickets map[string]ticket // guarded by mu
+}
+
+type ticket struct {
+	build   int64
+	user    string
+	expires time.Time
+}
+
+func (t *terminalTickets) issue(build int64, user string) string {
+	var b [24]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.tickets == nil {
+		t.tickets = make(map[string]ticket)
+	}
+	now := time.Now()
+	for k, v := range t.tickets {
+		if now.After(v.expires) {
+			delete(t.tickets, k)
+		}
+	}
+	t.tickets[id] = ticket{build: build, user: user, expires: now.Add(30 * time.Second)}
+	return id
+}
+
+func (t *terminalTickets) take(id string, build int64) (ticket, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tk, ok := t.tickets[id]
+	delete(t.tickets, id)
+	return tk, ok && tk.build == build && time.Now().Before(tk.expires)
+}
+
+// terminalTicket serves POST /api/v1/builds/{id}/terminal.
+func (s *Server) terminalTicket(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.lookupBuild(w, r)
+	if !ok {
+		return
+	}
+	if s.cfg.SSH == nil || !b.SSH.Enabled {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d was started without SSH access", b.ID))
+		return
+	}
+	if b.Status.Done() || b.SSH.State == build.SSHClosed {
+		writeError(w, http.StatusGone, fmt.Sprintf("build %d's SSH access is closed", b.ID))
+		return
+	}
+	user := ""
+	if t := tokenOf(r); t != nil {
+		user = t.Name
+	}
+	id := s.tickets.issue(b.ID, user)
+	writeJSON(w, http.StatusCreated, map[string]string{"url": fmt.Sprintf("/api/v1/builds/%d/terminal/ws?ticket=%s", b.ID, id)})
+}
+
+// terminalMessage is what the browser sends.
+type terminalMessage struct {
+	Type string `json:"type"` // "input" or "resize"
+	Data string `json:"data,omitempty"`
+	Cols int    `json:"cols,omitempty"`
+	Rows int    `json:"rows,omitempty"`
+}
+
+// terminalWS serves GET /api/v1/builds/{id}/terminal/ws?ticket=T.
+func (s *Server) terminalWS(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "not a build id")
+		return
+	}
+	tk, ok := s.tickets.take(r.URL.Query().Get("ticket"), id)
+	if !ok {
+		writeError(w, http.StatusUnauthorized, "this terminal link has expired: open the terminal again")
+		return
+	}
+	b, err := s.cfg.Store.Build(r.Context(), id)
+	if err != nil {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no build %d", id))
+		return
+	}
+	a := s.access(w, r, b)
+	if a == nil {
+		return
+	}
+	ws, err := websocket.Accept(w, r, nil) // same-origin only
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ev := build.Event{Kind: "ssh_script", Data: map[string]string{"via": "browser", "remote": r.RemoteAddr, "token": tk.user}}
+	_ = s.cfg.SSH.Store.AddEvent(ctx, id, ev)
+	if err := s.relay(ctx, ws, a.Alias, []byte(a.PrivateKey), a.Certificate, a.BuilderKey); err != nil {
+		s.log.Info("browser terminal ended", "build", id, "err", err)
+		_ = ws.Close(websocket.StatusNormalClosure, truncate(err.Error(), 120))
+		return
+	}
+	_ = ws.Close(websocket.StatusNormalClosure, "the shell ended")
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// relay runs a login shell on the build's machine through the gateway and
+// copies it to and from the WebSocket.
+func (s *Server) relay(ctx context.Context, ws *websocket.Conn, alias string, keyPEM []byte, certLine, builderKeyLine string) error {
+	cfg := s.cfg.SSH
+	key, err := ssh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		return errors.New("the build's key is unreadable")
+	}
+	certPub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(certLine))
+	if err != nil {
+		return errors.New("the build's certificate is unreadable")
+	}
+	cert, ok := certPub.(*ssh.Certificate)
+	if !ok {
+		return errors.New("the build's certificate is unreadable")
+	}
+	signer, err := ssh.NewCertSigner(cert, key)
+	if err != nil {
+		return err
+	}
+	builderKey, _, _, _, err := ssh.ParseAuthorizedKey([]byte(builderKeyLine))
+	if err != nil {
+		return errors.New("the machine's host key is unreadable")
+	}
+	gw, err := ssh.Dial("tcp", cfg.GatewayDialAddr, &ssh.ClientConfig{
+		User: alias, Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.FixedHostKey(cfg.GatewayKey), Timeout: 10 * time.Second,
+		ClientVersion: "SSH-2.0-Hangar_browser_terminal",
+	})
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	defer gw.Close()
+	nc, err := gw.Dial("tcp", net.JoinHostPort(alias, "22"))
+	if err != nil {
+		return fmt.Errorf("reach %s: %w", alias, err)
+	}
+	sc, chans, reqs, err := ssh.NewClientConn(nc, alias, &ssh.ClientConfig{
+		User: "builder", Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.FixedHostKey(builderKey), Timeout: 10 * time.Second,
+		ClientVersion: "SSH-2.0-Hangar_browser_terminal",
+	})
+	if err != nil {
+		nc.Close()
+		return fmt.Errorf("%s: %w", alias, err)
+	}
+	client := ssh.NewClient(sc, chans, reqs)
+	defer client.Close()
+	sess, err := client.NewSession()
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	if err := sess.RequestPty("xterm-256color", 24, 80, ssh.TerminalModes{ssh.ECHO: 1}); err != nil {
+		return err
+	}
+	stdin, err := sess.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := sess.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	sess.Stderr = nil
+	if err := sess.Shell(); err != nil {
+		return err
+	}
+	// Machine -> browser.
+	go func() {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := stdout.Read(buf)
+			if n > 0 {
+				if werr := ws.Write(ctx, websocket.MessageBinary, buf[:n]); werr != nil {
+					sess.Close()
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	// Browser -> machine; the browser closing ends the shell (a logout).
+	go func() {
+		defer sess.Close()
+		for {
+			_, data, err := ws.Read(ctx)
+			if err != nil {
+				return
+			}
+			var m terminalMessage
+			if json.Unmarshal(data, &m) != nil {
+				continue
+			}
+			switch m.Type {
+			case "input":
+				if _, err := stdin.Write([]byte(m.Data)); err != nil {
+					return
+				}
+			case "resize":
+				if m.Cols > 0 && m.Rows > 0 && m.Cols < 1000 && m.Rows < 1000 {
+					_ = sess.WindowChange(m.Rows, m.Cols)
+				}
+			}
+		}
+	}()
+	err = sess.Wait()
+	var ee *ssh.ExitError
+	if errors.As(err, &ee) || errors.Is(err, &ssh.ExitMissingError{}) {
+		return nil
+	}
+	return err
+}
