@@ -162,6 +162,11 @@ func (s *Server) Stop() {
 		<-s.exited
 		s.t.Errorf("hangar server did not stop within 60s of SIGTERM")
 	}
+	// The binary is built with the race detector: a race in the service
+	// fails the test that ran it.
+	if strings.Contains(s.log.String(), "WARNING: DATA RACE") {
+		s.t.Errorf("the race detector found a data race in hangar server")
+	}
 	if s.t.Failed() {
 		s.t.Logf("server log:\n%s", s.log.String())
 	}
