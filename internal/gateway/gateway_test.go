@@ -37,7 +37,7 @@ func setup(t *testing.T) (*gateway.Gateway, *link.Server, *sshca.CA, string, str
 	gwKey, _ := sshca.LoadOrCreateKey(filepath.Join(dir, "gw"), "gw")
 	linkKey, _ := sshca.LoadOrCreateKey(filepath.Join(dir, "link"), "link")
 	gw := &gateway.Gateway{HostKey: gwKey, CA: ca.PublicKey(), HandshakeTimeout: 2 * time.Second}
-	ls := &link.Server{HostKey: linkKey, Tunnels: gw}
+	ls := &link.Server{HostKey: linkKey, Tunnels: gw, HandshakeTimeout: time.Second}
 	gl, ll := listen(t), listen(t)
 	go func() { _ = gw.Serve(gl) }()
 	go func() { _ = ls.Serve(ll) }()
@@ -71,7 +71,7 @@ func TestBuilderBindsOnlyItsOwnAlias(t *testing.T) {
 	for _, alias := range []string{"build-2", "build-1"} {
 		tun := &link.Tunnel{Hello: hello, Alias: alias, Serve: func(c net.Conn) { c.Close() },
 			State: func(up bool, err error) { states <- up }}
-		ctx, cancel := contextWithTimeout(3 * time.Second)
+		ctx, cancel := contextWithTimeout(5 * time.Second)
 		go tun.Run(ctx)
 		want := alias == "build-1"
 		select {
@@ -81,6 +81,18 @@ func TestBuilderBindsOnlyItsOwnAlias(t *testing.T) {
 			}
 		case <-time.After(5 * time.Second):
 			t.Fatalf("no tunnel state for %s", alias)
+		}
+		if want {
+			// The tunnel outlives the handshake deadline.
+			time.Sleep(1500 * time.Millisecond)
+			select {
+			case up := <-states:
+				t.Errorf("the tunnel changed state (up=%v) after the handshake deadline", up)
+			default:
+			}
+			if !gw.Routed("build-1") {
+				t.Error("build-1 lost its route")
+			}
 		}
 		cancel()
 		if routed := gw.Routed("build-2"); routed {

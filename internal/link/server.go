@@ -35,6 +35,9 @@ const MaxConnsPerBuild = 4
 type Server struct {
 	HostKey ssh.Signer
 	Logger  *slog.Logger
+	// HandshakeTimeout bounds TCP accept to authenticated (default
+	// HandshakeTimeout).
+	HandshakeTimeout time.Duration
 	// Tunnels, if set, takes "tcpip-forward" requests: a builder may bind
 	// only the alias it authenticated as. Without it they are refused.
 	Tunnels Tunnels
@@ -174,13 +177,20 @@ func (s *Server) config() *ssh.ServerConfig {
 
 func (s *Server) handle(nc net.Conn) {
 	log := s.logger().With("remote", nc.RemoteAddr().String())
-	_ = nc.SetDeadline(time.Now().Add(HandshakeTimeout))
+	timeout := s.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = HandshakeTimeout
+	}
+	_ = nc.SetDeadline(time.Now().Add(timeout))
 	sc, chans, reqs, err := ssh.NewServerConn(nc, s.config())
 	if err != nil {
 		log.Debug("link handshake failed", "err", err)
 		nc.Close()
 		return
 	}
+	// Authenticated: the connection lives as long as the build (a tunnel
+	// connection opens no channel of its own).
+	_ = nc.SetDeadline(time.Time{})
 	name := sc.User()
 
 	s.mu.Lock()
@@ -222,7 +232,6 @@ func (s *Server) handle(nc net.Conn) {
 			break
 		}
 		go ssh.DiscardRequests(creqs)
-		_ = nc.SetDeadline(time.Time{})
 		c = newConn(sc, ch)
 		s.mu.Lock()
 		if e.conn != nil || s.expect[name] != e {
