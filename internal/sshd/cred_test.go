@@ -2,7 +2,6 @@ package sshd
 
 import (
 	"context"
-	"io"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -32,8 +31,6 @@ func TestCredential(t *testing.T) {
 	if err := os.Chmod(base, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	exe := filepath.Join(base, "sshd.test")
-	copyFile(t, exe)
 	home, work := filepath.Join(base, "home"), filepath.Join(base, "work")
 	for _, d := range []string{home, work} {
 		if err := os.Mkdir(d, 0o755); err != nil {
@@ -47,7 +44,9 @@ func TestCredential(t *testing.T) {
 		h.home, h.dir = home, work
 		h.srv.Home = home
 		h.srv.Credential = &syscall.Credential{Uid: nobody, Gid: nobody}
-		h.srv.SFTPCommand = []string{exe, sftpArg}
+		// As the builder does: the binary itself, from a path the user
+		// could not reach (go test's private work directory).
+		h.srv.SFTPCommand = []string{"/proc/self/exe", sftpArg}
 	})
 
 	if out := h.mustSSH("", "id -u; id -g; id -G; pwd; touch made-by-exec; stat -c %u made-by-exec"); out != "65534\n65534\n65534\n"+work+"\n65534\n" {
@@ -89,29 +88,5 @@ func TestCredential(t *testing.T) {
 	cmd.Env = h.clientEnv("SSH_AUTH_SOCK=" + sock)
 	if res := h.runCmd(cmd, ""); res.code != 0 || !strings.Contains(res.stdout, fingerprint) || !strings.HasSuffix(res.stdout, "\n65534\n") {
 		t.Errorf("agent forwarding as nobody: %+v", res)
-	}
-}
-
-// copyFile copies the test binary to dst, executable by everyone.
-func copyFile(t *testing.T, dst string) {
-	t.Helper()
-	src, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
 	}
 }

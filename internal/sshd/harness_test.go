@@ -55,6 +55,7 @@ type harness struct {
 
 	mu     sync.Mutex
 	events []Event // guarded by mu
+	ended  bool    // guarded by mu: the test is over, t must not be used
 }
 
 // newHarness starts a server; configure may change it before it serves.
@@ -108,11 +109,11 @@ func newHarness(t testing.TB, configure ...func(*harness)) *harness {
 		HandshakeTimeout: 10 * time.Second,
 		Events: func(e Event) {
 			h.mu.Lock()
-			if testing.Verbose() {
+			defer h.mu.Unlock()
+			if testing.Verbose() && !h.ended {
 				t.Logf("event %v %s %q", e.Time.Format("15:04:05.000"), e.Kind, e.Detail)
 			}
 			h.events = append(h.events, e)
-			h.mu.Unlock()
 		},
 	}
 	for _, f := range configure {
@@ -134,6 +135,12 @@ func newHarness(t testing.TB, configure ...func(*harness)) *harness {
 	served := make(chan error, 1)
 	go func() { served <- h.srv.Serve(l) }()
 	t.Cleanup(func() {
+		defer func() {
+			// Connections may still be winding down: no more logging.
+			h.mu.Lock()
+			h.ended = true
+			h.mu.Unlock()
+		}()
 		h.srv.CloseAll("")
 		select {
 		case err := <-served:

@@ -182,7 +182,6 @@ func (s *session) start(kind, arg string) (func(), error) {
 	case "shell":
 		// A login shell, as sshd starts it: argv[0] is "-bash".
 		cmd = &exec.Cmd{Path: acct.shell, Args: []string{"-" + filepath.Base(acct.shell)}}
-		s.login = usePTY
 	case "exec":
 		cmd = &exec.Cmd{Path: acct.shell, Args: []string{filepath.Base(acct.shell), "-c", arg}}
 		detail = "exec: " + truncate(arg)
@@ -297,6 +296,7 @@ func (s *session) start(kind, arg string) (func(), error) {
 	closeAll(child)
 	s.pts = nil
 	s.started = true
+	s.login = kind == "shell" && usePTY
 	s.mu.Lock()
 	s.pid = cmd.Process.Pid
 	s.onPTY = usePTY
@@ -353,7 +353,12 @@ func (s *session) run(cmd *exec.Cmd, usePTY bool, stdinW, stdoutR, stderrR *os.F
 func (s *session) finish(cmd *exec.Cmd, agent *agentSocket) {
 	defer close(s.done)
 	_ = s.ch.CloseWrite()
-	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	var ws syscall.WaitStatus
+	if cmd.ProcessState != nil {
+		ws, _ = cmd.ProcessState.Sys().(syscall.WaitStatus)
+	} else {
+		ws = syscall.WaitStatus(255 << 8) // not reaped by us: report 255
+	}
 	how := "exit status " + strconv.Itoa(ws.ExitStatus())
 	if ws.Signaled() {
 		name := signalName(ws.Signal())
