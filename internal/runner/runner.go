@@ -108,36 +108,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	defer tick.Stop()
 	slots := make(chan struct{}, r.cfg.MaxBuilds)
 	for {
-		for {
-			select {
-			case slots <- struct{}{}:
-			default:
-				goto wait
-			}
-			b, spec, err := r.cfg.Store.ClaimBuild(ctx)
-			if err != nil {
-				<-slots
-				if !errors.Is(err, store.ErrNotFound) && ctx.Err() == nil {
-					r.log.Error("claim build", "err", err)
-				}
-				break
-			}
-			bctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
-			r.mu.Lock()
-			r.running[b.ID] = cancel
-			r.mu.Unlock()
-			r.wg.Add(1)
-			go func() {
-				defer r.wg.Done()
-				defer func() { <-slots }()
-				r.execute(bctx, b, spec)
-				r.mu.Lock()
-				delete(r.running, b.ID)
-				r.mu.Unlock()
-				cancel(nil)
-			}()
-		}
-	wait:
+		r.claimAll(ctx, slots)
 		select {
 		case <-ctx.Done():
 			r.mu.Lock()
@@ -150,6 +121,39 @@ func (r *Runner) Run(ctx context.Context) error {
 		case <-wake:
 		case <-tick.C:
 		}
+	}
+}
+
+// claimAll starts queued builds while a slot is free.
+func (r *Runner) claimAll(ctx context.Context, slots chan struct{}) {
+	for {
+		select {
+		case slots <- struct{}{}:
+		default:
+			return
+		}
+		b, spec, err := r.cfg.Store.ClaimBuild(ctx)
+		if err != nil {
+			<-slots
+			if !errors.Is(err, store.ErrNotFound) && ctx.Err() == nil {
+				r.log.Error("claim build", "err", err)
+			}
+			return
+		}
+		bctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+		r.mu.Lock()
+		r.running[b.ID] = cancel
+		r.mu.Unlock()
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			defer func() { <-slots }()
+			r.execute(bctx, b, spec)
+			r.mu.Lock()
+			delete(r.running, b.ID)
+			r.mu.Unlock()
+			cancel(nil)
+		}()
 	}
 }
 
