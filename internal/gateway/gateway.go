@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/hangar-ci/hangar/internal/netx"
 	"github.com/hangar-ci/hangar/internal/sshca"
 )
 
@@ -204,31 +205,18 @@ func (g *Gateway) Serve(l net.Listener) error {
 	g.listeners[l] = struct{}{}
 	g.mu.Unlock()
 	cfg := g.config()
-	var delay time.Duration
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			g.mu.Lock()
-			closed := g.closed
-			g.mu.Unlock()
-			if closed {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
-				continue
-			}
-			return err
-		}
-		delay = 0
+	closed := func() bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.closed
+	}
+	return netx.Accept(l, closed, ErrServerClosed, func(nc net.Conn) {
 		if !g.track(nc) {
 			nc.Close()
-			continue
+			return
 		}
 		go g.handle(nc, cfg)
-	}
+	})
 }
 
 // track registers nc, refusing it when the gateway is full or closed.

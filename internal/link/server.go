@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/hangar-ci/hangar/internal/netx"
 )
 
 // HandshakeTimeout bounds a builder's TCP accept to an authenticated control
@@ -117,27 +119,12 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 	s.listener[l] = true
 	s.mu.Unlock()
-	var delay time.Duration
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			if closed {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
-				continue
-			}
-			return err
-		}
-		delay = 0
-		go s.handle(nc)
+	closed := func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.closed
 	}
+	return netx.Accept(l, closed, ErrServerClosed, func(nc net.Conn) { go s.handle(nc) })
 }
 
 // Close stops all listeners and closes every link.

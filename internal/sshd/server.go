@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/hangar-ci/hangar/internal/netx"
 )
 
 // Defaults used when the corresponding Server field is zero.
@@ -143,24 +145,7 @@ func (s *Server) Serve(l net.Listener) error {
 		s.mu.Unlock()
 		l.Close()
 	}()
-	var delay time.Duration
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			if s.isClosed() {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
-				continue
-			}
-			return err
-		}
-		delay = 0
-		go s.ServeConn(nc)
-	}
+	return netx.Accept(l, s.isClosed, ErrServerClosed, func(nc net.Conn) { go s.ServeConn(nc) })
 }
 
 func (s *Server) isClosed() bool {

@@ -21,7 +21,7 @@ const (
 	testSubnet = "10.213.99.0/24"
 	// A second driver's, for the tests of two drivers on one host.
 	testBridge2 = "hangart1"
-	testSubnet2 = "10.213.98.0/24"
+	testSubnet2 = "10.213.89.0/24"
 )
 
 // requireHost skips the test unless it can run real machines.
