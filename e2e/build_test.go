@@ -143,6 +143,7 @@ type fixture struct {
 	repo   *harness.Repo
 	run    string
 	driver string
+	bridge string // sandbox: the server's bridge
 }
 
 func newFixture(t *testing.T, driver string) *fixture {
@@ -157,7 +158,7 @@ func newFixture(t *testing.T, driver string) *fixture {
 		args = append(args, "--sandbox-bridge", testBridge, "--sandbox-subnet", testSubnet)
 	}
 	s := harness.StartServer(t, harness.Options{Driver: driver, Args: args})
-	f := &fixture{t: t, s: s, run: marker(), driver: driver}
+	f := &fixture{t: t, s: s, run: marker(), driver: driver, bridge: testBridge}
 	yaml := strings.NewReplacer("{{run}}", f.run, "{{data}}", s.Data, "{{prefix}}", testPrefix).Replace(workflowFile)
 	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": yaml, "marker.txt": "marker-" + f.run + "\n"})
 	f.repo.Commit("broken", map[string]string{"codemagic.yaml": "workflows:\n  pass:\n    scripts:\n      - name: ok\n        script: echo ok\n    max_build_duration: 500\n"})
@@ -254,7 +255,7 @@ func (f *fixture) leftovers(id int64, name string) []string {
 			bid = bid || s == "FCI_BUILD_ID="+strconv.FormatInt(id, 10)
 			hb = hb || s == "HANGAR_BUILD="+name
 		}
-		if (run && bid) || (hb && f.ownsProcess(p)) {
+		if (run && bid || hb) && f.ownsProcess(p, name) {
 			cmd, _ := os.ReadFile(strings.TrimSuffix(p, "environ") + "cmdline")
 			left = append(left, fmt.Sprintf("process %s (%s)", filepath.Base(filepath.Dir(p)), strings.ReplaceAll(string(cmd), "\x00", " ")))
 		}
@@ -268,7 +269,7 @@ func (f *fixture) leftovers(id int64, name string) []string {
 	}
 	if f.driver == "sandbox" {
 		// Host-global names of a sandbox machine include the driver's bridge.
-		id := "hangar-" + testBridge + "_" + name
+		id := "hangar-" + f.bridge + "_" + name
 		if _, err := os.Stat("/run/netns/" + id); err == nil {
 			left = append(left, "netns "+id)
 		}
@@ -284,14 +285,16 @@ func (f *fixture) leftovers(id int64, name string) []string {
 	return left
 }
 
-// ownsProcess tells builder processes of this server from another
-// server's (both number their builds from 1).
-func (f *fixture) ownsProcess(environ string) bool {
+// ownsProcess tells processes of this server's machines from those of
+// another server (every server numbers its builds from 1).
+func (f *fixture) ownsProcess(environ, name string) bool {
+	dir := strings.TrimSuffix(environ, "environ")
 	if f.driver == "host" {
-		cwd, err := os.Readlink(strings.TrimSuffix(environ, "environ") + "cwd")
+		cwd, err := os.Readlink(dir + "cwd")
 		return err == nil && strings.HasPrefix(cwd, f.s.Data)
 	}
-	return true
+	cg, err := os.ReadFile(dir + "cgroup")
+	return err == nil && strings.Contains(string(cg), "/hangar-"+f.bridge+"/"+name)
 }
 
 func stepStatuses(b *build.Build) map[string]build.StepStatus {
@@ -398,6 +401,13 @@ func testBuilds(t *testing.T, driver string) {
 		t.Parallel()
 		b := f.start("--workflow cancel")
 		waitLog(t, f, b.ID, "waiting")
+		// Control: the leftover check sees a running machine, so it would
+		// see one left behind.
+		if left := f.leftovers(b.ID, fmt.Sprintf("build-%d", b.ID)); len(left) < 2 {
+			t.Errorf("the leftover check sees too little of a running build: %v", left)
+		} else {
+			t.Logf("a running build has: %v", left)
+		}
 		start := time.Now()
 		if r := f.hangar(fmt.Sprintf("build cancel %d", b.ID)); r.Code != 0 || !strings.Contains(r.Stdout, "canceled") {
 			t.Fatalf("cancel: %d %s %s", r.Code, r.Stdout, r.Stderr)

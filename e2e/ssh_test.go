@@ -70,7 +70,7 @@ func newSSHFixture(t *testing.T, bridge, subnet, window string) *sshFixture {
 		"--sandbox-bridge", bridge, "--sandbox-subnet", subnet,
 		"--ssh", "127.0.0.1:0", "--ssh-after-steps", window, "--ssh-handshake-timeout", "2s",
 	}})
-	f := &fixture{t: t, s: s, run: marker(), driver: "sandbox"}
+	f := &fixture{t: t, s: s, run: marker(), driver: "sandbox", bridge: bridge}
 	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": sshWorkflows})
 	if r := s.Hangar("app", "add", "demo", "--repo", f.repo.Path); r.Code != 0 {
 		t.Fatalf("app add: %s", r.Stderr)
@@ -162,6 +162,15 @@ func TestSSH(t *testing.T) {
 		r := f.run("bash", script, "ps", "-eo", "args")
 		if !strings.Contains(r.Stdout, "sleep 300") {
 			t.Errorf("ps does not show the running step:\n%s", r.Stdout)
+		}
+		// hangar ssh: the same through the CLI, like ssh's own arguments.
+		id := strconv.FormatInt(b.ID, 10)
+		env := []string{"HOME=" + f.home, "HANGAR_TOKEN=" + f.s.Token}
+		if r := f.s.HangarEnv(env, "ssh", id, "--", "printenv", "FCI_BUILD_DIR"); r.Code != 0 || r.Stdout != "/home/builder/clone\n" {
+			t.Errorf("hangar ssh printenv: %d %q %q", r.Code, r.Stdout, r.Stderr)
+		}
+		if r := f.s.HangarEnv(env, "ssh", id, "--", "exit 7"); r.Code != 7 {
+			t.Errorf("hangar ssh 'exit 7': %d %q", r.Code, r.Stderr)
 		}
 	})
 

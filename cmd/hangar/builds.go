@@ -213,11 +213,7 @@ func buildShowCmd(cf *clientFlags) *cobra.Command {
 		Short: "Show a build and its steps",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
-			if err != nil {
-				return err
-			}
-			c, err := cf.client()
+			id, c, err := cf.build(args[0])
 			if err != nil {
 				return err
 			}
@@ -260,11 +256,7 @@ func buildLogsCmd(cf *clientFlags) *cobra.Command {
 		Short: "Print a build's log",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
-			if err != nil {
-				return err
-			}
-			c, err := cf.client()
+			id, c, err := cf.build(args[0])
 			if err != nil {
 				return err
 			}
@@ -338,11 +330,7 @@ func buildCancelCmd(cf *clientFlags) *cobra.Command {
 		Short: "Cancel a build",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
-			if err != nil {
-				return err
-			}
-			c, err := cf.client()
+			id, c, err := cf.build(args[0])
 			if err != nil {
 				return err
 			}

@@ -61,6 +61,16 @@ func (f *clientFlags) client() (*client, error) {
 	return &client{server: strings.TrimRight(server, "/"), token: token, http: &http.Client{}}, nil
 }
 
+// build parses a build id argument and makes a client.
+func (f *clientFlags) build(arg string) (int64, *client, error) {
+	id, err := parseID(arg)
+	if err != nil {
+		return 0, nil, err
+	}
+	c, err := f.client()
+	return id, c, err
+}
+
 // apiError is an error answer of the API.
 type apiError struct {
 	Status int

@@ -70,11 +70,7 @@ func buildSSHScriptCmd(cf *clientFlags) *cobra.Command {
 		Short: "Print the script that opens an SSH session on a build's machine",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
-			if err != nil {
-				return err
-			}
-			c, err := cf.client()
+			id, c, err := cf.build(args[0])
 			if err != nil {
 				return err
 			}
@@ -100,11 +96,7 @@ func buildSSHConfigCmd(cf *clientFlags) *cobra.Command {
 			"and VS Code Remote-SSH (remote.SSH.configFile) reach the build's machine.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
-			if err != nil {
-				return err
-			}
-			c, err := cf.client()
+			id, c, err := cf.build(args[0])
 			if err != nil {
 				return err
 			}
@@ -185,11 +177,7 @@ func buildEventsCmd(cf *clientFlags) *cobra.Command {
 		Short: "Show a build's events (SSH script fetches, connections, logins)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
-			if err != nil {
-				return err
-			}
-			c, err := cf.client()
+			id, c, err := cf.build(args[0])
 			if err != nil {
 				return err
 			}

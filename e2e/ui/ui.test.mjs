@@ -1,0 +1,224 @@
+// End-to-end test of Hangar's web UI, run by e2e/ui_test.go (go test ./e2e/ -run TestUI).
+// It drives Debian's Chromium with playwright-core as a person would: sign in, add an app, start
+// a build with SSH access, see the SSH panel, run the page's one-line command with the real ssh
+// client, open the browser terminal, run a command in it, log out and see the build finish. It
+// saves a screenshot of each stage in $SCREENSHOT_DIR and fails if the page contacts any host
+// but the server.
+//
+// Env: HANGAR_URL, HANGAR_TOKEN, REPO_PATH (a repository with workflow "hold"), SCREENSHOT_DIR.
+
+import { chromium } from 'playwright-core';
+import { execFile } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+
+const base = need('HANGAR_URL').replace(/\/$/, '');
+const token = need('HANGAR_TOKEN');
+const repo = need('REPO_PATH');
+const shots = need('SCREENSHOT_DIR');
+const origin = new URL(base).origin;
+const appName = process.env.APP_NAME || 'ui-demo';
+
+function need(name) {
+  const v = process.env[name];
+  if (!v) fail(`${name} is not set`);
+  return v;
+}
+
+function fail(msg) {
+  console.error(`FAIL: ${msg}`);
+  process.exit(1);
+}
+
+function step(msg) {
+  console.log(`--- ${msg}`);
+}
+
+// The whole run is bounded: a hung browser must not hang the test.
+const overall = setTimeout(() => fail('the UI test did not finish within 5 minutes'), 5 * 60 * 1000);
+
+mkdirSync(shots, { recursive: true });
+const userData = mkdtempSync(path.join(tmpdir(), 'hangar-ui-chromium-'));
+const sshHome = mkdtempSync(path.join(tmpdir(), 'hangar-ui-home-'));
+
+const context = await chromium.launchPersistentContext(userData, {
+  executablePath: '/usr/bin/chromium',
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic'],
+  viewport: { width: 1280, height: 900 },
+  colorScheme: 'light',
+});
+
+// Every request of the page must go to the server.
+const foreign = [];
+const pageErrors = [];
+const watch = (page) => {
+  page.on('request', (r) => {
+    const u = new URL(r.url());
+    if ((u.protocol === 'data:' || u.protocol === 'blob:') && !u.host) return;
+    if (u.origin !== origin) foreign.push(`${r.method()} ${r.url()}`);
+  });
+  page.on('websocket', (ws) => {
+    const u = new URL(ws.url());
+    if (u.host !== new URL(origin).host) foreign.push(`WebSocket ${ws.url()}`);
+  });
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  page.on('console', (m) => {
+    if (m.type() === 'error') console.log(`browser console: ${m.text()}`);
+  });
+};
+context.on('page', watch);
+
+let n = 0;
+async function shot(page, name) {
+  n++;
+  const file = path.join(shots, `${String(n).padStart(2, '0')}-${name}.png`);
+  await page.screenshot({ path: file, fullPage: false });
+  console.log(`screenshot ${file}`);
+}
+
+const run = (cmd, args, env, timeout = 120_000) =>
+  new Promise((resolve) => {
+    execFile(cmd, args, { env, timeout }, (err, stdout, stderr) => resolve({ code: err ? (err.code ?? 1) : 0, stdout, stderr }));
+  });
+
+let failed = null;
+const page = context.pages()[0] ?? (await context.newPage());
+if (context.pages()[0] === page) watch(page);
+page.setDefaultTimeout(60_000);
+
+try {
+  step('sign in');
+  await page.goto(base + '/');
+  await page.waitForURL(/\/signin/);
+  await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+  await shot(page, 'signin');
+  await page.getByLabel('API token').fill('not-the-token');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByText('This token was refused').waitFor();
+  await page.getByLabel('API token').fill(token);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Builds', level: 1 }).waitFor();
+  await shot(page, 'builds-empty');
+
+  step('add an app');
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Apps' }).click();
+  await page.getByRole('heading', { name: 'Apps', level: 1 }).waitFor();
+  await page.getByRole('button', { name: 'Add app' }).click();
+  const addDialog = page.getByRole('dialog', { name: 'Add app' });
+  await addDialog.waitFor();
+  // Escape closes the dialog and gives focus back to the button that opened it.
+  await page.keyboard.press('Escape');
+  await addDialog.waitFor({ state: 'hidden' });
+  const focused = await page.evaluate(() => document.activeElement?.textContent);
+  if (focused !== 'Add app') throw new Error(`after Escape, focus is on ${JSON.stringify(focused)}, not the Add app button`);
+  await page.getByRole('button', { name: 'Add app' }).click();
+  await addDialog.getByLabel('Name', { exact: true }).fill(appName);
+  await addDialog.getByLabel('Repository', { exact: true }).fill(repo);
+  await shot(page, 'add-app');
+  await addDialog.getByRole('button', { name: 'Add app' }).click();
+  await addDialog.getByText('was added').waitFor();
+  const secret = await addDialog.locator('pre[aria-label="webhook secret"]').textContent();
+  if (!secret || secret.trim().length < 16) throw new Error(`no webhook secret shown once: ${JSON.stringify(secret)}`);
+  await shot(page, 'app-added');
+  await addDialog.getByRole('button', { name: `Open ${appName}` }).click();
+  await page.getByRole('heading', { name: appName, level: 1 }).waitFor();
+  await page.getByRole('heading', { name: 'Hold for SSH' }).waitFor();
+  await shot(page, 'app');
+
+  step('start a build with SSH access');
+  await page.getByRole('button', { name: 'Start new build' }).click();
+  const startDialog = page.getByRole('dialog', { name: 'Start new build' });
+  await startDialog.waitFor();
+  await startDialog.getByLabel('Workflow').selectOption('hold');
+  const sshBox = startDialog.getByLabel('Enable SSH access');
+  if (await sshBox.isDisabled()) throw new Error('"Enable SSH access" is disabled on a server with SSH');
+  await sshBox.check();
+  await shot(page, 'start-build');
+  await startDialog.getByRole('button', { name: 'Start build' }).click();
+  await page.waitForURL(/\/builds\/\d+$/);
+  const buildId = Number(new URL(page.url()).pathname.split('/').pop());
+
+  step('the SSH panel appears');
+  const command = page.locator('#ssh-command');
+  await command.waitFor({ timeout: 90_000 });
+  const oneLiner = (await command.textContent()).trim();
+  if (!/^curl -fsSL '.+' \| bash$/.test(oneLiner)) throw new Error(`unexpected one-line command: ${oneLiner}`);
+  await page.locator('#ssh-powershell').waitFor();
+  await page.getByTestId('ssh-countdown').waitFor();
+  // The build's log shows the step's output, in colour.
+  await page.locator('.log .ansi-green-fg', { hasText: 'ready' }).waitFor();
+  await shot(page, 'ssh-ready');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.locator('.ssh').scrollIntoViewIfNeeded();
+  await shot(page, 'ssh-ready-phone');
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  step('the one-liner works with the real ssh client');
+  const withCommand = oneLiner.replace(/\| bash$/, '| bash -s -- printenv FCI_BUILD_DIR');
+  const r = await run('bash', ['-c', withCommand], { HOME: sshHome, PATH: process.env.PATH, LANG: 'C.UTF-8' });
+  if (r.code !== 0 || r.stdout.trim() !== '/home/builder/clone') {
+    throw new Error(`one-liner: exit ${r.code}, stdout ${JSON.stringify(r.stdout)}, stderr ${JSON.stringify(r.stderr)}`);
+  }
+  console.log(`one-liner printed ${r.stdout.trim()}`);
+
+  step('the browser terminal');
+  await page.getByRole('button', { name: 'Open terminal' }).click();
+  await page.locator('[data-terminal-state="open"]').waitFor({ timeout: 60_000 });
+  const rows = page.locator('.terminal .xterm-rows');
+  // Wait for the shell's prompt before typing.
+  await page.waitForFunction(() => /\$\s*$/m.test(document.querySelector('.terminal .xterm-rows')?.innerText ?? ''), null, { timeout: 30_000 });
+  await page.locator('.terminal .xterm-helper-textarea').focus();
+  await page.keyboard.type('printenv FCI_BUILD_DIR\n', { delay: 20 });
+  await page.waitForFunction(
+    () => (document.querySelector('.terminal .xterm-rows')?.innerText ?? '').split('\n').some((l) => l.trim() === '/home/builder/clone'),
+    null,
+    { timeout: 30_000 },
+  );
+  console.log('the terminal printed /home/builder/clone');
+  await shot(page, 'terminal');
+  // Resizing the window resizes the terminal (fit addon → resize message).
+  const before = await rows.evaluate((e) => e.children.length);
+  await page.setViewportSize({ width: 1280, height: 600 });
+  await page.waitForFunction((b) => document.querySelector('.terminal .xterm-rows').children.length !== b, before, { timeout: 10_000 });
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  step('exit logs out and the build finishes');
+  await page.locator('.terminal .xterm-helper-textarea').focus();
+  await page.keyboard.type('exit\n', { delay: 20 });
+  await page.locator(`.page-head [data-status="finished"]`).waitFor({ timeout: 60_000 });
+  await page.locator('[data-terminal-state="closed"]').waitFor();
+  await page.getByTestId('ssh-closed').waitFor();
+  await shot(page, 'finished');
+
+  step('the builds list shows it');
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Builds' }).click();
+  await page.locator(`tr[data-build="${buildId}"] [data-status="finished"]`).waitFor();
+  await shot(page, 'builds');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await shot(page, 'builds-phone');
+} catch (e) {
+  failed = e;
+  try {
+    await shot(page, 'failure');
+  } catch {
+    /* the page is gone */
+  }
+}
+
+await context.close();
+rmSync(userData, { recursive: true, force: true });
+rmSync(sshHome, { recursive: true, force: true });
+clearTimeout(overall);
+
+if (foreign.length) {
+  console.error(`the page contacted other hosts than ${origin}:\n  ${foreign.join('\n  ')}`);
+  failed ??= new Error('requests to other hosts');
+}
+if (pageErrors.length) {
+  console.error(`errors in the page:\n  ${pageErrors.join('\n  ')}`);
+  failed ??= new Error('errors in the page');
+}
+if (failed) fail(failed.stack || String(failed));
+console.log('PASS: the web UI signs in, adds an app, starts an SSH build, connects with ssh and the browser terminal, and finishes it');
