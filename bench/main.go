@@ -7,6 +7,9 @@
 // goes to stderr.
 //
 //	go run ./bench [-driver sandbox|host|both] [-n 10] [-inflight 10]
+//	go run ./bench -mode ssh [-driver sandbox] [-n 10] [-runs 3]
+//
+// The ssh mode (ssh.go) measures SSH builds against OpenSSH instead.
 //
 // The sandbox driver needs root and runc. See docs/benchmarks.md.
 package main
@@ -39,7 +42,7 @@ import (
 // collides with another Hangar server on this machine.
 const (
 	sandboxBridge = "hgbench0"
-	sandboxSubnet = "10.213.98.0/24"
+	sandboxSubnet = "10.213.88.0/24"
 	appName       = "bench"
 )
 
@@ -64,18 +67,30 @@ type options struct {
 	poll     time.Duration
 	settle   time.Duration
 	keep     bool
+	runs     int   // ssh mode: timed transfers per path
+	bytes    int64 // ssh mode: bytes per transfer
 }
 
 func main() {
 	var o options
-	driver := flag.String("driver", "both", "machine driver to measure: sandbox, host or both")
-	flag.IntVar(&o.n, "n", 10, "sequential builds of the start-latency run")
+	mode := flag.String("mode", "start", "start: start latency and memory; ssh: SSH start, throughput and connect latency against OpenSSH")
+	driver := flag.String("driver", "both", "machine driver to measure: sandbox, host or both (ssh mode: one, default sandbox)")
+	flag.IntVar(&o.n, "n", 10, "sequential builds of the start-latency run (ssh mode: SSH builds, and runs of each connect-latency command)")
 	flag.IntVar(&o.warmup, "warmup", 1, "builds run (and shown apart) before the start-latency run")
 	flag.IntVar(&o.inflight, "inflight", 10, "builds in flight at once in the memory run")
 	flag.DurationVar(&o.poll, "poll", 10*time.Millisecond, "interval of GET /api/v1/builds/{id} while waiting")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "how long the memory run samples once every build runs its step")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (binary, repository, data dirs, server logs)")
+	flag.IntVar(&o.runs, "runs", 3, "ssh mode: timed transfers per path")
+	flag.Int64Var(&o.bytes, "bytes", 1<<30, "ssh mode: bytes per transfer")
 	flag.Parse()
+	if *mode == "ssh" {
+		set := false
+		flag.Visit(func(f *flag.Flag) { set = set || f.Name == "driver" })
+		if !set {
+			*driver = "sandbox"
+		}
+	}
 	switch *driver {
 	case "sandbox", "host":
 		o.drivers = []string{*driver}
@@ -84,11 +99,19 @@ func main() {
 	default:
 		fatalf("-driver %q: use sandbox, host or both", *driver)
 	}
-	if o.n < 1 || o.inflight < 1 || o.warmup < 0 || o.poll <= 0 {
-		fatalf("-n and -inflight must be at least 1, -warmup at least 0, -poll positive")
+	if o.n < 1 || o.inflight < 1 || o.warmup < 0 || o.poll <= 0 || o.runs < 1 || o.bytes < 1 {
+		fatalf("-n, -inflight, -runs and -bytes must be at least 1, -warmup at least 0, -poll positive")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, o)
+	var err error
+	switch *mode {
+	case "start":
+		err = run(ctx, o)
+	case "ssh":
+		err = runSSH(ctx, o)
+	default:
+		err = fmt.Errorf("-mode %q: use start or ssh", *mode)
+	}
 	stop()
 	if err != nil {
 		fatalf("%v", err)
@@ -134,7 +157,7 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 	logf("making the repository")
-	repo, err := makeRepo(ctx, filepath.Join(tmp, "git"))
+	repo, err := makeRepo(ctx, filepath.Join(tmp, "git"), workflowFile)
 	if err != nil {
 		return err
 	}
@@ -205,14 +228,15 @@ func buildBinary(ctx context.Context, dir string) (string, error) {
 	return bin, nil
 }
 
-// makeRepo makes a bare repository whose branch main holds workflowFile.
-func makeRepo(ctx context.Context, dir string) (string, error) {
+// makeRepo makes a bare repository whose branch main holds the
+// codemagic.yaml yml.
+func makeRepo(ctx context.Context, dir, yml string) (string, error) {
 	work := filepath.Join(dir, "work")
 	bare := filepath.Join(dir, "repo.git")
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(filepath.Join(work, "codemagic.yaml"), []byte(workflowFile), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(work, "codemagic.yaml"), []byte(yml), 0o644); err != nil {
 		return "", err
 	}
 	git := func(dir string, args ...string) error {
@@ -271,7 +295,8 @@ func startServer(ctx context.Context, bin, driver, dir string, maxBuilds int) (*
 		return nil, err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	args := []string{"server", "--http", addr, "--data", data, "--driver", driver, "--max-builds", strconv.Itoa(maxBuilds)}
+	// The SSH gateway listens on a free loopback port, not the default :2222.
+	args := []string{"server", "--http", addr, "--data", data, "--driver", driver, "--max-builds", strconv.Itoa(maxBuilds), "--ssh", "127.0.0.1:0"}
 	if driver == "sandbox" {
 		args = append(args, "--sandbox-bridge", sandboxBridge, "--sandbox-subnet", sandboxSubnet)
 	}
