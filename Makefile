@@ -7,10 +7,12 @@ DATA      ?= hangar-data
 HTTP      ?= 127.0.0.1:8080
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages: the sandbox driver (runc, sudo, iptables, iproute2), git for
-# repositories, netcat and OpenSSH's client for tests and builds.
-DEB_PACKAGES := git runc sudo iptables iproute2 netcat-openbsd openssh-client curl procps tmux rsync ca-certificates
+# repositories, curl for `make run` and the one-line SSH command, OpenSSH's
+# client; for the tests also netcat, tmux, rsync and Chromium.
+RUN_PACKAGES  := git runc sudo iptables iproute2 curl procps openssh-client rsync ca-certificates
+TEST_PACKAGES := $(RUN_PACKAGES) netcat-openbsd tmux chromium fonts-dejavu-core
 
-.PHONY: all build run test deps vet staticcheck gotest bench clean
+.PHONY: all build run test deps testdeps vet staticcheck gotest uideps ui bench clean
 
 all: build
 
@@ -18,7 +20,10 @@ build:
 	$(GO) build -o $(BIN) ./cmd/hangar
 
 deps:
-	@scripts/install-deps.sh $(DEB_PACKAGES)
+	@scripts/install-deps.sh $(RUN_PACKAGES)
+
+testdeps:
+	@scripts/install-deps.sh $(TEST_PACKAGES)
 
 run: deps build
 	@BIN=$(BIN) DATA=$(DATA) HTTP=$(HTTP) scripts/run.sh
@@ -29,12 +34,20 @@ vet:
 staticcheck:
 	$(GO) run $(STATICCHECK) ./...
 
-gotest:
+# The browser test drives Debian's Chromium with playwright-core from npm.
+uideps:
+	cd e2e/ui && npm ci --no-audit --no-fund
+
+gotest: uideps
 	$(GO) test -race -timeout 25m ./...
 
-test: deps vet staticcheck gotest
+# Rebuild the committed web UI bundle from web/src (go build alone serves it).
+ui:
+	web/build.sh
 
-bench: deps
+test: testdeps vet staticcheck gotest
+
+bench: testdeps
 	$(GO) run ./bench -driver both
 
 clean:

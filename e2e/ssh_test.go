@@ -202,8 +202,14 @@ func TestSSH(t *testing.T) {
 		if r := f.run("ssh", "-F", cfg, alias, "stat -c %U /tmp/up.bin"); strings.TrimSpace(r.Stdout) != "builder" {
 			t.Errorf("uploaded file owner: %q %s", r.Stdout, r.Stderr)
 		}
-		if r := f.run("sftp", "-F", cfg, "-b", "-", alias); r.Code != 0 {
-			t.Errorf("sftp: %s", r.Stderr)
+		batch := filepath.Join(t.TempDir(), "batch")
+		sftpBack := filepath.Join(t.TempDir(), "sftp.bin")
+		_ = os.WriteFile(batch, []byte("cd /tmp\nls\nget up.bin "+sftpBack+"\n"), 0o644)
+		if r := f.run("sftp", "-F", cfg, "-b", batch, alias); r.Code != 0 || !strings.Contains(r.Stdout, "up.bin") {
+			t.Errorf("sftp: %d %s %s", r.Code, r.Stdout, r.Stderr)
+		}
+		if got, _ := os.ReadFile(sftpBack); !bytes.Equal(got, data) {
+			t.Errorf("sftp get returned %d bytes, want the %d uploaded", len(got), len(data))
 		}
 	})
 

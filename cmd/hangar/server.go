@@ -135,7 +135,7 @@ func runServer(cfg serverConfig) error {
 		Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
 	}
 	scfg := server.Config{Store: st, Mirrors: mirrors, Logger: log, DataDir: data, Metrics: promhttp.Handler(),
-		Driver: driver.Name(), Isolated: driver.Isolated()}
+		Driver: driver.Name(), Isolated: driver.Isolated(), UI: server.UIHandler()}
 
 	var gw *gateway.Gateway
 	var sshLn net.Listener

@@ -166,13 +166,13 @@ try {
   step('the browser terminal');
   await page.getByRole('button', { name: 'Open terminal' }).click();
   await page.locator('[data-terminal-state="open"]').waitFor({ timeout: 60_000 });
-  const rows = page.locator('.terminal .xterm-rows');
+  const rows = page.locator('.term-box .xterm-rows');
   // Wait for the shell's prompt before typing.
-  await page.waitForFunction(() => /\$\s*$/m.test(document.querySelector('.terminal .xterm-rows')?.innerText ?? ''), null, { timeout: 30_000 });
-  await page.locator('.terminal .xterm-helper-textarea').focus();
+  await page.waitForFunction(() => /\$\s*$/m.test(document.querySelector('.term-box .xterm-rows')?.innerText ?? ''), null, { timeout: 30_000 });
+  await page.locator('.term-box .xterm-helper-textarea').focus();
   await page.keyboard.type('printenv FCI_BUILD_DIR\n', { delay: 20 });
   await page.waitForFunction(
-    () => (document.querySelector('.terminal .xterm-rows')?.innerText ?? '').split('\n').some((l) => l.trim() === '/home/builder/clone'),
+    () => (document.querySelector('.term-box .xterm-rows')?.innerText ?? '').split('\n').some((l) => l.trim() === '/home/builder/clone'),
     null,
     { timeout: 30_000 },
   );
@@ -181,11 +181,11 @@ try {
   // Resizing the window resizes the terminal (fit addon → resize message).
   const before = await rows.evaluate((e) => e.children.length);
   await page.setViewportSize({ width: 1280, height: 600 });
-  await page.waitForFunction((b) => document.querySelector('.terminal .xterm-rows').children.length !== b, before, { timeout: 10_000 });
+  await page.waitForFunction((b) => document.querySelector('.term-box .xterm-rows').children.length !== b, before, { timeout: 10_000 });
   await page.setViewportSize({ width: 1280, height: 900 });
 
   step('exit logs out and the build finishes');
-  await page.locator('.terminal .xterm-helper-textarea').focus();
+  await page.locator('.term-box .xterm-helper-textarea').focus();
   await page.keyboard.type('exit\n', { delay: 20 });
   await page.locator(`.page-head [data-status="finished"]`).waitFor({ timeout: 60_000 });
   await page.locator('[data-terminal-state="closed"]').waitFor();

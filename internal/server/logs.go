@@ -69,7 +69,7 @@ func (s *Server) buildLogs(w http.ResponseWriter, r *http.Request) {
 				break
 			}
 		}
-		if data, _ := json.Marshal(nb); string(data) != string(lastBuild) {
+		if data, _ := json.Marshal(s.present(r, nb)); string(data) != string(lastBuild) {
 			fmt.Fprintf(w, "event: build\ndata: %s\n\n", data)
 			lastBuild = data
 		}

@@ -112,7 +112,7 @@ func New(cfg Config) *Server {
 		m.Handle("GET /metrics", cfg.Metrics)
 	}
 	if cfg.UI != nil {
-		m.Handle("GET /", cfg.UI)
+		m.Handle("/", cfg.UI)
 	}
 	m.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path))
@@ -138,10 +138,6 @@ type ctxKey struct{}
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok && r.Method == http.MethodGet && r.URL.Query().Get("token") != "" {
-			// EventSource cannot set headers.
-			secret, ok = r.URL.Query().Get("token"), true
-		}
 		if !ok || secret == "" {
 			writeError(w, http.StatusUnauthorized, "missing API token: pass --token or set HANGAR_TOKEN (the admin token is in the server's data dir, file admin-token)")
 			return

@@ -1,0 +1,309 @@
+// A build's page: what it is, its steps with live logs, cancel, and for an
+// SSH build the SSH panel.
+
+import { useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState } from 'preact/hooks';
+import { api, ApiError, ended, followLogs } from '../api';
+import type { Build, Step } from '../api';
+import { useTitle } from '../data';
+import { ago, buildDuration, duration, shortCommit, stepDuration, useNow, when } from '../format';
+import { LogView, StepLog } from '../log';
+import { SSHPanel } from './ssh';
+import { Alert, Dialog, Spinner, StatusBadge, StatusIcon, stepStatusText } from './ui';
+
+export function BuildPage({ id }: { id: number }) {
+  const [build, setBuild] = useState<Build | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const [trouble, setTrouble] = useState<string | null>(null);
+  const logs = useRef(new Map<number, StepLog>());
+  // Bumped when a step gets its first lines, so the step list can tell.
+  const [, setStepsWithLines] = useState(0);
+  const [canceling, setCanceling] = useState(false);
+
+  useEffect(() => {
+    logs.current = new Map();
+    setBuild(null);
+    setError(null);
+    const ctl = new AbortController();
+    // The one-line commands, which the stream's build events may lack:
+    // GET /builds/{id} has them while access is open.
+    let commands: { command?: string; powershell?: string } = {};
+    let fetching = false;
+    const keep = (b: Build) => {
+      if (b.ssh?.command) commands = { command: b.ssh.command, powershell: b.ssh.powershell };
+    };
+    const withCommand = (b: Build): Build => {
+      const open = b.ssh?.enabled && (b.ssh.state === 'ready' || b.ssh.state === 'connected') && !ended(b.status);
+      if (!open || b.ssh.command) {
+        keep(b);
+        return b;
+      }
+      if (commands.command) return { ...b, ssh: { ...b.ssh, ...commands } };
+      if (!fetching) {
+        fetching = true;
+        api.build(id, ctl.signal).then(
+          (full) => {
+            fetching = false;
+            keep(full);
+            if (commands.command) setBuild((cur) => (cur && !cur.ssh.command && !ended(cur.status) && cur.ssh.state !== 'closed' ? { ...cur, ssh: { ...cur.ssh, ...commands } } : cur));
+          },
+          () => {
+            fetching = false;
+          },
+        );
+      }
+      return b;
+    };
+    // The build at once; the stream sends it only after the lines so far.
+    api.build(id, ctl.signal).then(
+      (b) => {
+        keep(b);
+        setBuild((cur) => cur ?? b);
+      },
+      (e) => e.name !== 'AbortError' && setError(e.message),
+    );
+    const stop = followLogs(id, {
+      lines(ls) {
+        let fresh = false;
+        let step = -1;
+        let batch: string[] = [];
+        const flush = () => {
+          if (step < 0 || !batch.length) return;
+          let l = logs.current.get(step);
+          if (!l) {
+            l = new StepLog();
+            logs.current.set(step, l);
+            fresh = true;
+          }
+          l.append(batch);
+          batch = [];
+        };
+        for (const line of ls) {
+          if (line.step !== step) {
+            flush();
+            step = line.step;
+          }
+          batch.push(line.text);
+        }
+        flush();
+        if (fresh) setStepsWithLines((n) => n + 1);
+      },
+      build: (b) => setBuild(withCommand(b)),
+      end: () => setTrouble(null),
+      trouble: setTrouble,
+    });
+    return () => {
+      ctl.abort();
+      stop();
+    };
+  }, [id]);
+
+  useTitle(build ? `${build.app} #${build.number}` : `Build ${id}`);
+  const closeCancel = useCallback(() => setCanceling(false), []);
+  const now = useNow(!!build && !ended(build.status));
+
+  if (!build) {
+    return (
+      <>
+        <h1 tabIndex={-1}>Build {id}</h1>
+        {error ? <Alert>{error}</Alert> : <Spinner label="Loading the build…" />}
+      </>
+    );
+  }
+  const done = ended(build.status);
+  return (
+    <>
+      <nav class="crumbs" aria-label="Breadcrumb">
+        <a href="/">Builds</a>
+        <span aria-hidden="true"> / </span>
+        <a href={`/apps/${encodeURIComponent(build.app)}`}>{build.app}</a>
+        <span aria-hidden="true"> / </span>
+      </nav>
+      <div class="page-head">
+        <h1 tabIndex={-1}>
+          {build.app} #{build.number}
+          <span class="h-sub">{build.workflow_name || build.workflow}</span>
+        </h1>
+        <div class="head-actions">
+          <StatusBadge status={build.status} />
+          {!done ? (
+            <button type="button" class="btn btn-danger-ghost" onClick={() => setCanceling(true)}>
+              Cancel build
+            </button>
+          ) : null}
+        </div>
+      </div>
+      <dl class="facts">
+        <div>
+          <dt>Branch</dt>
+          <dd class="mono">{build.branch || '—'}</dd>
+        </div>
+        <div>
+          <dt>Commit</dt>
+          <dd class="mono" title={build.commit}>
+            {shortCommit(build.commit)}
+          </dd>
+        </div>
+        <div>
+          <dt>Trigger</dt>
+          <dd>
+            {build.trigger === 'webhook' ? 'Webhook' : 'Manual'}
+            {build.started_by ? `, by ${build.started_by}` : ''}
+          </dd>
+        </div>
+        <div>
+          <dt>Created</dt>
+          <dd>
+            <time dateTime={build.created_at} title={when(build.created_at)}>
+              {ago(build.created_at, now)}
+            </time>
+          </dd>
+        </div>
+        <div>
+          <dt>Duration</dt>
+          <dd class="num" data-testid="build-duration">
+            {duration(buildDuration(build, now))}
+          </dd>
+        </div>
+      </dl>
+      {build.message ? <Alert kind={build.status === 'finished' ? 'info' : build.status === 'canceled' ? 'warn' : 'error'}>{build.message}</Alert> : null}
+      {trouble ? <Alert kind="warn">{trouble}</Alert> : null}
+      {build.ssh?.enabled ? <SSHPanel build={build} now={now} /> : null}
+      <StepsAndLog build={build} logs={logs.current} now={now} />
+      <CancelDialog open={canceling} onClose={closeCancel} build={build} />
+    </>
+  );
+}
+
+/** The step the log shows when the user has not picked one. */
+function followed(steps: Step[], logs: Map<number, StepLog>): number {
+  const running = steps.findIndex((s) => s.status === 'running');
+  if (running >= 0) return running;
+  const failed = steps.findIndex((s) => s.status === 'failed');
+  if (failed >= 0) return failed;
+  for (let i = steps.length - 1; i >= 0; i--) if (steps[i].started_at || logs.get(i)?.length) return i;
+  return 0;
+}
+
+function StepsAndLog({ build, logs, now }: { build: Build; logs: Map<number, StepLog>; now: number }) {
+  const [picked, setPicked] = useState<number | null>(null);
+  const steps = build.steps ?? [];
+  const shown = picked ?? followed(steps, logs);
+  const step = steps[shown];
+  const box = useRef<HTMLDivElement>(null);
+  const view = useMemo(() => new LogView('Log'), []);
+  useLayoutEffect(() => {
+    box.current!.append(view.el);
+    return () => view.destroy();
+  }, [view]);
+  const log = logs.get(shown) ?? null;
+  const name = step?.name ?? `Step ${shown + 1}`;
+  const emptyText = !step
+    ? 'Waiting for the build to start…'
+    : step.status === 'pending'
+      ? 'This step has not started.'
+      : step.status === 'skipped'
+        ? 'This step was skipped.'
+        : step.status === 'running'
+          ? 'Waiting for output…'
+          : 'This step printed nothing.';
+  useEffect(() => {
+    view.show(log, `Log of ${name}`, emptyText, !!step && (step.status === 'running' || step.status === 'pending') && !ended(build.status));
+  });
+
+  const download = () => {
+    const blob = new Blob([log?.text() ?? ''], { type: 'text/plain' });
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(blob);
+    a.download = `${build.app}-${build.number}-step-${shown + 1}.log`;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  };
+
+  return (
+    <section class="steps-log" aria-labelledby="steps-h">
+      <div class="steps">
+        <h2 id="steps-h">Steps</h2>
+        {steps.length === 0 ? <p class="muted small">The steps appear when the build machine is ready.</p> : null}
+        <ol class="step-list">
+          {steps.map((s, i) => (
+            <li key={i}>
+              <button
+                type="button"
+                class={`step st-${s.status}${i === shown ? ' current' : ''}`}
+                aria-current={i === shown ? 'step' : undefined}
+                aria-controls="log-box"
+                onClick={() => {
+                  setPicked(i === picked ? null : i);
+                  // Stacked (narrow screens): bring the log into view.
+                  const pane = box.current?.parentElement;
+                  if (pane && pane.getBoundingClientRect().top > window.innerHeight - 120) pane.scrollIntoView({ block: 'nearest' });
+                }}
+                data-step={i}
+              >
+                <StatusIcon status={s.status} />
+                <span class="step-name">{s.name}</span>
+                <span class="step-time">
+                  <span class="sr-only">{stepStatusText[s.status]}, </span>
+                  {s.status === 'pending' || s.status === 'skipped' ? (s.status === 'skipped' ? 'skipped' : '') : duration(stepDuration(s, now))}
+                  {s.status === 'failed' && s.exit_code != null ? <span class="exit"> · exit {s.exit_code}</span> : null}
+                </span>
+              </button>
+            </li>
+          ))}
+        </ol>
+      </div>
+      <div class="log-pane">
+        <div class="log-head">
+          <h2 class="log-title">
+            <span class="sr-only">Log: </span>
+            {name}
+          </h2>
+          <div class="log-tools">
+            {picked !== null && !ended(build.status) ? (
+              <button type="button" class="btn btn-small" onClick={() => setPicked(null)}>
+                Follow the build
+              </button>
+            ) : null}
+            <button type="button" class="btn btn-small" onClick={download} disabled={!log?.length}>
+              Download
+            </button>
+          </div>
+        </div>
+        <div id="log-box" ref={box} />
+      </div>
+    </section>
+  );
+}
+
+function CancelDialog({ open, onClose, build }: { open: boolean; onClose: () => void; build: Build }) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  const cancel = async () => {
+    setBusy(true);
+    setError(null);
+    try {
+      await api.cancel(build.id);
+      onClose();
+    } catch (e) {
+      setError(e instanceof ApiError ? e.message : String(e));
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <Dialog open={open} onClose={onClose} title={`Cancel ${build.app} #${build.number}?`}>
+      <div class="form">
+        {error ? <Alert>{error}</Alert> : null}
+        <p>The running step is stopped, the remaining steps are skipped and the build machine is removed{build.ssh?.enabled ? ', closing every SSH session' : ''}.</p>
+        <div class="actions">
+          <button type="button" class="btn" autofocus onClick={onClose}>
+            Keep running
+          </button>
+          <button type="button" class="btn btn-danger" onClick={cancel} disabled={busy}>
+            {busy ? 'Canceling…' : 'Cancel build'}
+          </button>
+        </div>
+      </div>
+    </Dialog>
+  );
+}
