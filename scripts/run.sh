@@ -32,10 +32,12 @@ export HANGAR_SERVER="http://$HTTP" HANGAR_DATA="$DATA"
 "$BIN" app show demo >/dev/null 2>&1 || "$BIN" app add demo --repo "$demo" >/dev/null
 cat <<MSG
 
-Hangar is running at http://$HTTP (data in $DATA). In another terminal, from $root:
+Hangar is running: web UI at http://$HTTP (sign in with the token in $DATA/admin-token),
+SSH gateway on port 2222, data in $DATA. From another terminal in $root:
 
   export HANGAR_TOKEN=\$(cat $DATA/admin-token) HANGAR_SERVER=http://$HTTP
-  $BIN build start demo --workflow test --follow
+  $BIN build start demo --workflow test --follow          # a build
+  $BIN build start demo --workflow slow --ssh --follow    # a build you can SSH into
 
 Ctrl-C stops the server.
 MSG
