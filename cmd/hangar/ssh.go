@@ -39,6 +39,10 @@ func writeAccess(dir string, a *sshAccess) (string, error) {
 	if err := os.MkdirAll(abs, 0o700); err != nil {
 		return "", err
 	}
+	// The directory may have existed: make it and the files private anyway.
+	if err := os.Chmod(abs, 0o700); err != nil {
+		return "", err
+	}
 	files := []struct {
 		name, content string
 	}{
@@ -48,7 +52,11 @@ func writeAccess(dir string, a *sshAccess) (string, error) {
 		{"config", strings.ReplaceAll(a.Config, "@DIR@", abs)},
 	}
 	for _, f := range files {
-		if err := os.WriteFile(filepath.Join(abs, f.name), []byte(f.content), 0o600); err != nil {
+		p := filepath.Join(abs, f.name)
+		if err := os.WriteFile(p, []byte(f.content), 0o600); err != nil {
+			return "", err
+		}
+		if err := os.Chmod(p, 0o600); err != nil {
 			return "", err
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/link"
 )
 
@@ -242,7 +243,7 @@ func (r *run) command(ctx context.Context, out io.Writer, dir string, env []stri
 // clone checks out the job's commit into r.dir.
 func (r *run) clone(ctx context.Context, out io.Writer) error {
 	j := r.job
-	fmt.Fprintf(out, "Cloning %s (branch %s, commit %s)\n", j.Origin, j.Branch, short(j.Commit))
+	fmt.Fprintf(out, "Cloning %s (branch %s, commit %s)\n", gitrepo.Redact(j.Origin), j.Branch, short(j.Commit))
 	env := append(r.env[:len(r.env):len(r.env)], "GIT_TERMINAL_PROMPT=0")
 	// Borrow the objects of the server's mirror (mounted read-only in the
 	// machine) instead of copying them: a checkout of any size starts at

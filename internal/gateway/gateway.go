@@ -118,13 +118,14 @@ func (g *Gateway) Revoke(alias, reason string) {
 	}
 }
 
-// Forget drops everything the gateway knows of alias; its credentials are
-// refused like any unknown key.
-func (g *Gateway) Forget(alias string) {
-	g.Revoke(alias, "")
+// Forget drops what the gateway knows of alias if its access is closed and
+// was for key (so a late call never touches a newer build of that alias).
+func (g *Gateway) Forget(alias string, key ssh.PublicKey) {
 	g.mu.Lock()
-	delete(g.builds, alias)
-	g.mu.Unlock()
+	defer g.mu.Unlock()
+	if e := g.builds[alias]; e != nil && !e.open && e.key != nil && key != nil && string(e.key.Marshal()) == string(key.Marshal()) {
+		delete(g.builds, alias)
+	}
 }
 
 // Bind makes conn, a builder's link, the route to alias. The builder may

@@ -130,6 +130,14 @@ func TestUserAuth(t *testing.T) {
 	if dial("build-8", certSigner) == nil || dial("build-8", key) == nil {
 		t.Error("build-7's credential admitted as build-8")
 	}
+	// A certificate of the same CA and principal but for another key (say
+	// of an earlier build that had the same number) is refused.
+	other, _ := ca.Issue("build-7", time.Now().Add(time.Hour))
+	otherKey, _ := ssh.ParsePrivateKey(other.PrivateKey)
+	otherCert, _ := ssh.NewCertSigner(other.Certificate, otherKey)
+	if dial("build-7", otherCert) == nil {
+		t.Error("a certificate for another key was admitted")
+	}
 	gw.Revoke("build-7", "build 7 has ended")
 	if dial("build-7", certSigner) == nil || dial("build-7", key) == nil {
 		t.Error("admitted after revocation")

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,7 +56,7 @@ func (m *Mirrors) Fetch(ctx context.Context, name, url string) (string, error) {
 		}
 		if _, err := git(ctx, "", "clone", "--quiet", "--mirror", "--", url, tmp); err != nil {
 			os.RemoveAll(tmp)
-			return "", fmt.Errorf("cannot clone %s: %w", url, err)
+			return "", fmt.Errorf("cannot clone %s: %w", Redact(url), err)
 		}
 		if err := os.Rename(tmp, path); err != nil {
 			return "", err
@@ -66,7 +67,7 @@ func (m *Mirrors) Fetch(ctx context.Context, name, url string) (string, error) {
 		return "", err
 	}
 	if _, err := git(ctx, path, "fetch", "--quiet", "--prune", "origin"); err != nil {
-		return "", fmt.Errorf("cannot fetch %s: %w", url, err)
+		return "", fmt.Errorf("cannot fetch %s: %w", Redact(url), err)
 	}
 	return path, nil
 }
@@ -79,12 +80,35 @@ func (m *Mirrors) Remove(name string) error {
 	return os.RemoveAll(m.Path(name))
 }
 
+// Redact hides the password or token of a repository URL
+// ("https://user:secret@host/x" -> "https://user:xxxxx@host/x"), for logs
+// and messages.
+func Redact(repo string) string {
+	u, err := url.Parse(repo)
+	if err != nil || u.User == nil {
+		return repo
+	}
+	if _, ok := u.User.Password(); !ok && !strings.Contains(repo, "://") {
+		return repo
+	}
+	if _, ok := u.User.Password(); !ok {
+		// A token given as the user name alone (https://TOKEN@host/x).
+		u.User = url.User("xxxxx")
+		return u.String()
+	}
+	return u.Redacted()
+}
+
 // ErrNoBranch is returned by Resolve for a branch the repository lacks.
 var ErrNoBranch = errors.New("no such branch")
 
 // Resolve returns the commit at the tip of branch.
 func Resolve(ctx context.Context, mirror, branch string) (string, error) {
 	if branch == "" || strings.HasPrefix(branch, "-") {
+		return "", ErrNoBranch
+	}
+	// Only a real branch name, not a revision expression like main^ or @{1}.
+	if _, err := git(ctx, mirror, "check-ref-format", "--branch", branch); err != nil || strings.Contains(branch, "@{") {
 		return "", ErrNoBranch
 	}
 	out, err := git(ctx, mirror, "rev-parse", "--verify", "--quiet", "refs/heads/"+branch+"^{commit}")

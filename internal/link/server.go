@@ -48,7 +48,41 @@ type Server struct {
 	expect   map[string]*Expectation // guarded by mu
 	listener map[net.Listener]bool   // guarded by mu
 	conns    map[*ssh.ServerConn]bool
-	closed   bool // guarded by mu
+	closed   bool           // guarded by mu
+	perIP    map[string]int // guarded by mu; open connections by source
+}
+
+// MaxConnsPerSource bounds a source's open connections, authenticated or
+// not: a machine cannot starve the others' links. Loopback is exempt: every
+// machine of the host driver comes from there.
+const MaxConnsPerSource = 16
+
+func remoteIP(nc net.Conn) string {
+	if a, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return nc.RemoteAddr().String()
+}
+
+func (s *Server) admit(ip string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perIP == nil {
+		s.perIP = make(map[string]int)
+	}
+	if s.perIP[ip] >= MaxConnsPerSource && !net.ParseIP(ip).IsLoopback() {
+		return false
+	}
+	s.perIP[ip]++
+	return true
+}
+
+func (s *Server) release(ip string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perIP[ip]--; s.perIP[ip] <= 0 {
+		delete(s.perIP, ip)
+	}
 }
 
 // Expectation is a build the server is waiting for.
@@ -124,7 +158,17 @@ func (s *Server) Serve(l net.Listener) error {
 		defer s.mu.Unlock()
 		return s.closed
 	}
-	return netx.Accept(l, closed, ErrServerClosed, func(nc net.Conn) { go s.handle(nc) })
+	return netx.Accept(l, closed, ErrServerClosed, func(nc net.Conn) {
+		ip := remoteIP(nc)
+		if !s.admit(ip) {
+			nc.Close()
+			return
+		}
+		go func() {
+			defer s.release(ip)
+			s.handle(nc)
+		}()
+	})
 }
 
 // Close stops all listeners and closes every link.
@@ -279,11 +323,15 @@ func (s *Server) globalRequests(sc *ssh.ServerConn, reqs <-chan *ssh.Request, lo
 	}
 }
 
+// MaxMessage bounds one message from a builder (a builder is inside the
+// build's machine, so it is not trusted with the server's memory).
+const MaxMessage = 1 << 20
+
 // Conn is an established link, seen from the runner.
 type Conn struct {
-	sc  *ssh.ServerConn
-	ch  ssh.Channel
-	dec *json.Decoder
+	sc *ssh.ServerConn
+	ch ssh.Channel
+	rd *bufio.Reader
 
 	mu  sync.Mutex // guards enc
 	enc *json.Encoder
@@ -296,7 +344,7 @@ func newConn(sc *ssh.ServerConn, ch ssh.Channel) *Conn {
 	return &Conn{
 		sc:   sc,
 		ch:   ch,
-		dec:  json.NewDecoder(bufio.NewReaderSize(ch, 64<<10)),
+		rd:   bufio.NewReaderSize(ch, 64<<10),
 		enc:  json.NewEncoder(ch),
 		done: make(chan struct{}),
 	}
@@ -322,8 +370,24 @@ func (c *Conn) SendJob(j *Job) error {
 // Recv returns the builder's next event. It is not safe for concurrent use.
 func (c *Conn) Recv() (Event, error) {
 	var ev Event
-	err := c.dec.Decode(&ev)
-	return ev, err
+	var line []byte
+	for {
+		part, err := c.rd.ReadSlice('\n')
+		line = append(line, part...)
+		if len(line) > MaxMessage {
+			return ev, fmt.Errorf("link: the builder sent a message over %d bytes", MaxMessage)
+		}
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return ev, err
+		}
+	}
+	if err := json.Unmarshal(line, &ev); err != nil {
+		return ev, fmt.Errorf("link: malformed message from the builder: %w", err)
+	}
+	return ev, nil
 }
 
 // Done is closed when the link is closed.

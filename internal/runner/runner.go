@@ -175,17 +175,31 @@ type job struct {
 	store Store
 	log   *slog.Logger
 
-	mu    sync.Mutex // guards lines and seq
-	lines []build.LogLine
-	seq   int64
+	mu        sync.Mutex // guards lines, seq, logBytes and truncated
+	lines     []build.LogLine
+	seq       int64
+	logBytes  int64
+	truncated bool
 
 	ssh *sshJob // nil unless the build has SSH access
 }
+
+// MaxLogBytes bounds what a build's log keeps; later lines are dropped
+// (the build goes on) with one line saying so.
+const MaxLogBytes = 64 << 20
 
 func (j *job) logf(step int, format string, args ...any) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for _, line := range strings.Split(fmt.Sprintf(format, args...), "\n") {
+		if j.truncated {
+			return
+		}
+		j.logBytes += int64(len(line)) + 1
+		if j.logBytes > MaxLogBytes {
+			j.truncated = true
+			line = fmt.Sprintf("hangar: the log passed %d MiB; later lines are not kept (the build goes on)", MaxLogBytes>>20)
+		}
 		j.seq++
 		j.lines = append(j.lines, build.LogLine{Seq: j.seq, Step: step, Time: time.Now().UTC(), Text: line})
 	}
@@ -343,13 +357,34 @@ func (r *Runner) run(ctx context.Context, j *job, specJSON []byte) (st build.Sta
 	}
 	helloJSON, _ := json.Marshal(hello)
 
+	// However the build ends from here on: SSH access is revoked first
+	// (telling open sessions why), then the machine goes.
+	var m machine.Machine
+	var conn *link.Conn
+	defer func() {
+		if j.ssh != nil {
+			fst, _ := resolve(ctx, b, st, msg)
+			r.teardownSSH(j, conn, fst)
+			if conn != nil {
+				time.Sleep(300 * time.Millisecond) // let the builder tell its sessions
+			}
+		}
+		if m != nil {
+			dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := m.Destroy(dctx); err != nil {
+				j.log.Error("destroy machine", "err", err)
+			}
+		}
+	}()
+
 	mirror := r.cfg.Mirrors.Path(b.App)
 	repo := mirror
 	mount := machine.Mount{Source: mirror, Target: "/hangar/repo.git"}
 	if r.cfg.Driver.Isolated() {
 		repo = mount.Target
 	}
-	m, err := r.cfg.Driver.Start(ctx, machine.Spec{
+	m, err = r.cfg.Driver.Start(ctx, machine.Spec{
 		Name:    name,
 		Builder: r.cfg.Executable,
 		Args:    []string{"builder"},
@@ -359,33 +394,16 @@ func (r *Runner) run(ctx context.Context, j *job, specJSON []byte) (st build.Sta
 		Mounts:  []machine.Mount{mount},
 	})
 	if err != nil {
+		m = nil
 		if ctx.Err() != nil {
 			return "", ""
 		}
 		j.log.Error("start machine", "err", err)
 		return build.Failed, "could not start the build machine: " + err.Error()
 	}
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := m.Destroy(dctx); err != nil {
-			j.log.Error("destroy machine", "err", err)
-		}
-	}()
 	exited := make(chan error, 1)
 	go func() { exited <- m.Wait() }()
 
-	var conn *link.Conn
-	if j.ssh != nil {
-		// Runs before the machine is destroyed (defers run last first).
-		defer func() {
-			fst, _ := resolve(ctx, b, st, msg)
-			r.teardownSSH(j, conn, fst)
-			if conn != nil {
-				time.Sleep(300 * time.Millisecond) // let the builder tell its sessions
-			}
-		}()
-	}
 	select {
 	case conn = <-exp.Conn():
 	case err := <-exited:

@@ -38,6 +38,7 @@ type SSHStore interface {
 type sshJob struct {
 	cfg      *SSHConfig
 	alias    string
+	key      ssh.PublicKey // the build's user key
 	deadline time.Time
 	gw       chan gateway.Event // from the gateway, for this build
 
@@ -67,9 +68,12 @@ func (r *Runner) GatewayEvent(ev gateway.Event) {
 	if err := r.cfg.SSH.Store.AddEvent(context.Background(), j.b.ID, build.Event{Kind: "ssh_" + ev.Kind, Data: data}); err != nil {
 		j.log.Error("record event", "err", err)
 	}
+	// The build's goroutine reads these promptly; dropping one would leave
+	// the shown state wrong, so wait a little rather than drop.
 	select {
 	case j.ssh.gw <- ev:
-	default:
+	case <-time.After(5 * time.Second):
+		j.log.Warn("gateway event dropped", "kind", ev.Kind)
 	}
 }
 
@@ -98,7 +102,7 @@ func (r *Runner) setupSSH(j *job, hello *link.Hello) (*link.JobSSH, error) {
 		return nil, err
 	}
 	hello.SSHHostKey = string(hostPEM)
-	j.ssh = &sshJob{cfg: cfg, alias: alias, deadline: deadline, gw: make(chan gateway.Event, 64)}
+	j.ssh = &sshJob{cfg: cfg, alias: alias, key: cred.PublicKey, deadline: deadline, gw: make(chan gateway.Event, 256)}
 	r.mu.Lock()
 	r.byAlias[alias] = j
 	r.mu.Unlock()
@@ -119,19 +123,20 @@ func (r *Runner) teardownSSH(j *job, conn *link.Conn, status build.Status) {
 	if s == nil {
 		return
 	}
+	// No more gateway events for this build: nobody reads them now.
+	r.mu.Lock()
+	delete(r.byAlias, s.alias)
+	r.mu.Unlock()
 	msg := fmt.Sprintf("build %d has ended (%s): its SSH access is closed", j.b.ID, status)
 	if !s.closed {
 		r.closeSSH(j, conn, msg)
 	}
 	s.cfg.Gateway.Revoke(s.alias, msg)
 	// Keep the refusal's message for a while, then forget the build.
-	time.AfterFunc(time.Hour, func() { s.cfg.Gateway.Forget(s.alias) })
+	time.AfterFunc(time.Hour, func() { s.cfg.Gateway.Forget(s.alias, s.key) })
 	if err := s.cfg.Store.DestroySSHKey(context.Background(), j.b.ID); err != nil {
 		j.log.Error("destroy SSH key", "err", err)
 	}
-	r.mu.Lock()
-	delete(r.byAlias, s.alias)
-	r.mu.Unlock()
 	for _, t := range s.notices {
 		t.Stop()
 	}

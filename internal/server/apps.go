@@ -28,8 +28,13 @@ type appRequest struct {
 // only in the answer that created the app.
 type appResponse struct {
 	*store.App
+	Repo          string `json:"repo"` // with any password or token hidden
 	WebhookURL    string `json:"webhook_url"`
 	WebhookSecret string `json:"webhook_secret,omitempty"`
+}
+
+func newAppResponse(r *http.Request, a *store.App) appResponse {
+	return appResponse{App: a, Repo: gitrepo.Redact(a.Repo), WebhookURL: webhookURL(r, a.Name)}
 }
 
 var scpLike = regexp.MustCompile(`^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:`)
@@ -102,7 +107,7 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 	}
 	// Check that the repository can be read before accepting the app.
 	if _, err := s.cfg.Mirrors.Fetch(r.Context(), req.Name, repo); err != nil {
-		writeError(w, http.StatusUnprocessableEntity, fmt.Sprintf("cannot read repository %s: %v", repo, err))
+		writeError(w, http.StatusUnprocessableEntity, fmt.Sprintf("cannot read repository %s: %v", gitrepo.Redact(repo), err))
 		return
 	}
 	app := &store.App{Name: req.Name, Repo: repo, WebhookSecret: secret}
@@ -113,8 +118,10 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, "create app", err)
 		return
 	}
-	s.log.Info("app added", "app", app.Name, "repo", app.Repo)
-	writeJSON(w, http.StatusCreated, appResponse{App: app, WebhookURL: webhookURL(r, app.Name), WebhookSecret: secret})
+	s.log.Info("app added", "app", app.Name, "repo", gitrepo.Redact(app.Repo))
+	resp := newAppResponse(r, app)
+	resp.WebhookSecret = secret
+	writeJSON(w, http.StatusCreated, resp)
 }
 
 func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
@@ -126,7 +133,7 @@ func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
 	out := []appResponse{}
 	for _, a := range apps {
 		if t := tokenOf(r); t != nil && t.Allows(a.Name) {
-			out = append(out, appResponse{App: a, WebhookURL: webhookURL(r, a.Name)})
+			out = append(out, newAppResponse(r, a))
 		}
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -150,7 +157,7 @@ func (s *Server) lookupApp(w http.ResponseWriter, r *http.Request, name string) 
 
 func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
 	if app, ok := s.lookupApp(w, r, r.PathValue("name")); ok {
-		writeJSON(w, http.StatusOK, appResponse{App: app, WebhookURL: webhookURL(r, app.Name)})
+		writeJSON(w, http.StatusOK, newAppResponse(r, app))
 	}
 }
 

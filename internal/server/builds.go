@@ -59,6 +59,9 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 	if !allowed(w, r, req.App) {
 		return
 	}
+	if req.SSH && !s.unisolatedSSHAllowed(w, r) {
+		return
+	}
 	app, err := s.cfg.Store.App(r.Context(), req.App)
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no app %q: see `hangar app list`", req.App))
@@ -186,6 +189,9 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, wf *
 func (s *Server) listBuilds(w http.ResponseWriter, r *http.Request) {
 	app := r.URL.Query().Get("app")
 	if app != "" {
+		if !allowed(w, r, app) {
+			return
+		}
 		if _, err := s.cfg.Store.App(r.Context(), app); errors.Is(err, store.ErrNotFound) {
 			writeError(w, http.StatusNotFound, fmt.Sprintf("no app %q: see `hangar app list`", app))
 			return

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -56,6 +57,9 @@ func (c *SSHConfig) signature(id int64) string {
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
+// safeHost matches Host headers that may go into generated shell commands.
+var safeHost = regexp.MustCompile(`^[A-Za-z0-9.\-]+(:[0-9]+)?$|^\[[0-9A-Fa-f:.]+\](:[0-9]+)?$`)
+
 func (s *Server) baseURL(r *http.Request) string {
 	if s.cfg.SSH != nil && s.cfg.SSH.PublicURL != "" {
 		return strings.TrimRight(s.cfg.SSH.PublicURL, "/")
@@ -74,12 +78,28 @@ func (s *Server) scriptURL(r *http.Request, id int64) string {
 
 // present fills what a build shows only to those allowed to see it.
 func (s *Server) present(r *http.Request, b *build.Build) *build.Build {
-	if b.SSH.Enabled && s.cfg.SSH != nil && !b.Status.Done() && b.SSH.State != build.SSHClosed {
+	hostOK := s.cfg.SSH != nil && (s.cfg.SSH.PublicURL != "" || safeHost.MatchString(r.Host))
+	if b.SSH.Enabled && hostOK && !b.Status.Done() && b.SSH.State != build.SSHClosed {
 		url := s.scriptURL(r, b.ID)
 		b.SSH.Command = connect.OneLiner(url)
 		b.SSH.PowerShell = connect.PowerShellOneLiner(url)
 	}
 	return b
+}
+
+// unisolatedSSHAllowed writes a 403 unless SSH access is safe to give this
+// request's token: a shell on a machine that is not isolated (the host
+// driver) is a shell as the server's own user, next to its data, so only
+// admin tokens get one.
+func (s *Server) unisolatedSSHAllowed(w http.ResponseWriter, r *http.Request) bool {
+	if s.cfg.Isolated {
+		return true
+	}
+	if t := tokenOf(r); t != nil && t.Admin {
+		return true
+	}
+	writeError(w, http.StatusForbidden, "this server's machines are not isolated (host driver): SSH access is for admin tokens only")
+	return false
 }
 
 // access loads what a user needs to connect to build b, waiting a little
@@ -132,6 +152,10 @@ func (s *Server) access(w http.ResponseWriter, r *http.Request, b *build.Build) 
 		return nil
 	}
 	host := s.cfg.SSH.GatewayHost
+	if host == "" && !safeHost.MatchString(r.Host) {
+		writeError(w, http.StatusBadRequest, "the request's Host header is not a plain host name: set --ssh-public-host on the server")
+		return nil
+	}
 	if host == "" {
 		host = r.Host
 		if h, _, err := net.SplitHostPort(r.Host); err == nil {
@@ -184,7 +208,7 @@ func (s *Server) writeScript(w http.ResponseWriter, r *http.Request, a *connect.
 // sshScript serves GET /api/v1/builds/{id}/ssh/script.
 func (s *Server) sshScript(w http.ResponseWriter, r *http.Request) {
 	b, ok := s.lookupBuild(w, r)
-	if !ok {
+	if !ok || !s.unisolatedSSHAllowed(w, r) {
 		return
 	}
 	if a := s.access(w, r, b); a != nil {
@@ -226,7 +250,7 @@ type sshAccessResponse struct {
 // sshAccess serves GET /api/v1/builds/{id}/ssh/access.
 func (s *Server) sshAccess(w http.ResponseWriter, r *http.Request) {
 	b, ok := s.lookupBuild(w, r)
-	if !ok {
+	if !ok || !s.unisolatedSSHAllowed(w, r) {
 		return
 	}
 	a := s.access(w, r, b)

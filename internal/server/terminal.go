@@ -68,7 +68,7 @@ func (t *terminalTickets) take(id string, build int64) (ticket, bool) {
 // terminalTicket serves POST /api/v1/builds/{id}/terminal.
 func (s *Server) terminalTicket(w http.ResponseWriter, r *http.Request) {
 	b, ok := s.lookupBuild(w, r)
-	if !ok {
+	if !ok || !s.unisolatedSSHAllowed(w, r) {
 		return
 	}
 	if s.cfg.SSH == nil || !b.SSH.Enabled {
@@ -249,7 +249,8 @@ func (s *Server) relay(ctx context.Context, ws *websocket.Conn, alias string, ke
 	}()
 	err = sess.Wait()
 	var ee *ssh.ExitError
-	if errors.As(err, &ee) || errors.Is(err, &ssh.ExitMissingError{}) {
+	var missing *ssh.ExitMissingError
+	if errors.As(err, &ee) || errors.As(err, &missing) {
 		return nil
 	}
 	return err

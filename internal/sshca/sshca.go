@@ -120,7 +120,8 @@ func (c *CA) Issue(principal string, validBefore time.Time) (*Credential, error)
 }
 
 // Checker verifies a user key for one principal: either a certificate of
-// the CA naming the principal and valid now, or exactly the plain key.
+// the CA naming the principal, valid now, for exactly the build's key, or
+// exactly the plain key.
 type Checker struct {
 	CA        ssh.PublicKey
 	Principal string
@@ -138,6 +139,9 @@ func (c *Checker) Check(key ssh.PublicKey) error {
 		}
 		if !checker.IsUserAuthority(cert.SignatureKey) {
 			return errors.New("certificate signed by an unknown authority")
+		}
+		if c.Key == nil || !keysEqual(cert.Key, c.Key) {
+			return errors.New("certificate of another key")
 		}
 		return checker.CheckCert(c.Principal, cert)
 	}

@@ -65,7 +65,7 @@ type Store struct {
 
 const schema = `
 CREATE TABLE IF NOT EXISTS apps (
-	id INTEGER PRIMARY KEY,
+	id INTEGER PRIMARY KEY AUTOINCREMENT,
 	name TEXT NOT NULL UNIQUE,
 	repo TEXT NOT NULL,
 	webhook_secret TEXT NOT NULL DEFAULT '',
@@ -73,7 +73,9 @@ CREATE TABLE IF NOT EXISTS apps (
 	created_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS builds (
-	id INTEGER PRIMARY KEY,
+	-- AUTOINCREMENT: an id is never reused, even after its app is deleted
+	-- (SSH credentials and signed URLs name builds by id).
+	id INTEGER PRIMARY KEY AUTOINCREMENT,
 	app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
 	number INTEGER NOT NULL,
 	workflow TEXT NOT NULL,

@@ -47,6 +47,15 @@ var sensitiveGlobs = []string{
 	"/etc/shadow-", "/etc/gshadow-", "/etc/security/opasswd",
 	"/etc/ssh/ssh_host_*_key", "/etc/ssl/private",
 	"/var/backups/shadow.bak*", "/var/backups/gshadow.bak*",
+	// Other services' secrets and data, and the host's logs (which hold
+	// the server's own log and thus other builds' output).
+	"/etc/letsencrypt", "/etc/wireguard", "/etc/NetworkManager/system-connections",
+	"/etc/ppp/*-secrets", "/etc/krb5.keytab",
+	"/var/log/journal", "/var/log/syslog*", "/var/log/messages*", "/var/log/auth.log*",
+	"/var/log/kern.log*", "/var/log/daemon.log*", "/var/log/user.log*", "/var/log/postgresql",
+	"/var/lib/postgresql", "/var/lib/mysql", "/var/lib/docker", "/var/lib/containerd",
+	"/var/lib/redis", "/var/lib/sudo", "/var/lib/private", "/var/mail/*", "/var/spool/cron",
+	"/var/backups/*",
 }
 
 // checkBuilderUID checks that uid is free for the builder account.

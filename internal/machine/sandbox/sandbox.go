@@ -6,9 +6,11 @@
 // one overlay each, so a build may `sudo apt-get install` or write anywhere
 // without changing the host: writes land in a per-machine upper directory
 // that Destroy removes. Everything else (the host's /root, /home, /tmp, /run,
-// Hangar's data and the other machines) is absent, and so are the secrets
-// of the base dirs: password hashes are replaced by "*", SSH host keys and
-// TLS private keys are hidden. The builder process runs as root; the
+// Hangar's data and the other machines) is absent. Known secrets and data
+// of the base dirs are hidden (sensitiveGlobs: password hashes are replaced
+// by "*"; SSH host keys, TLS private keys, other services' databases and
+// the host's logs are absent), but this is a deny-list: anything else the
+// host keeps under /etc, /var or /opt is readable by root in a machine. The builder process runs as root; the
 // `builder` account (passwordless sudo) is what steps run as.
 //
 // Network: the host side of each machine's veth is an isolated port of the
