@@ -5,8 +5,10 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
+	"io"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -146,4 +148,88 @@ func TestUserAuth(t *testing.T) {
 
 func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
+}
+
+// cutter is a TCP proxy whose connections a test can cut, to drop a link.
+type cutter struct {
+	l     net.Listener
+	to    string
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func newCutter(t *testing.T, to string) *cutter {
+	c := &cutter{l: listen(t), to: to}
+	go func() {
+		for {
+			in, err := c.l.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", to)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			c.mu.Lock()
+			c.conns = append(c.conns, in, out)
+			c.mu.Unlock()
+			go func() { _, _ = io.Copy(out, in); out.Close() }()
+			go func() { _, _ = io.Copy(in, out); in.Close() }()
+		}
+	}()
+	t.Cleanup(func() { c.l.Close(); c.cut() })
+	return c
+}
+
+func (c *cutter) cut() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, nc := range c.conns {
+		nc.Close()
+	}
+	c.conns = nil
+}
+
+func TestTunnelReconnects(t *testing.T) {
+	gw, ls, _, _, linkAddr, linkHost := setup(t)
+	pub, priv := builderKey(t)
+	exp, err := ls.Expect("build-3", pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer exp.Close()
+	gw.Open("build-3", pub)
+	proxy := newCutter(t, linkAddr)
+	states := make(chan bool, 8)
+	tun := &link.Tunnel{
+		Hello: &link.Hello{Name: "build-3", Addr: proxy.l.Addr().String(), HostKey: linkHost, Key: priv},
+		Alias: "build-3", Serve: func(c net.Conn) { c.Close() },
+		State: func(up bool, err error) { states <- up },
+	}
+	ctx, cancel := contextWithTimeout(20 * time.Second)
+	defer cancel()
+	go tun.Run(ctx)
+	expect := func(want bool) {
+		t.Helper()
+		select {
+		case up := <-states:
+			if up != want {
+				t.Fatalf("tunnel up=%v, want %v", up, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("tunnel never went up=%v", want)
+		}
+	}
+	expect(true)
+	proxy.cut()
+	expect(false)
+	expect(true) // redialled
+	deadline := time.Now().Add(5 * time.Second)
+	for !gw.Routed("build-3") {
+		if time.Now().After(deadline) {
+			t.Fatal("no route after the tunnel came back")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
