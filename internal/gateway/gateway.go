@@ -7,8 +7,11 @@
 package gateway
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -17,6 +20,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/hangar-ci/hangar/internal/link"
 	"github.com/hangar-ci/hangar/internal/netx"
 	"github.com/hangar-ci/hangar/internal/sshca"
 )
@@ -50,6 +54,7 @@ type Gateway struct {
 
 	mu        sync.Mutex
 	builds    map[string]*entry         // guarded by mu; by alias
+	pending   map[string]*pendingData   // guarded by mu; data connections asked for, by token
 	listeners map[net.Listener]struct{} // guarded by mu
 	conns     map[net.Conn]struct{}     // guarded by mu; every open TCP connection
 	closed    bool                      // guarded by mu
@@ -147,6 +152,77 @@ func (g *Gateway) Bind(alias string, conn ssh.Conn) (func(), error) {
 			e.route = nil
 		}
 	}, nil
+}
+
+// pendingData is a data connection the gateway asked a builder for.
+type pendingData struct {
+	alias string
+	from  string // the builder's IP: the data connection must come from it
+	ch    chan net.Conn
+}
+
+// Deliver implements link.Tunnels: it takes the data connection a builder
+// opened for token.
+func (g *Gateway) Deliver(token string, c net.Conn) bool {
+	g.mu.Lock()
+	p := g.pending[token]
+	delete(g.pending, token)
+	g.mu.Unlock()
+	if p == nil || hostOf(c.RemoteAddr()) != p.from {
+		return false
+	}
+	select {
+	case p.ch <- c:
+		return true
+	default:
+		return false
+	}
+}
+
+func hostOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	h, _, _ := net.SplitHostPort(a.String())
+	return h
+}
+
+// dialBuilder asks the builder behind route for a data connection, and
+// waits for it. nil means the builder does not offer them (or failed).
+func (g *Gateway) dialBuilder(route ssh.Conn, alias string) net.Conn {
+	var b [24]byte
+	_, _ = rand.Read(b[:])
+	token := hex.EncodeToString(b[:])
+	p := &pendingData{alias: alias, from: hostOf(route.RemoteAddr()), ch: make(chan net.Conn, 1)}
+	g.mu.Lock()
+	if g.pending == nil {
+		g.pending = make(map[string]*pendingData)
+	}
+	g.pending[token] = p
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		delete(g.pending, token)
+		g.mu.Unlock()
+	}()
+	ok, _, err := route.SendRequest(link.DialRequest, true, []byte(token))
+	if err != nil || !ok {
+		return nil
+	}
+	select {
+	case c := <-p.ch:
+		return c
+	case <-time.After(10 * time.Second):
+		g.mu.Lock()
+		delete(g.pending, token)
+		g.mu.Unlock()
+		select { // delivered at the last moment
+		case c := <-p.ch:
+			c.Close()
+		default:
+		}
+		return nil
+	}
 }
 
 // Routed reports whether alias has a route (its builder's tunnel is up).
@@ -349,23 +425,33 @@ type forwardPayload struct {
 	OriginPort uint32
 }
 
-// forward connects a user's direct-tcpip channel to the builder's tunnel.
+// forward connects a user's direct-tcpip channel to the builder: over a
+// data connection the builder dials for it (the session inside is already
+// encrypted end to end), or else over a forwarded-tcpip channel of the
+// builder's tunnel.
 func (g *Gateway) forward(nch ssh.NewChannel, route ssh.Conn, alias string, p forwardPayload, ic *idleConn) {
-	payload := ssh.Marshal(&forwardPayload{Host: alias, Port: 22, OriginHost: p.OriginHost, OriginPort: p.OriginPort})
-	bch, breqs, err := route.OpenChannel("forwarded-tcpip", payload)
-	if err != nil {
-		_ = nch.Reject(ssh.ConnectionFailed, alias+"'s machine did not answer: "+err.Error())
-		return
+	var down io.ReadWriteCloser
+	if dc := g.dialBuilder(route, alias); dc != nil {
+		down = dc
+	} else {
+		g.log().Debug("no data connection from the builder: forwarding over its tunnel", "build", alias)
+		payload := ssh.Marshal(&forwardPayload{Host: alias, Port: 22, OriginHost: p.OriginHost, OriginPort: p.OriginPort})
+		bch, breqs, err := route.OpenChannel("forwarded-tcpip", payload)
+		if err != nil {
+			_ = nch.Reject(ssh.ConnectionFailed, alias+"'s machine did not answer: "+err.Error())
+			return
+		}
+		go ssh.DiscardRequests(breqs)
+		down = bch
 	}
-	go ssh.DiscardRequests(breqs)
 	uch, ureqs, err := nch.Accept()
 	if err != nil {
-		bch.Close()
+		down.Close()
 		return
 	}
 	go ssh.DiscardRequests(ureqs)
 	done := make(chan struct{}, 2)
-	pipe := func(dst, src ssh.Channel) {
+	pipe := func(dst io.Writer, src io.Reader, closeWrite func() error) {
 		buf := make([]byte, 256<<10)
 		for {
 			n, err := src.Read(buf)
@@ -379,15 +465,23 @@ func (g *Gateway) forward(nch ssh.NewChannel, route ssh.Conn, alias string, p fo
 				break
 			}
 		}
-		_ = dst.CloseWrite()
+		_ = closeWrite()
 		done <- struct{}{}
 	}
-	go pipe(bch, uch)
-	go pipe(uch, bch)
+	go pipe(down, uch, func() error { return closeWrite(down) })
+	go pipe(uch, down, uch.CloseWrite)
 	<-done
 	<-done
 	uch.Close()
-	bch.Close()
+	down.Close()
+}
+
+// closeWrite half-closes c if it can, else closes it.
+func closeWrite(c io.Closer) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
 }
 
 // idleConn closes an SSH connection that moved no bytes for timeout.

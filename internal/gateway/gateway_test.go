@@ -233,3 +233,59 @@ func TestTunnelReconnects(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestForwardUsesDataConnection: a user's session reaches the builder over
+// a plain data connection the builder dials (its content is the end-to-end
+// encrypted session), not inside a second SSH layer.
+func TestForwardUsesDataConnection(t *testing.T) {
+	gw, ls, ca, gwAddr, linkAddr, linkHost := setup(t)
+	pub, priv := builderKey(t)
+	exp, err := ls.Expect("build-5", pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer exp.Close()
+	cred, _ := ca.Issue("build-5", time.Now().Add(time.Hour))
+	gw.Open("build-5", cred.PublicKey)
+	served := make(chan net.Conn, 1)
+	tun := &link.Tunnel{
+		Hello: &link.Hello{Name: "build-5", Addr: linkAddr, HostKey: linkHost, Key: priv},
+		Alias: "build-5",
+		Serve: func(c net.Conn) {
+			served <- c
+			_, _ = c.Write([]byte("hello from the builder"))
+			c.Close()
+		},
+	}
+	ctx, cancel := contextWithTimeout(20 * time.Second)
+	defer cancel()
+	go tun.Run(ctx)
+	for deadline := time.Now().Add(5 * time.Second); !gw.Routed("build-5"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no route")
+		}
+	}
+	key, _ := ssh.ParsePrivateKey(cred.PrivateKey)
+	signer, _ := ssh.NewCertSigner(cred.Certificate, key)
+	c, err := ssh.Dial("tcp", gwAddr, &ssh.ClientConfig{User: "build-5", Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	nc, err := c.Dial("tcp", "build-5:22")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(nc)
+	if string(got) != "hello from the builder" {
+		t.Errorf("read %q through the gateway", got)
+	}
+	if _, ok := (<-served).(*net.TCPConn); !ok {
+		t.Error("the builder served the session over its tunnel, not over a data connection")
+	}
+	// Other targets are refused.
+	if _, err := c.Dial("tcp", "build-6:22"); err == nil {
+		t.Error("build-5's credential reached build-6")
+	}
+}

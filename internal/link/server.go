@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,7 +28,21 @@ var ErrServerClosed = errors.New("link: server closed")
 type Tunnels interface {
 	// Bind makes conn the route to alias and returns a func that unbinds it.
 	Bind(alias string, conn ssh.Conn) (func(), error)
+	// Deliver hands over a data connection a builder opened for token (see
+	// DataPrefix); it reports whether token was expected. It owns c then.
+	Deliver(token string, c net.Conn) bool
 }
+
+// DataPrefix starts a data connection: a builder asked for one (request
+// DialRequest on its tunnel, with a one-time token) dials the link address
+// and writes DataPrefix, the token and a newline; what follows is a user's
+// SSH session with the builder, already encrypted end to end, so it needs
+// no second layer of SSH.
+const DataPrefix = "HANGAR-DATA "
+
+// DialRequest is the global request by which the gateway asks a builder,
+// over its tunnel, for a data connection. Its payload is the token.
+const DialRequest = "hangar-dial@hangar"
 
 // MaxConnsPerBuild bounds a builder's simultaneous connections (its control
 // link and its tunnel, with room for reconnects).
@@ -213,7 +228,13 @@ func (s *Server) handle(nc net.Conn) {
 		timeout = HandshakeTimeout
 	}
 	_ = nc.SetDeadline(time.Now().Add(timeout))
-	sc, chans, reqs, err := ssh.NewServerConn(nc, s.config())
+	// A data connection, or SSH? Both clients speak first.
+	br := bufio.NewReaderSize(nc, 256)
+	if head, err := br.Peek(len(DataPrefix)); err == nil && string(head) == DataPrefix {
+		s.data(nc, br)
+		return
+	}
+	sc, chans, reqs, err := ssh.NewServerConn(&peekedConn{Conn: nc, r: br}, s.config())
 	if err != nil {
 		log.Debug("link handshake failed", "err", err)
 		nc.Close()
@@ -278,6 +299,37 @@ func (s *Server) handle(nc net.Conn) {
 	sc.Close()
 	if c != nil {
 		c.Close()
+	}
+}
+
+// peekedConn is a connection whose first bytes were read into r.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// CloseWrite half-closes the connection when the underlying one can.
+func (c *peekedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// data takes a builder's data connection and hands it to Tunnels.
+func (s *Server) data(nc net.Conn, br *bufio.Reader) {
+	line, err := br.ReadSlice('\n')
+	token := strings.TrimSpace(strings.TrimPrefix(string(line), DataPrefix))
+	if err != nil || s.Tunnels == nil || token == "" {
+		nc.Close()
+		return
+	}
+	_ = nc.SetDeadline(time.Time{})
+	// The builder's SSH server may have spoken already: keep what was read.
+	if !s.Tunnels.Deliver(token, &peekedConn{Conn: nc, r: br}) {
+		nc.Close()
 	}
 }
 

@@ -56,7 +56,7 @@ func (t *Tunnel) once(ctx context.Context) error {
 		return err
 	}
 	defer nc.Close()
-	go ssh.DiscardRequests(reqs)
+	go t.dialRequests(ctx, reqs)
 	stop := context.AfterFunc(ctx, func() { sc.Close() })
 	defer stop()
 	ok, _, err := sc.SendRequest("tcpip-forward", true, ssh.Marshal(&forwardRequest{Addr: t.Alias, Port: 22}))
@@ -89,6 +89,35 @@ func (t *Tunnel) once(ctx context.Context) error {
 	}
 	wg.Wait()
 	return errors.New("tunnel: connection closed")
+}
+
+// dialRequests answers the gateway's requests for data connections: for
+// each, dial the link address, send the token, and serve SSH on it.
+func (t *Tunnel) dialRequests(ctx context.Context, reqs <-chan *ssh.Request) {
+	for r := range reqs {
+		if r.Type != DialRequest || len(r.Payload) == 0 || len(r.Payload) > 128 {
+			if r.WantReply {
+				_ = r.Reply(false, nil)
+			}
+			continue
+		}
+		token := string(r.Payload)
+		if r.WantReply {
+			_ = r.Reply(true, nil)
+		}
+		go func() {
+			d := net.Dialer{Timeout: HandshakeTimeout}
+			dc, err := d.DialContext(ctx, "tcp", t.Hello.Addr)
+			if err != nil {
+				return
+			}
+			if _, err := io.WriteString(dc, DataPrefix+token+"\n"); err != nil {
+				dc.Close()
+				return
+			}
+			t.Serve(dc)
+		}()
+	}
 }
 
 // chanConn is an SSH channel seen as a net.Conn. Deadlines close the
