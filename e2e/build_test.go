@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -348,6 +349,15 @@ func testBuilds(t *testing.T, driver string) {
 		}
 		if len(b.Steps) != 5 || b.StartedAt == nil || b.FinishedAt == nil {
 			t.Errorf("build: %+v", b)
+		}
+		resp, err := http.Get(f.s.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		metrics, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(metrics), `hangar_builds_ended_total{status="finished"}`) {
+			t.Errorf("/metrics lacks the finished builds counter")
 		}
 	})
 

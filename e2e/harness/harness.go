@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -104,6 +105,9 @@ func StartServer(t testing.TB, o Options) *Server {
 	data := t.TempDir()
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	args := append([]string{"server", "--http", addr, "--data", data, "--driver", o.Driver, "--log-level", "debug"}, o.Args...)
+	if !slices.Contains(o.Args, "--ssh") {
+		args = append(args, "--ssh", "127.0.0.1:0") // never the default :2222
+	}
 	s := &Server{t: t, URL: "http://" + addr, Data: data, log: &lockedBuffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.Stdout = s.log

@@ -257,8 +257,11 @@ func (r *Runner) execute(ctx context.Context, b *build.Build, specJSON []byte) {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 
+	buildsRunning.Inc()
 	st, msg := r.run(ctx, j, specJSON)
+	buildsRunning.Dec()
 	status, msg := resolve(ctx, b, st, msg)
+	buildsEnded.WithLabelValues(string(status)).Inc()
 	now := time.Now().UTC()
 	for i := range b.Steps {
 		switch b.Steps[i].Status {
@@ -414,6 +417,7 @@ func (r *Runner) run(ctx context.Context, j *job, specJSON []byte) (st build.Sta
 		return "", ""
 	}
 	j.stepEnd(0, build.StepSuccess, time.Now(), nil)
+	machineStart.Observe(time.Since(*b.StartedAt).Seconds())
 	j.logf(0, "Machine ready in %s", time.Since(*b.StartedAt).Round(time.Millisecond))
 	b.Status = build.Building
 	j.flush()
