@@ -52,12 +52,13 @@ type Gateway struct {
 	// MaxConns bounds open connections, authenticated or not (default 1024).
 	MaxConns int
 
-	mu        sync.Mutex
-	builds    map[string]*entry         // guarded by mu; by alias
-	pending   map[string]*pendingData   // guarded by mu; data connections asked for, by token
-	listeners map[net.Listener]struct{} // guarded by mu
-	conns     map[net.Conn]struct{}     // guarded by mu; every open TCP connection
-	closed    bool                      // guarded by mu
+	mu          sync.Mutex
+	builds      map[string]*entry         // guarded by mu; by alias
+	pending     map[string]*pendingData   // guarded by mu; data connections asked for, by token
+	handshaking map[string]int            // guarded by mu; unauthenticated connections by source
+	listeners   map[net.Listener]struct{} // guarded by mu
+	conns       map[net.Conn]struct{}     // guarded by mu; every open TCP connection
+	closed      bool                      // guarded by mu
 }
 
 // entry is one build known to the gateway.
@@ -304,14 +305,31 @@ func (g *Gateway) track(nc net.Conn) bool {
 	if maxConns <= 0 {
 		maxConns = 1024
 	}
-	if g.closed || len(g.conns) >= maxConns {
+	ip := hostOf(nc.RemoteAddr())
+	if g.closed || len(g.conns) >= maxConns || g.handshaking[ip] >= MaxHandshakesPerSource {
 		return false
 	}
 	if g.conns == nil {
 		g.conns = make(map[net.Conn]struct{})
+		g.handshaking = make(map[string]int)
 	}
 	g.conns[nc] = struct{}{}
+	g.handshaking[ip]++
 	return true
+}
+
+// MaxHandshakesPerSource bounds one address's connections that have not
+// authenticated yet, so that a single source cannot take every slot.
+const MaxHandshakesPerSource = 64
+
+// handshook ends nc's count as a connection not yet authenticated.
+func (g *Gateway) handshook(nc net.Conn) {
+	ip := hostOf(nc.RemoteAddr())
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.handshaking[ip]--; g.handshaking[ip] <= 0 {
+		delete(g.handshaking, ip)
+	}
 }
 
 // Shutdown closes the listeners and every connection.
@@ -347,6 +365,7 @@ func (g *Gateway) handle(nc net.Conn, cfg *ssh.ServerConfig) {
 	}
 	_ = nc.SetDeadline(time.Now().Add(hs))
 	sc, chans, reqs, err := ssh.NewServerConn(nc, cfg)
+	g.handshook(nc)
 	if err != nil {
 		g.log().Debug("gateway handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
 		return
