@@ -78,6 +78,9 @@ func (s *Server) scriptURL(r *http.Request, id int64) string {
 
 // present fills what a build shows only to those allowed to see it.
 func (s *Server) present(r *http.Request, b *build.Build) *build.Build {
+	if b.SSH.Sessions == nil {
+		b.SSH.Sessions = []build.SSHSession{}
+	}
 	hostOK := s.cfg.SSH != nil && (s.cfg.SSH.PublicURL != "" || safeHost.MatchString(r.Host))
 	if b.SSH.Enabled && hostOK && !b.Status.Done() && b.SSH.State != build.SSHClosed {
 		url := s.scriptURL(r, b.ID)
