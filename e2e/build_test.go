@@ -628,3 +628,32 @@ func listBuilds(t *testing.T, f *fixture, app string) []build.Build {
 	}
 	return list
 }
+
+// TestDataDirUnderVar: with the data dir where services keep theirs
+// (/var/lib/...), which the machines' /var overlay shows, builds still
+// cannot read it, even as root.
+func TestDataDirUnderVar(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the sandbox driver needs root")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("needs runc")
+	}
+	data, err := os.MkdirTemp("/var/lib", "hangar-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(data) })
+	s := harness.StartServer(t, harness.Options{Driver: "sandbox", Data: data, Args: []string{
+		"--sandbox-bridge", "hgvar0", "--sandbox-subnet", "10.213.87.0/24", "--sandbox-dir", t.TempDir()}})
+	f := &fixture{t: t, s: s, run: marker(), driver: "sandbox", bridge: "hgvar0"}
+	yaml := strings.NewReplacer("{{run}}", f.run, "{{data}}", s.Data, "{{prefix}}", "10.213.87.").Replace(workflowFile)
+	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": yaml, "marker.txt": "m\n"})
+	if r := s.Hangar("app", "add", "demo", "--repo", f.repo.Path); r.Code != 0 {
+		t.Fatalf("app add: %s", r.Stderr)
+	}
+	b, logs := f.wait(f.start("--workflow sudo").ID, 2*time.Minute)
+	if b.Status != build.Finished || !strings.Contains(logs, "data-hidden") || strings.Contains(logs, "LEAKED") {
+		t.Fatalf("status %s (%s), log:\n%s", b.Status, b.Message, logs)
+	}
+}

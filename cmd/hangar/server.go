@@ -43,6 +43,7 @@ type serverConfig struct {
 	SandboxEgress bool
 	SandboxSubnet string
 	SandboxBridge string
+	SandboxDir    string
 	LogLevel      string
 	SSH           string
 	SSHPublicHost string
@@ -69,6 +70,7 @@ func serverCmd() *cobra.Command {
 	f.BoolVar(&cfg.SandboxEgress, "sandbox-egress", false, "let sandbox machines open connections to the outside (NAT)")
 	f.StringVar(&cfg.SandboxSubnet, "sandbox-subnet", "10.213.42.0/24", "private IPv4 network of sandbox machines")
 	f.StringVar(&cfg.SandboxBridge, "sandbox-bridge", "hangar0", "name of the host bridge of sandbox machines")
+	f.StringVar(&cfg.SandboxDir, "sandbox-dir", "", "where sandbox machines' writable layers live (default: <data>/machines; must be outside /usr, /etc, /var, /opt)")
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&cfg.SSH, "ssh", ":2222", "address of the public SSH gateway, or \"off\" (no SSH builds)")
 	f.StringVar(&cfg.SSHPublicHost, "ssh-public-host", "", "host name users reach the gateway at (default: the host of the API request)")
@@ -230,7 +232,7 @@ func runServer(cfg serverConfig) error {
 }
 
 // newDriver picks and creates the machine driver.
-func newDriver(cfg serverConfig, data string, log *slog.Logger) (machine.Driver, error) {
+func newDriver(cfg serverConfig, data string, log *slog.Logger) (_ machine.Driver, err error) {
 	name := cfg.Driver
 	if name == "auto" {
 		name = "host"
@@ -243,11 +245,17 @@ func newDriver(cfg serverConfig, data string, log *slog.Logger) (machine.Driver,
 		if os.Geteuid() != 0 {
 			return nil, errors.New("the sandbox driver needs root: run as root, or use --driver host (no isolation)")
 		}
+		state := filepath.Join(data, "machines")
+		if cfg.SandboxDir != "" {
+			if state, err = filepath.Abs(cfg.SandboxDir); err != nil {
+				return nil, err
+			}
+		}
 		return sandbox.New(sandbox.Config{
 			Subnet:   cfg.SandboxSubnet,
 			Bridge:   cfg.SandboxBridge,
 			Egress:   cfg.SandboxEgress,
-			StateDir: filepath.Join(data, "machines"),
+			StateDir: state,
 			Mask:     []string{data},
 		})
 	case "host":

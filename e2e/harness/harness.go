@@ -69,6 +69,7 @@ type Server struct {
 type Options struct {
 	Driver string   // "sandbox" or "host"
 	Args   []string // more flags
+	Data   string   // data dir; default: a temporary directory
 }
 
 type lockedBuffer struct {
@@ -102,7 +103,10 @@ func freePort(t testing.TB) int {
 func StartServer(t testing.TB, o Options) *Server {
 	t.Helper()
 	bin := Binary(t)
-	data := t.TempDir()
+	data := o.Data
+	if data == "" {
+		data = t.TempDir()
+	}
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	args := append([]string{"server", "--http", addr, "--data", data, "--driver", o.Driver, "--log-level", "debug"}, o.Args...)
 	if !slices.Contains(o.Args, "--ssh") {

@@ -167,6 +167,15 @@ func (d *Driver) checkSpec(spec machine.Spec) (mounts []specMount, masked []stri
 		}
 		mounts = append(mounts, specMount{source: src, target: dst})
 	}
+	// Masked paths that the base dirs' overlays show.
+	for _, h := range d.hidden {
+		for _, b := range d.cfg.BaseDirs {
+			if within(h, b) {
+				masked = append(masked, h)
+				break
+			}
+		}
+	}
 	return mounts, masked, nil
 }
 

@@ -67,9 +67,9 @@ type Config struct {
 	// New removes whatever an earlier, crashed driver left in it.
 	StateDir string
 	// Mask lists host paths that must never be visible inside a machine,
-	// such as Hangar's data directory. They must not be inside a BaseDir,
-	// and are hidden (an empty read-only tmpfs) where a Spec mount of a
-	// parent would expose them. A Spec mount of a path strictly inside a
+	// such as Hangar's data directory. One inside a BaseDir (a data dir in
+	// /var/lib, say) is hidden in the machine by an empty read-only tmpfs,
+	// and so it is where a Spec mount of a parent would expose it. A Spec mount of a path strictly inside a
 	// masked one exposes that subtree only: the runner mounts repository
 	// mirrors from the data directory that way. StateDir is masked too, and
 	// no Spec mount may come from it.
@@ -416,13 +416,12 @@ func (c *Config) setDefaults() error {
 	c.Mask = mask
 	for _, b := range c.BaseDirs {
 		if overlaps(b, c.StateDir) {
-			return fmt.Errorf("state dir %s overlaps base dir %s, which machines see: move Hangar's data dir out of %s",
+			return fmt.Errorf("state dir %s overlaps base dir %s, which machines see through overlays: put the machines' state outside %s (hangar server --sandbox-dir)",
 				c.StateDir, b, strings.Join(c.BaseDirs, ", "))
 		}
 		for _, p := range c.Mask {
-			if overlaps(b, p) {
-				return fmt.Errorf("masked path %s overlaps base dir %s, which machines see: move it (Hangar's data dir) out of %s",
-					p, b, strings.Join(c.BaseDirs, ", "))
+			if within(b, p) && b != p {
+				return fmt.Errorf("masked path %s contains base dir %s: machines could not work", p, b)
 			}
 		}
 	}
