@@ -45,6 +45,11 @@ workflows:
     scripts:
       - name: Quick
         script: echo "E2E_EXPORTED=quick-export" >> "$CM_ENV"
+  settle:
+    max_build_duration: 10
+    scripts:
+      - name: Settle
+        script: sleep 5
   short:
     max_build_duration: "4s"
     scripts:

@@ -22,48 +22,10 @@ func TestTerminalRelay(t *testing.T) {
 	b := f.start("--workflow quick --ssh")
 	f.waitSSH(b.ID)
 
-	req, _ := http.NewRequest("POST", fmt.Sprintf("%s/api/v1/builds/%d/terminal", f.s.URL, b.ID), nil)
-	req.Header.Set("Authorization", "Bearer "+f.s.Token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tk struct{ URL string }
-	_ = json.NewDecoder(resp.Body).Decode(&tk)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated || tk.URL == "" {
-		t.Fatalf("ticket: %d %+v", resp.StatusCode, tk)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	wsURL := "ws" + strings.TrimPrefix(f.s.URL, "http") + tk.URL
-	ws, _, err := websocket.Dial(ctx, wsURL, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.CloseNow()
-	// A ticket opens one terminal only.
-	if ws2, _, err := websocket.Dial(ctx, wsURL, nil); err == nil {
-		ws2.CloseNow()
-		t.Error("a terminal ticket was used twice")
-	}
-	send := func(m map[string]any) {
-		data, _ := json.Marshal(m)
-		if err := ws.Write(ctx, websocket.MessageText, data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var screen strings.Builder
-	waitFor := func(want string) {
-		t.Helper()
-		for !strings.Contains(screen.String(), want) {
-			_, data, err := ws.Read(ctx)
-			if err != nil {
-				t.Fatalf("waiting for %q: %v\nscreen:\n%s", want, err, screen.String())
-			}
-			screen.Write(data)
-		}
-	}
+	term := openTerminal(t, ctx, f, b.ID)
+	send, waitFor := term.send, term.waitFor
 	send(map[string]any{"type": "resize", "cols": 100, "rows": 30})
 	waitFor("builder@build-")
 	send(map[string]any{"type": "input", "data": "echo cols=$(tput cols) dir=$FCI_BUILD_DIR\r"})
@@ -75,5 +37,75 @@ func TestTerminalRelay(t *testing.T) {
 	nb, _ := f.wait(b.ID, 30*time.Second)
 	if nb.Status != build.Finished || !strings.Contains(nb.SSH.ClosedReason, "logged out") {
 		t.Errorf("after exit: %s %+v", nb.Status, nb.SSH)
+	}
+}
+
+// terminal is a browser terminal's WebSocket, driven like the web UI does.
+type terminal struct {
+	send    func(map[string]any)
+	waitFor func(string)
+}
+
+func openTerminal(t *testing.T, ctx context.Context, f *sshFixture, id int64) *terminal {
+	t.Helper()
+	req, _ := http.NewRequest("POST", fmt.Sprintf("%s/api/v1/builds/%d/terminal", f.s.URL, id), nil)
+	req.Header.Set("Authorization", "Bearer "+f.s.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tk struct{ URL string }
+	_ = json.NewDecoder(resp.Body).Decode(&tk)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated || tk.URL == "" {
+		t.Fatalf("ticket: %d %+v", resp.StatusCode, tk)
+	}
+	wsURL := "ws" + strings.TrimPrefix(f.s.URL, "http") + tk.URL
+	ws, _, err := websocket.Dial(ctx, wsURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.CloseNow() })
+	// A ticket opens one terminal only.
+	if ws2, _, err := websocket.Dial(ctx, wsURL, nil); err == nil {
+		ws2.CloseNow()
+		t.Error("a terminal ticket was used twice")
+	}
+	var screen strings.Builder
+	return &terminal{
+		send: func(m map[string]any) {
+			data, _ := json.Marshal(m)
+			if err := ws.Write(ctx, websocket.MessageText, data); err != nil {
+				t.Fatal(err)
+			}
+		},
+		waitFor: func(want string) {
+			t.Helper()
+			for !strings.Contains(screen.String(), want) {
+				_, data, err := ws.Read(ctx)
+				if err != nil {
+					t.Fatalf("waiting for %q: %v\nscreen:\n%s", want, err, screen.String())
+				}
+				screen.Write(data)
+			}
+		},
+	}
+}
+
+// TestSSHNotice: a login session is told when the steps are done and how
+// long the machine stays.
+func TestSSHNotice(t *testing.T) {
+	f := newSSHFixture(t, "hgssh5", "10.213.86.0/24", "10m")
+	b := f.start("--workflow settle --ssh")
+	f.waitSSH(b.ID)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	term := openTerminal(t, ctx, f, b.ID)
+	term.waitFor("builder@build-")
+	term.waitFor("the build's steps are done (finished)")
+	term.waitFor("log out to finish the build now")
+	term.send(map[string]any{"type": "input", "data": "exit\r"})
+	if nb, _ := f.wait(b.ID, 30*time.Second); nb.Status != build.Finished {
+		t.Errorf("after exit: %s", nb.Status)
 	}
 }
