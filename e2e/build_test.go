@@ -67,6 +67,12 @@ workflows:
           exit 3
       - name: After
         script: echo SHOULD-NOT-RUN
+  many:
+    environment:
+      vars: *vars
+    scripts:
+      - name: Many lines
+        script: seq 1 25000 | sed 's/^/n=/'
   env:
     environment:
       vars: *vars
@@ -381,6 +387,17 @@ func testBuilds(t *testing.T, driver string) {
 		}
 		if !strings.Contains(b.Message, "Broken") {
 			t.Errorf("message %q does not name the failed step", b.Message)
+		}
+	})
+
+	t.Run("long log pages", func(t *testing.T) {
+		t.Parallel()
+		b, logs := f.wait(f.start("--workflow many").ID, 2*time.Minute)
+		if b.Status != build.Finished {
+			t.Fatalf("status %s", b.Status)
+		}
+		if n := strings.Count(logs, "    n="); n != 25000 || !strings.Contains(logs, "    n=25000\n") {
+			t.Errorf("build logs printed %d of 25000 lines", n)
 		}
 	})
 

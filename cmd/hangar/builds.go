@@ -271,21 +271,27 @@ func buildLogsCmd(cf *clientFlags) *cobra.Command {
 			if err := c.do(cmd.Context(), "GET", fmt.Sprintf("/api/v1/builds/%d", id), nil, &b); err != nil {
 				return err
 			}
-			var lines []build.LogLine
-			if err := c.do(cmd.Context(), "GET", fmt.Sprintf("/api/v1/builds/%d/logs", id), nil, &lines); err != nil {
-				return err
-			}
 			step := -1
-			for _, l := range lines {
-				if l.Step != step {
-					step = l.Step
-					if step < len(b.Steps) {
-						fmt.Printf("==> %s\n", b.Steps[step].Name)
-					}
+			var after int64
+			for {
+				var lines []build.LogLine
+				if err := c.do(cmd.Context(), "GET", fmt.Sprintf("/api/v1/builds/%d/logs?after=%d&limit=10000", id, after), nil, &lines); err != nil {
+					return err
 				}
-				fmt.Printf("    %s\n", l.Text)
+				for _, l := range lines {
+					if l.Step != step {
+						step = l.Step
+						if step < len(b.Steps) {
+							fmt.Printf("==> %s\n", b.Steps[step].Name)
+						}
+					}
+					fmt.Printf("    %s\n", l.Text)
+					after = l.Seq
+				}
+				if len(lines) < 10000 {
+					return nil
+				}
 			}
-			return nil
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing until the build ends")

@@ -8,7 +8,8 @@ import (
 	"time"
 )
 
-// buildLogs serves a build's log: a JSON array of lines, or with
+// buildLogs serves a build's log: a JSON array of lines (at most ?limit=,
+// default 10000, after ?after=SEQ: page with the last seq), or with
 // `Accept: text/event-stream` (or ?follow=1) a live Server-Sent Events
 // stream: "build" events carry the build whenever it changes, "log" events
 // one line each (the SSE id is the line's seq, so a client that reconnects
@@ -27,7 +28,16 @@ func (s *Server) buildLogs(w http.ResponseWriter, r *http.Request) {
 	}
 	follow := r.Header.Get("Accept") == "text/event-stream" || r.URL.Query().Get("follow") != ""
 	if !follow {
-		lines, err := s.cfg.Store.Logs(r.Context(), b.ID, after, 1_000_000)
+		limit := 10000
+		if v := r.URL.Query().Get("limit"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 100000 {
+				writeError(w, http.StatusBadRequest, "limit must be a number from 1 to 100000")
+				return
+			}
+			limit = n
+		}
+		lines, err := s.cfg.Store.Logs(r.Context(), b.ID, after, limit)
 		if err != nil {
 			s.internal(w, "read logs", err)
 			return
