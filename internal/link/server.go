@@ -68,9 +68,10 @@ type Server struct {
 }
 
 // MaxConnsPerSource bounds a source's open connections, authenticated or
-// not: a machine cannot starve the others' links. Loopback is exempt: every
+// not (its control link, its tunnel and one data connection per user
+// session): a machine cannot starve the others' links. Loopback is exempt: every
 // machine of the host driver comes from there.
-const MaxConnsPerSource = 16
+const MaxConnsPerSource = 64
 
 func remoteIP(nc net.Conn) string {
 	if a, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
