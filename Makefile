@@ -47,8 +47,12 @@ ui:
 
 test: testdeps vet staticcheck gotest
 
+# Benchmarks (not tests; see docs/benchmarks.md). The SSH one compares with
+# Debian's own sshd as a ProxyJump chain.
 bench: testdeps
+	@scripts/install-deps.sh openssh-server
 	$(GO) run ./bench -driver both
+	$(GO) run ./bench -mode ssh
 
 clean:
 	rm -rf bin
