@@ -136,20 +136,24 @@ type result struct {
 	mem     *memResult
 }
 
+// removeTemp removes a run's temporary directory (unless -keep), adding a
+// failure to *err.
+func removeTemp(o options, tmp string, err *error) {
+	if o.keep {
+		logf("kept %s", tmp)
+		return
+	}
+	if rerr := os.RemoveAll(tmp); rerr != nil {
+		*err = errors.Join(*err, fmt.Errorf("remove temporary directory: %w", rerr))
+	}
+}
+
 func run(ctx context.Context, o options) (err error) {
 	tmp, err := os.MkdirTemp("", "hangar-bench-")
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if o.keep {
-			logf("kept %s", tmp)
-			return
-		}
-		if rerr := os.RemoveAll(tmp); rerr != nil {
-			err = errors.Join(err, fmt.Errorf("remove temporary directory: %w", rerr))
-		}
-	}()
+	defer removeTemp(o, tmp, &err)
 
 	logf("building the hangar binary")
 	bin, err := buildBinary(ctx, filepath.Join(tmp, "bin"))

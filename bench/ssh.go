@@ -87,15 +87,7 @@ func runSSH(ctx context.Context, o options) (err error) {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if o.keep {
-			logf("kept %s", tmp)
-			return
-		}
-		if rerr := os.RemoveAll(tmp); rerr != nil {
-			err = errors.Join(err, fmt.Errorf("remove temporary directory: %w", rerr))
-		}
-	}()
+	defer removeTemp(o, tmp, &err)
 	if err := ensureSSHD(ctx); err != nil {
 		return err
 	}

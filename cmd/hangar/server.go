@@ -136,7 +136,7 @@ func runServer(cfg serverConfig) error {
 		Store: st, Driver: driver, Mirrors: mirrors, Link: linkSrv, LinkAddr: linkLn.Addr().String(),
 		Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
 	}
-	scfg := server.Config{Store: st, Mirrors: mirrors, Logger: log, DataDir: data, Metrics: promhttp.Handler(),
+	scfg := server.Config{Store: st, Mirrors: mirrors, Logger: log, Metrics: promhttp.Handler(),
 		Driver: driver.Name(), Isolated: driver.Isolated(), UI: server.UIHandler()}
 
 	var gw *gateway.Gateway

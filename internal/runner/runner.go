@@ -461,9 +461,6 @@ func (r *Runner) follow(ctx context.Context, j *job, conn *link.Conn) (build.Sta
 	var result *build.Status
 	var resultMsg string
 	var window <-chan time.Time
-	// finish ends the build with the steps' result once they are done, or
-	// reports that it must wait for them.
-	finish := func() bool { return result != nil }
 	for {
 		select {
 		case <-ctx.Done():
@@ -480,7 +477,7 @@ func (r *Runner) follow(ctx context.Context, j *job, conn *link.Conn) (build.Sta
 				if ctx.Err() != nil {
 					return "", ""
 				}
-				if finish() {
+				if result != nil {
 					return *result, resultMsg
 				}
 				return build.Failed, "lost the link to the builder before the build ended"
@@ -511,7 +508,7 @@ func (r *Runner) follow(ctx context.Context, j *job, conn *link.Conn) (build.Sta
 			case link.SSH:
 				if r.onBuilderSSH(j, ev) && !j.ssh.closed {
 					r.closeSSH(j, conn, fmt.Sprintf("you logged out of build %d: its SSH access is closed", j.b.ID))
-					if finish() {
+					if result != nil {
 						return *result, resultMsg
 					}
 				}

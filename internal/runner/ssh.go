@@ -42,12 +42,11 @@ type sshJob struct {
 	deadline time.Time
 	gw       chan gateway.Event // from the gateway, for this build
 
-	tunnelUp  bool
-	logins    int // open login shells
-	users     int // open gateway connections
-	closed    bool
-	stepsDone bool
-	notices   []*time.Timer
+	tunnelUp bool
+	logins   int // open login shells
+	users    int // open gateway connections
+	closed   bool
+	notices  []*time.Timer
 }
 
 // GatewayEvent takes the gateway's events and routes them to their build.
@@ -246,7 +245,6 @@ func (j *job) onGateway(ev gateway.Event) {
 // returns when access must close (a zero duration: now).
 func (r *Runner) stepsDone(j *job, conn *link.Conn, result build.Status) time.Duration {
 	s := j.ssh
-	s.stepsDone = true
 	after := s.cfg.AfterSteps
 	if after <= 0 {
 		after = 20 * time.Minute

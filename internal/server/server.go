@@ -52,7 +52,6 @@ type Config struct {
 	Runner  Canceler
 	Mirrors Mirrors
 	Logger  *slog.Logger
-	DataDir string     // only to tell users where the admin token is
 	MaxBody int64      // API request bodies; default 1 MiB
 	MaxHook int64      // webhook bodies; default 25 MiB (GitHub's limit)
 	SSH     *SSHConfig // nil: no SSH builds
