@@ -11,7 +11,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"path"
 	"strconv"
@@ -174,46 +173,9 @@ type job struct {
 	b     *build.Build
 	store Store
 	log   *slog.Logger
-
-	mu        sync.Mutex // guards lines, seq, logBytes and truncated
-	lines     []build.LogLine
-	seq       int64
-	logBytes  int64
-	truncated bool
+	logs  *logBook
 
 	ssh *sshJob // nil unless the build has SSH access
-}
-
-// MaxLogBytes bounds what a build's log keeps; later lines are dropped
-// (the build goes on) with one line saying so.
-const MaxLogBytes = 64 << 20
-
-func (j *job) logf(step int, format string, args ...any) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	for _, line := range strings.Split(fmt.Sprintf(format, args...), "\n") {
-		if j.truncated {
-			return
-		}
-		j.logBytes += int64(len(line)) + 1
-		if j.logBytes > MaxLogBytes {
-			j.truncated = true
-			line = fmt.Sprintf("hangar: the log passed %d MiB; later lines are not kept (the build goes on)", MaxLogBytes>>20)
-		}
-		j.seq++
-		j.lines = append(j.lines, build.LogLine{Seq: j.seq, Step: step, Time: time.Now().UTC(), Text: line})
-	}
-}
-
-// flush writes buffered log lines.
-func (j *job) flush() {
-	j.mu.Lock()
-	lines := j.lines
-	j.lines = nil
-	j.mu.Unlock()
-	if err := j.store.AppendLogs(context.Background(), j.b.ID, lines); err != nil {
-		j.log.Error("store logs", "err", err)
-	}
 }
 
 func (j *job) save() {
@@ -248,7 +210,8 @@ func (j *job) stepEnd(i int, st build.StepStatus, t time.Time, code *int) {
 
 // execute runs build b to its end.
 func (r *Runner) execute(ctx context.Context, b *build.Build, specJSON []byte) {
-	j := &job{r: r, b: b, store: r.cfg.Store, log: r.log.With("build", b.ID)}
+	log := r.log.With("build", b.ID)
+	j := &job{r: r, b: b, store: r.cfg.Store, log: log, logs: newLogBook(r.cfg.Store, b.ID, log)}
 	start := time.Now()
 	if b.StartedAt != nil {
 		start = *b.StartedAt
@@ -276,9 +239,9 @@ func (r *Runner) execute(ctx context.Context, b *build.Build, specJSON []byte) {
 		}
 	}
 	if status != build.Finished {
-		j.logf(lastStarted(b), "hangar: %s", msg)
+		j.logs.Printf(lastStarted(b), "hangar: %s", msg)
 	}
-	j.flush()
+	j.logs.Flush()
 	b.Status, b.Message, b.FinishedAt = status, msg, &now
 	j.save()
 	j.log.Info("build ended", "status", status, "duration", now.Sub(start).Round(time.Millisecond))
@@ -324,12 +287,12 @@ func (r *Runner) run(ctx context.Context, j *job, specJSON []byte) (st build.Sta
 	j.stepStart(0, time.Now())
 	j.save()
 	if r.cfg.Driver.Isolated() {
-		j.logf(0, "Machine: %s driver, an isolated machine for this build", r.cfg.Driver.Name())
+		j.logs.Printf(0, "Machine: %s driver, an isolated machine for this build", r.cfg.Driver.Name())
 	} else {
-		j.logf(0, "Machine: %s driver, NOT isolated: the build runs as a process on the server", r.cfg.Driver.Name())
+		j.logs.Printf(0, "Machine: %s driver, NOT isolated: the build runs as a process on the server", r.cfg.Driver.Name())
 	}
 	for _, s := range spec.Ignored {
-		j.logf(0, "Ignored: %s is not run by Hangar yet", s)
+		j.logs.Printf(0, "Ignored: %s is not run by Hangar yet", s)
 	}
 
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
@@ -393,7 +356,7 @@ func (r *Runner) run(ctx context.Context, j *job, specJSON []byte) (st build.Sta
 		Args:    []string{"builder"},
 		Env:     []string{"HANGAR_BUILD=" + name},
 		Stdin:   strings.NewReader(string(helloJSON) + "\n"),
-		Output:  &logWriter{log: j.log},
+		Output:  j.logs.Diagnostics(),
 		Mounts:  []machine.Mount{mount},
 	})
 	if err != nil {
@@ -418,9 +381,9 @@ func (r *Runner) run(ctx context.Context, j *job, specJSON []byte) (st build.Sta
 	}
 	j.stepEnd(0, build.StepSuccess, time.Now(), nil)
 	machineStart.Observe(time.Since(*b.StartedAt).Seconds())
-	j.logf(0, "Machine ready in %s", time.Since(*b.StartedAt).Round(time.Millisecond))
+	j.logs.Printf(0, "Machine ready in %s", time.Since(*b.StartedAt).Round(time.Millisecond))
 	b.Status = build.Building
-	j.flush()
+	j.logs.Flush()
 	j.save()
 
 	steps := []link.Step{{Name: build.StepFetch}}
@@ -466,7 +429,7 @@ func (r *Runner) follow(ctx context.Context, j *job, conn *link.Conn) (build.Sta
 		case <-ctx.Done():
 			return "", ""
 		case <-flush.C:
-			j.flush()
+			j.logs.Flush()
 		case <-window:
 			r.closeSSH(j, conn, fmt.Sprintf("the SSH window of build %d has ended (%s)", j.b.ID, j.b.SSH.ExpiresBecause))
 			return *result, resultMsg
@@ -485,15 +448,9 @@ func (r *Runner) follow(ctx context.Context, j *job, conn *link.Conn) (build.Sta
 			i := ev.Step + 1 // build steps start with the runner's own
 			switch ev.Type {
 			case link.Log:
-				j.logf(i, "%s", ev.Text)
-				j.mu.Lock()
-				n := len(j.lines)
-				j.mu.Unlock()
-				if n >= 512 {
-					j.flush()
-				}
+				j.logs.Output(i, []byte(ev.Text+"\n"))
 			case link.StepStart:
-				j.flush()
+				j.logs.Flush()
 				j.stepStart(i, ev.Time)
 				j.save()
 			case link.StepEnd:
@@ -502,7 +459,7 @@ func (r *Runner) follow(ctx context.Context, j *job, conn *link.Conn) (build.Sta
 					st = build.StepFailed
 				}
 				code := ev.ExitCode
-				j.flush()
+				j.logs.Flush()
 				j.stepEnd(i, st, ev.Time, &code)
 				j.save()
 			case link.SSH:
@@ -521,13 +478,13 @@ func (r *Runner) follow(ctx context.Context, j *job, conn *link.Conn) (build.Sta
 				if j.ssh == nil || j.ssh.closed {
 					return st, msg
 				}
-				j.flush()
+				j.logs.Flush()
 				wait := r.stepsDone(j, conn, st)
 				if wait <= 0 {
 					r.closeSSH(j, conn, fmt.Sprintf("build %d reached its max_build_duration", j.b.ID))
 					return st, msg
 				}
-				j.logf(lastStarted(j.b), "hangar: steps done; the machine stays for SSH for %s (%s) unless you log out", wait.Round(time.Second), j.b.SSH.ExpiresBecause)
+				j.logs.Printf(lastStarted(j.b), "hangar: steps done; the machine stays for SSH for %s (%s) unless you log out", wait.Round(time.Second), j.b.SSH.ExpiresBecause)
 				r.scheduleNotices(j, conn, *j.b.SSH.ExpiresAt, j.b.SSH.ExpiresBecause)
 				window = time.After(wait)
 			}
@@ -569,15 +526,3 @@ func repoSlug(repo string) string {
 	}
 	return owner + "/" + name
 }
-
-// logWriter sends the builder process's own output to the service log.
-type logWriter struct{ log *slog.Logger }
-
-func (w *logWriter) Write(p []byte) (int, error) {
-	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
-		w.log.Warn("builder", "output", line)
-	}
-	return len(p), nil
-}
-
-var _ io.Writer = (*logWriter)(nil)

@@ -159,7 +159,7 @@ func (r *Runner) closeSSH(j *job, conn *link.Conn, msg string) {
 	j.b.SSH.Sessions = nil
 	now := time.Now().UTC()
 	j.b.SSH.ExpiresAt = &now
-	j.logf(lastStarted(j.b), "hangar: SSH access closed: %s", msg)
+	j.logs.Printf(lastStarted(j.b), "hangar: SSH access closed: %s", msg)
 	_ = s.cfg.Store.AddEvent(context.Background(), j.b.ID, build.Event{Kind: "ssh_closed", Data: map[string]string{"reason": msg}})
 	j.save()
 }
