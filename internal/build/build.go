@@ -140,6 +140,16 @@ type LogLine struct {
 	Text string    `json:"text"`
 }
 
+// LogChunk is consecutive lines of one step's log, as stored: Data holds
+// Lines lines, each ended by "\n", the first of which is line Seq.
+type LogChunk struct {
+	Seq   int64
+	Lines int
+	Step  int
+	Time  time.Time
+	Data  []byte
+}
+
 // Spec is what the runner needs to run a build, fixed when it is created
 // (so later changes to the repository's workflow file do not alter it).
 type Spec struct {

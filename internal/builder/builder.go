@@ -4,7 +4,6 @@
 package builder
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -18,7 +17,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/link"
@@ -79,6 +77,7 @@ func Run(ctx context.Context, cfg Config) error {
 type run struct {
 	job   *link.Job
 	send  func(link.Event) error
+	out   *outbox // steps' output, on its way to the runner
 	home  string
 	dir   string // the clone: $FCI_BUILD_DIR
 	cred  *syscall.Credential
@@ -89,7 +88,7 @@ type run struct {
 }
 
 func newRun(cfg Config, job *link.Job, c *link.Client) (*run, error) {
-	r := &run{job: job, send: c.Send, home: cfg.Home, uid: -1, gid: -1}
+	r := &run{job: job, send: c.Send, out: newOutbox(c.Send, job.MaxOutput), home: cfg.Home, uid: -1, gid: -1}
 	if r.home == "" {
 		return nil, errors.New("builder: HANGAR_HOME is not set")
 	}
@@ -172,26 +171,22 @@ func (r *run) all(ctx context.Context) (failed bool, reason string) {
 	return false, ""
 }
 
-// step runs fn as step i, streaming what it writes as log lines.
+// step runs fn as step i, streaming what it writes. The step's end is sent
+// only once everything its processes wrote has been sent (see output.go).
 func (r *run) step(ctx context.Context, i int, fn func(context.Context, io.Writer) error) error {
 	_ = r.send(link.Event{Type: link.StepStart, Step: i})
-	pr, pw, err := os.Pipe()
+	out, err := newStepOutput(r.out, i)
 	if err != nil {
 		return err
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		r.stream(i, pr)
-	}()
-	err = fn(ctx, pw)
-	pw.Close()
-	// Background processes a step leaves behind may keep the pipe open:
-	// wait briefly for the step's last output, then leave the rest to the
-	// streaming goroutine.
-	select {
-	case <-done:
-	case <-time.After(500 * time.Millisecond):
+	// The step's processes get the pipe itself (an *os.File), not a
+	// writer that exec would copy from and wait on.
+	err = fn(ctx, out.w)
+	if err != nil {
+		fmt.Fprintf(out.w, "hangar: %v\n", err)
+	}
+	if !out.finish() {
+		return errors.New("builder: the link to the runner failed")
 	}
 	ev := link.Event{Type: link.StepEnd, Step: i}
 	if err != nil {
@@ -203,31 +198,9 @@ func (r *run) step(ctx context.Context, i int, fn func(context.Context, io.Write
 		} else {
 			ev.ExitCode = -1
 		}
-		if ev.Error != "" {
-			_ = r.send(link.Event{Type: link.Log, Step: i, Text: "hangar: " + ev.Error})
-		}
 	}
 	_ = r.send(ev)
 	return err
-}
-
-// stream sends each line read from rd as a log event of step i.
-func (r *run) stream(i int, rd io.ReadCloser) {
-	defer rd.Close()
-	br := bufio.NewReaderSize(rd, link.MaxLine)
-	for {
-		line, err := br.ReadSlice('\n')
-		if len(line) > 0 {
-			text := strings.TrimRight(string(line), "\r\n")
-			if serr := r.send(link.Event{Type: link.Log, Step: i, Text: text}); serr != nil {
-				_, _ = io.Copy(io.Discard, br)
-				return
-			}
-		}
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			return
-		}
-	}
 }
 
 func (r *run) command(ctx context.Context, out io.Writer, dir string, env []string, name string, args ...string) *exec.Cmd {

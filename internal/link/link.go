@@ -13,7 +13,7 @@
 //
 // The builder then opens one channel of type ControlChannel. On it each side
 // writes JSON messages, one per line: the runner sends one Job; the builder
-// answers with Events (step_start, log, step_end, done). The SSH connection is
+// answers with Events (step_start, output, step_end, ssh, done). The SSH connection is
 // the one link between them: later features (the reverse SSH tunnel for the
 // build, session events) are further channels and requests on it.
 //
@@ -57,6 +57,9 @@ type Job struct {
 	Steps []Step `json:"steps"`
 	// SSH, for an SSH build, says whom the builder's SSH server admits.
 	SSH *JobSSH `json:"ssh,omitempty"`
+	// MaxOutput is how many bytes of output the runner keeps at most; the
+	// builder sends no more (0: no limit). The runner enforces it anyway.
+	MaxOutput int64 `json:"max_output,omitempty"`
 }
 
 // JobSSH configures an SSH build's access. The builder opens a second
@@ -95,9 +98,14 @@ type Step struct {
 }
 
 // Event types sent by the builder.
+//
+// Output carries bytes a step wrote, in order, cut anywhere (not at line
+// boundaries). A step's step_end comes after every byte that the step and
+// the processes it started wrote before it exited; a process that outlives
+// its step may send further output of that step later.
 const (
 	StepStart = "step_start"
-	Log       = "log"
+	Output    = "output"
 	StepEnd   = "step_end"
 	Done      = "done"
 	// SSH events: Kind is "tunnel_up", "tunnel_down", "login_start",
@@ -110,7 +118,8 @@ type Event struct {
 	Type     string    `json:"type"`
 	Step     int       `json:"step"`
 	Time     time.Time `json:"time"`
-	Text     string    `json:"text,omitempty"`      // log: one line, without newline
+	Data     []byte    `json:"data,omitempty"`      // output
+	Text     string    `json:"text,omitempty"`      // ssh: the detail
 	ExitCode int       `json:"exit_code,omitempty"` // step_end
 	Failed   bool      `json:"failed,omitempty"`    // step_end, done
 	Error    string    `json:"error,omitempty"`     // step_end, done: why, for the build log
@@ -118,5 +127,5 @@ type Event struct {
 	Conn     uint64    `json:"conn,omitempty"`      // ssh: the session's connection
 }
 
-// MaxLine is the longest log line sent; longer output is split.
+// MaxLine is the longest log line kept; longer lines are split.
 const MaxLine = 16 << 10

@@ -101,11 +101,11 @@ func TestLink(t *testing.T) {
 	if err != nil || job.Branch != "main" || len(job.Steps) != 1 {
 		t.Fatalf("job: %+v %v", job, err)
 	}
-	if err := c.Send(Event{Type: Log, Step: 1, Text: strings.Repeat("x", 100)}); err != nil {
+	if err := c.Send(Event{Type: Output, Step: 1, Data: []byte(strings.Repeat("x", 100) + "\x00\xff")}); err != nil {
 		t.Fatal(err)
 	}
 	ev, err := conn.Recv()
-	if err != nil || ev.Type != Log || ev.Step != 1 || len(ev.Text) != 100 || ev.Time.IsZero() {
+	if err != nil || ev.Type != Output || ev.Step != 1 || string(ev.Data) != strings.Repeat("x", 100)+"\x00\xff" || ev.Time.IsZero() {
 		t.Fatalf("event: %+v %v", ev, err)
 	}
 	// Closing the expectation closes the link.

@@ -11,91 +11,209 @@ import (
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/link"
 )
 
 // LogStore keeps build logs.
 type LogStore interface {
-	AppendLogs(ctx context.Context, id int64, lines []build.LogLine) error
+	AppendLog(ctx context.Context, id int64, chunks []build.LogChunk) error
 }
 
-// MaxLogBytes bounds what a build's log keeps; later lines are dropped
-// (the build goes on) with one line saying so.
+// MaxLogBytes bounds everything a machine writes that reaches the server:
+// its steps' output and the builder process's own stdout and stderr. Past
+// it one line says so and the rest is dropped (the build goes on).
 const MaxLogBytes = 64 << 20
 
+// MaxDiagnosticBytes bounds the part of MaxLogBytes that the builder
+// process's own output may take in the service log.
+const MaxDiagnosticBytes = 256 << 10
+
+const (
+	// maxChunkBytes is the most a stored chunk holds.
+	maxChunkBytes = 256 << 10
+	// flushBytes is how much the log buffers before it writes to the store
+	// on its own (Flush writes the rest).
+	flushBytes = 1 << 20
+)
+
 // logBook is one build's log: the runner's own lines (Printf) and what the
-// machine writes (Output, Diagnostics), buffered and written to the store
-// by Flush. It is safe for concurrent use.
+// machine writes (Output, Diagnostics), cut into lines, buffered as chunks
+// and written to the store by Flush. It is safe for concurrent use.
 type logBook struct {
 	store LogStore
 	id    int64
 	log   *slog.Logger
+	max   int64 // MaxLogBytes, smaller in tests
 
-	mu        sync.Mutex // guards the fields below
-	lines     []build.LogLine
-	seq       int64
-	bytes     int64
-	truncated bool
+	flushMu sync.Mutex // serialises Flush, so chunks reach the store in order
+
+	mu       sync.Mutex       // guards the fields below
+	pending  []build.LogChunk // not stored yet
+	buffered int              // bytes in pending
+	seq      int64            // the last line number given
+	step     int              // the step of the last line
+	partial  map[int][]byte   // by step: the start of a line not ended yet
+	taken    int64            // bytes the machine wrote, against max
+	full     bool             // the machine wrote more than max
+	diag     int64            // bytes of diagnostics logged
+	diagLine []byte           // the start of a diagnostics line not ended yet
+	now      func() time.Time // time.Now, settable in tests
 }
 
 func newLogBook(st LogStore, id int64, log *slog.Logger) *logBook {
-	return &logBook{store: st, id: id, log: log}
+	return &logBook{store: st, id: id, log: log, max: MaxLogBytes, partial: make(map[int][]byte), now: time.Now}
 }
 
-// Printf adds the runner's own lines to step's log.
+// Printf adds the runner's own lines to step's log. They are kept even
+// past the cap.
 func (l *logBook) Printf(step int, format string, args ...any) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, line := range strings.Split(fmt.Sprintf(format, args...), "\n") {
-		l.add(step, line)
-	}
+	l.lines(step, []byte(fmt.Sprintf(format, args...)+"\n"))
 }
 
-// Output adds what the machine wrote for step.
+// Output adds bytes the machine wrote as step's output.
 func (l *logBook) Output(step int, data []byte) {
 	l.mu.Lock()
-	for _, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
-		l.add(step, line)
+	data, crossed := l.take(data)
+	if len(data) > 0 {
+		if p := l.partial[step]; len(p) > 0 {
+			data = append(p, data...)
+		}
+		end := bytes.LastIndexByte(data, '\n') + 1
+		l.lines(step, data[:end])
+		rest := data[end:]
+		// A line past MaxLine is kept in pieces.
+		for len(rest) >= link.MaxLine {
+			l.lines(step, append(bytes.Clone(rest[:link.MaxLine]), '\n'))
+			rest = rest[link.MaxLine:]
+		}
+		l.partial[step] = append(l.partial[step][:0], rest...)
 	}
-	n := len(l.lines)
+	if crossed {
+		l.endLine(step)
+		l.capped(step)
+	}
+	flush := l.buffered >= flushBytes
 	l.mu.Unlock()
-	if n >= 512 {
+	if flush {
 		l.Flush()
 	}
 }
 
-func (l *logBook) add(step int, line string) {
-	if l.truncated {
-		return
+// EndStep ends step's unfinished last line, if any: the step has ended.
+func (l *logBook) EndStep(step int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.endLine(step)
+	delete(l.partial, step)
+}
+
+// endLine ends step's unfinished line. l.mu is held.
+func (l *logBook) endLine(step int) {
+	if p := l.partial[step]; len(p) > 0 {
+		l.lines(step, append(p, '\n'))
+		l.partial[step] = p[:0]
 	}
-	l.bytes += int64(len(line)) + 1
-	if l.bytes > MaxLogBytes {
-		l.truncated = true
-		line = fmt.Sprintf("hangar: the log passed %d MiB; later lines are not kept (the build goes on)", MaxLogBytes>>20)
+}
+
+// take counts data, which the machine wrote, against the cap and returns
+// the part that is kept, and whether data crossed the cap. l.mu is held.
+func (l *logBook) take(data []byte) ([]byte, bool) {
+	if l.full {
+		return nil, false
 	}
-	l.seq++
-	l.lines = append(l.lines, build.LogLine{Seq: l.seq, Step: step, Time: time.Now().UTC(), Text: line})
+	l.taken += int64(len(data))
+	if l.taken <= l.max {
+		return data, false
+	}
+	l.full = true
+	return data[:max(int64(len(data))-(l.taken-l.max), 0)], true
+}
+
+// capped says in step's log that the cap was reached. l.mu is held.
+func (l *logBook) capped(step int) {
+	l.lines(step, []byte(fmt.Sprintf("hangar: the build machine wrote more than %d MiB; the rest of its output is not kept (the build goes on)\n", l.max>>20)))
+}
+
+// lines adds data, whole lines each ended by "\n", to step's log. l.mu is
+// held.
+func (l *logBook) lines(step int, data []byte) {
+	for len(data) > 0 {
+		var c *build.LogChunk
+		if n := len(l.pending); n > 0 && l.pending[n-1].Step == step && len(l.pending[n-1].Data) < maxChunkBytes {
+			c = &l.pending[n-1]
+		} else {
+			l.pending = append(l.pending, build.LogChunk{Seq: l.seq + 1, Step: step, Time: l.now().UTC()})
+			l.step = step
+			c = &l.pending[len(l.pending)-1]
+		}
+		for len(data) > 0 && len(c.Data) < maxChunkBytes {
+			line := data
+			if i := bytes.IndexByte(data, '\n'); i >= 0 {
+				line, data = data[:i], data[i+1:]
+			} else {
+				data = nil
+			}
+			if len(line) > link.MaxLine {
+				// Keep what is past MaxLine for the next round.
+				data = append(append(bytes.Clone(line[link.MaxLine:]), '\n'), data...)
+				line = line[:link.MaxLine]
+			}
+			line = bytes.TrimSuffix(line, []byte("\r"))
+			c.Data = append(append(c.Data, line...), '\n')
+			c.Lines++
+			l.seq++
+			l.buffered += len(line) + 1
+		}
+	}
 }
 
 // Flush writes buffered lines to the store.
 func (l *logBook) Flush() {
+	l.flushMu.Lock()
+	defer l.flushMu.Unlock()
 	l.mu.Lock()
-	lines := l.lines
-	l.lines = nil
+	chunks := l.pending
+	l.pending, l.buffered = nil, 0
 	l.mu.Unlock()
-	if err := l.store.AppendLogs(context.Background(), l.id, lines); err != nil {
+	if err := l.store.AppendLog(context.Background(), l.id, chunks); err != nil {
 		l.log.Error("store logs", "err", err)
 	}
 }
 
-// Diagnostics is where the builder process's own stdout and stderr go (the
-// service log, not the build log).
+// Diagnostics is where the builder process's own stdout and stderr go:
+// the service log, up to MaxDiagnosticBytes, and against the build's cap.
 func (l *logBook) Diagnostics() io.Writer { return diagWriter{l} }
 
 type diagWriter struct{ l *logBook }
 
 func (w diagWriter) Write(p []byte) (int, error) {
-	for _, line := range bytes.Split(bytes.TrimRight(p, "\n"), []byte("\n")) {
-		w.l.log.Warn("builder", "output", string(line))
+	l := w.l
+	l.mu.Lock()
+	data, crossed := l.take(p)
+	if crossed {
+		l.capped(l.step)
+	}
+	var logged []string
+	for len(data) > 0 && l.diag < MaxDiagnosticBytes {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			l.diagLine = append(l.diagLine, data[:min(len(data), link.MaxLine-len(l.diagLine))]...)
+			break
+		}
+		line := string(append(l.diagLine, data[:i]...))
+		l.diagLine = l.diagLine[:0]
+		data = data[i+1:]
+		l.diag += int64(len(line)) + 1
+		logged = append(logged, line)
+		if l.diag >= MaxDiagnosticBytes {
+			logged = append(logged, fmt.Sprintf("hangar: the builder wrote more than %d KiB of its own output; the rest is not logged", MaxDiagnosticBytes>>10))
+		}
+	}
+	l.mu.Unlock()
+	for _, line := range logged {
+		l.log.Warn("builder", "output", strings.TrimSuffix(line, "\r"))
 	}
 	return len(p), nil
 }

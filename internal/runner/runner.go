@@ -32,7 +32,7 @@ type Store interface {
 	Subscribe(id int64) (<-chan struct{}, func())
 	ClaimBuild(ctx context.Context) (*build.Build, []byte, error)
 	UpdateBuild(ctx context.Context, b *build.Build) (bool, error)
-	AppendLogs(ctx context.Context, id int64, lines []build.LogLine) error
+	LogStore
 }
 
 // Mirrors gives the path of an app's repository mirror on the host.
@@ -391,7 +391,7 @@ func (r *Runner) run(ctx context.Context, j *job, specJSON []byte) (st build.Sta
 		steps = append(steps, link.Step{Name: s.Name, File: s.File, Script: s.Script, IgnoreFailure: s.IgnoreFailure, WorkingDirectory: s.WorkingDirectory})
 	}
 	env := append(stdEnv(b, spec.Repo), spec.Vars...)
-	if err := conn.SendJob(&link.Job{Repo: repo, Origin: spec.Repo, Branch: b.Branch, Commit: b.Commit, Env: env, Steps: steps, SSH: jobSSH}); err != nil {
+	if err := conn.SendJob(&link.Job{Repo: repo, Origin: spec.Repo, Branch: b.Branch, Commit: b.Commit, Env: env, Steps: steps, SSH: jobSSH, MaxOutput: MaxLogBytes}); err != nil {
 		return build.Failed, "lost the link to the builder"
 	}
 	return r.follow(ctx, j, conn)
@@ -447,8 +447,8 @@ func (r *Runner) follow(ctx context.Context, j *job, conn *link.Conn) (build.Sta
 			}
 			i := ev.Step + 1 // build steps start with the runner's own
 			switch ev.Type {
-			case link.Log:
-				j.logs.Output(i, []byte(ev.Text+"\n"))
+			case link.Output:
+				j.logs.Output(i, ev.Data)
 			case link.StepStart:
 				j.logs.Flush()
 				j.stepStart(i, ev.Time)
@@ -459,6 +459,7 @@ func (r *Runner) follow(ctx context.Context, j *job, conn *link.Conn) (build.Sta
 					st = build.StepFailed
 				}
 				code := ev.ExitCode
+				j.logs.EndStep(i)
 				j.logs.Flush()
 				j.stepEnd(i, st, ev.Time, &code)
 				j.save()

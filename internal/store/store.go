@@ -5,6 +5,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -117,13 +118,16 @@ CREATE TABLE IF NOT EXISTS build_events (
 CREATE INDEX IF NOT EXISTS build_events_build ON build_events(build_id, id);
 CREATE INDEX IF NOT EXISTS builds_status ON builds(status);
 CREATE INDEX IF NOT EXISTS builds_app ON builds(app_id, id);
-CREATE TABLE IF NOT EXISTS logs (
+-- A build's log in chunks of consecutive lines of one step: lines first
+-- to last, each ended by a newline in data.
+CREATE TABLE IF NOT EXISTS log_chunks (
 	build_id INTEGER NOT NULL REFERENCES builds(id) ON DELETE CASCADE,
-	seq INTEGER NOT NULL,
+	first INTEGER NOT NULL,
+	last INTEGER NOT NULL,
 	step INTEGER NOT NULL,
 	time INTEGER NOT NULL,
-	text TEXT NOT NULL,
-	PRIMARY KEY (build_id, seq)
+	data BLOB NOT NULL,
+	PRIMARY KEY (build_id, first)
 );
 CREATE TABLE IF NOT EXISTS tokens (
 	hash TEXT PRIMARY KEY,
@@ -147,6 +151,10 @@ func OpenSQLite(path string) (*Store, error) {
 	}
 	db.SetMaxOpenConns(4)
 	if _, err := db.Exec(schema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	if err := migrateLogs(db); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
@@ -500,51 +508,104 @@ func (s *Store) FailInterrupted(ctx context.Context, message string) (int64, err
 	return res.RowsAffected()
 }
 
-// AppendLogs stores log lines of build id. Seq numbers are the caller's.
-func (s *Store) AppendLogs(ctx context.Context, id int64, lines []build.LogLine) error {
-	if len(lines) == 0 {
+// migrateLogs moves the one-row-per-line logs of earlier versions into
+// log_chunks.
+func migrateLogs(db *sql.DB) error {
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'logs'`).Scan(&n); err != nil || n == 0 {
+		return err
+	}
+	tx, err := db.Begin()
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec(`INSERT INTO log_chunks (build_id, first, last, step, time, data)
+		SELECT build_id, seq, seq, step, time, CAST(text || char(10) AS BLOB) FROM logs`); err != nil {
+		return fmt.Errorf("migrate logs: %w", err)
+	}
+	if _, err := tx.Exec(`DROP TABLE logs`); err != nil {
+		return fmt.Errorf("migrate logs: %w", err)
+	}
+	return tx.Commit()
+}
+
+// AppendLog stores chunks of build id's log. Line numbers are the
+// caller's and follow on from the chunks stored before.
+func (s *Store) AppendLog(ctx context.Context, id int64, chunks []build.LogChunk) error {
+	if len(chunks) == 0 {
 		return nil
 	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("append logs: %w", err)
+		return fmt.Errorf("append log: %w", err)
 	}
 	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO logs (build_id, seq, step, time, text) VALUES ($1, $2, $3, $4, $5)`)
+	stmt, err := tx.PrepareContext(ctx, `INSERT INTO log_chunks (build_id, first, last, step, time, data) VALUES ($1, $2, $3, $4, $5, $6)`)
 	if err != nil {
-		return fmt.Errorf("append logs: %w", err)
+		return fmt.Errorf("append log: %w", err)
 	}
 	defer stmt.Close()
-	for _, l := range lines {
-		if _, err := stmt.ExecContext(ctx, id, l.Seq, l.Step, ms(l.Time), l.Text); err != nil {
-			return fmt.Errorf("append logs: %w", err)
+	for _, c := range chunks {
+		if c.Lines < 1 {
+			continue
+		}
+		if _, err := stmt.ExecContext(ctx, id, c.Seq, c.Seq+int64(c.Lines)-1, c.Step, ms(c.Time), c.Data); err != nil {
+			return fmt.Errorf("append log: %w", err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("append logs: %w", err)
+		return fmt.Errorf("append log: %w", err)
 	}
 	s.notify(id)
 	return nil
 }
 
-// Logs returns up to limit lines of build id after seq.
+// Logs returns up to limit lines of build id after line seq.
 func (s *Store) Logs(ctx context.Context, id, after int64, limit int) ([]build.LogLine, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT seq, step, time, text FROM logs WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`, id, after, limit)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
 	lines := []build.LogLine{}
-	for rows.Next() {
-		var l build.LogLine
-		var t int64
-		if err := rows.Scan(&l.Seq, &l.Step, &t, &l.Text); err != nil {
+	for len(lines) < limit {
+		rows, err := s.db.QueryContext(ctx, `SELECT first, step, time, data FROM log_chunks
+			WHERE build_id = $1 AND last > $2 ORDER BY first LIMIT 16`, id, after)
+		if err != nil {
 			return nil, err
 		}
-		l.Time = time.UnixMilli(t).UTC()
-		lines = append(lines, l)
+		got := 0
+		for rows.Next() && len(lines) < limit {
+			got++
+			var first, t int64
+			var step int
+			var data []byte
+			if err := rows.Scan(&first, &step, &t, &data); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			tm := time.UnixMilli(t).UTC()
+			seq := first
+			for len(data) > 0 && len(lines) < limit {
+				line := data
+				if i := bytes.IndexByte(data, '\n'); i >= 0 {
+					line, data = data[:i], data[i+1:]
+				} else {
+					data = nil
+				}
+				if seq > after {
+					lines = append(lines, build.LogLine{Seq: seq, Step: step, Time: tm, Text: string(line)})
+					after = seq
+				}
+				seq++
+			}
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, err
+		}
+		if got == 0 {
+			break
+		}
 	}
-	return lines, rows.Err()
+	return lines, nil
 }
 
 // BuildSSH is the stored credential of an SSH build.

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"path/filepath"
 	"sync"
@@ -101,18 +102,44 @@ func TestLogs(t *testing.T) {
 	if err := s.CreateBuild(ctx, b, nil); err != nil {
 		t.Fatal(err)
 	}
-	var lines []build.LogLine
-	for i := 1; i <= 2500; i++ {
-		lines = append(lines, build.LogLine{Seq: int64(i), Step: i % 3, Time: time.Now(), Text: "line"})
+	// 2500 lines in chunks of 1 to 7 lines, steps changing between chunks.
+	var chunks []build.LogChunk
+	for seq := 1; seq <= 2500; {
+		n := min(1+seq%7, 2501-seq)
+		var data []byte
+		for i := 0; i < n; i++ {
+			data = fmt.Appendf(data, "line %d\n", seq+i)
+		}
+		chunks = append(chunks, build.LogChunk{Seq: int64(seq), Lines: n, Step: seq % 3, Time: time.Now(), Data: data})
+		seq += n
 	}
-	if err := s.AppendLogs(ctx, b.ID, lines); err != nil {
+	if err := s.AppendLog(ctx, b.ID, chunks); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.Logs(ctx, b.ID, 1000, 1000)
-	if err != nil || len(got) != 1000 || got[0].Seq != 1001 || got[999].Seq != 2000 {
-		t.Fatalf("page: %d lines, %v", len(got), err)
+	for _, page := range []struct {
+		after int64
+		limit int
+		first int64
+		n     int
+	}{
+		{0, 10000, 1, 2500},
+		{1000, 1000, 1001, 1000},
+		{1001, 3, 1002, 3},
+		{2499, 10, 2500, 1},
+		{2500, 10, 0, 0},
+	} {
+		got, err := s.Logs(ctx, b.ID, page.after, page.limit)
+		if err != nil || len(got) != page.n {
+			t.Fatalf("after %d limit %d: %d lines, %v", page.after, page.limit, len(got), err)
+		}
+		for i, l := range got {
+			seq := page.first + int64(i)
+			if l.Seq != seq || l.Text != fmt.Sprintf("line %d", seq) {
+				t.Fatalf("after %d: line %d = %+v", page.after, i, l)
+			}
+		}
 	}
-	if err := s.AppendLogs(ctx, b.ID, lines[:1]); err == nil {
-		t.Fatal("a repeated seq was accepted")
+	if err := s.AppendLog(ctx, b.ID, chunks[:1]); err == nil {
+		t.Fatal("a repeated line number was accepted")
 	}
 }

@@ -1,0 +1,224 @@
+package builder
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hangar-ci/hangar/internal/link"
+)
+
+// recorder keeps what an outbox sends, as the runner would see it.
+type recorder struct {
+	mu     sync.Mutex
+	events []link.Event
+	fail   error
+	wake   chan struct{}
+}
+
+func newRecorder() *recorder { return &recorder{wake: make(chan struct{}, 1)} }
+
+func (r *recorder) send(ev link.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail != nil {
+		return r.fail
+	}
+	r.events = append(r.events, ev)
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// output is everything step sent, in order.
+func (r *recorder) output(step int) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	for _, ev := range r.events {
+		if ev.Type == link.Output && ev.Step == step {
+			b.Write(ev.Data)
+		}
+	}
+	return b.String()
+}
+
+// waitOutput waits until step's output contains want.
+func (r *recorder) waitOutput(t *testing.T, step int, want string) {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for !strings.Contains(r.output(step), want) {
+		select {
+		case <-r.wake:
+		case <-deadline:
+			t.Fatalf("output of step %d never contained %q; got %q", step, want, r.output(step))
+		}
+	}
+}
+
+// runStep runs script with bash as step i writing to a fresh step output,
+// the way run.step does, and returns once the step's end could be sent.
+func runStep(t *testing.T, box *outbox, i int, script string) {
+	t.Helper()
+	out, err := newStepOutput(box, i)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", "-c", script)
+	cmd.Stdout, cmd.Stderr = out.w, out.w
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("step %d: %v", i, err)
+	}
+	if !out.finish() {
+		t.Fatalf("step %d: finish reported a failed link", i)
+	}
+}
+
+func TestStepOutputDeliversEverythingBeforeTheEnd(t *testing.T) {
+	rec := newRecorder()
+	box := newOutbox(rec.send, 0)
+	// Many short lines from a pipeline (its last writer is not the step's
+	// own process) and a child that writes after a delay: all of it comes
+	// before the step's end, whatever the machine's load.
+	runStep(t, box, 1, `seq 1 200000 | sed 's/^/line number /'; (sleep 0.2; echo child done) & wait`)
+	var want strings.Builder
+	for i := 1; i <= 200000; i++ {
+		fmt.Fprintf(&want, "line number %d\n", i)
+	}
+	want.WriteString("child done\n")
+	if got := rec.output(1); got != want.String() {
+		t.Fatalf("step output: %d bytes, want %d; tail %q", len(got), want.Len(), got[max(0, len(got)-80):])
+	}
+}
+
+func TestStepOutputBackgroundProcessDoesNotHoldTheStep(t *testing.T) {
+	rec := newRecorder()
+	box := newOutbox(rec.send, 0)
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "go")
+	pidFile := filepath.Join(dir, "pid")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The background process keeps the step's output open, and writes
+	// only when the test says so, after the step has ended.
+	runStep(t, box, 2, fmt.Sprintf(`echo before; (read x < %s; echo late output) & echo $! > %s; echo after`, fifo, pidFile))
+	if got := rec.output(2); got != "before\nafter\n" {
+		t.Fatalf("output at the step's end = %q, want before and after", got)
+	}
+	if err := os.WriteFile(fifo, []byte("go\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitOutput(t, 2, "late output\n")
+	if got := rec.output(2); got != "before\nafter\nlate output\n" {
+		t.Fatalf("output = %q", got)
+	}
+}
+
+func TestStepOutputLinkFailure(t *testing.T) {
+	rec := newRecorder()
+	rec.fail = errors.New("link down")
+	box := newOutbox(rec.send, 0)
+	out, err := newStepOutput(box, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(out.w, "lost")
+	if out.finish() {
+		t.Fatal("finish reported delivery over a failed link")
+	}
+}
+
+func TestOutboxLimit(t *testing.T) {
+	rec := newRecorder()
+	box := newOutbox(rec.send, 10)
+	runStep(t, box, 1, `printf 'hello world, this is more than ten bytes\n'`)
+	if got := rec.output(1); got != "hello worl" {
+		t.Fatalf("output = %q, want the first 10 bytes", got)
+	}
+}
+
+func TestMarkerSplitAcrossReads(t *testing.T) {
+	rec := newRecorder()
+	box := newOutbox(rec.send, 0)
+	out, err := newStepOutput(box, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Output that ends like the start of the marker is held back, then
+	// sent in full once the real marker follows.
+	fake := append([]byte("text "), out.marker[:7]...)
+	if _, err := out.w.Write(fake); err != nil {
+		t.Fatal(err)
+	}
+	if !out.finish() {
+		t.Fatal("finish failed")
+	}
+	if got := rec.output(3); got != string(fake) {
+		t.Fatalf("output = %q, want %q", got, fake)
+	}
+}
+
+func TestOverlap(t *testing.T) {
+	m := []byte{0, 'a', 'b', 'c'}
+	for _, tc := range []struct {
+		data string
+		want int
+	}{
+		{"xyz", 0},
+		{"xy\x00", 1},
+		{"xy\x00a", 2},
+		{"\x00ab", 3},
+		{"\x00abx", 0},
+		{"", 0},
+	} {
+		if got := overlap([]byte(tc.data), m); got != tc.want {
+			t.Errorf("overlap(%q) = %d, want %d", tc.data, got, tc.want)
+		}
+	}
+}
+
+func TestStepEventsInOrder(t *testing.T) {
+	rec := newRecorder()
+	r := &run{send: rec.send, out: newOutbox(rec.send, 0)}
+	err := r.step(context.Background(), 4, func(ctx context.Context, out io.Writer) error {
+		cmd := exec.CommandContext(ctx, "bash", "-c", "echo hi; exit 3")
+		cmd.Stdout, cmd.Stderr = out, out
+		return cmd.Run()
+	})
+	if err == nil {
+		t.Fatal("step with exit 3 did not fail")
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	var kinds []string
+	var out bytes.Buffer
+	for _, ev := range rec.events {
+		if len(kinds) == 0 || kinds[len(kinds)-1] != ev.Type {
+			kinds = append(kinds, ev.Type)
+		}
+		out.Write(ev.Data)
+	}
+	if got := strings.Join(kinds, ","); got != "step_start,output,step_end" {
+		t.Errorf("events = %s", got)
+	}
+	if out.String() != "hi\nhangar: exit status 3\n" {
+		t.Errorf("output = %q", out.String())
+	}
+	if last := rec.events[len(rec.events)-1]; !last.Failed || last.ExitCode != 3 || last.Step != 4 {
+		t.Errorf("step_end = %+v", last)
+	}
+}

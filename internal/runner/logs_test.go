@@ -1,0 +1,174 @@
+package runner
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/link"
+	"github.com/hangar-ci/hangar/internal/store"
+)
+
+// newTestLog returns a log book of a new build in a real store, and the
+// store.
+func newTestLog(t *testing.T, logOut *bytes.Buffer) (*logBook, *store.Store) {
+	t.Helper()
+	st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ctx := context.Background()
+	if err := st.CreateApp(ctx, &store.App{Name: "a", Repo: "/r"}); err != nil {
+		t.Fatal(err)
+	}
+	b := &build.Build{App: "a", Status: build.Queued, Trigger: build.Manual, Steps: []build.Step{}}
+	if err := st.CreateBuild(ctx, b, nil); err != nil {
+		t.Fatal(err)
+	}
+	if logOut == nil {
+		logOut = new(bytes.Buffer)
+	}
+	return newLogBook(st, b.ID, slog.New(slog.NewTextHandler(logOut, nil))), st
+}
+
+// stored is the build's whole log as "step:text" lines, checking that
+// line numbers run from 1 without a gap.
+func stored(t *testing.T, l *logBook, st *store.Store) []string {
+	t.Helper()
+	l.Flush()
+	lines, err := st.Logs(context.Background(), l.id, 0, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for i, line := range lines {
+		if line.Seq != int64(i+1) {
+			t.Fatalf("line %d has number %d", i+1, line.Seq)
+		}
+		out = append(out, fmt.Sprintf("%d:%s", line.Step, line.Text))
+	}
+	return out
+}
+
+func TestLogBookCutsChunksIntoLines(t *testing.T) {
+	l, st := newTestLog(t, nil)
+	l.Printf(0, "Machine ready\nsecond line")
+	// Output cut anywhere, a CRLF line, an empty line, a line without an
+	// end until its step ends, and a late line of an earlier step.
+	for _, part := range []string{"hel", "lo\nwor", "ld\r\n\nno end"} {
+		l.Output(2, []byte(part))
+	}
+	l.Output(3, []byte("other step\n"))
+	l.EndStep(2)
+	l.Output(2, []byte("late\n"))
+	got := strings.Join(stored(t, l, st), "|")
+	want := "0:Machine ready|0:second line|2:hello|2:world|2:|3:other step|2:no end|2:late"
+	if got != want {
+		t.Fatalf("log:\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestLogBookSplitsLongLines(t *testing.T) {
+	l, st := newTestLog(t, nil)
+	long := strings.Repeat("x", 2*link.MaxLine+5)
+	l.Output(1, []byte(long[:100]))
+	l.Output(1, []byte(long[100:]+"\nshort\n"))
+	got := stored(t, l, st)
+	want := []string{"1:" + long[:link.MaxLine], "1:" + long[link.MaxLine:2*link.MaxLine], "1:xxxxx", "1:short"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("got %d lines %v", len(got), lens(got))
+	}
+}
+
+func lens(lines []string) []int {
+	var n []int
+	for _, l := range lines {
+		n = append(n, len(l))
+	}
+	return n
+}
+
+func TestLogBookManyLinesInFewChunks(t *testing.T) {
+	l, st := newTestLog(t, nil)
+	var data []byte
+	for i := 1; i <= 100000; i++ {
+		data = fmt.Appendf(data, "line number %d\n", i)
+	}
+	for len(data) > 0 {
+		n := min(len(data), 65536)
+		l.Output(2, data[:n])
+		data = data[n:]
+	}
+	got := stored(t, l, st)
+	if len(got) != 100000 || got[0] != "2:line number 1" || got[99999] != "2:line number 100000" {
+		t.Fatalf("%d lines, first %q", len(got), got[0])
+	}
+	for i, line := range got {
+		if line != fmt.Sprintf("2:line number %d", i+1) {
+			t.Fatalf("line %d = %q", i+1, line)
+		}
+	}
+}
+
+func TestLogBookCap(t *testing.T) {
+	var service bytes.Buffer
+	l, st := newTestLog(t, &service)
+	l.max = 1 << 20 // the marker says "1 MiB"
+	line := strings.Repeat("y", 1023) + "\n"
+	for i := 0; i < 2000; i++ { // about 2 MiB
+		l.Output(2, []byte(line))
+	}
+	_, _ = l.Diagnostics().Write([]byte("diagnostics past the cap\n"))
+	l.Printf(2, "hangar: the build failed")
+	got := stored(t, l, st)
+	markers := 0
+	var kept int
+	for _, g := range got {
+		switch {
+		case strings.Contains(g, "wrote more than 1 MiB"):
+			markers++
+		case strings.HasPrefix(g, "2:y"):
+			kept += len(g) - 2 + 1
+		}
+	}
+	if markers != 1 || kept > 1<<20 || kept < 1<<20-1024 {
+		t.Fatalf("%d markers, %d bytes of output kept", markers, kept)
+	}
+	if got[len(got)-1] != "2:hangar: the build failed" {
+		t.Errorf("the runner's own line past the cap is missing: last line %q", got[len(got)-1])
+	}
+	if strings.Contains(service.String(), "diagnostics past the cap") {
+		t.Error("diagnostics past the cap reached the service log")
+	}
+}
+
+func TestLogBookDiagnosticsBounded(t *testing.T) {
+	var service bytes.Buffer
+	l, st := newTestLog(t, &service)
+	w := l.Diagnostics()
+	line := []byte(strings.Repeat("z", 99) + "\n")
+	for i := 0; i < 10000; i++ { // 1 MB, four times what is logged
+		if _, err := w.Write(line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := service.Len(); n > 2*MaxDiagnosticBytes {
+		t.Fatalf("the service log grew by %d bytes for 1 MB of builder output", n)
+	}
+	if !strings.Contains(service.String(), "the rest is not logged") {
+		t.Error("no marker in the service log")
+	}
+	// Diagnostics count against the build's cap but are not build log.
+	if got := stored(t, l, st); len(got) != 0 {
+		t.Errorf("diagnostics reached the build log: %v", got[:1])
+	}
+	if l.taken != 1000000 {
+		t.Errorf("taken = %d, want 1000000", l.taken)
+	}
+}
