@@ -73,6 +73,26 @@ workflows:
     scripts:
       - name: Many lines
         script: seq 1 25000 | sed 's/^/n=/'
+  background:
+    environment:
+      vars: *vars
+    scripts:
+      - name: Leave a process behind
+        script: |
+          (sleep 300; echo NEVER) &
+          seq 1 5000 | sed 's/^/bg=/'
+      - name: Next
+        script: echo next-step
+  flood:
+    environment:
+      vars: *vars
+    scripts:
+      - name: Flood the builder's own output
+        script: |
+          # $PPID is the builder: write 200 MB to its standard error.
+          as_root=; [ "$(id -u)" = 0 ] || as_root="sudo -n"
+          $as_root sh -c "yes 'flooding the builder' | head -c 200000000 > /proc/$PPID/fd/2"
+          echo flood-done
   env:
     environment:
       vars: *vars
@@ -398,6 +418,39 @@ func testBuilds(t *testing.T, driver string) {
 		}
 		if n := strings.Count(logs, "    n="); n != 25000 || !strings.Contains(logs, "    n=25000\n") {
 			t.Errorf("build logs printed %d of 25000 lines", n)
+		}
+	})
+
+	t.Run("background process does not hold its step", func(t *testing.T) {
+		t.Parallel()
+		b, logs := f.wait(f.start("--workflow background").ID, 2*time.Minute)
+		if b.Status != build.Finished || !strings.Contains(logs, "next-step") {
+			t.Fatalf("status %s (%s), log:\n%s", b.Status, b.Message, logs)
+		}
+		if n := strings.Count(logs, "    bg="); n != 5000 || !strings.Contains(logs, "    bg=5000\n") {
+			t.Errorf("build logs printed %d of 5000 lines", n)
+		}
+		if strings.Contains(logs, "NEVER") {
+			t.Errorf("the background process outlived the build")
+		}
+	})
+
+	t.Run("builder output is capped", func(t *testing.T) {
+		t.Parallel()
+		before := len(f.s.Log())
+		b, logs := f.wait(f.start("--workflow flood").ID, 2*time.Minute)
+		if b.Status != build.Finished {
+			t.Fatalf("status %s (%s), log:\n%s", b.Status, b.Message, logs)
+		}
+		// One cap covers all the machine writes: past it, one marker and
+		// nothing more (not even the step's own last line).
+		if strings.Count(logs, "wrote more than 64 MiB") != 1 || strings.Contains(logs, "flood-done") {
+			t.Errorf("the build log does not say the machine's output was capped:\n%s", logs)
+		}
+		// 200 MB written to the builder's standard error; what reaches the
+		// service log is bounded (other subtests log a little meanwhile).
+		if grew := len(f.s.Log()) - before; grew > 2<<20 {
+			t.Errorf("the server's log grew by %d bytes", grew)
 		}
 	})
 

@@ -101,6 +101,13 @@ func (l *logBook) Output(step int, data []byte) {
 	}
 }
 
+// StartStep notes that step runs now: the cap's marker goes there.
+func (l *logBook) StartStep(step int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.step = step
+}
+
 // EndStep ends step's unfinished last line, if any: the step has ended.
 func (l *logBook) EndStep(step int) {
 	l.mu.Lock()

@@ -450,6 +450,7 @@ func (r *Runner) follow(ctx context.Context, j *job, conn *link.Conn) (build.Sta
 			case link.Output:
 				j.logs.Output(i, ev.Data)
 			case link.StepStart:
+				j.logs.StartStep(i)
 				j.logs.Flush()
 				j.stepStart(i, ev.Time)
 				j.save()
