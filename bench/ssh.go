@@ -33,6 +33,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/hangar-ci/hangar/internal/build"
 )
 
 // sshWorkflowFile is the codemagic.yaml of the SSH mode: its one workflow
@@ -157,7 +159,7 @@ func runSSH(ctx context.Context, o options) (err error) {
 		}
 	}
 	held := starts[len(starts)-1]
-	alias := "build-" + strconv.FormatInt(held.id, 10)
+	alias := build.Alias(held.id)
 
 	// The build's ssh_config, as a user writes it.
 	hdir := filepath.Join(tmp, "hangar-ssh")
@@ -388,7 +390,7 @@ func sshStartOnce(ctx context.Context, s *server, dir string, env []string, star
 		}
 	}
 	st.fetched = time.Since(t0)
-	st.script = filepath.Join(dir, fmt.Sprintf("build-%d.sh", b.ID))
+	st.script = filepath.Join(dir, build.Alias(b.ID)+".sh")
 	if err := os.WriteFile(st.script, script, 0o700); err != nil {
 		return st, err
 	}

@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"os"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -24,8 +23,12 @@ func buildCmd(cf *clientFlags) *cobra.Command {
 	return cmd
 }
 
+// parseID reads a build argument: the id ("12") or the alias ("build-12").
 func parseID(s string) (int64, error) {
-	id, err := strconv.ParseInt(strings.TrimPrefix(s, "build-"), 10, 64)
+	if id, err := build.ParseAlias(s); err == nil {
+		return id, nil
+	}
+	id, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || id <= 0 {
 		return 0, fmt.Errorf("%q is not a build id: ids are positive numbers (see `hangar build list`)", s)
 	}
