@@ -18,7 +18,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -36,6 +35,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/hangar-ci/hangar/internal/api"
+	"github.com/hangar-ci/hangar/internal/build"
 )
 
 // The sandbox server gets its own bridge and subnet so that it never
@@ -274,7 +276,7 @@ type server struct {
 	logPath string
 	logFile *os.File
 	exited  chan struct{}
-	client  *http.Client
+	api     *api.Client // set once the server answers
 }
 
 func freePort() (int, error) {
@@ -309,7 +311,6 @@ func startServer(ctx context.Context, bin, driver, dir string, maxBuilds int) (*
 		url:     "http://" + addr,
 		logPath: filepath.Join(dir, "server.log"),
 		exited:  make(chan struct{}),
-		client:  &http.Client{Timeout: 30 * time.Second},
 	}
 	if s.logFile, err = os.Create(s.logPath); err != nil {
 		return nil, err
@@ -327,13 +328,10 @@ func startServer(ctx context.Context, bin, driver, dir string, maxBuilds int) (*
 		close(s.exited)
 	}()
 	deadline := time.Now().Add(60 * time.Second)
+	hc := &http.Client{Timeout: 30 * time.Second}
 	for {
-		resp, err := s.client.Get(s.url + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
+		if api.New(s.url, "", hc).Health(ctx) == nil {
+			break
 		}
 		select {
 		case <-s.exited:
@@ -355,6 +353,7 @@ func startServer(ctx context.Context, bin, driver, dir string, maxBuilds int) (*
 		return nil, fmt.Errorf("admin token: %w", err)
 	}
 	s.token = strings.TrimSpace(string(tok))
+	s.api = api.New(s.url, s.token, hc)
 	return s, nil
 }
 
@@ -394,109 +393,37 @@ func (s *server) stop() error {
 	}
 }
 
-// apiError is a non-2xx answer of the API.
-type apiError struct {
-	status int
-	body   string
-}
-
-func (e *apiError) Error() string {
-	return fmt.Sprintf("HTTP %d: %s", e.status, strings.TrimSpace(e.body))
-}
-
-// call does one API request and decodes its JSON answer into out.
-func (s *server) call(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, s.url+path, body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+s.token)
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := s.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode/100 != 2 {
-		return &apiError{resp.StatusCode, string(b)}
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
-		}
-	}
-	return nil
-}
-
-// buildJSON is the part of the API's build that the benchmark reads.
-type buildJSON struct {
-	ID         int64      `json:"id"`
-	Status     string     `json:"status"`
-	Message    string     `json:"message"`
-	CreatedAt  time.Time  `json:"created_at"`
-	StartedAt  *time.Time `json:"started_at"`
-	FinishedAt *time.Time `json:"finished_at"`
-	Steps      []struct {
-		Name       string     `json:"name"`
-		Status     string     `json:"status"`
-		StartedAt  *time.Time `json:"started_at"`
-		FinishedAt *time.Time `json:"finished_at"`
-	} `json:"steps"`
-}
-
-func (b *buildJSON) done() bool {
-	switch b.Status {
-	case "finished", "failed", "canceled", "timeout":
-		return true
-	}
-	return false
-}
-
 // holding reports whether b is building and runs its first script.
-func (b *buildJSON) holding() bool {
-	return b.Status == "building" && len(b.Steps) > 2 && b.Steps[2].Status == "running"
+func holding(b *build.Build) bool {
+	return b.Status == build.Building && len(b.Steps) > 2 && b.Steps[2].Status == build.StepRunning
 }
 
-func (s *server) startBuild(ctx context.Context, workflow string) (*buildJSON, error) {
-	var b buildJSON
-	if err := s.call(ctx, http.MethodPost, "/api/v1/builds", map[string]string{"app": appName, "workflow": workflow}, &b); err != nil {
+func (s *server) startBuild(ctx context.Context, workflow string) (*build.Build, error) {
+	b, err := s.api.StartBuild(ctx, api.StartRequest{App: appName, Workflow: workflow})
+	if err != nil {
 		return nil, fmt.Errorf("start build of %s: %w", workflow, err)
 	}
-	return &b, nil
+	return b, nil
 }
 
-func (s *server) getBuild(ctx context.Context, id int64) (*buildJSON, error) {
-	var b buildJSON
-	if err := s.call(ctx, http.MethodGet, "/api/v1/builds/"+strconv.FormatInt(id, 10), nil, &b); err != nil {
+func (s *server) getBuild(ctx context.Context, id int64) (*build.Build, error) {
+	b, err := s.api.Build(ctx, id)
+	if err != nil {
 		return nil, fmt.Errorf("get build %d: %w", id, err)
 	}
-	return &b, nil
+	return b, nil
 }
 
 // waitBuild polls build id until cond holds for it, the build ends, or
 // timeout passes.
-func (s *server) waitBuild(ctx context.Context, id int64, poll, timeout time.Duration, cond func(*buildJSON) bool) (*buildJSON, error) {
+func (s *server) waitBuild(ctx context.Context, id int64, poll, timeout time.Duration, cond func(*build.Build) bool) (*build.Build, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		b, err := s.getBuild(ctx, id)
 		if err != nil {
 			return nil, err
 		}
-		if cond(b) || b.done() {
+		if cond(b) || b.Status.Done() {
 			return b, nil
 		}
 		if time.Now().After(deadline) {
@@ -530,7 +457,7 @@ func benchDriver(ctx context.Context, o options, bin, repo, dir string, r *resul
 		}
 	}()
 	logf("%s: server pid %d at %s", r.driver, s.pid(), s.url)
-	if err := s.call(ctx, http.MethodPost, "/api/v1/apps", map[string]string{"name": appName, "repo": repo}, nil); err != nil {
+	if _, err := s.api.AddApp(ctx, api.AppRequest{Name: appName, Repo: repo}); err != nil {
 		return fmt.Errorf("add app: %w", err)
 	}
 
@@ -571,11 +498,11 @@ func latencyOnce(ctx context.Context, s *server, poll time.Duration) (sample, er
 		return sample{}, err
 	}
 	api := time.Since(t0)
-	b, err = s.waitBuild(ctx, b.ID, poll, 2*time.Minute, func(*buildJSON) bool { return false })
+	b, err = s.waitBuild(ctx, b.ID, poll, 2*time.Minute, func(*build.Build) bool { return false })
 	if err != nil {
 		return sample{}, err
 	}
-	if b.Status != "finished" {
+	if b.Status != build.Finished {
 		return sample{}, fmt.Errorf("build %d of quick ended %s: %s", b.ID, b.Status, b.Message)
 	}
 	if len(b.Steps) < 3 || b.StartedAt == nil || b.FinishedAt == nil {
@@ -689,8 +616,8 @@ func memoryRun(ctx context.Context, s *server, o options) (_ *memResult, err err
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			b, err := s.waitBuild(ctx, id, 50*time.Millisecond, 2*time.Minute, (*buildJSON).holding)
-			if err == nil && !b.holding() {
+			b, err := s.waitBuild(ctx, id, 50*time.Millisecond, 2*time.Minute, holding)
+			if err == nil && !holding(b) {
 				err = fmt.Errorf("build %d ended (%s: %s) before all %d builds ran their step", id, b.Status, b.Message, len(ids))
 			}
 			errs[i] = err
@@ -713,7 +640,7 @@ func memoryRun(ctx context.Context, s *server, o options) (_ *memResult, err err
 		if err != nil {
 			return nil, err
 		}
-		if !b.holding() {
+		if !holding(b) {
 			return nil, fmt.Errorf("build %d is %s, no longer running its step, at the end of the sampling", id, b.Status)
 		}
 	}
@@ -741,16 +668,15 @@ func cancelAll(ctx context.Context, s *server, ids []int64, poll time.Duration) 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := s.call(ctx, http.MethodPost, fmt.Sprintf("/api/v1/builds/%d/cancel", id), nil, nil)
-			var ae *apiError
-			if errors.As(err, &ae) && ae.status == http.StatusConflict {
+			_, err := s.api.CancelBuild(ctx, id)
+			if api.StatusOf(err) == http.StatusConflict {
 				err = nil // already ended
 			}
 			if err != nil {
 				errs[i] = fmt.Errorf("cancel build %d: %w", id, err)
 				return
 			}
-			_, errs[i] = s.waitBuild(ctx, id, poll, time.Minute, func(*buildJSON) bool { return false })
+			_, errs[i] = s.waitBuild(ctx, id, poll, time.Minute, func(*build.Build) bool { return false })
 		}()
 	}
 	wg.Wait()

@@ -33,6 +33,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/hangar-ci/hangar/internal/api"
+	"github.com/hangar-ci/hangar/internal/build"
 )
 
 // sshWorkflowFile is the codemagic.yaml of the SSH mode: its one workflow
@@ -46,21 +49,6 @@ const sshWorkflowFile = `workflows:
 `
 
 const sshd = "/usr/sbin/sshd"
-
-// sshBuildJSON is a build with its SSH access.
-type sshBuildJSON struct {
-	buildJSON
-	SSH struct {
-		Enabled bool   `json:"enabled"`
-		State   string `json:"state"`
-		Command string `json:"command"`
-	} `json:"ssh"`
-}
-
-type eventJSON struct {
-	Time time.Time `json:"time"`
-	Kind string    `json:"kind"`
-}
 
 // sshStart is one build of the start-to-first-command run. The durations
 // are from t0, just before POST /api/v1/builds; those of the server are
@@ -124,7 +112,7 @@ func runSSH(ctx context.Context, o options) (err error) {
 	}()
 	gw := gatewayAddr(s)
 	logf("%s: server pid %d at %s, SSH gateway %s", driver, s.pid(), s.url, gw)
-	if err := s.call(ctx, http.MethodPost, "/api/v1/apps", map[string]string{"name": appName, "repo": repo}, nil); err != nil {
+	if _, err := s.api.AddApp(ctx, api.AppRequest{Name: appName, Repo: repo}); err != nil {
 		return fmt.Errorf("add app: %w", err)
 	}
 
@@ -157,7 +145,7 @@ func runSSH(ctx context.Context, o options) (err error) {
 		}
 	}
 	held := starts[len(starts)-1]
-	alias := "build-" + strconv.FormatInt(held.id, 10)
+	alias := build.Alias(held.id)
 
 	// The build's ssh_config, as a user writes it.
 	hdir := filepath.Join(tmp, "hangar-ssh")
@@ -322,22 +310,6 @@ func gatewayAddr(s *server) string {
 	return "unknown"
 }
 
-// getText GETs path and returns the status and body.
-func (s *server) getText(ctx context.Context, path string) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url+path, nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+s.token)
-	resp, err := s.client.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
-}
-
 // command is exec.CommandContext in its own process group, all of which
 // is killed when ctx ends.
 func command(ctx context.Context, env []string, name string, args ...string) *exec.Cmd {
@@ -360,36 +332,31 @@ func sshStartOnce(ctx context.Context, s *server, dir string, env []string, star
 		return st, err
 	}
 	t0 := time.Now()
-	var b sshBuildJSON
-	if err := s.call(ctx, http.MethodPost, "/api/v1/builds", map[string]any{"app": appName, "workflow": "hold", "ssh": true}, &b); err != nil {
+	b, err := s.api.StartBuild(ctx, api.StartRequest{App: appName, Workflow: "hold", SSH: true})
+	if err != nil {
 		return st, fmt.Errorf("start SSH build: %w", err)
 	}
 	st.api = time.Since(t0)
 	st.id = b.ID
 	*started = append(*started, b.ID)
 	deadline := t0.Add(2 * time.Minute)
-	path := fmt.Sprintf("/api/v1/builds/%d/ssh/script", b.ID)
-	var script []byte
+	var script string
 	for {
 		st.gets++
-		code, body, err := s.getText(ctx, path)
-		if err != nil {
-			return st, fmt.Errorf("GET %s: %w", path, err)
-		}
-		if code == http.StatusOK {
-			script = body
+		script, err = s.api.SSHScript(ctx, b.ID, "")
+		if err == nil {
 			break
 		}
-		if code != http.StatusTooEarly {
-			return st, fmt.Errorf("GET %s: HTTP %d: %s", path, code, strings.TrimSpace(string(body)))
+		if api.StatusOf(err) != http.StatusTooEarly {
+			return st, fmt.Errorf("build %d: SSH script: %w", b.ID, err)
 		}
 		if time.Now().After(deadline) {
 			return st, fmt.Errorf("build %d: no SSH script after 2 minutes", b.ID)
 		}
 	}
 	st.fetched = time.Since(t0)
-	st.script = filepath.Join(dir, fmt.Sprintf("build-%d.sh", b.ID))
-	if err := os.WriteFile(st.script, script, 0o700); err != nil {
+	st.script = filepath.Join(dir, build.Alias(b.ID)+".sh")
+	if err := os.WriteFile(st.script, []byte(script), 0o700); err != nil {
 		return st, err
 	}
 	for {
@@ -410,14 +377,14 @@ func sshStartOnce(ctx context.Context, s *server, dir string, env []string, star
 
 	// The server's milestones.
 	st.claimed, st.tunnelUp = -1, -1
-	if err := s.call(ctx, http.MethodGet, fmt.Sprintf("/api/v1/builds/%d", b.ID), nil, &b); err != nil {
+	if b, err = s.api.Build(ctx, b.ID); err != nil {
 		return st, err
 	}
 	if b.StartedAt != nil {
 		st.claimed = b.StartedAt.Sub(t0)
 	}
-	var evs []eventJSON
-	if err := s.call(ctx, http.MethodGet, fmt.Sprintf("/api/v1/builds/%d/events", b.ID), nil, &evs); err != nil {
+	evs, err := s.api.Events(ctx, b.ID)
+	if err != nil {
 		return st, err
 	}
 	for _, ev := range evs {
@@ -431,12 +398,8 @@ func sshStartOnce(ctx context.Context, s *server, dir string, env []string, star
 
 // buildEvents is the last n events of build id, one a line.
 func buildEvents(ctx context.Context, s *server, id int64, n int) string {
-	var evs []struct {
-		Time time.Time         `json:"time"`
-		Kind string            `json:"kind"`
-		Data map[string]string `json:"data"`
-	}
-	if err := s.call(ctx, http.MethodGet, fmt.Sprintf("/api/v1/builds/%d/events", id), nil, &evs); err != nil {
+	evs, err := s.api.Events(ctx, id)
+	if err != nil {
 		return err.Error()
 	}
 	var b strings.Builder

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/hangar-ci/hangar/e2e/harness"
+	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/sshca"
 )
@@ -315,15 +316,8 @@ func TestSSH(t *testing.T) {
 		if r.Code == 0 || !strings.Contains(r.Stderr, "no access") {
 			t.Errorf("outsider fetched the script: %d %s", r.Code, r.Stderr)
 		}
-		req, _ := http.NewRequest("GET", fmt.Sprintf("%s/api/v1/builds/%d/ssh/script", f.s.URL, b.ID), nil)
-		req.Header.Set("Authorization", "Bearer "+tok)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusForbidden {
-			t.Errorf("status %d, want 403", resp.StatusCode)
+		if _, err := f.s.ClientWith(tok).SSHScript(t.Context(), b.ID, ""); api.StatusOf(err) != http.StatusForbidden {
+			t.Errorf("status %d, want 403 (%v)", api.StatusOf(err), err)
 		}
 	})
 
@@ -456,16 +450,8 @@ func TestSSHWindow(t *testing.T) {
 	}()
 	wg.Wait()
 	// Webhook-style triggers cannot have SSH.
-	body := strings.NewReader(`{"app":"demo","workflow":"quick","ssh":true,"trigger":"webhook"}`)
-	req, _ := http.NewRequest("POST", f.s.URL+"/api/v1/builds", body)
-	req.Header.Set("Authorization", "Bearer "+f.s.Token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode/100 != 4 || !strings.Contains(string(msg), "manually triggered") {
-		t.Errorf("ssh with a webhook trigger: %d %s", resp.StatusCode, msg)
+	_, err := f.s.Client().StartBuild(t.Context(), api.StartRequest{App: "demo", Workflow: "quick", SSH: true, Trigger: "webhook"})
+	if api.StatusOf(err)/100 != 4 || !strings.Contains(err.Error(), "manually triggered") {
+		t.Errorf("ssh with a webhook trigger: %d %v", api.StatusOf(err), err)
 	}
 }

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -48,17 +46,9 @@ type terminal struct {
 
 func openTerminal(t *testing.T, ctx context.Context, f *sshFixture, id int64) *terminal {
 	t.Helper()
-	req, _ := http.NewRequest("POST", fmt.Sprintf("%s/api/v1/builds/%d/terminal", f.s.URL, id), nil)
-	req.Header.Set("Authorization", "Bearer "+f.s.Token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tk struct{ URL string }
-	_ = json.NewDecoder(resp.Body).Decode(&tk)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated || tk.URL == "" {
-		t.Fatalf("ticket: %d %+v", resp.StatusCode, tk)
+	tk, err := f.s.Client().TerminalTicket(ctx, id)
+	if err != nil || tk.URL == "" {
+		t.Fatalf("ticket: %+v %v", tk, err)
 	}
 	wsURL := "ws" + strings.TrimPrefix(f.s.URL, "http") + tk.URL
 	ws, _, err := websocket.Dial(ctx, wsURL, nil)

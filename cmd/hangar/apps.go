@@ -3,23 +3,14 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net/url"
 	"os"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
-)
 
-// app is an app as the API returns it.
-type app struct {
-	ID            int64     `json:"id"`
-	Name          string    `json:"name"`
-	Repo          string    `json:"repo"`
-	CreatedAt     time.Time `json:"created_at"`
-	WebhookURL    string    `json:"webhook_url"`
-	WebhookSecret string    `json:"webhook_secret,omitempty"`
-}
+	"github.com/hangar-ci/hangar/internal/api"
+)
 
 func printJSON(v any) error {
 	enc := json.NewEncoder(os.Stdout)
@@ -40,9 +31,8 @@ func appCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var a app
-			req := map[string]string{"name": args[0], "repo": repo, "webhook_secret": secret}
-			if err := c.do(cmd.Context(), "POST", "/api/v1/apps", req, &a); err != nil {
+			a, err := c.AddApp(cmd.Context(), api.AppRequest{Name: args[0], Repo: repo, WebhookSecret: secret})
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -72,8 +62,8 @@ func appCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var apps []app
-			if err := c.do(cmd.Context(), "GET", "/api/v1/apps", nil, &apps); err != nil {
+			apps, err := c.Apps(cmd.Context())
+			if err != nil {
 				return err
 			}
 			if listJSON {
@@ -99,8 +89,8 @@ func appCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var a app
-			if err := c.do(cmd.Context(), "GET", "/api/v1/apps/"+url.PathEscape(args[0]), nil, &a); err != nil {
+			a, err := c.App(cmd.Context(), args[0])
+			if err != nil {
 				return err
 			}
 			if showJSON {
@@ -121,7 +111,7 @@ func appCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := c.do(cmd.Context(), "DELETE", "/api/v1/apps/"+url.PathEscape(args[0]), nil, nil); err != nil {
+			if err := c.DeleteApp(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			fmt.Printf("Deleted app %s\n", args[0])

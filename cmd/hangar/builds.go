@@ -2,18 +2,16 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
 )
 
@@ -24,8 +22,12 @@ func buildCmd(cf *clientFlags) *cobra.Command {
 	return cmd
 }
 
+// parseID reads a build argument: the id ("12") or the alias ("build-12").
 func parseID(s string) (int64, error) {
-	id, err := strconv.ParseInt(strings.TrimPrefix(s, "build-"), 10, 64)
+	if id, err := build.ParseAlias(s); err == nil {
+		return id, nil
+	}
+	id, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || id <= 0 {
 		return 0, fmt.Errorf("%q is not a build id: ids are positive numbers (see `hangar build list`)", s)
 	}
@@ -57,9 +59,8 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var b build.Build
-			req := map[string]any{"app": args[0], "workflow": wf, "branch": branch, "ssh": withSSH}
-			if err := c.do(cmd.Context(), "POST", "/api/v1/builds", req, &b); err != nil {
+			b, err := c.StartBuild(cmd.Context(), api.StartRequest{App: args[0], Workflow: wf, Branch: branch, SSH: withSSH})
+			if err != nil {
 				return err
 			}
 			if asJSON && !follow {
@@ -70,7 +71,7 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 			}
 			if !follow {
 				if b.Status.Done() {
-					return exitFor(&b)
+					return exitFor(b)
 				}
 				fmt.Printf("Follow it with: hangar build logs %d --follow\n", b.ID)
 				if b.SSH.Enabled {
@@ -102,7 +103,7 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 
 // followBuild prints a build's progress and log until it ends, and returns
 // it as it ended. The server sends a step's lines before the step's end.
-func followBuild(ctx context.Context, c *client, id int64, out io.Writer) (*build.Build, error) {
+func followBuild(ctx context.Context, c *api.Client, id int64, out io.Writer) (*build.Build, error) {
 	var steps []build.Step
 	header := map[int]bool{}
 	ended := map[int]bool{}
@@ -113,13 +114,10 @@ func followBuild(ctx context.Context, c *client, id int64, out io.Writer) (*buil
 			fmt.Fprintf(out, "==> %s\n", steps[i].Name)
 		}
 	}
-	err := c.stream(ctx, fmt.Sprintf("/api/v1/builds/%d/logs", id), func(ev sseEvent) bool {
-		switch ev.Event {
-		case "build":
-			var b build.Build
-			if json.Unmarshal([]byte(ev.Data), &b) != nil {
-				return true
-			}
+	err := c.Follow(ctx, id, func(ev api.LogEvent) error {
+		switch {
+		case ev.Build != nil:
+			b := ev.Build
 			steps = b.Steps
 			if b.SSH.Enabled && b.SSH.State != sshShown && (b.SSH.State == build.SSHReady || b.SSH.State == build.SSHClosed) {
 				sshShown = b.SSH.State
@@ -141,26 +139,21 @@ func followBuild(ctx context.Context, c *client, id int64, out io.Writer) (*buil
 					}
 				}
 			}
-		case "log":
-			var l build.LogLine
-			if json.Unmarshal([]byte(ev.Data), &l) == nil {
-				printHeader(l.Step)
-				fmt.Fprintf(out, "    %s\n", l.Text)
-			}
-		case "end":
-			return false
+		case ev.Line != nil:
+			printHeader(ev.Line.Step)
+			fmt.Fprintf(out, "    %s\n", ev.Line.Text)
 		}
-		return true
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	var b build.Build
-	if err := c.do(ctx, "GET", fmt.Sprintf("/api/v1/builds/%d", id), nil, &b); err != nil {
+	b, err := c.Build(ctx, id)
+	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(out, "Build %d %s in %s\n", b.ID, b.Status, buildDuration(&b))
-	return &b, nil
+	fmt.Fprintf(out, "Build %d %s in %s\n", b.ID, b.Status, buildDuration(b))
+	return b, nil
 }
 
 func mark(s build.StepStatus) string {
@@ -217,8 +210,8 @@ func buildShowCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var b build.Build
-			if err := c.do(cmd.Context(), "GET", fmt.Sprintf("/api/v1/builds/%d", id), nil, &b); err != nil {
+			b, err := c.Build(cmd.Context(), id)
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -226,7 +219,7 @@ func buildShowCmd(cf *clientFlags) *cobra.Command {
 			}
 			fmt.Printf("Build %d (#%d of %s)\n", b.ID, b.Number, b.App)
 			fmt.Printf("Workflow: %s (%s)\nBranch:   %s at %.10s\nTrigger:  %s\nStatus:   %s\nDuration: %s\n",
-				b.WorkflowName, b.Workflow, b.Branch, b.Commit, b.Trigger, b.Status, buildDuration(&b))
+				b.WorkflowName, b.Workflow, b.Branch, b.Commit, b.Trigger, b.Status, buildDuration(b))
 			if b.Message != "" {
 				fmt.Printf("Message:  %s\n", b.Message)
 			}
@@ -249,6 +242,9 @@ func buildShowCmd(cf *clientFlags) *cobra.Command {
 	return cmd
 }
 
+// logPage is how many lines `hangar build logs` asks for at once.
+const logPage = 10000
+
 func buildLogsCmd(cf *clientFlags) *cobra.Command {
 	var follow bool
 	cmd := &cobra.Command{
@@ -267,15 +263,15 @@ func buildLogsCmd(cf *clientFlags) *cobra.Command {
 				}
 				return exitFor(b)
 			}
-			var b build.Build
-			if err := c.do(cmd.Context(), "GET", fmt.Sprintf("/api/v1/builds/%d", id), nil, &b); err != nil {
+			b, err := c.Build(cmd.Context(), id)
+			if err != nil {
 				return err
 			}
 			step := -1
 			var after int64
 			for {
-				var lines []build.LogLine
-				if err := c.do(cmd.Context(), "GET", fmt.Sprintf("/api/v1/builds/%d/logs?after=%d&limit=10000", id, after), nil, &lines); err != nil {
+				lines, err := c.Logs(cmd.Context(), id, after, logPage)
+				if err != nil {
 					return err
 				}
 				for _, l := range lines {
@@ -288,7 +284,7 @@ func buildLogsCmd(cf *clientFlags) *cobra.Command {
 					fmt.Printf("    %s\n", l.Text)
 					after = l.Seq
 				}
-				if len(lines) < 10000 {
+				if len(lines) < logPage {
 					return nil
 				}
 			}
@@ -310,8 +306,8 @@ func buildListCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var list []build.Build
-			if err := c.do(cmd.Context(), "GET", "/api/v1/builds?app="+url.QueryEscape(appName), nil, &list); err != nil {
+			list, err := c.Builds(cmd.Context(), appName, 0)
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -340,8 +336,8 @@ func buildCancelCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var b build.Build
-			if err := c.do(cmd.Context(), "POST", fmt.Sprintf("/api/v1/builds/%d/cancel", id), nil, &b); err != nil {
+			b, err := c.CancelBuild(cmd.Context(), id)
+			if err != nil {
 				return err
 			}
 			fmt.Printf("Build %d %s\n", b.ID, b.Status)

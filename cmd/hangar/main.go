@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/hangar-ci/hangar/internal/api"
 )
 
 // exitError ends the program with a code and no further message.
@@ -31,7 +33,11 @@ func main() {
 		if errors.As(err, &ee) {
 			os.Exit(ee.code)
 		}
-		fmt.Fprintln(os.Stderr, "hangar:", err)
+		msg := err.Error()
+		if errors.Is(err, api.ErrUnreachable) {
+			msg += " (is `hangar server` running? set --server or HANGAR_SERVER)"
+		}
+		fmt.Fprintln(os.Stderr, "hangar:", msg)
 		os.Exit(1)
 	}
 }

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,23 +13,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/api"
 )
-
-// sshAccess is the API's answer to GET /api/v1/builds/{id}/ssh/access.
-type sshAccess struct {
-	Alias      string    `json:"alias"`
-	Gateway    string    `json:"gateway"`
-	Key        string    `json:"private_key"`
-	Cert       string    `json:"certificate"`
-	KnownHosts string    `json:"known_hosts"`
-	Config     string    `json:"config"`
-	ExpiresAt  time.Time `json:"expires_at"`
-}
 
 // writeAccess writes key, certificate, known_hosts and config into dir and
 // returns the config's path.
-func writeAccess(dir string, a *sshAccess) (string, error) {
+func writeAccess(dir string, a *api.SSHAccess) (string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return "", err
@@ -63,14 +50,6 @@ func writeAccess(dir string, a *sshAccess) (string, error) {
 	return filepath.Join(abs, "config"), nil
 }
 
-func (c *client) sshAccess(ctx context.Context, id int64) (*sshAccess, error) {
-	var a sshAccess
-	if err := c.do(ctx, "GET", fmt.Sprintf("/api/v1/builds/%d/ssh/access", id), nil, &a); err != nil {
-		return nil, err
-	}
-	return &a, nil
-}
-
 func buildSSHScriptCmd(cf *clientFlags) *cobra.Command {
 	var shell string
 	cmd := &cobra.Command{
@@ -82,7 +61,7 @@ func buildSSHScriptCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			body, err := c.text(cmd.Context(), fmt.Sprintf("/api/v1/builds/%d/ssh/script?shell=%s", id, shell))
+			body, err := c.SSHScript(cmd.Context(), id, shell)
 			if err != nil {
 				return err
 			}
@@ -108,7 +87,7 @@ func buildSSHConfigCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			a, err := c.sshAccess(cmd.Context(), id)
+			a, err := c.SSHAccess(cmd.Context(), id)
 			if err != nil {
 				return err
 			}
@@ -144,7 +123,7 @@ func sshCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			a, err := c.sshAccess(cmd.Context(), id)
+			a, err := c.SSHAccess(cmd.Context(), id)
 			if err != nil {
 				return err
 			}
@@ -189,8 +168,8 @@ func buildEventsCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var evs []build.Event
-			if err := c.do(cmd.Context(), "GET", fmt.Sprintf("/api/v1/builds/%d/events", id), nil, &evs); err != nil {
+			evs, err := c.Events(cmd.Context(), id)
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -227,10 +206,8 @@ func tokenCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var out struct {
-				Token string `json:"token"`
-			}
-			if err := c.do(cmd.Context(), "POST", "/api/v1/tokens", map[string]any{"name": args[0], "apps": apps, "admin": admin}, &out); err != nil {
+			out, err := c.CreateToken(cmd.Context(), api.TokenRequest{Name: args[0], Apps: apps, Admin: admin})
+			if err != nil {
 				return err
 			}
 			fmt.Println(out.Token)
@@ -241,28 +218,4 @@ func tokenCmd(cf *clientFlags) *cobra.Command {
 	create.Flags().BoolVar(&admin, "admin", false, "an admin token (all apps, tokens)")
 	cmd.AddCommand(create)
 	return cmd
-}
-
-// text GETs path and returns the body as text.
-func (c *client) text(ctx context.Context, path string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.server+path, nil)
-	if err != nil {
-		return "", err
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("cannot reach the Hangar server at %s: %w", c.server, unwrapURL(err))
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode >= 300 {
-		return "", apiErrorFrom(resp, body)
-	}
-	return string(body), nil
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hangar-ci/hangar/internal/api"
 )
 
 var (
@@ -127,12 +128,8 @@ func StartServer(t testing.TB, o Options) *Server {
 	t.Cleanup(s.Stop)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get(s.URL + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
+		if api.New(s.URL, "", nil).Health(context.Background()) == nil {
+			break
 		}
 		select {
 		case <-s.exited:
@@ -151,6 +148,12 @@ func StartServer(t testing.TB, o Options) *Server {
 	s.Token = strings.TrimSpace(string(tok))
 	return s
 }
+
+// Client is an API client of the server with the admin token.
+func (s *Server) Client() *api.Client { return s.ClientWith(s.Token) }
+
+// ClientWith is an API client of the server with another token.
+func (s *Server) ClientWith(token string) *api.Client { return api.New(s.URL, token, nil) }
 
 // Log is what the server printed so far.
 func (s *Server) Log() string { return s.log.String() }

@@ -304,7 +304,7 @@ func (r *Runner) run(ctx context.Context, j *job, specJSON []byte) (st build.Sta
 	if err != nil {
 		return build.Failed, "cannot make the builder's key"
 	}
-	name := "build-" + strconv.FormatInt(b.ID, 10)
+	name := build.Alias(b.ID)
 	exp, err := r.cfg.Link.Expect(name, sshPub)
 	if err != nil {
 		return build.Failed, err.Error()

@@ -81,7 +81,7 @@ func (r *Runner) GatewayEvent(ev gateway.Event) {
 func (r *Runner) setupSSH(j *job, hello *link.Hello) (*link.JobSSH, error) {
 	cfg := r.cfg.SSH
 	b := j.b
-	alias := "build-" + strconv.FormatInt(b.ID, 10)
+	alias := build.Alias(b.ID)
 	deadline := b.StartedAt.Add(time.Duration(b.MaxDuration) * time.Second)
 	cred, err := cfg.CA.Issue(alias, deadline)
 	if err != nil {

@@ -12,29 +12,18 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/store"
 	"github.com/hangar-ci/hangar/internal/workflow"
 )
 
-// appRequest is the body of POST /api/v1/apps.
-type appRequest struct {
-	Name          string `json:"name"`
-	Repo          string `json:"repo"`
-	WebhookSecret string `json:"webhook_secret"`
-}
-
-// appResponse is an app as the API shows it. The webhook secret is shown
-// only in the answer that created the app.
-type appResponse struct {
-	*store.App
-	Repo          string `json:"repo"` // with any password or token hidden
-	WebhookURL    string `json:"webhook_url"`
-	WebhookSecret string `json:"webhook_secret,omitempty"`
-}
-
-func newAppResponse(r *http.Request, a *store.App) appResponse {
-	return appResponse{App: a, Repo: gitrepo.Redact(a.Repo), WebhookURL: webhookURL(r, a.Name)}
+// presentApp is app a as the API shows it, without its webhook secret.
+func presentApp(r *http.Request, a *store.App) api.App {
+	return api.App{
+		ID: a.ID, Name: a.Name, Repo: gitrepo.Redact(a.Repo), CreatedAt: a.CreatedAt,
+		WebhookURL: webhookURL(r, a.Name),
+	}
 }
 
 var scpLike = regexp.MustCompile(`^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:`)
@@ -82,7 +71,7 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 	if !adminOnly(w, r) {
 		return
 	}
-	var req appRequest
+	var req api.AppRequest
 	if !s.decode(w, r, &req) {
 		return
 	}
@@ -119,7 +108,7 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("app added", "app", app.Name, "repo", gitrepo.Redact(app.Repo))
-	resp := newAppResponse(r, app)
+	resp := presentApp(r, app)
 	resp.WebhookSecret = secret
 	writeJSON(w, http.StatusCreated, resp)
 }
@@ -130,10 +119,10 @@ func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, "list apps", err)
 		return
 	}
-	out := []appResponse{}
+	out := []api.App{}
 	for _, a := range apps {
 		if t := tokenOf(r); t != nil && t.Allows(a.Name) {
-			out = append(out, newAppResponse(r, a))
+			out = append(out, presentApp(r, a))
 		}
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -157,7 +146,7 @@ func (s *Server) lookupApp(w http.ResponseWriter, r *http.Request, name string) 
 
 func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
 	if app, ok := s.lookupApp(w, r, r.PathValue("name")); ok {
-		writeJSON(w, http.StatusOK, newAppResponse(r, app))
+		writeJSON(w, http.StatusOK, presentApp(r, app))
 	}
 }
 
@@ -187,15 +176,6 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("app deleted", "app", app.Name)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// workflowInfo is a workflow as GET /api/v1/apps/{name}/workflows shows it.
-type workflowInfo struct {
-	ID          string   `json:"id"`
-	Name        string   `json:"name"`
-	MaxDuration int64    `json:"max_build_duration_seconds"`
-	Scripts     []string `json:"scripts"`
-	Events      []string `json:"events"`
 }
 
 // appWorkflows serves the workflows of an app's branch (default: the
@@ -232,9 +212,9 @@ func (s *Server) appWorkflows(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, err.Error())
 		return
 	}
-	out := []workflowInfo{}
+	out := []api.Workflow{}
 	for _, wf := range f.Workflows {
-		wi := workflowInfo{ID: wf.ID, Name: wf.Name, MaxDuration: int64(wf.MaxDuration / time.Second), Events: wf.Triggering.Events, Scripts: []string{}}
+		wi := api.Workflow{ID: wf.ID, Name: wf.Name, MaxDuration: int64(wf.MaxDuration / time.Second), Events: wf.Triggering.Events, Scripts: []string{}}
 		if wi.Events == nil {
 			wi.Events = []string{}
 		}
@@ -243,5 +223,5 @@ func (s *Server) appWorkflows(w http.ResponseWriter, r *http.Request) {
 		}
 		out = append(out, wi)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"branch": branch, "commit": commit, "file": name, "workflows": out})
+	writeJSON(w, http.StatusOK, api.Workflows{Branch: branch, Commit: commit, File: name, Workflows: out})
 }

@@ -9,23 +9,12 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/store"
 	"github.com/hangar-ci/hangar/internal/workflow"
 )
-
-// startRequest is the body of POST /api/v1/builds.
-type startRequest struct {
-	App      string `json:"app"`
-	Workflow string `json:"workflow"`
-	Branch   string `json:"branch"`
-	// SSH asks for SSH access to the build's machine.
-	SSH bool `json:"ssh"`
-	// Trigger may only be "manual" (the default): builds started through
-	// the API are manual. It exists to refuse SSH with anything else.
-	Trigger string `json:"trigger"`
-}
 
 // userError is an error whose message is meant for the API client.
 type userError struct {
@@ -36,7 +25,7 @@ type userError struct {
 func (e *userError) Error() string { return e.msg }
 
 func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
-	var req startRequest
+	var req api.StartRequest
 	if !s.decode(w, r, &req) {
 		return
 	}

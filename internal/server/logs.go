@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/hangar-ci/hangar/internal/api"
 )
 
 // buildLogs serves a build's log: a JSON array of lines (at most ?limit=,
@@ -84,7 +86,8 @@ func (s *Server) buildLogs(w http.ResponseWriter, r *http.Request) {
 			lastBuild = data
 		}
 		if nb.Status.Done() {
-			fmt.Fprintf(w, "event: end\ndata: {\"status\":%q}\n\n", nb.Status)
+			data, _ := json.Marshal(api.End{Status: nb.Status})
+			fmt.Fprintf(w, "event: end\ndata: %s\n\n", data)
 			_ = rc.Flush()
 			return
 		}

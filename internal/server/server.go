@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/store"
 )
@@ -159,13 +160,8 @@ func tokenOf(r *http.Request) *store.Token {
 	return t
 }
 
-// apiError is the body of every error response.
-type apiError struct {
-	Error string `json:"error"`
-}
-
 func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, apiError{Error: msg})
+	writeJSON(w, code, api.Error{Message: msg})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -227,19 +223,12 @@ func adminOnly(w http.ResponseWriter, r *http.Request) bool {
 	return false
 }
 
-// tokenRequest is the body of POST /api/v1/tokens.
-type tokenRequest struct {
-	Name  string   `json:"name"`
-	Apps  []string `json:"apps"`
-	Admin bool     `json:"admin"`
-}
-
 // createToken makes an API token (admin only); the secret is shown once.
 func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 	if !adminOnly(w, r) {
 		return
 	}
-	var req tokenRequest
+	var req api.TokenRequest
 	if !s.decode(w, r, &req) {
 		return
 	}
@@ -260,14 +249,14 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, "create token", err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, map[string]any{"name": req.Name, "token": secret, "apps": req.Apps, "admin": req.Admin})
+	writeJSON(w, http.StatusCreated, api.Token{Name: req.Name, Token: secret, Apps: req.Apps, Admin: req.Admin})
 }
 
 // info serves GET /api/v1/info: what this server offers.
 func (s *Server) info(w http.ResponseWriter, r *http.Request) {
-	sshInfo := map[string]any{"enabled": s.cfg.SSH != nil}
+	info := api.Info{Driver: s.cfg.Driver, Isolated: s.cfg.Isolated, SSH: api.SSHInfo{Enabled: s.cfg.SSH != nil}}
 	if s.cfg.SSH == nil {
-		sshInfo["reason"] = "SSH access is turned off on this server (hangar server --ssh off)"
+		info.SSH.Reason = "SSH access is turned off on this server (hangar server --ssh off)"
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"ssh": sshInfo, "driver": s.cfg.Driver, "isolated": s.cfg.Isolated})
+	writeJSON(w, http.StatusOK, info)
 }

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/connect"
 	"github.com/hangar-ci/hangar/internal/sshca"
@@ -148,7 +149,7 @@ func (s *Server) access(w http.ResponseWriter, r *http.Request, b *build.Build) 
 		writeError(w, http.StatusGone, fmt.Sprintf("build %d's SSH access is closed", b.ID))
 		return nil
 	}
-	alias := "build-" + strconv.FormatInt(b.ID, 10)
+	alias := build.Alias(b.ID)
 	key, err := s.cfg.SSH.Sealer.Open(cred.PrivateKey, alias)
 	if err != nil {
 		s.internal(w, "open the build's key", err)
@@ -239,17 +240,6 @@ func (s *Server) signedScript(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// sshAccessResponse is what `hangar build ssh-config` and `hangar ssh` use.
-type sshAccessResponse struct {
-	Alias      string    `json:"alias"`
-	Gateway    string    `json:"gateway"`
-	Key        string    `json:"private_key"`
-	Cert       string    `json:"certificate"`
-	KnownHosts string    `json:"known_hosts"`
-	Config     string    `json:"config"` // with @DIR@ for the files' directory
-	ExpiresAt  time.Time `json:"expires_at"`
-}
-
 // sshAccess serves GET /api/v1/builds/{id}/ssh/access.
 func (s *Server) sshAccess(w http.ResponseWriter, r *http.Request) {
 	b, ok := s.lookupBuild(w, r)
@@ -262,7 +252,7 @@ func (s *Server) sshAccess(w http.ResponseWriter, r *http.Request) {
 	}
 	s.record(r, b.ID, "cli", "ssh_config")
 	f := a.Files()
-	writeJSON(w, http.StatusOK, sshAccessResponse{
+	writeJSON(w, http.StatusOK, api.SSHAccess{
 		Alias: a.Alias, Gateway: a.GatewayAddr(), Key: f.Key, Cert: f.Cert, KnownHosts: f.KnownHosts,
 		Config: a.Config("@DIR@"), ExpiresAt: a.ExpiresAt,
 	})

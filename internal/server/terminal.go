@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
 )
 
@@ -84,7 +85,7 @@ func (s *Server) terminalTicket(w http.ResponseWriter, r *http.Request) {
 		user = t.Name
 	}
 	id := s.tickets.issue(b.ID, user)
-	writeJSON(w, http.StatusCreated, map[string]string{"url": fmt.Sprintf("/api/v1/builds/%d/terminal/ws?ticket=%s", b.ID, id)})
+	writeJSON(w, http.StatusCreated, api.TerminalTicket{URL: fmt.Sprintf("/api/v1/builds/%d/terminal/ws?ticket=%s", b.ID, id)})
 }
 
 // terminalMessage is what the browser sends.

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/workflow"
@@ -48,7 +49,7 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 		return
 	case "push", "":
 	default:
-		writeJSON(w, http.StatusAccepted, map[string]any{"builds": []any{}, "message": fmt.Sprintf("event %q is not handled", ev)})
+		writeJSON(w, http.StatusAccepted, api.WebhookResult{Builds: []*build.Build{}, Message: fmt.Sprintf("event %q is not handled", ev)})
 		return
 	}
 	var push pushEvent
@@ -58,7 +59,7 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 	}
 	started := []*build.Build{}
 	if push.Deleted {
-		writeJSON(w, http.StatusAccepted, map[string]any{"builds": started, "message": "ref deleted: nothing to build"})
+		writeJSON(w, http.StatusAccepted, api.WebhookResult{Builds: started, Message: "ref deleted: nothing to build"})
 		return
 	}
 	event, name := "push", strings.TrimPrefix(push.Ref, "refs/heads/")
@@ -89,7 +90,7 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 			s.internal(w, "create build", cerr)
 			return
 		}
-		writeJSON(w, http.StatusAccepted, map[string]any{"builds": []*build.Build{b}, "message": err.Error()})
+		writeJSON(w, http.StatusAccepted, api.WebhookResult{Builds: []*build.Build{b}, Message: err.Error()})
 		return
 	}
 	for _, wf := range f.Workflows {
@@ -104,7 +105,7 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 		}
 		started = append(started, b)
 	}
-	writeJSON(w, http.StatusAccepted, map[string]any{"builds": started})
+	writeJSON(w, http.StatusAccepted, api.WebhookResult{Builds: started})
 }
 
 // validSignature checks GitHub's "sha256=<hex hmac>" header.

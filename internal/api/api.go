@@ -1,0 +1,135 @@
+// Package api is Hangar's HTTP API as Go sees it: the request and response
+// bodies of /api/v1, defined once for the server that encodes them and the
+// clients that decode them, and Client, a typed client of the API (used by
+// the CLI, the benchmark and the end-to-end tests).
+//
+// Builds, their log lines and events travel as the types of package build;
+// docs/api.md describes the JSON.
+package api
+
+import (
+	"time"
+
+	"github.com/hangar-ci/hangar/internal/build"
+)
+
+// Error is the body of every error answer, {"error": "..."}, and the error
+// Client returns for one.
+type Error struct {
+	// Status is the answer's HTTP status (not sent in the body).
+	Status int `json:"-"`
+	// Message says what was wrong and what to do; it is meant for users.
+	Message string `json:"error"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// AppRequest is the body of POST /api/v1/apps.
+type AppRequest struct {
+	Name          string `json:"name"`
+	Repo          string `json:"repo"`                     // a git URL or a path on the server
+	WebhookSecret string `json:"webhook_secret,omitempty"` // empty: the server makes one
+}
+
+// App is an app as the API shows it.
+type App struct {
+	ID   int64  `json:"id"`
+	Name string `json:"name"`
+	// Repo is the repository, with any password or token hidden.
+	Repo       string    `json:"repo"`
+	CreatedAt  time.Time `json:"created_at"`
+	WebhookURL string    `json:"webhook_url"`
+	// WebhookSecret is shown only in the answer that created the app.
+	WebhookSecret string `json:"webhook_secret,omitempty"`
+}
+
+// Workflows is the answer of GET /api/v1/apps/{name}/workflows: the
+// workflows of the workflow file at a branch's commit.
+type Workflows struct {
+	Branch    string     `json:"branch"`
+	Commit    string     `json:"commit"`
+	File      string     `json:"file"`
+	Workflows []Workflow `json:"workflows"`
+}
+
+// Workflow is one workflow of a Workflows answer.
+type Workflow struct {
+	ID          string   `json:"id"`
+	Name        string   `json:"name"`
+	MaxDuration int64    `json:"max_build_duration_seconds"`
+	Scripts     []string `json:"scripts"` // the scripts' names
+	Events      []string `json:"events"`  // the events that trigger it
+}
+
+// StartRequest is the body of POST /api/v1/builds. The answer is the
+// queued build, a build.Build.
+type StartRequest struct {
+	App      string `json:"app"`
+	Workflow string `json:"workflow,omitempty"` // empty: the file's only workflow
+	Branch   string `json:"branch,omitempty"`   // empty: the repository's default branch
+	// SSH asks for SSH access to the build's machine.
+	SSH bool `json:"ssh,omitempty"`
+	// Trigger may only be "manual" (the default): builds started through
+	// the API are manual. It exists to refuse SSH with anything else.
+	Trigger string `json:"trigger,omitempty"`
+}
+
+// End is the data of the "end" event of a live log: the build has ended
+// and every line was sent.
+type End struct {
+	Status build.Status `json:"status"`
+}
+
+// SSHAccess is the answer of GET /api/v1/builds/{id}/ssh/access: what
+// `hangar build ssh-config` and `hangar ssh` write to connect.
+type SSHAccess struct {
+	Alias      string `json:"alias"`   // "build-12", the ssh host name
+	Gateway    string `json:"gateway"` // host:port
+	Key        string `json:"private_key"`
+	Cert       string `json:"certificate"`
+	KnownHosts string `json:"known_hosts"`
+	// Config is an ssh_config with @DIR@ for the directory of the files.
+	Config    string    `json:"config"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// TerminalTicket is the answer of POST /api/v1/builds/{id}/terminal.
+type TerminalTicket struct {
+	// URL is the path of the single-use terminal WebSocket.
+	URL string `json:"url"`
+}
+
+// TokenRequest is the body of POST /api/v1/tokens.
+type TokenRequest struct {
+	Name  string   `json:"name"`
+	Apps  []string `json:"apps"`
+	Admin bool     `json:"admin"`
+}
+
+// Token is the answer of POST /api/v1/tokens; Token is the secret, shown
+// this once.
+type Token struct {
+	Name  string   `json:"name"`
+	Token string   `json:"token"`
+	Apps  []string `json:"apps"`
+	Admin bool     `json:"admin"`
+}
+
+// Info is the answer of GET /api/v1/info: what the server offers.
+type Info struct {
+	Driver   string  `json:"driver"`
+	Isolated bool    `json:"isolated"` // whether machines are isolated from the server
+	SSH      SSHInfo `json:"ssh"`
+}
+
+// SSHInfo says whether the server offers SSH builds.
+type SSHInfo struct {
+	Enabled bool   `json:"enabled"`
+	Reason  string `json:"reason,omitempty"` // why not
+}
+
+// WebhookResult is the answer of POST /api/v1/webhooks/{app} to a push.
+type WebhookResult struct {
+	Builds  []*build.Build `json:"builds"`
+	Message string         `json:"message,omitempty"`
+}
