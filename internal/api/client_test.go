@@ -277,8 +277,8 @@ func (e *env) run(b *build.Build, n int) {
 		return
 	}
 	for i := 1; i <= n; i++ {
-		l := build.LogLine{Seq: int64(i), Step: 2, Time: now, Text: fmt.Sprintf("line %d", i)}
-		if err := e.st.AppendLogs(ctx, b.ID, []build.LogLine{l}); err != nil {
+		c := build.LogChunk{Seq: int64(i), Lines: 1, Step: 2, Time: now, Data: fmt.Appendf(nil, "line %d\n", i)}
+		if err := e.st.AppendLog(ctx, b.ID, []build.LogChunk{c}); err != nil {
 			e.t.Error(err)
 			return
 		}
