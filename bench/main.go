@@ -8,7 +8,9 @@
 //
 //	go run ./bench [-driver sandbox|host|both] [-n 10] [-inflight 10]
 //	go run ./bench -mode ssh [-driver sandbox] [-n 10] [-runs 3]
+//	go run ./bench -mode logs [-driver sandbox] [-runs 3] [-parallel 4]
 //
+// The logs mode (logs.go) measures a step that prints 1,000,000 lines.
 // The ssh mode (ssh.go) measures SSH builds against OpenSSH instead.
 //
 // The sandbox driver needs root and runc. See docs/benchmarks.md.
@@ -69,24 +71,26 @@ type options struct {
 	poll     time.Duration
 	settle   time.Duration
 	keep     bool
-	runs     int   // ssh mode: timed transfers per path
+	runs     int   // ssh mode: timed transfers per path; logs mode: builds one at a time
+	parallel int   // logs mode: builds at once
 	bytes    int64 // ssh mode: bytes per transfer
 }
 
 func main() {
 	var o options
-	mode := flag.String("mode", "start", "start: start latency and memory; ssh: SSH start, throughput and connect latency against OpenSSH")
-	driver := flag.String("driver", "both", "machine driver to measure: sandbox, host or both (ssh mode: one, default sandbox)")
+	mode := flag.String("mode", "start", "start: start latency and memory; ssh: SSH start, throughput and connect latency against OpenSSH; logs: a verbose step's speed and lines")
+	driver := flag.String("driver", "both", "machine driver to measure: sandbox, host or both (ssh and logs modes: one, default sandbox)")
 	flag.IntVar(&o.n, "n", 10, "sequential builds of the start-latency run (ssh mode: SSH builds, and runs of each connect-latency command)")
 	flag.IntVar(&o.warmup, "warmup", 1, "builds run (and shown apart) before the start-latency run")
 	flag.IntVar(&o.inflight, "inflight", 10, "builds in flight at once in the memory run")
 	flag.DurationVar(&o.poll, "poll", 10*time.Millisecond, "interval of GET /api/v1/builds/{id} while waiting")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "how long the memory run samples once every build runs its step")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (binary, repository, data dirs, server logs)")
-	flag.IntVar(&o.runs, "runs", 3, "ssh mode: timed transfers per path")
+	flag.IntVar(&o.runs, "runs", 3, "ssh mode: timed transfers per path; logs mode: verbose builds one at a time")
+	flag.IntVar(&o.parallel, "parallel", 4, "logs mode: verbose builds at once")
 	flag.Int64Var(&o.bytes, "bytes", 1<<30, "ssh mode: bytes per transfer")
 	flag.Parse()
-	if *mode == "ssh" {
+	if *mode == "ssh" || *mode == "logs" {
 		set := false
 		flag.Visit(func(f *flag.Flag) { set = set || f.Name == "driver" })
 		if !set {
@@ -101,6 +105,9 @@ func main() {
 	default:
 		fatalf("-driver %q: use sandbox, host or both", *driver)
 	}
+	if o.parallel < 1 {
+		fatalf("-parallel must be at least 1")
+	}
 	if o.n < 1 || o.inflight < 1 || o.warmup < 0 || o.poll <= 0 || o.runs < 1 || o.bytes < 1 {
 		fatalf("-n, -inflight, -runs and -bytes must be at least 1, -warmup at least 0, -poll positive")
 	}
@@ -111,8 +118,10 @@ func main() {
 		err = run(ctx, o)
 	case "ssh":
 		err = runSSH(ctx, o)
+	case "logs":
+		err = runLogs(ctx, o)
 	default:
-		err = fmt.Errorf("-mode %q: use start or ssh", *mode)
+		err = fmt.Errorf("-mode %q: use start, ssh or logs", *mode)
 	}
 	stop()
 	if err != nil {
