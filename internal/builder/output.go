@@ -8,6 +8,8 @@ import (
 	"os"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hangar-ci/hangar/internal/link"
 )
 
@@ -140,6 +142,9 @@ func newStepOutput(box *outbox, step int) (*stepOutput, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A larger pipe lets a verbose step write ahead of the reader instead
+	// of waiting on it (the default holds 64 KiB). Best effort.
+	_, _ = unix.FcntlInt(pw.Fd(), unix.F_SETPIPE_SZ, 1<<20)
 	marker := make([]byte, 24)
 	_, _ = rand.Read(marker)
 	// A leading NUL: text output never looks like the start of a marker,
@@ -164,7 +169,7 @@ func (o *stepOutput) finish() bool {
 // read copies the pipe into the outbox until every writer has closed it.
 func (o *stepOutput) read(pr *os.File) {
 	defer pr.Close()
-	buf := make([]byte, 128<<10)
+	buf := make([]byte, 1<<20)
 	var held []byte // bytes that may be the start of the marker
 	found := false
 	for {

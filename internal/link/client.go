@@ -3,6 +3,7 @@ package link
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -115,12 +116,37 @@ func (c *Client) Command() (*Command, error) {
 
 // Send sends an event. It is safe for concurrent use.
 func (c *Client) Send(ev Event) error {
+	if ev.Type == Output {
+		return c.sendOutput(ev.Step, ev.Data)
+	}
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.enc.Encode(ev)
+}
+
+// sendOutput sends an output frame (see OutputFrame).
+func (c *Client) sendOutput(step int, data []byte) error {
+	for len(data) > 0 {
+		part := data[:min(len(data), MaxMessage)]
+		data = data[len(part):]
+		hdr := make([]byte, 1, 1+2*binary.MaxVarintLen64)
+		hdr[0] = OutputFrame
+		hdr = binary.AppendUvarint(hdr, uint64(step))
+		hdr = binary.AppendUvarint(hdr, uint64(len(part)))
+		c.mu.Lock()
+		_, err := c.ch.Write(hdr)
+		if err == nil {
+			_, err = c.ch.Write(part)
+		}
+		c.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Wait blocks until the runner closes the link.

@@ -13,7 +13,11 @@
 //
 // The builder then opens one channel of type ControlChannel. On it each side
 // writes JSON messages, one per line: the runner sends one Job; the builder
-// answers with Events (step_start, output, step_end, ssh, done). The SSH connection is
+// answers with Events (step_start, output, step_end, ssh, done). Output
+// events, the bulk of what a builder sends, travel as binary frames on the
+// same channel instead (so that they keep their order with the rest): the
+// byte OutputFrame, the step and the length of the data as uvarints, then
+// the data. The SSH connection is
 // the one link between them: later features (the reverse SSH tunnel for the
 // build, session events) are further channels and requests on it.
 //
@@ -112,6 +116,10 @@ const (
 	// "login_end", "connect", "disconnect" or "channel"; Text the detail.
 	SSH = "ssh"
 )
+
+// OutputFrame starts an output frame on the control channel (a JSON
+// message starts with '{').
+const OutputFrame = 0x01
 
 // Event is a message from the builder. Step indexes Job.Steps.
 type Event struct {

@@ -3,9 +3,11 @@ package link
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -423,6 +425,13 @@ func (c *Conn) SendJob(j *Job) error {
 // Recv returns the builder's next event. It is not safe for concurrent use.
 func (c *Conn) Recv() (Event, error) {
 	var ev Event
+	first, err := c.rd.Peek(1)
+	if err != nil {
+		return ev, err
+	}
+	if first[0] == OutputFrame {
+		return c.recvOutput()
+	}
 	var line []byte
 	for {
 		part, err := c.rd.ReadSlice('\n')
@@ -441,6 +450,29 @@ func (c *Conn) Recv() (Event, error) {
 		return ev, fmt.Errorf("link: malformed message from the builder: %w", err)
 	}
 	return ev, nil
+}
+
+// recvOutput reads an output frame.
+func (c *Conn) recvOutput() (Event, error) {
+	if _, err := c.rd.ReadByte(); err != nil {
+		return Event{}, err
+	}
+	step, err := binary.ReadUvarint(c.rd)
+	if err != nil {
+		return Event{}, fmt.Errorf("link: malformed output frame from the builder: %w", err)
+	}
+	n, err := binary.ReadUvarint(c.rd)
+	if err != nil {
+		return Event{}, fmt.Errorf("link: malformed output frame from the builder: %w", err)
+	}
+	if n > MaxMessage || step > 1<<20 {
+		return Event{}, fmt.Errorf("link: the builder sent an output frame of %d bytes for step %d (at most %d bytes)", n, step, MaxMessage)
+	}
+	data := make([]byte, n)
+	if _, err := io.ReadFull(c.rd, data); err != nil {
+		return Event{}, err
+	}
+	return Event{Type: Output, Step: int(step), Data: data, Time: time.Now()}, nil
 }
 
 // Done is closed when the link is closed.

@@ -50,6 +50,7 @@ type logBook struct {
 	mu       sync.Mutex       // guards the fields below
 	pending  []build.LogChunk // not stored yet
 	buffered int              // bytes in pending
+	flushing bool             // a Flush started by Output runs
 	seq      int64            // the last line number given
 	step     int              // the step of the last line
 	partial  map[int][]byte   // by step: the start of a line not ended yet
@@ -94,10 +95,18 @@ func (l *logBook) Output(step int, data []byte) {
 		l.endLine(step)
 		l.capped(step)
 	}
-	flush := l.buffered >= flushBytes
+	// Write to the store beside the link, not in its way (Flush keeps the
+	// order, and the runner's own Flush at a step's end waits for it).
+	flush := l.buffered >= flushBytes && !l.flushing
+	l.flushing = l.flushing || flush
 	l.mu.Unlock()
 	if flush {
-		l.Flush()
+		go func() {
+			l.Flush()
+			l.mu.Lock()
+			l.flushing = false
+			l.mu.Unlock()
+		}()
 	}
 }
 
@@ -155,25 +164,66 @@ func (l *logBook) lines(step int, data []byte) {
 			l.step = step
 			c = &l.pending[len(l.pending)-1]
 		}
-		for len(data) > 0 && len(c.Data) < maxChunkBytes {
-			line := data
-			if i := bytes.IndexByte(data, '\n'); i >= 0 {
-				line, data = data[:i], data[i+1:]
+		// The lines that fit in the chunk, at least one.
+		block := data
+		if room := maxChunkBytes - len(c.Data); len(block) > room {
+			end := bytes.LastIndexByte(block[:room], '\n') + 1
+			if end == 0 {
+				end = bytes.IndexByte(block, '\n') + 1
+			}
+			if end == 0 {
+				end = len(block)
+			}
+			block = block[:end]
+		}
+		data = data[len(block):]
+		if bytes.IndexByte(block, '\r') < 0 && longestLine(block) <= link.MaxLine {
+			// The common case: the lines as they are.
+			n := bytes.Count(block, []byte{'\n'})
+			c.Data = append(c.Data, block...)
+			if block[len(block)-1] != '\n' {
+				n++
+				c.Data = append(c.Data, '\n')
+			}
+			c.Lines += n
+			l.seq += int64(n)
+			l.buffered += len(block)
+			continue
+		}
+		for len(block) > 0 {
+			line := block
+			if i := bytes.IndexByte(block, '\n'); i >= 0 {
+				line, block = block[:i], block[i+1:]
 			} else {
-				data = nil
+				block = nil
 			}
-			if len(line) > link.MaxLine {
-				// Keep what is past MaxLine for the next round.
-				data = append(append(bytes.Clone(line[link.MaxLine:]), '\n'), data...)
-				line = line[:link.MaxLine]
+			for {
+				part := line[:min(len(line), link.MaxLine)]
+				line = line[len(part):]
+				c.Data = append(append(c.Data, bytes.TrimSuffix(part, []byte("\r"))...), '\n')
+				c.Lines++
+				l.seq++
+				l.buffered += len(part) + 1
+				if len(line) == 0 {
+					break
+				}
 			}
-			line = bytes.TrimSuffix(line, []byte("\r"))
-			c.Data = append(append(c.Data, line...), '\n')
-			c.Lines++
-			l.seq++
-			l.buffered += len(line) + 1
 		}
 	}
+}
+
+// longestLine is the length of the longest line in data.
+func longestLine(data []byte) int {
+	longest := 0
+	for len(data) > 0 {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			return max(longest, len(data))
+		}
+		longest = max(longest, i)
+		data = data[i+1:]
+	}
+	return longest
 }
 
 // Flush writes buffered lines to the store.
