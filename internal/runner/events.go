@@ -30,10 +30,18 @@ func receive(conn *link.Conn) <-chan link.Event {
 			if err != nil {
 				return
 			}
+			// Every event read is delivered, also when the link closed
+			// right after it (a builder that crashed); only a full
+			// channel that nobody reads any more (the build has ended)
+			// gives up.
 			select {
 			case events <- ev:
-			case <-conn.Done():
-				return
+			default:
+				select {
+				case events <- ev:
+				case <-conn.Done():
+					return
+				}
 			}
 		}
 	}()
