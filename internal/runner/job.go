@@ -22,8 +22,10 @@ import (
 )
 
 // job is one build being run. One goroutine, the build's, runs execute and
-// owns every field; other goroutines use only cancel (safe for concurrent
-// use) and, for an SSH build, the channels of ssh.
+// owns every field and the build. Other goroutines use only what never
+// changes once the job is registered (b.ID, log, ssh and its channels,
+// read by GatewayEvent) and cancel (safe for concurrent use): no field
+// needs a mutex.
 type job struct {
 	r        *Runner
 	b        *build.Build
