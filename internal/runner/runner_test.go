@@ -580,6 +580,26 @@ func TestBuilderCrash(t *testing.T) {
 }
 
 func TestShutdown(t *testing.T) {
+	t.Run("steps", testShutdownSteps)
+	t.Run("ssh window", func(t *testing.T) {
+		e := newEnv(t, sshBuilder(nil))
+		b := e.queue(true, time.Hour)
+		fb := <-e.driver.started
+		e.wait(b.ID, "the SSH window", inWindow)
+		e.shutdown()
+		nb, err := e.st.Build(context.Background(), b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want(t, nb, build.Failed, "the server shut down during the build", ok, ok, ok, ok, ok)
+		if nb.SSH.State != build.SSHClosed || !strings.Contains(nb.SSH.ClosedReason, "has ended (failed)") {
+			t.Errorf("ssh: %+v", nb.SSH)
+		}
+		fb.waitCommand(t, link.SSHClose, "has ended (failed)")
+	})
+}
+
+func testShutdownSteps(t *testing.T) {
 	e := newEnv(t, hanging)
 	b := e.queue(false, time.Hour)
 	e.wait(b.ID, "its first script", running(2))
