@@ -18,7 +18,9 @@ import (
 // waitFor bounds every wait of these tests; nothing waits by sleeping.
 const waitFor = 15 * time.Second
 
-// fakeClock is a Clock that moves only when Advance is called.
+// fakeClock is a Clock that moves only when Advance is called. It runs due
+// timers' funcs in Advance's goroutine (the runner's are short and never
+// block), and a func whose time has passed already at once, in its own.
 type fakeClock struct {
 	mu     sync.Mutex
 	now    time.Time     // guarded by mu
