@@ -172,7 +172,6 @@ func runServer(cfg serverConfig) error {
 		}
 	}
 	run := runner.New(rcfg)
-	scfg.Runner = run
 	if gw != nil {
 		gw.Events = run.GatewayEvent
 	}

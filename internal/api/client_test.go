@@ -39,12 +39,6 @@ const workflowFile = `workflows:
       - echo second
 `
 
-// noRunner is the server's Canceler when no runner runs builds: queued
-// builds are canceled through the store.
-type noRunner struct{}
-
-func (noRunner) Cancel(int64) bool { return false }
-
 // env is a real API server (SQLite store in a temporary directory, real
 // git mirrors) without a runner, and a client with the admin token.
 type env struct {
@@ -72,7 +66,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	s := server.New(server.Config{
-		Store: st, Runner: noRunner{}, Mirrors: &gitrepo.Mirrors{Dir: filepath.Join(dir, "repos")},
+		Store: st, Mirrors: &gitrepo.Mirrors{Dir: filepath.Join(dir, "repos")},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Driver: "host",
 	})
 	srv := httptest.NewServer(s)

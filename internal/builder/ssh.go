@@ -119,6 +119,7 @@ func (r *run) commands(c *link.Client, a *sshAccess) {
 			a.srv.Notice(cmd.Text)
 		case link.SSHClose:
 			a.revoke(cmd.Text)
+			_ = c.Send(link.Event{Type: link.SSH, Kind: link.SSHRevoked})
 		}
 	}
 }

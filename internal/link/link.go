@@ -82,9 +82,14 @@ const (
 	// SSHNotice asks the builder to show Text in every login session.
 	SSHNotice = "ssh_notice"
 	// SSHClose revokes SSH access: show Text, close every session and the
-	// tunnel, admit no one again.
+	// tunnel, admit no one again. The builder then answers with an SSH
+	// event of Kind SSHRevoked; the runner waits for it (bounded) before it
+	// destroys the machine.
 	SSHClose = "ssh_close"
 )
+
+// SSHRevoked is the Kind of the SSH event that answers SSHClose.
+const SSHRevoked = "revoked"
 
 // Command is a message from the runner after the Job.
 type Command struct {

@@ -31,14 +31,11 @@ type Store interface {
 	CreateBuild(ctx context.Context, b *build.Build, spec []byte) error
 	Build(ctx context.Context, id int64) (*build.Build, error)
 	Builds(ctx context.Context, app string, limit int) ([]*build.Build, error)
-	CancelQueued(ctx context.Context, id int64, message string) (bool, error)
+	// CancelBuild cancels a queued build, or asks the runner to cancel a
+	// running one; see store.Store.CancelBuild.
+	CancelBuild(ctx context.Context, id int64, message string) (bool, error)
 	Logs(ctx context.Context, id, after int64, limit int) ([]build.LogLine, error)
 	Subscribe(id int64) (<-chan struct{}, func())
-}
-
-// Canceler stops running builds.
-type Canceler interface {
-	Cancel(id int64) bool
 }
 
 // Mirrors keeps the apps' repository mirrors.
@@ -50,7 +47,6 @@ type Mirrors interface {
 // Config configures the API.
 type Config struct {
 	Store   Store
-	Runner  Canceler
 	Mirrors Mirrors
 	Logger  *slog.Logger
 	MaxBody int64      // API request bodies; default 1 MiB

@@ -154,6 +154,10 @@ func OpenSQLite(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
+	if err := migrate(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
 	if err := migrateLogs(db); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
@@ -476,19 +480,67 @@ func (s *Store) UpdateBuild(ctx context.Context, b *build.Build) (bool, error) {
 	return n > 0, nil
 }
 
-// CancelQueued cancels build id if it is still queued.
-func (s *Store) CancelQueued(ctx context.Context, id int64, message string) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE builds SET status = 'canceled', message = $1, finished_at = $2,
-		ssh_state = CASE WHEN ssh_enabled THEN 'closed' ELSE '' END
-		WHERE id = $3 AND status = 'queued'`, message, ms(time.Now()), id)
+// migrate adds what databases made by earlier versions lack.
+func migrate(db *sql.DB) error {
+	var n int
+	err := db.QueryRow(`SELECT count(*) FROM pragma_table_info('builds') WHERE name = 'cancel_requested'`).Scan(&n)
 	if err != nil {
-		return false, err
+		return fmt.Errorf("migrate: %w", err)
 	}
-	n, _ := res.RowsAffected()
-	if n > 0 {
-		s.notify(id)
+	if n == 0 {
+		if _, err := db.Exec(`ALTER TABLE builds ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0`); err != nil {
+			return fmt.Errorf("migrate: add builds.cancel_requested: %w", err)
+		}
 	}
-	return n > 0, nil
+	return nil
+}
+
+// CancelBuild cancels build id in one statement: a queued build ends
+// canceled at once, with message; a build a runner has claimed (preparing,
+// building) is marked for its runner, which sees the mark through
+// CancelRequests and ends the build itself (only a runner writes a running
+// build). It reports false when the build had already ended, and ErrNotFound
+// for no such build.
+func (s *Store) CancelBuild(ctx context.Context, id int64, message string) (bool, error) {
+	var st string
+	err := s.db.QueryRowContext(ctx, `UPDATE builds SET
+		status = CASE status WHEN 'queued' THEN 'canceled' ELSE status END,
+		message = CASE status WHEN 'queued' THEN $1 ELSE message END,
+		finished_at = CASE status WHEN 'queued' THEN $2 ELSE finished_at END,
+		ssh_state = CASE WHEN status <> 'queued' THEN ssh_state WHEN ssh_enabled THEN 'closed' ELSE '' END,
+		cancel_requested = CASE WHEN status IN ('preparing', 'building') THEN 1 ELSE cancel_requested END
+		WHERE id = $3 AND status IN ('queued', 'preparing', 'building')
+		RETURNING status`, message, ms(time.Now()), id).Scan(&st)
+	if errors.Is(err, sql.ErrNoRows) {
+		if _, err := s.BuildSpec(ctx, id); err != nil {
+			return false, err
+		}
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("cancel build %d: %w", id, err)
+	}
+	s.notify(id)
+	return true, nil
+}
+
+// CancelRequests returns the builds that have a cancel request and have
+// not ended, oldest first.
+func (s *Store) CancelRequests(ctx context.Context) ([]int64, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM builds WHERE status IN ('preparing', 'building') AND cancel_requested = 1 ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("cancel requests: %w", err)
+	}
+	defer rows.Close()
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("cancel requests: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
 }
 
 // FailInterrupted ends builds left preparing or building by a previous

@@ -143,3 +143,96 @@ func TestLogs(t *testing.T) {
 		t.Fatal("a repeated line number was accepted")
 	}
 }
+
+func TestCancelBuild(t *testing.T) {
+	ctx := context.Background()
+	s := open(t)
+	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
+		t.Fatal(err)
+	}
+	newBuild := func(withSSH bool) *build.Build {
+		b := &build.Build{App: "a", Workflow: "w", WorkflowName: "W", Branch: "main", Commit: "c", Status: build.Queued,
+			Trigger: build.Manual, MaxDuration: 60, Steps: build.NewSteps(nil), SSH: build.SSH{Enabled: withSSH, State: build.SSHPending}}
+		if err := s.CreateBuild(ctx, b, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	claimed := newBuild(false)
+	if b, _, err := s.ClaimBuild(ctx); err != nil || b.ID != claimed.ID {
+		t.Fatalf("claim: %v %v", b, err)
+	}
+	queued := newBuild(true)
+	wake, unsub := s.Subscribe(0)
+	defer unsub()
+
+	// A queued build ends at once, in the one statement.
+	if ok, err := s.CancelBuild(ctx, queued.ID, "canceled before it started"); !ok || err != nil {
+		t.Fatalf("cancel queued: %v %v", ok, err)
+	}
+	select {
+	case <-wake:
+	default:
+		t.Error("no notification for a canceled build")
+	}
+	b, _ := s.Build(ctx, queued.ID)
+	if b.Status != build.Canceled || b.Message != "canceled before it started" || b.FinishedAt == nil || b.SSH.State != build.SSHClosed {
+		t.Errorf("queued build after cancel: %s %q %v %s", b.Status, b.Message, b.FinishedAt, b.SSH.State)
+	}
+	if ids, err := s.CancelRequests(ctx); err != nil || len(ids) != 0 {
+		t.Errorf("cancel requests before any: %v %v", ids, err)
+	}
+	// A claimed build is marked for its runner and left as it is.
+	if ok, err := s.CancelBuild(ctx, claimed.ID, "canceled before it started"); !ok || err != nil {
+		t.Fatalf("cancel claimed: %v %v", ok, err)
+	}
+	if b, _ := s.Build(ctx, claimed.ID); b.Status != build.Preparing || b.Message != "" || b.FinishedAt != nil {
+		t.Errorf("the store wrote a running build: %s %q %v", b.Status, b.Message, b.FinishedAt)
+	}
+	if ids, err := s.CancelRequests(ctx); err != nil || len(ids) != 1 || ids[0] != claimed.ID {
+		t.Errorf("cancel requests: %v %v, want [%d]", ids, err, claimed.ID)
+	}
+	// The runner ends it; the request is then gone, and a cancel of an
+	// ended build does nothing.
+	b, _ = s.Build(ctx, claimed.ID)
+	now := time.Now()
+	b.Status, b.Message, b.FinishedAt = build.Canceled, "canceled", &now
+	if ok, err := s.UpdateBuild(ctx, b); !ok || err != nil {
+		t.Fatalf("update: %v %v", ok, err)
+	}
+	if ids, _ := s.CancelRequests(ctx); len(ids) != 0 {
+		t.Errorf("cancel requests of ended builds: %v", ids)
+	}
+	for _, id := range []int64{claimed.ID, queued.ID} {
+		if ok, err := s.CancelBuild(ctx, id, "x"); ok || err != nil {
+			t.Errorf("cancel ended build %d: %v %v", id, ok, err)
+		}
+	}
+	if b, _ := s.Build(ctx, queued.ID); b.Message != "canceled before it started" {
+		t.Errorf("a second cancel rewrote the build: %q", b.Message)
+	}
+	if _, err := s.CancelBuild(ctx, 999, "x"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("cancel unknown build: %v", err)
+	}
+}
+
+// TestMigrateCancelRequested opens a database made before builds had
+// cancel_requested.
+func TestMigrateCancelRequested(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "old.db")
+	s, err := OpenSQLite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.db.Exec(`ALTER TABLE builds DROP COLUMN cancel_requested`); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = OpenSQLite(path); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.CancelRequests(context.Background()); err != nil {
+		t.Errorf("after migration: %v", err)
+	}
+}

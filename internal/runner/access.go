@@ -1,0 +1,272 @@
+package runner
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/build/access"
+	"github.com/hangar-ci/hangar/internal/gateway"
+	"github.com/hangar-ci/hangar/internal/link"
+	"github.com/hangar-ci/hangar/internal/sshca"
+	"github.com/hangar-ci/hangar/internal/store"
+)
+
+// SSHConfig is what SSH builds need. A Runner without it refuses them.
+type SSHConfig struct {
+	CA      *sshca.CA
+	Sealer  *sshca.Sealer
+	Gateway *gateway.Gateway
+	Store   SSHStore
+	// AfterSteps is how long access stays open after the steps complete
+	// (bounded by max_build_duration). Default 20 minutes.
+	AfterSteps time.Duration
+}
+
+// SSHStore keeps SSH credentials and events.
+type SSHStore interface {
+	PutBuildSSH(ctx context.Context, id int64, c *store.BuildSSH) error
+	DestroySSHKey(ctx context.Context, id int64) error
+	AddEvent(ctx context.Context, id int64, ev build.Event) error
+}
+
+// forgetAfter is how long the gateway keeps a closed build's refusal
+// message.
+const forgetAfter = time.Hour
+
+// sshAccess is the runner's side of one build's SSH access: it carries out
+// what the access rules (package build/access) decide. The build's
+// goroutine owns it; the gateway's goroutines reach it through gw, timers
+// through wake.
+type sshAccess struct {
+	cfg   *SSHConfig
+	alias string
+	key   ssh.PublicKey // the build's user key
+	rules *access.Machine
+	gw    chan gateway.Event // the gateway's events of this build
+	wake  chan struct{}      // the rules' wake-up is due (buffered, 1)
+	timer Timer              // the pending wake-up; nil if none
+
+	finished  bool // the rules ended the build
+	closeSent bool // an SSHClose went to the builder...
+	revoked   bool // ...and the builder confirmed it
+}
+
+// GatewayEvent takes the gateway's events and routes them to their build.
+func (r *Runner) GatewayEvent(ev gateway.Event) {
+	r.mu.Lock()
+	j := r.byAlias[ev.Alias]
+	r.mu.Unlock()
+	if j == nil {
+		return
+	}
+	data := map[string]string{"remote": ev.Remote, "via": "gateway"}
+	if ev.Detail != "" {
+		data["detail"] = ev.Detail
+	}
+	if ev.Client != "" {
+		data["client"] = ev.Client
+	}
+	if err := r.cfg.SSH.Store.AddEvent(context.Background(), j.b.ID, build.Event{Kind: "ssh_" + ev.Kind, Data: data}); err != nil {
+		j.log.Error("record event", "err", err)
+	}
+	// The build's goroutine reads these promptly; dropping one would leave
+	// the shown state wrong, so wait a little rather than drop.
+	select {
+	case j.ssh.gw <- ev:
+	case <-time.After(5 * time.Second):
+		j.log.Warn("gateway event dropped", "kind", ev.Kind)
+	}
+}
+
+// setupSSH makes the build's credential, admits it at the gateway and
+// opens access.
+func (j *job) setupSSH() error {
+	cfg := j.r.cfg.SSH
+	b := j.b
+	cred, err := cfg.CA.Issue(j.name, j.deadline)
+	if err != nil {
+		return err
+	}
+	hostKey, hostPEM, err := sshca.NewKey(j.name)
+	if err != nil {
+		return err
+	}
+	err = cfg.Store.PutBuildSSH(context.Background(), b.ID, &store.BuildSSH{
+		PrivateKey:  cfg.Sealer.Seal(cred.PrivateKey, j.name),
+		Certificate: string(ssh.MarshalAuthorizedKey(cred.Certificate)),
+		PublicKey:   string(ssh.MarshalAuthorizedKey(cred.PublicKey)),
+		HostKey:     string(ssh.MarshalAuthorizedKey(hostKey.PublicKey())),
+	})
+	if err != nil {
+		return err
+	}
+	j.hello.SSHHostKey = string(hostPEM)
+	j.jobSSH = &link.JobSSH{
+		Alias:   j.name,
+		UserCA:  string(ssh.MarshalAuthorizedKey(cfg.CA.PublicKey())),
+		UserKey: string(ssh.MarshalAuthorizedKey(cred.PublicKey)),
+	}
+	j.ssh = &sshAccess{
+		cfg: cfg, alias: j.name, key: cred.PublicKey,
+		rules: access.New(b.ID, j.deadline, cfg.AfterSteps),
+		gw:    make(chan gateway.Event, 256),
+		wake:  make(chan struct{}, 1),
+	}
+	j.r.mu.Lock()
+	j.r.byAlias[j.name] = j
+	j.r.mu.Unlock()
+	cfg.Gateway.Open(j.name, cred.PublicKey)
+	j.rules(access.Event{Kind: access.Open, Time: j.r.clock.Now()})
+	return nil
+}
+
+// rules hands ev to the access rules and carries out what they decide.
+func (j *job) rules(ev access.Event) {
+	s := j.ssh
+	for _, e := range s.rules.Handle(ev) {
+		switch e.Kind {
+		case access.Notify:
+			if j.conn != nil {
+				_ = j.conn.Send(link.Command{Type: link.SSHNotice, Text: e.Text})
+			}
+		case access.Revoke:
+			s.cfg.Gateway.Revoke(s.alias, e.Text)
+			if j.conn != nil {
+				_ = j.conn.Send(link.Command{Type: link.SSHClose, Text: "Hangar: " + e.Text})
+				s.closeSent = true
+			}
+			j.logs.Printf(lastStarted(j.b), "hangar: SSH access closed: %s", e.Text)
+			if err := s.cfg.Store.AddEvent(context.Background(), j.b.ID, build.Event{Kind: "ssh_closed", Data: map[string]string{"reason": e.Text}}); err != nil {
+				j.log.Error("record event", "err", err)
+			}
+		case access.Log:
+			j.logs.Printf(lastStarted(j.b), "hangar: %s", e.Text)
+		case access.Save:
+			j.b.SSH = s.rules.State()
+			j.save()
+		case access.Wake:
+			j.armWake(e.At)
+		case access.Finish:
+			s.finished = true
+		}
+	}
+}
+
+// armWake replaces the pending wake-up with one at at (zero: none).
+func (j *job) armWake(at time.Time) {
+	s := j.ssh
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	if at.IsZero() {
+		return
+	}
+	s.timer = j.r.clock.AfterFunc(at.Sub(j.r.clock.Now()), func() {
+		select {
+		case s.wake <- struct{}{}:
+		default: // one is pending already
+		}
+	})
+}
+
+// builderKinds maps the builder's SSH events to the rules' inputs.
+var builderKinds = map[string]access.Kind{
+	"tunnel_up":   access.TunnelUp,
+	"tunnel_down": access.TunnelDown,
+	"login_start": access.LoginStart,
+	"login_end":   access.LoginEnd,
+}
+
+// onBuilderSSH handles an SSH event from the builder.
+func (j *job) onBuilderSSH(ev link.Event) {
+	s := j.ssh
+	if s == nil {
+		return
+	}
+	if ev.Kind == link.SSHRevoked {
+		s.revoked = true
+		return
+	}
+	data := map[string]string{"via": "builder"}
+	if ev.Text != "" {
+		data["detail"] = ev.Text
+	}
+	if ev.Conn != 0 {
+		data["conn"] = strconv.FormatUint(ev.Conn, 10)
+	}
+	if err := s.cfg.Store.AddEvent(context.Background(), j.b.ID, build.Event{Time: ev.Time, Kind: "ssh_" + ev.Kind, Data: data}); err != nil {
+		j.log.Error("record event", "err", err)
+	}
+	if k, ok := builderKinds[ev.Kind]; ok {
+		j.rules(access.Event{Kind: k, Time: j.r.clock.Now()})
+	}
+}
+
+// onGateway handles a gateway event of the build.
+func (j *job) onGateway(ev gateway.Event) {
+	switch ev.Kind {
+	case "connect":
+		j.rules(access.Event{Kind: access.Connect, Time: j.r.clock.Now(), Remote: ev.Remote, Client: ev.Client})
+	case "disconnect":
+		j.rules(access.Event{Kind: access.Disconnect, Time: j.r.clock.Now(), Remote: ev.Remote})
+	}
+}
+
+// endAccess revokes everything of the build's SSH access at its end (final
+// is the build's status) and waits until the builder has closed its
+// sessions.
+func (j *job) endAccess(final build.Status) {
+	s := j.ssh
+	// No more gateway events for this build: nobody reads them now.
+	j.r.mu.Lock()
+	if j.r.byAlias[s.alias] == j {
+		delete(j.r.byAlias, s.alias)
+	}
+	j.r.mu.Unlock()
+	msg := fmt.Sprintf("build %d has ended (%s): its SSH access is closed", j.b.ID, final)
+	j.rules(access.Event{Kind: access.Close, Time: j.r.clock.Now(), Reason: msg})
+	j.armWake(time.Time{})
+	// Refuse from now on with the build's end as the reason, even if
+	// access closed earlier for another.
+	s.cfg.Gateway.Revoke(s.alias, msg)
+	// Keep the refusal's message for a while, then forget the build.
+	j.r.clock.AfterFunc(forgetAfter, func() { s.cfg.Gateway.Forget(s.alias, s.key) })
+	if err := s.cfg.Store.DestroySSHKey(context.Background(), j.b.ID); err != nil {
+		j.log.Error("destroy SSH key", "err", err)
+	}
+	j.awaitRevoked()
+}
+
+// awaitRevoked waits until the builder has confirmed the SSHClose it was
+// sent (its sessions are told why and closed) or the link has dropped, at
+// most RevokeTimeout: the machine goes after that.
+func (j *job) awaitRevoked() {
+	s := j.ssh
+	if !s.closeSent || s.revoked || j.events == nil {
+		return
+	}
+	timeout := make(chan struct{})
+	t := j.r.clock.AfterFunc(j.r.cfg.RevokeTimeout, func() { close(timeout) })
+	defer t.Stop()
+	for {
+		select {
+		case ev, ok := <-j.events:
+			if !ok {
+				return // the link dropped: nothing more can be told
+			}
+			if ev.Type == link.SSH && ev.Kind == link.SSHRevoked {
+				s.revoked = true
+				return
+			}
+		case <-timeout:
+			j.log.Warn("the builder did not confirm closing SSH access", "timeout", j.r.cfg.RevokeTimeout)
+			return
+		}
+	}
+}

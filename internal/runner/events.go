@@ -1,0 +1,160 @@
+package runner
+
+import (
+	"errors"
+	"time"
+
+	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/build/access"
+	"github.com/hangar-ci/hangar/internal/gateway"
+	"github.com/hangar-ci/hangar/internal/link"
+)
+
+// How next ends a wait other than with an event.
+var (
+	errStopped  = errors.New("the build's context ended")
+	errLinkLost = errors.New("the link to the builder dropped")
+)
+
+// flushInterval is how often buffered log lines are written while the
+// builder runs.
+const flushInterval = 100 * time.Millisecond
+
+// receive reads the builder's events until the link drops.
+func receive(conn *link.Conn) <-chan link.Event {
+	events := make(chan link.Event, 256)
+	go func() {
+		defer close(events)
+		for {
+			ev, err := conn.Recv()
+			if err != nil {
+				return
+			}
+			// Every event read is delivered, also when the link closed
+			// right after it (a builder that crashed); only a full
+			// channel that nobody reads any more (the build has ended)
+			// gives up.
+			select {
+			case events <- ev:
+			default:
+				select {
+				case events <- ev:
+				case <-conn.Done():
+					return
+				}
+			}
+		}
+	}()
+	return events
+}
+
+// steps sends the job and follows the builder's events until it reports
+// that the steps are done.
+func (j *job) steps() *outcome {
+	b, spec := j.b, j.spec
+	steps := []link.Step{{Name: build.StepFetch}}
+	for _, s := range spec.Scripts {
+		steps = append(steps, link.Step{Name: s.Name, File: s.File, Script: s.Script, IgnoreFailure: s.IgnoreFailure, WorkingDirectory: s.WorkingDirectory})
+	}
+	env := append(stdEnv(b, spec.Repo), spec.Vars...)
+	if err := j.conn.SendJob(&link.Job{Repo: j.repo, Origin: spec.Repo, Branch: b.Branch, Commit: b.Commit, Env: env, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes}); err != nil {
+		return failed("lost the link to the builder")
+	}
+	j.flush = time.NewTicker(flushInterval)
+	defer j.flush.Stop()
+	for {
+		ev, err := j.next()
+		switch {
+		case errors.Is(err, errStopped):
+			return stopped
+		case errors.Is(err, errLinkLost):
+			return failed("lost the link to the builder before the build ended")
+		case ev == nil:
+		case ev.Type == link.Done:
+			if ev.Failed {
+				return failed(ev.Error)
+			}
+			return &outcome{status: build.Finished}
+		default:
+			j.handle(*ev)
+		}
+	}
+}
+
+// window keeps the machine for SSH after the steps (whose outcome is
+// result) until the access rules end the build.
+func (j *job) window(result *outcome) *outcome {
+	j.logs.Flush()
+	j.rules(access.Event{Kind: access.StepsDone, Time: j.r.clock.Now(), Result: result.status})
+	j.flush = time.NewTicker(flushInterval)
+	defer j.flush.Stop()
+	for !j.ssh.finished {
+		ev, err := j.next()
+		switch {
+		case errors.Is(err, errStopped):
+			return stopped
+		case errors.Is(err, errLinkLost):
+			return result
+		case ev != nil:
+			j.handle(*ev)
+		}
+	}
+	return result
+}
+
+// next waits for the builder's next event and handles what else happens
+// to the build meanwhile (log flushes, gateway events, the access rules'
+// wake-ups): then it returns a nil event. It returns errStopped when the
+// build's context has ended, errLinkLost when the link dropped.
+func (j *job) next() (*link.Event, error) {
+	var gw <-chan gateway.Event // nil channels: no SSH access
+	var wake <-chan struct{}
+	if j.ssh != nil {
+		gw, wake = j.ssh.gw, j.ssh.wake
+	}
+	select {
+	case <-j.ctx.Done():
+		return nil, errStopped
+	case <-j.flush.C:
+		j.logs.Flush()
+	case gev := <-gw:
+		j.onGateway(gev)
+	case <-wake:
+		j.rules(access.Event{Kind: access.Tick, Time: j.r.clock.Now()})
+	case ev, ok := <-j.events:
+		if !ok {
+			if j.ctx.Err() != nil {
+				return nil, errStopped
+			}
+			return nil, errLinkLost
+		}
+		return &ev, nil
+	}
+	return nil, nil
+}
+
+// handle records one event of the builder (but done, which ends a phase).
+func (j *job) handle(ev link.Event) {
+	i := ev.Step + 1 // build steps start with the runner's own
+	switch ev.Type {
+	case link.Output:
+		j.logs.Output(i, ev.Data)
+	case link.StepStart:
+		j.logs.StartStep(i)
+		j.logs.Flush()
+		j.stepStart(i, ev.Time)
+		j.save()
+	case link.StepEnd:
+		st := build.StepSuccess
+		if ev.Failed {
+			st = build.StepFailed
+		}
+		code := ev.ExitCode
+		j.logs.EndStep(i)
+		j.logs.Flush()
+		j.stepEnd(i, st, ev.Time, &code)
+		j.save()
+	case link.SSH:
+		j.onBuilderSSH(ev)
+	}
+}

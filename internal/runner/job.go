@@ -1,0 +1,357 @@
+package runner
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/link"
+	"github.com/hangar-ci/hangar/internal/machine"
+)
+
+// job is one build being run. One goroutine, the build's, runs execute and
+// owns every field and the build. Other goroutines use only what never
+// changes once the job is registered (b.ID, log, ssh and its channels,
+// read by GatewayEvent) and cancel (safe for concurrent use): no field
+// needs a mutex.
+type job struct {
+	r        *Runner
+	b        *build.Build
+	specJSON []byte
+	spec     build.Spec
+	ctx      context.Context // ends with the build: cancel, deadline, shutdown
+	cancel   context.CancelCauseFunc
+	log      *slog.Logger
+	logs     *logBook
+
+	name     string    // "build-N": the machine, the link user, the SSH alias
+	deadline time.Time // start + max_build_duration
+	exp      *link.Expectation
+	hello    link.Hello
+	jobSSH   *link.JobSSH
+	repo     string // the repository as the builder reaches it
+	m        machine.Machine
+	exited   chan error        // m.Wait's result
+	conn     *link.Conn        // the builder's link, once up
+	events   <-chan link.Event // the builder's events; closed when the link drops
+	flush    *time.Ticker      // log batching (not a rule: the system clock)
+
+	ssh *sshAccess // nil unless the build has SSH access
+}
+
+// outcome is how a phase ended the build: its status and message, or an
+// empty status when the build's context ended first (resolve says why).
+type outcome struct {
+	status build.Status
+	msg    string
+}
+
+// stopped is the outcome of a phase that the build's context ended.
+var stopped = &outcome{}
+
+func failed(msg string) *outcome { return &outcome{status: build.Failed, msg: msg} }
+
+func (r *Runner) newJob(b *build.Build, spec []byte) *job {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	log := r.log.With("build", b.ID)
+	return &job{
+		r: r, b: b, specJSON: spec, ctx: ctx, cancel: cancel, log: log,
+		logs: newLogBook(r.cfg.Store, b.ID, log),
+		name: "build-" + strconv.FormatInt(b.ID, 10),
+	}
+}
+
+// execute runs the build to its end and writes the end.
+func (j *job) execute() {
+	defer j.cancel(nil)
+	start := j.r.clock.Now()
+	if j.b.StartedAt != nil {
+		start = *j.b.StartedAt
+	}
+	j.deadline = start.Add(time.Duration(j.b.MaxDuration) * time.Second)
+	t := j.r.clock.AfterFunc(j.deadline.Sub(j.r.clock.Now()), func() { j.cancel(errDeadline) })
+	defer t.Stop()
+
+	buildsRunning.Inc()
+	st, msg := j.resolve(j.run())
+	buildsRunning.Dec()
+	j.end(st, msg, start)
+}
+
+// run takes the build through its phases; teardown follows whichever
+// ended it.
+func (j *job) run() (out *outcome) {
+	defer func() {
+		st, _ := j.resolve(out)
+		j.teardown(st)
+	}()
+	if out = j.prepare(); out != nil {
+		return out
+	}
+	if out = j.provision(); out != nil {
+		return out
+	}
+	if out = j.linkUp(); out != nil {
+		return out
+	}
+	if out = j.steps(); out.status == "" || j.ssh == nil {
+		return out
+	}
+	return j.window(out)
+}
+
+// resolve gives the final status and message of a build whose phases ended
+// with out.
+func (j *job) resolve(out *outcome) (build.Status, string) {
+	switch cause := context.Cause(j.ctx); {
+	case out.status != "":
+		return out.status, out.msg
+	case errors.Is(cause, errCanceled):
+		return build.Canceled, "canceled"
+	case errors.Is(cause, errDeadline):
+		return build.Timeout, fmt.Sprintf("the build ran past its max_build_duration of %s and was stopped", time.Duration(j.b.MaxDuration)*time.Second)
+	case errors.Is(cause, errShutdown):
+		return build.Failed, "the server shut down during the build"
+	}
+	return build.Failed, "the build machine stopped unexpectedly"
+}
+
+// prepare reads the spec, makes the link's key and expectation and, for an
+// SSH build, its credential.
+func (j *job) prepare() *outcome {
+	b := j.b
+	if err := json.Unmarshal(j.specJSON, &j.spec); err != nil {
+		return failed("the build's stored spec is unreadable: " + err.Error())
+	}
+	if len(b.Steps) == 0 {
+		b.Steps = build.NewSteps(j.spec.Scripts)
+	}
+	j.stepStart(0, j.r.clock.Now())
+	j.save()
+	d := j.r.cfg.Driver
+	if d.Isolated() {
+		j.logs.Printf(0, "Machine: %s driver, an isolated machine for this build", d.Name())
+	} else {
+		j.logs.Printf(0, "Machine: %s driver, NOT isolated: the build runs as a process on the server", d.Name())
+	}
+	for _, s := range j.spec.Ignored {
+		j.logs.Printf(0, "Ignored: %s is not run by Hangar yet", s)
+	}
+
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return failed("cannot make the builder's key")
+	}
+	sshPub, _ := ssh.NewPublicKey(pub)
+	pemBlock, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		return failed("cannot make the builder's key")
+	}
+	if j.exp, err = j.r.cfg.Link.Expect(j.name, sshPub); err != nil {
+		return failed(err.Error())
+	}
+	j.hello = link.Hello{Name: j.name, Addr: j.r.cfg.LinkAddr, HostKey: j.r.hostKey, Key: string(pem.EncodeToMemory(pemBlock))}
+	if b.SSH.Enabled {
+		if j.r.cfg.SSH == nil {
+			return failed("SSH access is not available on this server")
+		}
+		if err := j.setupSSH(); err != nil {
+			return failed("could not set up SSH access: " + err.Error())
+		}
+	}
+	return nil
+}
+
+// provision starts the build's machine.
+func (j *job) provision() *outcome {
+	if j.ctx.Err() != nil {
+		return stopped
+	}
+	b := j.b
+	mirror := j.r.cfg.Mirrors.Path(b.App)
+	mount := machine.Mount{Source: mirror, Target: "/hangar/repo.git"}
+	j.repo = mirror
+	if j.r.cfg.Driver.Isolated() {
+		j.repo = mount.Target
+	}
+	helloJSON, _ := json.Marshal(j.hello)
+	m, err := j.r.cfg.Driver.Start(j.ctx, machine.Spec{
+		Name:    j.name,
+		Builder: j.r.cfg.Executable,
+		Args:    []string{"builder"},
+		Env:     []string{"HANGAR_BUILD=" + j.name},
+		Stdin:   strings.NewReader(string(helloJSON) + "\n"),
+		Output:  j.logs.Diagnostics(),
+		Mounts:  []machine.Mount{mount},
+	})
+	if err != nil {
+		if j.ctx.Err() != nil {
+			return stopped
+		}
+		j.log.Error("start machine", "err", err)
+		return failed("could not start the build machine: " + err.Error())
+	}
+	j.m = m
+	j.exited = make(chan error, 1)
+	go func() { j.exited <- m.Wait() }()
+	return nil
+}
+
+// linkUp waits for the builder to link up.
+func (j *job) linkUp() *outcome {
+	timeout := make(chan struct{})
+	t := j.r.clock.AfterFunc(j.r.cfg.LinkTimeout, func() { close(timeout) })
+	defer t.Stop()
+	select {
+	case j.conn = <-j.exp.Conn():
+	case err := <-j.exited:
+		return failed(fmt.Sprintf("the builder exited before it linked up (%v)", err))
+	case <-timeout:
+		return failed("the builder did not link up within " + j.r.cfg.LinkTimeout.String())
+	case <-j.ctx.Done():
+		return stopped
+	}
+	j.events = receive(j.conn)
+	b := j.b
+	now := j.r.clock.Now()
+	j.stepEnd(0, build.StepSuccess, now, nil)
+	machineStart.Observe(now.Sub(*b.StartedAt).Seconds())
+	j.logs.Printf(0, "Machine ready in %s", now.Sub(*b.StartedAt).Round(time.Millisecond))
+	b.Status = build.Building
+	j.logs.Flush()
+	j.save()
+	return nil
+}
+
+// teardown ends what the build holds, whatever ended it (final is its
+// status): SSH access first (telling open sessions why, and waiting until
+// the builder has), then the machine, then the link.
+func (j *job) teardown(final build.Status) {
+	if j.ssh != nil {
+		j.endAccess(final)
+	}
+	if j.m != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := j.m.Destroy(ctx); err != nil {
+			j.log.Error("destroy machine", "err", err)
+		}
+	}
+	if j.exp != nil {
+		j.exp.Close()
+	}
+}
+
+// end writes the build's end: unfinished steps, the reason in the log, the
+// final status.
+func (j *job) end(status build.Status, msg string, start time.Time) {
+	b := j.b
+	buildsEnded.WithLabelValues(string(status)).Inc()
+	now := j.r.clock.Now().UTC()
+	for i := range b.Steps {
+		switch b.Steps[i].Status {
+		case build.StepRunning:
+			st := build.StepFailed
+			if status == build.Canceled || status == build.Timeout {
+				st = build.StepCanceled
+			}
+			j.stepEnd(i, st, now, nil)
+		case build.StepPending:
+			b.Steps[i].Status = build.StepSkipped
+		}
+	}
+	if status != build.Finished {
+		j.logs.Printf(lastStarted(b), "hangar: %s", msg)
+	}
+	j.logs.Flush()
+	b.Status, b.Message, b.FinishedAt = status, msg, &now
+	j.save()
+	j.log.Info("build ended", "status", status, "duration", now.Sub(start).Round(time.Millisecond))
+}
+
+func (j *job) save() {
+	if _, err := j.r.cfg.Store.UpdateBuild(context.Background(), j.b); err != nil {
+		j.log.Error("update build", "err", err)
+	}
+}
+
+func (j *job) stepStart(i int, t time.Time) {
+	if i < 0 || i >= len(j.b.Steps) {
+		return
+	}
+	t = t.UTC()
+	j.b.Steps[i].Status = build.StepRunning
+	j.b.Steps[i].StartedAt = &t
+}
+
+func (j *job) stepEnd(i int, st build.StepStatus, t time.Time, code *int) {
+	if i < 0 || i >= len(j.b.Steps) {
+		return
+	}
+	t = t.UTC()
+	s := &j.b.Steps[i]
+	s.Status = st
+	s.FinishedAt = &t
+	s.ExitCode = code
+	if s.StartedAt != nil {
+		d := t.Sub(*s.StartedAt).Milliseconds()
+		s.DurationMS = &d
+	}
+}
+
+func lastStarted(b *build.Build) int {
+	last := 0
+	for i, s := range b.Steps {
+		if s.Status != build.StepPending && s.Status != build.StepSkipped {
+			last = i
+		}
+	}
+	return last
+}
+
+// stdEnv is the environment every step gets from Hangar.
+func stdEnv(b *build.Build, repo string) []string {
+	id := strconv.FormatInt(b.ID, 10)
+	return []string{
+		"CI=true",
+		"HANGAR=true",
+		"FCI_BUILD_ID=" + id,
+		"CM_BUILD_ID=" + id,
+		"BUILD_NUMBER=" + strconv.FormatInt(b.Number, 10),
+		"PROJECT_BUILD_NUMBER=" + strconv.FormatInt(b.Number, 10),
+		"CM_BRANCH=" + b.Branch,
+		"FCI_BRANCH=" + b.Branch,
+		"CM_COMMIT=" + b.Commit,
+		"FCI_COMMIT=" + b.Commit,
+		"CM_REPO_SLUG=" + repoSlug(repo),
+		"FCI_REPO_SLUG=" + repoSlug(repo),
+		"CM_WORKFLOW=" + b.Workflow,
+	}
+}
+
+// repoSlug is "owner/name" of a repository URL or path.
+func repoSlug(repo string) string {
+	s := strings.TrimSuffix(strings.TrimRight(repo, "/"), ".git")
+	if i := strings.LastIndex(s, ":"); i >= 0 && !strings.Contains(s[i:], "/") {
+		s = s[i+1:]
+	}
+	s = strings.ReplaceAll(s, ":", "/")
+	name := path.Base(s)
+	owner := path.Base(path.Dir(s))
+	if owner == "." || owner == "/" || owner == "" {
+		return name
+	}
+	return owner + "/" + name
+}

@@ -1,0 +1,109 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/store"
+)
+
+// TestCancelBuild: a queued build is canceled by the server in the store;
+// a running one by its runner, which the server asks through the store.
+func TestCancelBuild(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.CreateApp(ctx, &store.App{Name: "demo", Repo: "/r"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AddToken(ctx, HashToken("secret"), store.Token{Name: "admin", Admin: true}); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(Config{Store: st, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	defer srv.Close()
+	newBuild := func() *build.Build {
+		b := &build.Build{App: "demo", Workflow: "w", WorkflowName: "W", Branch: "main", Commit: "c",
+			Status: build.Queued, Trigger: build.Manual, MaxDuration: 60, Steps: build.NewSteps(nil)}
+		if err := st.CreateBuild(ctx, b, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	cancel := func(id int64) (int, *build.Build) {
+		req, _ := http.NewRequest("POST", fmt.Sprintf("%s/api/v1/builds/%d/cancel", srv.URL, id), nil)
+		req.Header.Set("Authorization", "Bearer secret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b build.Build
+		_ = json.NewDecoder(resp.Body).Decode(&b)
+		return resp.StatusCode, &b
+	}
+
+	queued := newBuild()
+	if code, b := cancel(queued.ID); code != http.StatusOK || b.Status != build.Canceled || b.Message != "canceled before it started" {
+		t.Errorf("cancel queued: %d %s %q", code, b.Status, b.Message)
+	}
+	if code, _ := cancel(queued.ID); code != http.StatusConflict {
+		t.Errorf("cancel ended: %d, want 409", code)
+	}
+	if code, _ := cancel(999); code != http.StatusNotFound {
+		t.Errorf("cancel unknown: %d, want 404", code)
+	}
+
+	// A claimed build: a stand-in runner ends it when it sees the request.
+	running := newBuild()
+	if b, _, err := st.ClaimBuild(ctx); err != nil || b.ID != running.ID {
+		t.Fatalf("claim: %v", err)
+	}
+	wake, unsub := st.Subscribe(0)
+	defer unsub()
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		deadline := time.After(10 * time.Second)
+		for {
+			ids, err := st.CancelRequests(ctx)
+			if err != nil {
+				t.Errorf("cancel requests: %v", err)
+				return
+			}
+			if len(ids) == 1 && ids[0] == running.ID {
+				b, _ := st.Build(ctx, running.ID)
+				if b.Status != build.Preparing || b.FinishedAt != nil {
+					t.Errorf("the server wrote the running build: %s %v", b.Status, b.FinishedAt)
+				}
+				now := time.Now()
+				b.Status, b.Message, b.FinishedAt = build.Canceled, "canceled", &now
+				if _, err := st.UpdateBuild(ctx, b); err != nil {
+					t.Errorf("update: %v", err)
+				}
+				return
+			}
+			select {
+			case <-wake:
+			case <-deadline:
+				t.Error("no cancel request reached the runner")
+				return
+			}
+		}
+	}()
+	if code, b := cancel(running.ID); code != http.StatusOK || b.Status != build.Canceled || b.Message != "canceled" {
+		t.Errorf("cancel running: %d %s %q", code, b.Status, b.Message)
+	}
+	<-ran
+}
