@@ -22,7 +22,7 @@ const flushInterval = 100 * time.Millisecond
 
 // receive reads the builder's events until the link drops.
 func receive(conn *link.Conn) <-chan link.Event {
-	events := make(chan link.Event, 256)
+	events := make(chan link.Event, 16) // output events hold up to 1 MiB each
 	go func() {
 		defer close(events)
 		for {

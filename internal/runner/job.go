@@ -272,6 +272,7 @@ func (j *job) end(status build.Status, msg string, start time.Time) {
 			b.Steps[i].Status = build.StepSkipped
 		}
 	}
+	j.logs.EndAll()
 	if status != build.Finished {
 		j.logs.Printf(lastStarted(b), "hangar: %s", msg)
 	}

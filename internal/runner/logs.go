@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -123,6 +125,17 @@ func (l *logBook) EndStep(step int) {
 	defer l.mu.Unlock()
 	l.endLine(step)
 	delete(l.partial, step)
+}
+
+// EndAll ends every step's unfinished last line: the build has ended (a
+// step's background process may have left one).
+func (l *logBook) EndAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, step := range slices.Sorted(maps.Keys(l.partial)) {
+		l.endLine(step)
+	}
+	clear(l.partial)
 }
 
 // endLine ends step's unfinished line. l.mu is held.

@@ -67,8 +67,10 @@ func TestLogBookCutsChunksIntoLines(t *testing.T) {
 	l.Output(3, []byte("other step\n"))
 	l.EndStep(2)
 	l.Output(2, []byte("late\n"))
+	l.Output(3, []byte("unfinished at the build's end"))
+	l.EndAll()
 	got := strings.Join(stored(t, l, st), "|")
-	want := "0:Machine ready|0:second line|2:hello|2:world|2:|3:other step|2:no end|2:late"
+	want := "0:Machine ready|0:second line|2:hello|2:world|2:|3:other step|2:no end|2:late|3:unfinished at the build's end"
 	if got != want {
 		t.Fatalf("log:\n got %s\nwant %s", got, want)
 	}
