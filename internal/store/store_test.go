@@ -236,3 +236,43 @@ func TestMigrateCancelRequested(t *testing.T) {
 		t.Errorf("after migration: %v", err)
 	}
 }
+
+func TestMigrateLogLines(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "old.db")
+	s, err := OpenSQLite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
+		t.Fatal(err)
+	}
+	b := &build.Build{App: "a", Status: build.Finished, Trigger: build.Manual, Steps: []build.Step{}}
+	if err := s.CreateBuild(ctx, b, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The one-row-per-line table of earlier versions.
+	if _, err := s.db.Exec(`CREATE TABLE logs (build_id INTEGER NOT NULL, seq INTEGER NOT NULL, step INTEGER NOT NULL,
+		time INTEGER NOT NULL, text TEXT NOT NULL, PRIMARY KEY (build_id, seq))`); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		if _, err := s.db.Exec(`INSERT INTO logs VALUES ($1, $2, $3, $4, $5)`, b.ID, i, i%2, 1000*i, fmt.Sprintf("old line %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	if s, err = OpenSQLite(path); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	lines, err := s.Logs(ctx, b.ID, 0, 10)
+	if err != nil || len(lines) != 3 {
+		t.Fatalf("after migration: %d lines, %v", len(lines), err)
+	}
+	for i, l := range lines {
+		if l.Seq != int64(i+1) || l.Step != (i+1)%2 || l.Text != fmt.Sprintf("old line %d", i+1) || l.Time.UnixMilli() != int64(1000*(i+1)) {
+			t.Errorf("line %d: %+v", i+1, l)
+		}
+	}
+}
