@@ -214,7 +214,7 @@ func runServer(cfg serverConfig) error {
 		err := run.Run(gctx)
 		linkSrv.Close()
 		if gw != nil {
-			_ = gw.Shutdown()
+			_ = gw.Close()
 		}
 		return err
 	})
