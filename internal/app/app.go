@@ -251,10 +251,6 @@ func (a *App) Run(ctx context.Context, hurry <-chan struct{}) error {
 		a.shutdownServers(hs, stopHTTP, hurry)
 		return err
 	})
-	go func() {
-		<-gctx.Done()
-		a.log.Info("shutting down: stopping builds")
-	}()
 	err := g.Wait()
 	if rerr := a.release(); rerr != nil {
 		a.log.Error("cleanup", "err", rerr)
