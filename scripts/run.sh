@@ -20,12 +20,36 @@ if [ ! -d "$demo" ]; then
 fi
 demo=$(cd "$demo" && pwd)
 
+# The server runs in its own process group (set -m), so that the terminal's
+# Ctrl-C reaches only this script, which forwards it once: the server then
+# stops cleanly (builds, machines, bridge, firewall rules) and this script
+# waits for it. (A second Ctrl-C is forwarded too: it only hurries the server.)
+set -m
 "$BIN" server --data "$DATA" --http "$HTTP" &
 pid=$!
-trap 'kill -TERM $pid 2>/dev/null; wait $pid' INT TERM
+set +m
+stop() {
+  kill -"$1" "$pid" 2>/dev/null || true
+  if [ -z "${stopping:-}" ]; then
+    stopping=1
+    wait_server
+    exit "$status"
+  fi
+}
+# wait_server waits until the server has exited, through interruptions by
+# trapped signals, and sets status to its exit status.
+wait_server() {
+  status=0
+  while :; do
+    wait "$pid" && status=0 || status=$?
+    kill -0 "$pid" 2>/dev/null || break
+  done
+}
+trap 'stop INT' INT
+trap 'stop TERM' TERM
 for _ in $(seq 100); do
   curl -fsS "http://$HTTP/healthz" >/dev/null 2>&1 && break
-  kill -0 $pid 2>/dev/null || { wait $pid; exit 1; }
+  kill -0 "$pid" 2>/dev/null || { wait_server; exit 1; }
   sleep 0.1
 done
 export HANGAR_SERVER="http://$HTTP" HANGAR_DATA="$DATA"
@@ -41,4 +65,5 @@ SSH gateway on port 2222, data in $DATA. From another terminal in $root:
 
 Ctrl-C stops the server.
 MSG
-wait $pid
+wait_server
+exit "$status"

@@ -64,6 +64,7 @@ type Server struct {
 	cmd    *exec.Cmd
 	log    *lockedBuffer
 	exited chan struct{}
+	err    error // cmd.Wait's error, set before exited is closed
 }
 
 // Options configure a server.
@@ -122,7 +123,7 @@ func StartServer(t testing.TB, o Options) *Server {
 		t.Fatal(err)
 	}
 	go func() {
-		_ = s.cmd.Wait()
+		s.err = s.cmd.Wait()
 		close(s.exited)
 	}()
 	t.Cleanup(s.Stop)
@@ -158,20 +159,33 @@ func (s *Server) ClientWith(token string) *api.Client { return api.New(s.URL, to
 // Log is what the server printed so far.
 func (s *Server) Log() string { return s.log.String() }
 
+// Signal sends sig to the server process.
+func (s *Server) Signal(sig os.Signal) error { return s.cmd.Process.Signal(sig) }
+
+// Wait waits up to within for the server to exit; then it returns true and
+// cmd.Wait's error (nil: exit status 0).
+func (s *Server) Wait(within time.Duration) (exited bool, err error) {
+	select {
+	case <-s.exited:
+		return true, s.err
+	case <-time.After(within):
+		return false, nil
+	}
+}
+
 // Stop stops the server and waits for it to exit.
 func (s *Server) Stop() {
 	select {
 	case <-s.exited:
-		return
 	default:
-	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.exited:
-	case <-time.After(60 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.exited
-		s.t.Errorf("hangar server did not stop within 60s of SIGTERM")
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.exited:
+		case <-time.After(60 * time.Second):
+			_ = s.cmd.Process.Kill()
+			<-s.exited
+			s.t.Errorf("hangar server did not stop within 60s of SIGTERM")
+		}
 	}
 	// The binary is built with the race detector: a race in the service
 	// fails the test that ran it.

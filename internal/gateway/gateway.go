@@ -7,6 +7,7 @@
 package gateway
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -25,7 +26,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/sshca"
 )
 
-// ErrServerClosed is returned by Serve after Shutdown.
+// ErrServerClosed is returned by Serve after Close or Shutdown.
 var ErrServerClosed = errors.New("gateway: server closed")
 
 // Event is something that happened on the gateway for a build.
@@ -52,13 +53,15 @@ type Gateway struct {
 	// MaxConns bounds open connections, authenticated or not (default 1024).
 	MaxConns int
 
-	mu          sync.Mutex
-	builds      map[string]*entry         // guarded by mu; by alias
-	pending     map[string]*pendingData   // guarded by mu; data connections asked for, by token
-	handshaking map[string]int            // guarded by mu; unauthenticated connections by source
-	listeners   map[net.Listener]struct{} // guarded by mu
-	conns       map[net.Conn]struct{}     // guarded by mu; every open TCP connection
-	closed      bool                      // guarded by mu
+	// life holds the listeners and every open TCP connection, each until
+	// the goroutines serving it have returned.
+	life netx.Tracker
+	// handshaking counts unauthenticated connections by source.
+	handshaking netx.SourceLimit
+
+	mu      sync.Mutex
+	builds  map[string]*entry       // guarded by mu; by alias
+	pending map[string]*pendingData // guarded by mu; data connections asked for, by token
 }
 
 // entry is one build known to the gateway.
@@ -270,91 +273,49 @@ func (g *Gateway) config() *ssh.ServerConfig {
 	return cfg
 }
 
-// Serve accepts connections on l until Shutdown.
+// Serve accepts connections on l until Close or Shutdown; then it returns
+// ErrServerClosed. It closes l when it returns.
 func (g *Gateway) Serve(l net.Listener) error {
-	g.mu.Lock()
-	if g.closed {
-		g.mu.Unlock()
-		return ErrServerClosed
-	}
-	if g.listeners == nil {
-		g.listeners = make(map[net.Listener]struct{})
-	}
-	g.listeners[l] = struct{}{}
-	g.mu.Unlock()
 	cfg := g.config()
-	closed := func() bool {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		return g.closed
-	}
-	return netx.Accept(l, closed, ErrServerClosed, func(nc net.Conn) {
-		if !g.track(nc) {
-			nc.Close()
-			return
-		}
-		go g.handle(nc, cfg)
-	})
-}
-
-// track registers nc, refusing it when the gateway is full or closed.
-func (g *Gateway) track(nc net.Conn) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	maxConns := g.MaxConns
 	if maxConns <= 0 {
 		maxConns = 1024
 	}
-	ip := hostOf(nc.RemoteAddr())
-	if g.closed || len(g.conns) >= maxConns || g.handshaking[ip] >= MaxHandshakesPerSource {
-		return false
-	}
-	if g.conns == nil {
-		g.conns = make(map[net.Conn]struct{})
-		g.handshaking = make(map[string]int)
-	}
-	g.conns[nc] = struct{}{}
-	g.handshaking[ip]++
-	return true
+	return g.life.Serve(l, ErrServerClosed, func(nc net.Conn) {
+		handshook, ok := g.handshaking.Acquire(nc.RemoteAddr(), MaxHandshakesPerSource)
+		if !ok {
+			nc.Close()
+			return
+		}
+		if err := g.life.Go(nc, maxConns, func(nc net.Conn) {
+			defer handshook()
+			g.handle(nc, cfg, handshook)
+		}); err != nil {
+			handshook()
+		}
+	})
 }
 
 // MaxHandshakesPerSource bounds one address's connections that have not
 // authenticated yet, so that a single source cannot take every slot.
 const MaxHandshakesPerSource = 64
 
-// handshook ends nc's count as a connection not yet authenticated.
-func (g *Gateway) handshook(nc net.Conn) {
-	ip := hostOf(nc.RemoteAddr())
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.handshaking[ip]--; g.handshaking[ip] <= 0 {
-		delete(g.handshaking, ip)
-	}
+// Close closes the listeners and every connection now.
+func (g *Gateway) Close() error {
+	return g.life.Close()
 }
 
-// Shutdown closes the listeners and every connection.
-func (g *Gateway) Shutdown() error {
-	g.mu.Lock()
-	g.closed = true
-	ls, cs := g.listeners, g.conns
-	g.listeners, g.conns = nil, nil
-	g.mu.Unlock()
-	for l := range ls {
-		l.Close()
-	}
-	for c := range cs {
-		c.Close()
-	}
-	return nil
+// Shutdown stops accepting connections, then waits until every connection
+// has ended (the runner revokes builds' access as they end, which closes
+// their users' connections) and the goroutines serving them have
+// returned, or ctx ends: then it closes the rest and returns ctx's error.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	return g.life.Shutdown(ctx)
 }
 
-func (g *Gateway) handle(nc net.Conn, cfg *ssh.ServerConfig) {
-	defer func() {
-		g.mu.Lock()
-		delete(g.conns, nc)
-		g.mu.Unlock()
-		nc.Close()
-	}()
+// handle serves one TCP connection; handshook ends its count as
+// unauthenticated.
+func (g *Gateway) handle(nc net.Conn, cfg *ssh.ServerConfig, handshook func()) {
 	hs := g.HandshakeTimeout
 	if hs <= 0 {
 		hs = 10 * time.Second
@@ -363,17 +324,17 @@ func (g *Gateway) handle(nc net.Conn, cfg *ssh.ServerConfig) {
 	if idle <= 0 {
 		idle = 15 * time.Minute
 	}
-	_ = nc.SetDeadline(time.Now().Add(hs))
-	sc, chans, reqs, err := ssh.NewServerConn(nc, cfg)
-	g.handshook(nc)
+	// Every byte of the SSH connection (keepalives included) is activity.
+	ic := netx.NewIdleConn(nc, idle)
+	defer ic.Close()
+	_ = ic.SetDeadline(time.Now().Add(hs))
+	sc, chans, reqs, err := ssh.NewServerConn(ic, cfg)
+	handshook()
 	if err != nil {
 		g.log().Debug("gateway handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
 		return
 	}
-	_ = nc.SetDeadline(time.Time{})
-	ic := &idleConn{Conn: nc, timeout: idle}
-	ic.touch()
-	go ic.watch(sc)
+	_ = ic.SetDeadline(time.Time{})
 	alias := sc.Permissions.Extensions["alias"]
 	remote := nc.RemoteAddr().String()
 
@@ -395,17 +356,15 @@ func (g *Gateway) handle(nc net.Conn, cfg *ssh.ServerConfig) {
 		g.emit(Event{Alias: alias, Kind: "disconnect", Remote: remote, Detail: time.Since(start).Round(time.Second).String()})
 	}()
 
-	go func() {
-		for r := range reqs {
-			ic.touch() // keepalives count as activity
-			if r.WantReply {
-				_ = r.Reply(false, nil)
-			}
-		}
-	}()
+	// The connection's goroutines end with it: handle waits for them.
 	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		ssh.DiscardRequests(reqs)
+	}()
 	for nch := range chans {
-		ic.touch()
 		if nch.ChannelType() != "direct-tcpip" {
 			_ = nch.Reject(ssh.Prohibited, fmt.Sprintf("Hangar's gateway only forwards to %s: connect with the build's script or `ssh -J`", alias))
 			continue
@@ -429,11 +388,12 @@ func (g *Gateway) handle(nc net.Conn, cfg *ssh.ServerConfig) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			g.forward(nch, route, alias, p, ic)
+			g.forward(nch, route, alias, p)
 		}()
 		g.emit(Event{Alias: alias, Kind: "channel", Remote: remote, Detail: "direct-tcpip " + alias + ":22"})
 	}
-	wg.Wait()
+	// The client went: end its forwards too.
+	sc.Close()
 }
 
 // forwardPayload is RFC 4254's direct-tcpip / forwarded-tcpip payload.
@@ -448,7 +408,7 @@ type forwardPayload struct {
 // data connection the builder dials for it (the session inside is already
 // encrypted end to end), or else over a forwarded-tcpip channel of the
 // builder's tunnel.
-func (g *Gateway) forward(nch ssh.NewChannel, route ssh.Conn, alias string, p forwardPayload, ic *idleConn) {
+func (g *Gateway) forward(nch ssh.NewChannel, route ssh.Conn, alias string, p forwardPayload) {
 	var down io.ReadWriteCloser
 	if dc := g.dialBuilder(route, alias); dc != nil {
 		down = dc
@@ -475,7 +435,6 @@ func (g *Gateway) forward(nch ssh.NewChannel, route ssh.Conn, alias string, p fo
 		for {
 			n, err := src.Read(buf)
 			if n > 0 {
-				ic.touch()
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					break
 				}
@@ -501,42 +460,4 @@ func closeWrite(c io.Closer) error {
 		return cw.CloseWrite()
 	}
 	return c.Close()
-}
-
-// idleConn closes an SSH connection that moved no bytes for timeout.
-type idleConn struct {
-	net.Conn
-	timeout time.Duration
-	mu      sync.Mutex
-	last    time.Time // guarded by mu
-}
-
-func (c *idleConn) touch() {
-	c.mu.Lock()
-	c.last = time.Now()
-	c.mu.Unlock()
-}
-
-func (c *idleConn) watch(sc *ssh.ServerConn) {
-	done := make(chan struct{})
-	go func() {
-		_ = sc.Wait()
-		close(done)
-	}()
-	t := time.NewTicker(min(c.timeout/4, time.Minute))
-	defer t.Stop()
-	for {
-		select {
-		case <-done:
-			return
-		case <-t.C:
-			c.mu.Lock()
-			idle := time.Since(c.last)
-			c.mu.Unlock()
-			if idle > c.timeout {
-				sc.Close()
-				return
-			}
-		}
-	}
 }

@@ -44,7 +44,7 @@ func setup(t *testing.T) (*gateway.Gateway, *link.Server, *sshca.CA, string, str
 	go func() { _ = gw.Serve(gl) }()
 	go func() { _ = ls.Serve(ll) }()
 	t.Cleanup(func() {
-		_ = gw.Shutdown()
+		_ = gw.Close()
 		ls.Close()
 	})
 	return gw, ls, ca, gl.Addr().String(), ll.Addr().String(), string(ssh.MarshalAuthorizedKey(linkKey.PublicKey()))

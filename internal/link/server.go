@@ -3,6 +3,7 @@ package link
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -23,7 +24,7 @@ import (
 // channel.
 const HandshakeTimeout = 10 * time.Second
 
-// ErrServerClosed is returned by Serve after Close.
+// ErrServerClosed is returned by Serve after Close or Shutdown.
 var ErrServerClosed = errors.New("link: server closed")
 
 // Tunnels takes builders' reverse forwards (the tunnels of SSH builds).
@@ -61,12 +62,14 @@ type Server struct {
 	// only the alias it authenticated as. Without it they are refused.
 	Tunnels Tunnels
 
-	mu       sync.Mutex
-	expect   map[string]*Expectation // guarded by mu
-	listener map[net.Listener]bool   // guarded by mu
-	conns    map[*ssh.ServerConn]bool
-	closed   bool           // guarded by mu
-	perIP    map[string]int // guarded by mu; open connections by source
+	// life holds the listeners and connections: a connection is tracked
+	// until its goroutine (and the goroutines it started) ends.
+	life netx.Tracker
+	// perSource counts open connections by source (see MaxConnsPerSource).
+	perSource netx.SourceLimit
+
+	mu     sync.Mutex
+	expect map[string]*Expectation // guarded by mu
 }
 
 // MaxConnsPerSource bounds a source's open connections, authenticated or
@@ -74,34 +77,6 @@ type Server struct {
 // session): a machine cannot starve the others' links. Loopback is exempt: every
 // machine of the host driver comes from there.
 const MaxConnsPerSource = 64
-
-func remoteIP(nc net.Conn) string {
-	if a, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
-		return a.IP.String()
-	}
-	return nc.RemoteAddr().String()
-}
-
-func (s *Server) admit(ip string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.perIP == nil {
-		s.perIP = make(map[string]int)
-	}
-	if s.perIP[ip] >= MaxConnsPerSource && !net.ParseIP(ip).IsLoopback() {
-		return false
-	}
-	s.perIP[ip]++
-	return true
-}
-
-func (s *Server) release(ip string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.perIP[ip]--; s.perIP[ip] <= 0 {
-		delete(s.perIP, ip)
-	}
-}
 
 // Expectation is a build the server is waiting for.
 type Expectation struct {
@@ -120,7 +95,7 @@ type Expectation struct {
 func (s *Server) Expect(name string, key ssh.PublicKey) (*Expectation, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.life.Closed() {
 		return nil, ErrServerClosed
 	}
 	if s.expect == nil {
@@ -159,52 +134,39 @@ func (s *Server) logger() *slog.Logger {
 	return slog.Default()
 }
 
-// Serve accepts links on l until Close.
+// Serve accepts links on l until Close or Shutdown; then it returns
+// ErrServerClosed. It closes l when it returns.
 func (s *Server) Serve(l net.Listener) error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return ErrServerClosed
-	}
-	if s.listener == nil {
-		s.listener = make(map[net.Listener]bool)
-	}
-	s.listener[l] = true
-	s.mu.Unlock()
-	closed := func() bool {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.closed
-	}
-	return netx.Accept(l, closed, ErrServerClosed, func(nc net.Conn) {
-		ip := remoteIP(nc)
-		if !s.admit(ip) {
+	return s.life.Serve(l, ErrServerClosed, func(nc net.Conn) {
+		limit := MaxConnsPerSource
+		if netx.IsLoopback(nc.RemoteAddr()) {
+			limit = 0
+		}
+		release, ok := s.perSource.Acquire(nc.RemoteAddr(), limit)
+		if !ok {
 			nc.Close()
 			return
 		}
-		go func() {
-			defer s.release(ip)
+		if err := s.life.Go(nc, 0, func(nc net.Conn) {
+			defer release()
 			s.handle(nc)
-		}()
+		}); err != nil {
+			release()
+		}
 	})
 }
 
-// Close stops all listeners and closes every link.
+// Close stops all listeners and closes every link now.
 func (s *Server) Close() error {
-	s.mu.Lock()
-	s.closed = true
-	ls := s.listener
-	s.listener = nil
-	cs := s.conns
-	s.conns = nil
-	s.mu.Unlock()
-	for l := range ls {
-		l.Close()
-	}
-	for c := range cs {
-		c.Close()
-	}
-	return nil
+	return s.life.Close()
+}
+
+// Shutdown stops accepting links, then waits until every connection is
+// closed (the runner closes builds' links as it destroys their machines)
+// and the goroutines serving them have returned, or ctx ends: then it
+// closes the rest and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	return s.life.Shutdown(ctx)
 }
 
 func (s *Server) config() *ssh.ServerConfig {
@@ -250,24 +212,25 @@ func (s *Server) handle(nc net.Conn) {
 
 	s.mu.Lock()
 	e := s.expect[name]
-	if s.closed || e == nil || e.closed || e.conns >= MaxConnsPerBuild {
+	if e == nil || e.closed || e.conns >= MaxConnsPerBuild {
 		s.mu.Unlock()
 		sc.Close()
 		return
 	}
 	e.conns++
-	if s.conns == nil {
-		s.conns = make(map[*ssh.ServerConn]bool)
-	}
-	s.conns[sc] = true
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		delete(s.conns, sc)
 		e.conns--
 		s.mu.Unlock()
 	}()
-	go s.globalRequests(sc, reqs, log)
+	reqsDone := make(chan struct{})
+	go func() {
+		defer close(reqsDone)
+		s.globalRequests(sc, reqs, log)
+	}()
+	// The connection's goroutines end with it: Shutdown waits for them.
+	defer func() { <-reqsDone }()
 
 	var c *Conn
 	for nch := range chans {

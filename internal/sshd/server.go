@@ -42,7 +42,7 @@ var DefaultCiphers = []string{
 	"aes128-ctr", "aes192-ctr", "aes256-ctr",
 }
 
-// ErrServerClosed is returned by Serve after CloseAll.
+// ErrServerClosed is returned by Serve after CloseAll, Close or Shutdown.
 var ErrServerClosed = errors.New("sshd: server closed")
 
 // Server serves SSH connections. Set its fields before the first call to
@@ -88,10 +88,12 @@ type Server struct {
 	nextID atomic.Uint64
 	logins atomic.Int64
 
-	mu        sync.Mutex
-	closed    bool                      // guarded by mu: CloseAll was called
-	conns     map[*conn]struct{}        // guarded by mu
-	listeners map[net.Listener]struct{} // guarded by mu
+	// life holds the listeners and the connections (each until ServeConn
+	// returns) and bounds them by MaxConns.
+	life netx.Tracker
+
+	mu    sync.Mutex
+	conns map[*conn]struct{} // guarded by mu: connections past the handshake's start, for Notice
 }
 
 // Event kinds.
@@ -125,33 +127,22 @@ func (s *Server) emit(id uint64, kind, detail string) {
 func (s *Server) LoginShells() int { return int(s.logins.Load()) }
 
 // Serve accepts connections on l and serves each with ServeConn in its own
-// goroutine. It returns ErrServerClosed after CloseAll, otherwise the error
-// of Accept. It closes l when it returns.
+// goroutine. It returns ErrServerClosed after CloseAll, Close or Shutdown,
+// otherwise the error of Accept. It closes l when it returns.
 func (s *Server) Serve(l net.Listener) error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		l.Close()
-		return ErrServerClosed
-	}
-	if s.listeners == nil {
-		s.listeners = make(map[net.Listener]struct{})
-	}
-	s.listeners[l] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, l)
-		s.mu.Unlock()
-		l.Close()
-	}()
-	return netx.Accept(l, s.isClosed, ErrServerClosed, func(nc net.Conn) { go s.ServeConn(nc) })
-}
-
-func (s *Server) isClosed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closed
+	return s.life.Serve(l, ErrServerClosed, func(nc net.Conn) {
+		id := s.nextID.Add(1)
+		release, err := s.track(nc)
+		if err != nil {
+			nc.Close()
+			s.emit(id, EventReject, s.refusal(err))
+			return
+		}
+		go func() {
+			defer release()
+			s.serveConn(nc, id)
+		}()
+	})
 }
 
 // ServeConn runs the SSH handshake on nc (bounded by HandshakeTimeout) and
@@ -159,23 +150,59 @@ func (s *Server) isClosed() bool {
 // processes and returns. It always closes nc. It may be called from many
 // goroutines at once.
 func (s *Server) ServeConn(nc net.Conn) {
-	c := &conn{srv: s, id: s.nextID.Add(1), nc: nc}
-	if reason := s.track(c); reason != "" {
+	id := s.nextID.Add(1)
+	release, err := s.track(nc)
+	if err != nil {
 		nc.Close()
-		s.emit(c.id, EventReject, reason)
+		s.emit(id, EventReject, s.refusal(err))
 		return
 	}
-	defer s.untrack(c)
-	defer nc.Close()
+	defer release()
+	s.serveConn(nc, id)
+}
+
+// track registers nc with the lifecycle, within MaxConns.
+func (s *Server) track(nc net.Conn) (func(), error) {
+	return s.life.Track(nc, s.maxConns())
+}
+
+func (s *Server) maxConns() int {
+	if s.MaxConns <= 0 {
+		return DefaultMaxConns
+	}
+	return s.MaxConns
+}
+
+// refusal is what the reject event says of a refused connection.
+func (s *Server) refusal(err error) string {
+	if errors.Is(err, netx.ErrTooManyConns) {
+		return fmt.Sprintf("too many connections (%d)", s.maxConns())
+	}
+	return "server closed"
+}
+
+// serveConn serves nc, a tracked connection.
+func (s *Server) serveConn(nc net.Conn, id uint64) {
+	c := &conn{srv: s, id: id, nc: nc}
+	s.mu.Lock()
+	if s.conns == nil {
+		s.conns = make(map[*conn]struct{})
+	}
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	}()
+	var tc net.Conn = nc
+	if s.IdleTimeout > 0 {
+		tc = netx.NewIdleConn(nc, s.IdleTimeout)
+	}
+	defer tc.Close()
 	if s.Config == nil {
 		s.emit(c.id, EventReject, "no server config")
 		return
-	}
-	var tc net.Conn = nc
-	if s.IdleTimeout > 0 {
-		ic := newIdleConn(nc, s.IdleTimeout)
-		defer ic.stop()
-		tc = ic
 	}
 	timeout := s.HandshakeTimeout
 	if timeout <= 0 {
@@ -227,33 +254,6 @@ func (s *Server) ServeConn(nc net.Conn) {
 	s.emit(c.id, EventDisconnect, why)
 }
 
-// track registers c, or says why it is refused.
-func (s *Server) track(c *conn) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return "server closed"
-	}
-	limit := s.MaxConns
-	if limit <= 0 {
-		limit = DefaultMaxConns
-	}
-	if len(s.conns) >= limit {
-		return fmt.Sprintf("too many connections (%d)", limit)
-	}
-	if s.conns == nil {
-		s.conns = make(map[*conn]struct{})
-	}
-	s.conns[c] = struct{}{}
-	return ""
-}
-
-func (s *Server) untrack(c *conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-}
-
 // noticeTimeout bounds how long Notice and CloseAll wait for slow clients.
 const noticeTimeout = 2 * time.Second
 
@@ -261,42 +261,42 @@ const noticeTimeout = 2 * time.Second
 // session (login shells and `ssh -t` commands). It waits at most a couple of
 // seconds for clients that do not read.
 func (s *Server) Notice(msg string) {
-	s.notify(s.snapshot(false), msg)
+	s.notify(s.snapshot(), msg)
 }
 
-// CloseAll revokes access: it writes msg (as Notice does, unless empty) to
-// every pty session, then closes every connection, which ends their
-// processes, and closes the listeners given to Serve. Later ServeConn calls
-// refuse their connection at once. CloseAll does not wait for the
-// connections' goroutines to finish.
+// CloseAll revokes access: it stops accepting (closes the listeners given
+// to Serve), writes msg (as Notice does, unless empty) to every pty
+// session, then closes every connection, which ends their processes.
+// Later ServeConn calls refuse their connection at once. CloseAll does not
+// wait for the connections' goroutines to finish.
 func (s *Server) CloseAll(msg string) {
-	conns := s.snapshot(true)
+	_ = s.life.CloseListeners()
 	if msg != "" {
-		s.notify(conns, msg)
+		s.notify(s.snapshot(), msg)
 	}
-	for _, c := range conns {
-		c.nc.Close()
-	}
+	_ = s.life.Close()
 }
 
-// snapshot returns the open connections; with revoke it also marks the
-// server closed and closes its listeners.
-func (s *Server) snapshot(revoke bool) []*conn {
+// Close is CloseAll without a message: it closes the listeners and every
+// connection now.
+func (s *Server) Close() error {
+	return s.life.Close()
+}
+
+// Shutdown stops accepting connections, then waits until every connection
+// has ended by itself and ServeConn has returned for it (its processes
+// ended), or ctx ends: then it closes the rest and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	return s.life.Shutdown(ctx)
+}
+
+// snapshot returns the open connections.
+func (s *Server) snapshot() []*conn {
 	s.mu.Lock()
-	var ls []net.Listener
-	if revoke {
-		s.closed = true
-		for l := range s.listeners {
-			ls = append(ls, l)
-		}
-	}
+	defer s.mu.Unlock()
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, l := range ls {
-		l.Close()
 	}
 	return conns
 }
@@ -423,54 +423,4 @@ func (c *conn) handleChannel(nch ssh.NewChannel) {
 		c.srv.emit(c.id, EventChannel, t+" (refused)")
 		_ = nch.Reject(ssh.UnknownChannelType, "unknown channel type "+t)
 	}
-}
-
-// idleConn closes its net.Conn when no byte has moved for timeout. It works
-// on any net.Conn, deadlines or not.
-type idleConn struct {
-	net.Conn
-	timeout time.Duration
-	last    atomic.Int64 // unix nanoseconds of the last read or write
-	stopped atomic.Bool
-	timer   *time.Timer
-}
-
-func newIdleConn(nc net.Conn, timeout time.Duration) *idleConn {
-	ic := &idleConn{Conn: nc, timeout: timeout}
-	ic.last.Store(time.Now().UnixNano())
-	ic.timer = time.AfterFunc(timeout, ic.check)
-	return ic
-}
-
-func (ic *idleConn) check() {
-	if ic.stopped.Load() {
-		return
-	}
-	idle := time.Since(time.Unix(0, ic.last.Load()))
-	if idle >= ic.timeout {
-		ic.Conn.Close()
-		return
-	}
-	ic.timer.Reset(ic.timeout - idle)
-}
-
-func (ic *idleConn) stop() {
-	ic.stopped.Store(true)
-	ic.timer.Stop()
-}
-
-func (ic *idleConn) Read(p []byte) (int, error) {
-	n, err := ic.Conn.Read(p)
-	if n > 0 {
-		ic.last.Store(time.Now().UnixNano())
-	}
-	return n, err
-}
-
-func (ic *idleConn) Write(p []byte) (int, error) {
-	n, err := ic.Conn.Write(p)
-	if n > 0 {
-		ic.last.Store(time.Now().UnixNano())
-	}
-	return n, err
 }

@@ -1,0 +1,386 @@
+// Package app is `hangar server`: it builds the service's object graph
+// (store, machine driver, builder link, SSH gateway, runner, HTTP API) from
+// its Config and runs it until its context ends, then stops it in order:
+// builds first (their machines destroyed), then the link, the gateway and
+// the HTTP API, and the driver's shared resources (bridge, firewall) last.
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/hangar-ci/hangar/internal/gateway"
+	"github.com/hangar-ci/hangar/internal/gitrepo"
+	"github.com/hangar-ci/hangar/internal/link"
+	"github.com/hangar-ci/hangar/internal/machine"
+	"github.com/hangar-ci/hangar/internal/machine/host"
+	"github.com/hangar-ci/hangar/internal/machine/sandbox"
+	"github.com/hangar-ci/hangar/internal/runner"
+	"github.com/hangar-ci/hangar/internal/server"
+	"github.com/hangar-ci/hangar/internal/sshca"
+	"github.com/hangar-ci/hangar/internal/store"
+)
+
+// Config is `hangar server`'s configuration (its flags).
+type Config struct {
+	HTTP          string
+	Data          string
+	Driver        string
+	MaxBuilds     int
+	SandboxEgress bool
+	SandboxSubnet string
+	SandboxBridge string
+	SandboxDir    string
+	SSH           string
+	SSHPublicHost string
+	SSHAfterSteps time.Duration
+	SSHHandshake  time.Duration
+	PublicURL     string
+	Logger        *slog.Logger
+}
+
+// Shutdown timeouts: how long the link, the gateway and the HTTP API wait
+// for their connections once builds have ended, normally and when hurried.
+const (
+	DrainTimeout = 10 * time.Second
+	HurryTimeout = time.Second
+)
+
+// App is a configured `hangar server`. Create it with New, then call Run
+// exactly once; Run releases everything New acquired.
+type App struct {
+	log     *slog.Logger
+	store   *store.Store
+	driver  machine.Driver
+	linkLn  net.Listener
+	linkSrv *link.Server
+	sshLn   net.Listener     // nil without SSH
+	gw      *gateway.Gateway // nil without SSH
+	run     *runner.Runner
+	httpLn  net.Listener
+	api     http.Handler
+}
+
+// New opens the data dir, the store and the driver and listens on every
+// address; on error it releases what it had acquired.
+func New(cfg Config) (a *App, err error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	a = &App{log: log}
+	defer func() {
+		if err != nil {
+			a.release()
+		}
+	}()
+	data, err := filepath.Abs(cfg.Data)
+	if err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if err := os.Chmod(data, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find the hangar binary: %w", err)
+	}
+
+	if a.store, err = store.OpenSQLite(filepath.Join(data, "hangar.db")); err != nil {
+		return nil, err
+	}
+	ctx := context.Background()
+	if n, err := a.store.FailInterrupted(ctx, "the server stopped during the build"); err != nil {
+		return nil, err
+	} else if n > 0 {
+		log.Warn("builds interrupted by an earlier stop marked failed", "count", n)
+	}
+	if err := ensureAdminToken(ctx, a.store, data); err != nil {
+		return nil, err
+	}
+	hostKey, err := sshca.LoadOrCreateKey(filepath.Join(data, "link_host_key"), "hangar link")
+	if err != nil {
+		return nil, err
+	}
+
+	if a.driver, err = newDriver(cfg, data, log); err != nil {
+		return nil, err
+	}
+	if a.linkLn, err = a.driver.Listen(); err != nil {
+		return nil, fmt.Errorf("builder link: %w", err)
+	}
+	a.linkSrv = &link.Server{HostKey: hostKey, Logger: log}
+	mirrors := &gitrepo.Mirrors{Dir: filepath.Join(data, "repos")}
+	rcfg := runner.Config{
+		Store: a.store, Driver: a.driver, Mirrors: mirrors, Link: a.linkSrv, LinkAddr: a.linkLn.Addr().String(),
+		Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
+	}
+	scfg := server.Config{Store: a.store, Mirrors: mirrors, Logger: log, Metrics: promhttp.Handler(),
+		Driver: a.driver.Name(), Isolated: a.driver.Isolated(), UI: server.UIHandler()}
+
+	if cfg.SSH != "off" {
+		keys := filepath.Join(data, "ssh")
+		ca, err := sshca.LoadOrCreateCA(filepath.Join(keys, "user_ca"))
+		if err != nil {
+			return nil, err
+		}
+		gwKey, err := sshca.LoadOrCreateKey(filepath.Join(keys, "gateway_host_key"), "hangar gateway")
+		if err != nil {
+			return nil, err
+		}
+		sealer, err := sshca.LoadOrCreateSealer(filepath.Join(keys, "seal.key"))
+		if err != nil {
+			return nil, err
+		}
+		urlKey, err := sshca.LoadOrCreateSecret(filepath.Join(keys, "url.key"))
+		if err != nil {
+			return nil, err
+		}
+		if a.sshLn, err = net.Listen("tcp", cfg.SSH); err != nil {
+			return nil, fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
+		}
+		a.gw = &gateway.Gateway{HostKey: gwKey, CA: ca.PublicKey(), Logger: log, HandshakeTimeout: cfg.SSHHandshake}
+		a.linkSrv.Tunnels = a.gw
+		rcfg.SSH = &runner.SSHConfig{CA: ca, Sealer: sealer, Gateway: a.gw, Store: a.store, AfterSteps: cfg.SSHAfterSteps}
+		scfg.SSH = &server.SSHConfig{
+			Store: a.store, Sealer: sealer, URLKey: urlKey, GatewayHost: cfg.SSHPublicHost,
+			GatewayPort: a.sshLn.Addr().(*net.TCPAddr).Port, GatewayKey: gwKey.PublicKey(), PublicURL: cfg.PublicURL,
+			GatewayDialAddr: dialable(a.sshLn.Addr()),
+		}
+	}
+	a.run = runner.New(rcfg)
+	if a.gw != nil {
+		a.gw.Events = a.run.GatewayEvent
+	}
+	a.api = server.New(scfg)
+	if a.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
+		return nil, fmt.Errorf("--http %s: %w", cfg.HTTP, err)
+	}
+	log.Info("hangar server started", "http", "http://"+a.httpLn.Addr().String(), "driver", a.driver.Name(), "data", data, "link", a.linkLn.Addr().String())
+	if a.sshLn != nil {
+		log.Info("SSH gateway listening", "ssh", a.sshLn.Addr().String())
+	}
+	return a, nil
+}
+
+// release closes the listeners, the driver (its shared resources, after
+// the machines it still has) and the store, whichever exist.
+func (a *App) release() error {
+	var errs []error
+	for _, l := range []net.Listener{a.httpLn, a.sshLn, a.linkLn} {
+		if l != nil {
+			if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, fmt.Errorf("close listener: %w", err))
+			}
+		}
+	}
+	if a.driver != nil {
+		if err := a.driver.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close the %s driver: %w", a.driver.Name(), err))
+		}
+	}
+	if a.store != nil {
+		if err := a.store.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close the store: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Run serves until ctx ends (or a server fails), then shuts down in order:
+//
+//  1. the runner stops claiming builds, cancels the running ones (they
+//     end failed: "the server shut down during the build") and waits for
+//     their machines to be destroyed;
+//  2. the builder link, the gateway and the HTTP API stop accepting and
+//     wait for their connections, DrainTimeout at most, HurryTimeout once
+//     hurry is closed;
+//  3. the driver removes its shared resources (bridge, firewall rules) and
+//     the store closes.
+//
+// hurry (may be nil) shortens step 2 only: the cleanup always runs.
+func (a *App) Run(ctx context.Context, hurry <-chan struct{}) error {
+	// HTTP handlers that stream (build logs) end when the API shuts down.
+	httpCtx, stopHTTP := context.WithCancel(context.Background())
+	defer stopHTTP()
+	hs := &http.Server{Handler: a.api, ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return httpCtx }}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := hs.Serve(a.httpLn); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http api: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := a.linkSrv.Serve(a.linkLn); !errors.Is(err, link.ErrServerClosed) {
+			return fmt.Errorf("builder link: %w", err)
+		}
+		return nil
+	})
+	if a.gw != nil {
+		g.Go(func() error {
+			if err := a.gw.Serve(a.sshLn); !errors.Is(err, gateway.ErrServerClosed) {
+				return fmt.Errorf("ssh gateway: %w", err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		err := a.run.Run(gctx)
+		a.log.Info("builds stopped: closing the builder link, the SSH gateway and the HTTP API")
+		a.shutdownServers(hs, stopHTTP, hurry)
+		return err
+	})
+	err := g.Wait()
+	if rerr := a.release(); rerr != nil {
+		a.log.Error("cleanup", "err", rerr)
+		err = errors.Join(err, rerr)
+	}
+	a.log.Info("hangar server stopped")
+	return err
+}
+
+// shutdownServers shuts down the link, the gateway and the HTTP API at
+// once, each within DrainTimeout (HurryTimeout once hurry is closed).
+func (a *App) shutdownServers(hs *http.Server, stopHTTP func(), hurry <-chan struct{}) {
+	ctx, cancel := context.WithTimeout(context.Background(), DrainTimeout)
+	defer cancel()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-hurry:
+		case <-done:
+			return
+		}
+		t := time.NewTimer(HurryTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-done:
+		}
+	}()
+	var g errgroup.Group
+	g.Go(func() error {
+		if err := a.linkSrv.Shutdown(ctx); err != nil {
+			a.log.Warn("builder link shutdown", "err", err)
+		}
+		return nil
+	})
+	if a.gw != nil {
+		g.Go(func() error {
+			if err := a.gw.Shutdown(ctx); err != nil {
+				a.log.Warn("ssh gateway shutdown", "err", err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		stopHTTP()
+		if err := hs.Shutdown(ctx); err != nil {
+			a.log.Warn("http api shutdown", "err", err)
+			_ = hs.Close()
+		}
+		return nil
+	})
+	_ = g.Wait()
+}
+
+// newDriver picks and creates the machine driver.
+func newDriver(cfg Config, data string, log *slog.Logger) (_ machine.Driver, err error) {
+	name := cfg.Driver
+	if name == "auto" {
+		name = "host"
+		if _, err := exec.LookPath("runc"); err == nil && os.Geteuid() == 0 {
+			name = "sandbox"
+		}
+	}
+	switch name {
+	case "sandbox":
+		if os.Geteuid() != 0 {
+			return nil, errors.New("the sandbox driver needs root: run as root, or use --driver host (no isolation)")
+		}
+		state := filepath.Join(data, "machines")
+		if cfg.SandboxDir != "" {
+			if state, err = filepath.Abs(cfg.SandboxDir); err != nil {
+				return nil, err
+			}
+		}
+		return sandbox.New(sandbox.Config{
+			Subnet:   cfg.SandboxSubnet,
+			Bridge:   cfg.SandboxBridge,
+			Egress:   cfg.SandboxEgress,
+			StateDir: state,
+			Mask:     []string{data},
+		})
+	case "host":
+		log.Warn("host driver: builds run as plain processes of the server's user, with NO isolation; use --driver sandbox (root, runc) for isolated machines")
+		dir := filepath.Join(data, "machines")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+		return &host.Driver{StateDir: dir}, nil
+	}
+	return nil, fmt.Errorf("--driver %q: use sandbox, host or auto", cfg.Driver)
+}
+
+// ensureAdminToken creates the admin token on first start.
+func ensureAdminToken(ctx context.Context, st *store.Store, data string) error {
+	path := filepath.Join(data, "admin-token")
+	if b, err := os.ReadFile(path); err == nil {
+		if _, err := st.TokenByHash(ctx, server.HashToken(strings.TrimSpace(string(b)))); err == nil {
+			fmt.Fprintf(os.Stderr, "Admin API token: %s\n", path)
+			return nil
+		}
+	}
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return err
+	}
+	secret := "hgr_" + hex.EncodeToString(b[:])
+	if err := st.DeleteTokens(ctx, "admin"); err != nil {
+		return err
+	}
+	if err := st.AddToken(ctx, server.HashToken(secret), store.Token{Name: "admin", Admin: true}); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write admin token: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "Created the admin API token in %s (mode 0600)\n", path)
+	return nil
+}
+
+// dialable is an address the server itself can dial to reach a listener
+// (an unspecified listen address becomes loopback).
+func dialable(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	ip := ta.IP
+	if ip == nil || ip.IsUnspecified() {
+		ip = net.IPv4(127, 0, 0, 1)
+	}
+	return net.JoinHostPort(ip.String(), fmt.Sprint(ta.Port))
+}
