@@ -107,13 +107,13 @@ func (o *outbox) run() {
 		for len(o.queue) == 0 {
 			o.cond.Wait()
 		}
-		evs := o.queue
+		evs, failed := o.queue, o.failed
 		o.queue = nil
 		o.mu.Unlock()
 		var err error
 		var n int64
 		for _, ev := range evs {
-			if err == nil {
+			if err == nil && !failed {
 				err = o.send(ev)
 			}
 			n += int64(len(ev.Data))
@@ -194,13 +194,13 @@ func (o *stepOutput) read(pr *os.File) {
 			o.box.add(o.step, data)
 		}
 		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				o.box.add(o.step, []byte("\nhangar: reading the step's output failed: "+err.Error()+"\n"))
+			}
 			if !found {
 				// The marker never came: the pipe broke. Say so rather
 				// than wait forever.
 				o.passed <- o.box.add(o.step, nil)
-			}
-			if !errors.Is(err, io.EOF) {
-				o.box.add(o.step, []byte("\nhangar: reading the step's output failed: "+err.Error()+"\n"))
 			}
 			return
 		}

@@ -412,6 +412,9 @@ func (c *Conn) Recv() (Event, error) {
 	if err := json.Unmarshal(line, &ev); err != nil {
 		return ev, fmt.Errorf("link: malformed message from the builder: %w", err)
 	}
+	if ev.Type == Output {
+		return ev, errors.New("link: the builder sent output as JSON (output travels in frames)")
+	}
 	return ev, nil
 }
 

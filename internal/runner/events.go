@@ -2,6 +2,8 @@ package runner
 
 import (
 	"errors"
+	"io"
+	"net"
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/build"
@@ -20,32 +22,40 @@ var (
 // builder runs.
 const flushInterval = 100 * time.Millisecond
 
-// receive reads the builder's events until the link drops.
-func receive(conn *link.Conn) <-chan link.Event {
+// receive reads the builder's events into j.events until the link drops
+// or j.stopReading is closed (the job no longer reads them). Why the link
+// ended is in j.linkErr once j.events is closed.
+func (j *job) receive() {
 	events := make(chan link.Event, 16) // output events hold up to 1 MiB each
+	j.events = events
 	go func() {
 		defer close(events)
 		for {
-			ev, err := conn.Recv()
+			ev, err := j.conn.Recv()
 			if err != nil {
+				j.linkErr = err
 				return
 			}
 			// Every event read is delivered, also when the link closed
-			// right after it (a builder that crashed); only a full
-			// channel that nobody reads any more (the build has ended)
-			// gives up.
+			// right after it (a builder that crashed), for as long as the
+			// job reads.
 			select {
 			case events <- ev:
-			default:
-				select {
-				case events <- ev:
-				case <-conn.Done():
-					return
-				}
+			case <-j.stopReading:
+				return
 			}
 		}
 	}()
-	return events
+}
+
+// linkLost is the message of a build whose link dropped before the end: a
+// builder that broke the protocol is named as such.
+func (j *job) linkLost() string {
+	msg := "lost the link to the builder before the build ended"
+	if err := j.linkErr; err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		msg += " (" + err.Error() + ")"
+	}
+	return msg
 }
 
 // steps sends the job and follows the builder's events until it reports
@@ -57,7 +67,9 @@ func (j *job) steps() *outcome {
 		steps = append(steps, link.Step{Name: s.Name, File: s.File, Script: s.Script, IgnoreFailure: s.IgnoreFailure, WorkingDirectory: s.WorkingDirectory})
 	}
 	env := append(stdEnv(b, spec.Repo), spec.Vars...)
-	if err := j.conn.SendJob(&link.Job{Repo: j.repo, Origin: spec.Repo, Branch: b.Branch, Commit: b.Commit, Env: env, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes}); err != nil {
+	// One byte past the cap, so that the log book sees the cap crossed
+	// and says so when the steps' output alone reaches it.
+	if err := j.conn.SendJob(&link.Job{Repo: j.repo, Origin: spec.Repo, Branch: b.Branch, Commit: b.Commit, Env: env, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes + 1}); err != nil {
 		return failed("lost the link to the builder")
 	}
 	j.flush = time.NewTicker(flushInterval)
@@ -68,7 +80,7 @@ func (j *job) steps() *outcome {
 		case errors.Is(err, errStopped):
 			return stopped
 		case errors.Is(err, errLinkLost):
-			return failed("lost the link to the builder before the build ended")
+			return failed(j.linkLost())
 		case ev == nil:
 		case ev.Type == link.Done:
 			if ev.Failed {
@@ -134,17 +146,28 @@ func (j *job) next() (*link.Event, error) {
 }
 
 // handle records one event of the builder (but done, which ends a phase).
+// The builder is not trusted: events for steps that do not exist, or that
+// would move a step backwards, are dropped.
 func (j *job) handle(ev link.Event) {
 	i := ev.Step + 1 // build steps start with the runner's own
+	if ev.Type != link.SSH && (ev.Step < 0 || i >= len(j.b.Steps)) {
+		return
+	}
 	switch ev.Type {
 	case link.Output:
 		j.logs.Output(i, ev.Data)
 	case link.StepStart:
+		if j.b.Steps[i].Status != build.StepPending {
+			return
+		}
 		j.logs.StartStep(i)
 		j.logs.Flush()
 		j.stepStart(i, ev.Time)
 		j.save()
 	case link.StepEnd:
+		if j.b.Steps[i].Status != build.StepRunning {
+			return
+		}
 		st := build.StepSuccess
 		if ev.Failed {
 			st = build.StepFailed

@@ -46,7 +46,10 @@ type job struct {
 	exited   chan error        // m.Wait's result
 	conn     *link.Conn        // the builder's link, once up
 	events   <-chan link.Event // the builder's events; closed when the link drops
-	flush    *time.Ticker      // log batching (not a rule: the system clock)
+	// stopReading is closed when the job no longer reads events.
+	stopReading chan struct{}
+	linkErr     error        // why the link ended; set before events is closed
+	flush       *time.Ticker // log batching (not a rule: the system clock)
 
 	ssh *sshAccess // nil unless the build has SSH access
 }
@@ -68,14 +71,16 @@ func (r *Runner) newJob(b *build.Build, spec []byte) *job {
 	log := r.log.With("build", b.ID)
 	return &job{
 		r: r, b: b, specJSON: spec, ctx: ctx, cancel: cancel, log: log,
-		logs: newLogBook(r.cfg.Store, b.ID, log),
-		name: "build-" + strconv.FormatInt(b.ID, 10),
+		logs:        newLogBook(r.cfg.Store, b.ID, log),
+		name:        build.Alias(b.ID),
+		stopReading: make(chan struct{}),
 	}
 }
 
 // execute runs the build to its end and writes the end.
 func (j *job) execute() {
 	defer j.cancel(nil)
+	defer close(j.stopReading)
 	start := j.r.clock.Now()
 	if j.b.StartedAt != nil {
 		start = *j.b.StartedAt
@@ -223,7 +228,7 @@ func (j *job) linkUp() *outcome {
 	case <-j.ctx.Done():
 		return stopped
 	}
-	j.events = receive(j.conn)
+	j.receive()
 	b := j.b
 	now := j.r.clock.Now()
 	j.stepEnd(0, build.StepSuccess, now, nil)

@@ -36,6 +36,12 @@ const (
 	// flushBytes is how much the log buffers before it writes to the store
 	// on its own (Flush writes the rest).
 	flushBytes = 1 << 20
+	// maxBuffered is how much it buffers at most: past it, Output waits
+	// for the store.
+	maxBuffered = 8 << 20
+	// chunkOverhead is what a chunk costs besides its bytes (memory, a
+	// row), charged to the cap and the buffer.
+	chunkOverhead = 64
 )
 
 // logBook is one build's log: the runner's own lines (Printf) and what the
@@ -78,9 +84,20 @@ func (l *logBook) Printf(step int, format string, args ...any) {
 // Output adds bytes the machine wrote as step's output.
 func (l *logBook) Output(step int, data []byte) {
 	l.mu.Lock()
+	if n := len(l.pending); n == 0 || l.pending[n-1].Step != step {
+		// A new chunk costs more than its bytes: charge it to the cap, so
+		// that output switching steps at every line stays bounded too.
+		l.taken += chunkOverhead
+	}
 	data, crossed := l.take(data)
-	if len(data) > 0 {
-		if p := l.partial[step]; len(p) > 0 {
+	p := l.partial[step]
+	switch {
+	case len(data) == 0:
+	case bytes.IndexByte(data, '\n') < 0 && len(p)+len(data) < link.MaxLine:
+		// More of an unfinished line.
+		l.partial[step] = append(p, data...)
+	default:
+		if len(p) > 0 {
 			data = append(p, data...)
 		}
 		end := bytes.LastIndexByte(data, '\n') + 1
@@ -91,18 +108,24 @@ func (l *logBook) Output(step int, data []byte) {
 			l.lines(step, append(bytes.Clone(rest[:link.MaxLine]), '\n'))
 			rest = rest[link.MaxLine:]
 		}
-		l.partial[step] = append(l.partial[step][:0], rest...)
+		l.partial[step] = append(p[:0], rest...)
 	}
 	if crossed {
 		l.endLine(step)
 		l.capped(step)
 	}
 	// Write to the store beside the link, not in its way (Flush keeps the
-	// order, and the runner's own Flush at a step's end waits for it).
-	flush := l.buffered >= flushBytes && !l.flushing
+	// order, and the runner's own Flush at a step's end waits for it); if
+	// the store falls behind, in its way: the link then holds the builder
+	// back.
+	behind := l.buffered >= maxBuffered
+	flush := l.buffered >= flushBytes && !l.flushing && !behind
 	l.flushing = l.flushing || flush
 	l.mu.Unlock()
-	if flush {
+	switch {
+	case behind:
+		l.Flush()
+	case flush:
 		go func() {
 			l.Flush()
 			l.mu.Lock()
@@ -175,6 +198,7 @@ func (l *logBook) lines(step int, data []byte) {
 		} else {
 			l.pending = append(l.pending, build.LogChunk{Seq: l.seq + 1, Step: step, Time: l.now().UTC()})
 			l.step = step
+			l.buffered += chunkOverhead
 			c = &l.pending[len(l.pending)-1]
 		}
 		// The lines that fit in the chunk, at least one.
@@ -239,16 +263,21 @@ func longestLine(data []byte) int {
 	return longest
 }
 
-// Flush writes buffered lines to the store.
+// Flush writes buffered lines to the store. What the store refuses stays
+// buffered for the next Flush: the log never has a gap.
 func (l *logBook) Flush() {
 	l.flushMu.Lock()
 	defer l.flushMu.Unlock()
 	l.mu.Lock()
-	chunks := l.pending
+	chunks, buffered := l.pending, l.buffered
 	l.pending, l.buffered = nil, 0
 	l.mu.Unlock()
 	if err := l.store.AppendLog(context.Background(), l.id, chunks); err != nil {
 		l.log.Error("store logs", "err", err)
+		l.mu.Lock()
+		l.pending = append(chunks, l.pending...)
+		l.buffered += buffered
+		l.mu.Unlock()
 	}
 }
 
@@ -272,7 +301,7 @@ func (w diagWriter) Write(p []byte) (int, error) {
 			l.diagLine = append(l.diagLine, data[:min(len(data), link.MaxLine-len(l.diagLine))]...)
 			break
 		}
-		line := string(append(l.diagLine, data[:i]...))
+		line := string(append(l.diagLine, data[:min(i, link.MaxLine-len(l.diagLine))]...))
 		l.diagLine = l.diagLine[:0]
 		data = data[i+1:]
 		l.diag += int64(len(line)) + 1

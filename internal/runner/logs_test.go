@@ -150,6 +150,19 @@ func TestLogBookCap(t *testing.T) {
 	}
 }
 
+func TestLogBookCapReachedByOutputAlone(t *testing.T) {
+	// The builder sends at most one byte past the cap: enough for the
+	// marker.
+	l, st := newTestLog(t, nil)
+	l.max = 1 << 20
+	data := []byte(strings.Repeat(strings.Repeat("w", 99)+"\n", (1<<20)/100+1))[:1<<20+1]
+	l.Output(2, data)
+	got := stored(t, l, st)
+	if last := got[len(got)-1]; !strings.Contains(last, "wrote more than 1 MiB") {
+		t.Fatalf("no marker; last line %q", last)
+	}
+}
+
 func TestLogBookDiagnosticsBounded(t *testing.T) {
 	var service bytes.Buffer
 	l, st := newTestLog(t, &service)

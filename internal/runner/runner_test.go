@@ -369,6 +369,50 @@ func TestJob(t *testing.T) {
 	contains(t, "env", env, "CI=true", "CM_REPO_SLUG=o/demo", "GREETING=hello", "CM_BUILD_ID=")
 }
 
+func TestHostileBuilderEvents(t *testing.T) {
+	// Events for steps that do not exist, or that move a step backwards,
+	// change nothing; the build goes on.
+	e := newEnv(t, func(ctx context.Context, fb *fakeBuilder) {
+		if !fb.link(ctx) {
+			return
+		}
+		for _, step := range []int{-5, -1, 4, 1 << 19} {
+			fb.send(link.Event{Type: link.StepStart, Step: step})
+			if step >= 0 { // a negative step cannot be framed
+				fb.send(link.Event{Type: link.Output, Step: step, Data: []byte("HOSTILE\n")})
+			}
+			fb.send(link.Event{Type: link.StepEnd, Step: step, Failed: true})
+		}
+		fb.passAll()
+		fb.send(link.Event{Type: link.StepStart, Step: 0}) // a finished step again
+		fb.send(link.Event{Type: link.StepEnd, Step: 1, Failed: true, ExitCode: 9})
+		fb.done("")
+		fb.wait(ctx)
+	})
+	b := e.ended(e.queue(false, time.Hour).ID)
+	want(t, b, build.Finished, "", ok, ok, ok, ok, ok)
+	if strings.Contains(e.logs(b.ID), "HOSTILE") {
+		t.Errorf("output of a step that does not exist was kept:\n%s", e.logs(b.ID))
+	}
+}
+
+func TestMalformedMessage(t *testing.T) {
+	// A builder that breaks the protocol loses its link; the build says
+	// why.
+	e := newEnv(t, func(ctx context.Context, fb *fakeBuilder) {
+		if !fb.link(ctx) {
+			return
+		}
+		fb.step(0, 0, "Cloning")
+		fb.send(link.Event{Type: link.Output, Step: 1 << 21, Data: []byte("x")})
+		fb.wait(ctx)
+	})
+	b := e.ended(e.queue(false, time.Hour).ID)
+	if b.Status != build.Failed || !strings.Contains(b.Message, "lost the link to the builder") || !strings.Contains(b.Message, "output frame") {
+		t.Errorf("build: %s %q", b.Status, b.Message)
+	}
+}
+
 func TestStepFailure(t *testing.T) {
 	e := newEnv(t, func(ctx context.Context, fb *fakeBuilder) {
 		if !fb.link(ctx) {

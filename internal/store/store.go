@@ -583,7 +583,8 @@ func migrateLogs(db *sql.DB) error {
 }
 
 // AppendLog stores chunks of build id's log. Line numbers are the
-// caller's and follow on from the chunks stored before.
+// caller's and follow on from the chunks stored before; a chunk whose
+// first line is stored already is skipped.
 func (s *Store) AppendLog(ctx context.Context, id int64, chunks []build.LogChunk) error {
 	if len(chunks) == 0 {
 		return nil
@@ -593,7 +594,9 @@ func (s *Store) AppendLog(ctx context.Context, id int64, chunks []build.LogChunk
 		return fmt.Errorf("append log: %w", err)
 	}
 	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO log_chunks (build_id, first, last, step, time, data) VALUES ($1, $2, $3, $4, $5, $6)`)
+	// A chunk written again (a retry after an error) changes nothing.
+	stmt, err := tx.PrepareContext(ctx, `INSERT INTO log_chunks (build_id, first, last, step, time, data) VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (build_id, first) DO NOTHING`)
 	if err != nil {
 		return fmt.Errorf("append log: %w", err)
 	}
@@ -617,8 +620,12 @@ func (s *Store) AppendLog(ctx context.Context, id int64, chunks []build.LogChunk
 func (s *Store) Logs(ctx context.Context, id, after int64, limit int) ([]build.LogLine, error) {
 	lines := []build.LogLine{}
 	for len(lines) < limit {
+		// The chunk holding line after+1 starts at the greatest first not
+		// past it: start the range there (the primary key's order), not at
+		// the build's first chunk.
 		rows, err := s.db.QueryContext(ctx, `SELECT first, step, time, data FROM log_chunks
-			WHERE build_id = $1 AND last > $2 ORDER BY first LIMIT 16`, id, after)
+			WHERE build_id = $1 AND last > $2 AND first >= coalesce((SELECT max(first) FROM log_chunks WHERE build_id = $1 AND first <= $2 + 1), 0)
+			ORDER BY first LIMIT 16`, id, after)
 		if err != nil {
 			return nil, err
 		}
