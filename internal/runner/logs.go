@@ -37,8 +37,9 @@ const (
 	// on its own (Flush writes the rest).
 	flushBytes = 1 << 20
 	// maxBuffered is how much it buffers at most: past it, Output waits
-	// for the store.
-	maxBuffered = 8 << 20
+	// for the store. A burst of output that fits is taken off the link at
+	// once, so the step that wrote it does not wait on the store.
+	maxBuffered = 32 << 20
 	// chunkOverhead is what a chunk costs besides its bytes (memory, a
 	// row), charged to the cap and the buffer.
 	chunkOverhead = 64
@@ -196,7 +197,8 @@ func (l *logBook) lines(step int, data []byte) {
 		if n := len(l.pending); n > 0 && l.pending[n-1].Step == step && len(l.pending[n-1].Data) < maxChunkBytes {
 			c = &l.pending[n-1]
 		} else {
-			l.pending = append(l.pending, build.LogChunk{Seq: l.seq + 1, Step: step, Time: l.now().UTC()})
+			l.pending = append(l.pending, build.LogChunk{Seq: l.seq + 1, Step: step, Time: l.now().UTC(),
+				Data: make([]byte, 0, min(len(data), maxChunkBytes)+link.MaxLine)})
 			l.step = step
 			l.buffered += chunkOverhead
 			c = &l.pending[len(l.pending)-1]
