@@ -58,6 +58,10 @@ func runServer(cfg hangarapp.Config) error {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	// A closed standard error (e.g. `make run | tee` interrupted with the
+	// terminal's Ctrl-C) must not end the process before its cleanup: log
+	// writes fail instead.
+	signal.Ignore(syscall.SIGPIPE)
 
 	a, err := hangarapp.New(cfg)
 	if err != nil {
