@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -12,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
 )
 
@@ -72,22 +70,11 @@ func runLogs(ctx context.Context, o options) (err error) {
 }
 
 func benchLogs(ctx context.Context, o options, bin, repo, dir, driver string) (err error) {
-	logf("%s: starting hangar server", driver)
-	s, err := startServer(ctx, bin, driver, dir, max(o.parallel, 1))
+	s, err := startWithApp(ctx, bin, driver, dir, max(o.parallel, 1), repo)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if serr := s.stop(); serr != nil {
-			err = errors.Join(err, serr)
-		}
-		if err != nil {
-			err = fmt.Errorf("%w\nserver log (end):\n%s", err, s.logTail(30))
-		}
-	}()
-	if _, err := s.api.AddApp(ctx, api.AppRequest{Name: appName, Repo: repo}); err != nil {
-		return fmt.Errorf("add app: %w", err)
-	}
+	defer s.finish(&err)
 	var alone []logsSample
 	for i := 0; i < o.runs; i++ {
 		smp := verboseBuild(ctx, s)

@@ -402,6 +402,39 @@ func (s *server) stop() error {
 	}
 }
 
+// startWithApp starts a server and adds the benchmark's app, whose
+// repository is repo.
+func startWithApp(ctx context.Context, bin, driver, dir string, maxBuilds int, repo string) (*server, error) {
+	logf("%s: starting hangar server", driver)
+	s, err := startServer(ctx, bin, driver, dir, maxBuilds)
+	if err != nil {
+		return nil, err
+	}
+	logf("%s: server pid %d at %s", driver, s.pid(), s.url)
+	if _, err := s.api.AddApp(ctx, api.AppRequest{Name: appName, Repo: repo}); err != nil {
+		err = fmt.Errorf("add app: %w", err)
+		s.finish(&err)
+		return nil, err
+	}
+	return s, nil
+}
+
+// finish stops the server, adding a failure to *err, and the end of the
+// server's log to any error.
+func (s *server) finish(err *error) {
+	if serr := s.stop(); serr != nil {
+		*err = errors.Join(*err, serr)
+	}
+	if s.driver == "sandbox" {
+		if _, serr := os.Stat("/sys/class/net/" + sandboxBridge); serr == nil {
+			logf("sandbox: note: bridge %s still exists after the server stopped", sandboxBridge)
+		}
+	}
+	if *err != nil {
+		*err = fmt.Errorf("%w\nserver log (end):\n%s", *err, s.logTail(30))
+	}
+}
+
 // holding reports whether b is building and runs its first script.
 func holding(b *build.Build) bool {
 	return b.Status == build.Building && len(b.Steps) > 2 && b.Steps[2].Status == build.StepRunning
@@ -447,28 +480,11 @@ func (s *server) waitBuild(ctx context.Context, id int64, poll, timeout time.Dur
 }
 
 func benchDriver(ctx context.Context, o options, bin, repo, dir string, r *result) (err error) {
-	logf("%s: starting hangar server", r.driver)
-	s, err := startServer(ctx, bin, r.driver, dir, max(o.inflight, 1))
+	s, err := startWithApp(ctx, bin, r.driver, dir, max(o.inflight, 1), repo)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if serr := s.stop(); serr != nil {
-			err = errors.Join(err, serr)
-		}
-		if r.driver == "sandbox" {
-			if _, serr := os.Stat("/sys/class/net/" + sandboxBridge); serr == nil {
-				logf("sandbox: note: bridge %s still exists after the server stopped", sandboxBridge)
-			}
-		}
-		if err != nil {
-			err = fmt.Errorf("%w\nserver log (end):\n%s", err, s.logTail(30))
-		}
-	}()
-	logf("%s: server pid %d at %s", r.driver, s.pid(), s.url)
-	if _, err := s.api.AddApp(ctx, api.AppRequest{Name: appName, Repo: repo}); err != nil {
-		return fmt.Errorf("add app: %w", err)
-	}
+	defer s.finish(&err)
 
 	for i := 0; i < o.warmup+o.n; i++ {
 		smp, err := latencyOnce(ctx, s, o.poll)

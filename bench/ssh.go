@@ -97,24 +97,13 @@ func runSSH(ctx context.Context, o options) (err error) {
 	env := append(os.Environ(), "TMPDIR="+sshTmp)
 
 	load0 := loadavg()
-	logf("%s: starting hangar server", driver)
-	s, err := startServer(ctx, bin, driver, filepath.Join(tmp, driver), 4)
+	s, err := startWithApp(ctx, bin, driver, filepath.Join(tmp, driver), 4, repo)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if serr := s.stop(); serr != nil {
-			err = errors.Join(err, serr)
-		}
-		if err != nil {
-			err = fmt.Errorf("%w\nserver log (end):\n%s", err, s.logTail(30))
-		}
-	}()
+	defer s.finish(&err)
 	gw := gatewayAddr(s)
-	logf("%s: server pid %d at %s, SSH gateway %s", driver, s.pid(), s.url, gw)
-	if _, err := s.api.AddApp(ctx, api.AppRequest{Name: appName, Repo: repo}); err != nil {
-		return fmt.Errorf("add app: %w", err)
-	}
+	logf("%s: SSH gateway %s", driver, gw)
 
 	// Whatever happens, cancel the builds started (also on ^C).
 	var started []int64
