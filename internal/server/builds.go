@@ -263,13 +263,13 @@ func (s *Server) cancelBuild(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if nb.Status.Done() {
-			writeJSON(w, http.StatusOK, nb)
+			writeJSON(w, http.StatusOK, s.present(r, nb))
 			return
 		}
 		select {
 		case <-ch:
 		case <-deadline:
-			writeJSON(w, http.StatusAccepted, nb)
+			writeJSON(w, http.StatusAccepted, s.present(r, nb))
 			return
 		case <-r.Context().Done():
 			return
