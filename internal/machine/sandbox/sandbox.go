@@ -16,8 +16,9 @@
 // Network: the host side of each machine's veth is an isolated port of the
 // driver's bridge, so machines cannot reach each other; the host accepts from
 // the bridge only the ports of listeners made by Driver.Listen, and machines
-// reach the outside only when Config.Egress is set. Firewall state lives in
-// iptables chains named HANGAR-*-<bridge>, removed by Close.
+// reach the outside only when Config.Egress is set, and then only public
+// IPv4 addresses (see egress.go). Machines have no IPv6. Firewall state lives
+// in iptables chains named HANGAR-*-<bridge>, removed by Close.
 //
 // The names of a machine's host-global resources (runc container id, network
 // namespace, host veth, cgroup) are made of the bridge and the machine name
