@@ -74,8 +74,8 @@ type egressPolicy struct {
 	dns []netip.Addr
 }
 
-// checkPrefixes validates a list of IPv4 networks for the error messages
-// of flag (e.g. "egress allow").
+// checkPrefixes validates a list of IPv4 networks; what names the list in
+// errors (e.g. "egress allow list").
 func checkPrefixes(what string, list []netip.Prefix) error {
 	for _, p := range list {
 		switch {
