@@ -5,6 +5,8 @@ GO        ?= go
 BIN       := bin/hangar
 DATA      ?= hangar-data
 HTTP      ?= 127.0.0.1:8080
+# More `hangar server` flags for `make run`, e.g. SERVER_FLAGS=--sandbox-egress=off
+SERVER_FLAGS ?=
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages: the sandbox driver (runc, sudo, iptables, iproute2), git for
 # repositories, curl for `make run` and the one-line SSH command, OpenSSH's
@@ -26,7 +28,7 @@ testdeps:
 	@scripts/install-deps.sh $(TEST_PACKAGES)
 
 run: deps build
-	@BIN=$(BIN) DATA=$(DATA) HTTP=$(HTTP) scripts/run.sh
+	@BIN=$(BIN) DATA=$(DATA) HTTP=$(HTTP) SERVER_FLAGS="$(SERVER_FLAGS)" scripts/run.sh
 
 vet:
 	$(GO) vet ./...

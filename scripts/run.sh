@@ -3,6 +3,8 @@
 # examples/demo and says how to start a build. Ctrl-C stops the server.
 set -euo pipefail
 BIN=${BIN:-bin/hangar} DATA=${DATA:-hangar-data} HTTP=${HTTP:-127.0.0.1:8080}
+# More server flags, split at spaces (e.g. "--sandbox-egress=off").
+read -r -a server_flags <<<"${SERVER_FLAGS:-}"
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
@@ -25,7 +27,7 @@ demo=$(cd "$demo" && pwd)
 # stops cleanly (builds, machines, bridge, firewall rules) and this script
 # waits for it. (A second Ctrl-C is forwarded too: it only hurries the server.)
 set -m
-"$BIN" server --data "$DATA" --http "$HTTP" &
+"$BIN" server --data "$DATA" --http "$HTTP" ${server_flags[@]+"${server_flags[@]}"} &
 pid=$!
 set +m
 stop() {

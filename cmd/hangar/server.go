@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,11 +20,27 @@ import (
 func serverCmd() *cobra.Command {
 	var cfg hangarapp.Config
 	var logLevel string
+	egress := onOff(true)
+	var egressAllow, egressDeny, dns []string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the Hangar service (API, runner) in one process",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg.SandboxEgress = bool(egress)
+			var err error
+			if cfg.SandboxEgressAllow, err = parseNetworks("--sandbox-egress-allow", egressAllow); err != nil {
+				return err
+			}
+			if cfg.SandboxEgressDeny, err = parseNetworks("--sandbox-egress-deny", egressDeny); err != nil {
+				return err
+			}
+			if cfg.SandboxDNS, err = parseAddrs("--sandbox-dns", dns); err != nil {
+				return err
+			}
+			if !cfg.SandboxEgress && (len(egressAllow) > 0 || len(egressDeny) > 0 || len(dns) > 0) {
+				return errors.New("--sandbox-egress-allow, --sandbox-egress-deny and --sandbox-dns need --sandbox-egress=on")
+			}
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
@@ -35,7 +54,11 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.Data, "data", "./hangar-data", "data directory (database, tokens, keys, repository mirrors)")
 	f.StringVar(&cfg.Driver, "driver", "auto", "machine driver: sandbox (isolated, needs root and runc), host (no isolation), or auto")
 	f.IntVar(&cfg.MaxBuilds, "max-builds", 10, "builds that run at once")
-	f.BoolVar(&cfg.SandboxEgress, "sandbox-egress", false, "let sandbox machines open connections to the outside (NAT)")
+	f.Var(&egress, "sandbox-egress", "on: sandbox machines reach public IPv4 addresses (NAT; never the host, other machines, private, CGNAT or link-local networks); off: nothing outside")
+	f.Lookup("sandbox-egress").NoOptDefVal = "on"
+	f.StringSliceVar(&egressAllow, "sandbox-egress-allow", nil, "IPv4 networks (CIDR, comma-separated) sandbox machines may reach although private, e.g. an artifact proxy at 10.1.2.3/32")
+	f.StringSliceVar(&egressDeny, "sandbox-egress-deny", nil, "IPv4 networks (CIDR, comma-separated) sandbox machines may not reach")
+	f.StringSliceVar(&dns, "sandbox-dns", nil, "name servers of sandbox machines, comma-separated IPv4 addresses (default: the host's non-loopback ones; their port 53 is opened)")
 	f.StringVar(&cfg.SandboxSubnet, "sandbox-subnet", "10.213.42.0/24", "private IPv4 network of sandbox machines")
 	f.StringVar(&cfg.SandboxBridge, "sandbox-bridge", "hangar0", "name of the host bridge of sandbox machines")
 	f.StringVar(&cfg.SandboxDir, "sandbox-dir", "", "where sandbox machines' writable layers live (default: <data>/machines; must be outside /usr, /etc, /var, /opt)")
@@ -94,4 +117,79 @@ func runServer(cfg hangarapp.Config) error {
 		}
 	}()
 	return a.Run(ctx, hurry)
+}
+
+// onOff is a boolean flag spelled on/off (true/false also work); alone,
+// the flag means on.
+type onOff bool
+
+func (v *onOff) String() string {
+	if *v {
+		return "on"
+	}
+	return "off"
+}
+
+func (v *onOff) Set(s string) error {
+	switch strings.ToLower(s) {
+	case "on", "true", "1", "yes":
+		*v = true
+	case "off", "false", "0", "no":
+		*v = false
+	default:
+		return fmt.Errorf("%q: want on or off", s)
+	}
+	return nil
+}
+
+func (v *onOff) Type() string { return "on|off" }
+
+// parseNetworks parses IPv4 networks in CIDR notation (a bare address is a
+// /32) for flag.
+func parseNetworks(flag string, list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		var p netip.Prefix
+		var err error
+		if strings.Contains(s, "/") {
+			p, err = netip.ParsePrefix(s)
+		} else {
+			var a netip.Addr
+			if a, err = netip.ParseAddr(s); err == nil {
+				p = netip.PrefixFrom(a, a.BitLen())
+			}
+		}
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("%s %q: want an IPv4 network such as 10.1.2.3/32 or 203.0.113.0/24", flag, s)
+		case !p.Addr().Is4():
+			return nil, fmt.Errorf("%s %s: not IPv4 (sandbox machines have no IPv6)", flag, s)
+		case p != p.Masked():
+			return nil, fmt.Errorf("%s %s: the address has bits set beyond the /%d: did you mean %s or %s/32?",
+				flag, s, p.Bits(), p.Masked(), p.Addr())
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// parseAddrs parses IPv4 addresses for flag.
+func parseAddrs(flag string, list []string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil || !a.Is4() {
+			return nil, fmt.Errorf("%s %q: want an IPv4 address such as 9.9.9.9", flag, s)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }

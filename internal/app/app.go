@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,20 +38,25 @@ import (
 
 // Config is `hangar server`'s configuration (its flags).
 type Config struct {
-	HTTP          string
-	Data          string
-	Driver        string
-	MaxBuilds     int
-	SandboxEgress bool
-	SandboxSubnet string
-	SandboxBridge string
-	SandboxDir    string
-	SSH           string
-	SSHPublicHost string
-	SSHAfterSteps time.Duration
-	SSHHandshake  time.Duration
-	PublicURL     string
-	Logger        *slog.Logger
+	HTTP      string
+	Data      string
+	Driver    string
+	MaxBuilds int
+	// SandboxEgress lets sandbox machines reach public addresses; the
+	// allow and deny lists and name servers refine it (sandbox.Config).
+	SandboxEgress      bool
+	SandboxEgressAllow []netip.Prefix
+	SandboxEgressDeny  []netip.Prefix
+	SandboxDNS         []netip.Addr
+	SandboxSubnet      string
+	SandboxBridge      string
+	SandboxDir         string
+	SSH                string
+	SSHPublicHost      string
+	SSHAfterSteps      time.Duration
+	SSHHandshake       time.Duration
+	PublicURL          string
+	Logger             *slog.Logger
 }
 
 // Shutdown timeouts: how long the link, the gateway and the HTTP API wait
@@ -326,13 +332,21 @@ func newDriver(cfg Config, data string, log *slog.Logger) (_ machine.Driver, err
 				return nil, err
 			}
 		}
-		return sandbox.New(sandbox.Config{
-			Subnet:   cfg.SandboxSubnet,
-			Bridge:   cfg.SandboxBridge,
-			Egress:   cfg.SandboxEgress,
-			StateDir: state,
-			Mask:     []string{data},
+		d, err := sandbox.New(sandbox.Config{
+			Subnet:      cfg.SandboxSubnet,
+			Bridge:      cfg.SandboxBridge,
+			Egress:      cfg.SandboxEgress,
+			EgressAllow: cfg.SandboxEgressAllow,
+			EgressDeny:  cfg.SandboxEgressDeny,
+			DNS:         cfg.SandboxDNS,
+			StateDir:    state,
+			Mask:        []string{data},
 		})
+		if err != nil {
+			return nil, err
+		}
+		logEgress(log, cfg, d.NameServers())
+		return d, nil
 	case "host":
 		log.Warn("host driver: builds run as plain processes of the server's user, with NO isolation; use --driver sandbox (root, runc) for isolated machines")
 		dir := filepath.Join(data, "machines")
@@ -342,6 +356,31 @@ func newDriver(cfg Config, data string, log *slog.Logger) (_ machine.Driver, err
 		return &host.Driver{StateDir: dir}, nil
 	}
 	return nil, fmt.Errorf("--driver %q: use sandbox, host or auto", cfg.Driver)
+}
+
+// logEgress says what sandbox machines can reach, and how to change it.
+func logEgress(log *slog.Logger, cfg Config, dns []netip.Addr) {
+	if !cfg.SandboxEgress {
+		log.Info("sandbox egress off: builds reach nothing outside (no package downloads); --sandbox-egress=on opens public addresses")
+		return
+	}
+	log.Info("sandbox egress on: builds reach public IPv4 addresses, never this host, other builds or private, CGNAT and link-local networks; --sandbox-egress=off closes it",
+		"allow", prefixes(cfg.SandboxEgressAllow), "deny", prefixes(cfg.SandboxEgressDeny), "dns", prefixes(dns))
+	if len(dns) == 0 {
+		log.Warn("sandbox machines have no name server: the host's resolv.conf names only loopback ones; set --sandbox-dns")
+	}
+}
+
+// prefixes joins networks or addresses with commas ("none" if empty).
+func prefixes[T fmt.Stringer](list []T) string {
+	if len(list) == 0 {
+		return "none"
+	}
+	s := make([]string, len(list))
+	for i, p := range list {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
 }
 
 // ensureAdminToken creates the admin token on first start.

@@ -5,23 +5,35 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 )
 
 // firewall manages the iptables chains of one bridge:
 //
-//	filter HANGAR-IN-<bridge>   INPUT from the bridge: established traffic and
-//	                            the ports of Listen listeners, nothing else
-//	filter HANGAR-FWD-<bridge>  FORWARD: nothing between machines; to and from
-//	                            the outside only with egress
+//	filter HANGAR-IN-<bridge>   INPUT from the bridge: established traffic,
+//	                            the ports of Listen listeners and (egress)
+//	                            port 53 of a name server on the host; the rest
+//	                            is rejected
+//	filter HANGAR-FWD-<bridge>  FORWARD: nothing between machines; to the
+//	                            outside only with egress, by egressPolicy
+//	filter HANGAR-REJ-<bridge>  how the other two refuse: UDP gets "port
+//	                            unreachable" (a resolver fails at once, see
+//	                            notes), the rest "administratively prohibited"
+//	                            (a connect fails at once: "No route to host")
 //	nat    HANGAR-NAT-<bridge>  POSTROUTING: masquerade the subnet (egress)
+//
+// Only the jumps to these chains (first in INPUT, FORWARD and POSTROUTING)
+// touch the host's own chains; teardown removes exactly those and the
+// chains.
 type firewall struct {
 	bridge   string
 	subnet   string
 	bridgeIP string
 	in       string
 	fwd      string
+	rej      string
 	nat      string
 }
 
@@ -32,6 +44,7 @@ func newFirewall(bridge string, subnet netip.Prefix, bridgeIP netip.Addr) *firew
 		bridgeIP: bridgeIP.String() + "/32",
 		in:       "HANGAR-IN-" + bridge,
 		fwd:      "HANGAR-FWD-" + bridge,
+		rej:      "HANGAR-REJ-" + bridge,
 		nat:      "HANGAR-NAT-" + bridge,
 	}
 }
@@ -39,38 +52,77 @@ func newFirewall(bridge string, subnet netip.Prefix, bridgeIP netip.Addr) *firew
 // chainPrefix starts the name of every chain this package creates.
 const chainPrefix = "HANGAR-"
 
+// natChainPrefix starts the nat chains of every driver with egress.
+const natChainPrefix = chainPrefix + "NAT-"
+
 // setup replaces any earlier rules of this bridge with fresh ones.
-func (f *firewall) setup(egress bool) error {
+func (f *firewall) setup(p egressPolicy) error {
 	if err := f.teardown(); err != nil {
 		return err
 	}
 	established := []string{"-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"}
 	rules := [][]string{
+		{"-N", f.rej},
+		{"-A", f.rej, "-p", "udp", "-j", "REJECT", "--reject-with", "icmp-port-unreachable"},
+		{"-A", f.rej, "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"},
+
 		{"-N", f.in},
 		append([]string{"-A", f.in}, established...),
-		{"-A", f.in, "-j", "DROP"},
-		{"-I", "INPUT", "1", "-i", f.bridge, "-j", f.in},
-
-		{"-N", f.fwd},
-		{"-A", f.fwd, "-i", f.bridge, "-o", f.bridge, "-j", "DROP"},
 	}
-	if egress {
-		rules = append(rules,
-			[]string{"-A", f.fwd, "-i", f.bridge, "-s", f.subnet, "-j", "ACCEPT"},
-			append([]string{"-A", f.fwd, "-o", f.bridge}, established...),
-		)
+	if p.on {
+		for _, ns := range p.dns {
+			for _, proto := range []string{"udp", "tcp"} {
+				rules = append(rules, []string{"-A", f.in, "-d", ns.String() + "/32", "-p", proto, "--dport", "53", "-j", "ACCEPT"})
+			}
+		}
 	}
 	rules = append(rules,
-		[]string{"-A", f.fwd, "-i", f.bridge, "-j", "DROP"},
-		[]string{"-A", f.fwd, "-o", f.bridge, "-j", "DROP"},
-		[]string{"-I", "FORWARD", "1", "-j", f.fwd},
+		[]string{"-A", f.in, "-j", f.rej},
+		[]string{"-I", "INPUT", "1", "-i", f.bridge, "-j", f.in},
+
+		[]string{"-N", f.fwd},
+		[]string{"-A", f.fwd, "-i", f.bridge, "-o", f.bridge, "-j", "DROP"},
 	)
+	if p.on {
+		out := []string{"-A", f.fwd, "-i", f.bridge}
+		rule := func(args ...string) []string { return append(slices.Clone(out), args...) }
+		rules = append(rules,
+			append([]string{"-A", f.fwd, "-o", f.bridge}, established...),
+			[]string{"-A", f.fwd, "-o", f.bridge, "-j", "DROP"},
+			rule("!", "-s", f.subnet, "-j", "DROP"),
+		)
+		for _, ns := range p.dns {
+			for _, proto := range []string{"udp", "tcp"} {
+				rules = append(rules, rule("-d", ns.String()+"/32", "-p", proto, "--dport", "53", "-j", "ACCEPT"))
+			}
+		}
+		for _, r := range p.rules {
+			target := f.rej
+			if r.allow {
+				target = "ACCEPT"
+			}
+			rules = append(rules, rule("-d", r.net.String(), "-j", target))
+		}
+		for _, n := range blockedNets {
+			rules = append(rules, rule("-d", n.String(), "-j", f.rej))
+		}
+		for _, n := range p.hostNets {
+			rules = append(rules, rule("-d", n.String(), "-j", f.rej))
+		}
+		rules = append(rules, rule("-j", "ACCEPT"))
+	} else {
+		rules = append(rules,
+			[]string{"-A", f.fwd, "-i", f.bridge, "-j", f.rej},
+			[]string{"-A", f.fwd, "-o", f.bridge, "-j", "DROP"},
+		)
+	}
+	rules = append(rules, []string{"-I", "FORWARD", "1", "-j", f.fwd})
 	for _, r := range rules {
 		if _, err := iptables("filter", r...); err != nil {
 			return err
 		}
 	}
-	if egress {
+	if p.on {
 		for _, r := range [][]string{
 			{"-N", f.nat},
 			{"-A", f.nat, "-s", f.subnet, "!", "-o", f.bridge, "-j", "MASQUERADE"},
@@ -87,12 +139,12 @@ func (f *firewall) setup(egress bool) error {
 // teardown removes the bridge's chains and the rules jumping to them,
 // including several copies left by crashed runs. Missing ones are skipped.
 func (f *firewall) teardown() error {
+	ours := map[string]bool{f.in: true, f.fwd: true, f.rej: true, f.nat: true}
 	for _, table := range []string{"filter", "nat"} {
 		out, err := iptables(table, "-S")
 		if err != nil {
 			return err
 		}
-		ours := map[string]bool{f.in: true, f.fwd: true, f.nat: true}
 		var chains []string
 		for _, line := range strings.Split(string(out), "\n") {
 			fields := strings.Fields(line)
@@ -107,16 +159,36 @@ func (f *firewall) teardown() error {
 				}
 			}
 		}
+		// Empty them all first: they jump to each other.
 		for _, c := range chains {
 			if _, err := iptables(table, "-F", c); err != nil {
 				return err
 			}
+		}
+		for _, c := range chains {
 			if _, err := iptables(table, "-X", c); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// otherNATChains reports whether the nat table has the egress chain of
+// another bridge than ours: another driver whose machines need
+// ip_forward.
+func (f *firewall) otherNATChains() (bool, error) {
+	out, err := iptables("nat", "-S")
+	if err != nil {
+		return false, err
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 2 && fields[0] == "-N" && strings.HasPrefix(fields[1], natChainPrefix) && fields[1] != f.nat {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // allowPort lets machines connect to TCP port on the bridge address.

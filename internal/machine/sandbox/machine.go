@@ -202,7 +202,7 @@ func (m *Machine) start(ctx context.Context, spec machine.Spec, mounts []specMou
 	go func() {
 		defer wg.Done()
 		dirErr = m.layout.prepareDir(machineFiles{name: m.name, ip: m.ip, uid: d.cfg.BuilderUID,
-			rootLinks: d.rootLinks, egress: d.cfg.Egress, gitSafe: mountTargets(mounts)})
+			rootLinks: d.rootLinks, dns: d.NameServers(), gitSafe: mountTargets(mounts)})
 	}()
 	netErr = createNetwork(netConfig{
 		host:        m.host,

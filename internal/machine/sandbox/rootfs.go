@@ -144,7 +144,7 @@ type machineFiles struct {
 	ip        netip.Addr
 	uid       int
 	rootLinks map[string]string
-	egress    bool
+	dns       []netip.Addr
 	// gitSafe are directories (read-only mounts of root-owned repository
 	// mirrors) that git must trust although builder does not own them.
 	gitSafe []string
@@ -333,7 +333,7 @@ func (l layout) writeEtc(mf machineFiles) error {
 		{"/etc/hostname", mf.name + "\n", 0o644},
 		{"/etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" +
 			mf.ip.String() + "\t" + mf.name + "\n", 0o644},
-		{"/etc/resolv.conf", resolvConf(mf.egress), 0o644},
+		{"/etc/resolv.conf", resolvConf(mf.dns), 0o644},
 	}
 	if len(mf.gitSafe) > 0 {
 		conf, _ := os.ReadFile("/etc/gitconfig")
@@ -367,41 +367,6 @@ func readHost(p string) ([]byte, fs.FileInfo, error) {
 	}
 	fi, err := os.Stat(p)
 	return data, fi, err
-}
-
-// resolvConf returns the host's resolver configuration without loopback
-// name servers, which machines cannot reach; with systemd-resolved's stub
-// it uses the upstream servers. Without egress no server is reachable: the
-// file lists none, so that lookups fail at once (glibc then asks the
-// machine's own 127.0.0.1) instead of after timeouts.
-func resolvConf(egress bool) string {
-	const none = "# no name server reachable from the machine\n"
-	if !egress {
-		return none
-	}
-	for _, p := range []string{"/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"} {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		var out strings.Builder
-		servers := 0
-		for _, line := range strings.Split(string(data), "\n") {
-			f := strings.Fields(line)
-			if len(f) >= 2 && f[0] == "nameserver" {
-				if a, err := netip.ParseAddr(f[1]); err != nil || a.IsLoopback() {
-					continue
-				}
-				servers++
-			}
-			out.WriteString(line)
-			out.WriteByte('\n')
-		}
-		if servers > 0 {
-			return out.String()
-		}
-	}
-	return none
 }
 
 // makeHome creates home/ and home/builder, owned by the builder, with the

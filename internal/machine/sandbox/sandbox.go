@@ -16,8 +16,9 @@
 // Network: the host side of each machine's veth is an isolated port of the
 // driver's bridge, so machines cannot reach each other; the host accepts from
 // the bridge only the ports of listeners made by Driver.Listen, and machines
-// reach the outside only when Config.Egress is set. Firewall state lives in
-// iptables chains named HANGAR-*-<bridge>, removed by Close.
+// reach the outside only when Config.Egress is set, and then only public
+// IPv4 addresses (see egress.go). Machines have no IPv6. Firewall state lives
+// in iptables chains named HANGAR-*-<bridge>, removed by Close.
 //
 // The names of a machine's host-global resources (runc container id, network
 // namespace, host veth, cgroup) are made of the bridge and the machine name
@@ -59,9 +60,24 @@ type Config struct {
 	// cgroups and runc containers (see names.go), so two drivers with
 	// different bridges (and subnets) can share a host.
 	Bridge string
-	// Egress lets machines open connections to the outside (NAT through
-	// the host). It sets net.ipv4.ip_forward=1 on the host.
+	// Egress lets machines open connections to public IPv4 addresses (NAT
+	// through the host), never to the host, other machines or private,
+	// CGNAT and link-local networks (see egress.go). It sets
+	// net.ipv4.ip_forward=1 on the host if it was not, and Close sets it
+	// back to 0 unless another driver's egress still needs it. Without it
+	// machines reach nothing but the Listen ports.
 	Egress bool
+	// EgressAllow are IPv4 networks machines may reach although egress
+	// rules close them (a proxy on a private address, say); never the host
+	// or other machines. Needs Egress.
+	EgressAllow []netip.Prefix
+	// EgressDeny are IPv4 networks machines may not reach. Between
+	// EgressAllow and EgressDeny the longest prefix wins.
+	EgressDeny []netip.Prefix
+	// DNS are the name servers of machines with Egress (their port 53 is
+	// open). Default: the host's, see hostNameServers. Without Egress
+	// machines have none.
+	DNS []netip.Addr
 	// StateDir holds one directory per machine and runc's state. Required,
 	// absolute, used by one driver at a time, and not inside a BaseDir.
 	// New removes whatever an earlier, crashed driver left in it.
@@ -150,6 +166,11 @@ func New(cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("sandbox: subnet %q: want an IPv4 network between /8 and /29", cfg.Subnet)
 	}
 	subnet = subnet.Masked()
+	for _, a := range cfg.DNS {
+		if subnet.Contains(a) {
+			return nil, fmt.Errorf("sandbox: name server %s is in the machines' subnet %s", a, subnet)
+		}
+	}
 	d := &Driver{
 		cfg:       cfg,
 		runcRoot:  filepath.Join(cfg.StateDir, ".runc"),
@@ -208,7 +229,15 @@ func (d *Driver) setupHost() error {
 	}
 	d.bridgeIndex = idx
 	d.fw = newFirewall(d.cfg.Bridge, d.subnet, d.bridgeIP)
-	if err := d.fw.setup(d.cfg.Egress); err != nil {
+	policy := egressPolicy{on: d.cfg.Egress}
+	if d.cfg.Egress {
+		policy.rules = sortedRules(d.cfg.EgressAllow, d.cfg.EgressDeny)
+		policy.dns = d.cfg.DNS
+		if policy.hostNets, err = hostNetworks(d.cfg.Bridge); err != nil {
+			return err
+		}
+	}
+	if err := d.fw.setup(policy); err != nil {
 		return err
 	}
 	if d.cfg.Egress {
@@ -236,8 +265,14 @@ func (d *Driver) teardownHost() error {
 		errs = append(errs, err)
 	}
 	if d.forwardWas != "" {
-		if _, err := setSysctl("net/ipv4/ip_forward", d.forwardWas); err != nil {
-			errs = append(errs, fmt.Errorf("restore ip forwarding: %w", err))
+		// Not under another driver's machines, though: ip_forward is
+		// host-wide.
+		if other, err := d.fw.otherNATChains(); err != nil {
+			errs = append(errs, err)
+		} else if !other {
+			if _, err := setSysctl("net/ipv4/ip_forward", d.forwardWas); err != nil {
+				errs = append(errs, fmt.Errorf("restore ip forwarding: %w", err))
+			}
 		}
 		d.forwardWas = ""
 	}
@@ -249,6 +284,14 @@ func (d *Driver) teardownHost() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// NameServers returns the machines' name servers: none without egress.
+func (d *Driver) NameServers() []netip.Addr {
+	if !d.cfg.Egress {
+		return nil
+	}
+	return slices.Clone(d.cfg.DNS)
 }
 
 // Name returns "sandbox".
@@ -379,6 +422,12 @@ func (c *Config) setDefaults() error {
 	}
 	if _, err := exec.LookPath("iptables"); err != nil {
 		return errors.New("iptables not found in PATH: install it with `apt-get install iptables`")
+	}
+	if err := c.checkEgress(); err != nil {
+		return err
+	}
+	if c.Egress && c.DNS == nil {
+		c.DNS = hostNameServers()
 	}
 	if c.BaseDirs == nil {
 		c.BaseDirs = defaultBaseDirs

@@ -493,7 +493,7 @@ func TestEgressRules(t *testing.T) {
 	}
 	// New is idempotent: a second driver on the same bridge (as after a
 	// crash) replaces the rules instead of adding copies.
-	if err := d.fw.setup(true); err != nil {
+	if err := d.fw.setup(egressPolicy{on: true}); err != nil {
 		t.Fatal(err)
 	}
 	out, err := iptables("filter", "-S", "FORWARD")
