@@ -53,6 +53,11 @@ type Config struct {
 	Logger        *slog.Logger
 }
 
+// InterruptedMessage starts the message of builds that a server left
+// running when it stopped without ending them (a crash, SIGKILL); the next
+// start ends them.
+const InterruptedMessage = "the server stopped during the build (crash or kill)"
+
 // Shutdown timeouts: how long the link, the gateway and the HTTP API wait
 // for their connections once builds have ended, normally and when hurried.
 const (
@@ -64,6 +69,7 @@ const (
 // exactly once; Run releases everything New acquired.
 type App struct {
 	log     *slog.Logger
+	lock    *os.File // the data dir's lock, held until release
 	store   *store.Store
 	driver  machine.Driver
 	linkLn  net.Listener
@@ -98,6 +104,11 @@ func New(cfg Config) (a *App, err error) {
 	if err := os.Chmod(data, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
+	// Before anything reads or changes the data dir or the host: one
+	// server per data dir.
+	if a.lock, err = lockDataDir(data); err != nil {
+		return nil, err
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find the hangar binary: %w", err)
@@ -107,11 +118,6 @@ func New(cfg Config) (a *App, err error) {
 		return nil, err
 	}
 	ctx := context.Background()
-	if n, err := a.store.FailInterrupted(ctx, "the server stopped during the build"); err != nil {
-		return nil, err
-	} else if n > 0 {
-		log.Warn("builds interrupted by an earlier stop marked failed", "count", n)
-	}
 	if err := ensureAdminToken(ctx, a.store, data); err != nil {
 		return nil, err
 	}
@@ -120,8 +126,19 @@ func New(cfg Config) (a *App, err error) {
 		return nil, err
 	}
 
+	// The driver destroys the machines an earlier server of this data dir
+	// left running (a crash, SIGKILL); then their builds end.
 	if a.driver, err = newDriver(cfg, data, log); err != nil {
 		return nil, err
+	}
+	msg := InterruptedMessage
+	if a.driver.Name() == "sandbox" {
+		msg += "; its machine was destroyed at restart"
+	}
+	if n, err := a.store.FailInterrupted(ctx, msg); err != nil {
+		return nil, err
+	} else if n > 0 {
+		log.Warn("builds interrupted by an earlier stop (crash or kill) marked failed", "count", n)
 	}
 	if a.linkLn, err = a.driver.Listen(); err != nil {
 		return nil, fmt.Errorf("builder link: %w", err)
@@ -181,7 +198,8 @@ func New(cfg Config) (a *App, err error) {
 }
 
 // release closes the listeners, the driver (its shared resources, after
-// the machines it still has) and the store, whichever exist.
+// the machines it still has) and the store, whichever exist, and unlocks
+// the data dir.
 func (a *App) release() error {
 	var errs []error
 	for _, l := range []net.Listener{a.httpLn, a.sshLn, a.linkLn} {
@@ -200,6 +218,9 @@ func (a *App) release() error {
 		if err := a.store.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close the store: %w", err))
 		}
+	}
+	if a.lock != nil {
+		a.lock.Close() // releases the lock
 	}
 	return errors.Join(errs...)
 }
