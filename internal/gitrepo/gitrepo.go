@@ -99,6 +99,38 @@ func Redact(repo string) string {
 	return u.Redacted()
 }
 
+// StripCredentials removes the credentials from a repository URL, for the
+// origin of a build's checkout: the machine must not hold them (fetching
+// is the server's job). An http(s) or ftp(s) URL loses its whole user info
+// ("https://bot:TOKEN@host/x" and "https://TOKEN@host/x" become
+// "https://host/x"); an ssh URL keeps its user name (an account such as
+// git, not a secret) and loses a password; paths and scp-like addresses
+// ("git@host:o/x.git") carry no credentials and are kept.
+func StripCredentials(repo string) string {
+	if !strings.Contains(repo, "://") {
+		return repo
+	}
+	u, err := url.Parse(repo)
+	if err != nil {
+		// Unparsable: keep nothing between the scheme and the host.
+		scheme, rest, _ := strings.Cut(repo, "://")
+		if at := strings.LastIndex(strings.SplitN(rest, "/", 2)[0], "@"); at >= 0 {
+			rest = rest[at+1:]
+		}
+		return scheme + "://" + rest
+	}
+	if u.User == nil {
+		return repo
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "ssh", "git+ssh", "ssh+git":
+		u.User = url.User(u.User.Username())
+	default:
+		u.User = nil
+	}
+	return u.String()
+}
+
 // ErrNoBranch is returned by Resolve for a branch the repository lacks.
 var ErrNoBranch = errors.New("no such branch")
 
