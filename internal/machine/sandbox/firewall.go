@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os/exec"
@@ -16,20 +17,25 @@ import (
 //	filter HANGAR-FWD-<bridge>  FORWARD: nothing between machines; to and from
 //	                            the outside only with egress
 //	nat    HANGAR-NAT-<bridge>  POSTROUTING: masquerade the subnet (egress)
+//
+// Every rule it adds (in the chains and jumping to them) carries the
+// driver's owner mark as a comment (see owner.go); it removes only those.
 type firewall struct {
 	bridge   string
 	subnet   string
 	bridgeIP string
+	mark     string
 	in       string
 	fwd      string
 	nat      string
 }
 
-func newFirewall(bridge string, subnet netip.Prefix, bridgeIP netip.Addr) *firewall {
+func newFirewall(bridge string, subnet netip.Prefix, bridgeIP netip.Addr, mark string) *firewall {
 	return &firewall{
 		bridge:   bridge,
 		subnet:   subnet.String(),
 		bridgeIP: bridgeIP.String() + "/32",
+		mark:     mark,
 		in:       "HANGAR-IN-" + bridge,
 		fwd:      "HANGAR-FWD-" + bridge,
 		nat:      "HANGAR-NAT-" + bridge,
@@ -39,7 +45,18 @@ func newFirewall(bridge string, subnet netip.Prefix, bridgeIP netip.Addr) *firew
 // chainPrefix starts the name of every chain this package creates.
 const chainPrefix = "HANGAR-"
 
-// setup replaces any earlier rules of this bridge with fresh ones.
+// marked appends the owner mark's comment match to rule.
+func (f *firewall) marked(rule ...string) []string {
+	// The match goes before the target: "-j X" must stay last.
+	n := len(rule)
+	if n >= 2 && rule[n-2] == "-j" {
+		return append(append(rule[:n-2:n-2], "-m", "comment", "--comment", f.mark), rule[n-2:]...)
+	}
+	return append(rule, "-m", "comment", "--comment", f.mark)
+}
+
+// setup replaces any earlier rules of this bridge (ours: checkOwner first)
+// with fresh ones.
 func (f *firewall) setup(egress bool) error {
 	if err := f.teardown(); err != nil {
 		return err
@@ -47,23 +64,23 @@ func (f *firewall) setup(egress bool) error {
 	established := []string{"-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"}
 	rules := [][]string{
 		{"-N", f.in},
-		append([]string{"-A", f.in}, established...),
-		{"-A", f.in, "-j", "DROP"},
-		{"-I", "INPUT", "1", "-i", f.bridge, "-j", f.in},
+		f.marked(append([]string{"-A", f.in}, established...)...),
+		f.marked("-A", f.in, "-j", "DROP"),
+		f.marked("-I", "INPUT", "1", "-i", f.bridge, "-j", f.in),
 
 		{"-N", f.fwd},
-		{"-A", f.fwd, "-i", f.bridge, "-o", f.bridge, "-j", "DROP"},
+		f.marked("-A", f.fwd, "-i", f.bridge, "-o", f.bridge, "-j", "DROP"),
 	}
 	if egress {
 		rules = append(rules,
-			[]string{"-A", f.fwd, "-i", f.bridge, "-s", f.subnet, "-j", "ACCEPT"},
-			append([]string{"-A", f.fwd, "-o", f.bridge}, established...),
+			f.marked("-A", f.fwd, "-i", f.bridge, "-s", f.subnet, "-j", "ACCEPT"),
+			f.marked(append([]string{"-A", f.fwd, "-o", f.bridge}, established...)...),
 		)
 	}
 	rules = append(rules,
-		[]string{"-A", f.fwd, "-i", f.bridge, "-j", "DROP"},
-		[]string{"-A", f.fwd, "-o", f.bridge, "-j", "DROP"},
-		[]string{"-I", "FORWARD", "1", "-j", f.fwd},
+		f.marked("-A", f.fwd, "-i", f.bridge, "-j", "DROP"),
+		f.marked("-A", f.fwd, "-o", f.bridge, "-j", "DROP"),
+		f.marked("-I", "FORWARD", "1", "-j", f.fwd),
 	)
 	for _, r := range rules {
 		if _, err := iptables("filter", r...); err != nil {
@@ -73,8 +90,8 @@ func (f *firewall) setup(egress bool) error {
 	if egress {
 		for _, r := range [][]string{
 			{"-N", f.nat},
-			{"-A", f.nat, "-s", f.subnet, "!", "-o", f.bridge, "-j", "MASQUERADE"},
-			{"-I", "POSTROUTING", "1", "-j", f.nat},
+			f.marked("-A", f.nat, "-s", f.subnet, "!", "-o", f.bridge, "-j", "MASQUERADE"),
+			f.marked("-I", "POSTROUTING", "1", "-j", f.nat),
 		} {
 			if _, err := iptables("nat", r...); err != nil {
 				return err
@@ -84,39 +101,105 @@ func (f *firewall) setup(egress bool) error {
 	return nil
 }
 
-// teardown removes the bridge's chains and the rules jumping to them,
-// including several copies left by crashed runs. Missing ones are skipped.
-func (f *firewall) teardown() error {
+// fwState is what iptables holds of one bridge's chains.
+type fwState struct {
+	table  string
+	chains []string   // ours by name
+	rules  [][]string // rules in those chains, in -S form
+	jumps  [][]string // rules of other chains jumping to them
+}
+
+// scan reads the bridge's chains and the rules about them in every table.
+func (f *firewall) scan() ([]fwState, error) {
+	ours := map[string]bool{f.in: true, f.fwd: true, f.nat: true}
+	var states []fwState
 	for _, table := range []string{"filter", "nat"} {
 		out, err := iptables(table, "-S")
 		if err != nil {
-			return err
+			return nil, err
 		}
-		ours := map[string]bool{f.in: true, f.fwd: true, f.nat: true}
-		var chains []string
+		st := fwState{table: table}
 		for _, line := range strings.Split(string(out), "\n") {
 			fields := strings.Fields(line)
+			for i := range fields {
+				fields[i] = strings.Trim(fields[i], `"`) // comments are quoted
+			}
 			switch {
 			case len(fields) == 2 && fields[0] == "-N" && ours[fields[1]]:
-				chains = append(chains, fields[1])
-			case len(fields) > 3 && fields[0] == "-A" && !ours[fields[1]] &&
-				fields[len(fields)-2] == "-j" && ours[fields[len(fields)-1]]:
-				fields[0] = "-D"
-				if _, err := iptables(table, fields...); err != nil {
-					return err
-				}
+				st.chains = append(st.chains, fields[1])
+			case len(fields) > 2 && fields[0] == "-A" && ours[fields[1]]:
+				st.rules = append(st.rules, fields)
+			case len(fields) > 3 && fields[0] == "-A" && fields[len(fields)-2] == "-j" && ours[fields[len(fields)-1]]:
+				st.jumps = append(st.jumps, fields)
 			}
 		}
-		for _, c := range chains {
-			if _, err := iptables(table, "-F", c); err != nil {
-				return err
-			}
-			if _, err := iptables(table, "-X", c); err != nil {
-				return err
+		states = append(states, st)
+	}
+	return states, nil
+}
+
+// checkOwner fails if a chain of this bridge, or a rule about it, carries
+// another owner's mark (or none): another server's, or made by hand.
+func (f *firewall) checkOwner() error {
+	states, err := f.scan()
+	if err != nil {
+		return err
+	}
+	for _, st := range states {
+		for _, r := range append(st.rules, st.jumps...) {
+			if c := iptablesComment(r); c != f.mark {
+				chain := r[1]
+				if !strings.HasPrefix(chain, chainPrefix) {
+					chain = r[len(r)-1]
+				}
+				return foreignError(fmt.Sprintf("iptables chain %s (table %s)", chain, st.table), c,
+					fmt.Sprintf("delete the rules jumping to it, then iptables -t %s -F %s; iptables -t %s -X %s", st.table, chain, st.table, chain))
 			}
 		}
 	}
 	return nil
+}
+
+// teardown removes the bridge's chains and the rules jumping to them,
+// including several copies left by crashed runs, as far as they carry our
+// mark. A chain holding a rule of another owner stays (an error says so).
+// Missing ones are skipped.
+func (f *firewall) teardown() error {
+	states, err := f.scan()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, st := range states {
+		for _, r := range st.jumps {
+			if iptablesComment(r) != f.mark {
+				continue
+			}
+			r[0] = "-D"
+			if _, err := iptables(st.table, r...); err != nil {
+				return err
+			}
+		}
+		foreign := map[string]bool{}
+		for _, r := range st.rules {
+			if iptablesComment(r) != f.mark {
+				foreign[r[1]] = true
+			}
+		}
+		for _, c := range st.chains {
+			if foreign[c] {
+				errs = append(errs, fmt.Errorf("iptables chain %s (table %s) holds rules of another owner: left in place", c, st.table))
+				continue
+			}
+			if _, err := iptables(st.table, "-F", c); err != nil {
+				return err
+			}
+			if _, err := iptables(st.table, "-X", c); err != nil {
+				return err
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // allowPort lets machines connect to TCP port on the bridge address.
@@ -132,7 +215,7 @@ func (f *firewall) denyPort(port int) error {
 }
 
 func (f *firewall) portRule(port int) []string {
-	return []string{"-d", f.bridgeIP, "-p", "tcp", "--dport", strconv.Itoa(port), "-j", "ACCEPT"}
+	return f.marked("-d", f.bridgeIP, "-p", "tcp", "--dport", strconv.Itoa(port), "-j", "ACCEPT")
 }
 
 // iptables runs `iptables -w -t table args...` and returns its output.

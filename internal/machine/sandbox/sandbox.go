@@ -106,6 +106,8 @@ type Driver struct {
 	subnet   netip.Prefix
 	bridgeIP netip.Addr
 	fw       *firewall
+	// mark is the owner mark of the host resources it creates (owner.go).
+	mark string
 	// cgroupRoots are the mount points of the cgroup hierarchies.
 	cgroupRoots []string
 	// rootLinks and rootBinds mirror the host's /bin, /lib... in every
@@ -160,6 +162,7 @@ func New(cfg Config) (*Driver, error) {
 		listeners: map[*listener]bool{},
 		hidden:    append(slices.Clone(cfg.Mask), cfg.StateDir),
 		volatile:  overlayVolatile(),
+		mark:      ownerMark(cfg.StateDir),
 	}
 	if err := checkBuilderUID(cfg.BuilderUID); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
@@ -185,6 +188,16 @@ func New(cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("sandbox: state dir %s is used by another driver: %w", cfg.StateDir, err)
 	}
 	d.lock = lock
+	// Nothing on the host has changed yet: refuse if the bridge or its
+	// chains are another server's.
+	if err := d.checkOwner(); err != nil {
+		d.lock.Close()
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	if err := d.checkOverlay(); err != nil {
+		d.lock.Close()
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
 	if err := d.recoverLeftovers(); err != nil {
 		d.lock.Close()
 		return nil, fmt.Errorf("sandbox: clean up an earlier run: %w", err)
@@ -197,17 +210,26 @@ func New(cfg Config) (*Driver, error) {
 	return d, nil
 }
 
-// setupHost creates the bridge and the firewall rules.
-func (d *Driver) setupHost() error {
-	if err := checkSubnetFree(d.subnet, d.cfg.Bridge); err != nil {
+// checkOwner fails if the bridge or its iptables chains exist and are not
+// ours (see owner.go), or if the subnet is in use on the host.
+func (d *Driver) checkOwner() error {
+	if err := checkBridgeOwner(d.cfg.Bridge, d.mark); err != nil {
 		return err
 	}
-	idx, err := createBridge(d.cfg.Bridge, netip.PrefixFrom(d.bridgeIP, d.subnet.Bits()))
+	if err := newFirewall(d.cfg.Bridge, d.subnet, d.bridgeIP, d.mark).checkOwner(); err != nil {
+		return err
+	}
+	return checkSubnetFree(d.subnet, d.cfg.Bridge)
+}
+
+// setupHost creates the bridge and the firewall rules.
+func (d *Driver) setupHost() error {
+	idx, err := createBridge(d.cfg.Bridge, netip.PrefixFrom(d.bridgeIP, d.subnet.Bits()), d.mark)
 	if err != nil {
 		return err
 	}
 	d.bridgeIndex = idx
-	d.fw = newFirewall(d.cfg.Bridge, d.subnet, d.bridgeIP)
+	d.fw = newFirewall(d.cfg.Bridge, d.subnet, d.bridgeIP, d.mark)
 	if err := d.fw.setup(d.cfg.Egress); err != nil {
 		return err
 	}
@@ -227,12 +249,12 @@ func (d *Driver) setupHost() error {
 func (d *Driver) teardownHost() error {
 	var errs []error
 	if d.fw == nil {
-		d.fw = newFirewall(d.cfg.Bridge, d.subnet, d.bridgeIP)
+		d.fw = newFirewall(d.cfg.Bridge, d.subnet, d.bridgeIP, d.mark)
 	}
 	if err := d.fw.teardown(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := deleteBridge(d.cfg.Bridge); err != nil {
+	if err := deleteBridge(d.cfg.Bridge, d.mark); err != nil {
 		errs = append(errs, err)
 	}
 	if d.forwardWas != "" {
@@ -249,6 +271,41 @@ func (d *Driver) teardownHost() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// probeDir is the directory of StateDir where New tries an overlay.
+const probeDir = ".probe"
+
+// checkOverlay mounts (and unmounts) an overlay the way machines get them,
+// with the base dir holding StateDir (or the first one) as the lower layer
+// and the upper layer in StateDir, so that a kernel that refuses that
+// fails New rather than every build.
+func (d *Driver) checkOverlay() error {
+	lower := baseDirOf(d.cfg.BaseDirs, d.cfg.StateDir)
+	if lower == "" {
+		lower = d.cfg.BaseDirs[0]
+	}
+	dir := filepath.Join(d.cfg.StateDir, probeDir)
+	if err := removeDir(dir); err != nil {
+		return err
+	}
+	merged, upper, work := filepath.Join(dir, "merged"), filepath.Join(dir, "upper"), filepath.Join(dir, "work")
+	for _, p := range []string{merged, upper, work} {
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			return err
+		}
+	}
+	opts := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
+	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+		_ = removeDir(dir)
+		hint := ""
+		if within(d.cfg.StateDir, lower) {
+			hint = fmt.Sprintf(" (this kernel refuses upper layers inside the lower one: put the machines' state outside %s with hangar server --sandbox-dir)",
+				strings.Join(d.cfg.BaseDirs, ", "))
+		}
+		return fmt.Errorf("overlay of %s with layers in %s: %w%s", lower, d.cfg.StateDir, err, hint)
+	}
+	return removeDir(dir)
 }
 
 // Name returns "sandbox".
@@ -415,9 +472,14 @@ func (c *Config) setDefaults() error {
 	}
 	c.Mask = mask
 	for _, b := range c.BaseDirs {
-		if overlaps(b, c.StateDir) {
-			return fmt.Errorf("state dir %s overlaps base dir %s, which machines see through overlays: put the machines' state outside %s (hangar server --sandbox-dir)",
-				c.StateDir, b, strings.Join(c.BaseDirs, ", "))
+		// A state dir inside a base dir (a data dir in /var/lib) is fine:
+		// the kernel allows upper layers inside the lower one (Linux 5.2
+		// and later stable kernels; checkOverlay tries it), machines see it
+		// masked, and lookups through an overlay into its own layers fail
+		// with ELOOP. A base dir inside the state dir is not.
+		if within(b, c.StateDir) {
+			return fmt.Errorf("state dir %s contains base dir %s, which machines see through overlays: put the machines' state elsewhere (hangar server --sandbox-dir)",
+				c.StateDir, b)
 		}
 		for _, p := range c.Mask {
 			if within(b, p) && b != p {
