@@ -17,7 +17,9 @@
 // driver's bridge, so machines cannot reach each other; the host accepts from
 // the bridge only the ports of listeners made by Driver.Listen, and machines
 // reach the outside only when Config.Egress is set. Firewall state lives in
-// iptables chains named HANGAR-*-<bridge>, removed by Close.
+// iptables chains named HANGAR-*-<bridge>, removed by Close. The bridge and
+// every rule carry the driver's owner mark, and a driver never removes
+// what carries another's (see owner.go).
 //
 // The names of a machine's host-global resources (runc container id, network
 // namespace, host veth, cgroup) are made of the bridge and the machine name
@@ -63,8 +65,10 @@ type Config struct {
 	// the host). It sets net.ipv4.ip_forward=1 on the host.
 	Egress bool
 	// StateDir holds one directory per machine and runc's state. Required,
-	// absolute, used by one driver at a time, and not inside a BaseDir.
-	// New removes whatever an earlier, crashed driver left in it.
+	// absolute, used by one driver at a time (flock), and not holding a
+	// BaseDir; it may lie inside one (machines see it masked). New removes
+	// whatever an earlier, crashed driver left in it. It also identifies
+	// the driver as the owner of the host resources it creates.
 	StateDir string
 	// Mask lists host paths that must never be visible inside a machine,
 	// such as Hangar's data directory. One inside a BaseDir (a data dir in
@@ -138,8 +142,10 @@ var _ machine.Driver = (*Driver)(nil)
 
 var ifNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$`)
 
-// New validates cfg, cleans up after any crashed earlier driver using the
-// same StateDir or bridge, and creates the bridge and firewall rules.
+// New validates cfg, refuses a bridge or chains of another owner before it
+// changes anything, tries an overlay, cleans up after any crashed earlier
+// driver using the same StateDir, and creates the bridge and firewall
+// rules.
 func New(cfg Config) (*Driver, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("sandbox: the sandbox driver must run as root")
