@@ -190,4 +190,3 @@ func firewallOf(t *testing.T, bridge string) []string {
 	}
 	return rules
 }
-
