@@ -43,7 +43,8 @@ func lockDataDir(data string) (*os.File, error) {
 		return nil, fmt.Errorf("%w: --data %s is held by %s: stop it first, or give this server its own --data (nothing was changed)",
 			ErrDataDirInUse, data, holder)
 	}
-	if err := f.Truncate(0); err == nil {
+	err = f.Truncate(0)
+	if err == nil {
 		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	if err != nil {

@@ -524,8 +524,6 @@ func within(p, dir string) bool {
 	return p == dir || strings.HasPrefix(p, dir+"/")
 }
 
-// overlaps reports whether one of a and b lies inside the other.
-func overlaps(a, b string) bool { return within(a, b) || within(b, a) }
 
 // freeUID returns the first id >= from used neither as a uid in the host's
 // /etc/passwd nor as a gid in /etc/group.
