@@ -524,7 +524,6 @@ func within(p, dir string) bool {
 	return p == dir || strings.HasPrefix(p, dir+"/")
 }
 
-
 // freeUID returns the first id >= from used neither as a uid in the host's
 // /etc/passwd nor as a gid in /etc/group.
 func freeUID(from int) (int, error) {
