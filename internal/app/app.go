@@ -89,9 +89,13 @@ func New(cfg Config) (a *App, err error) {
 		log = slog.Default()
 	}
 	a = &App{log: log}
+	// Error returns set a to nil: release what this one acquired.
+	acquired := a
 	defer func() {
 		if err != nil {
-			a.release()
+			if rerr := acquired.release(); rerr != nil {
+				log.Error("release after a failed start", "err", rerr)
+			}
 		}
 	}()
 	data, err := filepath.Abs(cfg.Data)
