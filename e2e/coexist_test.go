@@ -293,7 +293,8 @@ workflows:
           git remote -v
           m=$(dirname "$(cat .git/objects/info/alternates)")
           echo "mirror=$m"
-          t="` + tokenA + `"; t="$t` + tokenB + `"
+          t="` + tokenA + `"; t="${t}` + tokenB + `"
+          [ ${#t} = ` + fmt.Sprint(len(tokenA+tokenB)) + ` ] || { echo "bad token check"; exit 1; }
           for f in .git/config "$m/config" "$m/FETCH_HEAD" /proc/1/environ /proc/1/cmdline /proc/self/environ; do
             if grep -qsF "$t" "$f"; then echo "TOKEN-IN $f"; fi
           done
