@@ -351,13 +351,17 @@ func newDriver(cfg Config, data string, log *slog.Logger) (_ machine.Driver, err
 				return nil, err
 			}
 		}
-		return sandbox.New(sandbox.Config{
+		d, err := sandbox.New(sandbox.Config{
 			Subnet:   cfg.SandboxSubnet,
 			Bridge:   cfg.SandboxBridge,
 			Egress:   cfg.SandboxEgress,
 			StateDir: state,
 			Mask:     []string{data},
 		})
+		if err != nil {
+			return nil, err // not a nil *sandbox.Driver in a non-nil interface
+		}
+		return d, nil
 	case "host":
 		log.Warn("host driver: builds run as plain processes of the server's user, with NO isolation; use --driver sandbox (root, runc) for isolated machines")
 		dir := filepath.Join(data, "machines")
