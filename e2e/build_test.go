@@ -702,9 +702,10 @@ func listBuilds(t *testing.T, f *fixture, app string) []build.Build {
 	return list
 }
 
-// TestDataDirUnderVar: with the data dir where services keep theirs
-// (/var/lib/...), which the machines' /var overlay shows, builds still
-// cannot read it, even as root.
+// TestDataDirUnderVar: with the data dir where packaged services keep
+// theirs (/var/lib/...), which the machines' /var overlay shows, the server
+// works with no other flag (machines' layers in <data>/machines, inside
+// /var), and builds still cannot read the data dir, even as root.
 func TestDataDirUnderVar(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the sandbox driver needs root")
@@ -718,7 +719,7 @@ func TestDataDirUnderVar(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(data) })
 	s := harness.StartServer(t, harness.Options{Driver: "sandbox", Data: data, Args: []string{
-		"--sandbox-bridge", "hgvar0", "--sandbox-subnet", "10.213.87.0/24", "--sandbox-dir", t.TempDir()}})
+		"--sandbox-bridge", "hgvar0", "--sandbox-subnet", "10.213.87.0/24"}})
 	f := &fixture{t: t, s: s, run: marker(), driver: "sandbox", bridge: "hgvar0"}
 	yaml := strings.NewReplacer("{{run}}", f.run, "{{data}}", s.Data, "{{prefix}}", "10.213.87.").Replace(workflowFile)
 	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": yaml, "marker.txt": "m\n"})

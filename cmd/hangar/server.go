@@ -61,7 +61,7 @@ func serverCmd() *cobra.Command {
 	f.StringSliceVar(&dns, "sandbox-dns", nil, "name servers of sandbox machines, comma-separated IPv4 addresses (default: the host's non-loopback ones; their port 53 is opened)")
 	f.StringVar(&cfg.SandboxSubnet, "sandbox-subnet", "10.213.42.0/24", "private IPv4 network of sandbox machines")
 	f.StringVar(&cfg.SandboxBridge, "sandbox-bridge", "hangar0", "name of the host bridge of sandbox machines")
-	f.StringVar(&cfg.SandboxDir, "sandbox-dir", "", "where sandbox machines' writable layers live (default: <data>/machines; must be outside /usr, /etc, /var, /opt)")
+	f.StringVar(&cfg.SandboxDir, "sandbox-dir", "", "where sandbox machines' writable layers live (default: <data>/machines)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&cfg.SSH, "ssh", ":2222", "address of the public SSH gateway, or \"off\" (no SSH builds)")
 	f.StringVar(&cfg.SSHPublicHost, "ssh-public-host", "", "host name users reach the gateway at (default: the host of the API request)")

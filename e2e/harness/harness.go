@@ -150,6 +150,63 @@ func StartServer(t testing.TB, o Options) *Server {
 	return s
 }
 
+// StartServerFails runs `hangar server` expecting it to refuse to start:
+// it fails the test if the server answers /healthz or still runs after a
+// minute, and returns what the server printed.
+func StartServerFails(t testing.TB, o Options) string {
+	t.Helper()
+	data := o.Data
+	if data == "" {
+		data = t.TempDir()
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	args := append([]string{"server", "--http", addr, "--data", data, "--driver", o.Driver, "--log-level", "debug"}, o.Args...)
+	if !slices.Contains(o.Args, "--ssh") {
+		args = append(args, "--ssh", "127.0.0.1:0")
+	}
+	log := &lockedBuffer{}
+	cmd := exec.Command(Binary(t), args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.After(time.Minute)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-exited:
+			if err == nil {
+				t.Errorf("hangar server exited with status 0, want a refusal:\n%s", log.String())
+			}
+			return log.String()
+		case <-deadline:
+			_ = cmd.Process.Kill()
+			<-exited
+			t.Fatalf("hangar server did not refuse to start within a minute:\n%s", log.String())
+		case <-tick.C:
+			if api.New("http://"+addr, "", nil).Health(context.Background()) == nil {
+				_ = cmd.Process.Kill()
+				<-exited
+				t.Fatalf("hangar server answered /healthz, want a refusal before:\n%s", log.String())
+			}
+		}
+	}
+}
+
+// PID is the server's process id.
+func (s *Server) PID() int { return s.cmd.Process.Pid }
+
+// Kill kills the server with SIGKILL (no cleanup) and waits for it to end.
+func (s *Server) Kill() {
+	s.t.Helper()
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+}
+
 // Client is an API client of the server with the admin token.
 func (s *Server) Client() *api.Client { return s.ClientWith(s.Token) }
 

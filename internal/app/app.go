@@ -59,6 +59,11 @@ type Config struct {
 	Logger             *slog.Logger
 }
 
+// InterruptedMessage starts the message of builds that a server left
+// running when it stopped without ending them (a crash, SIGKILL); the next
+// start ends them.
+const InterruptedMessage = "the server stopped during the build (crash or kill)"
+
 // Shutdown timeouts: how long the link, the gateway and the HTTP API wait
 // for their connections once builds have ended, normally and when hurried.
 const (
@@ -70,6 +75,7 @@ const (
 // exactly once; Run releases everything New acquired.
 type App struct {
 	log     *slog.Logger
+	lock    *os.File // the data dir's lock, held until release
 	store   *store.Store
 	driver  machine.Driver
 	linkLn  net.Listener
@@ -89,9 +95,13 @@ func New(cfg Config) (a *App, err error) {
 		log = slog.Default()
 	}
 	a = &App{log: log}
+	// Error returns set a to nil: release what this one acquired.
+	acquired := a
 	defer func() {
 		if err != nil {
-			a.release()
+			if rerr := acquired.release(); rerr != nil {
+				log.Error("release after a failed start", "err", rerr)
+			}
 		}
 	}()
 	data, err := filepath.Abs(cfg.Data)
@@ -104,6 +114,11 @@ func New(cfg Config) (a *App, err error) {
 	if err := os.Chmod(data, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
+	// Before anything reads or changes the data dir or the host: one
+	// server per data dir.
+	if a.lock, err = lockDataDir(data); err != nil {
+		return nil, err
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find the hangar binary: %w", err)
@@ -113,11 +128,6 @@ func New(cfg Config) (a *App, err error) {
 		return nil, err
 	}
 	ctx := context.Background()
-	if n, err := a.store.FailInterrupted(ctx, "the server stopped during the build"); err != nil {
-		return nil, err
-	} else if n > 0 {
-		log.Warn("builds interrupted by an earlier stop marked failed", "count", n)
-	}
 	if err := ensureAdminToken(ctx, a.store, data); err != nil {
 		return nil, err
 	}
@@ -126,8 +136,19 @@ func New(cfg Config) (a *App, err error) {
 		return nil, err
 	}
 
+	// The driver destroys the machines an earlier server of this data dir
+	// left running (a crash, SIGKILL); then their builds end.
 	if a.driver, err = newDriver(cfg, data, log); err != nil {
 		return nil, err
+	}
+	msg := InterruptedMessage
+	if a.driver.Name() == "sandbox" {
+		msg += "; its machine was destroyed at restart"
+	}
+	if n, err := a.store.FailInterrupted(ctx, msg); err != nil {
+		return nil, err
+	} else if n > 0 {
+		log.Warn("builds interrupted by an earlier stop (crash or kill) marked failed", "count", n)
 	}
 	if a.linkLn, err = a.driver.Listen(); err != nil {
 		return nil, fmt.Errorf("builder link: %w", err)
@@ -187,7 +208,8 @@ func New(cfg Config) (a *App, err error) {
 }
 
 // release closes the listeners, the driver (its shared resources, after
-// the machines it still has) and the store, whichever exist.
+// the machines it still has) and the store, whichever exist, and unlocks
+// the data dir.
 func (a *App) release() error {
 	var errs []error
 	for _, l := range []net.Listener{a.httpLn, a.sshLn, a.linkLn} {
@@ -206,6 +228,9 @@ func (a *App) release() error {
 		if err := a.store.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close the store: %w", err))
 		}
+	}
+	if a.lock != nil {
+		a.lock.Close() // releases the lock
 	}
 	return errors.Join(errs...)
 }
@@ -343,7 +368,7 @@ func newDriver(cfg Config, data string, log *slog.Logger) (_ machine.Driver, err
 			Mask:        []string{data},
 		})
 		if err != nil {
-			return nil, err
+			return nil, err // not a nil *sandbox.Driver in a non-nil interface
 		}
 		logEgress(log, cfg, d.NameServers())
 		return d, nil

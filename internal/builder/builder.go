@@ -216,7 +216,10 @@ func (r *run) command(ctx context.Context, out io.Writer, dir string, env []stri
 // clone checks out the job's commit into r.dir.
 func (r *run) clone(ctx context.Context, out io.Writer) error {
 	j := r.job
-	fmt.Fprintf(out, "Cloning %s (branch %s, commit %s)\n", gitrepo.Redact(j.Origin), j.Branch, short(j.Commit))
+	// The runner sends the origin without credentials; strip them again
+	// should another runner not: they must not land in .git/config.
+	origin := gitrepo.StripCredentials(j.Origin)
+	fmt.Fprintf(out, "Cloning %s (branch %s, commit %s)\n", gitrepo.Redact(origin), j.Branch, short(j.Commit))
 	env := append(r.env[:len(r.env):len(r.env)], "GIT_TERMINAL_PROMPT=0")
 	// Borrow the objects of the server's mirror (mounted read-only in the
 	// machine) instead of copying them: a checkout of any size starts at
@@ -224,7 +227,7 @@ func (r *run) clone(ctx context.Context, out io.Writer) error {
 	// alternate object store.
 	steps := [][]string{
 		{"init", "--quiet", "--initial-branch", j.Branch, r.dir},
-		{"-C", r.dir, "remote", "add", "origin", j.Origin},
+		{"-C", r.dir, "remote", "add", "origin", origin},
 		{"-C", r.dir, "update-ref", "refs/remotes/origin/" + j.Branch, j.Commit},
 		{"-C", r.dir, "checkout", "--quiet", "-B", j.Branch, j.Commit},
 		{"-C", r.dir, "branch", "--quiet", "--set-upstream-to", "origin/" + j.Branch},

@@ -42,7 +42,8 @@ func (m *Mirrors) lock(name string) *sync.Mutex {
 func (m *Mirrors) Path(name string) string { return filepath.Join(m.Dir, name+".git") }
 
 // Fetch brings the mirror of app name up to date with url, creating it on
-// first use, and returns its path.
+// first use, and returns its path. The mirror's config holds url without
+// its credentials (StripCredentials): machines mount the mirror.
 func (m *Mirrors) Fetch(ctx context.Context, name, url string) (string, error) {
 	l := m.lock(name)
 	l.Lock()
@@ -58,15 +59,22 @@ func (m *Mirrors) Fetch(ctx context.Context, name, url string) (string, error) {
 			os.RemoveAll(tmp)
 			return "", fmt.Errorf("cannot clone %s: %w", Redact(url), err)
 		}
+		// Machines see the mirror: its config must not keep credentials.
+		if _, err := git(ctx, tmp, "remote", "set-url", "origin", StripCredentials(url)); err != nil {
+			os.RemoveAll(tmp)
+			return "", err
+		}
 		if err := os.Rename(tmp, path); err != nil {
 			return "", err
 		}
 		return path, nil
 	}
-	if _, err := git(ctx, path, "remote", "set-url", "origin", url); err != nil {
+	// The URL with its credentials is given to this fetch only; the config
+	// keeps it without (and mirrors of earlier versions lose them here).
+	if _, err := git(ctx, path, "remote", "set-url", "origin", StripCredentials(url)); err != nil {
 		return "", err
 	}
-	if _, err := git(ctx, path, "fetch", "--quiet", "--prune", "origin"); err != nil {
+	if _, err := git(ctx, path, "fetch", "--quiet", "--prune", "--", url, "+refs/*:refs/*"); err != nil {
 		return "", fmt.Errorf("cannot fetch %s: %w", Redact(url), err)
 	}
 	return path, nil
@@ -97,6 +105,38 @@ func Redact(repo string) string {
 		return u.String()
 	}
 	return u.Redacted()
+}
+
+// StripCredentials removes the credentials from a repository URL, for the
+// origin of a build's checkout: the machine must not hold them (fetching
+// is the server's job). An http(s) or ftp(s) URL loses its whole user info
+// ("https://bot:TOKEN@host/x" and "https://TOKEN@host/x" become
+// "https://host/x"); an ssh URL keeps its user name (an account such as
+// git, not a secret) and loses a password; paths and scp-like addresses
+// ("git@host:o/x.git") carry no credentials and are kept.
+func StripCredentials(repo string) string {
+	if !strings.Contains(repo, "://") {
+		return repo
+	}
+	u, err := url.Parse(repo)
+	if err != nil {
+		// Unparsable: keep nothing between the scheme and the host.
+		scheme, rest, _ := strings.Cut(repo, "://")
+		if at := strings.LastIndex(strings.SplitN(rest, "/", 2)[0], "@"); at >= 0 {
+			rest = rest[at+1:]
+		}
+		return scheme + "://" + rest
+	}
+	if u.User == nil {
+		return repo
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "ssh", "git+ssh", "ssh+git":
+		u.User = url.User(u.User.Username())
+	default:
+		u.User = nil
+	}
+	return u.String()
 }
 
 // ErrNoBranch is returned by Resolve for a branch the repository lacks.

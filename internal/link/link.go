@@ -51,7 +51,8 @@ type Hello struct {
 type Job struct {
 	// Repo is the repository to clone, as a path or URL the builder can reach.
 	Repo string `json:"repo"`
-	// Origin is the URL set as the clone's origin remote afterwards.
+	// Origin is the URL set as the clone's origin remote afterwards,
+	// without credentials (gitrepo.StripCredentials).
 	Origin string `json:"origin"`
 	Branch string `json:"branch"`
 	Commit string `json:"commit"`

@@ -9,6 +9,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/build/access"
 	"github.com/hangar-ci/hangar/internal/gateway"
+	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/link"
 )
 
@@ -66,10 +67,13 @@ func (j *job) steps() *outcome {
 	for _, s := range spec.Scripts {
 		steps = append(steps, link.Step{Name: s.Name, File: s.File, Script: s.Script, IgnoreFailure: s.IgnoreFailure, WorkingDirectory: s.WorkingDirectory})
 	}
-	env := append(stdEnv(b, spec.Repo), spec.Vars...)
+	// The machine never gets the repository's credentials: fetching is
+	// the server's job (the clone borrows the mirror's objects).
+	origin := gitrepo.StripCredentials(spec.Repo)
+	env := append(stdEnv(b, origin), spec.Vars...)
 	// One byte past the cap, so that the log book sees the cap crossed
 	// and says so when the steps' output alone reaches it.
-	if err := j.conn.SendJob(&link.Job{Repo: j.repo, Origin: spec.Repo, Branch: b.Branch, Commit: b.Commit, Env: env, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes + 1}); err != nil {
+	if err := j.conn.SendJob(&link.Job{Repo: j.repo, Origin: origin, Branch: b.Branch, Commit: b.Commit, Env: env, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes + 1}); err != nil {
 		return failed("lost the link to the builder")
 	}
 	j.flush = time.NewTicker(flushInterval)

@@ -132,7 +132,8 @@ var scripts = []build.SpecScript{
 // queue stores a queued build of scripts.
 func (e *env) queue(withSSH bool, maxDuration time.Duration) *build.Build {
 	e.t.Helper()
-	spec, _ := json.Marshal(build.Spec{Repo: "https://example.com/o/demo.git", Scripts: scripts, Vars: []string{"GREETING=hello"}})
+	// The app's URL carries credentials, which must not reach the machine.
+	spec, _ := json.Marshal(build.Spec{Repo: "https://bot:" + repoToken + "@example.com/o/demo.git", Scripts: scripts, Vars: []string{"GREETING=hello"}})
 	b := &build.Build{App: "demo", Workflow: "w", WorkflowName: "W", Branch: "main", Commit: "0123456789abcdef",
 		Status: build.Queued, Trigger: build.Manual, MaxDuration: int64(maxDuration / time.Second), Steps: build.NewSteps(scripts)}
 	if withSSH {
@@ -367,7 +368,14 @@ func TestJob(t *testing.T) {
 	}
 	env := strings.Join(job.Env, " ")
 	contains(t, "env", env, "CI=true", "CM_REPO_SLUG=o/demo", "GREETING=hello", "CM_BUILD_ID=")
+	// Nothing the machine gets holds the repository's credentials.
+	if data, _ := json.Marshal(job); strings.Contains(string(data), repoToken) || strings.Contains(string(data), "bot@") {
+		t.Errorf("the job holds the repository's credentials: %s", data)
+	}
 }
+
+// repoToken is the secret in the test app's repository URL.
+const repoToken = "ghp_SECRET0123456789"
 
 func TestHostileBuilderEvents(t *testing.T) {
 	// Events for steps that do not exist, or that move a step backwards,

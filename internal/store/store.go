@@ -543,21 +543,96 @@ func (s *Store) CancelRequests(ctx context.Context) ([]int64, error) {
 	return ids, rows.Err()
 }
 
-// FailInterrupted ends builds left preparing or building by a previous
-// process, and returns how many there were.
+// FailInterrupted ends the builds a previous server left preparing or
+// building (it stopped without ending them: a crash or SIGKILL): each
+// becomes failed with message, its running step failed and its pending
+// steps skipped, and its log gets a last line "hangar: <message>". Their
+// SSH keys are erased. Call it only while no runner works on the store.
 func (s *Store) FailInterrupted(ctx context.Context, message string) (int64, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE builds SET status = 'failed', message = $1, finished_at = $2,
-		ssh_state = CASE WHEN ssh_enabled THEN 'closed' ELSE '' END
-		WHERE status IN ('preparing', 'building')`, message, ms(time.Now()))
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("fail interrupted builds: %w", err)
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, `SELECT id, steps FROM builds WHERE status IN ('preparing', 'building')`)
+	if err != nil {
+		return 0, fmt.Errorf("fail interrupted builds: %w", err)
+	}
+	type interrupted struct {
+		id    int64
+		steps string
+	}
+	var found []interrupted
+	for rows.Next() {
+		var b interrupted
+		if err := rows.Scan(&b.id, &b.steps); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("fail interrupted builds: %w", err)
+		}
+		found = append(found, b)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("fail interrupted builds: %w", err)
+	}
+	now := time.Now().UTC()
+	for _, b := range found {
+		var steps []build.Step
+		if err := json.Unmarshal([]byte(b.steps), &steps); err != nil {
+			return 0, fmt.Errorf("build %d: bad steps: %w", b.id, err)
+		}
+		last := endSteps(steps, now)
+		data, err := json.Marshal(steps)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE builds SET status = 'failed', message = $1, finished_at = $2, steps = $3,
+			ssh_state = CASE WHEN ssh_enabled THEN 'closed' ELSE '' END WHERE id = $4`,
+			message, ms(now), string(data), b.id); err != nil {
+			return 0, fmt.Errorf("fail build %d: %w", b.id, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO log_chunks (build_id, first, last, step, time, data)
+			SELECT $1, n, n, $2, $3, $4 FROM (SELECT coalesce(max(last), 0) + 1 AS n FROM log_chunks WHERE build_id = $1)`,
+			b.id, last, ms(now), []byte("hangar: "+message+"\n")); err != nil {
+			return 0, fmt.Errorf("fail build %d: log: %w", b.id, err)
+		}
 	}
 	// Their SSH keys go with them.
-	if _, err := s.db.ExecContext(ctx, `UPDATE build_ssh SET private_key = NULL WHERE build_id IN
+	if _, err := tx.ExecContext(ctx, `UPDATE build_ssh SET private_key = NULL WHERE build_id IN
 		(SELECT id FROM builds WHERE status IN ('finished', 'failed', 'canceled', 'timeout'))`); err != nil {
 		return 0, err
 	}
-	return res.RowsAffected()
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("fail interrupted builds: %w", err)
+	}
+	for _, b := range found {
+		s.notify(b.id)
+	}
+	return int64(len(found)), nil
+}
+
+// endSteps ends the unfinished steps of an interrupted build at now: a
+// running one failed, pending ones skipped. It returns the index of the
+// last step that started (where the build's last log line belongs).
+func endSteps(steps []build.Step, now time.Time) int {
+	last := 0
+	for i := range steps {
+		switch steps[i].Status {
+		case build.StepRunning:
+			steps[i].Status = build.StepFailed
+			steps[i].FinishedAt = &now
+			if st := steps[i].StartedAt; st != nil {
+				d := now.Sub(*st).Milliseconds()
+				steps[i].DurationMS = &d
+			}
+		case build.StepPending:
+			steps[i].Status = build.StepSkipped
+		}
+		if steps[i].Status != build.StepSkipped {
+			last = i
+		}
+	}
+	return last
 }
 
 // migrateLogs moves the one-row-per-line logs of earlier versions into

@@ -282,3 +282,63 @@ func TestMigrateLogLines(t *testing.T) {
 		}
 	}
 }
+
+// TestFailInterrupted: builds a crashed server left running end failed,
+// with no step left running and the reason as the log's last line; queued
+// and ended builds are untouched.
+func TestFailInterrupted(t *testing.T) {
+	ctx := context.Background()
+	s := open(t)
+	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now().Add(-time.Minute).UTC()
+	running := &build.Build{App: "a", Status: build.Queued, Trigger: build.Manual, Steps: []build.Step{
+		{Name: "one", Status: build.StepSuccess, StartedAt: &started, FinishedAt: &started},
+		{Name: "two", Status: build.StepRunning, StartedAt: &started},
+		{Name: "three", Status: build.StepPending},
+	}}
+	queued := &build.Build{App: "a", Status: build.Queued, Trigger: build.Manual, Steps: []build.Step{{Name: "one", Status: build.StepPending}}}
+	for _, b := range []*build.Build{running, queued} {
+		if err := s.CreateBuild(ctx, b, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	running.Status = build.Building
+	if ok, err := s.UpdateBuild(ctx, running); err != nil || !ok {
+		t.Fatalf("update: %v %v", ok, err)
+	}
+	if err := s.AppendLog(ctx, running.ID, []build.LogChunk{{Seq: 1, Lines: 2, Step: 1, Time: started, Data: []byte("a\nb\n")}}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.FailInterrupted(ctx, "the server stopped")
+	if err != nil || n != 1 {
+		t.Fatalf("FailInterrupted: %d, %v; want 1", n, err)
+	}
+	got, err := s.Build(ctx, running.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status != build.Failed || got.Message != "the server stopped" || got.FinishedAt == nil {
+		t.Errorf("build: %s %q %v", got.Status, got.Message, got.FinishedAt)
+	}
+	want := []build.StepStatus{build.StepSuccess, build.StepFailed, build.StepSkipped}
+	for i, st := range got.Steps {
+		if st.Status != want[i] {
+			t.Errorf("step %s: %s, want %s", st.Name, st.Status, want[i])
+		}
+	}
+	if st := got.Steps[1]; st.FinishedAt == nil || st.DurationMS == nil || *st.DurationMS < 59000 {
+		t.Errorf("the interrupted step's end: %v %v", st.FinishedAt, st.DurationMS)
+	}
+	lines, err := s.Logs(ctx, running.ID, 0, 10)
+	if err != nil || len(lines) != 3 || lines[2].Text != "hangar: the server stopped" || lines[2].Seq != 3 || lines[2].Step != 1 {
+		t.Errorf("log: %+v %v", lines, err)
+	}
+	if q, err := s.Build(ctx, queued.ID); err != nil || q.Status != build.Queued {
+		t.Errorf("queued build: %v %v", q.Status, err)
+	}
+	if n, err := s.FailInterrupted(ctx, "again"); err != nil || n != 0 {
+		t.Errorf("second FailInterrupted: %d %v", n, err)
+	}
+}

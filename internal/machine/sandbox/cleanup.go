@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -95,17 +97,88 @@ func cgroupMounts() ([]string, error) {
 	return roots, nil
 }
 
+// cgroupRemoveTimeout bounds how long removeCgroups retries a cgroup that
+// is still busy: the processes of a killed machine (thousands, after a fork
+// bomb) take a while to leave it.
+const cgroupRemoveTimeout = 15 * time.Second
+
 // removeCgroups removes the directories of cgroup path (relative to a
-// hierarchy's root) that runc left in any hierarchy.
+// hierarchy's root) that runc left in any hierarchy, sub-cgroups first. A
+// busy one (EBUSY: processes still in it) has its processes killed and is
+// retried, with backoff, for cgroupRemoveTimeout at most.
 func removeCgroups(roots []string, path string) error {
+	deadline := time.Now().Add(cgroupRemoveTimeout)
 	var errs []error
 	for _, r := range roots {
-		p := filepath.Join(r, path)
-		if err := unix.Rmdir(p); err != nil && err != unix.ENOENT {
-			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", p, err))
+		if err := removeCgroupTree(filepath.Join(r, path), deadline); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeCgroupTree removes cgroup dir and its sub-cgroups, retrying until
+// deadline while it is busy.
+func removeCgroupTree(dir string, deadline time.Time) error {
+	wait := 2 * time.Millisecond
+	for {
+		err := rmdirTree(dir)
+		if err == nil || !errors.Is(err, unix.EBUSY) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w (still busy after %v)", err, cgroupRemoveTimeout)
+		}
+		killCgroupTree(dir)
+		time.Sleep(wait)
+		wait = min(2*wait, 200*time.Millisecond)
+	}
+}
+
+// rmdirTree removes the cgroup directory dir, deepest sub-cgroups first; a
+// missing one is fine.
+func rmdirTree(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("remove cgroup %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			if err := rmdirTree(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	if err := unix.Rmdir(dir); err != nil && err != unix.ENOENT {
+		return fmt.Errorf("remove cgroup %s: %w", dir, err)
+	}
+	return nil
+}
+
+// killCgroupTree sends SIGKILL to every process left in cgroup dir and its
+// sub-cgroups (cgroup.kill where the hierarchy has it).
+func killCgroupTree(dir string) {
+	_ = filepath.WalkDir(dir, func(p string, e os.DirEntry, err error) error {
+		if err != nil || !e.IsDir() {
+			return nil
+		}
+		if os.WriteFile(filepath.Join(p, "cgroup.kill"), []byte("1"), 0) == nil {
+			return nil
+		}
+		data, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+		if err != nil {
+			return nil
+		}
+		for _, f := range strings.Fields(string(data)) {
+			if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+				_ = unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+		return nil
+	})
 }
 
 // removeDir unmounts whatever is mounted under dir, deepest first, and

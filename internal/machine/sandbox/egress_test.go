@@ -230,7 +230,7 @@ grep -c ^nameserver /etc/resolv.conf | sed 's/^/nameservers=/'
 	// ip_forward goes back to 0 if it was, unless another driver's machines
 	// need it.
 	if strings.TrimSpace(string(forwardBefore)) == "0" {
-		other, err := newFirewall(egressBridge, netip.MustParsePrefix(egressSubnet), netip.Addr{}).otherNATChains()
+		other, err := newFirewall(egressBridge, netip.MustParsePrefix(egressSubnet), netip.Addr{}, "").otherNATChains()
 		if b, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); err == nil && !other && strings.TrimSpace(string(b)) != "0" {
 			t.Errorf("ip_forward = %q after Close, was 0", b)
 		}

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os/exec"
@@ -25,23 +26,26 @@ import (
 //	nat    HANGAR-NAT-<bridge>  POSTROUTING: masquerade the subnet (egress)
 //
 // Only the jumps to these chains (first in INPUT, FORWARD and POSTROUTING)
-// touch the host's own chains; teardown removes exactly those and the
-// chains.
+// touch the host's own chains. Every rule it adds (in the chains and
+// jumping to them) carries the driver's owner mark as a comment (see
+// owner.go); teardown removes only those, and the chains.
 type firewall struct {
 	bridge   string
 	subnet   string
 	bridgeIP string
+	mark     string
 	in       string
 	fwd      string
 	rej      string
 	nat      string
 }
 
-func newFirewall(bridge string, subnet netip.Prefix, bridgeIP netip.Addr) *firewall {
+func newFirewall(bridge string, subnet netip.Prefix, bridgeIP netip.Addr, mark string) *firewall {
 	return &firewall{
 		bridge:   bridge,
 		subnet:   subnet.String(),
 		bridgeIP: bridgeIP.String() + "/32",
+		mark:     mark,
 		in:       "HANGAR-IN-" + bridge,
 		fwd:      "HANGAR-FWD-" + bridge,
 		rej:      "HANGAR-REJ-" + bridge,
@@ -55,7 +59,8 @@ const chainPrefix = "HANGAR-"
 // natChainPrefix starts the nat chains of every driver with egress.
 const natChainPrefix = chainPrefix + "NAT-"
 
-// setup replaces any earlier rules of this bridge with fresh ones.
+// setup replaces any earlier rules of this bridge (ours: checkOwner first)
+// with fresh ones.
 func (f *firewall) setup(p egressPolicy) error {
 	if err := f.teardown(); err != nil {
 		return err
@@ -118,6 +123,9 @@ func (f *firewall) setup(p egressPolicy) error {
 	}
 	rules = append(rules, []string{"-I", "FORWARD", "1", "-j", f.fwd})
 	for _, r := range rules {
+		if r[0] != "-N" {
+			r = f.marked(r...)
+		}
 		if _, err := iptables("filter", r...); err != nil {
 			return err
 		}
@@ -125,8 +133,8 @@ func (f *firewall) setup(p egressPolicy) error {
 	if p.on {
 		for _, r := range [][]string{
 			{"-N", f.nat},
-			{"-A", f.nat, "-s", f.subnet, "!", "-o", f.bridge, "-j", "MASQUERADE"},
-			{"-I", "POSTROUTING", "1", "-j", f.nat},
+			f.marked("-A", f.nat, "-s", f.subnet, "!", "-o", f.bridge, "-j", "MASQUERADE"),
+			f.marked("-I", "POSTROUTING", "1", "-j", f.nat),
 		} {
 			if _, err := iptables("nat", r...); err != nil {
 				return err
@@ -136,42 +144,128 @@ func (f *firewall) setup(p egressPolicy) error {
 	return nil
 }
 
-// teardown removes the bridge's chains and the rules jumping to them,
-// including several copies left by crashed runs. Missing ones are skipped.
-func (f *firewall) teardown() error {
+// marked adds the owner mark's comment match to rule, right after its
+// chain (and position): "-A C ...", "-I C N ..." or a bare rule.
+func (f *firewall) marked(rule ...string) []string {
+	i := 0
+	if len(rule) >= 2 && (rule[0] == "-A" || rule[0] == "-I") {
+		i = 2
+		if rule[0] == "-I" && len(rule) > 2 {
+			if _, err := strconv.Atoi(rule[2]); err == nil {
+				i = 3
+			}
+		}
+	}
+	out := append(slices.Clone(rule[:i]), "-m", "comment", "--comment", f.mark)
+	return append(out, rule[i:]...)
+}
+
+// fwState is what iptables holds of one bridge's chains.
+type fwState struct {
+	table  string
+	chains []string   // ours by name
+	rules  [][]string // rules in those chains, in -S form
+	jumps  [][]string // rules of other chains jumping to them
+}
+
+// scan reads the bridge's chains and the rules about them in every table.
+func (f *firewall) scan() ([]fwState, error) {
 	ours := map[string]bool{f.in: true, f.fwd: true, f.rej: true, f.nat: true}
+	var states []fwState
 	for _, table := range []string{"filter", "nat"} {
 		out, err := iptables(table, "-S")
 		if err != nil {
-			return err
+			return nil, err
 		}
-		var chains []string
+		st := fwState{table: table}
 		for _, line := range strings.Split(string(out), "\n") {
 			fields := strings.Fields(line)
+			for i := range fields {
+				fields[i] = strings.Trim(fields[i], `"`) // comments are quoted
+			}
 			switch {
 			case len(fields) == 2 && fields[0] == "-N" && ours[fields[1]]:
-				chains = append(chains, fields[1])
-			case len(fields) > 3 && fields[0] == "-A" && !ours[fields[1]] &&
-				fields[len(fields)-2] == "-j" && ours[fields[len(fields)-1]]:
-				fields[0] = "-D"
-				if _, err := iptables(table, fields...); err != nil {
-					return err
+				st.chains = append(st.chains, fields[1])
+			case len(fields) > 2 && fields[0] == "-A" && ours[fields[1]]:
+				st.rules = append(st.rules, fields)
+			case len(fields) > 3 && fields[0] == "-A" && fields[len(fields)-2] == "-j" && ours[fields[len(fields)-1]]:
+				st.jumps = append(st.jumps, fields)
+			}
+		}
+		states = append(states, st)
+	}
+	return states, nil
+}
+
+// checkOwner fails if a chain of this bridge, or a rule about it, carries
+// another owner's mark (or none): another server's, or made by hand.
+func (f *firewall) checkOwner() error {
+	states, err := f.scan()
+	if err != nil {
+		return err
+	}
+	for _, st := range states {
+		for _, r := range append(st.rules, st.jumps...) {
+			if c := iptablesComment(r); c != f.mark {
+				chain := r[1]
+				if !strings.HasPrefix(chain, chainPrefix) {
+					chain = r[len(r)-1]
 				}
-			}
-		}
-		// Empty them all first: they jump to each other.
-		for _, c := range chains {
-			if _, err := iptables(table, "-F", c); err != nil {
-				return err
-			}
-		}
-		for _, c := range chains {
-			if _, err := iptables(table, "-X", c); err != nil {
-				return err
+				return foreignError(fmt.Sprintf("iptables chain %s (table %s)", chain, st.table), c,
+					fmt.Sprintf("delete the rules jumping to it, then iptables -t %s -F %s; iptables -t %s -X %s", st.table, chain, st.table, chain))
 			}
 		}
 	}
 	return nil
+}
+
+// teardown removes the bridge's chains and the rules jumping to them,
+// including several copies left by crashed runs, as far as they carry our
+// mark. A chain holding a rule of another owner stays (an error says so).
+// Missing ones are skipped.
+func (f *firewall) teardown() error {
+	states, err := f.scan()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, st := range states {
+		for _, r := range st.jumps {
+			if iptablesComment(r) != f.mark {
+				continue
+			}
+			r[0] = "-D"
+			if _, err := iptables(st.table, r...); err != nil {
+				return err
+			}
+		}
+		foreign := map[string]bool{}
+		for _, r := range st.rules {
+			if iptablesComment(r) != f.mark {
+				foreign[r[1]] = true
+			}
+		}
+		var chains []string
+		for _, c := range st.chains {
+			if foreign[c] {
+				errs = append(errs, fmt.Errorf("iptables chain %s (table %s) holds rules of another owner: left in place", c, st.table))
+				continue
+			}
+			chains = append(chains, c)
+		}
+		// Empty them all first: they jump to each other.
+		for _, c := range chains {
+			if _, err := iptables(st.table, "-F", c); err != nil {
+				return err
+			}
+		}
+		for _, c := range chains {
+			if _, err := iptables(st.table, "-X", c); err != nil {
+				return err
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // otherNATChains reports whether the nat table has the egress chain of
@@ -204,7 +298,7 @@ func (f *firewall) denyPort(port int) error {
 }
 
 func (f *firewall) portRule(port int) []string {
-	return []string{"-d", f.bridgeIP, "-p", "tcp", "--dport", strconv.Itoa(port), "-j", "ACCEPT"}
+	return f.marked("-d", f.bridgeIP, "-p", "tcp", "--dport", strconv.Itoa(port), "-j", "ACCEPT")
 }
 
 // iptables runs `iptables -w -t table args...` and returns its output.

@@ -423,13 +423,18 @@ func (m *Machine) teardown(ctx context.Context) error {
 			netErr = deleteNetwork(m.host)
 		}()
 	}
-	if err := removeDir(m.layout.dir); err != nil {
-		errs = append(errs, err)
-	}
-	if err := removeCgroups(m.d.cgroupRoots, m.host.cgroup); err != nil {
-		errs = append(errs, err)
+	// The directory goes last: while it exists, it records the machine's
+	// cgroups and network for the next New, should removing them fail.
+	cgErr := removeCgroups(m.d.cgroupRoots, m.host.cgroup)
+	if cgErr != nil {
+		errs = append(errs, cgErr)
 	}
 	wg.Wait()
+	if cgErr == nil && (netErr == nil || !m.netUp) {
+		if err := removeDir(m.layout.dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if m.netUp {
 		if netErr != nil {
 			errs = append(errs, netErr)

@@ -15,11 +15,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// createBridge (re)creates the bridge with address addr, IPv6 off, and up.
-// A bridge of the same name left by a crashed driver is replaced.
+// createBridge (re)creates the bridge with address addr, IPv6 off, and up,
+// marked with mark. A bridge of the same name and mark left by a crashed
+// driver is replaced; one with another mark is refused.
 // It returns the bridge's interface index.
-func createBridge(name string, addr netip.Prefix) (int, error) {
-	if err := deleteBridge(name); err != nil {
+func createBridge(name string, addr netip.Prefix, mark string) (int, error) {
+	if err := deleteBridge(name, mark); err != nil {
 		return 0, err
 	}
 	// A fixed address: otherwise the bridge takes the lowest of its ports'
@@ -30,6 +31,10 @@ func createBridge(name string, addr netip.Prefix) (int, error) {
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: mac}}
 	if err := netlink.LinkAdd(br); err != nil {
 		return 0, fmt.Errorf("create bridge %s: %w", name, err)
+	}
+	// The kernel ignores an alias given to RTM_NEWLINK: set it at once.
+	if err := netlink.LinkSetAlias(br, mark); err != nil {
+		return 0, fmt.Errorf("mark bridge %s: %w", name, err)
 	}
 	if err := disableIPv6(name); err != nil {
 		return 0, fmt.Errorf("disable ipv6 on bridge %s: %w", name, err)
@@ -64,9 +69,9 @@ func checkSubnetFree(subnet netip.Prefix, bridge string) error {
 	return nil
 }
 
-// deleteBridge deletes the bridge if it exists. It refuses to delete a link
-// of that name that is not a bridge.
-func deleteBridge(name string) error {
+// deleteBridge deletes the bridge if it exists and carries mark. It refuses
+// to delete a link of that name that is not a bridge, or another owner's.
+func deleteBridge(name, mark string) error {
 	l, err := netlink.LinkByName(name)
 	if err != nil {
 		if isNotFound(err) {
@@ -74,8 +79,8 @@ func deleteBridge(name string) error {
 		}
 		return fmt.Errorf("look up bridge %s: %w", name, err)
 	}
-	if l.Type() != "bridge" {
-		return fmt.Errorf("link %s exists and is a %s, not a bridge: choose another bridge name", name, l.Type())
+	if err := checkBridgeOwner(name, mark); err != nil {
+		return err
 	}
 	if err := netlink.LinkDel(l); err != nil {
 		return fmt.Errorf("delete bridge %s: %w", name, err)

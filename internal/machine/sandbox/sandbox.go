@@ -18,7 +18,9 @@
 // the bridge only the ports of listeners made by Driver.Listen, and machines
 // reach the outside only when Config.Egress is set, and then only public
 // IPv4 addresses (see egress.go). Machines have no IPv6. Firewall state lives
-// in iptables chains named HANGAR-*-<bridge>, removed by Close.
+// in iptables chains named HANGAR-*-<bridge>, removed by Close. The bridge
+// and every rule carry the driver's owner mark, and a driver never removes
+// what carries another's (see owner.go).
 //
 // The names of a machine's host-global resources (runc container id, network
 // namespace, host veth, cgroup) are made of the bridge and the machine name
@@ -79,8 +81,10 @@ type Config struct {
 	// machines have none.
 	DNS []netip.Addr
 	// StateDir holds one directory per machine and runc's state. Required,
-	// absolute, used by one driver at a time, and not inside a BaseDir.
-	// New removes whatever an earlier, crashed driver left in it.
+	// absolute, used by one driver at a time (flock), and not holding a
+	// BaseDir; it may lie inside one (machines see it masked). New removes
+	// whatever an earlier, crashed driver left in it. It also identifies
+	// the driver as the owner of the host resources it creates.
 	StateDir string
 	// Mask lists host paths that must never be visible inside a machine,
 	// such as Hangar's data directory. One inside a BaseDir (a data dir in
@@ -122,6 +126,8 @@ type Driver struct {
 	subnet   netip.Prefix
 	bridgeIP netip.Addr
 	fw       *firewall
+	// mark is the owner mark of the host resources it creates (owner.go).
+	mark string
 	// cgroupRoots are the mount points of the cgroup hierarchies.
 	cgroupRoots []string
 	// rootLinks and rootBinds mirror the host's /bin, /lib... in every
@@ -152,8 +158,10 @@ var _ machine.Driver = (*Driver)(nil)
 
 var ifNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$`)
 
-// New validates cfg, cleans up after any crashed earlier driver using the
-// same StateDir or bridge, and creates the bridge and firewall rules.
+// New validates cfg, refuses a bridge or chains of another owner before it
+// changes anything, tries an overlay, cleans up after any crashed earlier
+// driver using the same StateDir, and creates the bridge and firewall
+// rules.
 func New(cfg Config) (*Driver, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("sandbox: the sandbox driver must run as root")
@@ -181,6 +189,7 @@ func New(cfg Config) (*Driver, error) {
 		listeners: map[*listener]bool{},
 		hidden:    append(slices.Clone(cfg.Mask), cfg.StateDir),
 		volatile:  overlayVolatile(),
+		mark:      ownerMark(cfg.StateDir),
 	}
 	if err := checkBuilderUID(cfg.BuilderUID); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
@@ -206,6 +215,16 @@ func New(cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("sandbox: state dir %s is used by another driver: %w", cfg.StateDir, err)
 	}
 	d.lock = lock
+	// Nothing on the host has changed yet: refuse if the bridge or its
+	// chains are another server's.
+	if err := d.checkOwner(); err != nil {
+		d.lock.Close()
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	if err := d.checkOverlay(); err != nil {
+		d.lock.Close()
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
 	if err := d.recoverLeftovers(); err != nil {
 		d.lock.Close()
 		return nil, fmt.Errorf("sandbox: clean up an earlier run: %w", err)
@@ -218,17 +237,26 @@ func New(cfg Config) (*Driver, error) {
 	return d, nil
 }
 
-// setupHost creates the bridge and the firewall rules.
-func (d *Driver) setupHost() error {
-	if err := checkSubnetFree(d.subnet, d.cfg.Bridge); err != nil {
+// checkOwner fails if the bridge or its iptables chains exist and are not
+// ours (see owner.go), or if the subnet is in use on the host.
+func (d *Driver) checkOwner() error {
+	if err := checkBridgeOwner(d.cfg.Bridge, d.mark); err != nil {
 		return err
 	}
-	idx, err := createBridge(d.cfg.Bridge, netip.PrefixFrom(d.bridgeIP, d.subnet.Bits()))
+	if err := newFirewall(d.cfg.Bridge, d.subnet, d.bridgeIP, d.mark).checkOwner(); err != nil {
+		return err
+	}
+	return checkSubnetFree(d.subnet, d.cfg.Bridge)
+}
+
+// setupHost creates the bridge and the firewall rules.
+func (d *Driver) setupHost() error {
+	idx, err := createBridge(d.cfg.Bridge, netip.PrefixFrom(d.bridgeIP, d.subnet.Bits()), d.mark)
 	if err != nil {
 		return err
 	}
 	d.bridgeIndex = idx
-	d.fw = newFirewall(d.cfg.Bridge, d.subnet, d.bridgeIP)
+	d.fw = newFirewall(d.cfg.Bridge, d.subnet, d.bridgeIP, d.mark)
 	policy := egressPolicy{on: d.cfg.Egress}
 	if d.cfg.Egress {
 		policy.rules = sortedRules(d.cfg.EgressAllow, d.cfg.EgressDeny)
@@ -256,12 +284,12 @@ func (d *Driver) setupHost() error {
 func (d *Driver) teardownHost() error {
 	var errs []error
 	if d.fw == nil {
-		d.fw = newFirewall(d.cfg.Bridge, d.subnet, d.bridgeIP)
+		d.fw = newFirewall(d.cfg.Bridge, d.subnet, d.bridgeIP, d.mark)
 	}
 	if err := d.fw.teardown(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := deleteBridge(d.cfg.Bridge); err != nil {
+	if err := deleteBridge(d.cfg.Bridge, d.mark); err != nil {
 		errs = append(errs, err)
 	}
 	if d.forwardWas != "" {
@@ -292,6 +320,41 @@ func (d *Driver) NameServers() []netip.Addr {
 		return nil
 	}
 	return slices.Clone(d.cfg.DNS)
+}
+
+// probeDir is the directory of StateDir where New tries an overlay.
+const probeDir = ".probe"
+
+// checkOverlay mounts (and unmounts) an overlay the way machines get them,
+// with the base dir holding StateDir (or the first one) as the lower layer
+// and the upper layer in StateDir, so that a kernel that refuses that
+// fails New rather than every build.
+func (d *Driver) checkOverlay() error {
+	lower := baseDirOf(d.cfg.BaseDirs, d.cfg.StateDir)
+	if lower == "" {
+		lower = d.cfg.BaseDirs[0]
+	}
+	dir := filepath.Join(d.cfg.StateDir, probeDir)
+	if err := removeDir(dir); err != nil {
+		return err
+	}
+	merged, upper, work := filepath.Join(dir, "merged"), filepath.Join(dir, "upper"), filepath.Join(dir, "work")
+	for _, p := range []string{merged, upper, work} {
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			return err
+		}
+	}
+	opts := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
+	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+		_ = removeDir(dir)
+		hint := ""
+		if within(d.cfg.StateDir, lower) {
+			hint = fmt.Sprintf(" (this kernel refuses upper layers inside the lower one: put the machines' state outside %s with hangar server --sandbox-dir)",
+				strings.Join(d.cfg.BaseDirs, ", "))
+		}
+		return fmt.Errorf("overlay of %s with layers in %s: %w%s", lower, d.cfg.StateDir, err, hint)
+	}
+	return removeDir(dir)
 }
 
 // Name returns "sandbox".
@@ -464,9 +527,14 @@ func (c *Config) setDefaults() error {
 	}
 	c.Mask = mask
 	for _, b := range c.BaseDirs {
-		if overlaps(b, c.StateDir) {
-			return fmt.Errorf("state dir %s overlaps base dir %s, which machines see through overlays: put the machines' state outside %s (hangar server --sandbox-dir)",
-				c.StateDir, b, strings.Join(c.BaseDirs, ", "))
+		// A state dir inside a base dir (a data dir in /var/lib) is fine:
+		// the kernel allows upper layers inside the lower one (Linux 5.2
+		// and later stable kernels; checkOverlay tries it), machines see it
+		// masked, and lookups through an overlay into its own layers fail
+		// with ELOOP. A base dir inside the state dir is not.
+		if within(b, c.StateDir) {
+			return fmt.Errorf("state dir %s contains base dir %s, which machines see through overlays: put the machines' state elsewhere (hangar server --sandbox-dir)",
+				c.StateDir, b)
 		}
 		for _, p := range c.Mask {
 			if within(b, p) && b != p {
@@ -504,9 +572,6 @@ func within(p, dir string) bool {
 	}
 	return p == dir || strings.HasPrefix(p, dir+"/")
 }
-
-// overlaps reports whether one of a and b lies inside the other.
-func overlaps(a, b string) bool { return within(a, b) || within(b, a) }
 
 // freeUID returns the first id >= from used neither as a uid in the host's
 // /etc/passwd nor as a gid in /etc/group.

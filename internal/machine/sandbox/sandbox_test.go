@@ -25,27 +25,50 @@ import (
 	"github.com/hangar-ci/hangar/internal/machine"
 )
 
-func TestConfigRefusesDataInsideBaseDirs(t *testing.T) {
+func TestConfigRefusesStateDirHoldingBaseDirs(t *testing.T) {
 	requireHost(t)
-	cases := []Config{
-		{StateDir: "/var/lib/hangar-test/machines"},
-		{StateDir: filepath.Join(t.TempDir(), "state"), BaseDirs: []string{"/usr", "/tmp"}},
+	tmp := t.TempDir()
+	cfg := Config{Bridge: testBridge, Subnet: testSubnet, StateDir: tmp, BaseDirs: []string{"/usr", filepath.Join(tmp, "base")}}
+	if err := os.Mkdir(filepath.Join(tmp, "base"), 0o755); err != nil {
+		t.Fatal(err)
 	}
-	for _, cfg := range cases {
-		cfg.Bridge = testBridge
-		cfg.Subnet = testSubnet
-		d, err := New(cfg)
-		if err == nil {
-			d.Close()
-			t.Errorf("New(%+v) accepted data inside a base dir", cfg)
-			continue
-		}
-		if !strings.Contains(err.Error(), "--sandbox-dir") {
-			t.Errorf("New(%+v): %v; want it to tell the user where to put the state", cfg, err)
-		}
+	d, err := New(cfg)
+	if err == nil {
+		d.Close()
+		t.Fatalf("New(%+v) accepted a state dir holding a base dir", cfg)
 	}
-	if _, err := os.Stat("/var/lib/hangar-test"); err == nil {
-		t.Errorf("New created /var/lib/hangar-test")
+	if !strings.Contains(err.Error(), "--sandbox-dir") {
+		t.Errorf("New: %v; want it to tell the user where to put the state", err)
+	}
+}
+
+// TestStateDirInsideBaseDir: machines' layers inside a base dir (the
+// default <data>/machines of a data dir in /var/lib) work, and machines
+// see neither their own nor other machines' layers.
+func TestStateDirInsideBaseDir(t *testing.T) {
+	requireHost(t)
+	data, err := os.MkdirTemp("/var/lib", "hangar-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(data) })
+	state := filepath.Join(data, "machines")
+	d := newTestDriver(t, func(c *Config) { c.StateDir = state; c.Mask = []string{data} })
+	other, _ := startShell(t, d, "other", "echo other-secret > /var/tmp/x; exec sleep 31360")
+	out := runShell(t, d, "inside", fmt.Sprintf(`
+echo hi > /var/tmp/written && cat /var/tmp/written
+echo "list=$(ls -A %[1]s 2>&1 | tr '\n' ' ')"
+echo "machines=$(ls -A %[2]s 2>&1 | tr '\n' ' ')"
+cat %[2]s/other/layers/*/upper/tmp/x 2>/dev/null || true
+`, data, state))
+	if !strings.Contains(out, "hi\n") || !strings.Contains(out, "list=\n") || strings.Contains(out, "other-secret") {
+		t.Errorf("a machine with its layers in /var:\n%s", out)
+	}
+	if err := other.Destroy(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if exists(filepath.Join(state, "other")) {
+		t.Errorf("machine dir left in %s", state)
 	}
 }
 
@@ -240,14 +263,14 @@ nc -z -w 2 127.0.0.1 %[5]s && echo loopback-reached || echo loopback-blocked
 
 	// Bridge port isolation alone keeps machines apart: without the
 	// FORWARD rules, C still cannot reach A.
-	if _, err := iptables("filter", "-D", "FORWARD", "-j", d.fw.fwd); err != nil {
+	if _, err := iptables("filter", d.fw.marked("-D", "FORWARD", "-j", d.fw.fwd)...); err != nil {
 		t.Fatal(err)
 	}
 	restored := false
 	restore := func() {
 		if !restored {
 			restored = true
-			if _, err := iptables("filter", "-I", "FORWARD", "1", "-j", d.fw.fwd); err != nil {
+			if _, err := iptables("filter", d.fw.marked("-I", "FORWARD", "1", "-j", d.fw.fwd)...); err != nil {
 				t.Error(err)
 			}
 		}
