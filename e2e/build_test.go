@@ -134,6 +134,17 @@ workflows:
             if sudo -n test -e "$p"; then echo "LEAKED $p"; exit 1; fi
           done
           echo data-hidden
+  seccomp:
+    environment:
+      vars: *vars
+    scripts:
+      - name: Syscall filter
+        script: |
+          echo "seccomp=$(awk '/^Seccomp:/ {print $2}' /proc/self/status)" \
+            "sudo-seccomp=$(sudo -n awk '/^Seccomp:/ {print $2}' /proc/self/status)"
+          if unshare -Urn true; then echo "USERNS-CREATED"; exit 1; fi
+          if sudo -n unshare -m true; then echo "MOUNTNS-CREATED"; exit 1; fi
+          sudo -n true && echo sudo-works
   listen:
     max_build_duration: "90s"
     environment:
@@ -576,6 +587,17 @@ func testBuilds(t *testing.T, driver string) {
 		if _, err := os.Stat("/usr/local/bin/hangar-e2e-" + f.run); err == nil {
 			os.Remove("/usr/local/bin/hangar-e2e-" + f.run)
 			t.Errorf("the build's sudo write reached the host's /usr")
+		}
+	})
+
+	t.Run("syscall filter", func(t *testing.T) {
+		t.Parallel()
+		b, logs := f.wait(f.start("--workflow seccomp").ID, 2*time.Minute)
+		if b.Status != build.Finished {
+			t.Fatalf("status %s (%s), log:\n%s", b.Status, b.Message, logs)
+		}
+		if !strings.Contains(logs, "seccomp=2 sudo-seccomp=2") || !strings.Contains(logs, "sudo-works") {
+			t.Errorf("log:\n%s", logs)
 		}
 	})
 

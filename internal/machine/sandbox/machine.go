@@ -226,6 +226,8 @@ func (m *Machine) start(ctx context.Context, spec machine.Spec, mounts []specMou
 		masked:    masked,
 		netns:     m.host.netnsPath(),
 		cgroup:    m.host.cgroup,
+		caps:      d.caps,
+		seccomp:   d.seccomp,
 		volatile:  d.volatile,
 	})
 	if err := writeSpec(m.layout.config(), s); err != nil {

@@ -45,6 +45,8 @@ type ociParams struct {
 	masked    []string // extra paths to mask (Mask/StateDir seen through mounts)
 	netns     string   // network namespace path
 	cgroup    string   // cgroup path
+	caps      []string // capabilities (bounding, effective, permitted)
+	seccomp   *specs.LinuxSeccomp
 	// volatile skips the overlays' syncs: their upper layers are thrown
 	// away with the machine, and dpkg syncs a lot.
 	volatile bool
@@ -123,9 +125,9 @@ func ociSpec(p ociParams) *specs.Spec {
 			Env:      env,
 			Cwd:      "/",
 			Capabilities: &specs.LinuxCapabilities{
-				Bounding:  capabilities,
-				Effective: capabilities,
-				Permitted: capabilities,
+				Bounding:  p.caps,
+				Effective: p.caps,
+				Permitted: p.caps,
 			},
 			Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: nofileLimit, Soft: nofileLimit}},
 			NoNewPrivileges: false,
@@ -149,6 +151,7 @@ func ociSpec(p ociParams) *specs.Spec {
 			},
 			MaskedPaths:   append(append([]string{}, defaultMaskedPaths...), p.masked...),
 			ReadonlyPaths: defaultReadonlyPaths,
+			Seccomp:       p.seccomp,
 		},
 	}
 }

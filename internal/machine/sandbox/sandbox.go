@@ -11,7 +11,10 @@
 // by "*"; SSH host keys, TLS private keys, other services' databases and
 // the host's logs are absent), but this is a deny-list: anything else the
 // host keeps under /etc, /var or /opt is readable by root in a machine. The builder process runs as root; the
-// `builder` account (passwordless sudo) is what steps run as.
+// `builder` account (passwordless sudo) is what steps run as. Every process
+// in a machine runs under Docker's default seccomp profile made stricter
+// (seccomp.go): no new namespaces, kernel keyring, kernel modules or mounts,
+// for root in the machine too.
 //
 // Network: the host side of each machine's veth is an isolated port of the
 // driver's bridge, so machines cannot reach each other; the host accepts from
@@ -46,6 +49,7 @@ import (
 	"strings"
 	"sync"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/hangar-ci/hangar/internal/machine"
@@ -140,6 +144,10 @@ type Driver struct {
 	bridgeIndex int
 	// volatile is whether overlays can skip syncs.
 	volatile bool
+	// caps are the machines' capabilities and seccomp their syscall
+	// filter, made for caps.
+	caps    []string
+	seccomp *specs.LinuxSeccomp
 
 	mu sync.Mutex
 	// machines are the live machines by name; guarded by mu.
@@ -190,6 +198,10 @@ func New(cfg Config) (*Driver, error) {
 		hidden:    append(slices.Clone(cfg.Mask), cfg.StateDir),
 		volatile:  overlayVolatile(),
 		mark:      ownerMark(cfg.StateDir),
+		caps:      capabilities,
+	}
+	if d.seccomp, err = seccompProfile(d.caps); err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
 	}
 	if err := checkBuilderUID(cfg.BuilderUID); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
