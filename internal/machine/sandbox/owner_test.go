@@ -35,10 +35,19 @@ func TestOwnerMark(t *testing.T) {
 
 func TestFirewallRulesMarked(t *testing.T) {
 	f := &firewall{mark: "hangar:/m"}
-	got := f.marked("-I", "INPUT", "1", "-i", "br", "-j", "HANGAR-IN-br")
-	want := []string{"-I", "INPUT", "1", "-i", "br", "-m", "comment", "--comment", "hangar:/m", "-j", "HANGAR-IN-br"}
-	if !slices.Equal(got, want) {
-		t.Errorf("marked = %q, want %q", got, want)
+	// The mark goes right after the chain (and position), before any
+	// target and its options.
+	for _, c := range []struct{ rule, want []string }{
+		{[]string{"-I", "INPUT", "1", "-i", "br", "-j", "HANGAR-IN-br"},
+			[]string{"-I", "INPUT", "1", "-m", "comment", "--comment", "hangar:/m", "-i", "br", "-j", "HANGAR-IN-br"}},
+		{[]string{"-A", "HANGAR-REJ-br", "-p", "udp", "-j", "REJECT", "--reject-with", "icmp-port-unreachable"},
+			[]string{"-A", "HANGAR-REJ-br", "-m", "comment", "--comment", "hangar:/m", "-p", "udp", "-j", "REJECT", "--reject-with", "icmp-port-unreachable"}},
+		{[]string{"-d", "10.0.0.1/32", "-p", "tcp", "-j", "ACCEPT"},
+			[]string{"-m", "comment", "--comment", "hangar:/m", "-d", "10.0.0.1/32", "-p", "tcp", "-j", "ACCEPT"}},
+	} {
+		if got := f.marked(c.rule...); !slices.Equal(got, c.want) {
+			t.Errorf("marked(%q) = %q, want %q", c.rule, got, c.want)
+		}
 	}
 	if c := iptablesComment(strings.Fields(`-A X -m comment --comment "hangar:/m" -j Y`)); c != "hangar:/m" {
 		t.Errorf("iptablesComment = %q", c)
