@@ -269,7 +269,9 @@ func (j *job) end(status build.Status, msg string, start time.Time) {
 		switch b.Steps[i].Status {
 		case build.StepRunning:
 			st := build.StepFailed
-			if status == build.Canceled || status == build.Timeout {
+			// A step stopped from outside (cancel, timeout, the server's
+			// shutdown) did not fail by itself.
+			if status == build.Canceled || status == build.Timeout || errors.Is(context.Cause(j.ctx), errShutdown) {
 				st = build.StepCanceled
 			}
 			j.stepEnd(i, st, now, nil)

@@ -661,7 +661,7 @@ func testShutdownSteps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want(t, nb, build.Failed, "the server shut down during the build", ok, ok, bad, skip, skip)
+	want(t, nb, build.Failed, "the server shut down during the build", ok, ok, cnl, skip, skip)
 	if live, _ := e.driver.counts(); live != 0 {
 		t.Errorf("%d machines live after Run returned", live)
 	}
