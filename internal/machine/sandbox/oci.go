@@ -95,6 +95,10 @@ func ociSpec(p ociParams) *specs.Spec {
 			Options: []string{"nosuid", "noexec", "nodev"}},
 		specs.Mount{Destination: "/sys", Type: "sysfs", Source: "sysfs",
 			Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		// The machine's own cgroups, read-only: JVMs and nproc-like tools
+		// read their limits there.
+		specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup",
+			Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
 		specs.Mount{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs",
 			Options: tmpOptions(p.res.Disk)},
 		specs.Mount{Destination: "/run", Type: "tmpfs", Source: "tmpfs",
