@@ -168,6 +168,13 @@ func New(cfg Config) (a *App, err error) {
 	scfg := server.Config{Store: a.store, Mirrors: mirrors, Logger: log, Metrics: promhttp.Handler(),
 		Driver: a.driver.Name(), Isolated: a.driver.Isolated(), UI: server.UIHandler(),
 		InstanceTypes: fitPids(cfg.InstanceTypes, cfg.MaxBuilds, log)}
+	for _, name := range scfg.InstanceTypes.Names() {
+		limits := scfg.InstanceTypes[name].String()
+		if !a.driver.Isolated() {
+			limits += " (not enforced by the " + a.driver.Name() + " driver)"
+		}
+		log.Info("instance type", "name", name, "limits", limits)
+	}
 
 	if cfg.SSH != "off" {
 		keys := filepath.Join(data, "ssh")
