@@ -15,11 +15,12 @@ import (
 	"github.com/spf13/cobra"
 
 	hangarapp "github.com/hangar-ci/hangar/internal/app"
+	"github.com/hangar-ci/hangar/internal/build"
 )
 
 func serverCmd() *cobra.Command {
 	var cfg hangarapp.Config
-	var logLevel string
+	var logLevel, instanceTypes string
 	egress := onOff(true)
 	var egressAllow, egressDeny, dns []string
 	cmd := &cobra.Command{
@@ -40,6 +41,15 @@ func serverCmd() *cobra.Command {
 			}
 			if !cfg.SandboxEgress && (len(egressAllow) > 0 || len(egressDeny) > 0 || len(dns) > 0) {
 				return errors.New("--sandbox-egress-allow, --sandbox-egress-deny and --sandbox-dns need --sandbox-egress=on")
+			}
+			if instanceTypes != "" {
+				data, err := os.ReadFile(instanceTypes)
+				if err != nil {
+					return fmt.Errorf("--instance-types: %w", err)
+				}
+				if cfg.InstanceTypes, err = build.ParseInstanceTypes(data); err != nil {
+					return fmt.Errorf("--instance-types %s: %w", instanceTypes, err)
+				}
 			}
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
@@ -62,6 +72,7 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.SandboxSubnet, "sandbox-subnet", "10.213.42.0/24", "private IPv4 network of sandbox machines")
 	f.StringVar(&cfg.SandboxBridge, "sandbox-bridge", "hangar0", "name of the host bridge of sandbox machines")
 	f.StringVar(&cfg.SandboxDir, "sandbox-dir", "", "where sandbox machines' writable layers live (default: <data>/machines)")
+	f.StringVar(&instanceTypes, "instance-types", "", "YAML file of the instance types workflows may pick, with their CPU, memory, process and /tmp limits (default: linux and linux_x2, see docs/cli.md)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&cfg.SSH, "ssh", ":2222", "address of the public SSH gateway, or \"off\" (no SSH builds)")
 	f.StringVar(&cfg.SSHPublicHost, "ssh-public-host", "", "host name users reach the gateway at (default: the host of the API request)")

@@ -18,12 +18,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/gateway"
 	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/link"
@@ -56,7 +58,11 @@ type Config struct {
 	SSHAfterSteps      time.Duration
 	SSHHandshake       time.Duration
 	PublicURL          string
-	Logger             *slog.Logger
+	// InstanceTypes are the instance types workflows may pick; nil:
+	// build.DefaultInstanceTypes. New lowers their pids limits to fit
+	// MaxBuilds machines in the host's pid_max.
+	InstanceTypes build.InstanceTypes
+	Logger        *slog.Logger
 }
 
 // InterruptedMessage starts the message of builds that a server left
@@ -160,7 +166,15 @@ func New(cfg Config) (a *App, err error) {
 		Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
 	}
 	scfg := server.Config{Store: a.store, Mirrors: mirrors, Logger: log, Metrics: promhttp.Handler(),
-		Driver: a.driver.Name(), Isolated: a.driver.Isolated(), UI: server.UIHandler()}
+		Driver: a.driver.Name(), Isolated: a.driver.Isolated(), UI: server.UIHandler(),
+		InstanceTypes: fitPids(cfg.InstanceTypes, cfg.MaxBuilds, log)}
+	for _, name := range scfg.InstanceTypes.Names() {
+		limits := scfg.InstanceTypes[name].String()
+		if !a.driver.Isolated() {
+			limits += " (not enforced by the " + a.driver.Name() + " driver)"
+		}
+		log.Info("instance type", "name", name, "limits", limits)
+	}
 
 	if cfg.SSH != "off" {
 		keys := filepath.Join(data, "ssh")
@@ -381,6 +395,43 @@ func newDriver(cfg Config, data string, log *slog.Logger) (_ machine.Driver, err
 		return &host.Driver{StateDir: dir}, nil
 	}
 	return nil, fmt.Errorf("--driver %q: use sandbox, host or auto", cfg.Driver)
+}
+
+// pidBudget is the share of the host's pid_max that MaxBuilds machines
+// may use together; the rest is the host's.
+const pidBudget = 0.75
+
+// fitPids returns types (nil: the defaults) with their pids limits lowered
+// so that maxBuilds machines of any type stay within pidBudget of the
+// host's /proc/sys/kernel/pid_max, and logs what it lowered.
+func fitPids(types build.InstanceTypes, maxBuilds int, log *slog.Logger) build.InstanceTypes {
+	if types == nil {
+		types = build.DefaultInstanceTypes()
+	}
+	data, err := os.ReadFile("/proc/sys/kernel/pid_max")
+	if err != nil || maxBuilds < 1 {
+		return types
+	}
+	pidMax, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
+	if err != nil {
+		return types
+	}
+	return clampPids(types, int64(float64(pidMax)*pidBudget)/int64(maxBuilds), pidMax, maxBuilds, log)
+}
+
+// clampPids lowers every pids limit of types above perMachine (0:
+// unlimited counts as above) to perMachine.
+func clampPids(types build.InstanceTypes, perMachine, pidMax int64, maxBuilds int, log *slog.Logger) build.InstanceTypes {
+	out := build.InstanceTypes{}
+	for name, r := range types {
+		if r.Pids == 0 || r.Pids > perMachine {
+			log.Warn("instance type's pids limit lowered so that --max-builds machines fit in the host's pid_max",
+				"instance_type", name, "pids", r.Pids, "lowered_to", perMachine, "pid_max", pidMax, "max_builds", maxBuilds)
+			r.Pids = perMachine
+		}
+		out[name] = r
+	}
+	return out
 }
 
 // logEgress says what sandbox machines can reach, and how to change it.

@@ -157,6 +157,11 @@ type Spec struct {
 	Vars    []string     `json:"vars"` // KEY=VALUE, the workflow's environment.vars
 	Scripts []SpecScript `json:"scripts"`
 	Ignored []string     `json:"ignored,omitempty"` // workflow sections Hangar does not run
+	// InstanceType is the workflow's instance_type (DefaultInstanceType if
+	// it names none) and Resources its limits on this server when the
+	// build was created. Builds stored before instance types have neither.
+	InstanceType string    `json:"instance_type,omitempty"`
+	Resources    Resources `json:"resources"`
 }
 
 // SpecScript is one script of a Spec.

@@ -33,6 +33,31 @@ type Spec struct {
 	// Mounts are host paths exposed to the machine read-only, e.g. the
 	// repository mirror the builder clones from.
 	Mounts []Mount
+	// Resources limit the machine; drivers that cannot enforce them
+	// ignore them (the host driver does).
+	Resources Resources
+}
+
+// Resources are a machine's limits; a zero field means no limit of that
+// kind (the driver's default). Same fields as build.Resources.
+type Resources struct {
+	// CPUs is CPU time, in CPUs' worth per wall-clock second.
+	CPUs float64
+	// Memory is the most memory, tmpfs files included, in bytes; no swap.
+	Memory int64
+	// Pids is the most processes and threads at once.
+	Pids int64
+	// Disk is the size of the machine's /tmp, in bytes.
+	Disk int64
+}
+
+// OOMReporter is implemented by machines that can tell whether the kernel
+// killed one of their processes for lack of memory. The runner asks it when
+// a build fails, before Destroy.
+type OOMReporter interface {
+	// OOMKilled reports whether a process of the machine was killed because
+	// the machine reached its memory limit, and that limit in bytes.
+	OOMKilled() (killed bool, limit int64)
 }
 
 // Mount exposes a host path read-only inside the machine at Target.

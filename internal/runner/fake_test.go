@@ -126,6 +126,9 @@ type fakeDriver struct {
 	builder func(ctx context.Context, fb *fakeBuilder)
 	// block makes Start wait until its context ends.
 	block bool
+	// oomLimit, if set, is the memory limit machines report as reached
+	// (machine.OOMReporter). Set before the runner starts.
+	oomLimit int64
 
 	entered chan struct{}     // a value each time Start is called
 	started chan *fakeBuilder // each machine started
@@ -188,6 +191,9 @@ type fakeMachine struct {
 	exited chan struct{}
 	once   sync.Once
 }
+
+// OOMKilled reports what the driver's oomLimit says.
+func (m *fakeMachine) OOMKilled() (bool, int64) { return m.d.oomLimit > 0, m.d.oomLimit }
 
 func (m *fakeMachine) Wait() error {
 	<-m.exited

@@ -99,6 +99,9 @@ func (j *job) execute() {
 // ended it.
 func (j *job) run() (out *outcome) {
 	defer func() {
+		if out != nil && out.status == build.Failed {
+			out = j.outOfMemory(out)
+		}
 		st, _ := j.resolve(out)
 		j.teardown(st)
 	}()
@@ -151,6 +154,13 @@ func (j *job) prepare() *outcome {
 	} else {
 		j.logs.Printf(0, "Machine: %s driver, NOT isolated: the build runs as a process on the server", d.Name())
 	}
+	if j.spec.InstanceType != "" {
+		limits := j.spec.Resources.String()
+		if !d.Isolated() {
+			limits += "; not enforced by the " + d.Name() + " driver"
+		}
+		j.logs.Printf(0, "Instance type: %s (%s)", j.spec.InstanceType, limits)
+	}
 	for _, s := range j.spec.Ignored {
 		j.logs.Printf(0, "Ignored: %s is not run by Hangar yet", s)
 	}
@@ -200,6 +210,8 @@ func (j *job) provision() *outcome {
 		Stdin:   strings.NewReader(string(helloJSON) + "\n"),
 		Output:  j.logs.Diagnostics(),
 		Mounts:  []machine.Mount{mount},
+		// Same fields: a conversion.
+		Resources: machine.Resources(j.spec.Resources),
 	})
 	if err != nil {
 		if j.ctx.Err() != nil {
@@ -212,6 +224,28 @@ func (j *job) provision() *outcome {
 	j.exited = make(chan error, 1)
 	go func() { j.exited <- m.Wait() }()
 	return nil
+}
+
+// outOfMemory returns the outcome of a failed build whose machine had a
+// process killed for lack of memory (the likely cause of the failure), or
+// out. The machine is still there: Destroy comes after.
+func (j *job) outOfMemory(out *outcome) *outcome {
+	r, ok := j.m.(machine.OOMReporter)
+	if !ok {
+		return out
+	}
+	killed, limit := r.OOMKilled()
+	if !killed {
+		return out
+	}
+	msg := "the build ran out of memory"
+	if limit > 0 {
+		msg += " (limit " + build.FormatBytes(limit) + ")"
+	}
+	if out.msg != "" {
+		j.logs.Printf(lastStarted(j.b), "hangar: %s", out.msg)
+	}
+	return failed(msg)
 }
 
 // linkUp waits for the builder to link up.

@@ -440,6 +440,25 @@ func TestStepFailure(t *testing.T) {
 	contains(t, "log", e.logs(b.ID), "about to fail", `hangar: step "Broken" failed: exit status 3`)
 }
 
+// TestOutOfMemory: a build that fails on a machine that had a process
+// killed for lack of memory ends with the out-of-memory message; the
+// step's own failure stays in the log.
+func TestOutOfMemory(t *testing.T) {
+	e := newEnv(t, func(ctx context.Context, fb *fakeBuilder) {
+		if !fb.link(ctx) {
+			return
+		}
+		fb.step(0, 0, "Cloning")
+		fb.step(1, 0, "hi")
+		fb.step(2, 137, "hogging")
+		fb.done(`step "Broken" failed: exit status 137`)
+		fb.wait(ctx)
+	}, func(c *Config) { c.Driver.(*fakeDriver).oomLimit = 4 << 30 })
+	b := e.ended(e.queue(false, time.Hour).ID)
+	want(t, b, build.Failed, "the build ran out of memory (limit 4 GiB)", ok, ok, ok, bad, skip)
+	contains(t, "log", e.logs(b.ID), `hangar: step "Broken" failed: exit status 137`, "hangar: the build ran out of memory (limit 4 GiB)")
+}
+
 func TestCancel(t *testing.T) {
 	t.Run("queued", func(t *testing.T) {
 		e := newEnv(t, hanging, maxBuilds(1))

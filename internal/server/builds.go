@@ -106,20 +106,7 @@ func (s *Server) createBuild(ctx context.Context, app *store.App, mirror, branch
 	if withSSH && trigger == build.Manual {
 		b.SSH = build.SSH{Enabled: true, State: build.SSHPending}
 	}
-	fail := func(msg string) (*build.Build, error) {
-		now := time.Now().UTC()
-		b.Status, b.Message, b.FinishedAt = build.Failed, msg, &now
-		if b.Workflow == "" {
-			b.Workflow, b.WorkflowName = "default", "default"
-		}
-		if b.SSH.Enabled {
-			b.SSH.State = build.SSHClosed
-		}
-		if err := s.cfg.Store.CreateBuild(ctx, b, []byte("{}")); err != nil {
-			return nil, err
-		}
-		return b, nil
-	}
+	fail := func(msg string) (*build.Build, error) { return s.failAtOnce(ctx, b, msg) }
 	name, data, err := gitrepo.ReadFile(ctx, mirror, commit, workflow.FileNames)
 	if err != nil {
 		return fail(err.Error())
@@ -146,9 +133,39 @@ func (s *Server) createBuild(ctx context.Context, app *store.App, mirror, branch
 	return s.queue(ctx, b, app, wf)
 }
 
-// queue stores b as a queued build of wf.
+// failAtOnce stores b as a build that failed before it ran, with msg.
+func (s *Server) failAtOnce(ctx context.Context, b *build.Build, msg string) (*build.Build, error) {
+	now := time.Now().UTC()
+	b.Status, b.Message, b.FinishedAt = build.Failed, msg, &now
+	if b.Steps == nil {
+		b.Steps = []build.Step{}
+	}
+	if b.Workflow == "" {
+		b.Workflow, b.WorkflowName = "default", "default"
+	}
+	if b.SSH.Enabled {
+		b.SSH.State = build.SSHClosed
+	}
+	if err := s.cfg.Store.CreateBuild(ctx, b, []byte("{}")); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// queue stores b as a queued build of wf, or as a failed one if this
+// server cannot run wf (an instance type it does not have).
 func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, wf *workflow.Workflow) (*build.Build, error) {
-	spec := build.Spec{Repo: app.Repo, Ignored: wf.Ignored}
+	res, err := s.cfg.InstanceTypes.Lookup(wf.InstanceType)
+	if err != nil {
+		b.Workflow, b.WorkflowName = wf.ID, wf.Name
+		s.log.Info("build refused", "app", b.App, "workflow", wf.ID, "err", err)
+		return s.failAtOnce(ctx, b, err.Error())
+	}
+	instance := wf.InstanceType
+	if instance == "" {
+		instance = build.DefaultInstanceType
+	}
+	spec := build.Spec{Repo: app.Repo, Ignored: wf.Ignored, InstanceType: instance, Resources: res}
 	for _, v := range wf.Vars {
 		spec.Vars = append(spec.Vars, v.Name+"="+v.Value)
 	}

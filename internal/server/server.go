@@ -58,6 +58,9 @@ type Config struct {
 	Isolated bool
 	// UI serves the web UI at / (nil: none).
 	UI http.Handler
+	// InstanceTypes are the instance types workflows may name; nil:
+	// build.DefaultInstanceTypes. A build naming another fails at once.
+	InstanceTypes build.InstanceTypes
 }
 
 // Server serves the API. Create it with New.
@@ -75,6 +78,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.MaxHook == 0 {
 		cfg.MaxHook = 25 << 20
+	}
+	if cfg.InstanceTypes == nil {
+		cfg.InstanceTypes = build.DefaultInstanceTypes()
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
 	if s.log == nil {

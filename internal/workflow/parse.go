@@ -195,6 +195,8 @@ func (p *parser) workflow(key, val *yaml.Node) (*Workflow, *Error) {
 			w.MaxDuration, err = p.duration(kv.val)
 		case "working_directory":
 			w.WorkingDirectory, err = p.str(kv.val, "working_directory")
+		case "instance_type":
+			w.InstanceType, err = p.str(kv.val, "instance_type")
 		case "environment":
 			err = p.environment(w, kv.val)
 		case "triggering":

@@ -4,7 +4,7 @@
 //
 // Parse turns the file into Workflows: the scripts Hangar runs, their
 // variables, the time limit and the triggering rules. Sections that Hangar
-// accepts but does not act on (publishing, artifacts, instance_type, ...)
+// accepts but does not act on (publishing, artifacts, cache, ...)
 // never fail a file; they are listed in Workflow.Ignored so that a user can be
 // told. Every validation error is an *Error that names the file, the line and
 // column of the offending node, what is wrong and what is expected.
@@ -83,6 +83,10 @@ type Workflow struct {
 	// unless they set their own, relative to the clone unless absolute.
 	// Empty means the clone itself.
 	WorkingDirectory string
+	// InstanceType is the workflow's instance_type as written, "" if it
+	// sets none. Which names exist is the server's business: it refuses a
+	// build whose instance type it does not have.
+	InstanceType string
 	// Vars are environment.vars in file order. Scalar values are kept as
 	// written (numbers and booleans too); a null value is "".
 	Vars []Var

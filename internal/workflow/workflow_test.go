@@ -98,6 +98,7 @@ func TestParseValid(t *testing.T) {
 				ID:               "android-release",
 				Name:             "Android release",
 				MaxDuration:      90 * time.Minute,
+				InstanceType:     "mac_mini_m2",
 				WorkingDirectory: "app",
 				Vars: []Var{
 					{"COMMON", "shared"},
@@ -126,7 +127,6 @@ func TestParseValid(t *testing.T) {
 					TagPatterns: []Pattern{{Pattern: "v*", Include: true, Source: true}},
 				},
 				Ignored: []string{
-					"instance_type",
 					"environment.groups",
 					"environment.java",
 					"triggering.cancel_previous_builds",

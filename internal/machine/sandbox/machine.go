@@ -40,6 +40,7 @@ var machineNameRE = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,48}[a-zA-Z0-
 type Machine struct {
 	d      *Driver
 	name   string
+	memory int64     // the memory limit, 0 if none
 	host   hostNames // names of the container, netns, veth and cgroup
 	layout layout
 	ip     netip.Addr
@@ -57,7 +58,10 @@ type Machine struct {
 	destroyed bool
 }
 
-var _ machine.Machine = (*Machine)(nil)
+var (
+	_ machine.Machine     = (*Machine)(nil)
+	_ machine.OOMReporter = (*Machine)(nil)
+)
 
 // Name returns the machine's name.
 func (m *Machine) Name() string { return m.name }
@@ -70,6 +74,32 @@ func (m *Machine) IP() net.IP { return net.IP(m.ip.AsSlice()) }
 func (m *Machine) Wait() error {
 	<-m.exited
 	return m.waitErr
+}
+
+// OOMKilled reports whether the kernel killed a process of the machine
+// because the machine reached its memory limit (the oom_kill counter of its
+// memory cgroup), and that limit. It knows only while the machine's cgroup
+// exists: not once the builder process has exited.
+func (m *Machine) OOMKilled() (killed bool, limit int64) {
+	if m.d.memoryRoot == "" {
+		return false, m.memory
+	}
+	data, err := os.ReadFile(filepath.Join(m.d.memoryRoot, m.host.cgroup, "memory.oom_control"))
+	if err != nil {
+		return false, m.memory
+	}
+	return oomKills(data) > 0, m.memory
+}
+
+// oomKills returns the oom_kill counter of a cgroup v1 memory.oom_control.
+func oomKills(data []byte) int64 {
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 // Start creates machine spec.Name and starts the builder process in it. It
@@ -100,6 +130,7 @@ func (d *Driver) Start(ctx context.Context, spec machine.Spec) (machine.Machine,
 		host:   machineHostNames(d.cfg.Bridge, spec.Name),
 		layout: layout{dir: filepath.Join(d.cfg.StateDir, spec.Name), baseDirs: d.cfg.BaseDirs},
 		ip:     ip,
+		memory: spec.Resources.Memory,
 		exited: make(chan struct{}),
 	}
 	d.machines[spec.Name] = m
@@ -228,6 +259,8 @@ func (m *Machine) start(ctx context.Context, spec machine.Spec, mounts []specMou
 		cgroup:    m.host.cgroup,
 		caps:      d.caps,
 		seccomp:   d.seccomp,
+		res:       spec.Resources,
+		memsw:     d.memsw,
 		volatile:  d.volatile,
 	})
 	if err := writeSpec(m.layout.config(), s); err != nil {

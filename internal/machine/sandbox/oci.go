@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/hangar-ci/hangar/internal/machine"
 )
 
 // capabilities are Docker's default set without CAP_NET_RAW. sudo needs
@@ -30,7 +33,12 @@ var (
 const (
 	defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	nofileLimit = 16384 // must not exceed runc's own hard limit
-	pidsLimit   = 4096
+	// pidsLimit is a machine's pids limit when its Spec sets none.
+	pidsLimit = 4096
+	// runSize is the size of a machine's /run tmpfs.
+	runSize = 64 << 20
+	// cpuPeriod is the CFS period of a machine's CPU quota (100 ms).
+	cpuPeriod = 100000
 )
 
 // ociParams is what one machine's OCI config is made of.
@@ -47,6 +55,10 @@ type ociParams struct {
 	cgroup    string   // cgroup path
 	caps      []string // capabilities (bounding, effective, permitted)
 	seccomp   *specs.LinuxSeccomp
+	// res are the machine's limits; memsw is whether the host's memory
+	// cgroup limits memory+swap (swap accounting on).
+	res   machine.Resources
+	memsw bool
 	// volatile skips the overlays' syncs: their upper layers are thrown
 	// away with the machine, and dpkg syncs a lot.
 	volatile bool
@@ -83,10 +95,14 @@ func ociSpec(p ociParams) *specs.Spec {
 			Options: []string{"nosuid", "noexec", "nodev"}},
 		specs.Mount{Destination: "/sys", Type: "sysfs", Source: "sysfs",
 			Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		// The machine's own cgroups, read-only: JVMs and nproc-like tools
+		// read their limits there.
+		specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup",
+			Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
 		specs.Mount{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs",
-			Options: []string{"nosuid", "nodev", "mode=1777"}},
+			Options: tmpOptions(p.res.Disk)},
 		specs.Mount{Destination: "/run", Type: "tmpfs", Source: "tmpfs",
-			Options: []string{"nosuid", "nodev", "mode=755"}},
+			Options: []string{"nosuid", "nodev", "mode=755", "size=" + strconv.Itoa(runSize)}},
 		specs.Mount{Destination: "/home", Type: "bind", Source: l.home(),
 			Options: []string{"bind", "rw", "nodev"}},
 		specs.Mount{Destination: builderPath, Type: "bind", Source: p.builder,
@@ -115,7 +131,6 @@ func ociSpec(p ociParams) *specs.Spec {
 	}
 	env = append(env, "HANGAR_HOME="+builderHome, "HANGAR_USER="+builderUser)
 
-	pids := int64(pidsLimit)
 	return &specs.Spec{
 		Version: specs.Version,
 		Process: &specs.Process{
@@ -145,15 +160,51 @@ func ociSpec(p ociParams) *specs.Spec {
 				{Type: specs.NetworkNamespace, Path: p.netns},
 				{Type: specs.CgroupNamespace},
 			},
-			Resources: &specs.LinuxResources{
-				Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
-				Pids:    &specs.LinuxPids{Limit: &pids},
-			},
+			Resources:     resources(p.res, p.memsw),
 			MaskedPaths:   append(append([]string{}, defaultMaskedPaths...), p.masked...),
 			ReadonlyPaths: defaultReadonlyPaths,
 			Seccomp:       p.seccomp,
 		},
 	}
+}
+
+// tmpOptions are the mount options of /tmp, a tmpfs of size bytes (0: the
+// kernel's default, half the host's memory). Its files count towards the
+// machine's memory limit.
+func tmpOptions(size int64) []string {
+	opts := []string{"nosuid", "nodev", "mode=1777"}
+	if size > 0 {
+		opts = append(opts, "size="+strconv.FormatInt(size, 10))
+	}
+	return opts
+}
+
+// resources are the cgroup limits of a machine with res: no devices, and
+// the CPU, memory and pids limits res sets (pidsLimit if none). Without
+// swap accounting (memsw false) the memory limit leaves swap unlimited.
+func resources(res machine.Resources, memsw bool) *specs.LinuxResources {
+	pids := res.Pids
+	if pids <= 0 {
+		pids = pidsLimit
+	}
+	r := &specs.LinuxResources{
+		Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+		Pids:    &specs.LinuxPids{Limit: &pids},
+	}
+	if res.CPUs > 0 {
+		quota := max(int64(res.CPUs*cpuPeriod), 1000)
+		period := uint64(cpuPeriod)
+		r.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
+	}
+	if res.Memory > 0 {
+		limit := res.Memory
+		r.Memory = &specs.LinuxMemory{Limit: &limit}
+		if memsw {
+			swap := res.Memory // memory+swap: no swap at all
+			r.Memory.Swap = &swap
+		}
+	}
+	return r
 }
 
 // overlayVolatile reports whether the kernel has overlayfs's volatile

@@ -134,6 +134,10 @@ type Driver struct {
 	mark string
 	// cgroupRoots are the mount points of the cgroup hierarchies.
 	cgroupRoots []string
+	// memoryRoot is the v1 memory hierarchy's ("" if none: no OOM
+	// reports) and memsw whether it accounts swap (memory+swap limits).
+	memoryRoot string
+	memsw      bool
 	// rootLinks and rootBinds mirror the host's /bin, /lib... in every
 	// skeleton: symlinks are copied, real directories are bound read-only.
 	rootLinks map[string]string
@@ -211,6 +215,14 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if d.cgroupRoots, err = cgroupMounts(); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	for _, r := range d.cgroupRoots {
+		if _, err := os.Stat(filepath.Join(r, "memory.oom_control")); err == nil {
+			d.memoryRoot = r
+			_, err = os.Stat(filepath.Join(r, "memory.memsw.limit_in_bytes"))
+			d.memsw = err == nil
+			break
+		}
 	}
 	if err := os.MkdirAll(d.runcRoot, 0o700); err != nil {
 		return nil, fmt.Errorf("sandbox: create state dir: %w", err)
