@@ -1,0 +1,189 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hangar-ci/hangar/e2e/harness"
+)
+
+// hostSSHWorkflows are the workflows of the host-driver SSH tests.
+const hostSSHWorkflows = `
+workflows:
+  hold:
+    max_build_duration: 10
+    scripts:
+      - name: Artifacts
+        script: mkdir -p build && echo artifact > build/out.txt
+      - name: Hold
+        script: |
+          echo holding
+          sleep 300
+`
+
+// newHostSSHFixture is a host-driver server with SSH and an app with
+// hostSSHWorkflows: for what the sandbox does not change (the scripts, the
+// client's side, the builder's SSH server).
+func newHostSSHFixture(t *testing.T) *sshFixture {
+	for _, bin := range []string{"ssh", "bash"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("needs %s", bin)
+		}
+	}
+	s := harness.StartServer(t, harness.Options{Driver: "host", Args: []string{
+		"--ssh", "127.0.0.1:0", "--ssh-after-steps", "10m", "--ssh-handshake-timeout", "5s",
+	}})
+	f := &fixture{t: t, s: s, run: marker(), driver: "host"}
+	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": hostSSHWorkflows})
+	if r := s.Hangar("app", "add", "demo", "--repo", f.repo.Path); r.Code != 0 {
+		t.Fatalf("app add: %s", r.Stderr)
+	}
+	return &sshFixture{fixture: f, home: t.TempDir()}
+}
+
+// clientEnv is the environment of client commands: the clean HOME, and
+// TMPDIR (where the script makes its directory) when tmp is not empty.
+func (f *sshFixture) clientEnv(tmp string, more ...string) []string {
+	env := []string{"HOME=" + f.home, "PATH=" + os.Getenv("PATH"), "LANG=C.UTF-8"}
+	if tmp != "" {
+		env = append(env, "TMPDIR="+tmp)
+	}
+	return append(env, more...)
+}
+
+// runIn runs a command like run, with TMPDIR=tmp.
+func (f *sshFixture) runIn(tmp, name string, args ...string) harness.Result {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = f.clientEnv(tmp)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := harness.Result{Stdout: out.String(), Stderr: errb.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.Code = ee.ExitCode()
+	} else if err != nil {
+		f.t.Fatalf("%s: %v", name, err)
+	}
+	return r
+}
+
+// scriptDirs returns the script's temporary directories left in tmp.
+func scriptDirs(t *testing.T, tmp string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(tmp, "hangar-ssh.*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// startHostSSH starts a build that holds its machine and returns it with
+// its script.
+func startHostSSH(t *testing.T, f *sshFixture) (id int64, script string) {
+	t.Helper()
+	b := f.start("--workflow hold --ssh")
+	waitLog(t, f.fixture, b.ID, "holding")
+	f.waitSSH(b.ID)
+	t.Cleanup(func() { f.hangar(fmt.Sprintf("build cancel %d", b.ID)) })
+	return b.ID, f.script(b.ID)
+}
+
+func TestSSHScriptCleansUp(t *testing.T) {
+	f := newHostSSHFixture(t)
+	_, script := startHostSSH(t, f)
+	tmp := t.TempDir()
+
+	for _, c := range []struct {
+		name string
+		args []string
+		code int
+	}{
+		{"normal", []string{"true"}, 0},
+		{"failing command", []string{"false"}, 1},
+	} {
+		r := f.runIn(tmp, "bash", append([]string{script}, c.args...)...)
+		if r.Code != c.code || strings.Contains(r.Stderr, "unbound variable") {
+			t.Errorf("%s: exit %d, stderr %q; want %d", c.name, r.Code, r.Stderr, c.code)
+		}
+		if left := scriptDirs(t, tmp); len(left) != 0 {
+			t.Errorf("%s: the script left %v", c.name, left)
+		}
+	}
+
+	// A signal while the remote command runs: to the script's process
+	// group (Ctrl-C, a closed terminal) or to the script alone (kill).
+	for _, c := range []struct {
+		name  string
+		sig   syscall.Signal
+		group bool
+	}{
+		{"SIGINT to the process group", syscall.SIGINT, true},
+		{"SIGHUP to the process group", syscall.SIGHUP, true},
+		{"SIGTERM to the script", syscall.SIGTERM, false},
+		{"SIGINT to the script", syscall.SIGINT, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			// yes: its first line says the remote command runs.
+			cmd := exec.CommandContext(ctx, "bash", script, "yes")
+			cmd.Env = f.clientEnv(tmp)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			cmd.WaitDelay = 5 * time.Second // ssh may outlive a stuck script
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var errb bytes.Buffer
+			cmd.Stderr = &errb
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			// The remote command runs once it has said so.
+			line, _ := bufio.NewReader(out).ReadString('\n')
+			if line != "y\n" {
+				_ = cmd.Wait()
+				t.Fatalf("the command did not start: %q, stderr %q", line, errb.String())
+			}
+			if len(scriptDirs(t, tmp)) != 1 {
+				t.Errorf("while connected, want the script's one directory in %s", tmp)
+			}
+			pid := cmd.Process.Pid
+			if c.group {
+				pid = -pid
+			}
+			if err := syscall.Kill(pid, c.sig); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			err = cmd.Wait()
+			if ctx.Err() != nil {
+				t.Fatalf("the script did not end after %s", c.sig)
+			}
+			if err == nil {
+				t.Errorf("the script exited 0 after %s", c.sig)
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("the script took %s to end after %s", d, c.sig)
+			}
+			if strings.Contains(errb.String(), "unbound variable") {
+				t.Errorf("stderr: %s", errb.String())
+			}
+			if left := scriptDirs(t, tmp); len(left) != 0 {
+				t.Errorf("after %s the script left %v", c.sig, left)
+			}
+		})
+	}
+}
