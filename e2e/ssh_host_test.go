@@ -112,6 +112,7 @@ func TestSSHScriptCleansUp(t *testing.T) {
 	}{
 		{"normal", []string{"true"}, 0},
 		{"failing command", []string{"false"}, 1},
+		{"exit status", []string{"exit 7"}, 7},
 	} {
 		r := f.runIn(tmp, "bash", append([]string{script}, c.args...)...)
 		if r.Code != c.code || strings.Contains(r.Stderr, "unbound variable") {
@@ -185,5 +186,41 @@ func TestSSHScriptCleansUp(t *testing.T) {
 				t.Errorf("after %s the script left %v", c.sig, left)
 			}
 		})
+	}
+}
+
+// TestSSHScriptArgs: the script's arguments are a command line for the
+// remote shell, joined with spaces, as ssh's are.
+func TestSSHScriptArgs(t *testing.T) {
+	f := newHostSSHFixture(t)
+	id, script := startHostSSH(t, f)
+	r := f.run("bash", script, "printenv", "FCI_BUILD_DIR")
+	dir := strings.TrimSpace(r.Stdout)
+	if r.Code != 0 || dir == "" {
+		t.Fatalf("printenv FCI_BUILD_DIR: %d %q %q", r.Code, r.Stdout, r.Stderr)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"cd $FCI_BUILD_DIR && cat build/out.txt"}, "artifact\n"},
+		{[]string{"cd", "$FCI_BUILD_DIR", "&&", "pwd"}, dir + "\n"},
+		{[]string{"printenv", "FCI_BUILD_ID"}, fmt.Sprintf("%d\n", id)},
+		{[]string{"echo 'a  b' | wc -w"}, "2\n"},
+	} {
+		if r := f.run("bash", append([]string{script}, c.args...)...); r.Code != 0 || r.Stdout != c.want {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want %q", c.args, r.Code, r.Stdout, r.Stderr, c.want)
+		}
+	}
+	// The same as ssh itself.
+	cfg := filepath.Join(t.TempDir(), "cfg")
+	if r := f.hangar(fmt.Sprintf("build ssh-config %d --dir %s", id, cfg)); r.Code != 0 {
+		t.Fatalf("ssh-config: %s", r.Stderr)
+	}
+	alias := fmt.Sprintf("build-%d", id)
+	a := f.run("ssh", "-F", filepath.Join(cfg, "config"), alias, "cd", "$FCI_BUILD_DIR", "&&", "pwd")
+	b := f.run("bash", script, "cd", "$FCI_BUILD_DIR", "&&", "pwd")
+	if a != b {
+		t.Errorf("ssh %+v, the script %+v", a, b)
 	}
 }

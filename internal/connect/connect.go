@@ -88,6 +88,7 @@ var bashTmpl = template.Must(template.New("bash").Parse(`#!/usr/bin/env bash
 # build's machine; with arguments it runs them there and returns their exit status:
 #   bash this-script.sh                 # interactive shell (logging out finishes the build)
 #   bash this-script.sh printenv PATH   # one command
+#   bash this-script.sh 'cd $FCI_BUILD_DIR && ls'   # run by the remote shell, as with ssh
 # Everything it writes goes to a private temporary directory, removed on every
 # exit: normal, error, Ctrl-C, SIGTERM or a closed terminal (SIGHUP).
 set -u
@@ -150,9 +151,10 @@ hangar_main() {
 			hangar_ssh -F "$dir/config" {{.A.Alias}} || rc=$?
 		fi
 	else
-		local cmd
-		cmd=$(printf '%q ' "$@")
-		hangar_ssh -F "$dir/config" {{.A.Alias}} "$cmd" || rc=$?
+		# As with ssh HOST ARGS: the arguments, joined with spaces, are a
+		# command line for the remote shell.
+		local IFS=' '
+		hangar_ssh -F "$dir/config" {{.A.Alias}} "$*" || rc=$?
 	fi
 	if [ "$rc" -eq 255 ]; then
 		echo "hangar: could not connect to {{.A.Alias}} through {{.A.GatewayAddr}}. SSH access ends when the build ends; see the build's page or 'hangar build show {{.A.Build}}'." >&2
@@ -174,7 +176,8 @@ func (a *Access) Bash() string {
 
 var psTmpl = template.Must(template.New("ps").Parse(`# Hangar: SSH into build {{.A.Build}} of {{.A.App}} ({{.A.Alias}}), usable until {{.Expires}}.
 # For Windows' built-in OpenSSH client (ssh.exe). With no arguments it opens a
-# shell on the build's machine; with arguments it runs them there.
+# shell on the build's machine; with arguments it runs them there, joined with
+# spaces and run by the remote shell (as with ssh HOST ARGS).
 $ErrorActionPreference = 'Stop'
 if (-not (Get-Command ssh.exe -ErrorAction SilentlyContinue)) {
     Write-Error "hangar: this script needs Windows' OpenSSH client (Settings > Apps > Optional features > OpenSSH Client)"
