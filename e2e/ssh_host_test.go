@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -222,5 +224,84 @@ func TestSSHScriptArgs(t *testing.T) {
 	b := f.run("bash", script, "cd", "$FCI_BUILD_DIR", "&&", "pwd")
 	if a != b {
 		t.Errorf("ssh %+v, the script %+v", a, b)
+	}
+}
+
+// TestSSHAgentForwarding: -A forwards the user's agent, and nothing else
+// does; the agent's keys are never offered to authenticate.
+func TestSSHAgentForwarding(t *testing.T) {
+	for _, bin := range []string{"ssh-agent", "ssh-add", "ssh-keygen"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("needs %s", bin)
+		}
+	}
+	f := newHostSSHFixture(t)
+	id, script := startHostSSH(t, f)
+	dir := filepath.Join(t.TempDir(), "cfg")
+	if r := f.hangar(fmt.Sprintf("build ssh-config %d --dir %s", id, dir)); r.Code != 0 {
+		t.Fatalf("ssh-config: %s", r.Stderr)
+	}
+	cfg := filepath.Join(dir, "config")
+	alias := fmt.Sprintf("build-%d", id)
+
+	// The user's agent, with a key of its own.
+	tmp := t.TempDir()
+	sock := filepath.Join(tmp, "agent.sock")
+	out, err := exec.Command("ssh-agent", "-s", "-a", sock).Output()
+	if err != nil {
+		t.Fatalf("ssh-agent: %v", err)
+	}
+	m := regexp.MustCompile(`SSH_AGENT_PID=(\d+)`).FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("ssh-agent said %q", out)
+	}
+	agentPID, _ := strconv.Atoi(m[1])
+	t.Cleanup(func() { _ = syscall.Kill(agentPID, syscall.SIGTERM) })
+	key := filepath.Join(tmp, "id_agent")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "agent-only-key", "-f", key).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v %s", err, out)
+	}
+	add := exec.Command("ssh-add", key)
+	add.Env = []string{"SSH_AUTH_SOCK=" + sock, "PATH=" + os.Getenv("PATH")}
+	if out, err := add.CombinedOutput(); err != nil {
+		t.Fatalf("ssh-add: %v %s", err, out)
+	}
+
+	run := func(args ...string) harness.Result {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+		cmd.Env = f.clientEnv("", "SSH_AUTH_SOCK="+sock)
+		var o, e bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &o, &e
+		err := cmd.Run()
+		r := harness.Result{Stdout: o.String(), Stderr: e.String()}
+		if ee, ok := err.(*exec.ExitError); ok {
+			r.Code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		return r
+	}
+	if r := run("ssh", "-F", cfg, "-A", alias, "ssh-add -l"); r.Code != 0 || !strings.Contains(r.Stdout, "agent-only-key") {
+		t.Errorf("ssh -A: ssh-add -l: %d %q %q, want the agent's key", r.Code, r.Stdout, r.Stderr)
+	}
+	if r := run("ssh", "-F", cfg, "-o", "ForwardAgent=yes", alias, "ssh-add -l"); r.Code != 0 || !strings.Contains(r.Stdout, "agent-only-key") {
+		t.Errorf("ssh -o ForwardAgent=yes: ssh-add -l: %d %q %q, want the agent's key", r.Code, r.Stdout, r.Stderr)
+	}
+	// Not by default, neither with ssh nor with the script.
+	for _, args := range [][]string{{"ssh", "-F", cfg, alias, "ssh-add -l"}, {"bash", script, "ssh-add -l"}} {
+		if r := run(args...); r.Code != 2 || strings.Contains(r.Stdout, "agent-only-key") || r.Stderr == "" {
+			t.Errorf("%v: %d %q %q, want no agent (exit 2)", args, r.Code, r.Stdout, r.Stderr)
+		}
+	}
+	// Only the build's key is offered, to the builder and to the gateway.
+	r := run("ssh", "-v", "-F", cfg, "-A", "-o", "ProxyJump=none", "-o", "User="+alias, "-W", alias+":22", "hangar-gateway-"+alias)
+	r2 := run("ssh", "-v", "-F", cfg, "-A", alias, "true")
+	for _, x := range []harness.Result{r, r2} {
+		if strings.Contains(x.Stderr, "agent-only-key") || !strings.Contains(x.Stderr, "Offering public key") {
+			t.Errorf("the client offered the agent's key, or none:\n%s", x.Stderr)
+		}
 	}
 }

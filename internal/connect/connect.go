@@ -60,7 +60,11 @@ func (a *Access) Config(dir string) string {
 		fmt.Fprintf(&b, "  IdentityFile \"%s/key\"\n", dir)
 		fmt.Fprintf(&b, "  CertificateFile \"%s/key-cert.pub\"\n", dir)
 		fmt.Fprintf(&b, "  UserKnownHostsFile \"%s/known_hosts\"\n", dir)
-		b.WriteString("  IdentitiesOnly yes\n  IdentityAgent none\n  PreferredAuthentications publickey\n")
+		// Only the build's key and certificate authenticate: IdentitiesOnly
+		// keeps the user's agent keys from being offered. The agent itself
+		// stays reachable for forwarding, which only -A (or ForwardAgent
+		// yes given by the user) turns on.
+		b.WriteString("  IdentitiesOnly yes\n  ForwardAgent no\n  PreferredAuthentications publickey\n")
 		b.WriteString("  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n")
 		b.WriteString("  GlobalKnownHostsFile none\n  StrictHostKeyChecking yes\n  UpdateHostKeys no\n")
 		fmt.Fprintf(&b, "  HostKeyAlias %s\n", keyAlias)
