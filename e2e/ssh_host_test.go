@@ -225,6 +225,23 @@ func TestSSHScriptArgs(t *testing.T) {
 	if a != b {
 		t.Errorf("ssh %+v, the script %+v", a, b)
 	}
+
+	// Copies: paths are relative to the clone, where sessions start, as
+	// the docs show (build-12:build/).
+	conf := filepath.Join(cfg, "config")
+	local := t.TempDir()
+	if r := f.run("scp", "-F", conf, alias+":build/out.txt", filepath.Join(local, "scp.txt")); r.Code != 0 {
+		t.Errorf("scp: %s", r.Stderr)
+	} else if got, _ := os.ReadFile(filepath.Join(local, "scp.txt")); string(got) != "artifact\n" {
+		t.Errorf("scp copied %q", got)
+	}
+	if _, err := exec.LookPath("rsync"); err == nil {
+		if r := f.run("rsync", "-e", "ssh -F "+conf, "-a", alias+":build/", local+"/rsync/"); r.Code != 0 {
+			t.Errorf("rsync: %s", r.Stderr)
+		} else if got, _ := os.ReadFile(filepath.Join(local, "rsync", "out.txt")); string(got) != "artifact\n" {
+			t.Errorf("rsync copied %q", got)
+		}
+	}
 }
 
 // TestSSHAgentForwarding: -A forwards the user's agent, and nothing else
