@@ -5,12 +5,14 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -319,6 +321,97 @@ func TestSSHAgentForwarding(t *testing.T) {
 	for _, x := range []harness.Result{r, r2} {
 		if strings.Contains(x.Stderr, "agent-only-key") || !strings.Contains(x.Stderr, "Offering public key") {
 			t.Errorf("the client offered the agent's key, or none:\n%s", x.Stderr)
+		}
+	}
+}
+
+// TestSSHToldWhyBeforeClose: a session open when the build is canceled is
+// told why in its terminal before the connection closes.
+func TestSSHToldWhyBeforeClose(t *testing.T) {
+	f := newHostSSHFixture(t)
+	id, _ := startHostSSH(t, f)
+	dir := filepath.Join(t.TempDir(), "cfg")
+	if r := f.hangar(fmt.Sprintf("build ssh-config %d --dir %s", id, dir)); r.Code != 0 {
+		t.Fatalf("ssh-config: %s", r.Stderr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// A login session on a pty (-tt: no terminal here).
+	cmd := exec.CommandContext(ctx, "ssh", "-F", filepath.Join(dir, "config"), "-tt", fmt.Sprintf("build-%d", id))
+	cmd.Env = f.clientEnv("")
+	cmd.WaitDelay = 5 * time.Second
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	var out syncBuf
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	_, _ = io.WriteString(stdin, "echo ready-$((6*7))\n")
+	if !out.waitFor("ready-42", 30*time.Second, done) {
+		t.Fatalf("the shell did not answer:\n%s", out.String())
+	}
+	f.hangar(fmt.Sprintf("build cancel %d", id))
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatalf("the session did not end after cancel:\n%s", out.String())
+	}
+	got := out.String()
+	if !strings.Contains(got, "*** Hangar:") || !strings.Contains(got, "canceled") {
+		t.Errorf("the session was closed without a word of why:\n%s", got)
+	}
+}
+
+// syncBuf is a buffer a command writes and a test reads.
+type syncBuf struct {
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changed chan struct{} // closed and replaced at each write
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitFor waits until the buffer holds want, the command ends (done) or
+// within passes.
+func (s *syncBuf) waitFor(want string, within time.Duration, done <-chan error) bool {
+	timeout := time.After(within)
+	for {
+		s.mu.Lock()
+		if strings.Contains(s.b.String(), want) {
+			s.mu.Unlock()
+			return true
+		}
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case err := <-done:
+			return strings.Contains(s.String(), want) && err == nil
+		case <-timeout:
+			return false
 		}
 	}
 }
