@@ -315,13 +315,13 @@ func (s *Server) notify(conns []*conn, msg string) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	for _, c := range conns {
-		for _, ch := range c.ptyChannels() {
+		for _, s := range c.ptySessions() {
 			wg.Add(1)
 			// A write blocks while the client's window is full; it ends at
 			// the latest when the connection closes.
 			go func() {
 				defer wg.Done()
-				_, _ = ch.Write(text)
+				s.notice(text)
 			}()
 		}
 	}
@@ -382,17 +382,17 @@ func (c *conn) removeSession(s *session) {
 	delete(c.sessions, s)
 }
 
-// ptyChannels returns the channels of this connection's running pty sessions.
-func (c *conn) ptyChannels() []ssh.Channel {
+// ptySessions returns this connection's running pty sessions.
+func (c *conn) ptySessions() []*session {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var chs []ssh.Channel
+	var ss []*session
 	for s := range c.sessions {
 		if s.ptyRunning() {
-			chs = append(chs, s.ch)
+			ss = append(ss, s)
 		}
 	}
-	return chs
+	return ss
 }
 
 // maxChannels bounds the open session and direct-tcpip channels of one

@@ -50,6 +50,12 @@ type session struct {
 	hungUp atomic.Bool   // hangup signalled the process while it ran
 	done   chan struct{} // closed when run has finished
 
+	// eof orders notices (Write, read lock) before the end of output
+	// (CloseWrite, write lock): x/crypto's channel does not allow both at
+	// once.
+	eof     sync.RWMutex
+	eofSent bool // guarded by eof
+
 	mu      sync.Mutex
 	pid     int         // guarded by mu: process (and group) id; 0 before start
 	onPTY   bool        // guarded by mu: the process runs on the pty
@@ -85,6 +91,16 @@ func (c *conn) handleSession(nch ssh.NewChannel) {
 	}
 	s.hangup()
 	<-s.done
+}
+
+// notice writes text to the session's terminal unless its output has
+// ended.
+func (s *session) notice(text []byte) {
+	s.eof.RLock()
+	defer s.eof.RUnlock()
+	if !s.eofSent {
+		_, _ = s.ch.Write(text)
+	}
 }
 
 // ptyRunning reports whether s is a pty session whose process runs.
@@ -353,7 +369,10 @@ func (s *session) run(cmd *exec.Cmd, usePTY bool, stdinW, stdoutR, stderrR *os.F
 // session holds.
 func (s *session) finish(cmd *exec.Cmd, agent *agentSocket) {
 	defer close(s.done)
+	s.eof.Lock()
 	_ = s.ch.CloseWrite()
+	s.eofSent = true
+	s.eof.Unlock()
 	var ws syscall.WaitStatus
 	if cmd.ProcessState != nil {
 		ws, _ = cmd.ProcessState.Sys().(syscall.WaitStatus)
