@@ -356,6 +356,18 @@ func TestSSHToldWhyBeforeClose(t *testing.T) {
 	if !out.waitFor("ready-42", 30*time.Second, done) {
 		t.Fatalf("the shell did not answer:\n%s", out.String())
 	}
+	// A process a command left running outlives the command, not the build.
+	conf := filepath.Join(dir, "config")
+	alias := fmt.Sprintf("build-%d", id)
+	r := f.run("ssh", "-F", conf, alias, "nohup sleep 3600 >/dev/null 2>&1 & echo $!")
+	pid := strings.TrimSpace(r.Stdout)
+	if r.Code != 0 || pid == "" {
+		t.Fatalf("background command: %+v", r)
+	}
+	if r := f.run("ssh", "-F", conf, alias, "kill -0 "+pid); r.Code != 0 {
+		t.Errorf("the background process ended with its command: %+v", r)
+	}
+
 	f.hangar(fmt.Sprintf("build cancel %d", id))
 	select {
 	case <-done:
@@ -365,6 +377,11 @@ func TestSSHToldWhyBeforeClose(t *testing.T) {
 	got := out.String()
 	if !strings.Contains(got, "*** Hangar:") || !strings.Contains(got, "canceled") {
 		t.Errorf("the session was closed without a word of why:\n%s", got)
+	}
+	f.wait(id, time.Minute)
+	// The host driver's machine is a process of ours: its pids are ours.
+	if stat, err := os.ReadFile("/proc/" + pid + "/stat"); err == nil && !strings.Contains(string(stat), ") Z ") {
+		t.Errorf("the background process %s outlived the build: %s", pid, stat)
 	}
 }
 
