@@ -157,8 +157,8 @@ func TestSSH(t *testing.T) {
 			{[]string{"printenv", "E2E_EXPORTED"}, "exported-by-step\n", 0},
 			{[]string{"sudo", "-n", "true"}, "", 0},
 			{[]string{"whoami"}, "builder\n", 0},
-			{[]string{"bash", "-c", "exit 7"}, "", 7},
-			{[]string{"sh", "-c", "cd $FCI_BUILD_DIR && git rev-parse --is-inside-work-tree"}, "true\n", 0},
+			{[]string{"exit 7"}, "", 7},
+			{[]string{"cd $FCI_BUILD_DIR && git rev-parse --is-inside-work-tree"}, "true\n", 0},
 		} {
 			r := f.run("bash", append([]string{script}, c.args...)...)
 			if r.Code != c.code || (c.want != "" && r.Stdout != c.want) {

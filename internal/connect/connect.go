@@ -60,7 +60,11 @@ func (a *Access) Config(dir string) string {
 		fmt.Fprintf(&b, "  IdentityFile \"%s/key\"\n", dir)
 		fmt.Fprintf(&b, "  CertificateFile \"%s/key-cert.pub\"\n", dir)
 		fmt.Fprintf(&b, "  UserKnownHostsFile \"%s/known_hosts\"\n", dir)
-		b.WriteString("  IdentitiesOnly yes\n  IdentityAgent none\n  PreferredAuthentications publickey\n")
+		// Only the build's key and certificate authenticate: IdentitiesOnly
+		// keeps the user's agent keys from being offered. The agent itself
+		// stays reachable for forwarding, which only -A (or ForwardAgent
+		// yes given by the user) turns on.
+		b.WriteString("  IdentitiesOnly yes\n  ForwardAgent no\n  PreferredAuthentications publickey\n")
 		b.WriteString("  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n")
 		b.WriteString("  GlobalKnownHostsFile none\n  StrictHostKeyChecking yes\n  UpdateHostKeys no\n")
 		fmt.Fprintf(&b, "  HostKeyAlias %s\n", keyAlias)
@@ -88,18 +92,50 @@ var bashTmpl = template.Must(template.New("bash").Parse(`#!/usr/bin/env bash
 # build's machine; with arguments it runs them there and returns their exit status:
 #   bash this-script.sh                 # interactive shell (logging out finishes the build)
 #   bash this-script.sh printenv PATH   # one command
-# Everything it writes goes to a private temporary directory, removed on exit.
+#   bash this-script.sh 'cd $FCI_BUILD_DIR && ls'   # run by the remote shell, as with ssh
+# Everything it writes goes to a private temporary directory, removed on every
+# exit: normal, error, Ctrl-C, SIGTERM or a closed terminal (SIGHUP).
+set -u
+hangar_dir=
+hangar_pid=
+hangar_cleanup() {
+	if [ -n "$hangar_dir" ]; then
+		rm -rf "$hangar_dir"
+		hangar_dir=
+	fi
+}
+# A signal ends ssh (which runs in the background so that the signal is
+# handled at once) and the script; the EXIT trap removes the directory.
+hangar_stop() {
+	trap '' INT TERM HUP
+	if [ -n "$hangar_pid" ]; then
+		kill -TERM "$hangar_pid" 2>/dev/null
+		wait "$hangar_pid" 2>/dev/null
+	fi
+	exit "$1"
+}
+trap hangar_cleanup EXIT
+trap 'hangar_stop 130' INT
+trap 'hangar_stop 143' TERM
+trap 'hangar_stop 129' HUP
+# hangar_ssh runs ssh with the script's stdin (or what is redirected) and
+# waits for it; a trapped signal interrupts the wait.
+hangar_ssh() {
+	ssh "$@" <&0 &
+	hangar_pid=$!
+	local rc=0
+	wait "$hangar_pid" || rc=$?
+	hangar_pid=
+	return "$rc"
+}
 hangar_main() {
-	set -u
 	if ! command -v ssh >/dev/null 2>&1; then
 		echo "hangar: this script needs OpenSSH's ssh client (Debian/Ubuntu: apt-get install openssh-client)" >&2
 		return 127
 	fi
 	umask 077
-	local dir
-	dir=$(mktemp -d "${TMPDIR:-/tmp}/hangar-ssh.XXXXXXXX") || return 1
-	trap 'rm -rf "$dir"' EXIT
-	trap 'exit 130' INT TERM HUP
+	hangar_dir=$(mktemp -d "${TMPDIR:-/tmp}/hangar-ssh.XXXXXXXX") || return 1
+	local dir=$hangar_dir
 	cat >"$dir/key" <<'HANGAR_KEY_EOF'
 {{.F.Key}}HANGAR_KEY_EOF
 	cat >"$dir/key-cert.pub" <<'HANGAR_CERT_EOF'
@@ -112,16 +148,17 @@ hangar_main() {
 	if [ $# -eq 0 ]; then
 		# A shell reads the terminal, even when this script came through a pipe.
 		if [ -t 0 ]; then
-			ssh -F "$dir/config" -t {{.A.Alias}} || rc=$?
+			hangar_ssh -F "$dir/config" -t {{.A.Alias}} || rc=$?
 		elif { : </dev/tty; } 2>/dev/null; then
-			ssh -F "$dir/config" -t {{.A.Alias}} </dev/tty || rc=$?
+			hangar_ssh -F "$dir/config" -t {{.A.Alias}} </dev/tty || rc=$?
 		else
-			ssh -F "$dir/config" {{.A.Alias}} || rc=$?
+			hangar_ssh -F "$dir/config" {{.A.Alias}} || rc=$?
 		fi
 	else
-		local cmd
-		cmd=$(printf '%q ' "$@")
-		ssh -F "$dir/config" {{.A.Alias}} "$cmd" || rc=$?
+		# As with ssh HOST ARGS: the arguments, joined with spaces, are a
+		# command line for the remote shell.
+		local IFS=' '
+		hangar_ssh -F "$dir/config" {{.A.Alias}} "$*" || rc=$?
 	fi
 	if [ "$rc" -eq 255 ]; then
 		echo "hangar: could not connect to {{.A.Alias}} through {{.A.GatewayAddr}}. SSH access ends when the build ends; see the build's page or 'hangar build show {{.A.Build}}'." >&2
@@ -143,7 +180,8 @@ func (a *Access) Bash() string {
 
 var psTmpl = template.Must(template.New("ps").Parse(`# Hangar: SSH into build {{.A.Build}} of {{.A.App}} ({{.A.Alias}}), usable until {{.Expires}}.
 # For Windows' built-in OpenSSH client (ssh.exe). With no arguments it opens a
-# shell on the build's machine; with arguments it runs them there.
+# shell on the build's machine; with arguments it runs them there, joined with
+# spaces and run by the remote shell (as with ssh HOST ARGS).
 $ErrorActionPreference = 'Stop'
 if (-not (Get-Command ssh.exe -ErrorAction SilentlyContinue)) {
     Write-Error "hangar: this script needs Windows' OpenSSH client (Settings > Apps > Optional features > OpenSSH Client)"

@@ -109,11 +109,34 @@ func (g *Gateway) Open(alias string, key ssh.PublicKey) {
 
 // Revoke closes alias's access: its credentials are refused from now on
 // (with reason as the message), its user connections are closed and its
-// route is dropped.
+// route is dropped. It is Drain and Disconnect at once.
 func (g *Gateway) Revoke(alias, reason string) {
+	g.Drain(alias, reason)
+	g.Disconnect(alias)
+}
+
+// Drain closes alias's access to newcomers: its credentials are refused
+// from now on (with reason as the message) and its open connections may
+// open no new channel, but they, their channels and the route stay, so
+// that the builder can tell its sessions why they end before it closes
+// them. Disconnect (or Revoke) ends them.
+func (g *Gateway) Drain(alias, reason string) {
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	e := g.entryLocked(alias)
 	e.open, e.reason = false, reason
+}
+
+// Disconnect closes the user connections of alias and drops its route,
+// if its access is closed (Drain, Revoke); it does nothing while access
+// is open.
+func (g *Gateway) Disconnect(alias string) {
+	g.mu.Lock()
+	e := g.builds[alias]
+	if e == nil || e.open {
+		g.mu.Unlock()
+		return
+	}
 	users := e.users
 	e.users = make(map[*ssh.ServerConn]struct{})
 	route := e.route
@@ -379,8 +402,12 @@ func (g *Gateway) handle(nc net.Conn, cfg *ssh.ServerConfig, handshook func()) {
 			continue
 		}
 		g.mu.Lock()
-		route := e.route
+		route, open, reason := e.route, e.open, e.reason
 		g.mu.Unlock()
+		if !open {
+			_ = nch.Reject(ssh.Prohibited, "SSH access to "+alias+" is closed: "+reason)
+			continue
+		}
 		if route == nil {
 			_ = nch.Reject(ssh.ConnectionFailed, alias+"'s machine is not connected to the gateway (yet): try again in a few seconds")
 			continue

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -287,5 +288,85 @@ func TestForwardUsesDataConnection(t *testing.T) {
 	// Other targets are refused.
 	if _, err := c.Dial("tcp", "build-6:22"); err == nil {
 		t.Error("build-5's credential reached build-6")
+	}
+}
+
+// TestDrainKeepsOpenConnections: Drain refuses newcomers and new channels
+// at once, but what is open stays until Disconnect.
+func TestDrainKeepsOpenConnections(t *testing.T) {
+	gw, ls, ca, gwAddr, linkAddr, linkHost := setup(t)
+	pub, priv := builderKey(t)
+	exp, err := ls.Expect("build-9", pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer exp.Close()
+	cred, _ := ca.Issue("build-9", time.Now().Add(time.Hour))
+	gw.Open("build-9", cred.PublicKey)
+	tun := &link.Tunnel{
+		Hello: &link.Hello{Name: "build-9", Addr: linkAddr, HostKey: linkHost, Key: priv},
+		Alias: "build-9",
+		Serve: func(c net.Conn) { // an echo server
+			defer c.Close()
+			_, _ = io.Copy(c, c)
+		},
+	}
+	ctx, cancel := contextWithTimeout(20 * time.Second)
+	defer cancel()
+	go tun.Run(ctx)
+	for deadline := time.Now().Add(5 * time.Second); !gw.Routed("build-9"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no route")
+		}
+	}
+	key, _ := ssh.ParsePrivateKey(cred.PrivateKey)
+	signer, _ := ssh.NewCertSigner(cred.Certificate, key)
+	dial := func() (*ssh.Client, error) {
+		return ssh.Dial("tcp", gwAddr, &ssh.ClientConfig{User: "build-9", Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+			HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 5 * time.Second})
+	}
+	c, err := dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	nc, err := c.Dial("tcp", "build-9:22")
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo := func() error {
+		if _, err := nc.Write([]byte("ping")); err != nil {
+			return err
+		}
+		buf := make([]byte, 4)
+		_, err := io.ReadFull(nc, buf)
+		return err
+	}
+	if err := echo(); err != nil {
+		t.Fatal(err)
+	}
+
+	gw.Drain("build-9", "build 9 was canceled")
+	if c2, err := dial(); err == nil {
+		c2.Close()
+		t.Error("a new connection was admitted after Drain")
+	}
+	if _, err := c.Dial("tcp", "build-9:22"); err == nil || !strings.Contains(err.Error(), "canceled") {
+		t.Errorf("a new channel after Drain: %v, want refused with the reason", err)
+	}
+	if err := echo(); err != nil {
+		t.Errorf("the open channel broke at Drain: %v", err)
+	}
+
+	gw.Disconnect("build-9")
+	waited := make(chan error, 1)
+	go func() { waited <- c.Wait() }()
+	select {
+	case <-waited:
+	case <-ctx.Done():
+		t.Fatal("the connection is still open after Disconnect")
+	}
+	if gw.Routed("build-9") {
+		t.Error("the route is still there after Disconnect")
 	}
 }

@@ -135,10 +135,16 @@ func (j *job) rules(ev access.Event) {
 				_ = j.conn.Send(link.Command{Type: link.SSHNotice, Text: e.Text})
 			}
 		case access.Revoke:
-			s.cfg.Gateway.Revoke(s.alias, e.Text)
-			if j.conn != nil {
-				_ = j.conn.Send(link.Command{Type: link.SSHClose, Text: "Hangar: " + e.Text})
+			// Newcomers are refused at once; the open connections stay
+			// until the builder has told its sessions why they end and
+			// closed them (SSHRevoked), at most RevokeTimeout.
+			s.cfg.Gateway.Drain(s.alias, e.Text)
+			if j.conn != nil && j.conn.Send(link.Command{Type: link.SSHClose, Text: "Hangar: " + e.Text}) == nil {
 				s.closeSent = true
+				gw, alias := s.cfg.Gateway, s.alias
+				j.r.clock.AfterFunc(j.r.cfg.RevokeTimeout, func() { gw.Disconnect(alias) })
+			} else {
+				s.cfg.Gateway.Disconnect(s.alias)
 			}
 			j.logs.Printf(lastStarted(j.b), "hangar: SSH access closed: %s", e.Text)
 			if err := s.cfg.Store.AddEvent(context.Background(), j.b.ID, build.Event{Kind: "ssh_closed", Data: map[string]string{"reason": e.Text}}); err != nil {
@@ -191,6 +197,7 @@ func (j *job) onBuilderSSH(ev link.Event) {
 	}
 	if ev.Kind == link.SSHRevoked {
 		s.revoked = true
+		s.cfg.Gateway.Disconnect(s.alias) // what the builder left open
 		return
 	}
 	data := map[string]string{"via": "builder"}
@@ -234,13 +241,16 @@ func (j *job) endAccess(final build.Status) {
 	j.armWake(time.Time{})
 	// Refuse from now on with the build's end as the reason, even if
 	// access closed earlier for another.
-	s.cfg.Gateway.Revoke(s.alias, msg)
+	s.cfg.Gateway.Drain(s.alias, msg)
 	// Keep the refusal's message for a while, then forget the build.
 	j.r.clock.AfterFunc(forgetAfter, func() { s.cfg.Gateway.Forget(s.alias, s.key) })
 	if err := s.cfg.Store.DestroySSHKey(context.Background(), j.b.ID); err != nil {
 		j.log.Error("destroy SSH key", "err", err)
 	}
+	// The builder tells the sessions why they end and closes them; then
+	// the gateway closes what is left.
 	j.awaitRevoked()
+	s.cfg.Gateway.Disconnect(s.alias)
 }
 
 // awaitRevoked waits until the builder has confirmed the SSHClose it was

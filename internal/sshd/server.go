@@ -92,8 +92,10 @@ type Server struct {
 	// returns) and bounds them by MaxConns.
 	life netx.Tracker
 
-	mu    sync.Mutex
-	conns map[*conn]struct{} // guarded by mu: connections past the handshake's start, for Notice
+	mu         sync.Mutex
+	conns      map[*conn]struct{} // guarded by mu: connections past the handshake's start, for Notice
+	stragglers []int              // guarded by mu: process groups that outlived their command, until the server closes
+	closed     bool               // guarded by mu: the stragglers have been ended; later ones are ended at once
 }
 
 // Event kinds.
@@ -266,7 +268,8 @@ func (s *Server) Notice(msg string) {
 
 // CloseAll revokes access: it stops accepting (closes the listeners given
 // to Serve), writes msg (as Notice does, unless empty) to every pty
-// session, then closes every connection, which ends their processes.
+// session, then closes every connection, which ends their processes, and
+// ends the processes that commands left running (`nohup cmd &`).
 // Later ServeConn calls refuse their connection at once. CloseAll does not
 // wait for the connections' goroutines to finish.
 func (s *Server) CloseAll(msg string) {
@@ -275,19 +278,25 @@ func (s *Server) CloseAll(msg string) {
 		s.notify(s.snapshot(), msg)
 	}
 	_ = s.life.Close()
+	s.killStragglers()
 }
 
 // Close is CloseAll without a message: it closes the listeners and every
-// connection now.
+// connection now, and ends the processes that commands left running.
 func (s *Server) Close() error {
-	return s.life.Close()
+	err := s.life.Close()
+	s.killStragglers()
+	return err
 }
 
 // Shutdown stops accepting connections, then waits until every connection
 // has ended by itself and ServeConn has returned for it (its processes
 // ended), or ctx ends: then it closes the rest and returns ctx's error.
+// Either way it then ends the processes that commands left running.
 func (s *Server) Shutdown(ctx context.Context) error {
-	return s.life.Shutdown(ctx)
+	err := s.life.Shutdown(ctx)
+	s.killStragglers()
+	return err
 }
 
 // snapshot returns the open connections.
@@ -306,13 +315,13 @@ func (s *Server) notify(conns []*conn, msg string) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	for _, c := range conns {
-		for _, ch := range c.ptyChannels() {
+		for _, s := range c.ptySessions() {
 			wg.Add(1)
 			// A write blocks while the client's window is full; it ends at
 			// the latest when the connection closes.
 			go func() {
 				defer wg.Done()
-				_, _ = ch.Write(text)
+				s.notice(text)
 			}()
 		}
 	}
@@ -373,17 +382,17 @@ func (c *conn) removeSession(s *session) {
 	delete(c.sessions, s)
 }
 
-// ptyChannels returns the channels of this connection's running pty sessions.
-func (c *conn) ptyChannels() []ssh.Channel {
+// ptySessions returns this connection's running pty sessions.
+func (c *conn) ptySessions() []*session {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var chs []ssh.Channel
+	var ss []*session
 	for s := range c.sessions {
 		if s.ptyRunning() {
-			chs = append(chs, s.ch)
+			ss = append(ss, s)
 		}
 	}
-	return chs
+	return ss
 }
 
 // maxChannels bounds the open session and direct-tcpip channels of one

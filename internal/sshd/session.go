@@ -47,7 +47,14 @@ type session struct {
 	login   bool     // a login shell: pty + shell
 
 	exited atomic.Bool   // the process has been reaped
+	hungUp atomic.Bool   // hangup signalled the process while it ran
 	done   chan struct{} // closed when run has finished
+
+	// eof orders notices (Write, read lock) before the end of output
+	// (CloseWrite, write lock): x/crypto's channel does not allow both at
+	// once.
+	eof     sync.RWMutex
+	eofSent bool // guarded by eof
 
 	mu      sync.Mutex
 	pid     int         // guarded by mu: process (and group) id; 0 before start
@@ -84,6 +91,16 @@ func (c *conn) handleSession(nch ssh.NewChannel) {
 	}
 	s.hangup()
 	<-s.done
+}
+
+// notice writes text to the session's terminal unless its output has
+// ended.
+func (s *session) notice(text []byte) {
+	s.eof.RLock()
+	defer s.eof.RUnlock()
+	if !s.eofSent {
+		_, _ = s.ch.Write(text)
+	}
 }
 
 // ptyRunning reports whether s is a pty session whose process runs.
@@ -352,7 +369,10 @@ func (s *session) run(cmd *exec.Cmd, usePTY bool, stdinW, stdoutR, stderrR *os.F
 // session holds.
 func (s *session) finish(cmd *exec.Cmd, agent *agentSocket) {
 	defer close(s.done)
+	s.eof.Lock()
 	_ = s.ch.CloseWrite()
+	s.eofSent = true
+	s.eof.Unlock()
 	var ws syscall.WaitStatus
 	if cmd.ProcessState != nil {
 		ws, _ = cmd.ProcessState.Sys().(syscall.WaitStatus)
@@ -377,10 +397,16 @@ func (s *session) finish(cmd *exec.Cmd, agent *agentSocket) {
 		s.ptm.Close()
 	}
 	agent.close()
-	// Stragglers in the process group (`cmd &`) live on until the
-	// connection closes, as with sshd; then they are killed.
+	// Stragglers in the process group (`nohup cmd &`) of a process that
+	// ended by itself live on, as with sshd, until the server closes (the
+	// build ends). Those of a process hung up because its client went
+	// away are ended with the connection.
 	if pid := cmd.Process.Pid; unix.Kill(-pid, 0) == nil {
-		s.c.addStraggler(pid)
+		if s.hungUp.Load() {
+			s.c.addStraggler(pid)
+		} else {
+			s.c.srv.addStraggler(pid)
+		}
 	}
 	if s.login {
 		s.c.srv.logins.Add(-1)
@@ -428,6 +454,7 @@ func (s *session) hangup() {
 	s.closers = nil
 	s.mu.Unlock()
 	if pid != 0 && !s.exited.Load() {
+		s.hungUp.Store(true)
 		_ = unix.Kill(-pid, unix.SIGHUP)
 		_ = unix.Kill(-pid, unix.SIGCONT)
 		timer := time.AfterFunc(killGrace, func() {
@@ -459,13 +486,43 @@ func (c *conn) addStraggler(pgid int) {
 	c.stragglers = append(c.stragglers, pgid)
 }
 
-// killStragglers ends the process groups that outlived their sessions:
-// SIGHUP, then SIGKILL to those left after killGrace.
+// killStragglers ends the process groups of hung-up sessions that outlived
+// them.
 func (c *conn) killStragglers() {
 	c.mu.Lock()
 	groups := c.stragglers
 	c.stragglers = nil
 	c.mu.Unlock()
+	killGroups(groups)
+}
+
+// addStraggler remembers a process group that outlived its command, for
+// the server's end.
+func (s *Server) addStraggler(pgid int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		go killGroups([]int{pgid})
+		return
+	}
+	// Forget the groups that have ended since.
+	s.stragglers = slices.DeleteFunc(s.stragglers, func(g int) bool { return unix.Kill(-g, 0) != nil })
+	s.stragglers = append(s.stragglers, pgid)
+}
+
+// killStragglers ends the process groups that outlived their commands.
+func (s *Server) killStragglers() {
+	s.mu.Lock()
+	groups := s.stragglers
+	s.stragglers = nil
+	s.closed = true
+	s.mu.Unlock()
+	killGroups(groups)
+}
+
+// killGroups ends process groups: SIGHUP, then SIGKILL to those left after
+// killGrace.
+func killGroups(groups []int) {
 	var alive []int
 	for _, g := range groups {
 		if unix.Kill(-g, unix.SIGHUP) == nil {

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -630,4 +631,59 @@ func alive(pid int) bool {
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+// bgServer is a TCP server that a command starts in the background: it
+// prints "PORT PID" once it listens (to a pipe the command reads one line
+// of), then answers each connection with "hello".
+const bgServer = `
+import os, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(8)
+print(s.getsockname()[1], os.getpid(), flush=True)
+sys.stdout.close()
+while True:
+    c, _ = s.accept()
+    c.sendall(b"hello\n")
+    c.close()
+`
+
+// TestBackgroundOutlivesCommand: as with sshd, a process that a command
+// leaves running (`nohup cmd &`) lives on after the command and its
+// connection end, and a later connection reaches it; it ends when the
+// server closes (the build ends).
+func TestBackgroundOutlivesCommand(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("needs python3")
+	}
+	h := newHarness(t)
+	prog := filepath.Join(h.dir, "bg.py")
+	if err := os.WriteFile(prog, []byte(bgServer), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The command ends as soon as the server has said it listens.
+	out := h.mustSSH("", `{ nohup python3 bg.py </dev/null 2>/dev/null & } | head -n1`)
+	var port, pid int
+	if _, err := fmt.Sscan(out, &port, &pid); err != nil {
+		t.Fatalf("the command said %q: %v", out, err)
+	}
+	h.waitEvent(EventDisconnect, "")
+	if !alive(pid) {
+		t.Fatal("the background server ended with its command")
+	}
+	// A second connection reaches it, through a forward (ssh -W, as -L).
+	res := h.ssh("", "-W", fmt.Sprintf("127.0.0.1:%d", port), "builder@127.0.0.1")
+	if res.code != 0 || res.stdout != "hello\n" {
+		t.Errorf("ssh -W to the background server: %+v", res)
+	}
+	// And a command.
+	if got := h.mustSSH("", fmt.Sprintf(`python3 -c 'import socket; print(socket.create_connection(("127.0.0.1", %d)).recv(16).decode(), end="")'`, port)); got != "hello\n" {
+		t.Errorf("a command reached the background server: %q", got)
+	}
+	// It ends with the server.
+	h.srv.Close()
+	if !waitFor(10*time.Second, func() bool { return !alive(pid) }) {
+		t.Errorf("process %d still runs after the server closed", pid)
+	}
 }
