@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -106,4 +107,54 @@ func TestCancelBuild(t *testing.T) {
 		t.Errorf("cancel running: %d %s %q", code, b.Status, b.Message)
 	}
 	<-ran
+}
+
+// TestSSHCommandOnlyForThoseWhoMayConnect: on a server whose machines are
+// not isolated, the one-line SSH command (a bearer credential) is shown to
+// admin tokens only; an app-scoped token sees the build without it.
+func TestSSHCommandOnlyForThoseWhoMayConnect(t *testing.T) {
+	ctx := context.Background()
+	for _, isolated := range []bool{false, true} {
+		st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		if err := st.CreateApp(ctx, &store.App{Name: "demo", Repo: "/r"}); err != nil {
+			t.Fatal(err)
+		}
+		for _, tok := range []store.Token{{Name: "admin", Admin: true}, {Name: "scoped", Apps: []string{"demo"}}} {
+			if err := st.AddToken(ctx, HashToken(tok.Name), tok); err != nil {
+				t.Fatal(err)
+			}
+		}
+		srv := httptest.NewServer(New(Config{Store: st, Isolated: isolated, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			SSH: &SSHConfig{Store: st, URLKey: []byte("0123456789abcdef0123456789abcdef"), PublicURL: "http://127.0.0.1"}}))
+		defer srv.Close()
+		b := &build.Build{App: "demo", Workflow: "w", WorkflowName: "W", Branch: "main", Commit: "c",
+			Status: build.Building, Trigger: build.Manual, MaxDuration: 60, Steps: build.NewSteps(nil),
+			SSH: build.SSH{Enabled: true, State: build.SSHReady}}
+		if err := st.CreateBuild(ctx, b, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		for _, token := range []string{"admin", "scoped"} {
+			for _, path := range []string{fmt.Sprintf("/api/v1/builds/%d", b.ID), "/api/v1/builds?app=demo"} {
+				req, _ := http.NewRequest("GET", srv.URL+path, nil)
+				req.Header.Set("Authorization", "Bearer "+token)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					t.Fatalf("%s as %s: %d %s", path, token, resp.StatusCode, body)
+				}
+				shown := strings.Contains(string(body), "/ssh/")
+				if want := isolated || token == "admin"; shown != want {
+					t.Errorf("isolated=%v, %s as %s: SSH command shown %v, want %v", isolated, path, token, shown, want)
+				}
+			}
+		}
+	}
 }

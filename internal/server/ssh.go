@@ -83,7 +83,10 @@ func (s *Server) present(r *http.Request, b *build.Build) *build.Build {
 		b.SSH.Sessions = []build.SSHSession{}
 	}
 	hostOK := s.cfg.SSH != nil && (s.cfg.SSH.PublicURL != "" || safeHost.MatchString(r.Host))
-	if b.SSH.Enabled && hostOK && !b.Status.Done() && b.SSH.State != build.SSHClosed {
+	// The one-line command is a credential: only for a token that may
+	// have SSH access to the build (see unisolatedSSHAllowed).
+	mayConnect := s.cfg.Isolated || tokenOf(r) != nil && tokenOf(r).Admin
+	if b.SSH.Enabled && hostOK && mayConnect && !b.Status.Done() && b.SSH.State != build.SSHClosed {
 		url := s.scriptURL(r, b.ID)
 		b.SSH.Command = connect.OneLiner(url)
 		b.SSH.PowerShell = connect.PowerShellOneLiner(url)
