@@ -117,21 +117,7 @@ func (f *sshFixture) script(id int64) string {
 // run runs a command with the clean HOME and no terminal.
 func (f *sshFixture) run(name string, args ...string) harness.Result {
 	f.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = []string{"HOME=" + f.home, "PATH=" + os.Getenv("PATH"), "LANG=C.UTF-8"}
-	cmd.Stdin = nil
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := harness.Result{Stdout: out.String(), Stderr: errb.String()}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.Code = ee.ExitCode()
-	} else if err != nil {
-		f.t.Fatalf("%s: %v", name, err)
-	}
-	return r
+	return f.runIn("", name, args...)
 }
 
 func TestSSH(t *testing.T) {
