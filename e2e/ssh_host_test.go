@@ -142,8 +142,11 @@ func TestSSHScriptCleansUp(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			// yes: its first line says the remote command runs.
-			cmd := exec.CommandContext(ctx, "bash", script, "yes")
+			// Its first line says the remote command runs; then it waits
+			// quietly (a command that keeps writing, such as yes, would
+			// leave ssh blocked on a full pipe nobody reads once the test
+			// stops reading: that is the test's doing, not the script's).
+			cmd := exec.CommandContext(ctx, "bash", script, "echo y; exec sleep 600")
 			cmd.Env = f.clientEnv(tmp)
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 			cmd.WaitDelay = 5 * time.Second // ssh may outlive a stuck script
@@ -157,7 +160,9 @@ func TestSSHScriptCleansUp(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The remote command runs once it has said so.
-			line, _ := bufio.NewReader(out).ReadString('\n')
+			rd := bufio.NewReader(out)
+			line, _ := rd.ReadString('\n')
+			go func() { _, _ = io.Copy(io.Discard, rd) }()
 			if line != "y\n" {
 				_ = cmd.Wait()
 				t.Fatalf("the command did not start: %q, stderr %q", line, errb.String())
