@@ -75,7 +75,7 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 				}
 				fmt.Printf("Follow it with: hangar build logs %d --follow\n", b.ID)
 				if b.SSH.Enabled {
-					fmt.Printf("SSH into it:    hangar ssh %d   (or: %s)\n", b.ID, b.SSH.Command)
+					fmt.Printf("SSH into it:    hangar ssh %d%s\n", b.ID, oneLinerNote(b))
 				}
 				return nil
 			}
@@ -122,7 +122,7 @@ func followBuild(ctx context.Context, c *api.Client, id int64, out io.Writer) (*
 			if b.SSH.Enabled && b.SSH.State != sshShown && (b.SSH.State == build.SSHReady || b.SSH.State == build.SSHClosed) {
 				sshShown = b.SSH.State
 				if b.SSH.State == build.SSHReady {
-					fmt.Fprintf(out, "*** SSH is ready: hangar ssh %d   or   %s\n", b.ID, b.SSH.Command)
+					fmt.Fprintf(out, "*** SSH is ready: hangar ssh %d%s\n", b.ID, oneLinerNote(b))
 				} else {
 					fmt.Fprintf(out, "*** SSH access closed: %s\n", b.SSH.ClosedReason)
 				}
@@ -344,4 +344,17 @@ func buildCancelCmd(cf *clientFlags) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// oneLinerNote is the one-line command of b, if shown, and until when it
+// works (it is shown for a few minutes; hangar ssh has no such limit).
+func oneLinerNote(b *build.Build) string {
+	if b.SSH.Command == "" {
+		return ""
+	}
+	until := ""
+	if t := b.SSH.CommandExpiresAt; t != nil {
+		until = fmt.Sprintf(", works until %s", t.UTC().Format("15:04 MST"))
+	}
+	return fmt.Sprintf("   (or paste%s: %s)", until, b.SSH.Command)
 }

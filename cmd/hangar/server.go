@@ -79,6 +79,10 @@ func serverCmd() *cobra.Command {
 	f.DurationVar(&cfg.SSHAfterSteps, "ssh-after-steps", 20*time.Minute, "how long an SSH build's machine stays after its steps complete (bounded by max_build_duration)")
 	f.DurationVar(&cfg.SSHHandshake, "ssh-handshake-timeout", 10*time.Second, "time a client has from connecting to being authenticated at the gateway")
 	f.StringVar(&cfg.PublicURL, "public-url", "", "base URL users reach the API at, for one-line SSH commands (default: from the request)")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "serve the API over HTTPS with this certificate (PEM file, with its chain); needs --tls-key")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "the private key (PEM file) of --tls-cert")
+	f.StringSliceVar(&cfg.TLSAutocert, "tls-autocert", nil, "serve HTTPS with certificates from Let's Encrypt for these public host names (comma-separated; the API must be their port 443; cached in <data>/autocert)")
+	f.StringVar(&cfg.TLSAutocertEmail, "tls-autocert-email", "", "contact address of the Let's Encrypt account of --tls-autocert (optional)")
 	return cmd
 }
 

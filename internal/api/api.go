@@ -120,6 +120,19 @@ type Info struct {
 	Driver   string  `json:"driver"`
 	Isolated bool    `json:"isolated"` // whether machines are isolated from the server
 	SSH      SSHInfo `json:"ssh"`
+	// HTTP says how the API is served: whether what crosses the network
+	// (API tokens, the key in the one-line SSH command's script) is
+	// protected.
+	HTTP HTTPInfo `json:"http"`
+}
+
+// HTTPInfo is how the server's API is served.
+type HTTPInfo struct {
+	TLS      bool `json:"tls"`      // hangar serves HTTPS itself
+	Loopback bool `json:"loopback"` // it listens on loopback addresses only
+	// Warning is set when neither holds and --public-url is not https:
+	// the one-line SSH command is then not safe to use across a network.
+	Warning string `json:"warning,omitempty"`
 }
 
 // SSHInfo says whether the server offers SSH builds.

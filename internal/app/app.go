@@ -8,6 +8,7 @@ package app
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -58,6 +59,13 @@ type Config struct {
 	SSHAfterSteps      time.Duration
 	SSHHandshake       time.Duration
 	PublicURL          string
+	// TLSCert and TLSKey are PEM files: the API is served over HTTPS with
+	// them. TLSAutocert are host names to get certificates for from
+	// Let's Encrypt (the API must then be their port 443), with
+	// TLSAutocertEmail as the account's contact. None: plain HTTP.
+	TLSCert, TLSKey  string
+	TLSAutocert      []string
+	TLSAutocertEmail string
 	// InstanceTypes are the instance types workflows may pick; nil:
 	// build.DefaultInstanceTypes. New lowers their pids limits to fit
 	// MaxBuilds machines in the host's pid_max.
@@ -90,6 +98,7 @@ type App struct {
 	gw      *gateway.Gateway // nil without SSH
 	run     *runner.Runner
 	httpLn  net.Listener
+	tls     *tls.Config // the API's; nil: plain HTTP
 	api     http.Handler
 }
 
@@ -123,6 +132,10 @@ func New(cfg Config) (a *App, err error) {
 	// Before anything reads or changes the data dir or the host: one
 	// server per data dir.
 	if a.lock, err = lockDataDir(data); err != nil {
+		return nil, err
+	}
+	// The TLS flags are checked before the driver touches the host.
+	if a.tls, err = httpsConfig(cfg, data); err != nil {
 		return nil, err
 	}
 	exe, err := os.Executable()
@@ -210,11 +223,23 @@ func New(cfg Config) (a *App, err error) {
 	if a.gw != nil {
 		a.gw.Events = a.run.GatewayEvent
 	}
-	a.api = server.New(scfg)
 	if a.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
 		return nil, fmt.Errorf("--http %s: %w", cfg.HTTP, err)
 	}
-	log.Info("hangar server started", "http", "http://"+a.httpLn.Addr().String(), "driver", a.driver.Name(), "data", data, "link", a.linkLn.Addr().String())
+	scfg.TLS = a.tls != nil
+	scfg.Loopback = a.httpLn.Addr().(*net.TCPAddr).IP.IsLoopback()
+	a.api = server.New(scfg)
+	scheme := "http://"
+	if a.tls != nil {
+		scheme = "https://"
+	}
+	log.Info("hangar server started", "http", scheme+a.httpLn.Addr().String(), "driver", a.driver.Name(), "data", data, "link", a.linkLn.Addr().String())
+	if w := server.TransportWarning(scfg.TLS, scfg.Loopback, cfg.PublicURL); w != "" {
+		log.Warn(w, "http", a.httpLn.Addr().String())
+	}
+	if len(cfg.TLSAutocert) > 0 && a.httpLn.Addr().(*net.TCPAddr).Port != 443 {
+		log.Warn("--tls-autocert: Let's Encrypt checks the host names on port 443 (tls-alpn-01): forward it to the API's port", "http", a.httpLn.Addr().String(), "hosts", strings.Join(cfg.TLSAutocert, ","))
+	}
 	if a.sshLn != nil {
 		log.Info("SSH gateway listening", "ssh", a.sshLn.Addr().String())
 	}
@@ -270,7 +295,14 @@ func (a *App) Run(ctx context.Context, hurry <-chan struct{}) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := hs.Serve(a.httpLn); !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if a.tls != nil {
+			hs.TLSConfig = a.tls
+			err = hs.ServeTLS(a.httpLn, "", "")
+		} else {
+			err = hs.Serve(a.httpLn)
+		}
+		if !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http api: %w", err)
 		}
 		return nil

@@ -96,6 +96,9 @@ type SSH struct {
 	// bash); PowerShell the same for Windows. Both only while access is open.
 	Command    string `json:"command,omitempty"`
 	PowerShell string `json:"powershell,omitempty"`
+	// CommandExpiresAt is when Command and PowerShell stop working (a few
+	// minutes after they were shown; a fresh look gives fresh ones).
+	CommandExpiresAt *time.Time `json:"command_expires_at,omitempty"`
 	// ExpiresAt is when access ends at the latest; ExpiresBecause says
 	// which rule sets it.
 	ExpiresAt      *time.Time `json:"expires_at,omitempty"`

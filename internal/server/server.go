@@ -56,6 +56,10 @@ type Config struct {
 	// Driver and Isolated describe the machines, for /api/v1/info.
 	Driver   string
 	Isolated bool
+	// TLS: the API is served over HTTPS; Loopback: it listens on loopback
+	// addresses only. /api/v1/info shows both and TransportWarning.
+	TLS      bool
+	Loopback bool
 	// UI serves the web UI at / (nil: none).
 	UI http.Handler
 	// InstanceTypes are the instance types workflows may name; nil:
@@ -69,6 +73,52 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	tickets terminalTickets
+	// patterns are the routes of mux, as registered (for tests that walk
+	// every endpoint).
+	patterns []string
+}
+
+type route struct {
+	pattern string
+	h       http.Handler
+}
+
+// routes are every endpoint of the server.
+func (s *Server) routes() []route {
+	rs := []route{
+		{"GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			fmt.Fprintln(w, "ok")
+		})},
+		{"POST /api/v1/apps", s.auth(s.createApp)},
+		{"GET /api/v1/apps", s.auth(s.listApps)},
+		{"GET /api/v1/apps/{name}", s.auth(s.getApp)},
+		{"DELETE /api/v1/apps/{name}", s.auth(s.deleteApp)},
+		{"POST /api/v1/builds", s.auth(s.startBuild)},
+		{"GET /api/v1/builds", s.auth(s.listBuilds)},
+		{"GET /api/v1/builds/{id}", s.auth(s.getBuild)},
+		{"POST /api/v1/builds/{id}/cancel", s.auth(s.cancelBuild)},
+		{"GET /api/v1/builds/{id}/logs", s.auth(s.buildLogs)},
+		{"POST /api/v1/webhooks/{app}", http.HandlerFunc(s.webhook)},
+		{"GET /api/v1/builds/{id}/ssh/script", s.auth(s.sshScript)},
+		{"GET /api/v1/builds/{id}/ssh/access", s.auth(s.sshAccess)},
+		{"GET /api/v1/builds/{id}/events", s.auth(s.buildEvents)},
+		{"GET /ssh/{id}/{grant}", http.HandlerFunc(s.signedScript)},
+		{"POST /api/v1/builds/{id}/terminal", s.auth(s.terminalTicket)},
+		{"GET /api/v1/builds/{id}/terminal/ws", http.HandlerFunc(s.terminalWS)},
+		{"GET /api/v1/info", s.auth(s.info)},
+		{"GET /api/v1/apps/{name}/workflows", s.auth(s.appWorkflows)},
+		{"POST /api/v1/tokens", s.auth(s.createToken)},
+	}
+	if s.cfg.Metrics != nil {
+		rs = append(rs, route{"GET /metrics", s.cfg.Metrics})
+	}
+	if s.cfg.UI != nil {
+		rs = append(rs, route{"/", s.cfg.UI})
+	}
+	return append(rs, route{"/api/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path))
+	})})
 }
 
 // New returns the API server.
@@ -86,39 +136,10 @@ func New(cfg Config) *Server {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	m := s.mux
-	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		fmt.Fprintln(w, "ok")
-	})
-	m.HandleFunc("POST /api/v1/apps", s.auth(s.createApp))
-	m.HandleFunc("GET /api/v1/apps", s.auth(s.listApps))
-	m.HandleFunc("GET /api/v1/apps/{name}", s.auth(s.getApp))
-	m.HandleFunc("DELETE /api/v1/apps/{name}", s.auth(s.deleteApp))
-	m.HandleFunc("POST /api/v1/builds", s.auth(s.startBuild))
-	m.HandleFunc("GET /api/v1/builds", s.auth(s.listBuilds))
-	m.HandleFunc("GET /api/v1/builds/{id}", s.auth(s.getBuild))
-	m.HandleFunc("POST /api/v1/builds/{id}/cancel", s.auth(s.cancelBuild))
-	m.HandleFunc("GET /api/v1/builds/{id}/logs", s.auth(s.buildLogs))
-	m.HandleFunc("POST /api/v1/webhooks/{app}", s.webhook)
-	m.HandleFunc("GET /api/v1/builds/{id}/ssh/script", s.auth(s.sshScript))
-	m.HandleFunc("GET /api/v1/builds/{id}/ssh/access", s.auth(s.sshAccess))
-	m.HandleFunc("GET /api/v1/builds/{id}/events", s.auth(s.buildEvents))
-	m.HandleFunc("GET /ssh/{id}/{sig}", s.signedScript)
-	m.HandleFunc("POST /api/v1/builds/{id}/terminal", s.auth(s.terminalTicket))
-	m.HandleFunc("GET /api/v1/builds/{id}/terminal/ws", s.terminalWS)
-	m.HandleFunc("GET /api/v1/info", s.auth(s.info))
-	m.HandleFunc("GET /api/v1/apps/{name}/workflows", s.auth(s.appWorkflows))
-	m.HandleFunc("POST /api/v1/tokens", s.auth(s.createToken))
-	if cfg.Metrics != nil {
-		m.Handle("GET /metrics", cfg.Metrics)
+	for _, rt := range s.routes() {
+		s.mux.Handle(rt.pattern, rt.h)
+		s.patterns = append(s.patterns, rt.pattern)
 	}
-	if cfg.UI != nil {
-		m.Handle("/", cfg.UI)
-	}
-	m.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path))
-	})
 	return s
 }
 
@@ -256,7 +277,13 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 
 // info serves GET /api/v1/info: what this server offers.
 func (s *Server) info(w http.ResponseWriter, r *http.Request) {
-	info := api.Info{Driver: s.cfg.Driver, Isolated: s.cfg.Isolated, SSH: api.SSHInfo{Enabled: s.cfg.SSH != nil}}
+	info := api.Info{Driver: s.cfg.Driver, Isolated: s.cfg.Isolated, SSH: api.SSHInfo{Enabled: s.cfg.SSH != nil},
+		HTTP: api.HTTPInfo{TLS: s.cfg.TLS, Loopback: s.cfg.Loopback}}
+	publicURL := ""
+	if s.cfg.SSH != nil {
+		publicURL = s.cfg.SSH.PublicURL
+	}
+	info.HTTP.Warning = TransportWarning(s.cfg.TLS, s.cfg.Loopback, publicURL)
 	if s.cfg.SSH == nil {
 		info.SSH.Reason = "SSH access is turned off on this server (hangar server --ssh off)"
 	}

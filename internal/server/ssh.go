@@ -2,15 +2,10 @@ package server
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/base64"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -27,8 +22,13 @@ import (
 type SSHConfig struct {
 	Store  SSHStore
 	Sealer *sshca.Sealer
-	// URLKey signs the one-line command's URLs.
+	// URLKey authenticates the one-line command's URLs (see oneline.go).
 	URLKey []byte
+	// URLTTL is how long a one-line command works after it was shown;
+	// default DefaultURLTTL.
+	URLTTL time.Duration
+	// Now is the clock of URL expiry; nil: time.Now.
+	Now func() time.Time
 	// GatewayHost is the gateway's host name as users reach it; empty:
 	// the host name of the API request.
 	GatewayHost string
@@ -49,13 +49,7 @@ type SSHStore interface {
 	GetBuildSSH(ctx context.Context, id int64) (*store.BuildSSH, error)
 	AddEvent(ctx context.Context, id int64, ev build.Event) error
 	Events(ctx context.Context, id int64) ([]build.Event, error)
-}
-
-// signature is the signed part of a build's one-line URL.
-func (c *SSHConfig) signature(id int64) string {
-	m := hmac.New(sha256.New, c.URLKey)
-	fmt.Fprintf(m, "hangar ssh script %d", id)
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+	URLNonce(ctx context.Context, id int64) ([]byte, error)
 }
 
 // safeHost matches Host headers that may go into generated shell commands.
@@ -72,11 +66,6 @@ func (s *Server) baseURL(r *http.Request) string {
 	return scheme + "://" + r.Host
 }
 
-// scriptURL is the unguessable URL of build id's script.
-func (s *Server) scriptURL(r *http.Request, id int64) string {
-	return fmt.Sprintf("%s/ssh/%d/%s", s.baseURL(r), id, s.cfg.SSH.signature(id))
-}
-
 // present fills what a build shows only to those allowed to see it.
 func (s *Server) present(r *http.Request, b *build.Build) *build.Build {
 	if b.SSH.Sessions == nil {
@@ -87,9 +76,16 @@ func (s *Server) present(r *http.Request, b *build.Build) *build.Build {
 	// have SSH access to the build (see unisolatedSSHAllowed).
 	mayConnect := s.cfg.Isolated || tokenOf(r) != nil && tokenOf(r).Admin
 	if b.SSH.Enabled && hostOK && mayConnect && !b.Status.Done() && b.SSH.State != build.SSHClosed {
-		url := s.scriptURL(r, b.ID)
-		b.SSH.Command = connect.OneLiner(url)
-		b.SSH.PowerShell = connect.PowerShellOneLiner(url)
+		url, exp, err := s.oneLineURL(r, b)
+		if err != nil {
+			// The build shows without its command; the CLI's hangar ssh
+			// and the script endpoint still work.
+			s.log.Error("make the one-line SSH command", "build", b.ID, "err", err)
+		} else if url != "" {
+			b.SSH.Command = connect.OneLiner(url)
+			b.SSH.PowerShell = connect.PowerShellOneLiner(url)
+			b.SSH.CommandExpiresAt = &exp
+		}
 	}
 	return b
 }
@@ -183,18 +179,9 @@ func (s *Server) access(w http.ResponseWriter, r *http.Request, b *build.Build) 
 	return a
 }
 
-// record notes a script fetch in the build's events.
-func (s *Server) record(r *http.Request, id int64, via, shell string) {
-	ev := build.Event{Kind: "ssh_script", Data: map[string]string{"via": via, "remote": r.RemoteAddr, "shell": shell}}
-	if t := tokenOf(r); t != nil {
-		ev.Data["token"] = t.Name
-	}
-	if err := s.cfg.SSH.Store.AddEvent(r.Context(), id, ev); err != nil {
-		s.log.Error("record event", "err", err)
-	}
-}
-
-func (s *Server) writeScript(w http.ResponseWriter, r *http.Request, a *connect.Access, via string) {
+// writeScript writes a's script in the shell the request asks for; g is
+// the one-line URL's grant, nil for the API.
+func (s *Server) writeScript(w http.ResponseWriter, r *http.Request, a *connect.Access, via string, g *grant) {
 	shell := r.URL.Query().Get("shell")
 	var body string
 	switch shell {
@@ -206,7 +193,7 @@ func (s *Server) writeScript(w http.ResponseWriter, r *http.Request, a *connect.
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("shell %q: use bash or powershell", shell))
 		return
 	}
-	s.record(r, a.Build, via, shell)
+	s.recordFetch(r.Context(), r, a.Build, "ssh_script", map[string]string{"via": via, "shell": shell}, g)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write([]byte(body))
@@ -219,27 +206,7 @@ func (s *Server) sshScript(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if a := s.access(w, r, b); a != nil {
-		s.writeScript(w, r, a, "api")
-	}
-}
-
-// signedScript serves GET /ssh/{id}/{sig}: the one-line command's URL.
-func (s *Server) signedScript(w http.ResponseWriter, r *http.Request) {
-	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
-	if s.cfg.SSH == nil || err != nil || !hmac.Equal([]byte(r.PathValue("sig")), []byte(s.cfg.SSH.signature(id))) {
-		writeError(w, http.StatusNotFound, "no such SSH script: copy the command again from the build")
-		return
-	}
-	b, err := s.cfg.Store.Build(r.Context(), id)
-	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, "no such SSH script: copy the command again from the build")
-		return
-	} else if err != nil {
-		s.internal(w, "read build", err)
-		return
-	}
-	if a := s.access(w, r, b); a != nil {
-		s.writeScript(w, r, a, "url")
+		s.writeScript(w, r, a, "api", nil)
 	}
 }
 
@@ -253,7 +220,7 @@ func (s *Server) sshAccess(w http.ResponseWriter, r *http.Request) {
 	if a == nil {
 		return
 	}
-	s.record(r, b.ID, "cli", "ssh_config")
+	s.recordFetch(r.Context(), r, b.ID, "ssh_script", map[string]string{"via": "cli", "shell": "ssh_config"}, nil)
 	f := a.Files()
 	writeJSON(w, http.StatusOK, api.SSHAccess{
 		Alias: a.Alias, Gateway: a.GatewayAddr(), Key: f.Key, Cert: f.Cert, KnownHosts: f.KnownHosts,

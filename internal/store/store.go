@@ -7,6 +7,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -99,7 +100,10 @@ CREATE TABLE IF NOT EXISTS builds (
 	ssh_expires_because TEXT NOT NULL DEFAULT '',
 	ssh_closed_reason TEXT NOT NULL DEFAULT '',
 	ssh_connections INTEGER NOT NULL DEFAULT 0,
-	ssh_sessions TEXT NOT NULL DEFAULT '[]'
+	ssh_sessions TEXT NOT NULL DEFAULT '[]',
+	-- A random secret per SSH build that the one-line command's URL is
+	-- bound to (see URLNonce); NULL once the build has ended.
+	ssh_url_nonce BLOB
 );
 CREATE TABLE IF NOT EXISTS build_ssh (
 	build_id INTEGER PRIMARY KEY REFERENCES builds(id) ON DELETE CASCADE,
@@ -343,12 +347,17 @@ func (s *Store) CreateBuild(ctx context.Context, b *build.Build, spec []byte) er
 		return fmt.Errorf("create build: %w", err)
 	}
 	b.CreatedAt = time.Now().UTC().Truncate(time.Millisecond)
+	var nonce []byte
+	if b.SSH.Enabled {
+		nonce = make([]byte, urlNonceSize)
+		_, _ = rand.Read(nonce)
+	}
 	err = tx.QueryRowContext(ctx, `INSERT INTO builds (app_id, number, workflow, workflow_name, branch, commit_sha, status, trigger,
-		started_by, message, max_duration, spec, steps, created_at, started_at, finished_at, ssh_enabled, ssh_state)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id`,
+		started_by, message, max_duration, spec, steps, created_at, started_at, finished_at, ssh_enabled, ssh_state, ssh_url_nonce)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING id`,
 		appID, b.Number, b.Workflow, b.WorkflowName, b.Branch, b.Commit, b.Status, b.Trigger,
 		b.StartedBy, b.Message, b.MaxDuration, string(spec), string(steps), ms(b.CreatedAt), nullMS(b.StartedAt), nullMS(b.FinishedAt),
-		b.SSH.Enabled, b.SSH.State).Scan(&b.ID)
+		b.SSH.Enabled, b.SSH.State, nonce).Scan(&b.ID)
 	if err != nil {
 		return fmt.Errorf("create build: %w", err)
 	}
@@ -502,6 +511,17 @@ func migrate(db *sql.DB) error {
 			return fmt.Errorf("migrate: add log_chunks.encoding: %w", err)
 		}
 	}
+	// Builds of earlier versions get no nonce: no one-line URL is ever
+	// valid for them.
+	err = db.QueryRow(`SELECT count(*) FROM pragma_table_info('builds') WHERE name = 'ssh_url_nonce'`).Scan(&n)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if n == 0 {
+		if _, err := db.Exec(`ALTER TABLE builds ADD COLUMN ssh_url_nonce BLOB`); err != nil {
+			return fmt.Errorf("migrate: add builds.ssh_url_nonce: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -607,9 +627,13 @@ func (s *Store) FailInterrupted(ctx context.Context, message string) (int64, err
 			return 0, fmt.Errorf("fail build %d: log: %w", b.id, err)
 		}
 	}
-	// Their SSH keys go with them.
+	// Their SSH keys and one-line URLs go with them.
 	if _, err := tx.ExecContext(ctx, `UPDATE build_ssh SET private_key = NULL WHERE build_id IN
 		(SELECT id FROM builds WHERE status IN ('finished', 'failed', 'canceled', 'timeout'))`); err != nil {
+		return 0, err
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE builds SET ssh_url_nonce = NULL
+		WHERE ssh_url_nonce IS NOT NULL AND status IN ('finished', 'failed', 'canceled', 'timeout')`); err != nil {
 		return 0, err
 	}
 	if err := tx.Commit(); err != nil {
@@ -785,10 +809,31 @@ func (s *Store) GetBuildSSH(ctx context.Context, id int64) (*BuildSSH, error) {
 	return &c, err
 }
 
-// DestroySSHKey erases build id's private key.
+// DestroySSHKey erases build id's private key and the nonce of its
+// one-line URL (see URLNonce): no URL of the build is valid from then on.
 func (s *Store) DestroySSHKey(ctx context.Context, id int64) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE build_ssh SET private_key = NULL WHERE build_id = $1`, id)
+	if _, err := s.db.ExecContext(ctx, `UPDATE build_ssh SET private_key = NULL WHERE build_id = $1`, id); err != nil {
+		return err
+	}
+	_, err := s.db.ExecContext(ctx, `UPDATE builds SET ssh_url_nonce = NULL WHERE id = $1`, id)
 	return err
+}
+
+// urlNonceSize is the size of a build's URL nonce in bytes.
+const urlNonceSize = 32
+
+// URLNonce returns the random secret that CreateBuild gave SSH build id, to
+// which the server binds the build's one-line URLs: a URL of another build,
+// or of a build of the same id in another database, never matches it. It
+// returns ErrNotFound for an unknown build, one without SSH, or one whose
+// SSH access has ended (DestroySSHKey).
+func (s *Store) URLNonce(ctx context.Context, id int64) ([]byte, error) {
+	var nonce []byte
+	err := s.db.QueryRowContext(ctx, `SELECT ssh_url_nonce FROM builds WHERE id = $1`, id).Scan(&nonce)
+	if errors.Is(err, sql.ErrNoRows) || err == nil && len(nonce) == 0 {
+		return nil, ErrNotFound
+	}
+	return nonce, err
 }
 
 // AddEvent records an event of build id.
