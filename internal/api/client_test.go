@@ -459,7 +459,7 @@ func TestWire(t *testing.T) {
 	for path, want := range map[string][]string{
 		"/api/v1/apps/demo":           {"created_at", "id", "name", "repo", "webhook_url"},
 		"/api/v1/apps/demo/workflows": {"branch", "commit", "file", "workflows"},
-		"/api/v1/info":                {"driver", "isolated", "ssh"},
+		"/api/v1/info":                {"driver", "http", "isolated", "ssh"},
 	} {
 		if got := keys(path, http.StatusOK); !slices.Equal(got, want) {
 			t.Errorf("%s: keys %q, want %q", path, got, want)
