@@ -3,6 +3,7 @@
 package main
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -34,7 +35,8 @@ func main() {
 			os.Exit(ee.code)
 		}
 		msg := err.Error()
-		if errors.Is(err, api.ErrUnreachable) {
+		var ua x509.UnknownAuthorityError
+		if errors.Is(err, api.ErrUnreachable) && !errors.As(err, &ua) {
 			msg += " (is `hangar server` running? set --server or HANGAR_SERVER)"
 		}
 		fmt.Fprintln(os.Stderr, "hangar:", msg)

@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -84,6 +85,10 @@ func (c *Client) send(ctx context.Context, method, path string, in any, header h
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err
+		}
+		var ua x509.UnknownAuthorityError
+		if errors.As(err, &ua) {
+			return nil, fmt.Errorf("%w at %s: %w (if the server's certificate is from your own CA, set SSL_CERT_FILE to a PEM file of that CA's certificate)", ErrUnreachable, c.base, err)
 		}
 		return nil, fmt.Errorf("%w at %s: %w", ErrUnreachable, c.base, err)
 	}

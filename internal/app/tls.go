@@ -31,19 +31,9 @@ func httpsConfig(cfg Config, data string) (*tls.Config, error) {
 		}
 		return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 	case len(cfg.TLSAutocert) > 0:
-		hosts := make([]string, 0, len(cfg.TLSAutocert))
-		for _, h := range cfg.TLSAutocert {
-			h = strings.ToLower(strings.TrimSpace(h))
-			if err := publicHostName(h); err != nil {
-				return nil, fmt.Errorf("--tls-autocert %q: %w", h, err)
-			}
-			hosts = append(hosts, h)
-		}
-		m := &autocert.Manager{
-			Prompt:     autocert.AcceptTOS,
-			HostPolicy: autocert.HostWhitelist(hosts...),
-			Cache:      autocert.DirCache(filepath.Join(data, "autocert")),
-			Email:      cfg.TLSAutocertEmail,
+		m, err := newAutocert(cfg, data)
+		if err != nil {
+			return nil, err
 		}
 		// Its GetCertificate answers ACME's tls-alpn-01 challenge on the
 		// API's own port, which must be the host names' port 443.
@@ -52,6 +42,26 @@ func httpsConfig(cfg Config, data string) (*tls.Config, error) {
 		return tc, nil
 	}
 	return nil, nil
+}
+
+// newAutocert is the certificate manager of --tls-autocert: Let's Encrypt
+// (its terms accepted), only for the given host names, its account key and
+// certificates cached in <data>/autocert.
+func newAutocert(cfg Config, data string) (*autocert.Manager, error) {
+	hosts := make([]string, 0, len(cfg.TLSAutocert))
+	for _, h := range cfg.TLSAutocert {
+		h = strings.ToLower(strings.TrimSpace(h))
+		if err := publicHostName(h); err != nil {
+			return nil, fmt.Errorf("--tls-autocert %q: %w", h, err)
+		}
+		hosts = append(hosts, h)
+	}
+	return &autocert.Manager{
+		Prompt:     autocert.AcceptTOS,
+		HostPolicy: autocert.HostWhitelist(hosts...),
+		Cache:      autocert.DirCache(filepath.Join(data, "autocert")),
+		Email:      cfg.TLSAutocertEmail,
+	}, nil
 }
 
 // publicHostName checks that h is a DNS name a public CA can certify.
