@@ -6,9 +6,12 @@ package harness
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,6 +64,10 @@ type Server struct {
 	URL    string
 	Data   string
 	Token  string
+	// CAFile, if set, is the CA of the server's HTTPS certificate: the
+	// harness's clients trust it, and the CLI gets SSL_CERT_FILE.
+	CAFile string
+	http   *http.Client
 	cmd    *exec.Cmd
 	log    *lockedBuffer
 	exited chan struct{}
@@ -72,6 +79,9 @@ type Options struct {
 	Driver string   // "sandbox" or "host"
 	Args   []string // more flags
 	Data   string   // data dir; default: a temporary directory
+	// CAFile: the server serves HTTPS (Args give --tls-cert and
+	// --tls-key) with a certificate of this CA (a PEM file).
+	CAFile string
 }
 
 type lockedBuffer struct {
@@ -114,7 +124,19 @@ func StartServer(t testing.TB, o Options) *Server {
 	if !slices.Contains(o.Args, "--ssh") {
 		args = append(args, "--ssh", "127.0.0.1:0") // never the default :2222
 	}
-	s := &Server{t: t, URL: "http://" + addr, Data: data, log: &lockedBuffer{}, exited: make(chan struct{})}
+	s := &Server{t: t, URL: "http://" + addr, Data: data, log: &lockedBuffer{}, exited: make(chan struct{}), http: http.DefaultClient}
+	if o.CAFile != "" {
+		pem, err := os.ReadFile(o.CAFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			t.Fatalf("no certificate in %s", o.CAFile)
+		}
+		s.URL, s.CAFile = "https://"+addr, o.CAFile
+		s.http = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	}
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.Stdout = s.log
 	s.cmd.Stderr = s.log
@@ -129,7 +151,7 @@ func StartServer(t testing.TB, o Options) *Server {
 	t.Cleanup(s.Stop)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if api.New(s.URL, "", nil).Health(context.Background()) == nil {
+		if api.New(s.URL, "", s.http).Health(context.Background()) == nil {
 			break
 		}
 		select {
@@ -211,7 +233,10 @@ func (s *Server) Kill() {
 func (s *Server) Client() *api.Client { return s.ClientWith(s.Token) }
 
 // ClientWith is an API client of the server with another token.
-func (s *Server) ClientWith(token string) *api.Client { return api.New(s.URL, token, nil) }
+func (s *Server) ClientWith(token string) *api.Client { return api.New(s.URL, token, s.http) }
+
+// HTTPClient is an HTTP client that trusts the server's certificate.
+func (s *Server) HTTPClient() *http.Client { return s.http }
 
 // Log is what the server printed so far.
 func (s *Server) Log() string { return s.log.String() }
@@ -272,6 +297,9 @@ func (s *Server) HangarEnv(env []string, args ...string) Result {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, Binary(s.t), args...)
 	cmd.Env = append(append(os.Environ(), "HANGAR_SERVER="+s.URL, "HANGAR_DATA=/nonexistent"), env...)
+	if s.CAFile != "" {
+		cmd.Env = append(cmd.Env, "SSL_CERT_FILE="+s.CAFile)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

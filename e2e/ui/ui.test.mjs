@@ -147,6 +147,10 @@ try {
   if (!/^curl -fsSL '.+' \| bash$/.test(oneLiner)) throw new Error(`unexpected one-line command: ${oneLiner}`);
   await page.locator('#ssh-powershell').waitFor();
   await page.getByTestId('ssh-countdown').waitFor();
+  // The command says how long it works; a loopback server is not warned of.
+  const expiry = (await page.getByTestId('ssh-command-expiry').textContent()) ?? '';
+  if (!/works until .+ left\)/.test(expiry)) throw new Error(`the one-line command's expiry is not shown: ${JSON.stringify(expiry)}`);
+  if (await page.getByTestId('ssh-transport-warning').count()) throw new Error('a plain-HTTP warning on a loopback server');
   // The build's log shows the step's output, in colour.
   await page.locator('.log .ansi-green-fg', { hasText: 'ready' }).waitFor();
   await shot(page, 'ssh-ready');

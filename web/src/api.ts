@@ -34,6 +34,8 @@ export interface BuildSSH {
   state?: SSHState;
   command?: string;
   powershell?: string;
+  /** when command and powershell stop working (minutes after they were shown) */
+  command_expires_at?: string;
   expires_at?: string;
   expires_because?: string;
   closed_reason?: string;
@@ -87,6 +89,8 @@ export interface Info {
   ssh: { enabled: boolean; reason?: string };
   driver: string;
   isolated: boolean;
+  /** how the API is served; warning: the one-line command is not safe across a network */
+  http?: { tls: boolean; loopback: boolean; warning?: string };
 }
 
 export interface SSHAccess {

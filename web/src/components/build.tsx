@@ -10,6 +10,23 @@ import { LogView, StepLog } from '../log';
 import { SSHPanel } from './ssh';
 import { Alert, Dialog, Spinner, StatusBadge, StatusIcon, stepStatusText } from './ui';
 
+/** The one-line commands of a build, as last seen. */
+interface Commands {
+  command?: string;
+  powershell?: string;
+  command_expires_at?: string;
+}
+
+/** keepCommands remembers b's one-line commands if they last longer than those kept. */
+function keepCommands(c: Commands, b: Build) {
+  const s = b.ssh;
+  if (!s?.command) return;
+  if (c.command && Date.parse(c.command_expires_at ?? '') > Date.parse(s.command_expires_at ?? '')) return;
+  c.command = s.command;
+  c.powershell = s.powershell;
+  c.command_expires_at = s.command_expires_at;
+}
+
 export function BuildPage({ id }: { id: number }) {
   const [build, setBuild] = useState<Build | null>(null);
   const [error, setError] = useState<string | null>(null);
@@ -18,6 +35,7 @@ export function BuildPage({ id }: { id: number }) {
   // Bumped when a step gets its first lines, so the step list can tell.
   const [, setStepsWithLines] = useState(0);
   const [canceling, setCanceling] = useState(false);
+  const commands = useRef<Commands>({});
 
   useEffect(() => {
     logs.current = new Map();
@@ -26,25 +44,25 @@ export function BuildPage({ id }: { id: number }) {
     const ctl = new AbortController();
     // The one-line commands, which the stream's build events may lack:
     // GET /builds/{id} has them while access is open.
-    let commands: { command?: string; powershell?: string } = {};
+    commands.current = {};
     let fetching = false;
-    const keep = (b: Build) => {
-      if (b.ssh?.command) commands = { command: b.ssh.command, powershell: b.ssh.powershell };
-    };
+    const keep = (b: Build) => keepCommands(commands.current, b);
     const withCommand = (b: Build): Build => {
       const open = b.ssh?.enabled && (b.ssh.state === 'ready' || b.ssh.state === 'connected') && !ended(b.status);
       if (!open || b.ssh.command) {
         keep(b);
         return b;
       }
-      if (commands.command) return { ...b, ssh: { ...b.ssh, ...commands } };
+      const cached = commands.current;
+      if (cached.command && Date.parse(cached.command_expires_at ?? '') > Date.now()) return { ...b, ssh: { ...b.ssh, ...cached } };
       if (!fetching) {
         fetching = true;
         api.build(id, ctl.signal).then(
           (full) => {
             fetching = false;
             keep(full);
-            if (commands.command) setBuild((cur) => (cur && !cur.ssh.command && !ended(cur.status) && cur.ssh.state !== 'closed' ? { ...cur, ssh: { ...cur.ssh, ...commands } } : cur));
+            const c = commands.current;
+            if (c.command) setBuild((cur) => (cur && !cur.ssh.command && !ended(cur.status) && cur.ssh.state !== 'closed' ? { ...cur, ssh: { ...cur.ssh, ...c } } : cur));
           },
           () => {
             fetching = false;
@@ -96,6 +114,32 @@ export function BuildPage({ id }: { id: number }) {
       stop();
     };
   }, [id]);
+
+  // A one-line command works for a few minutes after it was shown: renew
+  // it a minute before it expires, while access is open.
+  const cmdExpiry = build?.ssh.command_expires_at;
+  const open = !!build && !ended(build.status) && build.ssh.state !== 'closed';
+  useEffect(() => {
+    if (!cmdExpiry || !open) return;
+    const ctl = new AbortController();
+    const timer = window.setTimeout(
+      () => {
+        api.build(id, ctl.signal).then(
+          (full) => {
+            keepCommands(commands.current, full);
+            const c = commands.current;
+            if (c.command) setBuild((cur) => (cur && !ended(cur.status) && cur.ssh.state !== 'closed' ? { ...cur, ssh: { ...cur.ssh, ...c } } : cur));
+          },
+          () => {},
+        );
+      },
+      Math.max(Date.parse(cmdExpiry) - Date.now() - 60_000, 5_000),
+    );
+    return () => {
+      clearTimeout(timer);
+      ctl.abort();
+    };
+  }, [id, cmdExpiry, open]);
 
   useTitle(build ? `${build.app} #${build.number}` : `Build ${id}`);
   const closeCancel = useCallback(() => setCanceling(false), []);

@@ -5,6 +5,7 @@
 import { useCallback, useEffect, useRef, useState } from 'preact/hooks';
 import { api, ApiError, ended } from '../api';
 import type { Build, BuildEvent, SSHSession } from '../api';
+import { useInfo } from '../data';
 import { ago, countdown, duration, when } from '../format';
 import { leaveGuard } from '../router';
 import type { TerminalSession } from '../terminal';
@@ -56,7 +57,16 @@ export function SSHPanel({ build, now }: { build: Build; now: number }) {
             <div class="ssh-connect">
               <h3>Connect from a terminal</h3>
               <p class="small">Linux, macOS, WSL or Git Bash: paste this into a terminal. It needs only OpenSSH’s ssh.</p>
+              <TransportWarning />
               {ssh.command ? <Code text={ssh.command} what="SSH command" wrap id="ssh-command" /> : <Spinner label="Loading…" />}
+              {ssh.command && ssh.command_expires_at ? (
+                <p class="small muted" data-testid="ssh-command-expiry">
+                  The command fetches the build’s private key: keep it to yourself. It works until{' '}
+                  <time dateTime={ssh.command_expires_at}>{new Date(ssh.command_expires_at).toLocaleTimeString()}</time>
+                  {Date.parse(ssh.command_expires_at) > now ? ` (${countdown(Date.parse(ssh.command_expires_at) - now)} left)` : ''}; this page shows a fresh one before then. Paste a
+                  fresh copy to connect again.
+                </p>
+              ) : null}
               {ssh.powershell ? (
                 <>
                   <p class="small">Windows PowerShell (Windows’ own OpenSSH client):</p>
@@ -88,6 +98,18 @@ export function SSHPanel({ build, now }: { build: Build; now: number }) {
       {terminal ? <TerminalBox id={build.id} onClose={closeTerminal} /> : null}
       <Events id={build.id} build={build} />
     </section>
+  );
+}
+
+/** TransportWarning says when the API is served in clear on a network. */
+function TransportWarning() {
+  const info = useInfo();
+  const warning = info?.http?.warning;
+  if (!warning) return null;
+  return (
+    <div data-testid="ssh-transport-warning">
+      <Alert kind="warn">Not safe to use across a network: this server is served over plain HTTP, so the key crosses the network in clear. {warning}</Alert>
+    </div>
   );
 }
 
