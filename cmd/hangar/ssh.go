@@ -179,7 +179,7 @@ func buildEventsCmd(cf *clientFlags) *cobra.Command {
 			fmt.Fprintln(tw, "TIME\tEVENT\tDETAILS")
 			for _, ev := range evs {
 				var parts []string
-				for _, k := range []string{"via", "remote", "detail", "shell", "token", "reason", "conn"} {
+				for _, k := range []string{"via", "remote", "detail", "shell", "token", "issued_to", "reason", "conn", "user_agent"} {
 					if v, ok := ev.Data[k]; ok {
 						parts = append(parts, k+"="+v)
 					}
@@ -196,9 +196,9 @@ func buildEventsCmd(cf *clientFlags) *cobra.Command {
 func tokenCmd(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "token", Short: "Manage API tokens (admin)"}
 	var apps []string
-	var admin bool
+	var admin, noSSH bool
 	create := &cobra.Command{
-		Use:   "create NAME [--app A]... [--admin]",
+		Use:   "create NAME [--app A]... [--admin] [--no-ssh]",
 		Short: "Create an API token for some apps (or an admin token); the token is printed once",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -206,7 +206,7 @@ func tokenCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out, err := c.CreateToken(cmd.Context(), api.TokenRequest{Name: args[0], Apps: apps, Admin: admin})
+			out, err := c.CreateToken(cmd.Context(), api.TokenRequest{Name: args[0], Apps: apps, Admin: admin, NoSSH: noSSH})
 			if err != nil {
 				return err
 			}
@@ -216,6 +216,7 @@ func tokenCmd(cf *clientFlags) *cobra.Command {
 	}
 	create.Flags().StringSliceVar(&apps, "app", nil, "app the token may use (repeatable)")
 	create.Flags().BoolVar(&admin, "admin", false, "an admin token (all apps, tokens)")
+	create.Flags().BoolVar(&noSSH, "no-ssh", false, "a token without SSH access to builds (no keys, scripts, one-line commands or terminals), e.g. for dashboards")
 	cmd.AddCommand(create)
 	return cmd
 }

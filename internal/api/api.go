@@ -104,6 +104,9 @@ type TokenRequest struct {
 	Name  string   `json:"name"`
 	Apps  []string `json:"apps"`
 	Admin bool     `json:"admin"`
+	// NoSSH makes a token that may read and start builds but never gets
+	// SSH access to them (no keys, scripts, one-line commands, terminals).
+	NoSSH bool `json:"no_ssh,omitempty"`
 }
 
 // Token is the answer of POST /api/v1/tokens; Token is the secret, shown
@@ -113,6 +116,7 @@ type Token struct {
 	Token string   `json:"token"`
 	Apps  []string `json:"apps"`
 	Admin bool     `json:"admin"`
+	NoSSH bool     `json:"no_ssh,omitempty"`
 }
 
 // Info is the answer of GET /api/v1/info: what the server offers.

@@ -48,7 +48,7 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 	if !allowed(w, r, req.App) {
 		return
 	}
-	if req.SSH && !s.unisolatedSSHAllowed(w, r) {
+	if req.SSH && !s.sshAllowed(w, r) {
 		return
 	}
 	app, err := s.cfg.Store.App(r.Context(), req.App)

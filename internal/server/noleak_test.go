@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hangar-ci/hangar/internal/store"
 )
 
 // walkRequest is one request of the walk over every route.
@@ -158,20 +161,23 @@ func (e *sshEnv) walk(reqs []walkRequest, token string) map[string]string {
 // token that may not have SSH access to a build whose access is open, on a
 // server with isolated machines (sandbox driver: an app-scoped token may
 // SSH into its own app's builds only) and one without (host driver: only
-// admin tokens may), and checks that no answer, list, event or live
+// admin tokens may), and with tokens made without SSH (--no-ssh), and checks that no answer, list, event or live
 // stream carries the build's private key, certificate, one-line command or
 // URL. The same walk with the admin token finds them: the needles are real.
 func TestNoSSHMaterialWithoutSSHRights(t *testing.T) {
 	for _, c := range []struct {
 		driver   string
 		isolated bool
-		apps     []string // the scoped token's
+		token    store.Token // the scoped token
 	}{
-		{"host", false, []string{"demo"}},
-		{"host", false, []string{"other"}},
-		{"sandbox", true, []string{"other"}},
+		{"host", false, store.Token{Apps: []string{"demo"}}},
+		{"host", false, store.Token{Apps: []string{"other"}}},
+		{"host", false, store.Token{Admin: true, NoSSH: true}},
+		{"sandbox", true, store.Token{Apps: []string{"other"}}},
+		{"sandbox", true, store.Token{Apps: []string{"demo"}, NoSSH: true}},
+		{"sandbox", true, store.Token{Admin: true, NoSSH: true}},
 	} {
-		t.Run(fmt.Sprintf("%s driver, token for %v", c.driver, c.apps), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s driver, token %+v", c.driver, c.token), func(t *testing.T) {
 			e := newSSHEnv(t, sshEnvOptions{isolated: c.isolated})
 			b, key, cert := e.sshBuild("demo")
 			path, _ := e.oneLiner(b.ID, e.admin)
@@ -180,7 +186,8 @@ func TestNoSSHMaterialWithoutSSHRights(t *testing.T) {
 			if code, _ := e.do("GET", path, "", nil); code != http.StatusOK {
 				t.Fatalf("admin's URL: %d", code)
 			}
-			scoped := e.token("scoped", false, c.apps...)
+			c.token.Name = "scoped"
+			scoped := e.addToken(c.token)
 			needles := map[string]string{
 				"private key":        strings.Split(strings.TrimSpace(key), "\n")[1],
 				"PEM header":         "PRIVATE KEY",
@@ -230,5 +237,39 @@ func TestNoSSHMaterialWithoutSSHRights(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestNoSSHToken: a token made with no_ssh reads its app's builds without
+// their SSH material and is refused SSH access with a reason, on a server
+// whose machines are isolated.
+func TestNoSSHToken(t *testing.T) {
+	e := newSSHEnv(t, sshEnvOptions{isolated: true})
+	b, _, _ := e.sshBuild("demo")
+	code, body := e.do("POST", "/api/v1/tokens", e.admin, strings.NewReader(`{"name": "dashboard", "apps": ["demo"], "no_ssh": true}`))
+	var tok struct {
+		Token string `json:"token"`
+		NoSSH bool   `json:"no_ssh"`
+	}
+	if err := json.Unmarshal([]byte(body), &tok); code != http.StatusCreated || err != nil || !tok.NoSSH {
+		t.Fatalf("create token: %d %s", code, body)
+	}
+	if code, body := e.do("GET", fmt.Sprintf("/api/v1/builds/%d", b.ID), tok.Token, nil); code != http.StatusOK || strings.Contains(body, "command") {
+		t.Errorf("the build for a no-SSH token: %d %s", code, body)
+	}
+	for _, r := range []struct{ method, path, body string }{
+		{"GET", fmt.Sprintf("/api/v1/builds/%d/ssh/script", b.ID), ""},
+		{"GET", fmt.Sprintf("/api/v1/builds/%d/ssh/access", b.ID), ""},
+		{"POST", fmt.Sprintf("/api/v1/builds/%d/terminal", b.ID), ""},
+		{"POST", "/api/v1/builds", `{"app": "demo", "ssh": true}`},
+	} {
+		code, body := e.do(r.method, r.path, tok.Token, strings.NewReader(r.body))
+		if code != http.StatusForbidden || !strings.Contains(body, "made without SSH access") {
+			t.Errorf("%s %s: %d %s", r.method, r.path, code, body)
+		}
+	}
+	// The same app's token with SSH gets it.
+	if code, body := e.do("GET", fmt.Sprintf("/api/v1/builds/%d/ssh/script", b.ID), e.token("dev", false, "demo"), nil); code != http.StatusOK || !strings.Contains(body, "PRIVATE KEY") {
+		t.Errorf("script for an app token with SSH: %d", code)
 	}
 }

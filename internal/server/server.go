@@ -268,11 +268,11 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 	var b [32]byte
 	_, _ = rand.Read(b[:])
 	secret := "hgr_" + hex.EncodeToString(b[:])
-	if err := s.cfg.Store.AddToken(r.Context(), HashToken(secret), store.Token{Name: req.Name, Admin: req.Admin, Apps: req.Apps}); err != nil {
+	if err := s.cfg.Store.AddToken(r.Context(), HashToken(secret), store.Token{Name: req.Name, Admin: req.Admin, Apps: req.Apps, NoSSH: req.NoSSH}); err != nil {
 		s.internal(w, "create token", err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, api.Token{Name: req.Name, Token: secret, Apps: req.Apps, Admin: req.Admin})
+	writeJSON(w, http.StatusCreated, api.Token{Name: req.Name, Token: secret, Apps: req.Apps, Admin: req.Admin, NoSSH: req.NoSSH})
 }
 
 // info serves GET /api/v1/info: what this server offers.

@@ -73,9 +73,8 @@ func (s *Server) present(r *http.Request, b *build.Build) *build.Build {
 	}
 	hostOK := s.cfg.SSH != nil && (s.cfg.SSH.PublicURL != "" || safeHost.MatchString(r.Host))
 	// The one-line command is a credential: only for a token that may
-	// have SSH access to the build (see unisolatedSSHAllowed).
-	mayConnect := s.cfg.Isolated || tokenOf(r) != nil && tokenOf(r).Admin
-	if b.SSH.Enabled && hostOK && mayConnect && !b.Status.Done() && b.SSH.State != build.SSHClosed {
+	// have SSH access to the build (see sshAllowed).
+	if b.SSH.Enabled && hostOK && s.maySSH(r) && !b.Status.Done() && b.SSH.State != build.SSHClosed {
 		url, exp, err := s.oneLineURL(r, b)
 		if err != nil {
 			// The build shows without its command; the CLI's hangar ssh
@@ -90,16 +89,25 @@ func (s *Server) present(r *http.Request, b *build.Build) *build.Build {
 	return b
 }
 
-// unisolatedSSHAllowed writes a 403 unless SSH access is safe to give this
-// request's token: a shell on a machine that is not isolated (the host
-// driver) is a shell as the server's own user, next to its data, so only
-// admin tokens get one.
-func (s *Server) unisolatedSSHAllowed(w http.ResponseWriter, r *http.Request) bool {
-	if s.cfg.Isolated {
+// maySSH reports whether the request's token may have SSH access to the
+// builds it may use (the caller checks the app): not a token made without
+// SSH (--no-ssh), and, since a shell on a machine that is not isolated (the
+// host driver) is a shell as the server's own user next to its data, only
+// an admin token on such a server.
+func (s *Server) maySSH(r *http.Request) bool {
+	t := tokenOf(r)
+	return t != nil && !t.NoSSH && (s.cfg.Isolated || t.Admin)
+}
+
+// sshAllowed writes a 403 unless the request's token may have SSH access
+// (maySSH).
+func (s *Server) sshAllowed(w http.ResponseWriter, r *http.Request) bool {
+	if s.maySSH(r) {
 		return true
 	}
-	if t := tokenOf(r); t != nil && t.Admin {
-		return true
+	if t := tokenOf(r); t != nil && t.NoSSH {
+		writeError(w, http.StatusForbidden, fmt.Sprintf("your API token (%s) was made without SSH access: ask an admin for a token without --no-ssh", t.Name))
+		return false
 	}
 	writeError(w, http.StatusForbidden, "this server's machines are not isolated (host driver): SSH access is for admin tokens only")
 	return false
@@ -202,7 +210,7 @@ func (s *Server) writeScript(w http.ResponseWriter, r *http.Request, a *connect.
 // sshScript serves GET /api/v1/builds/{id}/ssh/script.
 func (s *Server) sshScript(w http.ResponseWriter, r *http.Request) {
 	b, ok := s.lookupBuild(w, r)
-	if !ok || !s.unisolatedSSHAllowed(w, r) {
+	if !ok || !s.sshAllowed(w, r) {
 		return
 	}
 	if a := s.access(w, r, b); a != nil {
@@ -213,7 +221,7 @@ func (s *Server) sshScript(w http.ResponseWriter, r *http.Request) {
 // sshAccess serves GET /api/v1/builds/{id}/ssh/access.
 func (s *Server) sshAccess(w http.ResponseWriter, r *http.Request) {
 	b, ok := s.lookupBuild(w, r)
-	if !ok || !s.unisolatedSSHAllowed(w, r) {
+	if !ok || !s.sshAllowed(w, r) {
 		return
 	}
 	a := s.access(w, r, b)

@@ -120,9 +120,14 @@ func newSSHEnv(t *testing.T, o sshEnvOptions) *sshEnv {
 
 // token makes a token and returns its secret.
 func (e *sshEnv) token(name string, admin bool, apps ...string) string {
+	return e.addToken(store.Token{Name: name, Admin: admin, Apps: apps})
+}
+
+// addToken stores t and returns its secret.
+func (e *sshEnv) addToken(t store.Token) string {
 	e.t.Helper()
-	secret := "hgr_" + name + "_secret"
-	if err := e.st.AddToken(context.Background(), HashToken(secret), store.Token{Name: name, Admin: admin, Apps: apps}); err != nil {
+	secret := "hgr_" + t.Name + "_secret"
+	if err := e.st.AddToken(context.Background(), HashToken(secret), t); err != nil {
 		e.t.Fatal(err)
 	}
 	return secret

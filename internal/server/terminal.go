@@ -69,7 +69,7 @@ func (t *terminalTickets) take(id string, build int64) (ticket, bool) {
 // terminalTicket serves POST /api/v1/builds/{id}/terminal.
 func (s *Server) terminalTicket(w http.ResponseWriter, r *http.Request) {
 	b, ok := s.lookupBuild(w, r)
-	if !ok || !s.unisolatedSSHAllowed(w, r) {
+	if !ok || !s.sshAllowed(w, r) {
 		return
 	}
 	if s.cfg.SSH == nil || !b.SSH.Enabled {

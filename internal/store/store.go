@@ -42,6 +42,9 @@ type Token struct {
 	Name  string
 	Admin bool
 	Apps  []string // apps a non-admin token may use
+	// NoSSH: the token may not have SSH access (keys, scripts, one-line
+	// commands, terminals) to any build, on any driver.
+	NoSSH bool
 }
 
 // Allows reports whether the token may use app.
@@ -139,7 +142,8 @@ CREATE TABLE IF NOT EXISTS tokens (
 	name TEXT NOT NULL,
 	admin INTEGER NOT NULL,
 	apps TEXT NOT NULL DEFAULT '',
-	created_at INTEGER NOT NULL
+	created_at INTEGER NOT NULL,
+	no_ssh INTEGER NOT NULL DEFAULT 0
 );
 `
 
@@ -294,8 +298,8 @@ func (s *Store) DeleteApp(ctx context.Context, name string) error {
 
 // AddToken stores a token by the hash of its secret.
 func (s *Store) AddToken(ctx context.Context, hash string, t Token) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (hash, name, admin, apps, created_at) VALUES ($1, $2, $3, $4, $5)`,
-		hash, t.Name, t.Admin, strings.Join(t.Apps, ","), ms(time.Now()))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (hash, name, admin, apps, created_at, no_ssh) VALUES ($1, $2, $3, $4, $5, $6)`,
+		hash, t.Name, t.Admin, strings.Join(t.Apps, ","), ms(time.Now()), t.NoSSH)
 	return err
 }
 
@@ -303,7 +307,7 @@ func (s *Store) AddToken(ctx context.Context, hash string, t Token) error {
 func (s *Store) TokenByHash(ctx context.Context, hash string) (*Token, error) {
 	var t Token
 	var apps string
-	err := s.db.QueryRowContext(ctx, `SELECT name, admin, apps FROM tokens WHERE hash = $1`, hash).Scan(&t.Name, &t.Admin, &apps)
+	err := s.db.QueryRowContext(ctx, `SELECT name, admin, apps, no_ssh FROM tokens WHERE hash = $1`, hash).Scan(&t.Name, &t.Admin, &apps, &t.NoSSH)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -490,36 +494,29 @@ func (s *Store) UpdateBuild(ctx context.Context, b *build.Build) (bool, error) {
 	return n > 0, nil
 }
 
+// columns are the columns that databases made by earlier versions lack,
+// with their declarations. Builds of earlier versions get no URL nonce: no
+// one-line URL is ever valid for them.
+var columns = []struct{ table, column, decl string }{
+	{"builds", "cancel_requested", "INTEGER NOT NULL DEFAULT 0"},
+	{"log_chunks", "encoding", "TEXT NOT NULL DEFAULT ''"},
+	{"builds", "ssh_url_nonce", "BLOB"},
+	{"tokens", "no_ssh", "INTEGER NOT NULL DEFAULT 0"},
+}
+
 // migrate adds what databases made by earlier versions lack.
 func migrate(db *sql.DB) error {
-	var n int
-	err := db.QueryRow(`SELECT count(*) FROM pragma_table_info('builds') WHERE name = 'cancel_requested'`).Scan(&n)
-	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	if n == 0 {
-		if _, err := db.Exec(`ALTER TABLE builds ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0`); err != nil {
-			return fmt.Errorf("migrate: add builds.cancel_requested: %w", err)
+	for _, c := range columns {
+		var n int
+		err := db.QueryRow(`SELECT count(*) FROM pragma_table_info($1) WHERE name = $2`, c.table, c.column).Scan(&n)
+		if err != nil {
+			return fmt.Errorf("migrate: %w", err)
 		}
-	}
-	err = db.QueryRow(`SELECT count(*) FROM pragma_table_info('log_chunks') WHERE name = 'encoding'`).Scan(&n)
-	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	if n == 0 {
-		if _, err := db.Exec(`ALTER TABLE log_chunks ADD COLUMN encoding TEXT NOT NULL DEFAULT ''`); err != nil {
-			return fmt.Errorf("migrate: add log_chunks.encoding: %w", err)
+		if n > 0 {
+			continue
 		}
-	}
-	// Builds of earlier versions get no nonce: no one-line URL is ever
-	// valid for them.
-	err = db.QueryRow(`SELECT count(*) FROM pragma_table_info('builds') WHERE name = 'ssh_url_nonce'`).Scan(&n)
-	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	if n == 0 {
-		if _, err := db.Exec(`ALTER TABLE builds ADD COLUMN ssh_url_nonce BLOB`); err != nil {
-			return fmt.Errorf("migrate: add builds.ssh_url_nonce: %w", err)
+		if _, err := db.Exec(`ALTER TABLE ` + c.table + ` ADD COLUMN ` + c.column + ` ` + c.decl); err != nil {
+			return fmt.Errorf("migrate: add %s.%s: %w", c.table, c.column, err)
 		}
 	}
 	return nil
