@@ -416,3 +416,53 @@ func newBuild(t *testing.T, s *Store, status build.Status) *build.Build {
 	}
 	return b
 }
+
+// TestURLNonce: an SSH build gets a nonce of its own at creation, which
+// DestroySSHKey erases; a build without SSH has none; a database made
+// before nonces (and before tokens without SSH) migrates, its SSH builds
+// without a nonce: no one-line URL is ever valid for them.
+func TestURLNonce(t *testing.T) {
+	ctx := context.Background()
+	var old *build.Build
+	s := migrated(t, func(o *Store) {
+		old = newBuild(t, o, build.Building)
+		for _, q := range []string{`UPDATE builds SET ssh_enabled = 1, ssh_state = 'ready'`, `ALTER TABLE builds DROP COLUMN ssh_url_nonce`, `ALTER TABLE tokens DROP COLUMN no_ssh`} {
+			if _, err := o.db.Exec(q); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	if _, err := s.URLNonce(ctx, old.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a build of the old database: %v, want ErrNotFound", err)
+	}
+	mk := func(ssh bool) *build.Build {
+		b := &build.Build{App: "a", Workflow: "w", Status: build.Queued, Trigger: build.Manual, MaxDuration: 60, SSH: build.SSH{Enabled: ssh}}
+		if err := s.CreateBuild(ctx, b, nil); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	a, b, plain := mk(true), mk(true), mk(false)
+	na, err := s.URLNonce(ctx, a.ID)
+	if err != nil || len(na) != urlNonceSize {
+		t.Fatalf("nonce of %d: %x %v", a.ID, na, err)
+	}
+	if nb, err := s.URLNonce(ctx, b.ID); err != nil || bytes.Equal(na, nb) {
+		t.Errorf("two builds' nonces: %x %x %v", na, nb, err)
+	}
+	if _, err := s.URLNonce(ctx, plain.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a build without SSH: %v", err)
+	}
+	if err := s.DestroySSHKey(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.URLNonce(ctx, a.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("after DestroySSHKey: %v", err)
+	}
+	if err := s.AddToken(ctx, "h", Token{Name: "dash", Apps: []string{"a"}, NoSSH: true}); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := s.TokenByHash(ctx, "h"); err != nil || !tok.NoSSH {
+		t.Errorf("token: %+v %v", tok, err)
+	}
+}
