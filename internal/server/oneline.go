@@ -23,17 +23,19 @@ import (
 //     and the build's own random nonce (store.URLNonce), made with the
 //     build: a URL of another build, or of a build of the same id in a
 //     recreated database, never matches;
-//   - it names its expiry (DefaultURLTTL after it was shown, rounded up to
-//     the minute), also under the MAC;
-//   - the nonce is erased when the build's SSH access ends, and the script
-//     is refused once the build or its access has ended;
+//   - it names its expiry (URLTTL after it was shown, rounded up to the
+//     minute), also under the MAC;
+//   - the script is refused once the build's SSH access has closed (a
+//     logout, the window, the build's end), and the nonce is erased with
+//     the build's key when the build ends;
 //   - it names the token it was shown to, and each fetch is a build event
 //     ("ssh_script", via "url": that token, the fetcher's address and
 //     user agent), as is each refused fetch of a genuine URL
 //     ("ssh_script_refused").
 
-// DefaultURLTTL is how long a one-line command works after it was shown.
-const DefaultURLTTL = 5 * time.Minute
+// URLTTL is how long a one-line command works after it was shown (at
+// most a minute more: expiries are rounded up to the minute).
+const URLTTL = 5 * time.Minute
 
 // grantVersion is the first byte of a grant; another layout gets another.
 const grantVersion = 1
@@ -43,13 +45,6 @@ type grant struct {
 	expires  time.Time
 	issuedTo string // the name of the token the URL was shown to
 	mac      []byte
-}
-
-func (c *SSHConfig) urlTTL() time.Duration {
-	if c.URLTTL > 0 {
-		return c.URLTTL
-	}
-	return DefaultURLTTL
 }
 
 func (c *SSHConfig) now() time.Time {
@@ -119,7 +114,7 @@ func (s *Server) oneLineURL(r *http.Request, b *build.Build) (string, time.Time,
 	// Rounded up to the minute: the URL, and so the build object, changes
 	// once a minute rather than with each look.
 	c := s.cfg.SSH
-	exp := c.now().Add(c.urlTTL() + time.Minute - 1).Truncate(time.Minute)
+	exp := c.now().Add(URLTTL + time.Minute - 1).Truncate(time.Minute)
 	return fmt.Sprintf("%s/ssh/%d/%s", s.baseURL(r), b.ID, c.encodeGrant(b.ID, nonce, exp, t.Name)), exp, nil
 }
 
@@ -153,7 +148,7 @@ func (s *Server) signedScript(w http.ResponseWriter, r *http.Request) {
 	}
 	if now := s.cfg.SSH.now(); !now.Before(g.expires) {
 		refuse(http.StatusGone, "expired", fmt.Sprintf("this one-line command expired at %s (it works for %s after it is shown): copy it again from build %d's page, or run hangar ssh %d",
-			g.expires.UTC().Format("15:04:05 MST"), s.cfg.SSH.urlTTL(), id, id))
+			g.expires.UTC().Format("15:04:05 MST"), URLTTL, id, id))
 		return
 	}
 	b, err := s.cfg.Store.Build(r.Context(), id)

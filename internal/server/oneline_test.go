@@ -65,8 +65,8 @@ func TestOneLineURL(t *testing.T) {
 	a, key, cert := e.sshBuild("demo")
 	b, _, _ := e.sshBuild("demo")
 	path, exp := e.oneLiner(a.ID, e.admin)
-	if d := exp.Sub(e.clock.Now()); d < DefaultURLTTL || d > DefaultURLTTL+time.Minute {
-		t.Errorf("the command expires in %s, want %s to %s", d, DefaultURLTTL, DefaultURLTTL+time.Minute)
+	if d := exp.Sub(e.clock.Now()); d < URLTTL || d > URLTTL+time.Minute {
+		t.Errorf("the command expires in %s, want %s to %s", d, URLTTL, URLTTL+time.Minute)
 	}
 
 	t.Run("fetch", func(t *testing.T) {

@@ -24,9 +24,6 @@ type SSHConfig struct {
 	Sealer *sshca.Sealer
 	// URLKey authenticates the one-line command's URLs (see oneline.go).
 	URLKey []byte
-	// URLTTL is how long a one-line command works after it was shown;
-	// default DefaultURLTTL.
-	URLTTL time.Duration
 	// Now is the clock of URL expiry; nil: time.Now.
 	Now func() time.Time
 	// GatewayHost is the gateway's host name as users reach it; empty:
