@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +20,8 @@ import (
 // made by the test). The CLI reaches it through SSL_CERT_FILE; the build's
 // one-line command is an https URL that curl, trusting the CA, fetches and
 // whose script gives the real ssh a session on the machine; curl without
-// the CA refuses the server; the fetch is a build event. Then the server
+// the CA refuses the server; the fetch is a build event; the build's end
+// revokes the URL. Then the server
 // restarts on a new database in the same data dir (same keys): its build
 // has the old build's id, and the old URL is refused.
 func TestOneLinerHTTPS(t *testing.T) {
@@ -92,6 +94,15 @@ func TestOneLinerHTTPS(t *testing.T) {
 	}
 	if !fetched {
 		t.Errorf("no event of the one-liner's fetch: %+v", evs)
+	}
+
+	// The build's end revokes the URL at once (the runner erases the nonce
+	// with the key; until then the ended build refuses it).
+	if r := f.hangar(fmt.Sprintf("build cancel %d", id)); r.Code != 0 {
+		t.Fatalf("cancel: %s", r.Stderr)
+	}
+	if out, errs, code := sh(f, true, withCommand); code == 0 || out != "" || !strings.Contains(errs, "404") && !strings.Contains(errs, "410") {
+		t.Errorf("the one-liner after the build ended: exit %d, stdout %q, stderr %s", code, out, errs)
 	}
 
 	// A new database in the same data dir: the keys (and the URL key) stay.
