@@ -203,6 +203,7 @@ func TestNoSSHMaterialWithoutSSHRights(t *testing.T) {
 			if len(reqs) < len(e.api.patterns) {
 				t.Fatalf("%d requests for %d routes", len(reqs), len(e.api.patterns))
 			}
+			t.Logf("%d requests over the server's %d routes", len(reqs), len(e.api.patterns))
 			// The admin's walk finds each needle: the check can fail. It
 			// leaves out what ends the build, which the scoped walk needs
 			// running.
