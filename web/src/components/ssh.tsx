@@ -108,7 +108,9 @@ function TransportWarning() {
   if (!warning) return null;
   return (
     <div data-testid="ssh-transport-warning">
-      <Alert kind="warn">Not safe to use across a network: this server is served over plain HTTP, so the key crosses the network in clear. {warning}</Alert>
+      <Alert kind="warn">
+        <strong>Not safe to use across a network.</strong> {warning.charAt(0).toUpperCase() + warning.slice(1)}.
+      </Alert>
     </div>
   );
 }
