@@ -109,7 +109,7 @@ function TransportWarning() {
   return (
     <div data-testid="ssh-transport-warning">
       <Alert kind="warn">
-        <strong>Not safe to use across a network.</strong> {warning.charAt(0).toUpperCase() + warning.slice(1)}.
+        <strong>Not safe to use across a network.</strong> {warning.charAt(0).toUpperCase() + warning.slice(1)}
       </Alert>
     </div>
   );
