@@ -14,12 +14,14 @@ import (
 
 // TestAlgorithms reads what the gateway and the builder link offer on the
 // wire: exactly Hangar's algorithms (package sshalgo) and strict key
-// exchange; a client offering only other ones is refused.
+// exchange; a client offering only other ones is refused; ssh-audit finds
+// nothing to fault.
 func TestAlgorithms(t *testing.T) {
 	_, _, _, gwAddr, linkAddr, _ := setup(t)
 	for _, addr := range []string{gwAddr, linkAddr} {
 		sshalgotest.CheckServer(t, addr, ssh.KeyAlgoED25519)
 		sshalgotest.CheckRefuses(t, addr)
+		sshalgotest.Audit(t, addr)
 	}
 }
 

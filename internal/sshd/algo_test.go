@@ -16,11 +16,13 @@ import (
 
 // TestAlgorithms reads what the server offers on the wire: exactly
 // Hangar's algorithms (package sshalgo) and strict key exchange, though its
-// Config names none; and a client offering only other ones is refused.
+// Config names none; a client offering only other ones is refused;
+// ssh-audit finds nothing to fault.
 func TestAlgorithms(t *testing.T) {
 	h := newHarness(t)
 	sshalgotest.CheckServer(t, h.addr, ssh.KeyAlgoED25519)
 	sshalgotest.CheckRefuses(t, h.addr)
+	sshalgotest.Audit(t, h.addr)
 }
 
 // TestAlgorithmsOpenSSH: Debian's OpenSSH client (9.2, no ML-KEM)

@@ -1,15 +1,18 @@
 // Package sshalgotest checks on the wire which SSH algorithms a server
 // offers: it reads the server's first KEXINIT over a plain TCP connection,
-// and tries handshakes that offer only algorithms Hangar refuses.
+// tries handshakes that offer only algorithms Hangar refuses, and runs
+// ssh-audit.
 package sshalgotest
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -176,4 +179,49 @@ func CheckRefuses(t testing.TB, addr string) {
 	// MACs are negotiated only with a non-AEAD cipher, which none of
 	// Hangar's is: CheckServer checks the MACs offered.
 	probe(fmt.Sprintf("host keys %q", Refused.HostKeys), func(c *ssh.ClientConfig) { c.HostKeyAlgorithms = Refused.HostKeys })
+}
+
+// auditUnknown are the algorithms that ssh-audit 2.5.0 (Debian 12) predates
+// and warns of as "unknown algorithm".
+var auditUnknown = []string{ssh.KeyExchangeMLKEM768X25519, StrictKexServer}
+
+// Audit runs ssh-audit (Debian's package) on the SSH server at addr and
+// asserts that it finds no failure and no warning, but for algorithms it
+// does not know (auditUnknown).
+func Audit(t testing.TB, addr string) {
+	t.Helper()
+	if _, err := exec.LookPath("ssh-audit"); err != nil {
+		t.Fatal("ssh-audit not found: apt-get install ssh-audit (make testdeps installs it)")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// Its exit status says warnings, which the unknown algorithms are:
+	// the output is read instead.
+	out, _ := exec.CommandContext(ctx, "ssh-audit", "-n", "-p", port, host).CombinedOutput()
+	if !strings.Contains(string(out), "(kex) "+ssh.KeyExchangeCurve25519+" ") {
+		t.Fatalf("ssh-audit %s did not audit it:\n%s", addr, out)
+	}
+	var algo string
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "(") {
+			if f := strings.Fields(line); len(f) > 1 {
+				algo = f[1]
+			}
+		}
+		switch {
+		case strings.Contains(line, "[fail]"):
+			t.Errorf("ssh-audit %s: %s", addr, strings.TrimSpace(line))
+		case strings.Contains(line, "[warn]"):
+			if !strings.Contains(line, "[warn] unknown algorithm") || !slices.Contains(auditUnknown, algo) {
+				t.Errorf("ssh-audit %s: %s", addr, strings.TrimSpace(line))
+			}
+		}
+	}
+	if t.Failed() {
+		t.Logf("ssh-audit %s:\n%s", addr, out)
+	}
 }
