@@ -26,11 +26,11 @@ func TestAlgorithms(t *testing.T) {
 }
 
 // TestAlgorithmsOpenSSH: Debian's OpenSSH client (9.2, no ML-KEM)
-// negotiates curve25519, an AEAD cipher and strict key exchange with the
-// server, with its own defaults.
+// negotiates curve25519, an AEAD cipher and strict key exchange (Terrapin)
+// with the server, with its own defaults.
 func TestAlgorithmsOpenSSH(t *testing.T) {
 	h := newHarness(t)
-	res := h.ssh("", sshTo("true", "-vv")...)
+	res := h.ssh("", sshTo("true", "-vvv")...)
 	if res.code != 0 {
 		t.Fatalf("ssh: exit %d: %s", res.code, res.stderr)
 	}
@@ -39,13 +39,15 @@ func TestAlgorithmsOpenSSH(t *testing.T) {
 		"kex: server->client cipher: chacha20-poly1305@openssh.com",
 		"kex: client->server cipher: chacha20-poly1305@openssh.com",
 		"host key algorithm: ssh-ed25519",
+		"will use strict KEX ordering",
+		"server-sig-algs=<ssh-ed25519>",
 	} {
 		if !strings.Contains(res.stderr, want) {
-			t.Errorf("ssh -vv does not say %q", want)
+			t.Errorf("ssh -vvv does not say %q", want)
 		}
 	}
 	if t.Failed() {
-		t.Logf("ssh -vv: %s", res.stderr)
+		t.Logf("ssh -vvv: %s", res.stderr)
 	}
 }
 
