@@ -4,6 +4,7 @@
 package builder
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -320,8 +321,10 @@ func (r *run) writePrivate(path string, data []byte) error {
 	return r.chown(path)
 }
 
-// ensureProfile makes ~/.hangar/bin and, when the home has no profile of
-// its own, a ~/.profile that puts bin first on a login shell's PATH.
+// ensureProfile makes ~/.hangar/bin and puts it first on a login shell's
+// PATH: it adds a line to the profile bash reads (the first of
+// ~/.bash_profile, ~/.bash_login and ~/.profile; a new ~/.profile if there
+// is none). The home is the build's own.
 func (r *run) ensureProfile(bin string) error {
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		return fmt.Errorf("builder: %w", err)
@@ -329,16 +332,25 @@ func (r *run) ensureProfile(bin string) error {
 	if err := r.chown(bin); err != nil {
 		return err
 	}
+	const line = "PATH=\"$HOME/.hangar/bin:$PATH\" # hangar-steps, added by Hangar's builder\n"
+	profile := filepath.Join(r.home, ".profile")
 	for _, name := range []string{".bash_profile", ".bash_login", ".profile"} {
 		if _, err := os.Lstat(filepath.Join(r.home, name)); err == nil {
-			return nil
+			profile = filepath.Join(r.home, name)
+			break
 		}
 	}
-	profile := filepath.Join(r.home, ".profile")
-	body := "# Written by Hangar's builder: hangar-steps is in ~/.hangar/bin.\n" +
-		"PATH=\"$HOME/.hangar/bin:$PATH\"\n" +
-		"[ -n \"$BASH_VERSION\" ] && [ -f \"$HOME/.bashrc\" ] && . \"$HOME/.bashrc\"\n"
-	if err := os.WriteFile(profile, []byte(body), 0o644); err != nil {
+	old, err := os.ReadFile(profile)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("builder: %w", err)
+	}
+	if bytes.Contains(old, []byte(line)) {
+		return nil
+	}
+	if len(old) > 0 && !bytes.HasSuffix(old, []byte("\n")) {
+		old = append(old, '\n')
+	}
+	if err := os.WriteFile(profile, append(old, line...), 0o644); err != nil {
 		return fmt.Errorf("builder: %w", err)
 	}
 	return r.chown(profile)
