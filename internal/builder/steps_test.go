@@ -34,10 +34,10 @@ func newStepsRun(t *testing.T) (*run, *recorder) {
 	}
 	job := &link.Job{Repo: filepath.Join(src, ".git"), Origin: "https://example.invalid/r.git", Branch: "main", Commit: strings.TrimSpace(string(commit)),
 		Env: []string{"E2E_VAR=from-job"}, BreakBefore: []int{2}, Steps: []link.Step{
-		{Name: "Fetching app sources"},
-		{Name: "Export", File: "01-export.sh", Script: "echo EXPORTED=yes >> \"$CM_ENV\"\nmkdir -p sub"},
-		{Name: "Fails", File: "02-fails.sh", WorkingDirectory: "sub", Script: "echo \"$E2E_VAR $EXPORTED $(basename \"$PWD\")\"\nexit 4"},
-	}}
+			{Name: "Fetching app sources"},
+			{Name: "Export", File: "01-export.sh", Script: "echo EXPORTED=yes >> \"$CM_ENV\"\nmkdir -p sub"},
+			{Name: "Fails", File: "02-fails.sh", WorkingDirectory: "sub", Script: "echo \"$E2E_VAR $EXPORTED $(basename \"$PWD\")\"\nexit 4"},
+		}}
 	r, err := newRun(Config{Home: home}, job, nil)
 	if err != nil {
 		t.Fatal(err)
