@@ -115,6 +115,12 @@ func (r *run) commands(c *link.Client, a *sshAccess) {
 		if err != nil {
 			return
 		}
+		if cmd.Type == link.Continue {
+			if _, err := r.steps.cont(cmd.Text); err != nil {
+				r.log.Info("continue", "err", err)
+			}
+			continue
+		}
 		if a == nil {
 			continue
 		}
