@@ -35,6 +35,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/machine/sandbox"
 	"github.com/hangar-ci/hangar/internal/runner"
 	"github.com/hangar-ci/hangar/internal/server"
+	"github.com/hangar-ci/hangar/internal/sshalgo"
 	"github.com/hangar-ci/hangar/internal/sshca"
 	"github.com/hangar-ci/hangar/internal/store"
 )
@@ -58,7 +59,13 @@ type Config struct {
 	SSHPublicHost      string
 	SSHAfterSteps      time.Duration
 	SSHHandshake       time.Duration
-	PublicURL          string
+	// The gateway's bounds (gateway.Gateway's fields of the same names;
+	// zero: its defaults).
+	SSHMaxConns                    int
+	SSHMaxUnauthenticated          int
+	SSHMaxUnauthenticatedPerSource int
+	SSHAuthDelayMax                time.Duration
+	PublicURL                      string
 	// TLSCert and TLSKey are PEM files: the API is served over HTTPS with
 	// them. TLSAutocert are host names to get certificates for from
 	// Let's Encrypt (the API must then be their port 443), with
@@ -195,9 +202,13 @@ func New(cfg Config) (a *App, err error) {
 		if err != nil {
 			return nil, err
 		}
-		gwKey, err := sshca.LoadOrCreateKey(filepath.Join(keys, "gateway_host_key"), "hangar gateway")
+		gwKeyPath := filepath.Join(keys, "gateway_host_key")
+		gwKey, err := sshca.LoadOrCreateKey(gwKeyPath, "hangar gateway")
 		if err != nil {
 			return nil, err
+		}
+		if err := sshalgo.CheckHostKey(gwKey); err != nil {
+			return nil, fmt.Errorf("%s: %w; move it away to make a new one", gwKeyPath, err)
 		}
 		sealer, err := sshca.LoadOrCreateSealer(filepath.Join(keys, "seal.key"))
 		if err != nil {
@@ -210,7 +221,10 @@ func New(cfg Config) (a *App, err error) {
 		if a.sshLn, err = net.Listen("tcp", cfg.SSH); err != nil {
 			return nil, fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
 		}
-		a.gw = &gateway.Gateway{HostKey: gwKey, CA: ca.PublicKey(), Logger: log, HandshakeTimeout: cfg.SSHHandshake}
+		a.gw = &gateway.Gateway{HostKey: gwKey, CA: ca.PublicKey(), Logger: log, HandshakeTimeout: cfg.SSHHandshake,
+			MaxConns: cfg.SSHMaxConns, MaxUnauthenticated: cfg.SSHMaxUnauthenticated,
+			MaxUnauthenticatedPerSource: cfg.SSHMaxUnauthenticatedPerSource}
+		a.gw.AuthDelay.Max = cfg.SSHAuthDelayMax
 		a.linkSrv.Tunnels = a.gw
 		rcfg.SSH = &runner.SSHConfig{CA: ca, Sealer: sealer, Gateway: a.gw, Store: a.store, AfterSteps: cfg.SSHAfterSteps}
 		scfg.SSH = &server.SSHConfig{
@@ -223,6 +237,7 @@ func New(cfg Config) (a *App, err error) {
 	if a.gw != nil {
 		a.gw.Events = a.run.GatewayEvent
 	}
+	scfg.Continue = a.run.Continue
 	if a.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
 		return nil, fmt.Errorf("--http %s: %w", cfg.HTTP, err)
 	}

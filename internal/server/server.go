@@ -65,6 +65,9 @@ type Config struct {
 	// InstanceTypes are the instance types workflows may name; nil:
 	// build.DefaultInstanceTypes. A build naming another fails at once.
 	InstanceTypes build.InstanceTypes
+	// Continue resumes a build paused at a breakpoint (the runner's;
+	// nil: none can be).
+	Continue func(id int64, who string) error
 }
 
 // Server serves the API. Create it with New.
@@ -98,6 +101,7 @@ func (s *Server) routes() []route {
 		{"GET /api/v1/builds", s.auth(s.listBuilds)},
 		{"GET /api/v1/builds/{id}", s.auth(s.getBuild)},
 		{"POST /api/v1/builds/{id}/cancel", s.auth(s.cancelBuild)},
+		{"POST /api/v1/builds/{id}/continue", s.auth(s.continueBuild)},
 		{"GET /api/v1/builds/{id}/logs", s.auth(s.buildLogs)},
 		{"POST /api/v1/webhooks/{app}", http.HandlerFunc(s.webhook)},
 		{"GET /api/v1/builds/{id}/ssh/script", s.auth(s.sshScript)},
