@@ -391,7 +391,7 @@ func TestSSHInteractive(t *testing.T) {
 		t.Fatalf("after the steps: %s, ssh %+v", nb.Status, nb.SSH)
 	}
 	if r := f.hangar(fmt.Sprintf("build show %d", b.ID)); !strings.Contains(r.Stdout, "Status:   waiting for SSH (") || !strings.Contains(r.Stdout, "Connect:  hangar ssh "+strconv.FormatInt(b.ID, 10)) {
-		t.Errorf("build show while waiting for SSH:\n%s", r.Stdout)
+		t.Errorf("build show while waiting for SSH: %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	oneLiner := f.show(b.ID).SSH.Command
 	session := "hangar-e2e-" + marker()

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -377,9 +376,12 @@ func buildContinueCmd(cf *clientFlags) *cobra.Command {
 // statusLine is a build's status in words, with the time left while it
 // waits for its SSH user.
 func statusLine(b *build.Build, now time.Time) string {
-	st := strings.ReplaceAll(string(b.Status), "_", " ")
-	if b.Status == build.WaitingForSSH && b.SSH.ExpiresAt != nil {
-		st += fmt.Sprintf(" (%s left)", b.SSH.ExpiresAt.Sub(now).Round(time.Second))
+	st := string(b.Status)
+	if b.Status == build.WaitingForSSH {
+		st = "waiting for SSH"
+		if b.SSH.ExpiresAt != nil {
+			st += fmt.Sprintf(" (%s left)", b.SSH.ExpiresAt.Sub(now).Round(time.Second))
+		}
 	}
 	return st
 }
