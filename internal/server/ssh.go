@@ -65,6 +65,7 @@ func (s *Server) baseURL(r *http.Request) string {
 
 // present fills what a build shows only to those allowed to see it.
 func (s *Server) present(r *http.Request, b *build.Build) *build.Build {
+	b.Status = b.ShownStatus()
 	if b.SSH.Sessions == nil {
 		b.SSH.Sessions = []build.SSHSession{}
 	}
