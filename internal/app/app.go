@@ -224,7 +224,7 @@ func New(cfg Config) (a *App, err error) {
 	if a.gw != nil {
 		a.gw.Events = a.run.GatewayEvent
 	}
-	scfg.Continue = a.run.Continue
+	scfg.Continue, scfg.Extend = a.run.Continue, a.run.Extend
 	a.api = server.New(scfg)
 	if a.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
 		return nil, fmt.Errorf("--http %s: %w", cfg.HTTP, err)
