@@ -7,27 +7,61 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/store/pgtest"
 )
 
-func open(t *testing.T) *Store {
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// eachBackend runs f as a subtest on a new SQLite database and on a new
+// PostgreSQL database; open opens a Store on that database (another one at
+// each call, as another process would), closed at cleanup.
+func eachBackend(t *testing.T, f func(t *testing.T, open func(testing.TB) *Store)) {
+	t.Run("sqlite", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "hangar.db")
+		f(t, func(t testing.TB) *Store {
+			t.Helper()
+			s, err := OpenSQLite(path)
+			return opened(t, s, err)
+		})
+	})
+	t.Run("postgres", func(t *testing.T) {
+		url := pgtest.DB(t)
+		f(t, func(t testing.TB) *Store {
+			t.Helper()
+			s, err := OpenPostgres(context.Background(), url)
+			return opened(t, s, err)
+		})
+	})
+}
+
+func opened(t testing.TB, s *Store, err error) *Store {
 	t.Helper()
-	s, err := OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("close store: %v", err)
+		}
+	})
 	return s
 }
 
 func TestAppsAndBuilds(t *testing.T) {
+	eachBackend(t, func(t *testing.T, open func(testing.TB) *Store) {
+		testAppsAndBuilds(t, open(t))
+	})
+}
+
+func testAppsAndBuilds(t *testing.T, s *Store) {
 	ctx := context.Background()
-	s := open(t)
 	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
 		t.Fatal(err)
 	}
@@ -96,8 +130,13 @@ func TestAppsAndBuilds(t *testing.T) {
 }
 
 func TestLogs(t *testing.T) {
+	eachBackend(t, func(t *testing.T, open func(testing.TB) *Store) {
+		testLogs(t, open(t))
+	})
+}
+
+func testLogs(t *testing.T, s *Store) {
 	ctx := context.Background()
-	s := open(t)
 	b := newBuild(t, s, build.Queued)
 	// 2500 lines in chunks of 1 to 7 lines, steps changing between chunks.
 	var chunks []build.LogChunk
@@ -148,8 +187,13 @@ func TestLogs(t *testing.T) {
 }
 
 func TestCancelBuild(t *testing.T) {
+	eachBackend(t, func(t *testing.T, open func(testing.TB) *Store) {
+		testCancelBuild(t, open(t))
+	})
+}
+
+func testCancelBuild(t *testing.T, s *Store) {
 	ctx := context.Background()
-	s := open(t)
 	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
 		t.Fatal(err)
 	}
@@ -263,8 +307,13 @@ func TestMigrateLogLines(t *testing.T) {
 // with no step left running and the reason as the log's last line; queued
 // and ended builds are untouched.
 func TestFailInterrupted(t *testing.T) {
+	eachBackend(t, func(t *testing.T, open func(testing.TB) *Store) {
+		testFailInterrupted(t, open(t))
+	})
+}
+
+func testFailInterrupted(t *testing.T, s *Store) {
 	ctx := context.Background()
-	s := open(t)
 	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
 		t.Fatal(err)
 	}
@@ -322,8 +371,13 @@ func TestFailInterrupted(t *testing.T) {
 // TestLogChunksCompressed: output that repeats itself is stored smaller,
 // output that does not is stored as it is, and both read back the same.
 func TestLogChunksCompressed(t *testing.T) {
+	eachBackend(t, func(t *testing.T, open func(testing.TB) *Store) {
+		testLogChunksCompressed(t, open(t))
+	})
+}
+
+func testLogChunksCompressed(t *testing.T, s *Store) {
 	ctx := context.Background()
-	s := open(t)
 	b := newBuild(t, s, build.Queued)
 	var verbose []byte
 	for i := 1; i <= 1000; i++ {
@@ -384,8 +438,9 @@ func TestMigrateLogEncoding(t *testing.T) {
 	}
 }
 
-// migrated opens a new database, lets makeOld turn it into one an earlier
-// version made, and opens it again (migrating it).
+// migrated opens a new SQLite database, lets makeOld turn it into one an
+// earlier version made, before versioned migrations (no
+// schema_migrations), and opens it again (migrating it).
 func migrated(t *testing.T, makeOld func(*Store)) *Store {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "old.db")
@@ -394,6 +449,9 @@ func migrated(t *testing.T, makeOld func(*Store)) *Store {
 		t.Fatal(err)
 	}
 	makeOld(old)
+	if _, err := old.db.Exec(`DROP TABLE schema_migrations`); err != nil {
+		t.Fatal(err)
+	}
 	old.Close()
 	s, err := OpenSQLite(path)
 	if err != nil {
