@@ -21,6 +21,8 @@ func TestSandboxEgressFlags(t *testing.T) {
 		{[]string{"--sandbox-egress-deny", "2001:db8::/32"}, "not IPv4"},
 		{[]string{"--sandbox-dns", "10.0.0.0/8"}, "want an IPv4 address"},
 		{[]string{"--sandbox-egress=off", "--sandbox-egress-allow", "10.1.2.3/32"}, "need --sandbox-egress=on"},
+		{[]string{"--database", "postgres://hangar@db.example.com/hangar"}, ""},
+		{[]string{"--database", "mysql://hangar:secret@db.example.com/hangar"}, "--database: want a PostgreSQL URL"},
 	} {
 		cmd := serverCmd()
 		// Parse and validate only: the command must fail before starting.

@@ -98,10 +98,19 @@ func OpenSQLite(path string) (*Store, error) {
 // Open opens the database named by a PostgreSQL URL
 // (postgres://user:password@host/database?sslmode=...).
 func Open(ctx context.Context, database string) (*Store, error) {
-	if !strings.HasPrefix(database, "postgres://") && !strings.HasPrefix(database, "postgresql://") {
-		return nil, errors.New("database: want a PostgreSQL URL such as postgres://hangar@db.example.com/hangar (leave it out for SQLite in the data directory)")
+	if err := CheckURL(database); err != nil {
+		return nil, err
 	}
 	return OpenPostgres(ctx, database)
+}
+
+// CheckURL says what is wrong with a database URL's form, without
+// repeating it (it may hold a password).
+func CheckURL(database string) error {
+	if !strings.HasPrefix(database, "postgres://") && !strings.HasPrefix(database, "postgresql://") {
+		return errors.New("database: want a PostgreSQL URL such as postgres://hangar@db.example.com/hangar (leave it out for SQLite in the data directory)")
+	}
+	return nil
 }
 
 // open migrates db and returns its Store; it closes db on error.

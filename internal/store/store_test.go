@@ -20,25 +20,30 @@ import (
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 // eachBackend runs f as a subtest on a new SQLite database and on a new
-// PostgreSQL database; open opens a Store on that database (another one at
-// each call, as another process would), closed at cleanup.
-func eachBackend(t *testing.T, f func(t *testing.T, open func(testing.TB) *Store)) {
+// PostgreSQL database.
+func eachBackend(t *testing.T, f func(t *testing.T, db testDB)) {
 	t.Run("sqlite", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "hangar.db")
-		f(t, func(t testing.TB) *Store {
-			t.Helper()
-			s, err := OpenSQLite(path)
-			return opened(t, s, err)
-		})
+		f(t, testDB{func() (*Store, error) { return OpenSQLite(path) }})
 	})
 	t.Run("postgres", func(t *testing.T) {
 		url := pgtest.DB(t)
-		f(t, func(t testing.TB) *Store {
-			t.Helper()
-			s, err := OpenPostgres(context.Background(), url)
-			return opened(t, s, err)
-		})
+		f(t, testDB{func() (*Store, error) { return OpenPostgres(context.Background(), url) }})
 	})
+}
+
+// testDB is a test's database.
+type testDB struct {
+	// tryOpen opens a Store on the database (another one at each call, as
+	// another process would).
+	tryOpen func() (*Store, error)
+}
+
+// open opens a Store on the database, closed at cleanup.
+func (db testDB) open(t testing.TB) *Store {
+	t.Helper()
+	s, err := db.tryOpen()
+	return opened(t, s, err)
 }
 
 func opened(t testing.TB, s *Store, err error) *Store {
@@ -55,8 +60,8 @@ func opened(t testing.TB, s *Store, err error) *Store {
 }
 
 func TestAppsAndBuilds(t *testing.T) {
-	eachBackend(t, func(t *testing.T, open func(testing.TB) *Store) {
-		testAppsAndBuilds(t, open(t))
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testAppsAndBuilds(t, db.open(t))
 	})
 }
 
@@ -130,8 +135,8 @@ func testAppsAndBuilds(t *testing.T, s *Store) {
 }
 
 func TestLogs(t *testing.T) {
-	eachBackend(t, func(t *testing.T, open func(testing.TB) *Store) {
-		testLogs(t, open(t))
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testLogs(t, db.open(t))
 	})
 }
 
@@ -187,8 +192,8 @@ func testLogs(t *testing.T, s *Store) {
 }
 
 func TestCancelBuild(t *testing.T) {
-	eachBackend(t, func(t *testing.T, open func(testing.TB) *Store) {
-		testCancelBuild(t, open(t))
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testCancelBuild(t, db.open(t))
 	})
 }
 
@@ -307,8 +312,8 @@ func TestMigrateLogLines(t *testing.T) {
 // with no step left running and the reason as the log's last line; queued
 // and ended builds are untouched.
 func TestFailInterrupted(t *testing.T) {
-	eachBackend(t, func(t *testing.T, open func(testing.TB) *Store) {
-		testFailInterrupted(t, open(t))
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testFailInterrupted(t, db.open(t))
 	})
 }
 
@@ -371,8 +376,8 @@ func testFailInterrupted(t *testing.T, s *Store) {
 // TestLogChunksCompressed: output that repeats itself is stored smaller,
 // output that does not is stored as it is, and both read back the same.
 func TestLogChunksCompressed(t *testing.T) {
-	eachBackend(t, func(t *testing.T, open func(testing.TB) *Store) {
-		testLogChunksCompressed(t, open(t))
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testLogChunksCompressed(t, db.open(t))
 	})
 }
 
