@@ -141,6 +141,9 @@ func New(cfg Config) (a *App, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := a.store.LockServer(ctx); err != nil {
+		return nil, err
+	}
 	if err := ensureAdminToken(ctx, a.store, data); err != nil {
 		return nil, err
 	}

@@ -20,6 +20,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/hangar-ci/hangar/internal/build"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
@@ -72,6 +74,8 @@ type Store struct {
 	origin        string
 	stopListening func()
 	listenPID     atomic.Uint32
+	pgConfig      *pgx.ConnConfig // without origin
+	serverLock    *pgx.Conn       // see LockServer; nil if not taken
 
 	mu   sync.Mutex
 	subs map[int64]map[chan struct{}]bool // guarded by mu; key 0: every build
@@ -116,6 +120,10 @@ func CheckURL(database string) error {
 // open migrates db and returns its Store; it closes db on error.
 func open(ctx context.Context, db *sql.DB, d *dialect) (*Store, error) {
 	db.SetMaxOpenConns(d.maxOpenConns)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("connect: %w", err)
+	}
 	if err := migrate(ctx, db, d); err != nil {
 		db.Close()
 		return nil, err
@@ -128,6 +136,16 @@ func open(ctx context.Context, db *sql.DB, d *dialect) (*Store, error) {
 func (s *Store) Close() error {
 	if s.stopListening != nil {
 		s.stopListening()
+		s.stopListening = nil
+	}
+	if s.serverLock != nil {
+		// Released now, not once PostgreSQL sees the connection closed:
+		// a server started next takes it.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s.serverLock.Exec(ctx, `SELECT pg_advisory_unlock($1)`, serverLockKey)
+		s.serverLock.Close(ctx)
+		cancel()
+		s.serverLock = nil
 	}
 	return s.db.Close()
 }
