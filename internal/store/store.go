@@ -120,6 +120,7 @@ func CheckURL(database string) error {
 // open migrates db and returns its Store; it closes db on error.
 func open(ctx context.Context, db *sql.DB, d *dialect) (*Store, error) {
 	db.SetMaxOpenConns(d.maxOpenConns)
+	db.SetMaxIdleConns(d.maxOpenConns) // a PostgreSQL connection is a process: keep them
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("connect: %w", err)

@@ -27,9 +27,25 @@ func eachBackend(t *testing.T, f func(t *testing.T, db testDB)) {
 		f(t, testDB{func() (*Store, error) { return OpenSQLite(path) }})
 	})
 	t.Run("postgres", func(t *testing.T) {
-		url := pgtest.DB(t)
-		f(t, testDB{func() (*Store, error) { return OpenPostgres(context.Background(), url) }})
+		f(t, eachBackendPostgres(t))
 	})
+}
+
+// eachBackendB is eachBackend for benchmarks, with one store.
+func eachBackendB(b *testing.B, f func(b *testing.B, s *Store)) {
+	b.Run("sqlite", func(b *testing.B) {
+		s, err := OpenSQLite(filepath.Join(b.TempDir(), "hangar.db"))
+		f(b, opened(b, s, err))
+	})
+	b.Run("postgres", func(b *testing.B) {
+		f(b, eachBackendPostgres(b).open(b))
+	})
+}
+
+// eachBackendPostgres is a new PostgreSQL database.
+func eachBackendPostgres(t testing.TB) testDB {
+	url := pgtest.DB(t)
+	return testDB{func() (*Store, error) { return OpenPostgres(context.Background(), url) }}
 }
 
 // testDB is a test's database.
@@ -467,7 +483,7 @@ func migrated(t *testing.T, makeOld func(*Store)) *Store {
 }
 
 // newBuild creates app "a" and a build of it with status.
-func newBuild(t *testing.T, s *Store, status build.Status) *build.Build {
+func newBuild(t testing.TB, s *Store, status build.Status) *build.Build {
 	t.Helper()
 	ctx := context.Background()
 	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
