@@ -188,9 +188,14 @@ func TestMigrations(t *testing.T) {
 	}
 	eachBackend(t, func(t *testing.T, db testDB) {
 		ctx := context.Background()
-		// Openers racing on a new database: one migrates it.
+		// PostgreSQL: servers racing to open a new database; one migrates
+		// it. (SQLite: one server per data dir, and two connections
+		// turning a new file to WAL at once may fail with SQLITE_BUSY.)
+		stores := make([]*Store, 1)
+		if db.postgres {
+			stores = make([]*Store, 3)
+		}
 		var wg sync.WaitGroup
-		stores := make([]*Store, 3)
 		for i := range stores {
 			wg.Add(1)
 			go func() {
@@ -203,10 +208,12 @@ func TestMigrations(t *testing.T) {
 		}
 		wg.Wait()
 		for _, s := range stores {
-			if s == nil {
-				t.FailNow()
+			if s != nil {
+				opened(t, s, nil)
 			}
-			opened(t, s, nil)
+		}
+		if t.Failed() {
+			t.FailNow()
 		}
 		s := stores[0]
 		var n, max int

@@ -24,7 +24,7 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 func eachBackend(t *testing.T, f func(t *testing.T, db testDB)) {
 	t.Run("sqlite", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "hangar.db")
-		f(t, testDB{func() (*Store, error) { return OpenSQLite(path) }})
+		f(t, testDB{tryOpen: func() (*Store, error) { return OpenSQLite(path) }})
 	})
 	t.Run("postgres", func(t *testing.T) {
 		f(t, eachBackendPostgres(t))
@@ -45,11 +45,12 @@ func eachBackendB(b *testing.B, f func(b *testing.B, s *Store)) {
 // eachBackendPostgres is a new PostgreSQL database.
 func eachBackendPostgres(t testing.TB) testDB {
 	url := pgtest.DB(t)
-	return testDB{func() (*Store, error) { return OpenPostgres(context.Background(), url) }}
+	return testDB{postgres: true, tryOpen: func() (*Store, error) { return OpenPostgres(context.Background(), url) }}
 }
 
 // testDB is a test's database.
 type testDB struct {
+	postgres bool
 	// tryOpen opens a Store on the database (another one at each call, as
 	// another process would).
 	tryOpen func() (*Store, error)
