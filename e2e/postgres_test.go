@@ -19,7 +19,8 @@ import (
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 // TestBuildPostgres: a server on PostgreSQL (--database) runs a build,
-// with its log, and a server started again on the same database finds it.
+// with its log, a server started again on the same database finds it, and
+// a second server on the database refuses to start.
 func TestBuildPostgres(t *testing.T) {
 	url := pgtest.DB(t)
 	f := newFixture(t, "host", "--database", url)
@@ -49,5 +50,14 @@ func TestBuildPostgres(t *testing.T) {
 	f.s = harness.StartServer(t, harness.Options{Driver: "host", Data: f.s.Data, Args: []string{"--database", url}})
 	if again, logsAgain := f.show(b.ID), f.hangar(fmt.Sprintf("build logs %d", b.ID)).Stdout; again.Status != build.Finished || logsAgain != logs {
 		t.Errorf("after a restart: %s, log of %d bytes (was %d)", again.Status, len(logsAgain), len(logs))
+	}
+	// One server per database: another, with its own data dir, refuses
+	// and names the running one; that one goes on.
+	out := harness.StartServerFails(t, harness.Options{Driver: "host", Args: []string{"--database", url}})
+	if want := fmt.Sprintf("pid %d already uses this database", f.s.PID()); !strings.Contains(out, want) {
+		t.Errorf("a second server on the database: want %q in:\n%s", want, out)
+	}
+	if got := f.show(b.ID); got.Status != build.Finished {
+		t.Errorf("the first server after the refusal: %s", got.Status)
 	}
 }
