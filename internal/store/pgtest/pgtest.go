@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -100,8 +101,9 @@ func (e *missingError) Error() string { return e.msg }
 type server struct {
 	dir  string // the cluster (dir/data) and the socket
 	cmd  *exec.Cmd
-	log  *logBuffer
-	done chan struct{} // closed once cmd has exited
+	log     *logBuffer
+	done    chan struct{} // closed once cmd has exited
+	logDone chan struct{} // closed once its log is read to the end
 }
 
 const superuser = "hangar"
@@ -155,7 +157,7 @@ func start() (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &server{dir: dir, log: &logBuffer{}, done: make(chan struct{})}
+	s := &server{dir: dir, log: &logBuffer{}, done: make(chan struct{}), logDone: make(chan struct{})}
 	var cred *syscall.Credential
 	if os.Geteuid() == 0 {
 		if cred, err = unprivileged(); err == nil {
@@ -180,25 +182,41 @@ func start() (*server, error) {
 		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200")
 	s.cmd.Env = append(os.Environ(), "LC_ALL=C")
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
-	stderr, err := s.cmd.StderrPipe()
+	// A pipe of its own, not StderrPipe: Wait would close that before the
+	// last lines (why it stopped) are read.
+	stderr, w, err := os.Pipe()
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	if err := s.cmd.Start(); err != nil {
+	s.cmd.Stderr = w
+	// Pdeathsig fires when the thread that started the process ends, not
+	// the test binary: start it from a thread kept until it exits.
+	started := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if err := s.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		s.cmd.Wait()
+		close(s.done)
+	}()
+	err = <-started
+	w.Close()
+	if err != nil {
+		stderr.Close()
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
 	ready := make(chan struct{})
 	go s.readLog(stderr, ready)
-	go func() {
-		s.cmd.Wait()
-		close(s.done)
-	}()
 	select {
 	case <-ready:
 		return s, nil
 	case <-s.done:
+		<-s.logDone
 		err = fmt.Errorf("postgres exited at start:\n%s", s.log)
 	case <-time.After(2 * time.Minute):
 		err = fmt.Errorf("postgres not ready within 2 minutes:\n%s", s.log)
@@ -225,7 +243,9 @@ func unprivileged() (*syscall.Credential, error) {
 
 // readLog keeps the server's log and closes ready once it accepts
 // connections.
-func (s *server) readLog(r io.Reader, ready chan struct{}) {
+func (s *server) readLog(r io.ReadCloser, ready chan struct{}) {
+	defer close(s.logDone)
+	defer r.Close()
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		s.log.add(sc.Text())
