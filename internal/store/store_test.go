@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -495,4 +496,55 @@ func newBuild(t testing.TB, s *Store, status build.Status) *build.Build {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestMigrateFromUnversioned opens a database made by the last release
+// before versioned migrations, with its rows as that release wrote them.
+func TestMigrateFromUnversioned(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "hangar.db")
+	old, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema, err := os.ReadFile("testdata/schema-unversioned.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		string(schema),
+		`INSERT INTO apps (name, repo, next_number, created_at) VALUES ('a', '/r', 2, 1000)`,
+		`INSERT INTO builds (app_id, number, workflow, workflow_name, branch, commit_sha, status, trigger, max_duration, created_at, ssh_enabled, cancel_requested)
+			VALUES (1, 1, 'w', 'W', 'main', 'c', 'building', 'manual', 60, 1000, 1, 1)`,
+		`INSERT INTO log_chunks (build_id, first, last, step, time, data) VALUES (1, 1, 2, 0, 1000, CAST('one' || char(10) || 'two' || char(10) AS BLOB))`,
+		`INSERT INTO tokens (hash, name, admin, created_at) VALUES ('h', 'admin', 1, 1000)`,
+	} {
+		if _, err := old.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	old.Close()
+	s, err := OpenSQLite(path)
+	s = opened(t, s, err)
+	var version int
+	if err := s.db.QueryRow(`SELECT max(version) FROM schema_migrations`).Scan(&version); err != nil || version != len(migrations) {
+		t.Errorf("schema version %d, %v; want %d", version, err, len(migrations))
+	}
+	b, err := s.Build(ctx, 1)
+	if err != nil || b.Status != build.Building || !b.SSH.Enabled || b.App != "a" {
+		t.Fatalf("the old build: %+v, %v", b, err)
+	}
+	if ids, err := s.CancelRequests(ctx); err != nil || len(ids) != 1 || ids[0] != 1 {
+		t.Errorf("the old cancel request: %v %v", ids, err)
+	}
+	if lines, err := s.Logs(ctx, 1, 0, 10); err != nil || len(lines) != 2 || lines[1].Text != "two" {
+		t.Errorf("the old log: %+v %v", lines, err)
+	}
+	if tok, err := s.TokenByHash(ctx, "h"); err != nil || !tok.Admin {
+		t.Errorf("the old token: %+v %v", tok, err)
+	}
+	next := &build.Build{App: "a", Status: build.Queued, Trigger: build.Manual, Steps: []build.Step{}}
+	if err := s.CreateBuild(ctx, next, nil); err != nil || next.Number != 2 || next.ID != 2 {
+		t.Errorf("a new build: number %d id %d, %v", next.Number, next.ID, err)
+	}
 }
