@@ -39,6 +39,8 @@ const (
 	StepFailed   StepStatus = "failed"
 	StepSkipped  StepStatus = "skipped"
 	StepCanceled StepStatus = "canceled"
+	// StepPaused: the build waits before this step, at a breakpoint.
+	StepPaused StepStatus = "paused"
 )
 
 // Trigger says what started a build.
@@ -162,6 +164,9 @@ type Spec struct {
 	// build was created. Builds stored before instance types have neither.
 	InstanceType string    `json:"instance_type,omitempty"`
 	Resources    Resources `json:"resources"`
+	// BreakBefore are the scripts (1: the first) the build pauses before,
+	// with SSH open, until it is continued.
+	BreakBefore []int `json:"break_before,omitempty"`
 }
 
 // SpecScript is one script of a Spec.
