@@ -62,6 +62,10 @@ var postgresDialect = &dialect{
 // A migration is one change to the schema. Add a change as a new entry at
 // the end of migrations, with the next version; never edit or reorder an
 // entry that has been released (databases record the versions they have).
+// A column that a database may have already (added by code from before
+// versioned migrations) is added with addColumn, a table with CREATE TABLE
+// IF NOT EXISTS; write column types with the dialect's tokens ({{int}},
+// {{bool}}, {{blob}}) and queries that both databases take (no rowid).
 type migration struct {
 	version int
 	name    string
