@@ -1,6 +1,6 @@
 // The REST API of `hangar server` (docs/api.md), as the UI uses it.
 
-export type BuildStatus = 'queued' | 'preparing' | 'building' | 'finished' | 'failed' | 'canceled' | 'timeout';
+export type BuildStatus = 'queued' | 'preparing' | 'building' | 'waiting_for_ssh' | 'finished' | 'failed' | 'canceled' | 'timeout';
 export type StepStatus = 'pending' | 'running' | 'success' | 'failed' | 'skipped' | 'canceled' | 'paused';
 export type SSHState = 'pending' | 'ready' | 'connected' | 'closed';
 
