@@ -393,6 +393,21 @@ func TestSSHInteractive(t *testing.T) {
 	if r := f.hangar(fmt.Sprintf("build show %d", b.ID)); !strings.Contains(r.Stdout, "Status:   waiting for SSH (") || !strings.Contains(r.Stdout, "Connect:  hangar ssh "+strconv.FormatInt(b.ID, 10)) {
 		t.Errorf("build show while waiting for SSH: %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
+	// More time: never past max_build_duration (this window reaches it
+	// already: the request is recorded and the log says so).
+	if r := f.hangar(fmt.Sprintf("build ssh-extend %d --by 1m", b.ID)); r.Code != 0 || !strings.Contains(r.Stdout, "SSH:      ready, until") {
+		t.Errorf("ssh-extend --by 1m: %d %s %s", r.Code, r.Stdout, r.Stderr)
+	}
+	if r := f.hangar(fmt.Sprintf("build ssh-extend %d --by 2h", b.ID)); r.Code != 0 {
+		t.Errorf("ssh-extend --by 2h: %d %s", r.Code, r.Stderr)
+	}
+	if xb := f.show(b.ID); xb.SSH.ExpiresAt.After(xb.StartedAt.Add(10 * time.Minute)) {
+		t.Errorf("extended past max_build_duration: %s, started %s", xb.SSH.ExpiresAt, xb.StartedAt)
+	}
+	evs := f.hangar(fmt.Sprintf("build events %d", b.ID)).Stdout
+	if strings.Count(evs, "ssh_extended") != 2 {
+		t.Errorf("events: want two ssh_extended:\n%s", evs)
+	}
 	oneLiner := f.show(b.ID).SSH.Command
 	session := "hangar-e2e-" + marker()
 	tmux := func(args ...string) string {

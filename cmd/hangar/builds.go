@@ -17,7 +17,7 @@ import (
 
 func buildCmd(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "build", Short: "Start, follow and inspect builds"}
-	cmd.AddCommand(buildStartCmd(cf), buildShowCmd(cf), buildLogsCmd(cf), buildListCmd(cf), buildCancelCmd(cf), buildContinueCmd(cf),
+	cmd.AddCommand(buildStartCmd(cf), buildShowCmd(cf), buildLogsCmd(cf), buildListCmd(cf), buildCancelCmd(cf), buildContinueCmd(cf), buildSSHExtendCmd(cf),
 		buildSSHScriptCmd(cf), buildSSHConfigCmd(cf), buildEventsCmd(cf))
 	return cmd
 }
@@ -430,4 +430,28 @@ func printSSH(w io.Writer, b *build.Build, now time.Time) {
 			}
 		}
 	}
+}
+
+func buildSSHExtendCmd(cf *clientFlags) *cobra.Command {
+	var by time.Duration
+	cmd := &cobra.Command{
+		Use:   "ssh-extend ID --by 10m",
+		Short: "Give a build's SSH access more time (never past its max_build_duration)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, c, err := cf.build(args[0])
+			if err != nil {
+				return err
+			}
+			b, err := c.ExtendSSH(cmd.Context(), id, by)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%s (build %d) %s\n", b.Name(), b.ID, statusLine(b, time.Now()))
+			printSSH(os.Stdout, b, time.Now())
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&by, "by", 10*time.Minute, "how much more time")
+	return cmd
 }

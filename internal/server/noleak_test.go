@@ -31,10 +31,11 @@ func walkRequests(t *testing.T, patterns []string, id int64, grant string) []wal
 	t.Helper()
 	params := map[string]string{"id": fmt.Sprint(id), "name": "demo", "app": "demo", "grant": grant}
 	bodies := map[string][]string{
-		"POST /api/v1/apps":           {`{"name": "leak", "repo": "/nonexistent/leak.git"}`},
-		"POST /api/v1/builds":         {`{"app": "demo", "ssh": true}`, `{"app": "demo"}`},
-		"POST /api/v1/tokens":         {`{"name": "more", "apps": ["demo"]}`},
-		"POST /api/v1/webhooks/{app}": {`{"ref": "refs/heads/main"}`},
+		"POST /api/v1/apps":                   {`{"name": "leak", "repo": "/nonexistent/leak.git"}`},
+		"POST /api/v1/builds":                 {`{"app": "demo", "ssh": true}`, `{"app": "demo"}`},
+		"POST /api/v1/tokens":                 {`{"name": "more", "apps": ["demo"]}`},
+		"POST /api/v1/builds/{id}/ssh/extend": {`{"by": "10m"}`},
+		"POST /api/v1/webhooks/{app}":         {`{"ref": "refs/heads/main"}`},
 	}
 	variants := map[string][]string{
 		"GET /api/v1/builds":                  {"", "?app=demo", "?app=other"},

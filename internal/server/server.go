@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
@@ -68,6 +69,9 @@ type Config struct {
 	// Continue resumes a build paused at a breakpoint (the runner's;
 	// nil: none can be).
 	Continue func(id int64, who string) error
+	// Extend gives a build's SSH access more time (the runner's; nil:
+	// none can be).
+	Extend func(id int64, by time.Duration, who string) error
 }
 
 // Server serves the API. Create it with New.
@@ -102,6 +106,7 @@ func (s *Server) routes() []route {
 		{"GET /api/v1/builds/{id}", s.auth(s.getBuild)},
 		{"POST /api/v1/builds/{id}/cancel", s.auth(s.cancelBuild)},
 		{"POST /api/v1/builds/{id}/continue", s.auth(s.continueBuild)},
+		{"POST /api/v1/builds/{id}/ssh/extend", s.auth(s.extendSSH)},
 		{"GET /api/v1/builds/{id}/logs", s.auth(s.buildLogs)},
 		{"POST /api/v1/webhooks/{app}", http.HandlerFunc(s.webhook)},
 		{"GET /api/v1/builds/{id}/ssh/script", s.auth(s.sshScript)},

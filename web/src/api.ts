@@ -222,6 +222,7 @@ export const api = {
     send<Build>('POST', '/api/v1/builds', b) as Promise<Build>,
   cancel: (id: number) => send<Build>('POST', `/api/v1/builds/${id}/cancel`),
   resume: (id: number) => send<Build>('POST', `/api/v1/builds/${id}/continue`),
+  extendSSH: (id: number, by: string) => send<Build>('POST', `/api/v1/builds/${id}/ssh/extend`, { by }),
   sshScript: (id: number, shell: 'bash' | 'powershell') =>
     getText(`/api/v1/builds/${id}/ssh/script${shell === 'powershell' ? '?shell=powershell' : ''}`),
   sshAccess: async (id: number): Promise<SSHAccess> => {
