@@ -203,7 +203,9 @@ function StepsAndLog({ build, logs, now }: { build: Build; logs: Map<number, Ste
   const log = logs.get(shown) ?? null;
   const name = step?.name ?? `Step ${shown + 1}`;
   const emptyText = !step
-    ? 'Waiting for the build to start…'
+    ? ended(build.status)
+      ? `This build did not run: ${build.message || build.status}`
+      : 'Waiting for the build to start…'
     : step.status === 'pending'
       ? 'This step has not started.'
       : step.status === 'skipped'
