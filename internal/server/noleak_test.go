@@ -35,6 +35,7 @@ func walkRequests(t *testing.T, patterns []string, id int64, grant string) []wal
 		"POST /api/v1/builds":                 {`{"app": "demo", "ssh": true}`, `{"app": "demo"}`},
 		"POST /api/v1/tokens":                 {`{"name": "more", "apps": ["demo"]}`},
 		"POST /api/v1/builds/{id}/ssh/extend": {`{"by": "10m"}`},
+		"POST /api/v1/builds/{id}/rerun":      {`{"ssh": true}`},
 		"POST /api/v1/webhooks/{app}":         {`{"ref": "refs/heads/main"}`},
 	}
 	variants := map[string][]string{

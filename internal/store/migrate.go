@@ -84,11 +84,12 @@ var migrations = []migration{
 	{version: 3, name: "log_chunks.encoding", run: addColumn("log_chunks", "encoding", "TEXT NOT NULL DEFAULT ''")},
 	{version: 4, name: "one-row-per-line logs into log_chunks", run: migrateLogLines},
 	{version: 5, name: "notify listeners of changes to builds, their logs and events", postgres: notifyTriggers},
+	{version: 6, name: "builds.rerun_of", run: addColumn("builds", "rerun_of", "{{int}}")},
 	// A random secret per SSH build, made with it, that its one-line URLs
 	// are bound to (URLNonce); NULL for builds without SSH, ended ones and
 	// those of earlier versions (no one-line URL is valid for them).
-	{version: 6, name: "builds.ssh_url_nonce", run: addColumn("builds", "ssh_url_nonce", "{{blob}}")},
-	{version: 7, name: "tokens.no_ssh", run: addColumn("tokens", "no_ssh", "{{bool}} NOT NULL DEFAULT FALSE")},
+	{version: 7, name: "builds.ssh_url_nonce", run: addColumn("builds", "ssh_url_nonce", "{{blob}}")},
+	{version: 8, name: "tokens.no_ssh", run: addColumn("tokens", "no_ssh", "{{bool}} NOT NULL DEFAULT FALSE")},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;
