@@ -178,6 +178,10 @@ type Spec struct {
 	// BreakBefore are the scripts (1: the first) the build pauses before,
 	// with SSH open, until it is continued.
 	BreakBefore []int `json:"break_before,omitempty"`
+	// SSHOnFailure: SSH access opens only if a step fails (the build's
+	// SSH.Enabled turns true then); a passing build never gets a
+	// credential.
+	SSHOnFailure bool `json:"ssh_on_failure,omitempty"`
 }
 
 // SpecScript is one script of a Spec.

@@ -93,20 +93,15 @@ func (j *job) setupSSH() error {
 	if err != nil {
 		return err
 	}
-	hostKey, hostPEM, err := sshca.NewKey(j.name)
-	if err != nil {
-		return err
-	}
 	err = cfg.Store.PutBuildSSH(context.Background(), b.ID, &store.BuildSSH{
 		PrivateKey:  cfg.Sealer.Seal(cred.PrivateKey, j.name),
 		Certificate: string(ssh.MarshalAuthorizedKey(cred.Certificate)),
 		PublicKey:   string(ssh.MarshalAuthorizedKey(cred.PublicKey)),
-		HostKey:     string(ssh.MarshalAuthorizedKey(hostKey.PublicKey())),
+		HostKey:     string(ssh.MarshalAuthorizedKey(j.sshHostKey)),
 	})
 	if err != nil {
 		return err
 	}
-	j.hello.SSHHostKey = string(hostPEM)
 	j.jobSSH = &link.JobSSH{
 		Alias:   j.name,
 		UserCA:  string(ssh.MarshalAuthorizedKey(cfg.CA.PublicKey())),
@@ -123,6 +118,23 @@ func (j *job) setupSSH() error {
 	j.r.mu.Unlock()
 	cfg.Gateway.Open(j.name, cred.PublicKey)
 	j.rules(access.Event{Kind: access.Open, Time: j.r.clock.Now()})
+	return nil
+}
+
+// openOnFailure opens SSH access to a build with SSH on failure whose
+// steps failed: its credential is made now, and the builder, still
+// linked, starts its SSH server.
+func (j *job) openOnFailure() error {
+	j.b.SSH = build.SSH{Enabled: true, State: build.SSHPending}
+	if err := j.setupSSH(); err != nil {
+		j.b.SSH = build.SSH{}
+		return err
+	}
+	j.save()
+	if err := j.conn.Send(link.Command{Type: link.SSHOpen, SSH: j.jobSSH}); err != nil {
+		return fmt.Errorf("the builder is unreachable: %w", err)
+	}
+	j.logs.Printf(lastStarted(j.b), "hangar: a step failed: SSH access opens for you to debug it (SSH on failure)")
 	return nil
 }
 
