@@ -116,14 +116,17 @@ var instanceNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 //	  memory: 4GiB    # KiB, MiB, GiB, TiB or a plain number of bytes
 //	  pids: 2048
 //	  disk: 8GiB      # the size of /tmp
+//	  image: registry.example.com/ci/android:2   # optional, see InstanceImages
 //
-// Every field is required (0 means unlimited); unknown fields are errors.
+// Every field but image is required (0 means unlimited); unknown fields
+// are errors.
 func ParseInstanceTypes(data []byte) (InstanceTypes, error) {
 	var raw map[string]struct {
 		CPUs   *float64 `yaml:"cpus"`
 		Memory *string  `yaml:"memory"`
 		Pids   *int64   `yaml:"pids"`
 		Disk   *string  `yaml:"disk"`
+		Image  string   `yaml:"image"`
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -191,4 +194,23 @@ func ParseBytes(s string) (int64, error) {
 		return 0, fmt.Errorf("%q: want a number of bytes with an optional unit KiB, MiB, GiB or TiB", s)
 	}
 	return n * mult, nil
+}
+
+// InstanceImages returns the image of each instance type of an instance
+// types file (see ParseInstanceTypes) that names one: instance type ->
+// image reference. Types without one boot the server's default image.
+func InstanceImages(data []byte) (map[string]string, error) {
+	var raw map[string]struct {
+		Image string `yaml:"image"`
+	}
+	if err := yaml.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("instance types: %w", err)
+	}
+	out := map[string]string{}
+	for name, r := range raw {
+		if img := strings.TrimSpace(r.Image); img != "" {
+			out[name] = img
+		}
+	}
+	return out, nil
 }

@@ -36,6 +36,9 @@ type Spec struct {
 	// Resources limit the machine; drivers that cannot enforce them
 	// ignore them (the host driver does).
 	Resources Resources
+	// Image is the root filesystem of an isolated machine (required by
+	// the sandbox driver); the host driver ignores it.
+	Image *Image
 }
 
 // Resources are a machine's limits; a zero field means no limit of that
@@ -98,4 +101,17 @@ type Machine interface {
 	// idempotent, safe to call concurrently with Wait, and returns only when
 	// everything is gone.
 	Destroy(ctx context.Context) error
+}
+
+// Image is the root filesystem a machine boots from: the unpacked layers of
+// an OCI image, shared read-only by every machine that uses it, under a
+// writable layer of the machine's own.
+type Image struct {
+	// Name is the image's name, for messages.
+	Name string
+	// Layers are the host directories of the image's unpacked layers,
+	// lowest first. Their whiteouts are overlayfs ones.
+	Layers []string
+	// Env is the image's environment (its PATH is the builder's).
+	Env []string
 }

@@ -52,6 +52,8 @@ type job struct {
 	flush       *time.Ticker // log batching (not a rule: the system clock)
 
 	ssh *sshAccess // nil unless the build has SSH access
+
+	image *machine.Image // the machine's root; nil for a driver that is not isolated
 }
 
 // outcome is how a phase ended the build: its status and message, or an
@@ -164,6 +166,9 @@ func (j *job) prepare() *outcome {
 	for _, s := range j.spec.Ignored {
 		j.logs.Printf(0, "Ignored: %s is not run by Hangar yet", s)
 	}
+	if out := j.pickImage(); out != nil {
+		return out
+	}
 
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -210,6 +215,7 @@ func (j *job) provision() *outcome {
 		Stdin:   strings.NewReader(string(helloJSON) + "\n"),
 		Output:  j.logs.Diagnostics(),
 		Mounts:  []machine.Mount{mount},
+		Image:   j.image,
 		// Same fields: a conversion.
 		Resources: machine.Resources(j.spec.Resources),
 	})

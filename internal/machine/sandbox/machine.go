@@ -128,7 +128,7 @@ func (d *Driver) Start(ctx context.Context, spec machine.Spec) (machine.Machine,
 		d:      d,
 		name:   spec.Name,
 		host:   machineHostNames(d.cfg.Bridge, spec.Name),
-		layout: layout{dir: filepath.Join(d.cfg.StateDir, spec.Name), baseDirs: d.cfg.BaseDirs},
+		layout: layout{dir: filepath.Join(d.cfg.StateDir, spec.Name)},
 		ip:     ip,
 		memory: spec.Resources.Memory,
 		exited: make(chan struct{}),
@@ -159,7 +159,10 @@ func (d *Driver) checkSpec(spec machine.Spec) (mounts []specMount, masked []stri
 	} else if !fi.Mode().IsRegular() {
 		return nil, nil, fmt.Errorf("builder %s: not a regular file", spec.Builder)
 	}
-	reserved := append([]string{"/", "/home", "/tmp", "/run"}, d.cfg.BaseDirs...)
+	if spec.Image == nil || len(spec.Image.Layers) == 0 {
+		return nil, nil, errors.New("no image to boot from: sandbox machines boot from an OCI image (see `hangar image`)")
+	}
+	reserved := []string{"/", "/home", "/tmp", "/run", "/usr", "/etc", "/var", "/opt"}
 	for _, mnt := range spec.Mounts {
 		src, err := cleanAbs("mount source", mnt.Source)
 		if err != nil {
@@ -198,15 +201,6 @@ func (d *Driver) checkSpec(spec machine.Spec) (mounts []specMount, masked []stri
 		}
 		mounts = append(mounts, specMount{source: src, target: dst})
 	}
-	// Masked paths that the base dirs' overlays show.
-	for _, h := range d.hidden {
-		for _, b := range d.cfg.BaseDirs {
-			if within(h, b) {
-				masked = append(masked, h)
-				break
-			}
-		}
-	}
 	return mounts, masked, nil
 }
 
@@ -233,7 +227,7 @@ func (m *Machine) start(ctx context.Context, spec machine.Spec, mounts []specMou
 	go func() {
 		defer wg.Done()
 		dirErr = m.layout.prepareDir(machineFiles{name: m.name, ip: m.ip, uid: d.cfg.BuilderUID,
-			rootLinks: d.rootLinks, dns: d.NameServers(), gitSafe: mountTargets(mounts)})
+			image: spec.Image, dns: d.NameServers(), volatile: d.volatile, gitSafe: mountTargets(mounts)})
 	}()
 	netErr = createNetwork(netConfig{
 		host:        m.host,
@@ -249,7 +243,6 @@ func (m *Machine) start(ctx context.Context, spec machine.Spec, mounts []specMou
 	s := ociSpec(ociParams{
 		name:      m.name,
 		layout:    m.layout,
-		rootBinds: d.rootBinds,
 		builder:   spec.Builder,
 		args:      spec.Args,
 		env:       spec.Env,
@@ -261,7 +254,7 @@ func (m *Machine) start(ctx context.Context, spec machine.Spec, mounts []specMou
 		seccomp:   d.seccomp,
 		res:       spec.Resources,
 		memsw:     d.memsw,
-		volatile:  d.volatile,
+		imageEnv:  spec.Image.Env,
 	})
 	if err := writeSpec(m.layout.config(), s); err != nil {
 		return fmt.Errorf("write OCI config: %w", err)
