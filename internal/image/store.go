@@ -243,7 +243,11 @@ func (s *Store) add(n string, img v1.Image) (Info, error) {
 		return Info{}, err
 	}
 	if err := s.unpackAll(n, d.Digest); err != nil {
-		return Info{}, err
+		// Not an image machines could boot from: forget it.
+		if rerr := s.layout().RemoveDescriptors(match.Name(n)); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return Info{}, errors.Join(err, s.collect())
 	}
 	// What n named before may be unreferenced now.
 	return info, s.collect()
@@ -397,4 +401,14 @@ func (s *Store) unpackAll(n string, digest v1.Hash) error {
 		}
 	}
 	return nil
+}
+
+// Image returns the image stored under ref, e.g. to push it to a registry
+// with go-containerregistry's remote.Write.
+func (s *Store) Image(ref string) (v1.Image, error) {
+	info, err := s.Get(ref)
+	if err != nil {
+		return nil, err
+	}
+	return s.layout().Image(info.Digest)
 }

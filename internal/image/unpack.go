@@ -199,7 +199,7 @@ func unpackEntry(tr *tar.Reader, hdr *tar.Header, dir, target string) error {
 		} else if err != nil {
 			return err
 		}
-	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // TypeRegA: old tars
+	case tar.TypeReg: // the reader turns old tars' TypeRegA into TypeReg
 		f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW, 0o600)
 		if err != nil {
 			return err

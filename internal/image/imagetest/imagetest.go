@@ -8,11 +8,15 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"fmt"
+	"net"
+	"net/http"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"syscall"
 	"testing"
 	"time"
 
@@ -169,4 +173,66 @@ func FromTars(tb testing.TB, labels map[string]string, layers ...[]byte) v1.Imag
 		tb.Fatal(err)
 	}
 	return img
+}
+
+// Registry starts Debian's docker-registry (package docker-registry) on a
+// free loopback port with its storage in a temporary directory, and
+// returns its address (host:port); it is stopped when the test ends. It
+// skips the test without docker-registry.
+func Registry(tb testing.TB) string {
+	tb.Helper()
+	bin, err := exec.LookPath("docker-registry")
+	if err != nil {
+		tb.Skip("needs docker-registry (make test installs it)")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	dir := tb.TempDir()
+	conf := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}
+http: {addr: "%s", secret: hangar-test}
+`, filepath.Join(dir, "data"), addr)), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	var log bytes.Buffer
+	cmd := exec.Command(bin, "serve", conf)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	tb.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return addr
+			}
+		}
+		select {
+		case <-exited:
+			tb.Fatalf("docker-registry exited at start:\n%s", log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("docker-registry did not answer within 30s:\n%s", log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
