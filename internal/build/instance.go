@@ -26,7 +26,8 @@ type Resources struct {
 	Memory int64 `json:"memory,omitempty"`
 	// Pids is the most processes and threads the machine may have at once.
 	Pids int64 `json:"pids,omitempty"`
-	// Disk is the size of the machine's /tmp, in bytes.
+	// Disk is, in bytes, the size of the machine's /tmp and, apart, of
+	// its writable layer (its /home and what it writes outside /tmp).
 	Disk int64 `json:"disk,omitempty"`
 }
 
@@ -115,7 +116,7 @@ var instanceNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 //	  cpus: 2         # CPUs' worth of CPU time
 //	  memory: 4GiB    # KiB, MiB, GiB, TiB or a plain number of bytes
 //	  pids: 2048
-//	  disk: 8GiB      # the size of /tmp
+//	  disk: 8GiB      # the size of /tmp, and of the writable layer
 //	  image: registry.example.com/ci/android:2   # optional, see InstanceImages
 //
 // Every field but image is required (0 means unlimited); unknown fields

@@ -50,7 +50,9 @@ type Resources struct {
 	Memory int64
 	// Pids is the most processes and threads at once.
 	Pids int64
-	// Disk is the size of the machine's /tmp, in bytes.
+	// Disk is, in bytes, the size of the machine's /tmp and, apart, of
+	// the file system of its writable layer (/home and whatever it writes
+	// outside /tmp and /run).
 	Disk int64
 }
 

@@ -26,11 +26,16 @@ import (
 //	work/        its overlay work dir
 //	home/        bound on /home; holds builder/
 //	pid, runc.log  written by runc
+//
+// With a disk limit, upper/, work/ and home/ are in disk/, the mount of
+// the machine's own file system (disk.img, see makeDisk).
 const (
 	rootfsDir = "rootfs"
 	upperDir  = "upper"
 	workDir   = "work"
 	homeDir   = "home"
+	diskDir   = "disk"
+	diskImg   = "disk.img"
 	pidFile   = "pid"
 	runcLog   = "runc.log"
 )
@@ -42,12 +47,23 @@ const maxOverlayOptions = 4095
 // layout gives the paths of one machine directory.
 type layout struct {
 	dir string
+	// disk is the size of the machine's own file system for what it
+	// writes, 0 for none (the writable layer is then on StateDir's).
+	disk int64
+}
+
+// writable is the directory of the writable layer and home.
+func (l layout) writable() string {
+	if l.disk > 0 {
+		return filepath.Join(l.dir, diskDir)
+	}
+	return l.dir
 }
 
 func (l layout) rootfs() string  { return filepath.Join(l.dir, rootfsDir) }
-func (l layout) upper() string   { return filepath.Join(l.dir, upperDir) }
-func (l layout) work() string    { return filepath.Join(l.dir, workDir) }
-func (l layout) home() string    { return filepath.Join(l.dir, homeDir) }
+func (l layout) upper() string   { return filepath.Join(l.writable(), upperDir) }
+func (l layout) work() string    { return filepath.Join(l.writable(), workDir) }
+func (l layout) home() string    { return filepath.Join(l.writable(), homeDir) }
 func (l layout) config() string  { return filepath.Join(l.dir, "config.json") }
 func (l layout) pidFile() string { return filepath.Join(l.dir, pidFile) }
 func (l layout) runcLog() string { return filepath.Join(l.dir, runcLog) }
@@ -94,6 +110,11 @@ func (l layout) prepareDir(mf machineFiles) error {
 	_ = removeDir(l.dir) // a leftover: StateDir is ours alone
 	if err := os.Mkdir(l.dir, 0o700); err != nil {
 		return fmt.Errorf("create machine dir: %w", err)
+	}
+	if l.disk > 0 {
+		if err := makeDisk(filepath.Join(l.dir, diskImg), l.writable(), l.disk); err != nil {
+			return err
+		}
 	}
 	for _, d := range []string{l.rootfs(), l.upper(), l.work()} {
 		if err := os.Mkdir(d, 0o755); err != nil {

