@@ -117,3 +117,12 @@ type Image struct {
 	// Env is the image's environment (its PATH is the builder's).
 	Env []string
 }
+
+// DiskReporter is implemented by machines whose disk space is limited. The
+// runner asks it when a build fails, before Destroy.
+type DiskReporter interface {
+	// DiskFull reports whether one of the machine's size-limited file
+	// systems (its writable layer, its /tmp) is full, which one ("/tmp",
+	// "disk"), and its size in bytes.
+	DiskFull() (full bool, which string, size int64)
+}

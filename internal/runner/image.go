@@ -1,8 +1,11 @@
 package runner
 
 import (
+	"strings"
+
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/image"
+	"github.com/hangar-ci/hangar/internal/machine"
 )
 
 // pickImage finds the image of the build's instance type and checks the
@@ -30,4 +33,23 @@ func (j *job) pickImage() *outcome {
 	}
 	j.image = root
 	return nil
+}
+
+// outOfDisk returns the outcome of a failed build whose machine filled one
+// of its size-limited file systems (the likely cause of the failure), or
+// out. The machine is still there: Destroy comes after.
+func (j *job) outOfDisk(out *outcome) *outcome {
+	r, ok := j.m.(machine.DiskReporter)
+	if !ok || strings.HasPrefix(out.msg, "the build ran out of memory") {
+		return out
+	}
+	full, which, size := r.DiskFull()
+	if !full {
+		return out
+	}
+	msg := "the build ran out of disk space (" + which + " is full, limit " + build.FormatBytes(size) + ")"
+	if out.msg != "" {
+		j.logs.Printf(lastStarted(j.b), "hangar: %s", out.msg)
+	}
+	return failed(msg)
 }

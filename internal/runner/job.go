@@ -102,7 +102,7 @@ func (j *job) execute() {
 func (j *job) run() (out *outcome) {
 	defer func() {
 		if out != nil && out.status == build.Failed {
-			out = j.outOfMemory(out)
+			out = j.outOfDisk(j.outOfMemory(out))
 		}
 		st, _ := j.resolve(out)
 		j.teardown(st)

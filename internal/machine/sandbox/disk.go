@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -89,4 +90,29 @@ func attachLoop(img string) (*os.File, error) {
 		// Another machine took it first: ask again.
 	}
 	return nil, errors.New("no free loop device")
+}
+
+// DiskFull reports whether the machine's writable layer's file system or
+// its /tmp is (nearly: less than 1 MiB left) full, which, and its size.
+// It knows only while the machine's init runs (for /tmp).
+func (m *Machine) DiskFull() (full bool, which string, size int64) {
+	if m.layout.disk <= 0 {
+		return false, "", 0
+	}
+	nearlyFull := func(p string) bool {
+		var st unix.Statfs_t
+		if unix.Statfs(p, &st) != nil || st.Blocks == 0 {
+			return false
+		}
+		return int64(st.Bavail)*int64(st.Bsize) < 1<<20
+	}
+	if nearlyFull(m.layout.writable()) {
+		return true, "disk", m.layout.disk
+	}
+	if data, err := os.ReadFile(m.layout.pidFile()); err == nil {
+		if nearlyFull("/proc/" + strings.TrimSpace(string(data)) + "/root/tmp") {
+			return true, "/tmp", m.layout.disk
+		}
+	}
+	return false, "", 0
 }

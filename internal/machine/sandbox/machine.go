@@ -61,6 +61,7 @@ type Machine struct {
 var (
 	_ machine.Machine     = (*Machine)(nil)
 	_ machine.OOMReporter = (*Machine)(nil)
+	_ machine.DiskReporter = (*Machine)(nil)
 )
 
 // Name returns the machine's name.
