@@ -14,7 +14,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/image"
 )
 
@@ -87,7 +86,7 @@ func imageBuildCmd(f *imageFlags) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "built %s (%s, %s compressed) in %v: %s\n", info.Name, short(info.Digest.Hex),
-				build.FormatBytes(info.Size), time.Since(start).Round(time.Second), image.Versions(info.Labels))
+				sizeMiB(info.Size), time.Since(start).Round(time.Second), image.Versions(info.Labels))
 			return nil
 		},
 	}
@@ -115,7 +114,7 @@ func imageListCmd(f *imageFlags) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tDIGEST\tSIZE\tTOOLCHAINS")
 			for _, i := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", i.Name, short(i.Digest.Hex), build.FormatBytes(i.Size), image.Versions(i.Labels))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", i.Name, short(i.Digest.Hex), sizeMiB(i.Size), image.Versions(i.Labels))
 			}
 			return tw.Flush()
 		},
@@ -144,7 +143,7 @@ func imagePullCmd(f *imageFlags) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "pulled %s (%s, %s compressed): %s\n", info.Name, short(info.Digest.Hex),
-				build.FormatBytes(info.Size), image.Versions(info.Labels))
+				sizeMiB(info.Size), image.Versions(info.Labels))
 			return nil
 		},
 	}
@@ -172,6 +171,9 @@ func imageRmCmd(f *imageFlags) *cobra.Command {
 		},
 	}
 }
+
+// sizeMiB writes n bytes in MiB with one decimal.
+func sizeMiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 func short(hex string) string {
 	if len(hex) > 12 {
