@@ -400,9 +400,14 @@ func assertMachineGone(t *testing.T, d *Driver, name string) {
 		t.Fatal(err)
 	}
 	for _, m := range mounts {
-		if within(m.point, d.cfg.StateDir) {
+		// Live machines have their root (and disk) mounted: only this
+		// one's, or all when none is alive.
+		if within(m.point, filepath.Join(d.cfg.StateDir, name)) || alive == 0 && within(m.point, d.cfg.StateDir) {
 			t.Errorf("%s still mounted under the state dir", m.point)
 		}
+	}
+	if loops := loopsOf(t, filepath.Join(d.cfg.StateDir, name)); len(loops) > 0 {
+		t.Errorf("loop devices of machine %s left: %v", name, loops)
 	}
 	if _, err := os.Lstat(filepath.Join(d.cfg.StateDir, name)); err == nil {
 		t.Errorf("machine dir of %s still exists", name)
