@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -115,4 +116,38 @@ func (m *Machine) DiskFull() (full bool, which string, size int64) {
 		}
 	}
 	return false, "", 0
+}
+
+// loopDetachTimeout bounds the wait for the kernel to detach the loop
+// device of an unmounted machine disk (it does so asynchronously).
+const loopDetachTimeout = 5 * time.Second
+
+// waitLoopsDetached waits until no loop device is backed by a file in dir.
+func waitLoopsDetached(dir string) error {
+	deadline := time.Now().Add(loopDetachTimeout)
+	wait := time.Millisecond
+	for {
+		left := loopsBackedIn(dir)
+		if len(left) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("loop devices %s still attached after %v", strings.Join(left, ", "), loopDetachTimeout)
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 50*time.Millisecond)
+	}
+}
+
+// loopsBackedIn returns the loop devices whose backing file lies in dir.
+func loopsBackedIn(dir string) []string {
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var out []string
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err == nil && strings.HasPrefix(strings.TrimSpace(string(data)), dir+"/") {
+			out = append(out, filepath.Base(filepath.Dir(filepath.Dir(f))))
+		}
+	}
+	return out
 }

@@ -205,7 +205,7 @@ dd if=/dev/zero of=/home/builder/data bs=1M count=8 2>/dev/null && echo other-wr
 	if err := full.Destroy(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if loops := loopsOf(t, d.cfg.StateDir); len(loops) > 0 {
+	if loops := loopsBackedIn(d.cfg.StateDir); len(loops) > 0 {
 		t.Errorf("loop devices of the driver's machines left after Destroy: %v", loops)
 	}
 }
@@ -226,20 +226,4 @@ func runLimited(t *testing.T, d *Driver, name string, res machine.Resources, scr
 		t.Fatalf("machine %s did not finish; output:\n%s", name, out.String())
 	}
 	return out.String()
-}
-
-// loopsOf returns the loop devices whose backing file lies in dir.
-func loopsOf(t *testing.T, dir string) []string {
-	t.Helper()
-	matches, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, m := range matches {
-		if data, err := os.ReadFile(m); err == nil && strings.HasPrefix(strings.TrimSpace(string(data)), dir+"/") {
-			out = append(out, m)
-		}
-	}
-	return out
 }

@@ -462,6 +462,10 @@ func (m *Machine) teardown(ctx context.Context) error {
 	if cgErr == nil && (netErr == nil || !m.netUp) {
 		if err := removeDir(m.layout.dir); err != nil {
 			errs = append(errs, err)
+		} else if m.layout.disk > 0 {
+			if err := waitLoopsDetached(m.layout.dir); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if m.netUp {

@@ -406,7 +406,7 @@ func assertMachineGone(t *testing.T, d *Driver, name string) {
 			t.Errorf("%s still mounted under the state dir", m.point)
 		}
 	}
-	if loops := loopsOf(t, filepath.Join(d.cfg.StateDir, name)); len(loops) > 0 {
+	if loops := loopsBackedIn(filepath.Join(d.cfg.StateDir, name)); len(loops) > 0 {
 		t.Errorf("loop devices of machine %s left: %v", name, loops)
 	}
 	if _, err := os.Lstat(filepath.Join(d.cfg.StateDir, name)); err == nil {
