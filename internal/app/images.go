@@ -52,7 +52,11 @@ func openImages(ctx context.Context, cfg Config, data string, types []string, lo
 			return nil, fmt.Errorf("instance types: image for %s, which is not an instance type", t)
 		}
 	}
-	var auth, pulled = cfg.RegistryAuth, map[string]bool{}
+	kc, err := image.Keychain(cfg.RegistryAuth)
+	if err != nil {
+		return nil, fmt.Errorf("--registry-auth: %w", err)
+	}
+	pulled := map[string]bool{}
 	for _, t := range types {
 		ref := ii.refs[t]
 		if pulled[ref] {
@@ -66,10 +70,6 @@ func openImages(ctx context.Context, cfg Config, data string, types []string, lo
 				ref, store.Dir(), store.Dir())
 		case errors.Is(err, image.ErrNotFound):
 			log.Info("pulling the image of an instance type", "instance_type", t, "image", ref)
-			kc, err := image.Keychain(auth)
-			if err != nil {
-				return nil, err
-			}
 			if _, err := store.Pull(ctx, ref, kc); err != nil {
 				return nil, fmt.Errorf("instance type %s: %w", t, err)
 			}
