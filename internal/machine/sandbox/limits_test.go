@@ -205,7 +205,7 @@ dd if=/dev/zero of=/home/builder/data bs=1M count=8 2>/dev/null && echo other-wr
 	if err := full.Destroy(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if loops := loopsBackedIn(d.cfg.StateDir); len(loops) > 0 {
+	if loops := loopsBackedIn(full.layout.dir); len(loops) > 0 {
 		t.Errorf("loop devices of the driver's machines left after Destroy: %v", loops)
 	}
 }
