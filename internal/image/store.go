@@ -33,12 +33,14 @@ import (
 //
 //	oci/                 an OCI image layout; index.json names each image
 //	                     with the org.opencontainers.image.ref.name annotation
-//	layers/<alg>-<hex>/  one unpacked layer per diff ID (uncompressed digest),
-//	                     OCI whiteouts turned into overlayfs ones
+//	_layers/<alg>-<hex>/ one unpacked layer per diff ID (uncompressed digest),
+//	                     OCI whiteouts turned into overlayfs ones; the "_"
+//	                     keeps the go tool out of the Go files of images in
+//	                     a data dir inside a clone (`go vet ./...`)
 //	lock                 flock: shared to read, exclusive to change
 const (
 	ociDir    = "oci"
-	layersDir = "layers"
+	layersDir = "_layers"
 	lockFile  = "lock"
 	// refAnnotation names an image in an OCI layout's index.
 	refAnnotation = "org.opencontainers.image.ref.name"
@@ -343,7 +345,7 @@ func (s *Store) collect() error {
 	return errors.Join(errs...)
 }
 
-// layerDirName is the directory, under layers/, of the layer with diff ID id.
+// layerDirName is the directory, under _layers/, of the layer with diff ID id.
 func layerDirName(id v1.Hash) string { return id.Algorithm + "-" + id.Hex }
 
 // Root returns what a machine needs to boot from the image stored under

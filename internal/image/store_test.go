@@ -242,7 +242,7 @@ func TestPullFromRegistry(t *testing.T) {
 	if _, err := s.Get(addr + "/hangar/tiny:1"); !errors.Is(err, image.ErrNotFound) {
 		t.Errorf("Get after Remove: %v", err)
 	}
-	for _, sub := range []string{"layers", "oci/blobs/sha256"} {
+	for _, sub := range []string{"_layers", "oci/blobs/sha256"} {
 		if entries, _ := os.ReadDir(filepath.Join(dir, sub)); len(entries) != 0 {
 			t.Errorf("%s keeps %d entries after the only image was removed", sub, len(entries))
 		}
