@@ -21,8 +21,10 @@ TEST_PACKAGES := $(RUN_PACKAGES) netcat-openbsd tmux chromium fonts-dejavu-core 
 
 all: build
 
+# Static (no cgo): the binary is also the builder inside machines, whose
+# images may have another C library than the host's, or none.
 build:
-	$(GO) build -o $(BIN) ./cmd/hangar
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/hangar
 
 deps:
 	@scripts/install-deps.sh $(RUN_PACKAGES)
