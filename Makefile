@@ -12,10 +12,11 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # mmdebstrap for its default image, git for repositories, curl for `make run`
 # and the one-line SSH command, OpenSSH's client; for the tests also netcat,
 # tmux, rsync, Chromium, python3 (the seccomp tests call syscalls through
-# it), docker-registry (a real registry to pull images from) and
-# busybox-static (a tiny image to push to it).
+# it), ssh-audit (the SSH servers' algorithm tests run it), docker-registry
+# (a real registry to pull images from) and busybox-static (a tiny image to
+# push to it).
 RUN_PACKAGES  := git runc sudo iptables iproute2 curl procps openssh-client rsync ca-certificates mmdebstrap
-TEST_PACKAGES := $(RUN_PACKAGES) netcat-openbsd tmux chromium fonts-dejavu-core python3 docker-registry busybox-static
+TEST_PACKAGES := $(RUN_PACKAGES) netcat-openbsd tmux chromium fonts-dejavu-core python3 ssh-audit docker-registry busybox-static
 
 .PHONY: all build run test deps testdeps vet staticcheck gotest uideps ui bench clean
 

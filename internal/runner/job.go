@@ -53,6 +53,11 @@ type job struct {
 
 	ssh *sshAccess // nil unless the build has SSH access
 
+	// resume takes Continue's requests (who asked); paused is the step the
+	// builder waits before (-1: none).
+	resume chan string
+	paused int
+
 	image *machine.Image // the machine's root; nil for a driver that is not isolated
 }
 
@@ -76,6 +81,8 @@ func (r *Runner) newJob(b *build.Build, spec []byte) *job {
 		logs:        newLogBook(r.cfg.Store, b.ID, log),
 		name:        build.Alias(b.ID),
 		stopReading: make(chan struct{}),
+		resume:      make(chan string, 1),
+		paused:      -1,
 	}
 }
 
