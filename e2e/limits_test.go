@@ -130,7 +130,7 @@ func TestUnknownInstanceType(t *testing.T) {
 	// The host driver says it does not enforce the limits.
 	b = f.start("--workflow quiet")
 	b, logs := f.wait(b.ID, 60*time.Second)
-	if b.Status != build.Finished || !strings.Contains(logs, "Instance type: linux (2 vCPU, 512 MiB memory, 512 processes, 128 MiB /tmp; not enforced by the host driver)") {
+	if b.Status != build.Finished || !strings.Contains(logs, "Instance type: linux (2 vCPU, 512 MiB memory, 512 processes, 128 MiB disk and /tmp each; not enforced by the host driver)") {
 		t.Errorf("quiet build %s: log:\n%s", b.Status, logs)
 	}
 }

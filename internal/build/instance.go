@@ -32,7 +32,7 @@ type Resources struct {
 }
 
 // String describes r for a build log, e.g. "2 vCPU, 4 GiB memory, 2048
-// processes, 8 GiB /tmp".
+// processes, 8 GiB disk and /tmp each".
 func (r Resources) String() string {
 	var parts []string
 	if r.CPUs > 0 {
@@ -45,7 +45,7 @@ func (r Resources) String() string {
 		parts = append(parts, strconv.FormatInt(r.Pids, 10)+" processes")
 	}
 	if r.Disk > 0 {
-		parts = append(parts, FormatBytes(r.Disk)+" /tmp")
+		parts = append(parts, FormatBytes(r.Disk)+" disk and /tmp each")
 	}
 	if len(parts) == 0 {
 		return "no limits"

@@ -61,7 +61,7 @@ func TestLookup(t *testing.T) {
 
 func TestResourcesString(t *testing.T) {
 	got := DefaultInstanceTypes()["linux"].String()
-	if got != "2 vCPU, 4 GiB memory, 2048 processes, 8 GiB /tmp" {
+	if got != "2 vCPU, 4 GiB memory, 2048 processes, 8 GiB disk and /tmp each" {
 		t.Errorf("got %q", got)
 	}
 	if got := (Resources{Memory: 1536 << 20}).String(); !strings.Contains(got, "1536 MiB memory") {
