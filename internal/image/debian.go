@@ -16,6 +16,8 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -140,7 +142,7 @@ func (s *Store) BuildDebian(ctx context.Context, sp DebianSpec) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
-	defer os.RemoveAll(tmp)
+	defer removeTree(tmp)
 	rootTar := filepath.Join(tmp, "root.tar")
 	pkgList := filepath.Join(tmp, "packages")
 	hook := `rm -f "$1/etc/resolv.conf" "$1/etc/hostname"; ` +
@@ -149,6 +151,10 @@ func (s *Store) BuildDebian(ctx context.Context, sp DebianSpec) (Info, error) {
 		"--include="+strings.Join(sp.Packages, ","), "--customize-hook="+hook, sp.Release, rootTar)
 	cmd.Stdout, cmd.Stderr = sp.Log, sp.Log
 	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+	// Interrupted, mmdebstrap unmounts what it mounted in its chroot
+	// (/proc, /sys, device nodes) before it exits: let it.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = time.Minute
 	if err := cmd.Run(); err != nil {
 		return Info{}, fmt.Errorf("mmdebstrap %s: %w", sp.Release, err)
 	}
@@ -278,4 +284,28 @@ func upstreamVersion(v string) string {
 		end++
 	}
 	return strings.TrimRight(v[:end], ".")
+}
+
+// removeTree removes dir after unmounting, deepest first, whatever is
+// mounted below it (what an interrupted mmdebstrap may have left in its
+// chroot), so that the removal never reaches into the host's /dev or
+// /proc. If an unmount fails, dir stays.
+func removeTree(dir string) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var points []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			points = append(points, f[4])
+		}
+	}
+	slices.SortFunc(points, func(a, b string) int { return len(b) - len(a) })
+	for _, p := range points {
+		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && err != unix.EINVAL {
+			return
+		}
+	}
+	_ = os.RemoveAll(dir)
 }
