@@ -60,8 +60,9 @@ type job struct {
 	asks   chan func()
 	paused int
 
-	sshHostKey    ssh.PublicKey // the builder's SSH host key (SSH builds)
-	builderFailed bool          // the builder reported failed steps (done)
+	sshHostKey    ssh.PublicKey  // the builder's SSH host key (SSH builds)
+	builderFailed bool           // the builder reported failed steps (done)
+	image         *machine.Image // the machine's root; nil for a driver that is not isolated
 }
 
 // outcome is how a phase ended the build: its status and message, or an
@@ -112,7 +113,7 @@ func (j *job) execute() {
 func (j *job) run() (out *outcome) {
 	defer func() {
 		if out != nil && out.status == build.Failed {
-			out = j.outOfMemory(out)
+			out = j.outOfDisk(j.outOfMemory(out))
 		}
 		st, _ := j.resolve(out)
 		j.teardown(st)
@@ -183,6 +184,9 @@ func (j *job) prepare() *outcome {
 	for _, s := range j.spec.Ignored {
 		j.logs.Printf(0, "Ignored: %s is not run by Hangar yet", s)
 	}
+	if out := j.pickImage(); out != nil {
+		return out
+	}
 
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -238,6 +242,7 @@ func (j *job) provision() *outcome {
 		Stdin:   strings.NewReader(string(helloJSON) + "\n"),
 		Output:  j.logs.Diagnostics(),
 		Mounts:  []machine.Mount{mount},
+		Image:   j.image,
 		// Same fields: a conversion.
 		Resources: machine.Resources(j.spec.Resources),
 	})

@@ -185,7 +185,7 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, wf *
 	if instance == "" {
 		instance = build.DefaultInstanceType
 	}
-	spec := build.Spec{Repo: app.Repo, Ignored: wf.Ignored, InstanceType: instance, Resources: res}
+	spec := build.Spec{Repo: app.Repo, Ignored: wf.Ignored, InstanceType: instance, Resources: res, Toolchains: wf.Toolchains}
 	for _, v := range wf.Vars {
 		spec.Vars = append(spec.Vars, v.Name+"="+v.Value)
 	}
