@@ -251,11 +251,11 @@ func TestPullFromRegistry(t *testing.T) {
 
 func TestCanonical(t *testing.T) {
 	for in, want := range map[string]string{
-		"debian":                     "debian:latest",
-		"debian:12":                  "debian:12",
-		"127.0.0.1:5000/x":           "127.0.0.1:5000/x:latest",
-		"127.0.0.1:5000/x:1":         "127.0.0.1:5000/x:1",
-		"hangar/default":             "hangar/default:latest",
+		"debian":             "debian:latest",
+		"debian:12":          "debian:12",
+		"127.0.0.1:5000/x":   "127.0.0.1:5000/x:latest",
+		"127.0.0.1:5000/x:1": "127.0.0.1:5000/x:1",
+		"hangar/default":     "hangar/default:latest",
 		"r.example.com/a/b@sha256:" + strings.Repeat("a", 64): "r.example.com/a/b@sha256:" + strings.Repeat("a", 64),
 	} {
 		if got, err := image.Canonical(in); err != nil || got != want {

@@ -154,7 +154,7 @@ func startShell(tb testing.TB, d *Driver, name, script string, mounts ...machine
 	tb.Helper()
 	out := &syncBuffer{}
 	m, err := d.Start(context.Background(), machine.Spec{
-		Image: testImage(tb),
+		Image:   testImage(tb),
 		Name:    name,
 		Builder: "/bin/sh",
 		Args:    []string{"-c", script},

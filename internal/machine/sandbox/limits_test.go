@@ -33,7 +33,7 @@ func startLimited(t *testing.T, d *Driver, name string, res machine.Resources, s
 	out := &syncBuffer{}
 	m, err := d.Start(context.Background(), machine.Spec{
 		Image: testImage(t),
-		Name: name, Builder: "/bin/sh", Args: []string{"-c", script},
+		Name:  name, Builder: "/bin/sh", Args: []string{"-c", script},
 		Env: []string{"LANG=C"}, Output: out, Resources: res,
 	})
 	if err != nil {

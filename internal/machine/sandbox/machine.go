@@ -59,8 +59,8 @@ type Machine struct {
 }
 
 var (
-	_ machine.Machine     = (*Machine)(nil)
-	_ machine.OOMReporter = (*Machine)(nil)
+	_ machine.Machine      = (*Machine)(nil)
+	_ machine.OOMReporter  = (*Machine)(nil)
 	_ machine.DiskReporter = (*Machine)(nil)
 )
 
@@ -242,20 +242,20 @@ func (m *Machine) start(ctx context.Context, spec machine.Spec, mounts []specMou
 		return err
 	}
 	s := ociSpec(ociParams{
-		name:      m.name,
-		layout:    m.layout,
-		builder:   spec.Builder,
-		args:      spec.Args,
-		env:       spec.Env,
-		mounts:    mounts,
-		masked:    masked,
-		netns:     m.host.netnsPath(),
-		cgroup:    m.host.cgroup,
-		caps:      d.caps,
-		seccomp:   d.seccomp,
-		res:       spec.Resources,
-		memsw:     d.memsw,
-		imageEnv:  spec.Image.Env,
+		name:     m.name,
+		layout:   m.layout,
+		builder:  spec.Builder,
+		args:     spec.Args,
+		env:      spec.Env,
+		mounts:   mounts,
+		masked:   masked,
+		netns:    m.host.netnsPath(),
+		cgroup:   m.host.cgroup,
+		caps:     d.caps,
+		seccomp:  d.seccomp,
+		res:      spec.Resources,
+		memsw:    d.memsw,
+		imageEnv: spec.Image.Env,
 	})
 	if err := writeSpec(m.layout.config(), s); err != nil {
 		return fmt.Errorf("write OCI config: %w", err)

@@ -43,17 +43,17 @@ const (
 
 // ociParams is what one machine's OCI config is made of.
 type ociParams struct {
-	name      string // machine name: the hostname
-	layout    layout
-	builder   string   // host path of the builder binary
-	args      []string
-	env       []string
-	mounts    []specMount
-	masked    []string // extra paths to mask (Mask/StateDir seen through mounts)
-	netns     string   // network namespace path
-	cgroup    string   // cgroup path
-	caps      []string // capabilities (bounding, effective, permitted)
-	seccomp   *specs.LinuxSeccomp
+	name    string // machine name: the hostname
+	layout  layout
+	builder string // host path of the builder binary
+	args    []string
+	env     []string
+	mounts  []specMount
+	masked  []string // extra paths to mask (Mask/StateDir seen through mounts)
+	netns   string   // network namespace path
+	cgroup  string   // cgroup path
+	caps    []string // capabilities (bounding, effective, permitted)
+	seccomp *specs.LinuxSeccomp
 	// res are the machine's limits; memsw is whether the host's memory
 	// cgroup limits memory+swap (swap accounting on).
 	res   machine.Resources

@@ -437,7 +437,7 @@ func TestStartErrorCleansUp(t *testing.T) {
 	// runc fails late: the mount target lies under a file.
 	out := &syncBuffer{}
 	_, err := d.Start(context.Background(), machine.Spec{
-		Image: testImage(t),
+		Image:   testImage(t),
 		Name:    "fail",
 		Builder: "/bin/sh",
 		Args:    []string{"-c", "echo should-not-run"},
@@ -478,7 +478,7 @@ func TestStdinAndExitStatus(t *testing.T) {
 	pr, pw := io.Pipe()
 	defer pw.Close()
 	m, err := d.Start(context.Background(), machine.Spec{
-		Image: testImage(t),
+		Image:   testImage(t),
 		Name:    "stdin",
 		Builder: "/bin/sh",
 		Args:    []string{"-c", `read line; echo "got=$line"; exit 3`},
@@ -590,7 +590,7 @@ func TestParallelMachines(t *testing.T) {
 			defer wg.Done()
 			outs[i] = &syncBuffer{}
 			m, err := d.Start(context.Background(), machine.Spec{
-				Image: testImage(t),
+				Image:   testImage(t),
 				Name:    fmt.Sprintf("par-%d", i),
 				Builder: "/bin/sh",
 				Args:    []string{"-c", "echo ip=$(hostname -I); exec sleep 1000"},
@@ -655,7 +655,7 @@ exec sleep %d`, name, sleep)
 	}
 	start := func(d *Driver, sleep int, out io.Writer) (*Machine, error) {
 		m, err := d.Start(context.Background(), machine.Spec{
-			Image: testImage(t),
+			Image:   testImage(t),
 			Name:    name,
 			Builder: "/bin/sh",
 			Args:    []string{"-c", script(sleep)},
@@ -734,7 +734,7 @@ exec sleep %d`, name, sleep)
 
 	// A failed Start: runc fails late, the mount target lies under a file.
 	_, err := d1.Start(context.Background(), machine.Spec{
-		Image: testImage(t),
+		Image:   testImage(t),
 		Name:    name,
 		Builder: "/bin/sh",
 		Mounts:  []machine.Mount{{Source: t.TempDir(), Target: "/etc/hostname/x"}},
