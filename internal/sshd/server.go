@@ -103,15 +103,15 @@ type Server struct {
 
 // Event kinds.
 const (
-	EventConnect    = "connect"     // handshake and authentication done; Detail: user and remote address
-	EventDisconnect = "disconnect"  // an authenticated connection ended; Detail: why
-	EventReject     = "reject"      // a connection was refused or failed its handshake; Detail: why
-	EventChannel    = "channel"     // Detail: "session", "direct-tcpip HOST:PORT", "exec: CMD", "subsystem: sftp", "shell", or a refused request
+	EventConnect     = "connect"      // handshake and authentication done; Detail: user and remote address
+	EventDisconnect  = "disconnect"   // an authenticated connection ended; Detail: why
+	EventReject      = "reject"       // a connection was refused or failed its handshake; Detail: why
+	EventChannel     = "channel"      // Detail: "session", "direct-tcpip HOST:PORT", "exec: CMD", "subsystem: sftp", "shell", or a refused request
 	EventLoginStart  = "login_start"  // a login shell (pty + shell) started; Detail: its pid and number
 	EventLoginEnd    = "login_end"    // a login shell's process ended; Detail: its pid and how it ended
 	EventLoginDetach = "login_detach" // a login shell's client went away; the shell runs on; Detail: its pid and number
 	EventLoginAttach = "login_attach" // a client re-attached to a running login shell; Detail: its pid and number
-	EventError      = "error"       // a session could not be set up; Detail: the error (not shown to the user)
+	EventError       = "error"        // a session could not be set up; Detail: the error (not shown to the user)
 )
 
 // Event is something that happened on a connection, for logs and for the

@@ -49,13 +49,13 @@ type shell struct {
 	// mu guards the fields below. It is held while output is fed to the
 	// screen and written to the attached client, so that both see the same
 	// bytes in the same order, and while a client is attached.
-	mu       sync.Mutex
-	scr      *screen
-	att      *session     // the attached session; nil while detached
-	live     bool         // att has its screen and gets output
-	since    time.Time    // when it was detached last (or started)
-	exited   bool         // the process has been reaped
-	agent    *agentSocket // the forwarded agent of the connection that started it
+	mu     sync.Mutex
+	scr    *screen
+	att    *session     // the attached session; nil while detached
+	live   bool         // att has its screen and gets output
+	since  time.Time    // when it was detached last (or started)
+	exited bool         // the process has been reaped
+	agent  *agentSocket // the forwarded agent of the connection that started it
 }
 
 // userError is an error the client is shown as it is.
