@@ -183,10 +183,12 @@ func (j *job) armWake(at time.Time) {
 
 // builderKinds maps the builder's SSH events to the rules' inputs.
 var builderKinds = map[string]access.Kind{
-	"tunnel_up":   access.TunnelUp,
-	"tunnel_down": access.TunnelDown,
-	"login_start": access.LoginStart,
-	"login_end":   access.LoginEnd,
+	"tunnel_up":    access.TunnelUp,
+	"tunnel_down":  access.TunnelDown,
+	"login_start":  access.LoginStart,
+	"login_end":    access.LoginEnd,
+	"login_detach": access.Detach,
+	"login_attach": access.Attach,
 }
 
 // onBuilderSSH handles an SSH event from the builder.

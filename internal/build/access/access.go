@@ -16,7 +16,12 @@
 //     the deadline, so that the build finishes by this rule rather than
 //     timing out. When it ends, the build finishes with the steps' result.
 //   - The end of the last login shell is a logout: access closes; if the
-//     steps are done the build finishes now, else the steps go on.
+//     steps are done the build finishes now, else the steps go on. Only a
+//     shell's own end counts (exit, logout, Ctrl-D, the browser terminal's
+//     close button): a shell whose connection dropped is detached, still a
+//     live login shell, and the next connection re-attaches to it; a
+//     detached shell ends only with access (its time limits, cancel, the
+//     build's end).
 //   - Close (cancel, timeout, failed start, any end of the build) closes it.
 //   - Login sessions are told 5 minutes and 1 minute before access ends, if
 //     that is more than the notice plus NoticeSlack away; when the end moves,
@@ -58,6 +63,10 @@ const (
 	// LoginStart and LoginEnd: a login shell started, ended.
 	LoginStart
 	LoginEnd
+	// Detach and Attach: a login shell's connection dropped (it runs on),
+	// a client re-attached to it.
+	Detach
+	Attach
 	// Connect and Disconnect: a user's connection through the gateway
 	// (Remote, Client).
 	Connect
@@ -72,7 +81,7 @@ const (
 
 var kindNames = map[Kind]string{
 	Open: "open", TunnelUp: "tunnel_up", TunnelDown: "tunnel_down", LoginStart: "login_start",
-	LoginEnd: "login_end", Connect: "connect", Disconnect: "disconnect", StepsDone: "steps_done",
+	LoginEnd: "login_end", Detach: "detach", Attach: "attach", Connect: "connect", Disconnect: "disconnect", StepsDone: "steps_done",
 	Tick: "tick", Close: "close",
 }
 
@@ -165,7 +174,8 @@ type Machine struct {
 	afterSteps time.Duration
 
 	tunnelUp  bool
-	logins    int                // open login shells
+	logins    int                // open login shells, detached ones included
+	detached  int                // login shells whose connection dropped
 	sessions  []build.SSHSession // open connections through the gateway
 	closed    bool               // access has ended for good
 	reason    string             // why it closed
@@ -188,6 +198,10 @@ func New(id int64, deadline time.Time, afterSteps time.Duration) *Machine {
 	}
 	return &Machine{id: id, deadline: deadline, afterSteps: afterSteps}
 }
+
+// Shells returns how many login shells are open, and how many of them are
+// detached.
+func (m *Machine) Shells() (open, detached int) { return m.logins, m.detached }
 
 // Closed reports whether access has ended.
 func (m *Machine) Closed() bool { return m.closed }
@@ -234,9 +248,21 @@ func (m *Machine) Handle(ev Event) []Effect {
 		m.tunnelUp = false
 	case LoginStart:
 		m.logins++
+	case Detach:
+		if m.detached < m.logins {
+			m.detached++
+		}
+		if !m.closed {
+			m.emit(Effect{Kind: Log, Text: "the connection of a login shell dropped; the shell keeps running: connect again to re-attach to it"})
+		}
+	case Attach:
+		if m.detached > 0 {
+			m.detached--
+		}
 	case LoginEnd:
 		if m.logins > 0 {
 			m.logins--
+			m.detached = min(m.detached, m.logins)
 			if m.logins == 0 && !m.closed {
 				m.close(now, fmt.Sprintf("you logged out of build %d: its SSH access is closed", m.id))
 				m.finish = m.stepsDone

@@ -39,6 +39,7 @@ func TestMachine(t *testing.T) {
 	const after = 20 * time.Minute
 	const afterWhy = "20m0s after the steps completed"
 	logout := "you logged out of build 7: its SSH access is closed"
+	const detachLog = "the connection of a login shell dropped; the shell keeps running: connect again to re-attach to it"
 	tests := []struct {
 		name     string
 		deadline time.Duration // from t0
@@ -234,6 +235,30 @@ func TestMachine(t *testing.T) {
 					}},
 				// The gateway's late disconnect changes nothing.
 				{ev: Event{Kind: Disconnect, Time: at(12 * time.Minute), Remote: "r"}, want: nil, state: build.SSHClosed},
+			},
+		},
+		{
+			name: "a dropped connection is no logout; the window still ends on time", deadline: time.Hour, after: after,
+			steps: []step{
+				{ev: ev(Open, 0), want: []string{save, wake(55 * time.Minute)}},
+				{ev: ev(TunnelUp, time.Second), want: []string{save}},
+				{ev: Event{Kind: Connect, Time: at(2 * time.Second), Remote: "r"}, want: []string{save}, state: build.SSHConnected},
+				{ev: ev(LoginStart, 3*time.Second), want: nil},
+				{ev: ev(Detach, 4*time.Second), want: []string{logLine(detachLog)}},
+				{ev: Event{Kind: Disconnect, Time: at(5 * time.Second), Remote: "r"}, want: []string{save}, state: build.SSHReady},
+				{ev: Event{Kind: StepsDone, Time: at(10 * time.Minute), Result: build.Finished}, want: []string{
+					notify("Hangar: the build's steps are done (finished). This machine stays for 20m0s (until 10:30:00 UTC, " + afterWhy + "); log out to finish the build now."),
+					logLine("steps done; the machine stays for SSH for 20m0s (" + afterWhy + ") unless you log out"),
+					save, wake(25 * time.Minute),
+				}, state: build.SSHReady},
+				{ev: Event{Kind: Connect, Time: at(11 * time.Minute), Remote: "r2"}, want: []string{save}, state: build.SSHConnected},
+				{ev: ev(Attach, 11*time.Minute), want: nil},
+				{ev: ev(Detach, 12*time.Minute), want: []string{logLine(detachLog)}},
+				{ev: ev(Tick, 25*time.Minute), want: []string{notify("Hangar: this machine stops in 5m0s (" + afterWhy + ")."), wake(29 * time.Minute)}},
+				{ev: ev(Tick, 29*time.Minute), want: []string{notify("Hangar: this machine stops in 1m0s (" + afterWhy + ")."), wake(30 * time.Minute)}},
+				{ev: ev(Tick, 30*time.Minute), want: []string{revoke("the SSH window of build 7 has ended (" + afterWhy + ")"), save, finish(build.Finished)}, state: build.SSHClosed},
+				// The shell killed at the end is no second logout.
+				{ev: ev(LoginEnd, 31*time.Minute), want: nil},
 			},
 		},
 		{
