@@ -1,13 +1,12 @@
 package sshd
 
 import (
-	"bytes"
 	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hangar-ci/hangar/internal/proctab"
 )
 
 // Every process a session starts is the leader of a new session (setsid),
@@ -18,46 +17,6 @@ import (
 // daemon that double-forked out of its session has been re-parented to the
 // machine's init, which the machine's end takes care of).
 
-// proc is one line of the process table.
-type proc struct {
-	pid, ppid, pgid, sid int
-}
-
-// procTable reads the live processes (zombies left out) from /proc.
-func procTable() []proc {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var out []proc
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp session ...; comm may hold spaces and
-		// parentheses.
-		i := bytes.LastIndexByte(data, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(data[i+1:]))
-		if len(f) < 4 || f[0] == "Z" || f[0] == "X" {
-			continue
-		}
-		p := proc{pid: pid}
-		p.ppid, _ = strconv.Atoi(f[1])
-		p.pgid, _ = strconv.Atoi(f[2])
-		p.sid, _ = strconv.Atoi(f[3])
-		out = append(out, p)
-	}
-	return out
-}
-
 // sessionProcs returns the live processes that belong to the sessions sids:
 // members of the sessions or of process groups with those ids, and their
 // descendants.
@@ -65,28 +24,22 @@ func sessionProcs(sids map[int]bool) []int {
 	if len(sids) == 0 {
 		return nil
 	}
-	table := procTable()
+	table := proctab.Table()
 	self := os.Getpid()
-	children := make(map[int][]int)
 	var out []int
 	seen := make(map[int]bool)
-	var add func(pid int)
-	add = func(pid int) {
-		if seen[pid] || pid == self || pid <= 1 {
-			return
-		}
-		seen[pid] = true
-		out = append(out, pid)
-		for _, c := range children[pid] {
-			add(c)
+	add := func(pid int) {
+		if !seen[pid] && pid != self && pid > 1 {
+			seen[pid] = true
+			out = append(out, pid)
 		}
 	}
 	for _, p := range table {
-		children[p.ppid] = append(children[p.ppid], p.pid)
-	}
-	for _, p := range table {
-		if sids[p.sid] || sids[p.pgid] {
-			add(p.pid)
+		if sids[p.SID] || sids[p.PGID] {
+			add(p.PID)
+			for _, d := range proctab.Descendants(table, p.PID) {
+				add(d)
+			}
 		}
 	}
 	return out

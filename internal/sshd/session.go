@@ -17,6 +17,8 @@ import (
 
 	"github.com/creack/pty"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/hangar-ci/hangar/internal/proctab"
 	"golang.org/x/sys/unix"
 )
 
@@ -550,8 +552,8 @@ func (s *Server) addSession(sid int) {
 	if len(s.sids) >= 64 {
 		// Forget the sessions that have no process left.
 		live := make(map[int]bool)
-		for _, p := range procTable() {
-			live[p.sid], live[p.pgid] = true, true
+		for _, p := range proctab.Table() {
+			live[p.SID], live[p.PGID] = true, true
 		}
 		for id := range s.sids {
 			if !live[id] {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/hangar-ci/hangar/internal/proctab"
 )
 
 // liveShell is an OpenSSH client with a login shell (ssh -tt) that the test
@@ -395,10 +397,10 @@ func TestCloseAllEndsEverything(t *testing.T) {
 			t.Errorf("process %d still runs after CloseAll", pid)
 		}
 	}
-	for _, p := range procTable() {
-		if p.ppid == os.Getpid() {
-			if c, _ := os.ReadFile("/proc/" + strconv.Itoa(p.pid) + "/cmdline"); strings.Contains(string(c), "sleep") {
-				t.Errorf("a session's process %d (%q) is left", p.pid, c)
+	for _, p := range proctab.Table() {
+		if p.PPID == os.Getpid() {
+			if c, _ := os.ReadFile("/proc/" + strconv.Itoa(p.PID) + "/cmdline"); strings.Contains(string(c), "sleep") {
+				t.Errorf("a session's process %d (%q) is left", p.PID, c)
 			}
 		}
 	}
