@@ -174,7 +174,9 @@ func TestSSHReattach(t *testing.T) {
 	if code := again.waitExit(); code == 0 {
 		t.Errorf("the script exited 0 after cancel")
 	}
-	if out := again.out.String(); !strings.Contains(out, "*** Hangar:") || !strings.Contains(out, "canceled") {
+	// Told in the terminal, and the script's own last word says the same.
+	if out := again.out.String(); !strings.Contains(out, fmt.Sprintf("*** Hangar: SSH access to build %d ended: the build was canceled ***", id)) ||
+		!strings.Contains(out, fmt.Sprintf("hangar: SSH access to build %d ended: the build was canceled", id)) {
 		t.Errorf("the shell was closed without a word of why:\n%s", out)
 	}
 	f.wait(id, time.Minute)

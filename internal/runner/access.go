@@ -238,7 +238,7 @@ func (j *job) endAccess(final build.Status) {
 		delete(j.r.byAlias, s.alias)
 	}
 	j.r.mu.Unlock()
-	msg := fmt.Sprintf("build %d has ended (%s): its SSH access is closed", j.b.ID, final)
+	msg := fmt.Sprintf("SSH access to build %d ended: %s", j.b.ID, endedBecause(final))
 	j.rules(access.Event{Kind: access.Close, Time: j.r.clock.Now(), Reason: msg})
 	j.armWake(time.Time{})
 	// Refuse from now on with the build's end as the reason, even if
@@ -253,6 +253,21 @@ func (j *job) endAccess(final build.Status) {
 	// the gateway closes what is left.
 	j.awaitRevoked()
 	s.cfg.Gateway.Disconnect(s.alias)
+}
+
+// endedBecause says why access ends with the build, by its final status.
+func endedBecause(final build.Status) string {
+	switch final {
+	case build.Canceled:
+		return "the build was canceled"
+	case build.Timeout:
+		return "the build timed out (max_build_duration reached)"
+	case build.Failed:
+		return "the build failed"
+	case build.Finished:
+		return "the build finished"
+	}
+	return "the build ended (" + string(final) + ")"
 }
 
 // awaitRevoked waits until the builder has confirmed the SSHClose it was

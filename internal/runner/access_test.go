@@ -60,7 +60,7 @@ func TestSSHWindowEnds(t *testing.T) {
 	e.clock.AdvanceTo(end)
 	b = e.ended(b.ID)
 	want(t, b, build.Finished, "", ok, ok, ok, ok, ok)
-	reason := fmt.Sprintf("the SSH window of build %d has ended (20m0s after the steps completed)", b.ID)
+	reason := fmt.Sprintf("SSH access to build %d ended: 20m0s after the steps completed (%s UTC)", b.ID, end.UTC().Format("15:04"))
 	if b.SSH.State != build.SSHClosed || b.SSH.ClosedReason != reason {
 		t.Errorf("ssh: %+v", b.SSH)
 	}
@@ -94,7 +94,7 @@ func TestSSHLogout(t *testing.T) {
 		close(logout)
 		b = e.ended(b.ID)
 		want(t, b, build.Finished, "", ok, ok, ok, ok, ok)
-		reason := fmt.Sprintf("you logged out of build %d: its SSH access is closed", b.ID)
+		reason := fmt.Sprintf("SSH access to build %d ended: you logged out", b.ID)
 		if b.SSH.State != build.SSHClosed || b.SSH.ClosedReason != reason {
 			t.Errorf("ssh: %+v", b.SSH)
 		}
@@ -176,7 +176,7 @@ func TestSSHTeardownWaitsForBuilder(t *testing.T) {
 			fb := <-e.driver.started
 			e.wait(b.ID, "the SSH window", inWindow)
 			e.cancel(b.ID)
-			fb.waitCommand(t, link.SSHClose, "has ended (canceled)")
+			fb.waitCommand(t, link.SSHClose, "ended: the build was canceled")
 			// The runner waits, bounded by RevokeTimeout on its clock.
 			e.clock.waitTimer(t, e.clock.Now().Add(5*time.Second))
 			if live, _ := e.driver.counts(); live != 1 {

@@ -264,7 +264,7 @@ func (m *Machine) Handle(ev Event) []Effect {
 			m.logins--
 			m.detached = min(m.detached, m.logins)
 			if m.logins == 0 && !m.closed {
-				m.close(now, fmt.Sprintf("you logged out of build %d: its SSH access is closed", m.id))
+				m.close(now, fmt.Sprintf("SSH access to build %d ended: you logged out", m.id))
 				m.finish = m.stepsDone
 			}
 		}
@@ -307,7 +307,7 @@ func (m *Machine) onStepsDone(now time.Time, result build.Status) {
 	}
 	wait := until.Sub(now)
 	if wait <= 0 {
-		m.close(now, fmt.Sprintf("build %d reached its max_build_duration", m.id))
+		m.close(now, fmt.Sprintf("SSH access to build %d ended: max_build_duration reached", m.id))
 		m.finish = true
 		return
 	}
@@ -333,7 +333,11 @@ func (m *Machine) onTick(now time.Time) {
 		m.emit(Effect{Kind: Notify, Text: fmt.Sprintf("Hangar: this machine stops in %s (%s).", due.lead, m.because)})
 	}
 	if m.stepsDone && !m.closed && !now.Before(m.ends) {
-		m.close(now, fmt.Sprintf("the SSH window of build %d has ended (%s)", m.id, m.because))
+		why := m.because
+		if why == "max_build_duration" {
+			why += " reached"
+		}
+		m.close(now, fmt.Sprintf("SSH access to build %d ended: %s (%s UTC)", m.id, why, m.ends.UTC().Format("15:04")))
 		m.finish = true
 	}
 }

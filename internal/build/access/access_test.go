@@ -38,7 +38,7 @@ func ev(k Kind, d time.Duration) Event { return Event{Kind: k, Time: at(d)} }
 func TestMachine(t *testing.T) {
 	const after = 20 * time.Minute
 	const afterWhy = "20m0s after the steps completed"
-	logout := "you logged out of build 7: its SSH access is closed"
+	logout := "SSH access to build 7 ended: you logged out"
 	const detachLog = "the connection of a login shell dropped; the shell keeps running: connect again to re-attach to it"
 	tests := []struct {
 		name     string
@@ -169,7 +169,7 @@ func TestMachine(t *testing.T) {
 				{ev: ev(Tick, 25*time.Minute), want: []string{notify("Hangar: this machine stops in 5m0s (" + afterWhy + ")."), wake(29 * time.Minute)}},
 				{ev: ev(Tick, 29*time.Minute), want: []string{notify("Hangar: this machine stops in 1m0s (" + afterWhy + ")."), wake(30 * time.Minute)}},
 				{ev: ev(Tick, 30*time.Minute), want: []string{
-					revoke("the SSH window of build 7 has ended (" + afterWhy + ")"), save, finish(build.Finished),
+					revoke("SSH access to build 7 ended: " + afterWhy + " (10:30 UTC)"), save, finish(build.Finished),
 				}, state: build.SSHClosed, expires: 30 * time.Minute},
 				{ev: ev(Tick, 31*time.Minute), want: nil},
 			},
@@ -187,7 +187,7 @@ func TestMachine(t *testing.T) {
 				{ev: ev(Tick, 9*time.Minute+59500*time.Millisecond), want: []string{notify("Hangar: this machine stops in 5m0s (max_build_duration)."), wake(13*time.Minute + 59500*time.Millisecond)}},
 				{ev: ev(Tick, 13*time.Minute+59500*time.Millisecond), want: []string{notify("Hangar: this machine stops in 1m0s (max_build_duration)."), wake(15*time.Minute - DeadlineMargin)}},
 				{ev: ev(Tick, 15*time.Minute-DeadlineMargin), want: []string{
-					revoke("the SSH window of build 7 has ended (max_build_duration)"), save, finish(build.Failed),
+					revoke("SSH access to build 7 ended: max_build_duration reached (10:14 UTC)"), save, finish(build.Failed),
 				}, state: build.SSHClosed},
 			},
 		},
@@ -201,7 +201,7 @@ func TestMachine(t *testing.T) {
 					save, wake(time.Minute + 4*time.Second),
 				}},
 				{ev: ev(Tick, time.Minute+4*time.Second), want: []string{
-					revoke("the SSH window of build 7 has ended (4s after the steps completed)"), save, finish(build.Finished),
+					revoke("SSH access to build 7 ended: 4s after the steps completed (10:01 UTC)"), save, finish(build.Finished),
 				}},
 			},
 		},
@@ -210,7 +210,7 @@ func TestMachine(t *testing.T) {
 			steps: []step{
 				{ev: ev(Open, 0), want: []string{save, wake(5 * time.Minute)}},
 				{ev: Event{Kind: StepsDone, Time: at(10*time.Minute - 200*time.Millisecond), Result: build.Finished}, want: []string{
-					revoke("build 7 reached its max_build_duration"), save, wakeNever, finish(build.Finished),
+					revoke("SSH access to build 7 ended: max_build_duration reached"), save, wakeNever, finish(build.Finished),
 				}, state: build.SSHClosed},
 			},
 		},
@@ -256,7 +256,7 @@ func TestMachine(t *testing.T) {
 				{ev: ev(Detach, 12*time.Minute), want: []string{logLine(detachLog)}},
 				{ev: ev(Tick, 25*time.Minute), want: []string{notify("Hangar: this machine stops in 5m0s (" + afterWhy + ")."), wake(29 * time.Minute)}},
 				{ev: ev(Tick, 29*time.Minute), want: []string{notify("Hangar: this machine stops in 1m0s (" + afterWhy + ")."), wake(30 * time.Minute)}},
-				{ev: ev(Tick, 30*time.Minute), want: []string{revoke("the SSH window of build 7 has ended (" + afterWhy + ")"), save, finish(build.Finished)}, state: build.SSHClosed},
+				{ev: ev(Tick, 30*time.Minute), want: []string{revoke("SSH access to build 7 ended: " + afterWhy + " (10:30 UTC)"), save, finish(build.Finished)}, state: build.SSHClosed},
 				// The shell killed at the end is no second logout.
 				{ev: ev(LoginEnd, 31*time.Minute), want: nil},
 			},
