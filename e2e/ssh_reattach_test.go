@@ -8,10 +8,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/proctab"
 )
 
 // liveSSH is a real OpenSSH client (or the generated script) on a pty-less
@@ -187,24 +189,40 @@ func TestSSHReattach(t *testing.T) {
 	}
 }
 
-// TestSSHLogoutStillEnds: exit in the last login shell is still a logout,
-// re-attached or not.
+// TestSSHLogoutStillEnds: a lost connection of the script is reported as
+// such; exit in the last login shell is still a logout, re-attached or not.
 func TestSSHLogoutStillEnds(t *testing.T) {
+	if _, err := exec.LookPath("script"); err != nil {
+		t.Skip("needs script (util-linux)")
+	}
 	f := newHostSSHFixture(t)
-	id, _ := startHostSSH(t, f)
+	id, script := startHostSSH(t, f)
 	dir := filepath.Join(t.TempDir(), "cfg")
 	if r := f.hangar(fmt.Sprintf("build ssh-config %d --dir %s", id, dir)); r.Code != 0 {
 		t.Fatalf("ssh-config: %s", r.Stderr)
 	}
 	conf, alias := filepath.Join(dir, "config"), fmt.Sprintf("build-%d", id)
-	first := startLive(t, f, "ssh", "-F", conf, "-tt", alias)
-	first.typeLine("echo one")
-	first.waitOut("one")
-	_ = first.cmd.Process.Kill()
+	// The generated script on a terminal, whose connection is cut (its
+	// ProxyJump hop is killed, as a network that goes away): the script
+	// says the connection was lost and the shell keeps running.
+	first := startLive(t, f, "script", "-qfec", "bash "+script, "/dev/null")
+	first.typeLine("echo one-$((0+1))")
+	first.waitOut("one-1")
+	killed := 0
+	for _, pid := range proctab.Descendants(proctab.Table(), first.cmd.Process.Pid) {
+		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.HasPrefix(string(cmd), "ssh\x00") && strings.Contains(string(cmd), "\x00-W\x00") {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			killed++
+		}
+	}
+	if killed != 1 {
+		t.Fatalf("found %d ProxyJump processes of the script's ssh", killed)
+	}
+	first.waitOut("hangar: the connection to " + alias + " was lost. Your shell keeps running on the machine: run this again to get it back.")
 	first.waitExit()
 	waitEvent(t, f, id, "ssh_login_detach", "shell 1")
 	second := startLive(t, f, "ssh", "-F", conf, "-tt", alias)
-	second.waitOut("one")
+	second.waitOut("one-1")
 	second.typeLine("exit")
 	second.waitExit()
 	deadline := time.Now().Add(30 * time.Second)
