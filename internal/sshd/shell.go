@@ -197,8 +197,8 @@ func (sh *shell) claim(s *session, takeOver bool) bool {
 // probeShells asks every connection that holds a shell whether it is still
 // there (a keepalive, as OpenSSH's ClientAlive) and closes those that do not
 // answer within probeTimeout: after a network drop the server may not have
-// noticed yet that the client is gone. It reports whether it closed any;
-// it returns once their shells are detached.
+// noticed yet that the client is gone. It reports whether it found any
+// gone; it returns once their shells are detached.
 func (srv *Server) probeShells() bool {
 	srv.mu.Lock()
 	var conns []*conn
@@ -214,17 +214,20 @@ func (srv *Server) probeShells() bool {
 	var closed atomic.Bool
 	for _, c := range conns {
 		wg.Go(func() {
-			answered := make(chan struct{})
+			answered := make(chan error, 1)
 			go func() {
-				_, _, _ = c.sc.SendRequest("keepalive@openssh.com", true, nil)
-				close(answered)
+				_, _, err := c.sc.SendRequest("keepalive@openssh.com", true, nil)
+				answered <- err
 			}()
 			select {
-			case <-answered:
-				return
+			case err := <-answered:
+				if err == nil {
+					return
+				}
+				// Gone already; its shells are being detached.
 			case <-time.After(probeTimeout):
+				srv.emit(c.id, EventDisconnect, "no answer to a keepalive: closing it")
 			}
-			srv.emit(c.id, EventDisconnect, "no answer to a keepalive: closing it")
 			closed.Store(true)
 			c.nc.Close()
 			<-c.done
