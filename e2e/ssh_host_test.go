@@ -32,19 +32,29 @@ workflows:
         script: |
           echo holding
           sleep 300
+  done:
+    max_build_duration: 10
+    scripts:
+      - name: Quick
+        script: echo quick
 `
 
 // newHostSSHFixture is a host-driver server with SSH and an app with
 // hostSSHWorkflows: for what the sandbox does not change (the scripts, the
 // client's side, the builder's SSH server).
 func newHostSSHFixture(t *testing.T) *sshFixture {
+	return newHostSSHFixtureAfter(t, "10m")
+}
+
+// newHostSSHFixtureAfter is newHostSSHFixture with --ssh-after-steps after.
+func newHostSSHFixtureAfter(t *testing.T, after string) *sshFixture {
 	for _, bin := range []string{"ssh", "bash"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Skipf("needs %s", bin)
 		}
 	}
 	s := harness.StartServer(t, harness.Options{Driver: "host", Args: []string{
-		"--ssh", "127.0.0.1:0", "--ssh-after-steps", "10m", "--ssh-handshake-timeout", "5s",
+		"--ssh", "127.0.0.1:0", "--ssh-after-steps", after, "--ssh-handshake-timeout", "5s",
 	}})
 	f := &fixture{t: t, s: s, run: marker(), driver: "host"}
 	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": hostSSHWorkflows})

@@ -240,3 +240,62 @@ func TestSSHLogoutStillEnds(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestSSHWindowEndMessages: when the SSH window ends after the steps, every
+// session is told why before it is closed: a login shell in its terminal, a
+// command without one on its standard error; a shell that was detached
+// then is gone too, and the script that tries to reach it says why.
+func TestSSHWindowEndMessages(t *testing.T) {
+	if _, err := exec.LookPath("script"); err != nil {
+		t.Skip("needs script (util-linux)")
+	}
+	f := newHostSSHFixtureAfter(t, "6s")
+	b := f.start("--workflow done --ssh")
+	f.waitSSH(b.ID)
+	id, script := b.ID, f.script(b.ID)
+	dir := filepath.Join(t.TempDir(), "cfg")
+	if r := f.hangar(fmt.Sprintf("build ssh-config %d --dir %s", id, dir)); r.Code != 0 {
+		t.Fatalf("ssh-config: %s", r.Stderr)
+	}
+	conf, alias := filepath.Join(dir, "config"), fmt.Sprintf("build-%d", id)
+
+	// A shell detached before the end.
+	gone := startLive(t, f, "ssh", "-F", conf, "-tt", alias)
+	gone.typeLine("echo detached-$((2+2)); echo $$")
+	gone.waitOut("detached-4")
+	_ = gone.cmd.Process.Kill()
+	gone.waitExit()
+	waitEvent(t, f, id, "ssh_login_detach", "shell 1")
+	// A second shell, attached, and a command without a terminal.
+	shell := startLive(t, f, "ssh", "-F", conf, "-tt", "-o", "SetEnv=HANGAR_SHELL=new", alias)
+	shell.typeLine("echo attached-$((3+3))")
+	shell.waitOut("attached-6")
+	cmd := startLive(t, f, "ssh", "-F", conf, alias, "echo cmd-started; sleep 120")
+	cmd.waitOut("cmd-started")
+
+	nb, _ := f.wait(id, time.Minute)
+	if nb.Status != build.Finished {
+		t.Fatalf("build %s, want finished", nb.Status)
+	}
+	reason := fmt.Sprintf("SSH access to build %d ended: 6s after the steps completed (", id)
+	if !strings.HasPrefix(nb.SSH.ClosedReason, reason) {
+		t.Errorf("closed reason %q, want %q...", nb.SSH.ClosedReason, reason)
+	}
+	shell.waitExit()
+	if out := shell.out.String(); !strings.Contains(out, "*** Hangar: "+reason) {
+		t.Errorf("the shell was not told why:\n%s", out)
+	}
+	cmd.waitExit()
+	if out := cmd.out.String(); !strings.Contains(out, "Hangar: "+reason) {
+		t.Errorf("the command was not told why on stderr:\n%s", out)
+	}
+	// The detached shell went with the window; reaching for it, the script
+	// says why it cannot.
+	again := startLive(t, f, "script", "-qfec", "bash "+script, "/dev/null")
+	if code := again.waitExit(); code == 0 {
+		t.Errorf("the script connected after the end:\n%s", again.out.String())
+	}
+	if out := again.out.String(); !strings.Contains(out, "hangar: "+reason) {
+		t.Errorf("the script did not say why:\n%s", out)
+	}
+}

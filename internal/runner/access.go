@@ -239,10 +239,13 @@ func (j *job) endAccess(final build.Status) {
 	}
 	j.r.mu.Unlock()
 	msg := fmt.Sprintf("SSH access to build %d ended: %s", j.b.ID, endedBecause(final))
+	if s.rules.Closed() {
+		// Closed earlier (logout, the window's end): that stays the reason
+		// newcomers are given.
+		msg = s.rules.State().ClosedReason
+	}
 	j.rules(access.Event{Kind: access.Close, Time: j.r.clock.Now(), Reason: msg})
 	j.armWake(time.Time{})
-	// Refuse from now on with the build's end as the reason, even if
-	// access closed earlier for another.
 	s.cfg.Gateway.Drain(s.alias, msg)
 	// Keep the refusal's message for a while, then forget the build.
 	j.r.clock.AfterFunc(forgetAfter, func() { s.cfg.Gateway.Forget(s.alias, s.key) })
