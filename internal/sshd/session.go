@@ -577,7 +577,7 @@ func (s *Server) endAll() {
 	go func() { s.shellsWG.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(ptyDrainMax):
+	case <-time.After(killGrace):
 	}
 }
 

@@ -46,9 +46,11 @@ type shell struct {
 
 	detached atomic.Bool // no client reads the output (the emulator answers queries)
 
-	// mu guards the fields below. It is held while output is fed to the
-	// screen and written to the attached client, so that both see the same
-	// bytes in the same order, and while a client is attached.
+	// mu guards the fields below. Output is fed to the screen under it, and
+	// the client it is then written to is chosen under it, so that a client
+	// that attaches gets the screen and then exactly the output after it.
+	// Writes to clients happen outside it: a client that does not read
+	// (a frozen network) holds up only its own output.
 	mu     sync.Mutex
 	scr    *screen
 	att    *session     // the attached session; nil while detached
@@ -182,10 +184,13 @@ func (sh *shell) claim(s *session, takeOver bool) bool {
 		if !takeOver {
 			return false
 		}
-		if sh.live {
-			_, _ = old.ch.Write([]byte("\r\n*** Hangar: this shell was attached from another connection ***\r\n"))
-		}
-		_ = old.ch.Close()
+		live := sh.live
+		go func() {
+			if live {
+				_, _ = old.ch.Write([]byte("\r\n*** Hangar: this shell was attached from another connection ***\r\n"))
+			}
+			_ = old.ch.Close()
+		}()
 		sh.srv.emit(old.c.id, EventLoginDetach, sh.describe()+": attached elsewhere")
 	}
 	sh.att, sh.live = s, false
@@ -297,12 +302,16 @@ func (sh *shell) copyOut() {
 		if n > 0 {
 			sh.mu.Lock()
 			sh.scr.write(buf[:n])
+			var to ssh.Channel
 			if sh.live {
-				// An error means the client is gone: it is detached soon.
-				_, _ = sh.att.ch.Write(buf[:n])
+				to = sh.att.ch
 			}
 			exited := sh.exited
 			sh.mu.Unlock()
+			if to != nil {
+				// An error means the client is gone: it is detached soon.
+				_, _ = to.Write(buf[:n])
+			}
 			if exited {
 				if exitedAt.IsZero() {
 					exitedAt = time.Now()
@@ -400,13 +409,18 @@ func (sh *shell) resize(s *session) bool {
 // notice writes text on the shell's terminal, and so on its screen.
 func (sh *shell) notice(text []byte) {
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	if sh.exited {
+		sh.mu.Unlock()
 		return
 	}
 	sh.scr.write(text)
+	var to ssh.Channel
 	if sh.live {
-		_, _ = sh.att.ch.Write(text)
+		to = sh.att.ch
+	}
+	sh.mu.Unlock()
+	if to != nil {
+		_, _ = to.Write(text)
 	}
 }
 
