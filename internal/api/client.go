@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hangar-ci/hangar/internal/build"
 )
@@ -223,6 +224,35 @@ func (c *Client) Builds(ctx context.Context, app string, limit int) ([]build.Bui
 func (c *Client) CancelBuild(ctx context.Context, id int64) (*build.Build, error) {
 	var out build.Build
 	if err := c.do(ctx, http.MethodPost, buildPath(id, "/cancel"), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ContinueBuild resumes build id, paused at a breakpoint.
+func (c *Client) ContinueBuild(ctx context.Context, id int64) (*build.Build, error) {
+	var out build.Build
+	if err := c.do(ctx, http.MethodPost, buildPath(id, "/continue"), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// RerunBuild starts a new build of the same commit, workflow and inputs
+// as ended build id.
+func (c *Client) RerunBuild(ctx context.Context, id int64, req RerunRequest) (*build.Build, error) {
+	var out build.Build
+	if err := c.do(ctx, http.MethodPost, buildPath(id, "/rerun"), req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ExtendSSH gives build id's SSH access by more time (never past its
+// max_build_duration).
+func (c *Client) ExtendSSH(ctx context.Context, id int64, by time.Duration) (*build.Build, error) {
+	var out build.Build
+	if err := c.do(ctx, http.MethodPost, buildPath(id, "/ssh/extend"), ExtendRequest{By: by.String()}, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil

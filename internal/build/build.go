@@ -2,7 +2,10 @@
 // move through. It does no I/O.
 package build
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Status is the state of a build.
 type Status string
@@ -17,6 +20,10 @@ const (
 	Failed    Status = "failed"
 	Canceled  Status = "canceled"
 	Timeout   Status = "timeout"
+	// WaitingForSSH is how the API shows a building SSH build whose steps
+	// are all done: its machine waits for its user until the SSH window
+	// ends. The store keeps it as Building (see ShownStatus).
+	WaitingForSSH Status = "waiting_for_ssh"
 )
 
 // Done reports whether s is a final state.
@@ -39,6 +46,8 @@ const (
 	StepFailed   StepStatus = "failed"
 	StepSkipped  StepStatus = "skipped"
 	StepCanceled StepStatus = "canceled"
+	// StepPaused: the build waits before this step, at a breakpoint.
+	StepPaused StepStatus = "paused"
 )
 
 // Trigger says what started a build.
@@ -75,6 +84,10 @@ type Build struct {
 	FinishedAt   *time.Time `json:"finished_at"`
 	Steps        []Step     `json:"steps"`
 	SSH          SSH        `json:"ssh"`
+	// RerunOf is the build this one reruns; Reruns the builds that rerun
+	// this one (in the single-build answer only).
+	RerunOf *int64  `json:"rerun_of,omitempty"`
+	Reruns  []int64 `json:"reruns,omitempty"`
 }
 
 // SSHState is the state of a build's SSH access.
@@ -162,6 +175,9 @@ type Spec struct {
 	// build was created. Builds stored before instance types have neither.
 	InstanceType string    `json:"instance_type,omitempty"`
 	Resources    Resources `json:"resources"`
+	// BreakBefore are the scripts (1: the first) the build pauses before,
+	// with SSH open, until it is continued.
+	BreakBefore []int `json:"break_before,omitempty"`
 }
 
 // SpecScript is one script of a Spec.
@@ -181,3 +197,22 @@ func NewSteps(scripts []SpecScript) []Step {
 	}
 	return steps
 }
+
+// ShownStatus is b's status as users see it: WaitingForSSH for a building
+// SSH build whose steps are done and whose access is still open.
+func (b *Build) ShownStatus() Status {
+	if b.Status != Building || !b.SSH.Enabled || b.SSH.State == SSHClosed || len(b.Steps) == 0 {
+		return b.Status
+	}
+	for _, s := range b.Steps {
+		switch s.Status {
+		case StepPending, StepRunning, StepPaused:
+			return b.Status
+		}
+	}
+	return WaitingForSSH
+}
+
+// Name is how users call b: its app and its number in that app, as in
+// "myapp #2" (the id, global, is for the API and `hangar build ... ID`).
+func (b *Build) Name() string { return fmt.Sprintf("%s #%d", b.App, b.Number) }

@@ -52,6 +52,12 @@ type job struct {
 	flush       *time.Ticker // log batching (not a rule: the system clock)
 
 	ssh *sshAccess // nil unless the build has SSH access
+
+	// asks are what other goroutines ask of the job (Continue, Extend),
+	// run by its own goroutine; paused is the step the builder waits
+	// before (-1: none).
+	asks   chan func()
+	paused int
 }
 
 // outcome is how a phase ended the build: its status and message, or an
@@ -74,6 +80,8 @@ func (r *Runner) newJob(b *build.Build, spec []byte) *job {
 		logs:        newLogBook(r.cfg.Store, b.ID, log),
 		name:        build.Alias(b.ID),
 		stopReading: make(chan struct{}),
+		asks:        make(chan func()),
+		paused:      -1,
 	}
 }
 

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/api"
@@ -39,6 +41,10 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 			msg = fmt.Sprintf("SSH access is only for manually triggered builds, not %q ones: leave out \"trigger\" or set it to \"manual\"", req.Trigger)
 		}
 		writeError(w, http.StatusUnprocessableEntity, msg)
+		return
+	}
+	if len(req.SSHBreakBefore) > 0 && !req.SSH {
+		writeError(w, http.StatusUnprocessableEntity, `a breakpoint ("ssh_break_before") holds the build for you to SSH in: ask for SSH access too ("ssh": true)`)
 		return
 	}
 	if req.SSH && s.cfg.SSH == nil {
@@ -81,7 +87,7 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 	if t := tokenOf(r); t != nil {
 		starter = t.Name
 	}
-	b, err := s.createBuild(r.Context(), app, mirror, branch, commit, req.Workflow, build.Manual, starter, req.SSH)
+	b, err := s.createBuild(r.Context(), app, mirror, branch, commit, req.Workflow, build.Manual, starter, req.SSH, req.SSHBreakBefore)
 	var ue *userError
 	if errors.As(err, &ue) {
 		writeError(w, ue.code, ue.msg)
@@ -97,7 +103,7 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 // createBuild queues a build of workflow wfID (empty: the only one) at
 // commit. A missing or malformed workflow file gives a build that has failed
 // at once, with the file, line and reason as its message.
-func (s *Server) createBuild(ctx context.Context, app *store.App, mirror, branch, commit, wfID string, trigger build.Trigger, starter string, withSSH bool) (*build.Build, error) {
+func (s *Server) createBuild(ctx context.Context, app *store.App, mirror, branch, commit, wfID string, trigger build.Trigger, starter string, withSSH bool, breaks []string) (*build.Build, error) {
 	b := &build.Build{
 		App: app.Name, Workflow: wfID, WorkflowName: wfID, Branch: branch, Commit: commit,
 		Status: build.Queued, Trigger: trigger, StartedBy: starter, Steps: []build.Step{},
@@ -130,7 +136,7 @@ func (s *Server) createBuild(ctx context.Context, app *store.App, mirror, branch
 	} else if wf, err = f.Workflow(wfID); err != nil {
 		return nil, &userError{http.StatusBadRequest, err.Error()}
 	}
-	return s.queue(ctx, b, app, wf)
+	return s.queue(ctx, b, app, wf, breaks)
 }
 
 // failAtOnce stores b as a build that failed before it ran, with msg.
@@ -154,7 +160,7 @@ func (s *Server) failAtOnce(ctx context.Context, b *build.Build, msg string) (*b
 
 // queue stores b as a queued build of wf, or as a failed one if this
 // server cannot run wf (an instance type it does not have).
-func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, wf *workflow.Workflow) (*build.Build, error) {
+func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, wf *workflow.Workflow, breaks []string) (*build.Build, error) {
 	res, err := s.cfg.InstanceTypes.Lookup(wf.InstanceType)
 	if err != nil {
 		b.Workflow, b.WorkflowName = wf.ID, wf.Name
@@ -174,6 +180,9 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, wf *
 			Name: sc.Name, File: sc.FileName(i + 1), Script: sc.Script,
 			IgnoreFailure: sc.IgnoreFailure, WorkingDirectory: sc.WorkingDirectory,
 		})
+	}
+	if spec.BreakBefore, err = breakpoints(wf, breaks); err != nil {
+		return nil, err
 	}
 	data, err := json.Marshal(spec)
 	if err != nil {
@@ -270,16 +279,22 @@ func (s *Server) cancelBuild(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Wait briefly so that the answer shows the ended build.
-	ch, unsub := s.cfg.Store.Subscribe(b.ID)
+	s.answerWhen(w, r, b.ID, func(nb *build.Build) bool { return nb.Status.Done() })
+}
+
+// answerWhen answers with build id once done says it has changed as asked
+// (200), or as it is after a while (202).
+func (s *Server) answerWhen(w http.ResponseWriter, r *http.Request, id int64, done func(*build.Build) bool) {
+	ch, unsub := s.cfg.Store.Subscribe(id)
 	defer unsub()
 	deadline := time.After(10 * time.Second)
 	for {
-		nb, err := s.cfg.Store.Build(r.Context(), b.ID)
+		nb, err := s.cfg.Store.Build(r.Context(), id)
 		if err != nil {
 			s.internal(w, "read build", err)
 			return
 		}
-		if nb.Status.Done() {
+		if done(nb) {
 			writeJSON(w, http.StatusOK, s.present(r, nb))
 			return
 		}
@@ -292,4 +307,156 @@ func (s *Server) cancelBuild(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// breakpoints resolves the steps a build pauses before, each a script's
+// number (1: the first) or name, to script numbers.
+func breakpoints(wf *workflow.Workflow, steps []string) ([]int, error) {
+	var out []int
+	for _, arg := range steps {
+		n := slices.IndexFunc(wf.Scripts, func(sc workflow.Script) bool { return strings.EqualFold(sc.Name, strings.TrimSpace(arg)) }) + 1
+		if n == 0 {
+			if v, err := strconv.Atoi(strings.TrimSpace(arg)); err == nil && v >= 1 && v <= len(wf.Scripts) {
+				n = v
+			}
+		}
+		if n == 0 {
+			var names []string
+			for i, sc := range wf.Scripts {
+				names = append(names, fmt.Sprintf("%d %q", i+1, sc.Name))
+			}
+			return nil, &userError{http.StatusBadRequest, fmt.Sprintf("no step %q to pause before in workflow %s: its steps are %s (give a number or a name)", arg, wf.ID, strings.Join(names, ", "))}
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// continueBuild resumes a build paused at a breakpoint.
+func (s *Server) continueBuild(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.lookupBuild(w, r)
+	if !ok {
+		return
+	}
+	paused := slices.IndexFunc(b.Steps, func(st build.Step) bool { return st.Status == build.StepPaused })
+	if b.Status.Done() || paused < 0 || s.cfg.Continue == nil {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d is not paused at a breakpoint (it is %s)", b.ID, b.Status))
+		return
+	}
+	who := "someone"
+	if t := tokenOf(r); t != nil {
+		who = t.Name
+	}
+	if err := s.cfg.Continue(b.ID, who+" (API)"); err != nil {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d: %v", b.ID, err))
+		return
+	}
+	// Wait briefly so that the answer shows the build going on.
+	s.answerWhen(w, r, b.ID, func(nb *build.Build) bool { return nb.Status.Done() || nb.Steps[paused].Status != build.StepPaused })
+}
+
+// maxExtension bounds one request for more SSH time.
+const maxExtension = 24 * time.Hour
+
+// extendSSH gives a build's SSH access more time, never past its
+// max_build_duration (the runner's rules cap it).
+func (s *Server) extendSSH(w http.ResponseWriter, r *http.Request) {
+	var req api.ExtendRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	by, err := time.ParseDuration(req.By)
+	if err != nil || by <= 0 || by > maxExtension {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf(`"by" must be a duration from 1s to 24h, such as "10m" (got %q)`, req.By))
+		return
+	}
+	b, ok := s.lookupBuild(w, r)
+	if !ok {
+		return
+	}
+	if !b.SSH.Enabled || b.SSH.State == build.SSHClosed || b.Status.Done() || s.cfg.Extend == nil {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d has no open SSH access to extend (it is %s, SSH %s)", b.ID, b.Status, b.SSH.State))
+		return
+	}
+	who := "someone"
+	if t := tokenOf(r); t != nil {
+		who = t.Name
+	}
+	// The runner has written the new end when Extend returns (it may not
+	// have moved: at max_build_duration already; the log says so).
+	if err := s.cfg.Extend(b.ID, by, who); err != nil {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d: %v", b.ID, err))
+		return
+	}
+	nb, err := s.cfg.Store.Build(r.Context(), b.ID)
+	if err != nil {
+		s.internal(w, "read build", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.present(r, nb))
+}
+
+// rerunBuild queues a new build of an ended build's commit, workflow and
+// inputs (its stored spec, as it ran, without its breakpoints), linked to
+// it both ways; with SSH access if asked.
+func (s *Server) rerunBuild(w http.ResponseWriter, r *http.Request) {
+	var req api.RerunRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	b, ok := s.lookupBuild(w, r)
+	if !ok {
+		return
+	}
+	if !b.Status.Done() {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d has not ended (it is %s): rerun it once it has, or cancel it first", b.ID, b.ShownStatus()))
+		return
+	}
+	if req.SSH && s.cfg.SSH == nil {
+		writeError(w, http.StatusUnprocessableEntity, "SSH access is not enabled on this server")
+		return
+	}
+	if req.SSH && !s.unisolatedSSHAllowed(w, r) {
+		return
+	}
+	data, err := s.cfg.Store.BuildSpec(r.Context(), b.ID)
+	if err != nil {
+		s.internal(w, "read build spec", err)
+		return
+	}
+	var spec build.Spec
+	if err := json.Unmarshal(data, &spec); err != nil || len(spec.Scripts) == 0 {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d never ran (%s): there is nothing to run again; fix the workflow file and start a new build", b.ID, b.Message))
+		return
+	}
+	spec.BreakBefore = nil
+	if data, err = json.Marshal(spec); err != nil {
+		s.internal(w, "rerun", err)
+		return
+	}
+	starter := ""
+	if t := tokenOf(r); t != nil {
+		starter = t.Name
+	}
+	nb := &build.Build{
+		App: b.App, Workflow: b.Workflow, WorkflowName: b.WorkflowName, Branch: b.Branch, Commit: b.Commit,
+		Status: build.Queued, Trigger: build.Manual, StartedBy: starter, MaxDuration: b.MaxDuration,
+		Steps: build.NewSteps(spec.Scripts), RerunOf: &b.ID,
+	}
+	if req.SSH {
+		nb.SSH = build.SSH{Enabled: true, State: build.SSHPending}
+	}
+	if err := s.cfg.Store.CreateBuild(r.Context(), nb, data); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			writeError(w, http.StatusConflict, fmt.Sprintf("build %d's app %s no longer exists", b.ID, b.App))
+			return
+		}
+		s.internal(w, "rerun", err)
+		return
+	}
+	s.log.Info("build queued", "build", nb.ID, "app", nb.App, "workflow", nb.Workflow, "rerun_of", b.ID, "ssh", req.SSH)
+	writeJSON(w, http.StatusCreated, s.present(r, nb))
 }

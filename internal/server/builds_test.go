@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,8 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/store"
+	"github.com/hangar-ci/hangar/internal/workflow"
 )
 
 // TestCancelBuild: a queued build is canceled by the server in the store;
@@ -155,6 +158,97 @@ func TestSSHCommandOnlyForThoseWhoMayConnect(t *testing.T) {
 					t.Errorf("isolated=%v, %s as %s: SSH command shown %v, want %v", isolated, path, token, shown, want)
 				}
 			}
+		}
+	}
+}
+
+func TestBreakpoints(t *testing.T) {
+	wf := &workflow.Workflow{ID: "w", Scripts: []workflow.Script{{Name: "Build"}, {Name: "Test"}, {Name: "Ship"}}}
+	for _, c := range []struct {
+		args []string
+		want []int
+		err  string
+	}{
+		{nil, nil, ""},
+		{[]string{"2"}, []int{2}, ""},
+		{[]string{"ship", "1", "Build"}, []int{1, 3}, ""},
+		{[]string{"0"}, nil, `no step "0" to pause before in workflow w: its steps are 1 "Build", 2 "Test", 3 "Ship"`},
+		{[]string{"4"}, nil, `no step "4"`},
+		{[]string{"Deploy"}, nil, `no step "Deploy"`},
+	} {
+		got, err := breakpoints(wf, c.args)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%v: %v, want an error with %q", c.args, err, c.err)
+			}
+			continue
+		}
+		if err != nil || fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("%v: %v %v, want %v", c.args, got, err, c.want)
+		}
+	}
+}
+
+// TestRerunBuild: an ended build's rerun is a new build of its commit,
+// workflow and spec (without breakpoints), linked both ways.
+func TestRerunBuild(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.CreateApp(ctx, &store.App{Name: "demo", Repo: "/r"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AddToken(ctx, HashToken("secret"), store.Token{Name: "ann", Admin: true}); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(Config{Store: st, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	defer srv.Close()
+	c := api.New(srv.URL, "secret", nil)
+	spec := build.Spec{Repo: "/r", Vars: []string{"A=1"}, Scripts: []build.SpecScript{{Name: "Test", File: "01-test.sh", Script: "exit 3"}}, BreakBefore: []int{1}}
+	data, _ := json.Marshal(spec)
+	create := func(status build.Status, spec []byte) *build.Build {
+		b := &build.Build{App: "demo", Workflow: "w", WorkflowName: "W", Branch: "main", Commit: "c0ffee",
+			Status: status, Trigger: build.Webhook, MaxDuration: 60, Steps: build.NewSteps([]build.SpecScript{{Name: "Test"}})}
+		if err := st.CreateBuild(ctx, b, spec); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	failed := create(build.Failed, data)
+	nb, err := c.RerunBuild(ctx, failed.ID, api.RerunRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nb.RerunOf == nil || *nb.RerunOf != failed.ID || nb.Commit != "c0ffee" || nb.Workflow != "w" || nb.Status != build.Queued ||
+		nb.Trigger != build.Manual || nb.StartedBy != "ann" || nb.SSH.Enabled || len(nb.Steps) != 3 {
+		t.Errorf("rerun: %+v", nb)
+	}
+	got, _ := st.BuildSpec(ctx, nb.ID)
+	var rs build.Spec
+	if err := json.Unmarshal(got, &rs); err != nil || len(rs.Scripts) != 1 || rs.Scripts[0].Script != "exit 3" || len(rs.Vars) != 1 || rs.BreakBefore != nil {
+		t.Errorf("rerun's spec: %s", got)
+	}
+	if ob, _ := c.Build(ctx, failed.ID); len(ob.Reruns) != 1 || ob.Reruns[0] != nb.ID {
+		t.Errorf("the original does not link to its rerun: %v", ob.Reruns)
+	}
+	for _, tc := range []struct {
+		id   int64
+		req  api.RerunRequest
+		code int
+		msg  string
+	}{
+		{nb.ID, api.RerunRequest{}, http.StatusConflict, "has not ended"},
+		{create(build.Failed, []byte("{}")).ID, api.RerunRequest{}, http.StatusConflict, "never ran"},
+		{failed.ID, api.RerunRequest{SSH: true}, http.StatusUnprocessableEntity, "SSH access is not enabled"},
+		{9999, api.RerunRequest{}, http.StatusNotFound, "9999"},
+	} {
+		_, err := c.RerunBuild(ctx, tc.id, tc.req)
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Status != tc.code || !strings.Contains(ae.Message, tc.msg) {
+			t.Errorf("rerun %d %+v: %v, want %d %q", tc.id, tc.req, err, tc.code, tc.msg)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
@@ -30,6 +31,7 @@ type Store interface {
 	TokenByHash(ctx context.Context, hash string) (*store.Token, error)
 	CreateBuild(ctx context.Context, b *build.Build, spec []byte) error
 	Build(ctx context.Context, id int64) (*build.Build, error)
+	BuildSpec(ctx context.Context, id int64) ([]byte, error)
 	Builds(ctx context.Context, app string, limit int) ([]*build.Build, error)
 	// CancelBuild cancels a queued build, or asks the runner to cancel a
 	// running one; see store.Store.CancelBuild.
@@ -61,6 +63,12 @@ type Config struct {
 	// InstanceTypes are the instance types workflows may name; nil:
 	// build.DefaultInstanceTypes. A build naming another fails at once.
 	InstanceTypes build.InstanceTypes
+	// Continue resumes a build paused at a breakpoint (the runner's;
+	// nil: none can be).
+	Continue func(id int64, who string) error
+	// Extend gives a build's SSH access more time (the runner's; nil:
+	// none can be).
+	Extend func(id int64, by time.Duration, who string) error
 }
 
 // Server serves the API. Create it with New.
@@ -99,6 +107,9 @@ func New(cfg Config) *Server {
 	m.HandleFunc("GET /api/v1/builds", s.auth(s.listBuilds))
 	m.HandleFunc("GET /api/v1/builds/{id}", s.auth(s.getBuild))
 	m.HandleFunc("POST /api/v1/builds/{id}/cancel", s.auth(s.cancelBuild))
+	m.HandleFunc("POST /api/v1/builds/{id}/continue", s.auth(s.continueBuild))
+	m.HandleFunc("POST /api/v1/builds/{id}/rerun", s.auth(s.rerunBuild))
+	m.HandleFunc("POST /api/v1/builds/{id}/ssh/extend", s.auth(s.extendSSH))
 	m.HandleFunc("GET /api/v1/builds/{id}/logs", s.auth(s.buildLogs))
 	m.HandleFunc("POST /api/v1/webhooks/{app}", s.webhook)
 	m.HandleFunc("GET /api/v1/builds/{id}/ssh/script", s.auth(s.sshScript))

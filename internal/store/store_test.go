@@ -1,30 +1,90 @@
 package store
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/store/pgtest"
 )
 
-func open(t *testing.T) *Store {
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// eachBackend runs f as a subtest on a new SQLite database and on a new
+// PostgreSQL database.
+func eachBackend(t *testing.T, f func(t *testing.T, db testDB)) {
+	t.Run("sqlite", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "hangar.db")
+		f(t, testDB{tryOpen: func() (*Store, error) { return OpenSQLite(path) }})
+	})
+	t.Run("postgres", func(t *testing.T) {
+		f(t, eachBackendPostgres(t))
+	})
+}
+
+// eachBackendB is eachBackend for benchmarks, with one store.
+func eachBackendB(b *testing.B, f func(b *testing.B, s *Store)) {
+	b.Run("sqlite", func(b *testing.B) {
+		s, err := OpenSQLite(filepath.Join(b.TempDir(), "hangar.db"))
+		f(b, opened(b, s, err))
+	})
+	b.Run("postgres", func(b *testing.B) {
+		f(b, eachBackendPostgres(b).open(b))
+	})
+}
+
+// eachBackendPostgres is a new PostgreSQL database.
+func eachBackendPostgres(t testing.TB) testDB {
+	url := pgtest.DB(t)
+	return testDB{postgres: true, tryOpen: func() (*Store, error) { return OpenPostgres(context.Background(), url) }}
+}
+
+// testDB is a test's database.
+type testDB struct {
+	postgres bool
+	// tryOpen opens a Store on the database (another one at each call, as
+	// another process would).
+	tryOpen func() (*Store, error)
+}
+
+// open opens a Store on the database, closed at cleanup.
+func (db testDB) open(t testing.TB) *Store {
 	t.Helper()
-	s, err := OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
+	s, err := db.tryOpen()
+	return opened(t, s, err)
+}
+
+func opened(t testing.TB, s *Store, err error) *Store {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("close store: %v", err)
+		}
+	})
 	return s
 }
 
 func TestAppsAndBuilds(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testAppsAndBuilds(t, db.open(t))
+	})
+}
+
+func testAppsAndBuilds(t *testing.T, s *Store) {
 	ctx := context.Background()
-	s := open(t)
 	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
 		t.Fatal(err)
 	}
@@ -93,15 +153,14 @@ func TestAppsAndBuilds(t *testing.T) {
 }
 
 func TestLogs(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testLogs(t, db.open(t))
+	})
+}
+
+func testLogs(t *testing.T, s *Store) {
 	ctx := context.Background()
-	s := open(t)
-	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
-		t.Fatal(err)
-	}
-	b := &build.Build{App: "a", Status: build.Queued, Trigger: build.Manual, Steps: []build.Step{}}
-	if err := s.CreateBuild(ctx, b, nil); err != nil {
-		t.Fatal(err)
-	}
+	b := newBuild(t, s, build.Queued)
 	// 2500 lines in chunks of 1 to 7 lines, steps changing between chunks.
 	var chunks []build.LogChunk
 	for seq := 1; seq <= 2500; {
@@ -151,8 +210,13 @@ func TestLogs(t *testing.T) {
 }
 
 func TestCancelBuild(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testCancelBuild(t, db.open(t))
+	})
+}
+
+func testCancelBuild(t *testing.T, s *Store) {
 	ctx := context.Background()
-	s := open(t)
 	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
 		t.Fatal(err)
 	}
@@ -225,19 +289,11 @@ func TestCancelBuild(t *testing.T) {
 // TestMigrateCancelRequested opens a database made before builds had
 // cancel_requested.
 func TestMigrateCancelRequested(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "old.db")
-	s, err := OpenSQLite(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.db.Exec(`ALTER TABLE builds DROP COLUMN cancel_requested`); err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
-	if s, err = OpenSQLite(path); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := migrated(t, func(old *Store) {
+		if _, err := old.db.Exec(`ALTER TABLE builds DROP COLUMN cancel_requested`); err != nil {
+			t.Fatal(err)
+		}
+	})
 	if _, err := s.CancelRequests(context.Background()); err != nil {
 		t.Errorf("after migration: %v", err)
 	}
@@ -245,33 +301,20 @@ func TestMigrateCancelRequested(t *testing.T) {
 
 func TestMigrateLogLines(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "old.db")
-	s, err := OpenSQLite(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
-		t.Fatal(err)
-	}
-	b := &build.Build{App: "a", Status: build.Finished, Trigger: build.Manual, Steps: []build.Step{}}
-	if err := s.CreateBuild(ctx, b, nil); err != nil {
-		t.Fatal(err)
-	}
-	// The one-row-per-line table of earlier versions.
-	if _, err := s.db.Exec(`CREATE TABLE logs (build_id INTEGER NOT NULL, seq INTEGER NOT NULL, step INTEGER NOT NULL,
+	var b *build.Build
+	s := migrated(t, func(old *Store) {
+		b = newBuild(t, old, build.Finished)
+		// The one-row-per-line table of earlier versions.
+		if _, err := old.db.Exec(`CREATE TABLE logs (build_id INTEGER NOT NULL, seq INTEGER NOT NULL, step INTEGER NOT NULL,
 		time INTEGER NOT NULL, text TEXT NOT NULL, PRIMARY KEY (build_id, seq))`); err != nil {
-		t.Fatal(err)
-	}
-	for i := 1; i <= 3; i++ {
-		if _, err := s.db.Exec(`INSERT INTO logs VALUES ($1, $2, $3, $4, $5)`, b.ID, i, i%2, 1000*i, fmt.Sprintf("old line %d", i)); err != nil {
 			t.Fatal(err)
 		}
-	}
-	s.Close()
-	if s, err = OpenSQLite(path); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+		for i := 1; i <= 3; i++ {
+			if _, err := old.db.Exec(`INSERT INTO logs VALUES ($1, $2, $3, $4, $5)`, b.ID, i, i%2, 1000*i, fmt.Sprintf("old line %d", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
 	lines, err := s.Logs(ctx, b.ID, 0, 10)
 	if err != nil || len(lines) != 3 {
 		t.Fatalf("after migration: %d lines, %v", len(lines), err)
@@ -287,8 +330,13 @@ func TestMigrateLogLines(t *testing.T) {
 // with no step left running and the reason as the log's last line; queued
 // and ended builds are untouched.
 func TestFailInterrupted(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testFailInterrupted(t, db.open(t))
+	})
+}
+
+func testFailInterrupted(t *testing.T, s *Store) {
 	ctx := context.Background()
-	s := open(t)
 	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
 		t.Fatal(err)
 	}
@@ -340,5 +388,163 @@ func TestFailInterrupted(t *testing.T) {
 	}
 	if n, err := s.FailInterrupted(ctx, "again"); err != nil || n != 0 {
 		t.Errorf("second FailInterrupted: %d %v", n, err)
+	}
+}
+
+// TestLogChunksCompressed: output that repeats itself is stored smaller,
+// output that does not is stored as it is, and both read back the same.
+func TestLogChunksCompressed(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testLogChunksCompressed(t, db.open(t))
+	})
+}
+
+func testLogChunksCompressed(t *testing.T, s *Store) {
+	ctx := context.Background()
+	b := newBuild(t, s, build.Queued)
+	var verbose []byte
+	for i := 1; i <= 1000; i++ {
+		verbose = fmt.Appendf(verbose, "Compiling module %d of 1000\n", i)
+	}
+	random := make([]byte, 3000)
+	rand.Read(random)
+	noise := []byte(base64.StdEncoding.EncodeToString(random) + "\n")
+	chunks := []build.LogChunk{
+		{Seq: 1, Lines: 1000, Step: 1, Time: time.Now(), Data: verbose},
+		{Seq: 1001, Lines: 1, Step: 1, Time: time.Now(), Data: noise},
+	}
+	if err := s.AppendLog(ctx, b.ID, chunks); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		first int64
+		enc   string
+		max   int
+	}{{1, encodingS2, len(verbose) / 4}, {1001, "", len(noise)}} {
+		var enc string
+		var n int
+		if err := s.db.QueryRow(`SELECT encoding, length(data) FROM log_chunks WHERE build_id = $1 AND first = $2`, b.ID, c.first).Scan(&enc, &n); err != nil {
+			t.Fatal(err)
+		}
+		if enc != c.enc || n > c.max {
+			t.Errorf("chunk at line %d stored as %q, %d bytes; want %q, at most %d", c.first, enc, n, c.enc, c.max)
+		}
+	}
+	lines, err := s.Logs(ctx, b.ID, 0, 2000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for _, l := range lines {
+		got = append(append(got, l.Text...), '\n')
+	}
+	if want := append(bytes.Clone(verbose), noise...); !bytes.Equal(got, want) {
+		t.Errorf("read back %d bytes in %d lines, want the %d bytes written", len(got), len(lines), len(want))
+	}
+}
+
+func TestMigrateLogEncoding(t *testing.T) {
+	var b *build.Build
+	s := migrated(t, func(old *Store) {
+		b = newBuild(t, old, build.Finished)
+		// The uncompressed chunks of the version before.
+		if _, err := old.db.Exec(`ALTER TABLE log_chunks DROP COLUMN encoding`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := old.db.Exec(`INSERT INTO log_chunks (build_id, first, last, step, time, data) VALUES ($1, 1, 2, 0, 0, $2)`, b.ID, []byte("one\ntwo\n")); err != nil {
+			t.Fatal(err)
+		}
+	})
+	lines, err := s.Logs(context.Background(), b.ID, 0, 10)
+	if err != nil || len(lines) != 2 || lines[0].Text != "one" || lines[1].Text != "two" {
+		t.Fatalf("after migration: %+v, %v", lines, err)
+	}
+}
+
+// migrated opens a new SQLite database, lets makeOld turn it into one an
+// earlier version made, before versioned migrations (no
+// schema_migrations), and opens it again (migrating it).
+func migrated(t *testing.T, makeOld func(*Store)) *Store {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "old.db")
+	old, err := OpenSQLite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	makeOld(old)
+	if _, err := old.db.Exec(`DROP TABLE schema_migrations`); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	s, err := OpenSQLite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// newBuild creates app "a" and a build of it with status.
+func newBuild(t testing.TB, s *Store, status build.Status) *build.Build {
+	t.Helper()
+	ctx := context.Background()
+	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
+		t.Fatal(err)
+	}
+	b := &build.Build{App: "a", Status: status, Trigger: build.Manual, Steps: []build.Step{}}
+	if err := s.CreateBuild(ctx, b, nil); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestMigrateFromUnversioned opens a database made by the last release
+// before versioned migrations, with its rows as that release wrote them.
+func TestMigrateFromUnversioned(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "hangar.db")
+	old, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema, err := os.ReadFile("testdata/schema-unversioned.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		string(schema),
+		`INSERT INTO apps (name, repo, next_number, created_at) VALUES ('a', '/r', 2, 1000)`,
+		`INSERT INTO builds (app_id, number, workflow, workflow_name, branch, commit_sha, status, trigger, max_duration, created_at, ssh_enabled, cancel_requested)
+			VALUES (1, 1, 'w', 'W', 'main', 'c', 'building', 'manual', 60, 1000, 1, 1)`,
+		`INSERT INTO log_chunks (build_id, first, last, step, time, data) VALUES (1, 1, 2, 0, 1000, CAST('one' || char(10) || 'two' || char(10) AS BLOB))`,
+		`INSERT INTO tokens (hash, name, admin, created_at) VALUES ('h', 'admin', 1, 1000)`,
+	} {
+		if _, err := old.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	old.Close()
+	s, err := OpenSQLite(path)
+	s = opened(t, s, err)
+	var version int
+	if err := s.db.QueryRow(`SELECT max(version) FROM schema_migrations`).Scan(&version); err != nil || version != len(migrations) {
+		t.Errorf("schema version %d, %v; want %d", version, err, len(migrations))
+	}
+	b, err := s.Build(ctx, 1)
+	if err != nil || b.Status != build.Building || !b.SSH.Enabled || b.App != "a" {
+		t.Fatalf("the old build: %+v, %v", b, err)
+	}
+	if ids, err := s.CancelRequests(ctx); err != nil || len(ids) != 1 || ids[0] != 1 {
+		t.Errorf("the old cancel request: %v %v", ids, err)
+	}
+	if lines, err := s.Logs(ctx, 1, 0, 10); err != nil || len(lines) != 2 || lines[1].Text != "two" {
+		t.Errorf("the old log: %+v %v", lines, err)
+	}
+	if tok, err := s.TokenByHash(ctx, "h"); err != nil || !tok.Admin {
+		t.Errorf("the old token: %+v %v", tok, err)
+	}
+	next := &build.Build{App: "a", Status: build.Queued, Trigger: build.Manual, Steps: []build.Step{}}
+	if err := s.CreateBuild(ctx, next, nil); err != nil || next.Number != 2 || next.ID != 2 {
+		t.Errorf("a new build: number %d id %d, %v", next.Number, next.ID, err)
 	}
 }

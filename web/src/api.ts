@@ -1,7 +1,7 @@
 // The REST API of `hangar server` (docs/api.md), as the UI uses it.
 
-export type BuildStatus = 'queued' | 'preparing' | 'building' | 'finished' | 'failed' | 'canceled' | 'timeout';
-export type StepStatus = 'pending' | 'running' | 'success' | 'failed' | 'skipped' | 'canceled';
+export type BuildStatus = 'queued' | 'preparing' | 'building' | 'waiting_for_ssh' | 'finished' | 'failed' | 'canceled' | 'timeout';
+export type StepStatus = 'pending' | 'running' | 'success' | 'failed' | 'skipped' | 'canceled' | 'paused';
 export type SSHState = 'pending' | 'ready' | 'connected' | 'closed';
 
 export interface App {
@@ -59,6 +59,8 @@ export interface Build {
   finished_at: string | null;
   steps: Step[];
   ssh: BuildSSH;
+  rerun_of?: number;
+  reruns?: number[];
 }
 
 export interface LogLine {
@@ -217,6 +219,9 @@ export const api = {
   startBuild: (b: { app: string; workflow?: string; branch?: string; ssh: boolean }) =>
     send<Build>('POST', '/api/v1/builds', b) as Promise<Build>,
   cancel: (id: number) => send<Build>('POST', `/api/v1/builds/${id}/cancel`),
+  resume: (id: number) => send<Build>('POST', `/api/v1/builds/${id}/continue`),
+  rerun: (id: number, ssh: boolean) => send<Build>('POST', `/api/v1/builds/${id}/rerun`, { ssh }) as Promise<Build>,
+  extendSSH: (id: number, by: string) => send<Build>('POST', `/api/v1/builds/${id}/ssh/extend`, { by }),
   sshScript: (id: number, shell: 'bash' | 'powershell') =>
     getText(`/api/v1/builds/${id}/ssh/script${shell === 'powershell' ? '?shell=powershell' : ''}`),
   sshAccess: async (id: number): Promise<SSHAccess> => {

@@ -7,6 +7,7 @@ import type { Build, Step } from '../api';
 import { useTitle } from '../data';
 import { ago, buildDuration, duration, shortCommit, stepDuration, useNow, when } from '../format';
 import { LogView, StepLog } from '../log';
+import { navigate } from '../router';
 import { SSHPanel } from './ssh';
 import { Alert, Dialog, Spinner, StatusBadge, StatusIcon, stepStatusText } from './ui';
 
@@ -129,7 +130,9 @@ export function BuildPage({ id }: { id: number }) {
             <button type="button" class="btn btn-danger-ghost" onClick={() => setCanceling(true)}>
               Cancel build
             </button>
-          ) : null}
+          ) : (
+            <RerunButtons build={build} />
+          )}
         </div>
       </div>
       <dl class="facts">
@@ -165,8 +168,10 @@ export function BuildPage({ id }: { id: number }) {
           </dd>
         </div>
       </dl>
+      <Reruns build={build} />
       {build.message ? <Alert kind={build.status === 'finished' ? 'info' : build.status === 'canceled' ? 'warn' : 'error'}>{build.message}</Alert> : null}
       {trouble ? <Alert kind="warn">{trouble}</Alert> : null}
+      <PausedNotice build={build} />
       {build.ssh?.enabled ? <SSHPanel build={build} now={now} /> : null}
       <StepsAndLog build={build} logs={logs.current} now={now} />
       <CancelDialog open={canceling} onClose={closeCancel} build={build} />
@@ -198,11 +203,15 @@ function StepsAndLog({ build, logs, now }: { build: Build; logs: Map<number, Ste
   const log = logs.get(shown) ?? null;
   const name = step?.name ?? `Step ${shown + 1}`;
   const emptyText = !step
-    ? 'Waiting for the build to start…'
+    ? ended(build.status)
+      ? `This build did not run: ${build.message || build.status}`
+      : 'Waiting for the build to start…'
     : step.status === 'pending'
       ? 'This step has not started.'
       : step.status === 'skipped'
         ? 'This step was skipped.'
+        : step.status === 'paused'
+          ? 'The build is paused before this step.'
         : step.status === 'running'
           ? 'Waiting for output…'
           : 'This step printed nothing.';
@@ -305,5 +314,91 @@ function CancelDialog({ open, onClose, build }: { open: boolean; onClose: () => 
         </div>
       </div>
     </Dialog>
+  );
+}
+
+// PausedNotice says that the build waits at a breakpoint, and resumes it.
+function PausedNotice({ build }: { build: Build }) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState('');
+  const i = build.steps.findIndex((s) => s.status === 'paused');
+  if (i < 0 || ended(build.status)) return null;
+  const resume = async () => {
+    setBusy(true);
+    setError('');
+    try {
+      await api.resume(build.id);
+    } catch (e) {
+      setError(e instanceof Error ? e.message : String(e));
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <div class="alert alert-info paused" role="status" data-testid="paused">
+      <p>
+        Paused before <strong>{build.steps[i].name}</strong>, a breakpoint. Connect with SSH to look around; <code>hangar-steps continue</code> in
+        the machine or the button resumes the build. The time paused counts towards the build's maximum duration.
+      </p>
+      <button type="button" class="btn btn-primary" onClick={resume} disabled={busy}>
+        {busy ? 'Resuming…' : 'Continue build'}
+      </button>
+      {error ? <Alert>{error}</Alert> : null}
+    </div>
+  );
+}
+
+// RerunButtons start a new build of this one's commit, workflow and
+// inputs, with or without SSH, and open its page.
+function RerunButtons({ build }: { build: Build }) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState('');
+  const rerun = async (ssh: boolean) => {
+    setBusy(true);
+    setError('');
+    try {
+      const nb = await api.rerun(build.id, ssh);
+      navigate(`/builds/${nb.id}`);
+    } catch (e) {
+      setError(e instanceof Error ? e.message : String(e));
+      setBusy(false);
+    }
+  };
+  return (
+    <>
+      <button type="button" class="btn" onClick={() => rerun(false)} disabled={busy}>
+        Rerun
+      </button>
+      <button type="button" class="btn btn-primary" onClick={() => rerun(true)} disabled={busy} title="A new build of the same commit, workflow and inputs, whose machine you can SSH into">
+        Rerun with SSH
+      </button>
+      {error ? <Alert>{error}</Alert> : null}
+    </>
+  );
+}
+
+// Reruns links a build to the one it reruns and to its reruns.
+function Reruns({ build }: { build: Build }) {
+  if (!build.rerun_of && !build.reruns?.length) return null;
+  return (
+    <p class="reruns small" data-testid="reruns">
+      {build.rerun_of ? (
+        <>
+          A rerun of <a href={`/builds/${build.rerun_of}`}>build {build.rerun_of}</a>.{' '}
+        </>
+      ) : null}
+      {build.reruns?.length ? (
+        <>
+          Rerun as{' '}
+          {build.reruns.map((id, i) => (
+            <span key={id}>
+              {i > 0 ? ', ' : ''}
+              <a href={`/builds/${id}`}>build {id}</a>
+            </span>
+          ))}
+          .
+        </>
+      ) : null}
+    </p>
   );
 }

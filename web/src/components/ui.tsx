@@ -8,6 +8,7 @@ const statusText: Record<BuildStatus, string> = {
   queued: 'Queued',
   preparing: 'Preparing',
   building: 'Building',
+  waiting_for_ssh: 'Waiting for SSH',
   finished: 'Finished',
   failed: 'Failed',
   canceled: 'Canceled',
@@ -19,12 +20,14 @@ const icons: Record<string, string> = {
   pending: '○',
   preparing: '',
   building: '',
+  waiting_for_ssh: '⌨',
   running: '',
   finished: '✓',
   success: '✓',
   failed: '✕',
   canceled: '⊘',
   skipped: '–',
+  paused: '⏸',
   timeout: '⏱',
 };
 
@@ -49,6 +52,7 @@ export const stepStatusText: Record<StepStatus, string> = {
   failed: 'Failed',
   skipped: 'Skipped',
   canceled: 'Canceled',
+  paused: 'Paused',
 };
 
 async function copyText(text: string): Promise<boolean> {
