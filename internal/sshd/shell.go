@@ -52,7 +52,8 @@ type shell struct {
 	// Writes to clients happen outside it: a client that does not read
 	// (a frozen network) holds up only its own output.
 	mu     sync.Mutex
-	scr    *screen
+	scr    *screen      // fed by feed; read and resized only after feed.sync
+	feed   *feeder      // output on its way to scr
 	att    *session     // the attached session; nil while detached
 	live   bool         // att has its screen and gets output
 	since  time.Time    // when it was detached last (or started)
@@ -250,9 +251,10 @@ func (sh *shell) describe() string {
 // newShell registers the login shell that s has just started, attached to
 // s.
 func (srv *Server) newShell(s *session, id int, cmd *exec.Cmd, agent *agentSocket) *shell {
+	scr := newScreen(int(s.cols), int(s.rows))
 	sh := &shell{
 		srv: srv, id: id, pid: cmd.Process.Pid, ptm: s.ptm, done: make(chan struct{}),
-		scr: newScreen(int(s.cols), int(s.rows)), att: s, live: true, since: time.Now(), agent: agent,
+		scr: scr, feed: newFeeder(scr), att: s, live: true, since: time.Now(), agent: agent,
 	}
 	srv.mu.Lock()
 	if srv.shells == nil {
@@ -279,6 +281,8 @@ func (srv *Server) reserveShellID() int {
 func (sh *shell) run(cmd *exec.Cmd) {
 	defer sh.srv.shellsWG.Done()
 	go sh.answer()
+	var fed sync.WaitGroup
+	fed.Go(sh.feed.run)
 	var out sync.WaitGroup
 	out.Go(sh.copyOut)
 	_ = cmd.Wait()
@@ -287,6 +291,8 @@ func (sh *shell) run(cmd *exec.Cmd) {
 	sh.mu.Unlock()
 	_ = sh.ptm.SetReadDeadline(time.Now().Add(ptyDrain))
 	out.Wait()
+	sh.feed.close()
+	fed.Wait()
 	sh.end(cmd)
 }
 
@@ -301,7 +307,7 @@ func (sh *shell) copyOut() {
 		n, err := sh.ptm.Read(buf)
 		if n > 0 {
 			sh.mu.Lock()
-			sh.scr.write(buf[:n])
+			sh.feed.add(buf[:n])
 			var to ssh.Channel
 			if sh.live {
 				to = sh.att.ch
@@ -356,6 +362,7 @@ func (sh *shell) attach(s *session) {
 		_ = s.ch.Close()
 		return
 	}
+	sh.feed.sync()
 	sh.scr.resize(int(s.cols), int(s.rows))
 	_, _ = s.ch.Write(sh.scr.render())
 	sh.live = true
@@ -401,6 +408,7 @@ func (sh *shell) resize(s *session) bool {
 		sh.mu.Unlock()
 		return false
 	}
+	sh.feed.sync()
 	sh.scr.resize(int(s.cols), int(s.rows))
 	sh.mu.Unlock()
 	return setWinsize(sh.ptm, s.cols, s.rows, s.width, s.height) == nil
@@ -413,7 +421,7 @@ func (sh *shell) notice(text []byte) {
 		sh.mu.Unlock()
 		return
 	}
-	sh.scr.write(text)
+	sh.feed.add(text)
 	var to ssh.Channel
 	if sh.live {
 		to = sh.att.ch
