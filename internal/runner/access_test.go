@@ -61,7 +61,7 @@ func TestSSHWindowEnds(t *testing.T) {
 	e.clock.AdvanceTo(end)
 	b = e.ended(b.ID)
 	want(t, b, build.Finished, "", ok, ok, ok, ok, ok)
-	reason := fmt.Sprintf("the SSH window of build %d has ended (20m0s after the steps completed)", b.ID)
+	reason := fmt.Sprintf("SSH access to build %d ended: 20m0s after the steps completed (%s UTC)", b.ID, end.UTC().Format("15:04"))
 	if b.SSH.State != build.SSHClosed || b.SSH.ClosedReason != reason {
 		t.Errorf("ssh: %+v", b.SSH)
 	}
@@ -95,7 +95,7 @@ func TestSSHLogout(t *testing.T) {
 		close(logout)
 		b = e.ended(b.ID)
 		want(t, b, build.Finished, "", ok, ok, ok, ok, ok)
-		reason := fmt.Sprintf("you logged out of build %d: its SSH access is closed", b.ID)
+		reason := fmt.Sprintf("SSH access to build %d ended: you logged out", b.ID)
 		if b.SSH.State != build.SSHClosed || b.SSH.ClosedReason != reason {
 			t.Errorf("ssh: %+v", b.SSH)
 		}
@@ -177,7 +177,7 @@ func TestSSHTeardownWaitsForBuilder(t *testing.T) {
 			fb := <-e.driver.started
 			e.wait(b.ID, "the SSH window", inWindow)
 			e.cancel(b.ID)
-			fb.waitCommand(t, link.SSHClose, "has ended (canceled)")
+			fb.waitCommand(t, link.SSHClose, "ended: the build was canceled")
 			// The runner waits, bounded by RevokeTimeout on its clock: two
 			// timers, the gateway's disconnect and the wait's own (advancing
 			// the clock before the second is set would never fire it).
