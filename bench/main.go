@@ -63,6 +63,9 @@ const workflowFile = `workflows:
         script: sleep 20
 `
 
+// The sandbox servers' image store and image (flags -images and -image).
+var sandboxImages, sandboxImage string
+
 type options struct {
 	drivers  []string
 	n        int
@@ -89,6 +92,8 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 3, "ssh mode: timed transfers per path; logs mode: verbose builds one at a time")
 	flag.IntVar(&o.parallel, "parallel", 4, "logs mode: verbose builds at once")
 	flag.Int64Var(&o.bytes, "bytes", 1<<30, "ssh mode: bytes per transfer")
+	flag.StringVar(&sandboxImages, "images", "hangar-data/images", "sandbox: the image store the servers boot machines from (make run builds the default image in it)")
+	flag.StringVar(&sandboxImage, "image", "hangar/default:latest", "sandbox: the image machines boot from (it must be in -images: see hangar image)")
 	flag.Parse()
 	if *mode == "ssh" || *mode == "logs" {
 		set := false
@@ -313,7 +318,12 @@ func startServer(ctx context.Context, bin, driver, dir string, maxBuilds int) (*
 	// The SSH gateway listens on a free loopback port, not the default :2222.
 	args := []string{"server", "--http", addr, "--data", data, "--driver", driver, "--max-builds", strconv.Itoa(maxBuilds), "--ssh", "127.0.0.1:0"}
 	if driver == "sandbox" {
-		args = append(args, "--sandbox-bridge", sandboxBridge, "--sandbox-subnet", sandboxSubnet)
+		images, err := filepath.Abs(sandboxImages)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "--sandbox-bridge", sandboxBridge, "--sandbox-subnet", sandboxSubnet,
+			"--images", images, "--default-image", sandboxImage)
 	}
 	s := &server{
 		driver:  driver,

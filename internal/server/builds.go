@@ -43,18 +43,22 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, msg)
 		return
 	}
+	if req.SSH && req.SSHOnFailure {
+		writeError(w, http.StatusBadRequest, `"ssh" and "ssh_on_failure" exclude each other: SSH from the start, or only if a step fails`)
+		return
+	}
 	if len(req.SSHBreakBefore) > 0 && !req.SSH {
 		writeError(w, http.StatusUnprocessableEntity, `a breakpoint ("ssh_break_before") holds the build for you to SSH in: ask for SSH access too ("ssh": true)`)
 		return
 	}
-	if req.SSH && s.cfg.SSH == nil {
+	if (req.SSH || req.SSHOnFailure) && s.cfg.SSH == nil {
 		writeError(w, http.StatusUnprocessableEntity, "SSH access is not enabled on this server")
 		return
 	}
 	if !allowed(w, r, req.App) {
 		return
 	}
-	if req.SSH && !s.sshAllowed(w, r) {
+	if (req.SSH || req.SSHOnFailure) && !s.sshAllowed(w, r) {
 		return
 	}
 	app, err := s.cfg.Store.App(r.Context(), req.App)
@@ -87,7 +91,7 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 	if t := tokenOf(r); t != nil {
 		starter = t.Name
 	}
-	b, err := s.createBuild(r.Context(), app, mirror, branch, commit, req.Workflow, build.Manual, starter, req.SSH, req.SSHBreakBefore)
+	b, err := s.createBuild(r.Context(), app, mirror, branch, commit, req.Workflow, build.Manual, starter, sshMode{on: req.SSH, onFailure: req.SSHOnFailure, breaks: req.SSHBreakBefore})
 	var ue *userError
 	if errors.As(err, &ue) {
 		writeError(w, ue.code, ue.msg)
@@ -103,13 +107,13 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 // createBuild queues a build of workflow wfID (empty: the only one) at
 // commit. A missing or malformed workflow file gives a build that has failed
 // at once, with the file, line and reason as its message.
-func (s *Server) createBuild(ctx context.Context, app *store.App, mirror, branch, commit, wfID string, trigger build.Trigger, starter string, withSSH bool, breaks []string) (*build.Build, error) {
+func (s *Server) createBuild(ctx context.Context, app *store.App, mirror, branch, commit, wfID string, trigger build.Trigger, starter string, ssh sshMode) (*build.Build, error) {
 	b := &build.Build{
 		App: app.Name, Workflow: wfID, WorkflowName: wfID, Branch: branch, Commit: commit,
 		Status: build.Queued, Trigger: trigger, StartedBy: starter, Steps: []build.Step{},
 	}
 	// Only manually triggered builds may have SSH access.
-	if withSSH && trigger == build.Manual {
+	if ssh.on && trigger == build.Manual {
 		b.SSH = build.SSH{Enabled: true, State: build.SSHPending}
 	}
 	fail := func(msg string) (*build.Build, error) { return s.failAtOnce(ctx, b, msg) }
@@ -136,7 +140,17 @@ func (s *Server) createBuild(ctx context.Context, app *store.App, mirror, branch
 	} else if wf, err = f.Workflow(wfID); err != nil {
 		return nil, &userError{http.StatusBadRequest, err.Error()}
 	}
-	return s.queue(ctx, b, app, wf, breaks)
+	if trigger != build.Manual {
+		ssh = sshMode{}
+	}
+	return s.queue(ctx, b, app, wf, ssh)
+}
+
+// sshMode is the SSH access a build is started with: from the start (on,
+// with breakpoints), only if a step fails, or none.
+type sshMode struct {
+	on, onFailure bool
+	breaks        []string
 }
 
 // failAtOnce stores b as a build that failed before it ran, with msg.
@@ -160,7 +174,7 @@ func (s *Server) failAtOnce(ctx context.Context, b *build.Build, msg string) (*b
 
 // queue stores b as a queued build of wf, or as a failed one if this
 // server cannot run wf (an instance type it does not have).
-func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, wf *workflow.Workflow, breaks []string) (*build.Build, error) {
+func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, wf *workflow.Workflow, ssh sshMode) (*build.Build, error) {
 	res, err := s.cfg.InstanceTypes.Lookup(wf.InstanceType)
 	if err != nil {
 		b.Workflow, b.WorkflowName = wf.ID, wf.Name
@@ -171,7 +185,7 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, wf *
 	if instance == "" {
 		instance = build.DefaultInstanceType
 	}
-	spec := build.Spec{Repo: app.Repo, Ignored: wf.Ignored, InstanceType: instance, Resources: res}
+	spec := build.Spec{Repo: app.Repo, Ignored: wf.Ignored, InstanceType: instance, Resources: res, Toolchains: wf.Toolchains}
 	for _, v := range wf.Vars {
 		spec.Vars = append(spec.Vars, v.Name+"="+v.Value)
 	}
@@ -181,9 +195,10 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, wf *
 			IgnoreFailure: sc.IgnoreFailure, WorkingDirectory: sc.WorkingDirectory,
 		})
 	}
-	if spec.BreakBefore, err = breakpoints(wf, breaks); err != nil {
+	if spec.BreakBefore, err = breakpoints(wf, ssh.breaks); err != nil {
 		return nil, err
 	}
+	spec.SSHOnFailure = ssh.onFailure
 	data, err := json.Marshal(spec)
 	if err != nil {
 		return nil, err

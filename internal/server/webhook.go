@@ -85,7 +85,7 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 	}
 	f, err := workflow.Parse(fname, data)
 	if err != nil {
-		b, cerr := s.createBuild(ctx, app, mirror, name, commit, "", build.Webhook, "webhook", false, nil)
+		b, cerr := s.createBuild(ctx, app, mirror, name, commit, "", build.Webhook, "webhook", sshMode{})
 		if cerr != nil {
 			s.internal(w, "create build", cerr)
 			return
@@ -98,7 +98,7 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		b := &build.Build{App: app.Name, Branch: name, Commit: commit, Status: build.Queued, Trigger: build.Webhook, StartedBy: "webhook"}
-		b, err := s.queue(ctx, b, app, wf, nil)
+		b, err := s.queue(ctx, b, app, wf, sshMode{})
 		if err != nil {
 			s.internal(w, "create build", err)
 			return

@@ -100,6 +100,7 @@ func TestParseValid(t *testing.T) {
 				MaxDuration:      90 * time.Minute,
 				InstanceType:     "mac_mini_m2",
 				WorkingDirectory: "app",
+				Toolchains:       map[string]string{"java": "17"},
 				Vars: []Var{
 					{"COMMON", "shared"},
 					{"PLAIN", "hello world"},
@@ -128,7 +129,6 @@ func TestParseValid(t *testing.T) {
 				},
 				Ignored: []string{
 					"environment.groups",
-					"environment.java",
 					"triggering.cancel_previous_builds",
 					"scripts[4].when",
 					"artifacts",
