@@ -90,8 +90,15 @@ type Workflow struct {
 	// Vars are environment.vars in file order. Scalar values are kept as
 	// written (numbers and booleans too); a null value is "".
 	Vars []Var
-	// Scripts are run in order; there is at least one.
+	// Scripts are run in order. A workflow without scripts (Codemagic's
+	// minimal file) fetches the sources and ends.
 	Scripts []Script
+	// Inputs are the workflow's inputs in file order: values given when a
+	// build starts, substituted for ${{ inputs.ID }}; see InputValues.
+	Inputs []Input
+	// When is the workflow's when: a workflow whose changeset has no
+	// changes or whose condition is false is not built. Nil: always built.
+	When *When
 	// Triggering says which webhook events start the workflow; see Matches.
 	Triggering Triggering
 	// Ignored lists, as paths such as "publishing", "environment.groups" or
@@ -117,6 +124,9 @@ type Script struct {
 	Script string
 	// IgnoreFailure lets the build go on when the script fails.
 	IgnoreFailure bool
+	// When is the step's when: a step whose changeset has no changes or
+	// whose condition is false is skipped. Nil: the step always runs.
+	When *When
 	// WorkingDirectory is where the script runs: the step's own
 	// working_directory, or else the workflow's. It is relative to the
 	// clone unless absolute; empty means the clone itself.
@@ -159,6 +169,10 @@ type Triggering struct {
 	BranchPatterns []Pattern
 	// TagPatterns select the tags of tag events.
 	TagPatterns []Pattern
+	// CancelPrevious is cancel_previous_builds: a webhook build of the
+	// workflow cancels the queued and running webhook builds of the same
+	// workflow and branch.
+	CancelPrevious bool
 }
 
 // Pattern is one entry of branch_patterns or tag_patterns.
