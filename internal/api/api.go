@@ -72,6 +72,10 @@ type StartRequest struct {
 	// Trigger may only be "manual" (the default): builds started through
 	// the API are manual. It exists to refuse SSH with anything else.
 	Trigger string `json:"trigger,omitempty"`
+	// Inputs are values for the workflow's inputs, by input id: strings,
+	// numbers or booleans as the inputs' types say (strings such as "3" or
+	// "true" are read as the type). Inputs left out take their defaults.
+	Inputs map[string]any `json:"inputs,omitempty"`
 }
 
 // End is the data of the "end" event of a live log: the build has ended
@@ -128,8 +132,18 @@ type SSHInfo struct {
 	Reason  string `json:"reason,omitempty"` // why not
 }
 
-// WebhookResult is the answer of POST /api/v1/webhooks/{app} to a push.
+// WebhookResult is the answer of POST /api/v1/webhooks/{app} to a push
+// or pull request: the builds it started and the workflows it matched but
+// did not build (their when is false).
 type WebhookResult struct {
-	Builds  []*build.Build `json:"builds"`
-	Message string         `json:"message,omitempty"`
+	Builds  []*build.Build    `json:"builds"`
+	Skipped []SkippedWorkflow `json:"skipped,omitempty"`
+	Message string            `json:"message,omitempty"`
+}
+
+// SkippedWorkflow is a workflow a webhook event triggered but whose when
+// was false.
+type SkippedWorkflow struct {
+	Workflow string `json:"workflow"`
+	Reason   string `json:"reason"`
 }

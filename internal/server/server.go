@@ -35,6 +35,14 @@ type Store interface {
 	// running one; see store.Store.CancelBuild.
 	CancelBuild(ctx context.Context, id int64, message string) (bool, error)
 	Logs(ctx context.Context, id, after int64, limit int) ([]build.LogLine, error)
+	// LastSuccessfulCommit: what a when.changeset compares with.
+	LastSuccessfulCommit(ctx context.Context, app, workflow, branch string) (string, int64, error)
+	// ActiveWebhookBuilds: what cancel_previous_builds cancels.
+	ActiveWebhookBuilds(ctx context.Context, app, workflow, branch string) ([]int64, error)
+	// Webhook deliveries, to ignore repeated ones.
+	AddDelivery(ctx context.Context, app, id, event string) (bool, error)
+	SetDeliveryResult(ctx context.Context, app, id, result string) error
+	Deliveries(ctx context.Context, app string, limit int) ([]store.Delivery, error)
 	Subscribe(id int64) (<-chan struct{}, func())
 }
 
@@ -49,10 +57,13 @@ type Config struct {
 	Store   Store
 	Mirrors Mirrors
 	Logger  *slog.Logger
-	MaxBody int64      // API request bodies; default 1 MiB
-	MaxHook int64      // webhook bodies; default 25 MiB (GitHub's limit)
-	SSH     *SSHConfig // nil: no SSH builds
-	Metrics http.Handler
+	MaxBody int64 // API request bodies; default 1 MiB
+	MaxHook int64 // webhook bodies; default 25 MiB (GitHub's limit)
+	// MaxHookReads is how many webhook bodies are read at once before
+	// their signature is checked; default 4.
+	MaxHookReads int
+	SSH          *SSHConfig // nil: no SSH builds
+	Metrics      http.Handler
 	// Driver and Isolated describe the machines, for /api/v1/info.
 	Driver   string
 	Isolated bool
@@ -69,6 +80,8 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	tickets terminalTickets
+	// hookSlots holds a token per webhook body being read (MaxHookReads).
+	hookSlots chan struct{}
 }
 
 // New returns the API server.
@@ -82,7 +95,10 @@ func New(cfg Config) *Server {
 	if cfg.InstanceTypes == nil {
 		cfg.InstanceTypes = build.DefaultInstanceTypes()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
+	if cfg.MaxHookReads <= 0 {
+		cfg.MaxHookReads = defaultHookReads
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), hookSlots: make(chan struct{}, cfg.MaxHookReads)}
 	if s.log == nil {
 		s.log = slog.Default()
 	}

@@ -114,9 +114,9 @@ const (
 	tIdent
 	tString
 	tNumber
-	tOp     // == != ( ) .
-	tOpen   // ${{
-	tClose  // }}
+	tOp    // == != ( ) .
+	tOpen  // ${{
+	tClose // }}
 )
 
 type token struct {
@@ -173,9 +173,19 @@ func lex(src string) ([]token, error) {
 			toks = append(toks, token{tString, b.String(), i})
 			i = j + 1
 		case c >= '0' && c <= '9':
-			j := i
-			for j < len(src) && (src[j] >= '0' && src[j] <= '9' || src[j] == '.') {
-				j++
+			digits := func(j int) int {
+				for j < len(src) && src[j] >= '0' && src[j] <= '9' {
+					j++
+				}
+				return j
+			}
+			j := digits(i)
+			if j+1 < len(src) && src[j] == '.' && src[j+1] >= '0' && src[j+1] <= '9' {
+				j = digits(j + 1)
+			}
+			if j+1 < len(src) && src[j] == '.' && src[j+1] >= '0' && src[j+1] <= '9' {
+				j = digits(j + 1)
+				return nil, fmt.Errorf("%q at column %d of the condition is not a number", src[i:j], i+1)
 			}
 			if _, err := strconv.ParseFloat(src[i:j], 64); err != nil {
 				return nil, fmt.Errorf("%q at column %d of the condition is not a number", src[i:j], i+1)

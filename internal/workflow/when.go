@@ -69,41 +69,38 @@ func PathMatch(pattern, file string) bool {
 	if len(pattern) > maxGlobPattern || len(file) > 4096 {
 		return false
 	}
-	ps, fs := strings.Split(pattern, "/"), strings.Split(file, "/")
-	// A match of a leading part of the file's path is a directory that
-	// the pattern selects.
-	for n := 1; n <= len(fs); n++ {
-		if segMatch(ps, fs[:n], 0) {
-			return true
-		}
-	}
-	return false
+	// A pattern also selects what lies under the directories it matches.
+	ps, fs := append(strings.Split(pattern, "/"), "**"), strings.Split(file, "/")
+	return segMatch(ps, fs)
 }
 
-// segMatch matches path segments against pattern segments; steps bounds
-// the work of ** backtracking.
-func segMatch(ps, fs []string, depth int) bool {
-	if depth > 32 {
-		return false
+// segMatch matches path segments against pattern segments, ** matching any
+// number of segments, in time proportional to their product (memoized).
+func segMatch(ps, fs []string) bool {
+	memo := make([]int8, (len(ps)+1)*(len(fs)+1)) // 0 unknown, 1 match, 2 no match
+	var match func(i, j int) bool
+	match = func(i, j int) bool {
+		k := i*(len(fs)+1) + j
+		if memo[k] != 0 {
+			return memo[k] == 1
+		}
+		var ok bool
+		switch {
+		case i == len(ps):
+			ok = j == len(fs)
+		case ps[i] == "**":
+			ok = match(i+1, j) || j < len(fs) && match(i, j+1)
+		case j < len(fs):
+			m, err := path.Match(ps[i], fs[j])
+			ok = err == nil && m && match(i+1, j+1)
+		}
+		memo[k] = 2
+		if ok {
+			memo[k] = 1
+		}
+		return ok
 	}
-	for len(ps) > 0 {
-		if ps[0] == "**" {
-			for i := 0; i <= len(fs); i++ {
-				if segMatch(ps[1:], fs[i:], depth+1) {
-					return true
-				}
-			}
-			return false
-		}
-		if len(fs) == 0 {
-			return false
-		}
-		if ok, err := path.Match(ps[0], fs[0]); err != nil || !ok {
-			return false
-		}
-		ps, fs = ps[1:], fs[1:]
-	}
-	return len(fs) == 0
+	return match(0, 0)
 }
 
 // validPathPattern reports a changeset pattern path.Match cannot read.
