@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -49,9 +50,10 @@ func exitFor(b *build.Build) error {
 
 func buildStartCmd(cf *clientFlags) *cobra.Command {
 	var wf, branch string
+	var inputs []string
 	var follow, asJSON, withSSH bool
 	cmd := &cobra.Command{
-		Use:   "start APP [--workflow ID] [--branch B] [--follow] [--json]",
+		Use:   "start APP [--workflow ID] [--branch B] [--input KEY=VALUE]... [--follow] [--json]",
 		Short: "Start a build of an app",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -59,7 +61,11 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			b, err := c.StartBuild(cmd.Context(), api.StartRequest{App: args[0], Workflow: wf, Branch: branch, SSH: withSSH})
+			req := api.StartRequest{App: args[0], Workflow: wf, Branch: branch, SSH: withSSH}
+			if req.Inputs, err = parseInputs(inputs); err != nil {
+				return err
+			}
+			b, err := c.StartBuild(cmd.Context(), req)
 			if err != nil {
 				return err
 			}
@@ -98,7 +104,28 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "show the steps and their output as the build runs")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the build as JSON (with --follow: once it ends)")
 	cmd.Flags().BoolVar(&withSSH, "ssh", false, "enable SSH access to the build's machine (see `hangar ssh ID`)")
+	cmd.Flags().StringArrayVar(&inputs, "input", nil, "a value for one of the workflow's inputs, KEY=VALUE (repeat for several; see `hangar workflow check`)")
 	return cmd
+}
+
+// parseInputs reads --input KEY=VALUE flags. Values stay strings: the
+// server reads them as the inputs' types ("3", "true").
+func parseInputs(flags []string) (map[string]any, error) {
+	if len(flags) == 0 {
+		return nil, nil
+	}
+	out := map[string]any{}
+	for _, f := range flags {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--input %q: write --input KEY=VALUE", f)
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("--input %s is given twice", k)
+		}
+		out[k] = v
+	}
+	return out, nil
 }
 
 // followBuild prints a build's progress and log until it ends, and returns
@@ -136,6 +163,12 @@ func followBuild(ctx context.Context, c *api.Client, id int64, out io.Writer) (*
 						printHeader(i)
 						ended[i] = true
 						fmt.Fprintf(out, "%s %s (%s)%s\n", mark(s.Status), s.Name, stepDuration(s), exitNote(s))
+					}
+				case build.StepSkipped:
+					if !ended[i] && s.Reason != "" {
+						printHeader(i)
+						ended[i] = true
+						fmt.Fprintf(out, "%s %s (skipped: %s)\n", mark(s.Status), s.Name, s.Reason)
 					}
 				}
 			}
@@ -230,6 +263,9 @@ func buildShowCmd(cf *clientFlags) *cobra.Command {
 					d := ""
 					if s.Status != build.StepPending && s.Status != build.StepSkipped {
 						d = stepDuration(s)
+					}
+					if s.Reason != "" {
+						d = s.Reason
 					}
 					fmt.Fprintf(tw, "  %s %s\t%s\t%s%s\n", mark(s.Status), s.Name, s.Status, d, exitNote(s))
 				}

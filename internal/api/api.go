@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/workflow"
 )
 
 // Error is the body of every error answer, {"error": "..."}, and the error
@@ -59,6 +60,23 @@ type Workflow struct {
 	MaxDuration int64    `json:"max_build_duration_seconds"`
 	Scripts     []string `json:"scripts"` // the scripts' names
 	Events      []string `json:"events"`  // the events that trigger it
+	// Inputs are the values a build of the workflow takes when it starts.
+	Inputs []Input `json:"inputs"`
+	// Check is what Hangar runs, honours and does not support of the
+	// workflow (what `hangar workflow check` shows).
+	Check workflow.Report `json:"check"`
+}
+
+// Input is one of a workflow's inputs, for a start form.
+type Input struct {
+	ID          string `json:"id"`
+	Description string `json:"description,omitempty"`
+	// Type is "string", "number", "boolean" or "choice".
+	Type string `json:"type"`
+	// Default is the value when none is given (a string, number or
+	// boolean); absent when a value is required.
+	Default any      `json:"default,omitempty"`
+	Options []string `json:"options,omitempty"` // a choice's values
 }
 
 // StartRequest is the body of POST /api/v1/builds. The answer is the

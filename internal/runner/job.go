@@ -164,6 +164,9 @@ func (j *job) prepare() *outcome {
 	for _, s := range j.spec.Ignored {
 		j.logs.Printf(0, "Ignored: %s is not run by Hangar yet", s)
 	}
+	if len(j.spec.Scripts) == 0 {
+		j.logs.Printf(0, "The workflow has no scripts: the build fetches the sources and ends")
+	}
 
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
