@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/api"
@@ -55,9 +56,9 @@ const (
 	// their signature is checked.
 	defaultHookReads = 4
 	// hookMemory is how much of one webhook body is kept in memory while
-	// it is read; the rest goes to a temporary file until the signature
-	// holds.
-	hookMemory = 256 << 10
+	// it is read (most deliveries are smaller); the rest goes to a
+	// temporary file until the signature holds.
+	hookMemory = 64 << 10
 	// hookWait is how long a delivery waits for a reading slot.
 	hookWait = 10 * time.Second
 )
@@ -335,16 +336,24 @@ func signature(header string) ([]byte, bool) {
 	return b, err == nil && len(b) == sha256.Size
 }
 
+// spoolBuffers are the in-memory parts of spools, reused.
+var spoolBuffers = sync.Pool{New: func() any { b := make([]byte, 0, hookMemory); return &b }}
+
 // spool keeps the first hookMemory bytes written to it in memory and the
-// rest in a temporary file.
+// rest in a temporary file. close returns its buffer.
 type spool struct {
-	mem  bytes.Buffer
+	mem  *[]byte
 	file *os.File
 }
 
 func (sp *spool) Write(p []byte) (int, error) {
-	if sp.file == nil && sp.mem.Len()+len(p) <= hookMemory {
-		return sp.mem.Write(p)
+	if sp.mem == nil {
+		sp.mem = spoolBuffers.Get().(*[]byte)
+		*sp.mem = (*sp.mem)[:0]
+	}
+	if sp.file == nil && len(*sp.mem)+len(p) <= hookMemory {
+		*sp.mem = append(*sp.mem, p...)
+		return len(p), nil
 	}
 	if sp.file == nil {
 		f, err := os.CreateTemp("", "hangar-webhook-*")
@@ -356,17 +365,21 @@ func (sp *spool) Write(p []byte) (int, error) {
 	return sp.file.Write(p)
 }
 
-// bytes returns everything written.
+// bytes returns a copy of everything written.
 func (sp *spool) bytes() ([]byte, error) {
+	var mem []byte
+	if sp.mem != nil {
+		mem = *sp.mem
+	}
 	if sp.file == nil {
-		return sp.mem.Bytes(), nil
+		return bytes.Clone(mem), nil
 	}
 	size, err := sp.file.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, sp.mem.Len(), sp.mem.Len()+int(size))
-	copy(out, sp.mem.Bytes())
+	out := make([]byte, len(mem), len(mem)+int(size))
+	copy(out, mem)
 	if _, err := sp.file.Seek(0, io.SeekStart); err != nil {
 		return nil, err
 	}
@@ -375,6 +388,10 @@ func (sp *spool) bytes() ([]byte, error) {
 }
 
 func (sp *spool) close() {
+	if sp.mem != nil {
+		spoolBuffers.Put(sp.mem)
+		sp.mem = nil
+	}
 	if sp.file != nil {
 		sp.file.Close()
 		os.Remove(sp.file.Name())
