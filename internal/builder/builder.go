@@ -212,7 +212,7 @@ func (r *run) skip(st link.Step) (string, error) {
 	if ok {
 		return "", nil
 	}
-	return fmt.Sprintf("when.condition %q is false", st.Condition), nil
+	return "when.condition is false: " + st.Condition, nil
 }
 
 // lookupEnv finds name in a KEY=VALUE list.

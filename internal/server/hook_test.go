@@ -241,7 +241,7 @@ func TestWebhookPullRequestAndTag(t *testing.T) {
 	// A draft pull request is skipped by the workflow's when, with why.
 	code, res, raw = e.hook("pull_request", "d-2", prPayload("synchronize", 42, "feature/login", head, "main", true))
 	if code != http.StatusAccepted || len(res.Builds) != 0 || len(res.Skipped) != 1 ||
-		res.Skipped[0].Reason != `when.condition "not event.pull_request.draft" is false` {
+		res.Skipped[0].Reason != "when.condition is false: not event.pull_request.draft" {
 		t.Errorf("draft pull request: %d %s", code, raw)
 	}
 	// A pull request into another branch, and a closed one, start nothing.

@@ -128,13 +128,17 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 	if instance == "" {
 		instance = build.DefaultInstanceType
 	}
-	spec := build.Spec{Repo: app.Repo, Ignored: wf.Ignored, InstanceType: instance, Resources: res, Env: st.env, Inputs: values}
+	env := st.env
+	if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "CM_PULL_REQUEST=") }) {
+		env = append([]string{"CM_PULL_REQUEST=false"}, env...)
+	}
+	spec := build.Spec{Repo: app.Repo, Ignored: wf.Ignored, InstanceType: instance, Resources: res, Env: env, Inputs: values}
 	if len(values) == 0 {
 		spec.Inputs = nil
 	}
 	// What the server knows of the build's variables before it runs:
 	// what a workflow's condition sees as env.
-	env := append([]string{"CI=true", "HANGAR=true", "CM_BRANCH=" + b.Branch, "CM_COMMIT=" + b.Commit, "CM_WORKFLOW=" + wf.ID}, st.env...)
+	env = append([]string{"CI=true", "HANGAR=true", "CM_BRANCH=" + b.Branch, "CM_COMMIT=" + b.Commit, "CM_WORKFLOW=" + wf.ID}, env...)
 	for _, v := range wf.Vars {
 		value := workflow.SubstituteInputs(v.Value, values)
 		spec.Vars = append(spec.Vars, v.Name+"="+value)
@@ -200,7 +204,7 @@ func (s *Server) whenFalse(ctx context.Context, w *workflow.When, ch *changes, c
 		}
 	}
 	if w.Condition != nil && !w.Condition.Eval(c) {
-		return fmt.Sprintf("when.condition %q is false", w.Condition.String()), nil
+		return "when.condition is false: " + w.Condition.String(), nil
 	}
 	return "", nil
 }

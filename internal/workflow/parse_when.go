@@ -2,7 +2,6 @@ package workflow
 
 import (
 	"encoding/json"
-	"fmt"
 	"slices"
 	"strconv"
 
@@ -333,9 +332,4 @@ func capped(v any) any {
 		}
 	}
 	return v
-}
-
-// describeWhen is the reason a skipped workflow or step gives.
-func describeWhen(c *Condition) string {
-	return fmt.Sprintf("when.condition %q is false", c.String())
 }
