@@ -359,3 +359,26 @@ func TestProjectEvent(t *testing.T) {
 		t.Errorf("big value kept: %.80v", got)
 	}
 }
+
+// TestDocFiles: every complete file (a yaml block with workflows) that
+// docs/workflow.md shows parses.
+func TestDocFiles(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/workflow.md")
+	if err != nil {
+		t.Skip(err)
+	}
+	n := 0
+	for _, block := range strings.Split(string(doc), "```yaml\n")[1:] {
+		block, _, _ = strings.Cut(block, "```")
+		if !strings.HasPrefix(block, "workflows:") && !strings.Contains(block, "\nworkflows:") {
+			continue
+		}
+		n++
+		if _, err := Parse("codemagic.yaml", []byte(block)); err != nil {
+			t.Errorf("docs/workflow.md block %d: %v\n%s", n, err, block)
+		}
+	}
+	if n < 4 {
+		t.Errorf("only %d complete files in docs/workflow.md", n)
+	}
+}
