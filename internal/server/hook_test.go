@@ -560,3 +560,36 @@ func TestWebhookBadSignatureMemory(t *testing.T) {
 		t.Errorf("%d posts of %d MiB allocated %d MiB: bodies are kept in memory (limit %d MiB)", posts, size>>20, allocated>>20, limit>>20)
 	}
 }
+
+// TestWebhookRedeliveryAfterFailure: a delivery that failed on the
+// server's side (the repository could not be fetched) is forgotten, so
+// GitHub's redelivery of it is acted on; one that was handled is not.
+func TestWebhookRedeliveryAfterFailure(t *testing.T) {
+	e := newHookEnv(t, triggerFile)
+	head := e.commit("feature/r", nil)
+	payload := pushPayload("refs/heads/feature/r", head)
+	if code, res, raw := e.hook("push", "r-0", payload); code != http.StatusAccepted || len(res.Builds) != 1 {
+		t.Fatalf("first delivery: %d %s", code, raw)
+	}
+	moved := e.repo + ".away"
+	if err := os.Rename(e.repo, moved); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, raw := e.hook("push", "r-1", payload); code != http.StatusBadGateway {
+		t.Fatalf("with the repository gone: %d %s", code, raw)
+	}
+	if err := os.Rename(moved, e.repo); err != nil {
+		t.Fatal(err)
+	}
+	if code, res, raw := e.hook("push", "r-1", payload); code != http.StatusAccepted || len(res.Builds) != 1 {
+		t.Errorf("redelivery after a failure: %d %s", code, raw)
+	}
+	if code, res, _ := e.hook("push", "r-1", payload); code != http.StatusOK || len(res.Builds) != 0 {
+		t.Errorf("third delivery: %d", code)
+	}
+	var list []store.Delivery
+	if code := e.do("GET", "/api/v1/apps/demo/deliveries", nil, &list); code != http.StatusOK || len(list) != 2 ||
+		list[0].ID != "r-1" || list[0].Event != "push" || !strings.HasPrefix(list[0].Result, "202: build #2 of pushes (queued)") {
+		t.Errorf("deliveries: %d %+v", code, list)
+	}
+}

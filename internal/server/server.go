@@ -42,6 +42,7 @@ type Store interface {
 	// Webhook deliveries, to ignore repeated ones.
 	AddDelivery(ctx context.Context, app, id, event string) (bool, error)
 	SetDeliveryResult(ctx context.Context, app, id, result string) error
+	ForgetDelivery(ctx context.Context, app, id string) error
 	Deliveries(ctx context.Context, app string, limit int) ([]store.Delivery, error)
 	Subscribe(id int64) (<-chan struct{}, func())
 }
@@ -125,6 +126,7 @@ func New(cfg Config) *Server {
 	m.HandleFunc("GET /api/v1/builds/{id}/terminal/ws", s.terminalWS)
 	m.HandleFunc("GET /api/v1/info", s.auth(s.info))
 	m.HandleFunc("GET /api/v1/apps/{name}/workflows", s.auth(s.appWorkflows))
+	m.HandleFunc("GET /api/v1/apps/{name}/deliveries", s.auth(s.appDeliveries))
 	m.HandleFunc("POST /api/v1/tokens", s.auth(s.createToken))
 	if cfg.Metrics != nil {
 		m.Handle("GET /metrics", cfg.Metrics)

@@ -112,7 +112,15 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 		res.Builds = []*build.Build{}
 	}
 	if delivery != "" {
-		if err := s.cfg.Store.SetDeliveryResult(context.WithoutCancel(ctx), app.Name, delivery, res.summary(code)); err != nil {
+		// A delivery that failed on our side may come again (GitHub's
+		// redeliver): forget it. Any other is remembered with what it did.
+		var err error
+		if code >= 500 {
+			err = s.cfg.Store.ForgetDelivery(context.WithoutCancel(ctx), app.Name, delivery)
+		} else {
+			err = s.cfg.Store.SetDeliveryResult(context.WithoutCancel(ctx), app.Name, delivery, res.summary(code))
+		}
+		if err != nil {
 			s.log.Error("record delivery result", "app", app.Name, "err", err)
 		}
 	}
@@ -396,4 +404,18 @@ func (sp *spool) close() {
 		sp.file.Close()
 		os.Remove(sp.file.Name())
 	}
+}
+
+// appDeliveries serves an app's newest webhook deliveries and what each did.
+func (s *Server) appDeliveries(w http.ResponseWriter, r *http.Request) {
+	app, ok := s.lookupApp(w, r, r.PathValue("name"))
+	if !ok {
+		return
+	}
+	list, err := s.cfg.Store.Deliveries(r.Context(), app.Name, 50)
+	if err != nil {
+		s.internal(w, "list deliveries", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, list)
 }

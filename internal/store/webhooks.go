@@ -121,3 +121,11 @@ func (s *Store) Deliveries(ctx context.Context, app string, limit int) ([]Delive
 	}
 	return out, rows.Err()
 }
+
+// ForgetDelivery removes delivery id of app, so that GitHub's redelivery
+// of a delivery that failed on Hangar's side is acted on.
+func (s *Store) ForgetDelivery(ctx context.Context, app, id string) error {
+	_, err := s.db.ExecContext(ctx, `DELETE FROM webhook_deliveries
+		WHERE app_id = (SELECT id FROM apps WHERE name = $1) AND delivery = $2`, app, id)
+	return err
+}
