@@ -61,6 +61,9 @@ const (
 	hookMemory = 64 << 10
 	// hookWait is how long a delivery waits for a reading slot.
 	hookWait = 10 * time.Second
+	// hookRead bounds the reading of one body (25 MiB at 420 KiB/s), so
+	// that a slow sender cannot hold a reading slot for long.
+	hookRead = time.Minute
 )
 
 // webhook takes GitHub's push and pull_request events for an app, verified
@@ -312,6 +315,8 @@ func (s *Server) readSigned(w http.ResponseWriter, r *http.Request, secret strin
 	case <-r.Context().Done():
 		return nil, http.StatusServiceUnavailable, "the delivery was abandoned"
 	}
+	// A connection that cannot take a deadline is read without one.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(hookRead))
 	mac := hmac.New(sha256.New, []byte(secret))
 	sp := &spool{}
 	defer sp.close()

@@ -284,14 +284,15 @@ func (w *Workflow) EventPaths() [][]string {
 	return paths
 }
 
-// maxEventValue bounds a list or mapping that ProjectEvent keeps whole.
+// maxEventValue bounds a list or mapping that ProjectEvent keeps whole,
+// and the length of a string it keeps.
 const maxEventValue = 64 << 10
 
 // ProjectEvent returns the parts of payload (decoded JSON) that paths
 // read, in the same nesting, and nothing else: what a build keeps of its
 // webhook's payload for its conditions. Where a path ends on (or reaches)
 // a list or a mapping, that value is kept whole if its JSON is at most 64
-// KiB, and as a non-empty stand-in otherwise.
+// KiB, and as a non-empty stand-in otherwise; a longer string is cut.
 func ProjectEvent(payload any, paths [][]string) map[string]any {
 	root, ok := payload.(map[string]any)
 	out := map[string]any{}
@@ -325,7 +326,11 @@ func ProjectEvent(payload any, paths [][]string) map[string]any {
 }
 
 func capped(v any) any {
-	switch v.(type) {
+	switch x := v.(type) {
+	case string:
+		if len(x) > maxEventValue {
+			return x[:maxEventValue]
+		}
 	case map[string]any, []any:
 		if data, err := json.Marshal(v); err != nil || len(data) > maxEventValue {
 			return map[string]any{"hangar_truncated": true}

@@ -358,6 +358,10 @@ func TestProjectEvent(t *testing.T) {
 	if got := ProjectEvent(big, [][]string{{"files"}}); !reflect.DeepEqual(got, map[string]any{"files": map[string]any{"hangar_truncated": true}}) {
 		t.Errorf("big value kept: %.80v", got)
 	}
+	long := map[string]any{"message": strings.Repeat("y", 100<<10)}
+	if got := ProjectEvent(long, [][]string{{"message"}}); len(got["message"].(string)) != 64<<10 {
+		t.Errorf("long string kept whole: %d", len(got["message"].(string)))
+	}
 }
 
 // TestDocFiles: every complete file (a yaml block with workflows) that
