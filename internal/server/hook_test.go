@@ -593,3 +593,38 @@ func TestWebhookRedeliveryAfterFailure(t *testing.T) {
 		t.Errorf("deliveries: %d %+v", code, list)
 	}
 }
+
+// TestWebhookTestdataTriggering: the representative triggering file
+// (Codemagic's documented example) with a pull request and tag pushes.
+func TestWebhookTestdataTriggering(t *testing.T) {
+	data, err := os.ReadFile("../workflow/testdata/codemagic/triggering.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newHookEnv(t, string(data))
+	workflows := func(res api.WebhookResult) string {
+		var ids []string
+		for _, b := range res.Builds {
+			ids = append(ids, b.Workflow)
+		}
+		return strings.Join(ids, ",")
+	}
+	head := e.commit("feature/x", map[string]string{"x": "1"})
+	if _, res, raw := e.hook("pull_request", "t-1", prPayload("opened", 1, "feature/x", head, "main", false)); workflows(res) != "all-events,pr-into-main" {
+		t.Errorf("pull request into main: %s", raw)
+	}
+	// all-events excludes the target excluded-target; pr-into-main wants main.
+	if _, res, raw := e.hook("pull_request", "t-2", prPayload("opened", 2, "feature/x", head, "excluded-target", false)); workflows(res) != "" {
+		t.Errorf("pull request into excluded-target: %s", raw)
+	}
+	if _, res, raw := e.hook("push", "t-3", pushPayload("refs/heads/feature/x", head)); workflows(res) != "all-events" {
+		t.Errorf("push: %s", raw)
+	}
+	for tag, want := range map[string]string{"v1.2.3": "all-events,release-tags", "excluded-tag": "", "v1.2": "all-events"} {
+		e.git(e.work, "tag", tag, head)
+		e.git(e.work, "push", "--quiet", "origin", tag)
+		if _, res, raw := e.hook("push", "t-tag-"+tag, pushPayload("refs/tags/"+tag, head)); workflows(res) != want {
+			t.Errorf("tag %s: got %q, want %q: %s", tag, workflows(res), want, raw)
+		}
+	}
+}
