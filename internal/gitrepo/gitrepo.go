@@ -232,3 +232,11 @@ func ChangedFiles(ctx context.Context, mirror, from, to string) ([]string, error
 	}
 	return files, nil
 }
+
+// CommitMessage returns the message of commit.
+func CommitMessage(ctx context.Context, mirror, commit string) (string, error) {
+	if commit == "" || strings.HasPrefix(commit, "-") {
+		return "", fmt.Errorf("no commit %q in the repository", commit)
+	}
+	return git(ctx, mirror, "log", "-1", "--format=%B", "--end-of-options", commit, "--")
+}

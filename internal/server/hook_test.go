@@ -78,6 +78,12 @@ func (e *hookEnv) git(dir string, args ...string) string {
 // pushes it and returns the commit.
 func (e *hookEnv) commit(branch string, files map[string]string) string {
 	e.t.Helper()
+	return e.commitMsg(branch, "on "+branch, files)
+}
+
+// commitMsg is commit with a commit message.
+func (e *hookEnv) commitMsg(branch, msg string, files map[string]string) string {
+	e.t.Helper()
 	e.git(e.work, "checkout", "--quiet", "-B", branch)
 	for name, content := range files {
 		p := filepath.Join(e.work, name)
@@ -89,7 +95,7 @@ func (e *hookEnv) commit(branch string, files map[string]string) string {
 		}
 	}
 	e.git(e.work, "add", "-A")
-	e.git(e.work, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "--quiet", "--allow-empty", "-m", "on "+branch)
+	e.git(e.work, "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "--quiet", "--allow-empty", "-m", msg)
 	e.git(e.work, "push", "--quiet", "--force", "origin", branch)
 	return strings.TrimSpace(e.git(e.work, "rev-parse", "HEAD"))
 }
@@ -626,5 +632,26 @@ func TestWebhookTestdataTriggering(t *testing.T) {
 		if _, res, raw := e.hook("push", "t-tag-"+tag, pushPayload("refs/tags/"+tag, head)); workflows(res) != want {
 			t.Errorf("tag %s: got %q, want %q: %s", tag, workflows(res), want, raw)
 		}
+	}
+}
+
+// TestWebhookSkipCI: a pushed commit with [skip ci] (or [ci skip]) in its
+// message is not built by webhooks; a build started by hand builds it.
+func TestWebhookSkipCI(t *testing.T) {
+	e := newHookEnv(t, triggerFile)
+	for i, msg := range []string{"docs: typo [skip ci]", "wip\n\n[ci skip]"} {
+		head := e.commitMsg("feature/s", msg, map[string]string{"s": msg})
+		code, res, raw := e.hook("push", fmt.Sprintf("s-%d", i), pushPayload("refs/heads/feature/s", head))
+		if code != http.StatusAccepted || len(res.Builds) != 0 || !strings.Contains(res.Message, "has [skip ci] in its message: nothing is built") {
+			t.Errorf("%q: %d %s", msg, code, raw)
+		}
+	}
+	var b build.Build
+	if code := e.do("POST", "/api/v1/builds", api.StartRequest{App: "demo", Workflow: "pushes", Branch: "feature/s"}, &b); code != http.StatusCreated {
+		t.Errorf("manual start of a [skip ci] commit: %d", code)
+	}
+	head := e.commitMsg("feature/s", "a real change", nil)
+	if _, res, raw := e.hook("push", "s-9", pushPayload("refs/heads/feature/s", head)); len(res.Builds) != 1 {
+		t.Errorf("an ordinary commit: %s", raw)
 	}
 }

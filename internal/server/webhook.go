@@ -218,6 +218,11 @@ func (s *Server) hook(ctx context.Context, app *store.App, ev string, body []byt
 			return fail(http.StatusUnprocessableEntity, fmt.Sprintf("app %s has no branch %q", app.Name, branch))
 		}
 	}
+	// As on Codemagic, "[skip ci]" or "[ci skip]" in the commit's message
+	// keeps webhooks from building it.
+	if msg, err := gitrepo.CommitMessage(ctx, mirror, commit); err == nil && (strings.Contains(msg, "[skip ci]") || strings.Contains(msg, "[ci skip]")) {
+		return fail(http.StatusAccepted, fmt.Sprintf("commit %.10s has [skip ci] in its message: nothing is built", commit))
+	}
 	fname, data, err := gitrepo.ReadFile(ctx, mirror, commit, workflow.FileNames)
 	if err != nil {
 		return fail(http.StatusUnprocessableEntity, err.Error())
