@@ -10,10 +10,11 @@ SERVER_FLAGS ?=
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages: the sandbox driver (runc, sudo, iptables, iproute2), git for
 # repositories, curl for `make run` and the one-line SSH command, OpenSSH's
-# client; for the tests also netcat, tmux, rsync, Chromium and python3 (the
-# seccomp tests call syscalls through it).
+# client; for the tests also netcat, tmux, rsync, Chromium, python3 (the
+# seccomp tests call syscalls through it) and ssh-audit (the SSH servers'
+# algorithm tests run it).
 RUN_PACKAGES  := git runc sudo iptables iproute2 curl procps openssh-client rsync ca-certificates
-TEST_PACKAGES := $(RUN_PACKAGES) netcat-openbsd tmux chromium fonts-dejavu-core python3
+TEST_PACKAGES := $(RUN_PACKAGES) netcat-openbsd tmux chromium fonts-dejavu-core python3 ssh-audit
 
 .PHONY: all build run test deps testdeps vet staticcheck gotest uideps ui bench clean
 

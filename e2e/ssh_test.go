@@ -55,6 +55,18 @@ workflows:
     max_build_duration: "4s"
     scripts:
       - echo short
+  debug:
+    max_build_duration: 10
+    scripts:
+      - name: Export
+        script: |
+          echo "E2E_STEP_VAR=from-step-one" >> "$CM_ENV"
+          mkdir -p "$CM_BUILD_DIR/sub"
+      - name: Breaks
+        working_directory: sub
+        script: |
+          echo "var=$E2E_STEP_VAR dir=$(basename "$PWD")"
+          exit 3
 `
 
 // sshFixture is a sandbox server with SSH and an app with sshWorkflows.

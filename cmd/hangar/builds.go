@@ -18,7 +18,7 @@ import (
 
 func buildCmd(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "build", Short: "Start, follow and inspect builds"}
-	cmd.AddCommand(buildStartCmd(cf), buildShowCmd(cf), buildLogsCmd(cf), buildListCmd(cf), buildCancelCmd(cf),
+	cmd.AddCommand(buildStartCmd(cf), buildShowCmd(cf), buildLogsCmd(cf), buildListCmd(cf), buildCancelCmd(cf), buildContinueCmd(cf),
 		buildSSHScriptCmd(cf), buildSSHConfigCmd(cf), buildEventsCmd(cf))
 	return cmd
 }
@@ -52,8 +52,9 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 	var wf, branch string
 	var inputs []string
 	var follow, asJSON, withSSH bool
+	var breaks []string
 	cmd := &cobra.Command{
-		Use:   "start APP [--workflow ID] [--branch B] [--input KEY=VALUE]... [--follow] [--json]",
+		Use:   "start APP [--workflow ID] [--branch B] [--input KEY=VALUE]... [--ssh] [--ssh-break-before STEP]... [--follow] [--json]",
 		Short: "Start a build of an app",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -61,7 +62,9 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			req := api.StartRequest{App: args[0], Workflow: wf, Branch: branch, SSH: withSSH}
+			// A breakpoint holds the build for you to SSH in: it implies --ssh.
+			withSSH = withSSH || len(breaks) > 0
+			req := api.StartRequest{App: args[0], Workflow: wf, Branch: branch, SSH: withSSH, SSHBreakBefore: breaks}
 			if req.Inputs, err = parseInputs(inputs); err != nil {
 				return err
 			}
@@ -105,6 +108,7 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the build as JSON (with --follow: once it ends)")
 	cmd.Flags().BoolVar(&withSSH, "ssh", false, "enable SSH access to the build's machine (see `hangar ssh ID`)")
 	cmd.Flags().StringArrayVar(&inputs, "input", nil, "a value for one of the workflow's inputs, KEY=VALUE (repeat for several; see `hangar workflow check`)")
+	cmd.Flags().StringArrayVar(&breaks, "ssh-break-before", nil, "pause the build before this step (its number, 1 for the first script, or its name; repeatable), with SSH open, until `hangar build continue ID` or `hangar-steps continue` in the machine (implies --ssh)")
 	return cmd
 }
 
@@ -201,6 +205,8 @@ func mark(s build.StepStatus) string {
 		return "-"
 	case build.StepRunning:
 		return "▶"
+	case build.StepPaused:
+		return "‖"
 	}
 	return "·"
 }
@@ -377,6 +383,26 @@ func buildCancelCmd(cf *clientFlags) *cobra.Command {
 				return err
 			}
 			fmt.Printf("Build %d %s\n", b.ID, b.Status)
+			return nil
+		},
+	}
+}
+
+func buildContinueCmd(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "continue ID",
+		Short: "Resume a build paused at a breakpoint (--ssh-break-before)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, c, err := cf.build(args[0])
+			if err != nil {
+				return err
+			}
+			b, err := c.ContinueBuild(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("Build %d %s: resumed\n", b.ID, b.Status)
 			return nil
 		},
 	}

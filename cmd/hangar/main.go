@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"github.com/hangar-ci/hangar/internal/api"
+	"github.com/hangar-ci/hangar/internal/builder"
 )
 
 // exitError ends the program with a code and no further message.
@@ -18,6 +20,10 @@ type exitError struct{ code int }
 func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 func main() {
+	// In a build machine the binary is also hangar-steps (~/.hangar/bin).
+	if filepath.Base(os.Args[0]) == "hangar-steps" {
+		os.Exit(builder.StepsMain(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	root := &cobra.Command{
 		Use:           "hangar",
 		Short:         "Hangar: CI builds on isolated machines you can SSH into",

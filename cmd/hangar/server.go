@@ -16,6 +16,8 @@ import (
 
 	hangarapp "github.com/hangar-ci/hangar/internal/app"
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/gateway"
+	"github.com/hangar-ci/hangar/internal/netx"
 )
 
 func serverCmd() *cobra.Command {
@@ -51,6 +53,9 @@ func serverCmd() *cobra.Command {
 					return fmt.Errorf("--instance-types %s: %w", instanceTypes, err)
 				}
 			}
+			if err := checkGatewayLimits(cfg); err != nil {
+				return err
+			}
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
@@ -78,8 +83,36 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.SSHPublicHost, "ssh-public-host", "", "host name users reach the gateway at (default: the host of the API request)")
 	f.DurationVar(&cfg.SSHAfterSteps, "ssh-after-steps", 20*time.Minute, "how long an SSH build's machine stays after its steps complete (bounded by max_build_duration)")
 	f.DurationVar(&cfg.SSHHandshake, "ssh-handshake-timeout", 10*time.Second, "time a client has from connecting to being authenticated at the gateway")
+	f.IntVar(&cfg.SSHMaxConns, "ssh-max-conns", gateway.DefaultMaxConns, "connections the SSH gateway holds at once, authenticated or not")
+	f.IntVar(&cfg.SSHMaxUnauthenticated, "ssh-max-unauthenticated", gateway.DefaultMaxUnauthenticated, "connections not yet authenticated that the gateway holds (at most half of --ssh-max-conns); when full, the oldest is closed for a new one")
+	f.IntVar(&cfg.SSHMaxUnauthenticatedPerSource, "ssh-max-unauthenticated-per-source", gateway.DefaultMaxUnauthenticatedPerSource, "the same, from one IP address")
+	f.DurationVar(&cfg.SSHAuthDelayMax, "ssh-auth-delay-max", netx.DefaultAuthDelayMax, "longest delay of the gateway's answer to a failed login; the delay doubles with each failure in a row from an address, from 100ms")
 	f.StringVar(&cfg.PublicURL, "public-url", "", "base URL users reach the API at, for one-line SSH commands (default: from the request)")
 	return cmd
+}
+
+// checkGatewayLimits validates the SSH gateway's bounds.
+func checkGatewayLimits(cfg hangarapp.Config) error {
+	for _, l := range []struct {
+		flag string
+		n    int
+	}{
+		{"--ssh-max-conns", cfg.SSHMaxConns},
+		{"--ssh-max-unauthenticated", cfg.SSHMaxUnauthenticated},
+		{"--ssh-max-unauthenticated-per-source", cfg.SSHMaxUnauthenticatedPerSource},
+	} {
+		if l.n < 1 {
+			return fmt.Errorf("%s %d: must be at least 1", l.flag, l.n)
+		}
+	}
+	if 2*cfg.SSHMaxUnauthenticated > cfg.SSHMaxConns {
+		return fmt.Errorf("--ssh-max-unauthenticated %d must be at most half of --ssh-max-conns %d, so that authenticated users keep room: lower it or raise --ssh-max-conns",
+			cfg.SSHMaxUnauthenticated, cfg.SSHMaxConns)
+	}
+	if cfg.SSHAuthDelayMax <= 0 {
+		return fmt.Errorf("--ssh-auth-delay-max %v: must be positive (e.g. 4s)", cfg.SSHAuthDelayMax)
+	}
+	return nil
 }
 
 // runServer runs the service until SIGINT or SIGTERM. The first signal

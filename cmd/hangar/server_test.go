@@ -5,7 +5,8 @@ import (
 	"testing"
 )
 
-func TestSandboxEgressFlags(t *testing.T) {
+// TestServerFlags: the flags that `hangar server` validates itself.
+func TestServerFlags(t *testing.T) {
 	for _, c := range []struct {
 		args []string
 		want string // error substring, "" for none
@@ -21,6 +22,10 @@ func TestSandboxEgressFlags(t *testing.T) {
 		{[]string{"--sandbox-egress-deny", "2001:db8::/32"}, "not IPv4"},
 		{[]string{"--sandbox-dns", "10.0.0.0/8"}, "want an IPv4 address"},
 		{[]string{"--sandbox-egress=off", "--sandbox-egress-allow", "10.1.2.3/32"}, "need --sandbox-egress=on"},
+		{[]string{"--ssh-max-conns", "100", "--ssh-max-unauthenticated", "50", "--ssh-max-unauthenticated-per-source", "5", "--ssh-auth-delay-max", "2s"}, ""},
+		{[]string{"--ssh-max-conns", "100"}, "at most half of --ssh-max-conns 100"},
+		{[]string{"--ssh-max-unauthenticated-per-source", "0"}, "--ssh-max-unauthenticated-per-source 0: must be at least 1"},
+		{[]string{"--ssh-auth-delay-max", "0s"}, "must be positive"},
 	} {
 		cmd := serverCmd()
 		// Parse and validate only: the command must fail before starting.

@@ -87,6 +87,11 @@ type StartRequest struct {
 	Branch   string `json:"branch,omitempty"`   // empty: the repository's default branch
 	// SSH asks for SSH access to the build's machine.
 	SSH bool `json:"ssh,omitempty"`
+	// SSHBreakBefore are steps (a script's number, 1 for the first, or its
+	// name) the build pauses before, with SSH open, until it is continued
+	// (POST /api/v1/builds/{id}/continue, or `hangar-steps continue` in the
+	// machine). They need SSH.
+	SSHBreakBefore []string `json:"ssh_break_before,omitempty"`
 	// Trigger may only be "manual" (the default): builds started through
 	// the API are manual. It exists to refuse SSH with anything else.
 	Trigger string `json:"trigger,omitempty"`

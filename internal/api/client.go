@@ -228,6 +228,15 @@ func (c *Client) CancelBuild(ctx context.Context, id int64) (*build.Build, error
 	return &out, nil
 }
 
+// ContinueBuild resumes build id, paused at a breakpoint.
+func (c *Client) ContinueBuild(ctx context.Context, id int64) (*build.Build, error) {
+	var out build.Build
+	if err := c.do(ctx, http.MethodPost, buildPath(id, "/continue"), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // MaxLogPage is the most lines Logs returns at once.
 const MaxLogPage = 100000
 

@@ -34,6 +34,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/machine/sandbox"
 	"github.com/hangar-ci/hangar/internal/runner"
 	"github.com/hangar-ci/hangar/internal/server"
+	"github.com/hangar-ci/hangar/internal/sshalgo"
 	"github.com/hangar-ci/hangar/internal/sshca"
 	"github.com/hangar-ci/hangar/internal/store"
 )
@@ -57,7 +58,13 @@ type Config struct {
 	SSHPublicHost      string
 	SSHAfterSteps      time.Duration
 	SSHHandshake       time.Duration
-	PublicURL          string
+	// The gateway's bounds (gateway.Gateway's fields of the same names;
+	// zero: its defaults).
+	SSHMaxConns                    int
+	SSHMaxUnauthenticated          int
+	SSHMaxUnauthenticatedPerSource int
+	SSHAuthDelayMax                time.Duration
+	PublicURL                      string
 	// InstanceTypes are the instance types workflows may pick; nil:
 	// build.DefaultInstanceTypes. New lowers their pids limits to fit
 	// MaxBuilds machines in the host's pid_max.
@@ -182,9 +189,13 @@ func New(cfg Config) (a *App, err error) {
 		if err != nil {
 			return nil, err
 		}
-		gwKey, err := sshca.LoadOrCreateKey(filepath.Join(keys, "gateway_host_key"), "hangar gateway")
+		gwKeyPath := filepath.Join(keys, "gateway_host_key")
+		gwKey, err := sshca.LoadOrCreateKey(gwKeyPath, "hangar gateway")
 		if err != nil {
 			return nil, err
+		}
+		if err := sshalgo.CheckHostKey(gwKey); err != nil {
+			return nil, fmt.Errorf("%s: %w; move it away to make a new one", gwKeyPath, err)
 		}
 		sealer, err := sshca.LoadOrCreateSealer(filepath.Join(keys, "seal.key"))
 		if err != nil {
@@ -197,7 +208,10 @@ func New(cfg Config) (a *App, err error) {
 		if a.sshLn, err = net.Listen("tcp", cfg.SSH); err != nil {
 			return nil, fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
 		}
-		a.gw = &gateway.Gateway{HostKey: gwKey, CA: ca.PublicKey(), Logger: log, HandshakeTimeout: cfg.SSHHandshake}
+		a.gw = &gateway.Gateway{HostKey: gwKey, CA: ca.PublicKey(), Logger: log, HandshakeTimeout: cfg.SSHHandshake,
+			MaxConns: cfg.SSHMaxConns, MaxUnauthenticated: cfg.SSHMaxUnauthenticated,
+			MaxUnauthenticatedPerSource: cfg.SSHMaxUnauthenticatedPerSource}
+		a.gw.AuthDelay.Max = cfg.SSHAuthDelayMax
 		a.linkSrv.Tunnels = a.gw
 		rcfg.SSH = &runner.SSHConfig{CA: ca, Sealer: sealer, Gateway: a.gw, Store: a.store, AfterSteps: cfg.SSHAfterSteps}
 		scfg.SSH = &server.SSHConfig{
@@ -210,6 +224,7 @@ func New(cfg Config) (a *App, err error) {
 	if a.gw != nil {
 		a.gw.Events = a.run.GatewayEvent
 	}
+	scfg.Continue = a.run.Continue
 	a.api = server.New(scfg)
 	if a.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
 		return nil, fmt.Errorf("--http %s: %w", cfg.HTTP, err)

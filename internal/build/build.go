@@ -42,6 +42,8 @@ const (
 	StepFailed   StepStatus = "failed"
 	StepSkipped  StepStatus = "skipped"
 	StepCanceled StepStatus = "canceled"
+	// StepPaused: the build waits before this step, at a breakpoint.
+	StepPaused StepStatus = "paused"
 )
 
 // Trigger says what started a build.
@@ -176,6 +178,9 @@ type Spec struct {
 	Event json.RawMessage `json:"event,omitempty"`
 	// Inputs are the build's input values (string, number or boolean).
 	Inputs map[string]any `json:"inputs,omitempty"`
+	// BreakBefore are the scripts (1: the first) the build pauses before,
+	// with SSH open, until it is continued.
+	BreakBefore []int `json:"break_before,omitempty"`
 }
 
 // SpecScript is one script of a Spec.

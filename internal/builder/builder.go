@@ -4,6 +4,7 @@
 package builder
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -54,10 +55,14 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	r, err := newRun(cfg, job, c)
+	if err == nil {
+		r.steps, err = newStepBook(r, hello.Name)
+	}
 	if err != nil {
 		_ = c.Send(link.Event{Type: link.Done, Failed: true, Error: err.Error()})
 		return c.Wait()
 	}
+	defer r.steps.close()
 	var access *sshAccess
 	if job.SSH != nil {
 		if access, err = r.startSSH(ctx, hello, job.SSH); err != nil {
@@ -78,6 +83,8 @@ func Run(ctx context.Context, cfg Config) error {
 // run is one job being executed.
 type run struct {
 	job   *link.Job
+	log   *slog.Logger
+	steps *stepBook // ~/.hangar/steps.json and breakpoints; nil in tests
 	send  func(link.Event) error
 	out   *outbox // steps' output, on its way to the runner
 	home  string
@@ -91,7 +98,10 @@ type run struct {
 }
 
 func newRun(cfg Config, job *link.Job, c *link.Client) (*run, error) {
-	r := &run{job: job, send: c.Send, out: newOutbox(c.Send, job.MaxOutput), home: cfg.Home, uid: -1, gid: -1}
+	r := &run{job: job, log: cfg.Logger, send: c.Send, out: newOutbox(c.Send, job.MaxOutput), home: cfg.Home, uid: -1, gid: -1}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
 	if r.home == "" {
 		return nil, errors.New("builder: HANGAR_HOME is not set")
 	}
@@ -133,8 +143,15 @@ func newRun(cfg Config, job *link.Job, c *link.Client) (*run, error) {
 	if path == "" {
 		path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	}
+	// hangar-steps (steps.go) is in ~/.hangar/bin, for steps and sessions;
+	// a login shell's /etc/profile sets its own PATH, so ~/.profile puts
+	// it back when the home has no profile of its own.
+	bin := filepath.Join(r.home, ".hangar", "bin")
+	if err := r.ensureProfile(bin); err != nil {
+		return nil, err
+	}
 	r.env = []string{
-		"PATH=" + path,
+		"PATH=" + bin + ":" + path,
 		"HOME=" + r.home,
 		"USER=" + userName,
 		"LOGNAME=" + userName,
@@ -172,13 +189,22 @@ func (r *run) chown(path string) error {
 
 // all runs every step in order and stops at the first failure.
 func (r *run) all(ctx context.Context) (failed bool, reason string) {
+	brk := breaks(r.job)
 	for i, st := range r.job.Steps {
+		if brk[i] {
+			if err := r.pauseBefore(ctx, i); err != nil {
+				return true, fmt.Sprintf("paused before step %q: %v", st.Name, err)
+			}
+		}
 		var err error
 		if i == 0 {
 			err = r.step(ctx, i, r.clone)
 		} else if why, serr := r.skip(st); serr != nil || why != "" {
 			if serr == nil {
 				_ = r.send(link.Event{Type: link.StepSkipped, Step: i, Text: why})
+				if r.steps != nil {
+					r.steps.update(i, func(s *StepState) { s.Status = "skipped" })
+				}
 				continue
 			}
 			err = r.step(ctx, i, func(context.Context, io.Writer) error { return serr })
@@ -229,6 +255,9 @@ func lookupEnv(env []string, name string) (string, bool) {
 // only once everything its processes wrote has been sent (see output.go).
 func (r *run) step(ctx context.Context, i int, fn func(context.Context, io.Writer) error) error {
 	_ = r.send(link.Event{Type: link.StepStart, Step: i})
+	if i == 0 && r.steps != nil {
+		r.steps.start(0, nil)
+	}
 	out, err := newStepOutput(r.out, i)
 	if err != nil {
 		return err
@@ -253,8 +282,26 @@ func (r *run) step(ctx context.Context, i int, fn func(context.Context, io.Write
 			ev.ExitCode = -1
 		}
 	}
+	if r.steps != nil {
+		status := "success"
+		if err != nil {
+			status = "failed"
+		}
+		r.steps.end(i, status, ev.ExitCode)
+	}
 	_ = r.send(ev)
 	return err
+}
+
+// pauseBefore holds the build at a breakpoint before step i, telling the
+// runner, until it is resumed.
+func (r *run) pauseBefore(ctx context.Context, i int) error {
+	who, err := r.steps.pause(ctx, i, func() { _ = r.send(link.Event{Type: link.Paused, Step: i}) })
+	if err != nil {
+		return err
+	}
+	_ = r.send(link.Event{Type: link.Resumed, Step: i, Text: who})
+	return nil
 }
 
 func (r *run) command(ctx context.Context, out io.Writer, dir string, env []string, name string, args ...string) *exec.Cmd {
@@ -303,13 +350,72 @@ func (r *run) clone(ctx context.Context, out io.Writer) error {
 	return nil
 }
 
-// script writes step i's script to ~/.hangar/steps and runs it.
-func (r *run) script(ctx context.Context, i int, st link.Step, out io.Writer) error {
+// scriptPath is where step i's script goes: ~/.hangar/steps/NN-name.sh.
+func (r *run) scriptPath(i int, st link.Step) string {
 	file := filepath.Base(st.File)
 	if st.File == "" || file == "." || file == "/" {
 		file = fmt.Sprintf("%02d-step.sh", i)
 	}
-	path := filepath.Join(r.home, ".hangar", "steps", file)
+	return filepath.Join(r.home, ".hangar", "steps", file)
+}
+
+// stepDir is the directory a script step runs in.
+func (r *run) stepDir(st link.Step) string {
+	switch {
+	case filepath.IsAbs(st.WorkingDirectory):
+		return st.WorkingDirectory
+	case st.WorkingDirectory != "":
+		return filepath.Join(r.dir, st.WorkingDirectory)
+	}
+	return r.dir
+}
+
+// writePrivate writes a file only the steps' user may read.
+func (r *run) writePrivate(path string, data []byte) error {
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return fmt.Errorf("builder: %w", err)
+	}
+	return r.chown(path)
+}
+
+// ensureProfile makes ~/.hangar/bin and puts it first on a login shell's
+// PATH: it adds a line to the profile bash reads (the first of
+// ~/.bash_profile, ~/.bash_login and ~/.profile; a new ~/.profile if there
+// is none). The home is the build's own.
+func (r *run) ensureProfile(bin string) error {
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return fmt.Errorf("builder: %w", err)
+	}
+	if err := r.chown(bin); err != nil {
+		return err
+	}
+	const line = "PATH=\"$HOME/.hangar/bin:$PATH\" # hangar-steps, added by Hangar's builder\n"
+	profile := filepath.Join(r.home, ".profile")
+	for _, name := range []string{".bash_profile", ".bash_login", ".profile"} {
+		if _, err := os.Lstat(filepath.Join(r.home, name)); err == nil {
+			profile = filepath.Join(r.home, name)
+			break
+		}
+	}
+	old, err := os.ReadFile(profile)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("builder: %w", err)
+	}
+	if bytes.Contains(old, []byte(line)) {
+		return nil
+	}
+	if len(old) > 0 && !bytes.HasSuffix(old, []byte("\n")) {
+		old = append(old, '\n')
+	}
+	if err := os.WriteFile(profile, append(old, line...), 0o644); err != nil {
+		return fmt.Errorf("builder: %w", err)
+	}
+	return r.chown(profile)
+}
+
+// script writes step i's script to ~/.hangar/steps and runs it.
+func (r *run) script(ctx context.Context, i int, st link.Step, out io.Writer) error {
+	path := r.scriptPath(i, st)
 	body := st.Script
 	if !strings.HasPrefix(body, "#!") {
 		body = "#!/usr/bin/env bash\n" + body
@@ -323,14 +429,11 @@ func (r *run) script(ctx context.Context, i int, st link.Step, out io.Writer) er
 	if err := r.chown(path); err != nil {
 		return err
 	}
-	dir := r.dir
-	switch {
-	case filepath.IsAbs(st.WorkingDirectory):
-		dir = st.WorkingDirectory
-	case st.WorkingDirectory != "":
-		dir = filepath.Join(r.dir, st.WorkingDirectory)
-	}
+	dir := r.stepDir(st)
 	env := mergeEnv(r.env, readEnvFile(r.cmEnv))
+	if r.steps != nil {
+		r.steps.start(i, env)
+	}
 	var cmd *exec.Cmd
 	if strings.HasPrefix(st.Script, "#!") {
 		cmd = r.command(ctx, out, dir, env, path)

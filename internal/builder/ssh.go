@@ -10,6 +10,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/hangar-ci/hangar/internal/link"
+	"github.com/hangar-ci/hangar/internal/sshalgo"
 	"github.com/hangar-ci/hangar/internal/sshca"
 	"github.com/hangar-ci/hangar/internal/sshd"
 )
@@ -60,7 +61,10 @@ func (r *run) startSSH(ctx context.Context, hello *link.Hello, js *link.JobSSH) 
 		MaxAuthTries:  6,
 		ServerVersion: "SSH-2.0-Hangar-builder",
 	}
-	cfg.AddHostKey(hostKey)
+	// The algorithms are Hangar's (sshd.Server fills them in).
+	if err := sshalgo.AddHostKey(cfg, hostKey); err != nil {
+		return nil, fmt.Errorf("builder: %w", err)
+	}
 	a.srv = &sshd.Server{
 		Config:     cfg,
 		Credential: r.cred,
@@ -110,6 +114,12 @@ func (r *run) commands(c *link.Client, a *sshAccess) {
 		cmd, err := c.Command()
 		if err != nil {
 			return
+		}
+		if cmd.Type == link.Continue {
+			if _, err := r.steps.cont(cmd.Text); err != nil {
+				r.log.Info("continue", "err", err)
+			}
+			continue
 		}
 		if a == nil {
 			continue

@@ -7,6 +7,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/hangar-ci/hangar/internal/link"
 	"github.com/hangar-ci/hangar/internal/netx"
+	"github.com/hangar-ci/hangar/internal/sshalgo"
 	"github.com/hangar-ci/hangar/internal/sshca"
 )
 
@@ -50,14 +52,29 @@ type Gateway struct {
 	// IdleTimeout closes a connection that moved no bytes for so long
 	// (default 15 minutes; the generated ssh_config sends keepalives).
 	IdleTimeout time.Duration
-	// MaxConns bounds open connections, authenticated or not (default 1024).
+	// MaxConns bounds open connections, authenticated or not
+	// (DefaultMaxConns if zero); further ones are closed at once.
 	MaxConns int
+	// MaxUnauthenticated bounds the connections that have not
+	// authenticated yet (DefaultMaxUnauthenticated if zero, at most half of
+	// MaxConns), and MaxUnauthenticatedPerSource those from one IP address
+	// (DefaultMaxUnauthenticatedPerSource if zero). A new connection always
+	// gets in: when a bound is reached, the oldest unauthenticated
+	// connection (of the source, or of all) is closed to make room, so that
+	// idle connections held from many addresses cannot shut a real user
+	// out. Authenticated connections are never closed for this.
+	MaxUnauthenticated          int
+	MaxUnauthenticatedPerSource int
+	// AuthDelay slows failed authentications by source address (the
+	// answer to each failure in a row waits twice as long, up to its Max);
+	// each failure is logged at info level. Set its fields before Serve.
+	AuthDelay netx.AuthDelay
 
 	// life holds the listeners and every open TCP connection, each until
 	// the goroutines serving it have returned.
 	life netx.Tracker
-	// handshaking counts unauthenticated connections by source.
-	handshaking netx.SourceLimit
+	// unauth counts and evicts unauthenticated connections.
+	unauth netx.PreAuth
 
 	mu      sync.Mutex
 	builds  map[string]*entry       // guarded by mu; by alias
@@ -260,7 +277,7 @@ func (g *Gateway) Routed(alias string) bool {
 	return e != nil && e.route != nil
 }
 
-func (g *Gateway) config() *ssh.ServerConfig {
+func (g *Gateway) config() (*ssh.ServerConfig, error) {
 	cfg := &ssh.ServerConfig{
 		MaxAuthTries: 6,
 		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
@@ -292,36 +309,69 @@ func (g *Gateway) config() *ssh.ServerConfig {
 		},
 		ServerVersion: "SSH-2.0-Hangar",
 	}
-	cfg.AddHostKey(g.HostKey)
-	return cfg
+	sshalgo.Server(cfg)
+	if err := sshalgo.AddHostKey(cfg, g.HostKey); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	return cfg, nil
 }
 
-// Serve accepts connections on l until Close or Shutdown; then it returns
-// ErrServerClosed. It closes l when it returns.
-func (g *Gateway) Serve(l net.Listener) error {
-	cfg := g.config()
-	maxConns := g.MaxConns
-	if maxConns <= 0 {
-		maxConns = 1024
-	}
-	return g.life.Serve(l, ErrServerClosed, func(nc net.Conn) {
-		handshook, ok := g.handshaking.Acquire(nc.RemoteAddr(), MaxHandshakesPerSource)
-		if !ok {
-			nc.Close()
+// authLog returns pc's AuthLogCallback: it logs each failed
+// authentication and slows its answer (see AuthDelay), cut short if pc is
+// evicted meanwhile; a success starts the source over. The "none" method
+// that clients try first is no failure.
+func (g *Gateway) authLog(pc *netx.Pending) func(ssh.ConnMetadata, string, error) {
+	return func(meta ssh.ConnMetadata, method string, err error) {
+		if method == "none" {
 			return
 		}
-		if err := g.life.Go(nc, maxConns, func(nc net.Conn) {
-			defer handshook()
-			g.handle(nc, cfg, handshook)
-		}); err != nil {
-			handshook()
+		if err == nil {
+			g.AuthDelay.Succeeded(meta.RemoteAddr())
+			return
 		}
+		n, wait := g.AuthDelay.Failed(meta.RemoteAddr())
+		// err is the callback's own reason or x/crypto's; neither carries
+		// key material.
+		g.log().Info("gateway: authentication failed", "remote", meta.RemoteAddr().String(), "user", meta.User(),
+			"method", method, "reason", err.Error(), "failures_in_a_row", n, "delay", wait)
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-pc.Evicted():
+		}
+	}
+}
+
+// Defaults of the Gateway's zero limits.
+const (
+	DefaultMaxConns                    = 1024
+	DefaultMaxUnauthenticated          = 256
+	DefaultMaxUnauthenticatedPerSource = 32
+)
+
+// Serve accepts connections on l until Close or Shutdown; then it returns
+// ErrServerClosed. It closes l when it returns. It refuses a HostKey that
+// is not ed25519.
+func (g *Gateway) Serve(l net.Listener) error {
+	cfg, err := g.config()
+	if err != nil {
+		l.Close()
+		return err
+	}
+	maxConns := cmp.Or(max(g.MaxConns, 0), DefaultMaxConns)
+	maxUnauth := min(cmp.Or(max(g.MaxUnauthenticated, 0), DefaultMaxUnauthenticated), max(maxConns/2, 1))
+	perSource := cmp.Or(max(g.MaxUnauthenticatedPerSource, 0), DefaultMaxUnauthenticatedPerSource)
+	return g.life.Serve(l, ErrServerClosed, func(nc net.Conn) {
+		_ = g.life.Go(nc, maxConns, func(nc net.Conn) {
+			g.handle(nc, cfg, g.unauth.Admit(nc, perSource, maxUnauth))
+		})
 	})
 }
 
-// MaxHandshakesPerSource bounds one address's connections that have not
-// authenticated yet, so that a single source cannot take every slot.
-const MaxHandshakesPerSource = 64
+// UnauthenticatedEvictions is the number of unauthenticated connections
+// closed to make room for newer ones.
+func (g *Gateway) UnauthenticatedEvictions() uint64 { return g.unauth.Evictions() }
 
 // Close closes the listeners and every connection now.
 func (g *Gateway) Close() error {
@@ -336,9 +386,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	return g.life.Shutdown(ctx)
 }
 
-// handle serves one TCP connection; handshook ends its count as
-// unauthenticated.
-func (g *Gateway) handle(nc net.Conn, cfg *ssh.ServerConfig, handshook func()) {
+// handle serves one TCP connection; pc counts it as unauthenticated
+// until its handshake ends.
+func (g *Gateway) handle(nc net.Conn, base *ssh.ServerConfig, pc *netx.Pending) {
 	hs := g.HandshakeTimeout
 	if hs <= 0 {
 		hs = 10 * time.Second
@@ -351,10 +401,16 @@ func (g *Gateway) handle(nc net.Conn, cfg *ssh.ServerConfig, handshook func()) {
 	ic := netx.NewIdleConn(nc, idle)
 	defer ic.Close()
 	_ = ic.SetDeadline(time.Now().Add(hs))
-	sc, chans, reqs, err := ssh.NewServerConn(ic, cfg)
-	handshook()
+	cfg := *base
+	cfg.AuthLogCallback = g.authLog(pc)
+	sc, chans, reqs, err := ssh.NewServerConn(ic, &cfg)
+	evicted := pc.Done()
 	if err != nil {
-		g.log().Debug("gateway handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+		g.log().Debug("gateway handshake failed", "remote", nc.RemoteAddr().String(), "evicted", evicted, "err", err)
+		return
+	}
+	if evicted { // it authenticated just as it was evicted: nc is closed
+		sc.Close()
 		return
 	}
 	_ = ic.SetDeadline(time.Time{})

@@ -29,8 +29,9 @@ func listen(t *testing.T) net.Listener {
 	return l
 }
 
-// setup starts a gateway and a link server that hands it builders' tunnels.
-func setup(t *testing.T) (*gateway.Gateway, *link.Server, *sshca.CA, string, string, string) {
+// setup starts a gateway and a link server that hands it builders' tunnels;
+// configure may change the gateway before it serves.
+func setup(t *testing.T, configure ...func(*gateway.Gateway)) (*gateway.Gateway, *link.Server, *sshca.CA, string, string, string) {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := sshca.LoadOrCreateCA(filepath.Join(dir, "ca"))
@@ -40,6 +41,9 @@ func setup(t *testing.T) (*gateway.Gateway, *link.Server, *sshca.CA, string, str
 	gwKey, _ := sshca.LoadOrCreateKey(filepath.Join(dir, "gw"), "gw")
 	linkKey, _ := sshca.LoadOrCreateKey(filepath.Join(dir, "link"), "link")
 	gw := &gateway.Gateway{HostKey: gwKey, CA: ca.PublicKey(), HandshakeTimeout: 2 * time.Second}
+	for _, f := range configure {
+		f(gw)
+	}
 	ls := &link.Server{HostKey: linkKey, Tunnels: gw, HandshakeTimeout: time.Second}
 	gl, ll := listen(t), listen(t)
 	go func() { _ = gw.Serve(gl) }()

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/hangar-ci/hangar/internal/sshalgo"
 )
 
 // ReadHello reads the runner's Hello from r (the builder's standard input).
@@ -57,6 +59,7 @@ func dialSSH(ctx context.Context, h *Hello) (net.Conn, ssh.Conn, <-chan ssh.NewC
 		HostKeyCallback: ssh.FixedHostKey(hostKey),
 		Timeout:         HandshakeTimeout,
 	}
+	sshalgo.Client(cfg)
 	d := net.Dialer{Timeout: HandshakeTimeout}
 	nc, err := d.DialContext(ctx, "tcp", h.Addr)
 	if err != nil {

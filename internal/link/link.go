@@ -76,6 +76,10 @@ type Job struct {
 	// MaxOutput is how many bytes of output the runner keeps at most; the
 	// builder sends no more (0: no limit). The runner enforces it anyway.
 	MaxOutput int64 `json:"max_output,omitempty"`
+	// BreakBefore are the steps (indexes of Steps, past the clone) the
+	// builder pauses before: it sends Paused, waits for Continue (or
+	// `hangar-steps continue` in the machine), then sends Resumed.
+	BreakBefore []int `json:"break_before,omitempty"`
 }
 
 // JobSSH configures an SSH build's access. The builder opens a second
@@ -98,6 +102,8 @@ const (
 	// event of Kind SSHRevoked; the runner waits for it (bounded) before it
 	// destroys the machine.
 	SSHClose = "ssh_close"
+	// Continue resumes a build paused at a breakpoint; Text says who asked.
+	Continue = "continue"
 )
 
 // SSHRevoked is the Kind of the SSH event that answers SSHClose.
@@ -139,6 +145,10 @@ const (
 	// of the step's step_start and step_end.
 	StepSkipped = "step_skipped"
 	Done        = "done"
+	// Paused: the build waits before Step (a breakpoint); Resumed: it goes
+	// on, Text says who resumed it.
+	Paused  = "paused"
+	Resumed = "resumed"
 	// SSH events: Kind is "tunnel_up", "tunnel_down", "login_start",
 	// "login_end", "connect", "disconnect" or "channel"; Text the detail.
 	SSH = "ssh"

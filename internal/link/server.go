@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/hangar-ci/hangar/internal/netx"
+	"github.com/hangar-ci/hangar/internal/sshalgo"
 )
 
 // HandshakeTimeout bounds a builder's TCP accept to an authenticated control
@@ -137,6 +138,10 @@ func (s *Server) logger() *slog.Logger {
 // Serve accepts links on l until Close or Shutdown; then it returns
 // ErrServerClosed. It closes l when it returns.
 func (s *Server) Serve(l net.Listener) error {
+	if err := sshalgo.CheckHostKey(s.HostKey); err != nil {
+		l.Close()
+		return fmt.Errorf("link: %w", err)
+	}
 	return s.life.Serve(l, ErrServerClosed, func(nc net.Conn) {
 		limit := MaxConnsPerSource
 		if netx.IsLoopback(nc.RemoteAddr()) {
@@ -182,7 +187,8 @@ func (s *Server) config() *ssh.ServerConfig {
 		},
 		MaxAuthTries: 3,
 	}
-	cfg.AddHostKey(s.HostKey)
+	sshalgo.Server(cfg)
+	cfg.AddHostKey(s.HostKey) // Serve checked it
 	return cfg
 }
 

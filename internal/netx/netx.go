@@ -2,7 +2,10 @@
 // builder link, the public SSH gateway, the builder's SSH server) share:
 // an accept loop, the set of listeners and connections, Close and
 // Shutdown(ctx) with net/http's semantics, an idle timeout for any
-// net.Conn and a bound on connections by source address.
+// net.Conn, a bound on connections by source address, and the defences of
+// a public server: unauthenticated connections bounded by evicting the
+// oldest (PreAuth), and failed authentications slowed by source
+// (AuthDelay).
 package netx
 
 import (

@@ -75,7 +75,7 @@ func (j *job) steps() *outcome {
 	// One byte past the cap, so that the log book sees the cap crossed
 	// and says so when the steps' output alone reaches it.
 	if err := j.conn.SendJob(&link.Job{Repo: j.repo, Origin: origin, Branch: b.Branch, Commit: b.Commit, Env: env, Vars: spec.Vars,
-		Event: spec.Event, Inputs: spec.Inputs, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes + 1}); err != nil {
+		Event: spec.Event, Inputs: spec.Inputs, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes + 1, BreakBefore: spec.BreakBefore}); err != nil {
 		return failed("lost the link to the builder")
 	}
 	j.flush = time.NewTicker(flushInterval)
@@ -139,6 +139,8 @@ func (j *job) next() (*link.Event, error) {
 		j.onGateway(gev)
 	case <-wake:
 		j.rules(access.Event{Kind: access.Tick, Time: j.r.clock.Now()})
+	case who := <-j.resume:
+		j.cont(who)
 	case ev, ok := <-j.events:
 		if !ok {
 			if j.ctx.Err() != nil {
@@ -195,5 +197,38 @@ func (j *job) handle(ev link.Event) {
 		j.save()
 	case link.SSH:
 		j.onBuilderSSH(ev)
+	case link.Paused:
+		if j.b.Steps[i].Status != build.StepPending || j.paused >= 0 {
+			return
+		}
+		j.paused = i
+		j.b.Steps[i].Status = build.StepPaused
+		j.logs.Printf(i, "hangar: the build is paused before step %d (%s), a breakpoint: SSH in and run `hangar-steps continue`, or use Continue on the build page (`hangar build continue %d`). The time paused counts towards max_build_duration.", ev.Step, j.b.Steps[i].Name, j.b.ID)
+		j.logs.Flush()
+		j.save()
+		j.log.Info("build paused", "step", i)
+	case link.Resumed:
+		if i != j.paused {
+			return
+		}
+		j.paused = -1
+		j.b.Steps[i].Status = build.StepPending
+		who := ev.Text
+		if who == "" {
+			who = "someone"
+		}
+		j.logs.Printf(i, "hangar: resumed by %s", who)
+		j.save()
+		j.log.Info("build resumed", "step", i, "by", who)
+	}
+}
+
+// cont passes a Continue request to the builder of a paused build.
+func (j *job) cont(who string) {
+	if j.paused < 0 || j.conn == nil {
+		return
+	}
+	if err := j.conn.Send(link.Command{Type: link.Continue, Text: who}); err != nil {
+		j.log.Warn("send continue", "err", err)
 	}
 }

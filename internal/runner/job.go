@@ -52,6 +52,11 @@ type job struct {
 	flush       *time.Ticker // log batching (not a rule: the system clock)
 
 	ssh *sshAccess // nil unless the build has SSH access
+
+	// resume takes Continue's requests (who asked); paused is the step the
+	// builder waits before (-1: none).
+	resume chan string
+	paused int
 }
 
 // outcome is how a phase ended the build: its status and message, or an
@@ -74,6 +79,8 @@ func (r *Runner) newJob(b *build.Build, spec []byte) *job {
 		logs:        newLogBook(r.cfg.Store, b.ID, log),
 		name:        build.Alias(b.ID),
 		stopReading: make(chan struct{}),
+		resume:      make(chan string, 1),
+		paused:      -1,
 	}
 }
 

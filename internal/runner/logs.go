@@ -67,11 +67,12 @@ type logBook struct {
 	full     bool             // the machine wrote more than max
 	diag     int64            // bytes of diagnostics logged
 	diagLine []byte           // the start of a diagnostics line not ended yet
+	burst    int              // the step whose last chunk filled up (-1: none)
 	now      func() time.Time // time.Now, settable in tests
 }
 
 func newLogBook(st LogStore, id int64, log *slog.Logger) *logBook {
-	return &logBook{store: st, id: id, log: log, max: MaxLogBytes, partial: make(map[int][]byte), now: time.Now}
+	return &logBook{store: st, id: id, log: log, max: MaxLogBytes, partial: make(map[int][]byte), burst: -1, now: time.Now}
 }
 
 // Printf adds the runner's own lines to step's log. They are kept even
@@ -99,7 +100,13 @@ func (l *logBook) Output(step int, data []byte) {
 		l.partial[step] = append(p, data...)
 	default:
 		if len(p) > 0 {
-			data = append(p, data...)
+			// End the unfinished line first, without copying the rest.
+			if i := bytes.IndexByte(data, '\n'); i >= 0 {
+				l.lines(step, append(p, data[:i+1]...))
+				p, data = p[:0], data[i+1:]
+			} else {
+				p, data = p[:0], append(p, data...)
+			}
 		}
 		end := bytes.LastIndexByte(data, '\n') + 1
 		l.lines(step, data[:end])
@@ -197,8 +204,14 @@ func (l *logBook) lines(step int, data []byte) {
 		if n := len(l.pending); n > 0 && l.pending[n-1].Step == step && len(l.pending[n-1].Data) < maxChunkBytes {
 			c = &l.pending[n-1]
 		} else {
+			// A step that filled its last chunk is in a burst: give the
+			// next one its full size at once rather than growing it.
+			size := min(len(data), maxChunkBytes)
+			if l.burst == step {
+				size = maxChunkBytes
+			}
 			l.pending = append(l.pending, build.LogChunk{Seq: l.seq + 1, Step: step, Time: l.now().UTC(),
-				Data: make([]byte, 0, min(len(data), maxChunkBytes)+link.MaxLine)})
+				Data: make([]byte, 0, size+link.MaxLine)})
 			l.step = step
 			l.buffered += chunkOverhead
 			c = &l.pending[len(l.pending)-1]
@@ -216,7 +229,12 @@ func (l *logBook) lines(step int, data []byte) {
 			block = block[:end]
 		}
 		data = data[len(block):]
-		if bytes.IndexByte(block, '\r') < 0 && longestLine(block) <= link.MaxLine {
+		if len(c.Data)+len(block) >= maxChunkBytes {
+			l.burst = step
+		} else if len(data) == 0 {
+			l.burst = -1
+		}
+		if bytes.IndexByte(block, '\r') < 0 && !hasLineOver(block, link.MaxLine) {
 			// The common case: the lines as they are.
 			n := bytes.Count(block, []byte{'\n'})
 			c.Data = append(c.Data, block...)
@@ -251,18 +269,19 @@ func (l *logBook) lines(step int, data []byte) {
 	}
 }
 
-// longestLine is the length of the longest line in data.
-func longestLine(data []byte) int {
-	longest := 0
-	for len(data) > 0 {
-		i := bytes.IndexByte(data, '\n')
+// hasLineOver reports whether a line in data is longer than n bytes. It
+// looks at the end of each n+1 bytes, not at every line: a window of n+1
+// bytes starting a line must hold a '\n', and the last one is near its end
+// when lines are short.
+func hasLineOver(data []byte, n int) bool {
+	for len(data) > n {
+		i := bytes.LastIndexByte(data[:n+1], '\n')
 		if i < 0 {
-			return max(longest, len(data))
+			return true
 		}
-		longest = max(longest, i)
 		data = data[i+1:]
 	}
-	return longest
+	return false
 }
 
 // Flush writes buffered lines to the store. What the store refuses stays

@@ -16,7 +16,7 @@ import (
 
 // newTestLog returns a log book of a new build in a real store, and the
 // store.
-func newTestLog(t *testing.T, logOut *bytes.Buffer) (*logBook, *store.Store) {
+func newTestLog(t testing.TB, logOut *bytes.Buffer) (*logBook, *store.Store) {
 	t.Helper()
 	st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
 	if err != nil {
@@ -185,5 +185,36 @@ func TestLogBookDiagnosticsBounded(t *testing.T) {
 	}
 	if l.taken != 1000000 {
 		t.Errorf("taken = %d, want 1000000", l.taken)
+	}
+}
+
+// verboseOutput is what the log benchmark's step prints: 1,000,000 short
+// lines (about 18 MB).
+func verboseOutput() []byte {
+	var data []byte
+	for i := 1; i <= 1000000; i++ {
+		data = fmt.Appendf(data, "line number %d\n", i)
+	}
+	return data
+}
+
+// BenchmarkLogBookOutput cuts a verbose step's output, arriving in 32 KiB
+// frames as from the link, into chunks and stores them in a real store:
+// the server's share of `go run ./bench -mode logs`.
+func BenchmarkLogBookOutput(b *testing.B) {
+	data := verboseOutput()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		b.StopTimer()
+		l, _ := newTestLog(b, nil)
+		b.StartTimer()
+		l.StartStep(1)
+		for rest := data; len(rest) > 0; {
+			n := min(len(rest), 32<<10)
+			l.Output(1, rest[:n])
+			rest = rest[n:]
+		}
+		l.EndStep(1)
+		l.Flush()
 	}
 }

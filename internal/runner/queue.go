@@ -91,3 +91,22 @@ func (r *Runner) cancelRequested(ctx context.Context) {
 		}
 	}
 }
+
+// ErrNotRunning is Continue's error for a build this runner does not run.
+var ErrNotRunning = errors.New("the build is not running")
+
+// Continue resumes build id if it is paused at a breakpoint; who asked is
+// written in its log. A build that is not paused ignores it.
+func (r *Runner) Continue(id int64, who string) error {
+	r.mu.Lock()
+	j := r.running[id]
+	r.mu.Unlock()
+	if j == nil {
+		return ErrNotRunning
+	}
+	select {
+	case j.resume <- who:
+	default: // one request is on its way already
+	}
+	return nil
+}

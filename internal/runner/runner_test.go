@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -728,3 +729,33 @@ var (
 	_ Store    = (*store.Store)(nil)
 	_ SSHStore = (*store.Store)(nil)
 )
+
+// TestBreakpoint: the builder pauses before a step; the build shows it,
+// Continue reaches the builder, and the step goes on.
+func TestBreakpoint(t *testing.T) {
+	e := newEnv(t, func(ctx context.Context, fb *fakeBuilder) {
+		if !fb.link(ctx) {
+			return
+		}
+		fb.step(0, 0, "Cloning")
+		fb.send(link.Event{Type: link.Paused, Step: 1})
+		cmd := fb.waitCommand(t, link.Continue, "tester")
+		fb.send(link.Event{Type: link.Resumed, Step: 1, Text: cmd.Text})
+		for i := 1; i < len(fb.job.Steps); i++ {
+			fb.step(i, 0, "running")
+		}
+		fb.done("")
+		fb.wait(ctx)
+	})
+	b := e.queue(false, time.Hour)
+	e.wait(b.ID, "the pause", func(b *build.Build) bool { return b.Steps[2].Status == build.StepPaused })
+	if err := e.r.Continue(b.ID, "tester"); err != nil {
+		t.Fatal(err)
+	}
+	b = e.ended(b.ID)
+	want(t, b, build.Finished, "", ok, ok, ok, ok, ok)
+	contains(t, "log", e.logs(b.ID), "hangar: the build is paused before step 1 (Greet)", "hangar: resumed by tester")
+	if err := e.r.Continue(b.ID, "tester"); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Continue of an ended build: %v", err)
+	}
+}

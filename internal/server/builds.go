@@ -4,13 +4,16 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/store"
+	"github.com/hangar-ci/hangar/internal/workflow"
 )
 
 // userError is an error whose message is meant for the API client.
@@ -36,6 +39,10 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 			msg = fmt.Sprintf("SSH access is only for manually triggered builds, not %q ones: leave out \"trigger\" or set it to \"manual\"", req.Trigger)
 		}
 		writeError(w, http.StatusUnprocessableEntity, msg)
+		return
+	}
+	if len(req.SSHBreakBefore) > 0 && !req.SSH {
+		writeError(w, http.StatusUnprocessableEntity, `a breakpoint ("ssh_break_before") holds the build for you to SSH in: ask for SSH access too ("ssh": true)`)
 		return
 	}
 	if req.SSH && s.cfg.SSH == nil {
@@ -79,7 +86,7 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 		starter = t.Name
 	}
 	b, err := s.createBuild(r.Context(), app, mirror, branch, commit, req.Workflow, &start{
-		trigger: build.Manual, starter: starter, ssh: req.SSH, inputs: req.Inputs})
+		trigger: build.Manual, starter: starter, ssh: req.SSH, inputs: req.Inputs, breaks: req.SSHBreakBefore})
 	var ue *userError
 	if errors.As(err, &ue) {
 		writeError(w, ue.code, ue.msg)
@@ -170,16 +177,22 @@ func (s *Server) cancelBuild(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Wait briefly so that the answer shows the ended build.
-	ch, unsub := s.cfg.Store.Subscribe(b.ID)
+	s.answerWhen(w, r, b.ID, func(nb *build.Build) bool { return nb.Status.Done() })
+}
+
+// answerWhen answers with build id once done says it has changed as asked
+// (200), or as it is after a while (202).
+func (s *Server) answerWhen(w http.ResponseWriter, r *http.Request, id int64, done func(*build.Build) bool) {
+	ch, unsub := s.cfg.Store.Subscribe(id)
 	defer unsub()
 	deadline := time.After(10 * time.Second)
 	for {
-		nb, err := s.cfg.Store.Build(r.Context(), b.ID)
+		nb, err := s.cfg.Store.Build(r.Context(), id)
 		if err != nil {
 			s.internal(w, "read build", err)
 			return
 		}
-		if nb.Status.Done() {
+		if done(nb) {
 			writeJSON(w, http.StatusOK, s.present(r, nb))
 			return
 		}
@@ -192,4 +205,53 @@ func (s *Server) cancelBuild(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// breakpoints resolves the steps a build pauses before, each a script's
+// number (1: the first) or name, to script numbers.
+func breakpoints(wf *workflow.Workflow, steps []string) ([]int, error) {
+	var out []int
+	for _, arg := range steps {
+		n := slices.IndexFunc(wf.Scripts, func(sc workflow.Script) bool { return strings.EqualFold(sc.Name, strings.TrimSpace(arg)) }) + 1
+		if n == 0 {
+			if v, err := strconv.Atoi(strings.TrimSpace(arg)); err == nil && v >= 1 && v <= len(wf.Scripts) {
+				n = v
+			}
+		}
+		if n == 0 {
+			var names []string
+			for i, sc := range wf.Scripts {
+				names = append(names, fmt.Sprintf("%d %q", i+1, sc.Name))
+			}
+			return nil, &userError{http.StatusBadRequest, fmt.Sprintf("no step %q to pause before in workflow %s: its steps are %s (give a number or a name)", arg, wf.ID, strings.Join(names, ", "))}
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// continueBuild resumes a build paused at a breakpoint.
+func (s *Server) continueBuild(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.lookupBuild(w, r)
+	if !ok {
+		return
+	}
+	paused := slices.IndexFunc(b.Steps, func(st build.Step) bool { return st.Status == build.StepPaused })
+	if b.Status.Done() || paused < 0 || s.cfg.Continue == nil {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d is not paused at a breakpoint (it is %s)", b.ID, b.Status))
+		return
+	}
+	who := "someone"
+	if t := tokenOf(r); t != nil {
+		who = t.Name
+	}
+	if err := s.cfg.Continue(b.ID, who+" (API)"); err != nil {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d: %v", b.ID, err))
+		return
+	}
+	// Wait briefly so that the answer shows the build going on.
+	s.answerWhen(w, r, b.ID, func(nb *build.Build) bool { return nb.Status.Done() || nb.Steps[paused].Status != build.StepPaused })
 }

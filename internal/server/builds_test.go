@@ -15,6 +15,7 @@ import (
 
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/store"
+	"github.com/hangar-ci/hangar/internal/workflow"
 )
 
 // TestCancelBuild: a queued build is canceled by the server in the store;
@@ -155,6 +156,33 @@ func TestSSHCommandOnlyForThoseWhoMayConnect(t *testing.T) {
 					t.Errorf("isolated=%v, %s as %s: SSH command shown %v, want %v", isolated, path, token, shown, want)
 				}
 			}
+		}
+	}
+}
+
+func TestBreakpoints(t *testing.T) {
+	wf := &workflow.Workflow{ID: "w", Scripts: []workflow.Script{{Name: "Build"}, {Name: "Test"}, {Name: "Ship"}}}
+	for _, c := range []struct {
+		args []string
+		want []int
+		err  string
+	}{
+		{nil, nil, ""},
+		{[]string{"2"}, []int{2}, ""},
+		{[]string{"ship", "1", "Build"}, []int{1, 3}, ""},
+		{[]string{"0"}, nil, `no step "0" to pause before in workflow w: its steps are 1 "Build", 2 "Test", 3 "Ship"`},
+		{[]string{"4"}, nil, `no step "4"`},
+		{[]string{"Deploy"}, nil, `no step "Deploy"`},
+	} {
+		got, err := breakpoints(wf, c.args)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%v: %v, want an error with %q", c.args, err, c.err)
+			}
+			continue
+		}
+		if err != nil || fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("%v: %v %v, want %v", c.args, got, err, c.want)
 		}
 	}
 }

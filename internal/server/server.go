@@ -73,6 +73,9 @@ type Config struct {
 	// InstanceTypes are the instance types workflows may name; nil:
 	// build.DefaultInstanceTypes. A build naming another fails at once.
 	InstanceTypes build.InstanceTypes
+	// Continue resumes a build paused at a breakpoint (the runner's;
+	// nil: none can be).
+	Continue func(id int64, who string) error
 }
 
 // Server serves the API. Create it with New.
@@ -116,6 +119,7 @@ func New(cfg Config) *Server {
 	m.HandleFunc("GET /api/v1/builds", s.auth(s.listBuilds))
 	m.HandleFunc("GET /api/v1/builds/{id}", s.auth(s.getBuild))
 	m.HandleFunc("POST /api/v1/builds/{id}/cancel", s.auth(s.cancelBuild))
+	m.HandleFunc("POST /api/v1/builds/{id}/continue", s.auth(s.continueBuild))
 	m.HandleFunc("GET /api/v1/builds/{id}/logs", s.auth(s.buildLogs))
 	m.HandleFunc("POST /api/v1/webhooks/{app}", s.webhook)
 	m.HandleFunc("GET /api/v1/builds/{id}/ssh/script", s.auth(s.sshScript))

@@ -30,6 +30,8 @@ type start struct {
 	// payload returns the webhook's payload decoded from JSON; nil for a
 	// build started by hand.
 	payload func() any
+	// breaks are the steps to pause before (--ssh-break-before).
+	breaks []string
 }
 
 // skippedError is a workflow not built because its when is false.
@@ -167,6 +169,9 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 			ss.Condition = sc.When.Condition.String()
 		}
 		spec.Scripts = append(spec.Scripts, ss)
+	}
+	if spec.BreakBefore, err = breakpoints(wf, st.breaks); err != nil {
+		return nil, err
 	}
 	if paths := wf.EventPaths(); len(paths) > 0 && st.payload != nil {
 		if spec.Event, err = json.Marshal(workflow.ProjectEvent(st.payload(), paths)); err != nil {

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/hangar-ci/hangar/internal/netx"
+	"github.com/hangar-ci/hangar/internal/sshalgo"
 )
 
 // Defaults used when the corresponding Server field is zero.
@@ -29,18 +30,6 @@ const (
 	DefaultHandshakeTimeout = 30 * time.Second
 	DefaultMaxConns         = 64
 )
-
-// DefaultCiphers are the ciphers offered when Config.Ciphers is empty: AES
-// only. The client picks the first of its own list that the server offers,
-// and OpenSSH lists chacha20-poly1305 first, which x/crypto implements
-// without assembly on amd64: it moves about half as many bytes per second
-// as AES-CTR and AES-GCM, which use AES-NI. (With these, OpenSSH picks
-// aes128-ctr; offering only the GCM ciphers is faster still, but shuts out
-// old clients.)
-var DefaultCiphers = []string{
-	"aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
-	"aes128-ctr", "aes192-ctr", "aes256-ctr",
-}
 
 // ErrServerClosed is returned by Serve after CloseAll, Close or Shutdown.
 var ErrServerClosed = errors.New("sshd: server closed")
@@ -50,8 +39,9 @@ var ErrServerClosed = errors.New("sshd: server closed")
 // refuses every connection (Config is nil).
 type Server struct {
 	// Config holds the host key and the authentication callbacks. nil
-	// refuses every connection. When its Ciphers is empty the server offers
-	// DefaultCiphers instead of x/crypto's defaults.
+	// refuses every connection. Its algorithm lists that are empty (key
+	// exchanges, ciphers, MACs, user key algorithms) are Hangar's
+	// (package sshalgo), not x/crypto's defaults.
 	Config *ssh.ServerConfig
 	// Credential is who sessions run as (uid, gid, supplementary groups);
 	// nil: the server's own user.
@@ -213,12 +203,7 @@ func (s *Server) serveConn(nc net.Conn, id uint64) {
 	// x/crypto/ssh has no context for the handshake, and nc may not support
 	// deadlines (it can be a tunnelled channel): close it when time is up.
 	timer := time.AfterFunc(timeout, func() { nc.Close() })
-	cfg := s.Config
-	if len(cfg.Ciphers) == 0 {
-		withCiphers := *cfg
-		withCiphers.Ciphers = DefaultCiphers
-		cfg = &withCiphers
-	}
+	cfg := withAlgorithms(s.Config)
 	sc, chans, reqs, err := ssh.NewServerConn(tc, cfg)
 	if !timer.Stop() {
 		if sc != nil {
@@ -254,6 +239,28 @@ func (s *Server) serveConn(nc net.Conn, id uint64) {
 		why = werr.Error()
 	}
 	s.emit(c.id, EventDisconnect, why)
+}
+
+// withAlgorithms returns cfg, or a copy whose empty algorithm lists are
+// Hangar's.
+func withAlgorithms(cfg *ssh.ServerConfig) *ssh.ServerConfig {
+	if len(cfg.KeyExchanges) > 0 && len(cfg.Ciphers) > 0 && len(cfg.MACs) > 0 && len(cfg.PublicKeyAuthAlgorithms) > 0 {
+		return cfg
+	}
+	var algos ssh.ServerConfig
+	sshalgo.Server(&algos)
+	or := func(have, def []string) []string {
+		if len(have) > 0 {
+			return have
+		}
+		return def
+	}
+	c := *cfg
+	c.KeyExchanges = or(c.KeyExchanges, algos.KeyExchanges)
+	c.Ciphers = or(c.Ciphers, algos.Ciphers)
+	c.MACs = or(c.MACs, algos.MACs)
+	c.PublicKeyAuthAlgorithms = or(c.PublicKeyAuthAlgorithms, algos.PublicKeyAuthAlgorithms)
+	return &c
 }
 
 // noticeTimeout bounds how long Notice and CloseAll wait for slow clients.

@@ -127,6 +127,7 @@ CREATE TABLE IF NOT EXISTS log_chunks (
 	step INTEGER NOT NULL,
 	time INTEGER NOT NULL,
 	data BLOB NOT NULL,
+	encoding TEXT NOT NULL DEFAULT '',
 	PRIMARY KEY (build_id, first)
 );
 CREATE TABLE IF NOT EXISTS tokens (
@@ -496,6 +497,15 @@ func migrate(db *sql.DB) error {
 			return fmt.Errorf("migrate: add builds.cancel_requested: %w", err)
 		}
 	}
+	err = db.QueryRow(`SELECT count(*) FROM pragma_table_info('log_chunks') WHERE name = 'encoding'`).Scan(&n)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if n == 0 {
+		if _, err := db.Exec(`ALTER TABLE log_chunks ADD COLUMN encoding TEXT NOT NULL DEFAULT ''`); err != nil {
+			return fmt.Errorf("migrate: add log_chunks.encoding: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -674,7 +684,7 @@ func (s *Store) AppendLog(ctx context.Context, id int64, chunks []build.LogChunk
 	}
 	defer tx.Rollback()
 	// A chunk written again (a retry after an error) changes nothing.
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO log_chunks (build_id, first, last, step, time, data) VALUES ($1, $2, $3, $4, $5, $6)
+	stmt, err := tx.PrepareContext(ctx, `INSERT INTO log_chunks (build_id, first, last, step, time, data, encoding) VALUES ($1, $2, $3, $4, $5, $6, $7)
 		ON CONFLICT (build_id, first) DO NOTHING`)
 	if err != nil {
 		return fmt.Errorf("append log: %w", err)
@@ -684,7 +694,8 @@ func (s *Store) AppendLog(ctx context.Context, id int64, chunks []build.LogChunk
 		if c.Lines < 1 {
 			continue
 		}
-		if _, err := stmt.ExecContext(ctx, id, c.Seq, c.Seq+int64(c.Lines)-1, c.Step, ms(c.Time), c.Data); err != nil {
+		data, enc := encodeChunk(c.Data)
+		if _, err := stmt.ExecContext(ctx, id, c.Seq, c.Seq+int64(c.Lines)-1, c.Step, ms(c.Time), data, enc); err != nil {
 			return fmt.Errorf("append log: %w", err)
 		}
 	}
@@ -702,7 +713,7 @@ func (s *Store) Logs(ctx context.Context, id, after int64, limit int) ([]build.L
 		// The chunk holding line after+1 starts at the greatest first not
 		// past it: start the range there (the primary key's order), not at
 		// the build's first chunk.
-		rows, err := s.db.QueryContext(ctx, `SELECT first, step, time, data FROM log_chunks
+		rows, err := s.db.QueryContext(ctx, `SELECT first, step, time, data, encoding FROM log_chunks
 			WHERE build_id = $1 AND last > $2 AND first >= coalesce((SELECT max(first) FROM log_chunks WHERE build_id = $1 AND first <= $2 + 1), 0)
 			ORDER BY first LIMIT 16`, id, after)
 		if err != nil {
@@ -714,9 +725,14 @@ func (s *Store) Logs(ctx context.Context, id, after int64, limit int) ([]build.L
 			var first, t int64
 			var step int
 			var data []byte
-			if err := rows.Scan(&first, &step, &t, &data); err != nil {
+			var enc string
+			if err := rows.Scan(&first, &step, &t, &data, &enc); err != nil {
 				rows.Close()
 				return nil, err
+			}
+			if data, err = decodeChunk(data, enc); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("build %d: log chunk at line %d: %w", id, first, err)
 			}
 			tm := time.UnixMilli(t).UTC()
 			seq := first

@@ -1,7 +1,10 @@
 package store
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -95,13 +98,7 @@ func TestAppsAndBuilds(t *testing.T) {
 func TestLogs(t *testing.T) {
 	ctx := context.Background()
 	s := open(t)
-	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
-		t.Fatal(err)
-	}
-	b := &build.Build{App: "a", Status: build.Queued, Trigger: build.Manual, Steps: []build.Step{}}
-	if err := s.CreateBuild(ctx, b, nil); err != nil {
-		t.Fatal(err)
-	}
+	b := newBuild(t, s, build.Queued)
 	// 2500 lines in chunks of 1 to 7 lines, steps changing between chunks.
 	var chunks []build.LogChunk
 	for seq := 1; seq <= 2500; {
@@ -225,19 +222,11 @@ func TestCancelBuild(t *testing.T) {
 // TestMigrateCancelRequested opens a database made before builds had
 // cancel_requested.
 func TestMigrateCancelRequested(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "old.db")
-	s, err := OpenSQLite(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.db.Exec(`ALTER TABLE builds DROP COLUMN cancel_requested`); err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
-	if s, err = OpenSQLite(path); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := migrated(t, func(old *Store) {
+		if _, err := old.db.Exec(`ALTER TABLE builds DROP COLUMN cancel_requested`); err != nil {
+			t.Fatal(err)
+		}
+	})
 	if _, err := s.CancelRequests(context.Background()); err != nil {
 		t.Errorf("after migration: %v", err)
 	}
@@ -245,33 +234,20 @@ func TestMigrateCancelRequested(t *testing.T) {
 
 func TestMigrateLogLines(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "old.db")
-	s, err := OpenSQLite(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
-		t.Fatal(err)
-	}
-	b := &build.Build{App: "a", Status: build.Finished, Trigger: build.Manual, Steps: []build.Step{}}
-	if err := s.CreateBuild(ctx, b, nil); err != nil {
-		t.Fatal(err)
-	}
-	// The one-row-per-line table of earlier versions.
-	if _, err := s.db.Exec(`CREATE TABLE logs (build_id INTEGER NOT NULL, seq INTEGER NOT NULL, step INTEGER NOT NULL,
+	var b *build.Build
+	s := migrated(t, func(old *Store) {
+		b = newBuild(t, old, build.Finished)
+		// The one-row-per-line table of earlier versions.
+		if _, err := old.db.Exec(`CREATE TABLE logs (build_id INTEGER NOT NULL, seq INTEGER NOT NULL, step INTEGER NOT NULL,
 		time INTEGER NOT NULL, text TEXT NOT NULL, PRIMARY KEY (build_id, seq))`); err != nil {
-		t.Fatal(err)
-	}
-	for i := 1; i <= 3; i++ {
-		if _, err := s.db.Exec(`INSERT INTO logs VALUES ($1, $2, $3, $4, $5)`, b.ID, i, i%2, 1000*i, fmt.Sprintf("old line %d", i)); err != nil {
 			t.Fatal(err)
 		}
-	}
-	s.Close()
-	if s, err = OpenSQLite(path); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+		for i := 1; i <= 3; i++ {
+			if _, err := old.db.Exec(`INSERT INTO logs VALUES ($1, $2, $3, $4, $5)`, b.ID, i, i%2, 1000*i, fmt.Sprintf("old line %d", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
 	lines, err := s.Logs(ctx, b.ID, 0, 10)
 	if err != nil || len(lines) != 3 {
 		t.Fatalf("after migration: %d lines, %v", len(lines), err)
@@ -341,4 +317,102 @@ func TestFailInterrupted(t *testing.T) {
 	if n, err := s.FailInterrupted(ctx, "again"); err != nil || n != 0 {
 		t.Errorf("second FailInterrupted: %d %v", n, err)
 	}
+}
+
+// TestLogChunksCompressed: output that repeats itself is stored smaller,
+// output that does not is stored as it is, and both read back the same.
+func TestLogChunksCompressed(t *testing.T) {
+	ctx := context.Background()
+	s := open(t)
+	b := newBuild(t, s, build.Queued)
+	var verbose []byte
+	for i := 1; i <= 1000; i++ {
+		verbose = fmt.Appendf(verbose, "Compiling module %d of 1000\n", i)
+	}
+	random := make([]byte, 3000)
+	rand.Read(random)
+	noise := []byte(base64.StdEncoding.EncodeToString(random) + "\n")
+	chunks := []build.LogChunk{
+		{Seq: 1, Lines: 1000, Step: 1, Time: time.Now(), Data: verbose},
+		{Seq: 1001, Lines: 1, Step: 1, Time: time.Now(), Data: noise},
+	}
+	if err := s.AppendLog(ctx, b.ID, chunks); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		first int64
+		enc   string
+		max   int
+	}{{1, encodingS2, len(verbose) / 4}, {1001, "", len(noise)}} {
+		var enc string
+		var n int
+		if err := s.db.QueryRow(`SELECT encoding, length(data) FROM log_chunks WHERE build_id = $1 AND first = $2`, b.ID, c.first).Scan(&enc, &n); err != nil {
+			t.Fatal(err)
+		}
+		if enc != c.enc || n > c.max {
+			t.Errorf("chunk at line %d stored as %q, %d bytes; want %q, at most %d", c.first, enc, n, c.enc, c.max)
+		}
+	}
+	lines, err := s.Logs(ctx, b.ID, 0, 2000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for _, l := range lines {
+		got = append(append(got, l.Text...), '\n')
+	}
+	if want := append(bytes.Clone(verbose), noise...); !bytes.Equal(got, want) {
+		t.Errorf("read back %d bytes in %d lines, want the %d bytes written", len(got), len(lines), len(want))
+	}
+}
+
+func TestMigrateLogEncoding(t *testing.T) {
+	var b *build.Build
+	s := migrated(t, func(old *Store) {
+		b = newBuild(t, old, build.Finished)
+		// The uncompressed chunks of the version before.
+		if _, err := old.db.Exec(`ALTER TABLE log_chunks DROP COLUMN encoding`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := old.db.Exec(`INSERT INTO log_chunks (build_id, first, last, step, time, data) VALUES ($1, 1, 2, 0, 0, $2)`, b.ID, []byte("one\ntwo\n")); err != nil {
+			t.Fatal(err)
+		}
+	})
+	lines, err := s.Logs(context.Background(), b.ID, 0, 10)
+	if err != nil || len(lines) != 2 || lines[0].Text != "one" || lines[1].Text != "two" {
+		t.Fatalf("after migration: %+v, %v", lines, err)
+	}
+}
+
+// migrated opens a new database, lets makeOld turn it into one an earlier
+// version made, and opens it again (migrating it).
+func migrated(t *testing.T, makeOld func(*Store)) *Store {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "old.db")
+	old, err := OpenSQLite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	makeOld(old)
+	old.Close()
+	s, err := OpenSQLite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// newBuild creates app "a" and a build of it with status.
+func newBuild(t *testing.T, s *Store, status build.Status) *build.Build {
+	t.Helper()
+	ctx := context.Background()
+	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
+		t.Fatal(err)
+	}
+	b := &build.Build{App: "a", Status: status, Trigger: build.Manual, Steps: []build.Step{}}
+	if err := s.CreateBuild(ctx, b, nil); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

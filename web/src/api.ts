@@ -1,7 +1,7 @@
 // The REST API of `hangar server` (docs/api.md), as the UI uses it.
 
 export type BuildStatus = 'queued' | 'preparing' | 'building' | 'finished' | 'failed' | 'canceled' | 'timeout';
-export type StepStatus = 'pending' | 'running' | 'success' | 'failed' | 'skipped' | 'canceled';
+export type StepStatus = 'pending' | 'running' | 'success' | 'failed' | 'skipped' | 'canceled' | 'paused';
 export type SSHState = 'pending' | 'ready' | 'connected' | 'closed';
 
 export interface App {
@@ -237,6 +237,7 @@ export const api = {
   startBuild: (b: { app: string; workflow?: string; branch?: string; ssh: boolean; inputs?: Record<string, InputValue> }) =>
     send<Build>('POST', '/api/v1/builds', b) as Promise<Build>,
   cancel: (id: number) => send<Build>('POST', `/api/v1/builds/${id}/cancel`),
+  resume: (id: number) => send<Build>('POST', `/api/v1/builds/${id}/continue`),
   sshScript: (id: number, shell: 'bash' | 'powershell') =>
     getText(`/api/v1/builds/${id}/ssh/script${shell === 'powershell' ? '?shell=powershell' : ''}`),
   sshAccess: async (id: number): Promise<SSHAccess> => {

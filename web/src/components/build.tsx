@@ -167,6 +167,7 @@ export function BuildPage({ id }: { id: number }) {
       </dl>
       {build.message ? <Alert kind={build.status === 'finished' ? 'info' : build.status === 'canceled' ? 'warn' : 'error'}>{build.message}</Alert> : null}
       {trouble ? <Alert kind="warn">{trouble}</Alert> : null}
+      <PausedNotice build={build} />
       {build.ssh?.enabled ? <SSHPanel build={build} now={now} /> : null}
       <StepsAndLog build={build} logs={logs.current} now={now} />
       <CancelDialog open={canceling} onClose={closeCancel} build={build} />
@@ -205,6 +206,8 @@ function StepsAndLog({ build, logs, now }: { build: Build; logs: Map<number, Ste
         ? step.reason
           ? `This step was skipped: ${step.reason}.`
           : 'This step was skipped.'
+        : step.status === 'paused'
+          ? 'The build is paused before this step.'
         : step.status === 'running'
           ? 'Waiting for output…'
           : 'This step printed nothing.';
@@ -308,5 +311,36 @@ function CancelDialog({ open, onClose, build }: { open: boolean; onClose: () => 
         </div>
       </div>
     </Dialog>
+  );
+}
+
+// PausedNotice says that the build waits at a breakpoint, and resumes it.
+function PausedNotice({ build }: { build: Build }) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState('');
+  const i = build.steps.findIndex((s) => s.status === 'paused');
+  if (i < 0 || ended(build.status)) return null;
+  const resume = async () => {
+    setBusy(true);
+    setError('');
+    try {
+      await api.resume(build.id);
+    } catch (e) {
+      setError(e instanceof Error ? e.message : String(e));
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <div class="alert alert-info paused" role="status" data-testid="paused">
+      <p>
+        Paused before <strong>{build.steps[i].name}</strong>, a breakpoint. Connect with SSH to look around; <code>hangar-steps continue</code> in
+        the machine or the button resumes the build. The time paused counts towards the build's maximum duration.
+      </p>
+      <button type="button" class="btn btn-primary" onClick={resume} disabled={busy}>
+        {busy ? 'Resuming…' : 'Continue build'}
+      </button>
+      {error ? <Alert>{error}</Alert> : null}
+    </div>
   );
 }

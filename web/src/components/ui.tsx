@@ -25,6 +25,7 @@ const icons: Record<string, string> = {
   failed: '✕',
   canceled: '⊘',
   skipped: '–',
+  paused: '⏸',
   timeout: '⏱',
 };
 
@@ -49,6 +50,7 @@ export const stepStatusText: Record<StepStatus, string> = {
   failed: 'Failed',
   skipped: 'Skipped',
   canceled: 'Canceled',
+  paused: 'Paused',
 };
 
 async function copyText(text: string): Promise<boolean> {

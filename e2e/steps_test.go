@@ -1,0 +1,74 @@
+package e2e
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hangar-ci/hangar/internal/build"
+)
+
+// TestSSHBreakpointsAndSteps: a build paused before two steps, resumed once
+// through the API and once with hangar-steps in the machine; then its
+// failed step is run again with hangar-steps, with the variables an
+// earlier step exported and its working directory, and gives the same
+// output and exit code.
+func TestSSHBreakpointsAndSteps(t *testing.T) {
+	f := newSSHFixture(t, "hgstep0", "10.213.84.0/24", "10m")
+	// --ssh-break-before implies --ssh.
+	b := f.start("--workflow debug --ssh-break-before 1 --ssh-break-before Breaks")
+	if !b.SSH.Enabled {
+		t.Fatalf("a build with a breakpoint has no SSH: %+v", b.SSH)
+	}
+	waitLog(t, f.fixture, b.ID, "paused before step 1 (Export)")
+	if got := f.show(b.ID).Steps[2].Status; got != build.StepPaused {
+		t.Fatalf("step Export is %s while the build waits before it", got)
+	}
+	if r := f.hangar(fmt.Sprintf("build continue %d", b.ID)); r.Code != 0 {
+		t.Fatalf("build continue: %s", r.Stderr)
+	}
+	waitLog(t, f.fixture, b.ID, "paused before step 2 (Breaks)")
+	f.waitSSH(b.ID)
+	script := f.script(b.ID)
+
+	r := f.run("bash", script, "hangar-steps")
+	if r.Code != 0 || !strings.Contains(r.Stdout, "paused before step 2") || !regexp.MustCompile(`1\s+Export\s+success\s+0`).MatchString(r.Stdout) {
+		t.Errorf("hangar-steps list: %d\n%s%s", r.Code, r.Stdout, r.Stderr)
+	}
+	// A login shell finds it too (its /etc/profile sets its own PATH).
+	if r := f.run("bash", script, "bash -lc 'command -v hangar-steps'"); r.Code != 0 {
+		t.Errorf("a login shell has no hangar-steps: %s %s", r.Stdout, r.Stderr)
+	}
+	if r := f.run("bash", script, "hangar-steps", "continue"); r.Code != 0 || !strings.Contains(r.Stdout, "step 2 (Breaks)") {
+		t.Fatalf("hangar-steps continue: %d %s %s", r.Code, r.Stdout, r.Stderr)
+	}
+	waitLog(t, f.fixture, b.ID, "hangar: resumed by hangar-steps continue")
+	waitLog(t, f.fixture, b.ID, "var=from-step-one dir=sub")
+	if r := f.run("bash", script, "hangar-steps", "continue"); r.Code != 1 || !strings.Contains(r.Stderr, "not paused") {
+		t.Errorf("hangar-steps continue when not paused: %d %s %s", r.Code, r.Stdout, r.Stderr)
+	}
+
+	// The failed step, again, as the build ran it.
+	r = f.run("bash", script, "hangar-steps", "run", "2")
+	if r.Code != 3 || r.Stdout != "var=from-step-one dir=sub\n" {
+		t.Errorf("hangar-steps run 2: exit %d, stdout %q, stderr %q; want 3, the step's own output", r.Code, r.Stdout, r.Stderr)
+	}
+	if r := f.run("bash", script, "hangar-steps", "env", "Breaks"); !strings.Contains(r.Stdout, "E2E_STEP_VAR=from-step-one\n") {
+		t.Errorf("hangar-steps env Breaks: %s %s", r.Stdout, r.Stderr)
+	}
+	if r := f.run("bash", script, "hangar-steps", "run", "9"); r.Code != 2 || !strings.Contains(r.Stderr, "numbered 1 to 2") {
+		t.Errorf("hangar-steps run 9: %d %s", r.Code, r.Stderr)
+	}
+	got := f.show(b.ID)
+	if s := got.Steps[3]; s.Status != build.StepFailed || s.ExitCode == nil || *s.ExitCode != 3 {
+		t.Errorf("step Breaks: %+v", s)
+	}
+	logs := f.hangar(fmt.Sprintf("build logs %d", b.ID)).Stdout
+	if !strings.Contains(logs, "resumed by admin (API)") {
+		t.Errorf("the log does not say who resumed the first pause:\n%s", logs)
+	}
+	f.hangar(fmt.Sprintf("build cancel %d", b.ID))
+	f.wait(b.ID, 2*time.Minute)
+}
