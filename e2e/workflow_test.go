@@ -87,8 +87,16 @@ func TestWorkflowFeatures(t *testing.T) {
 	s := harness.StartServer(t, harness.Options{Driver: "host"})
 	f := &fixture{t: t, s: s, run: marker(), driver: "host"}
 	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": strings.ReplaceAll(featuresFile, "{{run}}", f.run)})
-	if r := s.Hangar("app", "add", "demo", "--repo", f.repo.Path, "--webhook-secret", "s3cret"); r.Code != 0 {
+	r := s.Hangar("app", "add", "demo", "--repo", f.repo.Path, "--webhook-secret", "s3cret")
+	if r.Code != 0 {
 		t.Fatalf("app add: %s", r.Stderr)
+	}
+	// app add says, before any build, what Hangar makes of the file.
+	for _, want := range []string{"codemagic.yaml (branch main at", "Workflow features (Features)", "    3. Export",
+		"inputs: flavor (choice, default dev)", "artifacts: artifacts are not collected yet", "no scripts: the build fetches the sources and ends"} {
+		if !strings.Contains(r.Stdout, want) {
+			t.Errorf("app add does not say %q:\n%s", want, r.Stdout)
+		}
 	}
 
 	// An input that is not declared, or of the wrong type, is refused.
