@@ -30,11 +30,12 @@ import (
 // repository for app "demo" (webhook secret "s3cret"); no runner, so
 // builds stay queued and their specs can be read.
 type hookEnv struct {
-	t    *testing.T
-	st   *store.Store
-	srv  *httptest.Server
-	repo string // bare repository
-	work string
+	t     *testing.T
+	spool string // the server's SpoolDir
+	st    *store.Store
+	srv   *httptest.Server
+	repo  string // bare repository
+	work  string
 }
 
 func newHookEnv(t *testing.T, yaml string) *hookEnv {
@@ -45,7 +46,10 @@ func newHookEnv(t *testing.T, yaml string) *hookEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	e := &hookEnv{t: t, st: st, repo: filepath.Join(dir, "repo.git"), work: filepath.Join(dir, "work")}
+	e := &hookEnv{t: t, st: st, repo: filepath.Join(dir, "repo.git"), work: filepath.Join(dir, "work"), spool: filepath.Join(dir, "spool")}
+	if err := os.Mkdir(e.spool, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	e.git("", "init", "--quiet", "--bare", "--initial-branch", "main", e.repo)
 	e.git("", "clone", "--quiet", e.repo, e.work)
 	e.git(e.work, "checkout", "--quiet", "-b", "main")
@@ -57,7 +61,7 @@ func newHookEnv(t *testing.T, yaml string) *hookEnv {
 	if err := st.AddToken(ctx, HashToken("secret"), store.Token{Name: "admin", Admin: true}); err != nil {
 		t.Fatal(err)
 	}
-	e.srv = httptest.NewServer(New(Config{Store: st, Mirrors: &gitrepo.Mirrors{Dir: filepath.Join(dir, "mirrors")},
+	e.srv = httptest.NewServer(New(Config{Store: st, Mirrors: &gitrepo.Mirrors{Dir: filepath.Join(dir, "mirrors")}, SpoolDir: e.spool,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
 	t.Cleanup(e.srv.Close)
 	return e
@@ -359,6 +363,15 @@ func TestWebhookBodies(t *testing.T) {
 	if code, _ := post(bytes.NewReader(body), int64(len(body)), sign("wrong", body)); code != http.StatusUnauthorized {
 		t.Errorf("wrong secret: %d", code)
 	}
+	e.spoolEmpty()
+}
+
+// spoolEmpty checks that no spooled body is left.
+func (e *hookEnv) spoolEmpty() {
+	e.t.Helper()
+	if left, _ := os.ReadDir(e.spool); len(left) != 0 {
+		e.t.Errorf("%d spooled webhook bodies left in %s", len(left), e.spool)
+	}
 }
 
 type zeros struct{}
@@ -560,6 +573,7 @@ func TestWebhookBadSignatureMemory(t *testing.T) {
 		}
 	}
 	runtime.ReadMemStats(&after)
+	e.spoolEmpty()
 	allocated := after.TotalAlloc - before.TotalAlloc
 	t.Logf("%d posts of %d MiB: %.1f MiB allocated", posts, size>>20, float64(allocated)/(1<<20))
 	if limit := uint64(posts * size / 5); allocated > limit {

@@ -63,6 +63,10 @@ type Config struct {
 	// MaxHookReads is how many webhook bodies are read at once before
 	// their signature is checked; default 4.
 	MaxHookReads int
+	// SpoolDir is where the part of a webhook body past 64 KiB waits for
+	// its signature to be checked (on disk: a tmpfs /tmp would hold it in
+	// memory); default os.TempDir().
+	SpoolDir string
 	SSH          *SSHConfig // nil: no SSH builds
 	Metrics      http.Handler
 	// Driver and Isolated describe the machines, for /api/v1/info.

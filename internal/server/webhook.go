@@ -323,7 +323,7 @@ func (s *Server) readSigned(w http.ResponseWriter, r *http.Request, secret strin
 	// A connection that cannot take a deadline is read without one.
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(hookRead))
 	mac := hmac.New(sha256.New, []byte(secret))
-	sp := &spool{}
+	sp := &spool{dir: s.cfg.SpoolDir}
 	defer sp.close()
 	_, err := io.Copy(io.MultiWriter(mac, sp), http.MaxBytesReader(w, r.Body, s.cfg.MaxHook))
 	var mbe *http.MaxBytesError
@@ -360,6 +360,7 @@ var spoolBuffers = sync.Pool{New: func() any { b := make([]byte, 0, hookMemory);
 // spool keeps the first hookMemory bytes written to it in memory and the
 // rest in a temporary file. close returns its buffer.
 type spool struct {
+	dir  string // for the file; "": os.TempDir()
 	mem  *[]byte
 	file *os.File
 }
@@ -374,7 +375,7 @@ func (sp *spool) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	if sp.file == nil {
-		f, err := os.CreateTemp("", "hangar-webhook-*")
+		f, err := os.CreateTemp(sp.dir, "hangar-webhook-*")
 		if err != nil {
 			return 0, err
 		}
