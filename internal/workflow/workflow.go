@@ -3,11 +3,14 @@
 // workflows a webhook event triggers.
 //
 // Parse turns the file into Workflows: the scripts Hangar runs, their
-// variables, the time limit and the triggering rules. Sections that Hangar
-// accepts but does not act on (publishing, artifacts, cache, ...)
-// never fail a file; they are listed in Workflow.Ignored so that a user can be
-// told. Every validation error is an *Error that names the file, the line and
-// column of the offending node, what is wrong and what is expected.
+// variables, inputs and when rules (conditions in Codemagic's expression
+// language, ParseCondition, and changesets), the time limit and the
+// triggering rules. Sections that Hangar accepts but does not act on
+// (publishing, artifacts, cache, ...) never fail a file; they are listed in
+// Workflow.Ignored, and Workflow.Report says per workflow what runs, what is
+// honoured and what is not supported, so that a user can be told before a
+// build. Every validation error is an *Error that names the file, the line
+// and column of the offending node, what is wrong and what is expected.
 package workflow
 
 import (
