@@ -147,3 +147,31 @@ func FuzzCondition(f *testing.F) {
 		c.Eval(Context{Env: func(string) (string, bool) { return "x", true }, Event: map[string]any{"a": []any{1.0}}})
 	})
 }
+
+func FuzzExpand(f *testing.F) {
+	for _, s := range []string{"$A/${B}", "pa$$word", "${", "$", "${A}x$1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		none := func(string) (string, bool) { return "", false }
+		if got := Expand(s, none); got != s {
+			t.Fatalf("Expand(%q) with nothing set = %q", s, got)
+		}
+		Expand(s, func(string) (string, bool) { return "v", true })
+	})
+}
+
+func FuzzPathMatch(f *testing.F) {
+	f.Add("**/*.md", "docs/a.md")
+	f.Add("android/", "android/app")
+	f.Fuzz(func(t *testing.T, pattern, file string) {
+		PathMatch(pattern, file)
+		if len(file) <= maxGlobPattern && !strings.ContainsAny(file, "*?[]\\") && file != "" && !strings.HasPrefix(file, "./") && !PathMatch(file, file) {
+			if _, err := validPattern(file); err == nil {
+				t.Fatalf("PathMatch(%q, itself) = false", file)
+			}
+		}
+	})
+}
+
+func validPattern(p string) (string, error) { return p, validPathPattern(p) }

@@ -61,7 +61,7 @@ func (c *Changeset) Describe() string {
 // in a pattern, * and ? and [a-z] match within one path segment and **
 // any number of segments ("**/*.md" matches README.md and docs/a/b.md).
 func PathMatch(pattern, file string) bool {
-	pattern = strings.TrimPrefix(strings.TrimSpace(pattern), "./")
+	pattern = strings.TrimPrefix(pattern, "./")
 	pattern = strings.TrimSuffix(pattern, "/")
 	if pattern == "" || pattern == "." || pattern == "**" {
 		return true
