@@ -11,10 +11,11 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages: the sandbox driver (runc, sudo, iptables, iproute2), git for
 # repositories, curl for `make run` and the one-line SSH command, OpenSSH's
 # client; for the tests also netcat, tmux, rsync, Chromium, python3 (the
-# seccomp tests call syscalls through it) and ssh-audit (the SSH servers'
-# algorithm tests run it).
+# seccomp tests call syscalls through it), ssh-audit (the SSH servers'
+# algorithm tests run it) and PostgreSQL (the store's tests and an e2e test
+# start their own server from its binaries).
 RUN_PACKAGES  := git runc sudo iptables iproute2 curl procps openssh-client rsync ca-certificates
-TEST_PACKAGES := $(RUN_PACKAGES) netcat-openbsd tmux chromium fonts-dejavu-core python3 ssh-audit
+TEST_PACKAGES := $(RUN_PACKAGES) netcat-openbsd tmux chromium fonts-dejavu-core python3 ssh-audit postgresql
 
 .PHONY: all build run test deps testdeps vet staticcheck gotest uideps ui bench clean
 
@@ -42,8 +43,10 @@ staticcheck:
 uideps:
 	cd e2e/ui && npm ci --no-audit --no-fund
 
+# HANGAR_TEST_POSTGRES=require: a test that needs PostgreSQL fails, rather
+# than skips, where its binaries are missing.
 gotest: uideps
-	$(GO) test -race -timeout 25m ./...
+	HANGAR_TEST_POSTGRES=require $(GO) test -race -timeout 25m ./...
 
 # Rebuild the committed web UI bundle from web/src (go build alone serves it).
 ui:

@@ -190,8 +190,8 @@ type fixture struct {
 	bridge string // sandbox: the server's bridge
 }
 
-func newFixture(t *testing.T, driver string) *fixture {
-	args := []string{}
+func newFixture(t *testing.T, driver string, serverArgs ...string) *fixture {
+	args := serverArgs
 	if driver == "sandbox" {
 		if os.Geteuid() != 0 {
 			t.Skip("the sandbox driver needs root")

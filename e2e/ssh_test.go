@@ -176,6 +176,18 @@ func TestSSH(t *testing.T) {
 		if r := f.s.HangarEnv(env, "ssh", id, "--", "exit 7"); r.Code != 7 {
 			t.Errorf("hangar ssh 'exit 7': %d %q", r.Code, r.Stderr)
 		}
+		// Without an ID, in a checkout of the app's repository: the newest
+		// SSH build of its branch.
+		clone := filepath.Join(t.TempDir(), "clone")
+		if out, err := exec.Command("git", "clone", "-q", f.repo.Path, clone).CombinedOutput(); err != nil {
+			t.Fatalf("git clone: %v %s", err, out)
+		}
+		if r := f.s.HangarIn(clone, env, "ssh", "--", "printenv", "FCI_BUILD_DIR"); r.Code != 0 || r.Stdout != "/home/builder/clone\n" || !strings.Contains(r.Stderr, fmt.Sprintf("(build %d), branch main", b.ID)) {
+			t.Errorf("hangar ssh without an ID: %d %q %q", r.Code, r.Stdout, r.Stderr)
+		}
+		if r := f.s.HangarIn(t.TempDir(), env, "ssh"); r.Code == 0 || !strings.Contains(r.Stderr, "not a git checkout") {
+			t.Errorf("hangar ssh without an ID outside a checkout: %d %q", r.Code, r.Stderr)
+		}
 	})
 
 	dir := filepath.Join(t.TempDir(), "cfg")
@@ -374,8 +386,27 @@ func TestSSHInteractive(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if nb := f.show(b.ID); nb.Status != build.Building || nb.SSH.ExpiresAt == nil {
+	// The steps are done; the machine waits for its user, and says so.
+	if nb := f.show(b.ID); nb.Status != build.WaitingForSSH || nb.SSH.ExpiresAt == nil {
 		t.Fatalf("after the steps: %s, ssh %+v", nb.Status, nb.SSH)
+	}
+	if r := f.hangar(fmt.Sprintf("build show %d", b.ID)); !strings.Contains(r.Stdout, "Status:   waiting for SSH (") || !strings.Contains(r.Stdout, "Connect:  hangar ssh "+strconv.FormatInt(b.ID, 10)) {
+		t.Errorf("build show while waiting for SSH: %d\n%s%s", r.Code, r.Stdout, r.Stderr)
+	}
+	// More time: never past max_build_duration (this window reaches it
+	// already: the request is recorded and the log says so).
+	if r := f.hangar(fmt.Sprintf("build ssh-extend %d --by 1m", b.ID)); r.Code != 0 || !strings.Contains(r.Stdout, "SSH:      ready, until") {
+		t.Errorf("ssh-extend --by 1m: %d %s %s", r.Code, r.Stdout, r.Stderr)
+	}
+	if r := f.hangar(fmt.Sprintf("build ssh-extend %d --by 2h", b.ID)); r.Code != 0 {
+		t.Errorf("ssh-extend --by 2h: %d %s", r.Code, r.Stderr)
+	}
+	if xb := f.show(b.ID); xb.SSH.ExpiresAt.After(xb.StartedAt.Add(10 * time.Minute)) {
+		t.Errorf("extended past max_build_duration: %s, started %s", xb.SSH.ExpiresAt, xb.StartedAt)
+	}
+	evs := f.hangar(fmt.Sprintf("build events %d", b.ID)).Stdout
+	if strings.Count(evs, "ssh_extended") != 2 {
+		t.Errorf("events: want two ssh_extended:\n%s", evs)
 	}
 	oneLiner := f.show(b.ID).SSH.Command
 	session := "hangar-e2e-" + marker()

@@ -18,7 +18,7 @@ import (
 
 func buildCmd(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "build", Short: "Start, follow and inspect builds"}
-	cmd.AddCommand(buildStartCmd(cf), buildShowCmd(cf), buildLogsCmd(cf), buildListCmd(cf), buildCancelCmd(cf), buildContinueCmd(cf),
+	cmd.AddCommand(buildStartCmd(cf), buildShowCmd(cf), buildLogsCmd(cf), buildListCmd(cf), buildCancelCmd(cf), buildContinueCmd(cf), buildSSHExtendCmd(cf),
 		buildSSHScriptCmd(cf), buildSSHConfigCmd(cf), buildEventsCmd(cf))
 	return cmd
 }
@@ -44,7 +44,7 @@ func exitFor(b *build.Build) error {
 	if b.Message != "" {
 		msg = ": " + b.Message
 	}
-	fmt.Fprintf(os.Stderr, "hangar: build %d %s%s\n", b.ID, b.Status, msg)
+	fmt.Fprintf(os.Stderr, "hangar: %s (build %d) %s%s\n", b.Name(), b.ID, b.Status, msg)
 	return &exitError{code: 1}
 }
 
@@ -76,7 +76,7 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 				return printJSON(b)
 			}
 			if !asJSON {
-				fmt.Printf("Build %d of %s: workflow %s, branch %s at %.10s\n", b.ID, b.App, b.Workflow, b.Branch, b.Commit)
+				fmt.Printf("%s (build %d): workflow %s, branch %s at %.10s\n", b.Name(), b.ID, b.Workflow, b.Branch, b.Commit)
 			}
 			if !follow {
 				if b.Status.Done() {
@@ -189,7 +189,7 @@ func followBuild(ctx context.Context, c *api.Client, id int64, out io.Writer) (*
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(out, "Build %d %s in %s\n", b.ID, b.Status, buildDuration(b))
+	fmt.Fprintf(out, "%s (build %d) %s in %s\n", b.Name(), b.ID, b.Status, buildDuration(b))
 	return b, nil
 }
 
@@ -256,12 +256,13 @@ func buildShowCmd(cf *clientFlags) *cobra.Command {
 			if asJSON {
 				return printJSON(b)
 			}
-			fmt.Printf("Build %d (#%d of %s)\n", b.ID, b.Number, b.App)
+			fmt.Printf("%s (build %d)\n", b.Name(), b.ID)
 			fmt.Printf("Workflow: %s (%s)\nBranch:   %s at %.10s\nTrigger:  %s\nStatus:   %s\nDuration: %s\n",
-				b.WorkflowName, b.Workflow, b.Branch, b.Commit, b.Trigger, b.Status, buildDuration(b))
+				b.WorkflowName, b.Workflow, b.Branch, b.Commit, b.Trigger, statusLine(b, time.Now()), buildDuration(b))
 			if b.Message != "" {
 				fmt.Printf("Message:  %s\n", b.Message)
 			}
+			printSSH(os.Stdout, b, time.Now())
 			if len(b.Steps) > 0 {
 				fmt.Println("Steps:")
 				tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
@@ -382,7 +383,7 @@ func buildCancelCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Printf("Build %d %s\n", b.ID, b.Status)
+			fmt.Printf("%s (build %d) %s\n", b.Name(), b.ID, b.Status)
 			return nil
 		},
 	}
@@ -402,8 +403,75 @@ func buildContinueCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Printf("Build %d %s: resumed\n", b.ID, b.Status)
+			fmt.Printf("%s (build %d) %s: resumed\n", b.Name(), b.ID, statusLine(b, time.Now()))
 			return nil
 		},
 	}
+}
+
+// statusLine is a build's status in words, with the time left while it
+// waits for its SSH user.
+func statusLine(b *build.Build, now time.Time) string {
+	st := string(b.Status)
+	if b.Status == build.WaitingForSSH {
+		st = "waiting for SSH"
+		if b.SSH.ExpiresAt != nil {
+			st += fmt.Sprintf(" (%s left)", b.SSH.ExpiresAt.Sub(now).Round(time.Second))
+		}
+	}
+	return st
+}
+
+// printSSH prints an SSH build's access: its state, until when and why,
+// who is connected, how to connect.
+func printSSH(w io.Writer, b *build.Build, now time.Time) {
+	if !b.SSH.Enabled {
+		return
+	}
+	a := b.SSH
+	line := string(a.State)
+	switch {
+	case a.State == build.SSHClosed && a.ClosedReason != "":
+		line += ": " + a.ClosedReason
+	case a.State != build.SSHClosed && a.ExpiresAt != nil:
+		line += fmt.Sprintf(", until %s (%s left", a.ExpiresAt.UTC().Format("15:04 UTC"), a.ExpiresAt.Sub(now).Round(time.Second))
+		if a.ExpiresBecause != "" {
+			line += ": " + a.ExpiresBecause
+		}
+		line += ")"
+	}
+	if a.Connections > 0 {
+		line += fmt.Sprintf(", %d connected", a.Connections)
+	}
+	fmt.Fprintf(w, "SSH:      %s\n", line)
+	if a.State != build.SSHClosed && !b.Status.Done() {
+		fmt.Fprintf(w, "Connect:  hangar ssh %d\n", b.ID)
+		if a.Command != "" {
+			fmt.Fprintf(w, "          or: %s\n", a.Command)
+		}
+	}
+}
+
+func buildSSHExtendCmd(cf *clientFlags) *cobra.Command {
+	var by time.Duration
+	cmd := &cobra.Command{
+		Use:   "ssh-extend ID --by 10m",
+		Short: "Give a build's SSH access more time (never past its max_build_duration)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, c, err := cf.build(args[0])
+			if err != nil {
+				return err
+			}
+			b, err := c.ExtendSSH(cmd.Context(), id, by)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%s (build %d) %s\n", b.Name(), b.ID, statusLine(b, time.Now()))
+			printSSH(os.Stdout, b, time.Now())
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&by, "by", 10*time.Minute, "how much more time")
+	return cmd
 }

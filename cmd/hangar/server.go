@@ -18,6 +18,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/gateway"
 	"github.com/hangar-ci/hangar/internal/netx"
+	"github.com/hangar-ci/hangar/internal/store"
 )
 
 func serverCmd() *cobra.Command {
@@ -31,6 +32,11 @@ func serverCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg.SandboxEgress = bool(egress)
+			if cfg.Database != "" {
+				if err := store.CheckURL(cfg.Database); err != nil {
+					return fmt.Errorf("--%w", err)
+				}
+			}
 			var err error
 			if cfg.SandboxEgressAllow, err = parseNetworks("--sandbox-egress-allow", egressAllow); err != nil {
 				return err
@@ -67,6 +73,7 @@ func serverCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&cfg.HTTP, "http", "127.0.0.1:8080", "address of the HTTP API")
 	f.StringVar(&cfg.Data, "data", "./hangar-data", "data directory (database, tokens, keys, repository mirrors)")
+	f.StringVar(&cfg.Database, "database", "", "PostgreSQL URL, e.g. postgres://hangar@db.example.com/hangar?sslmode=verify-full, password in PGPASSWORD or ~/.pgpass (default: SQLite in the data directory, <data>/hangar.db)")
 	f.StringVar(&cfg.Driver, "driver", "auto", "machine driver: sandbox (isolated, needs root and runc), host (no isolation), or auto")
 	f.IntVar(&cfg.MaxBuilds, "max-builds", 10, "builds that run at once")
 	f.Var(&egress, "sandbox-egress", "on: sandbox machines reach public IPv4 addresses (NAT; never the host, other machines, private, CGNAT or link-local networks); off: nothing outside")

@@ -26,6 +26,8 @@ func TestServerFlags(t *testing.T) {
 		{[]string{"--ssh-max-conns", "100"}, "at most half of --ssh-max-conns 100"},
 		{[]string{"--ssh-max-unauthenticated-per-source", "0"}, "--ssh-max-unauthenticated-per-source 0: must be at least 1"},
 		{[]string{"--ssh-auth-delay-max", "0s"}, "must be positive"},
+		{[]string{"--database", "postgres://hangar@db.example.com/hangar"}, ""},
+		{[]string{"--database", "mysql://hangar:secret@db.example.com/hangar"}, "--database: want a PostgreSQL URL"},
 	} {
 		cmd := serverCmd()
 		// Parse and validate only: the command must fail before starting.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hangar-ci/hangar/internal/api"
+	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/gitrepo"
 )
 
 // writeAccess writes key, certificate, known_hosts and config into dir and
@@ -108,19 +111,26 @@ func buildSSHConfigCmd(cf *clientFlags) *cobra.Command {
 
 func sshCmd(cf *clientFlags) *cobra.Command {
 	return &cobra.Command{
-		Use:   "ssh ID [-- COMMAND...]",
-		Short: "Open an SSH session on a build's machine (or run COMMAND there)",
-		Args:  cobra.MinimumNArgs(1),
+		Use:   "ssh [ID] [-- COMMAND...]",
+		Short: "Open an SSH session on a build's machine (or run COMMAND there); without ID, the newest SSH build of this repository's branch",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
-			if err != nil {
-				return err
-			}
 			if _, err := exec.LookPath("ssh"); err != nil {
 				return errors.New("hangar ssh needs OpenSSH's ssh client (apt-get install openssh-client)")
 			}
 			c, err := cf.client()
 			if err != nil {
+				return err
+			}
+			var id int64
+			if dash := cmd.ArgsLenAtDash(); len(args) == 0 || dash == 0 {
+				b, err := newestSSHBuild(cmd.Context(), c, ".")
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "hangar: %s (build %d), branch %s\n", b.Name(), b.ID, b.Branch)
+				id = b.ID
+				args = append([]string{""}, args...)
+			} else if id, err = parseID(args[0]); err != nil {
 				return err
 			}
 			a, err := c.SSHAccess(cmd.Context(), id)
@@ -218,4 +228,51 @@ func tokenCmd(cf *clientFlags) *cobra.Command {
 	create.Flags().BoolVar(&admin, "admin", false, "an admin token (all apps, tokens)")
 	cmd.AddCommand(create)
 	return cmd
+}
+
+// newestSSHBuild is the newest build with SSH access still open of the
+// app whose repository the git checkout at dir comes from (any of its
+// remotes), on the checkout's branch.
+func newestSSHBuild(ctx context.Context, c *api.Client, dir string) (*build.Build, error) {
+	gitOut := func(args ...string) (string, error) {
+		out, err := exec.CommandContext(ctx, "git", append([]string{"-C", dir}, args...)...).Output()
+		return strings.TrimSpace(string(out)), err
+	}
+	branch, err := gitOut("symbolic-ref", "--short", "HEAD")
+	if err != nil {
+		return nil, errors.New("no build ID given and this is not a git checkout on a branch: give the build's ID (see `hangar build list`)")
+	}
+	remotes, _ := gitOut("remote")
+	ids := map[string]bool{}
+	for _, r := range strings.Fields(remotes) {
+		if u, err := gitOut("remote", "get-url", r); err == nil {
+			ids[gitrepo.Identity(u)] = true
+		}
+	}
+	apps, err := c.Apps(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, a := range apps {
+		if ids[gitrepo.Identity(a.Repo)] {
+			names = append(names, a.Name)
+		}
+	}
+	if len(names) == 0 {
+		return nil, errors.New("no build ID given and no app of this server builds this checkout's repository (its remotes): give the build's ID (see `hangar build list`)")
+	}
+	for _, app := range names {
+		list, err := c.Builds(ctx, app, 100)
+		if err != nil {
+			return nil, err
+		}
+		for i := range list {
+			b := &list[i]
+			if b.Branch == branch && b.SSH.Enabled && b.SSH.State != build.SSHClosed && !b.Status.Done() {
+				return b, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("no build of %s on branch %s has SSH access open: start one with `hangar build start %s --branch %s --ssh`", strings.Join(names, ", "), branch, names[0], branch)
 }

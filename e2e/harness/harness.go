@@ -268,9 +268,17 @@ func (s *Server) Hangar(args ...string) Result {
 // HangarEnv runs the CLI with extra environment (e.g. another token).
 func (s *Server) HangarEnv(env []string, args ...string) Result {
 	s.t.Helper()
+	return s.HangarIn("", env, args...)
+}
+
+// HangarIn runs the CLI in directory dir ("": the test's), with extra
+// environment.
+func (s *Server) HangarIn(dir string, env []string, args ...string) Result {
+	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, Binary(s.t), args...)
+	cmd.Dir = dir
 	cmd.Env = append(append(os.Environ(), "HANGAR_SERVER="+s.URL, "HANGAR_DATA=/nonexistent"), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -101,6 +101,11 @@ type StartRequest struct {
 	Inputs map[string]any `json:"inputs,omitempty"`
 }
 
+// ExtendRequest asks for more SSH time: By is a duration ("10m", "1h").
+type ExtendRequest struct {
+	By string `json:"by"`
+}
+
 // End is the data of the "end" event of a live log: the build has ended
 // and every line was sent.
 type End struct {

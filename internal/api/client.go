@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hangar-ci/hangar/internal/build"
 )
@@ -232,6 +233,16 @@ func (c *Client) CancelBuild(ctx context.Context, id int64) (*build.Build, error
 func (c *Client) ContinueBuild(ctx context.Context, id int64) (*build.Build, error) {
 	var out build.Build
 	if err := c.do(ctx, http.MethodPost, buildPath(id, "/continue"), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ExtendSSH gives build id's SSH access by more time (never past its
+// max_build_duration).
+func (c *Client) ExtendSSH(ctx context.Context, id int64, by time.Duration) (*build.Build, error) {
+	var out build.Build
+	if err := c.do(ctx, http.MethodPost, buildPath(id, "/ssh/extend"), ExtendRequest{By: by.String()}, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil

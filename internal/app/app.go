@@ -41,8 +41,10 @@ import (
 
 // Config is `hangar server`'s configuration (its flags).
 type Config struct {
-	HTTP      string
-	Data      string
+	HTTP string
+	Data string
+	// Database is a PostgreSQL URL; empty: SQLite in Data (hangar.db).
+	Database  string
 	Driver    string
 	MaxBuilds int
 	// SandboxEgress lets sandbox machines reach public addresses; the
@@ -137,10 +139,18 @@ func New(cfg Config) (a *App, err error) {
 		return nil, fmt.Errorf("find the hangar binary: %w", err)
 	}
 
-	if a.store, err = store.OpenSQLite(filepath.Join(data, "hangar.db")); err != nil {
+	ctx := context.Background()
+	if cfg.Database != "" {
+		a.store, err = store.Open(ctx, cfg.Database)
+	} else {
+		a.store, err = store.OpenSQLite(filepath.Join(data, "hangar.db"))
+	}
+	if err != nil {
 		return nil, err
 	}
-	ctx := context.Background()
+	if err := a.store.LockServer(ctx); err != nil {
+		return nil, err
+	}
 	if err := ensureAdminToken(ctx, a.store, data); err != nil {
 		return nil, err
 	}
@@ -233,7 +243,7 @@ func New(cfg Config) (a *App, err error) {
 	if a.gw != nil {
 		a.gw.Events = a.run.GatewayEvent
 	}
-	scfg.Continue = a.run.Continue
+	scfg.Continue, scfg.Extend = a.run.Continue, a.run.Extend
 	a.api = server.New(scfg)
 	if a.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
 		return nil, fmt.Errorf("--http %s: %w", cfg.HTTP, err)

@@ -4,6 +4,7 @@ package build
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -20,6 +21,10 @@ const (
 	Failed    Status = "failed"
 	Canceled  Status = "canceled"
 	Timeout   Status = "timeout"
+	// WaitingForSSH is how the API shows a building SSH build whose steps
+	// are all done: its machine waits for its user until the SSH window
+	// ends. The store keeps it as Building (see ShownStatus).
+	WaitingForSSH Status = "waiting_for_ssh"
 )
 
 // Done reports whether s is a final state.
@@ -205,3 +210,22 @@ func NewSteps(scripts []SpecScript) []Step {
 	}
 	return steps
 }
+
+// ShownStatus is b's status as users see it: WaitingForSSH for a building
+// SSH build whose steps are done and whose access is still open.
+func (b *Build) ShownStatus() Status {
+	if b.Status != Building || !b.SSH.Enabled || b.SSH.State == SSHClosed || len(b.Steps) == 0 {
+		return b.Status
+	}
+	for _, s := range b.Steps {
+		switch s.Status {
+		case StepPending, StepRunning, StepPaused:
+			return b.Status
+		}
+	}
+	return WaitingForSSH
+}
+
+// Name is how users call b: its app and its number in that app, as in
+// "myapp #2" (the id, global, is for the API and `hangar build ... ID`).
+func (b *Build) Name() string { return fmt.Sprintf("%s #%d", b.App, b.Number) }

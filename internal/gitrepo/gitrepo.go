@@ -240,3 +240,41 @@ func CommitMessage(ctx context.Context, mirror, commit string) (string, error) {
 	}
 	return git(ctx, mirror, "log", "-1", "--format=%B", "--end-of-options", commit, "--")
 }
+
+// Identity is what names the same repository whichever way it is written:
+// host and path, lower case, without credentials, port, scheme or a
+// trailing ".git" ("git@Host:o/r.git" and "https://bot:T@host/o/r" are
+// both "host/o/r"); a local path is its cleaned absolute form.
+func Identity(repo string) string {
+	repo = strings.TrimSpace(repo)
+	var host, path string
+	switch {
+	case strings.Contains(repo, "://"):
+		u, err := url.Parse(repo)
+		if err != nil {
+			return strings.ToLower(repo)
+		}
+		if u.Scheme == "file" {
+			return filepath.Clean(u.Path)
+		}
+		host, path = u.Hostname(), u.Path
+	case strings.HasPrefix(repo, "/") || strings.HasPrefix(repo, "."):
+		abs, err := filepath.Abs(repo)
+		if err != nil {
+			return repo
+		}
+		return strings.TrimSuffix(filepath.Clean(abs), "/.git")
+	default:
+		// scp-like: [user@]host:path
+		h, p, ok := strings.Cut(repo, ":")
+		if !ok {
+			return strings.ToLower(repo)
+		}
+		if at := strings.LastIndex(h, "@"); at >= 0 {
+			h = h[at+1:]
+		}
+		host, path = h, p
+	}
+	path = strings.TrimSuffix(strings.Trim(path, "/"), ".git")
+	return strings.ToLower(host + "/" + path)
+}

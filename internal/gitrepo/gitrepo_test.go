@@ -34,3 +34,20 @@ func TestStripCredentials(t *testing.T) {
 		}
 	}
 }
+
+func TestIdentity(t *testing.T) {
+	same := [][]string{
+		{"https://github.com/o/r.git", "git@github.com:o/r.git", "ssh://git@github.com:22/o/r", "https://bot:TOKEN@GitHub.com/o/r/", "git@github.com:O/R"},
+		{"/srv/git/r.git", "/srv/git/r.git/", "file:///srv/git/r.git"},
+	}
+	for _, group := range same {
+		for _, u := range group[1:] {
+			if Identity(u) != Identity(group[0]) {
+				t.Errorf("Identity(%q) = %q, Identity(%q) = %q; want the same", u, Identity(u), group[0], Identity(group[0]))
+			}
+		}
+	}
+	if Identity("https://github.com/o/r") == Identity("https://github.com/o/r2") || Identity("https://gitlab.com/o/r") == Identity("https://github.com/o/r") {
+		t.Error("different repositories have the same identity")
+	}
+}

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -279,4 +280,25 @@ func (j *job) awaitRevoked() {
 			return
 		}
 	}
+}
+
+// extend gives the build's SSH access by more time (the rules bound it)
+// and records who asked.
+func (j *job) extend(by time.Duration, who string) error {
+	s := j.ssh
+	if s == nil {
+		return errors.New("the build has no SSH access")
+	}
+	if s.rules.Closed() {
+		return errors.New("the build's SSH access has ended")
+	}
+	j.rules(access.Event{Kind: access.Extend, Time: j.r.clock.Now(), By: by, Who: who})
+	data := map[string]string{"by": by.String(), "who": who}
+	if st := s.rules.State(); st.ExpiresAt != nil {
+		data["expires_at"] = st.ExpiresAt.UTC().Format(time.RFC3339)
+	}
+	if err := s.cfg.Store.AddEvent(context.Background(), j.b.ID, build.Event{Kind: "ssh_extended", Data: data}); err != nil {
+		j.log.Error("record event", "err", err)
+	}
+	return nil
 }

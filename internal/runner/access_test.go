@@ -203,3 +203,39 @@ func TestSSHUnavailable(t *testing.T) {
 		t.Errorf("a machine was started for a build that cannot run")
 	}
 }
+
+// TestSSHExtend: more time moves the window's end, tells the sessions,
+// is recorded with who asked, and stops at max_build_duration.
+func TestSSHExtend(t *testing.T) {
+	e := newEnv(t, sshBuilder(nil))
+	b := e.queue(true, 30*time.Minute)
+	fb := <-e.driver.started
+	b = e.wait(b.ID, "the SSH window", inWindow)
+	end := *b.SSH.ExpiresAt
+	if err := e.r.Extend(b.ID, 5*time.Minute, "ann"); err != nil {
+		t.Fatal(err)
+	}
+	b = e.wait(b.ID, "the extension", func(b *build.Build) bool {
+		return b.SSH.ExpiresAt != nil && b.SSH.ExpiresAt.Equal(end.Add(5*time.Minute))
+	})
+	if b.SSH.ExpiresBecause != "extended by ann" {
+		t.Errorf("because %q", b.SSH.ExpiresBecause)
+	}
+	fb.waitCommand(t, link.SSHNotice, "ann extended this machine's time by 5m0s")
+	// Far past the deadline: capped there.
+	if err := e.r.Extend(b.ID, time.Hour, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := b.StartedAt.Add(30*time.Minute - 500*time.Millisecond)
+	b = e.wait(b.ID, "the capped extension", func(b *build.Build) bool { return b.SSH.ExpiresAt != nil && b.SSH.ExpiresAt.Equal(deadline) })
+	evs := strings.Join(e.events(b.ID), " ")
+	if strings.Count(evs, "ssh_extended") != 2 {
+		t.Errorf("events: %s, want two ssh_extended", evs)
+	}
+	e.cancel(b.ID)
+	e.ended(b.ID)
+	contains(t, "log", e.logs(b.ID), "hangar: ann extended this machine's time by 5m0s", "hangar: bob extended this machine's time by 1h0m0s, capped at max_build_duration")
+	if err := e.r.Extend(b.ID, time.Minute, "ann"); err != ErrNotRunning {
+		t.Errorf("extending an ended build: %v", err)
+	}
+}

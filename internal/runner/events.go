@@ -2,6 +2,7 @@ package runner
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"time"
@@ -139,8 +140,8 @@ func (j *job) next() (*link.Event, error) {
 		j.onGateway(gev)
 	case <-wake:
 		j.rules(access.Event{Kind: access.Tick, Time: j.r.clock.Now()})
-	case who := <-j.resume:
-		j.cont(who)
+	case ask := <-j.asks:
+		ask()
 	case ev, ok := <-j.events:
 		if !ok {
 			if j.ctx.Err() != nil {
@@ -224,11 +225,12 @@ func (j *job) handle(ev link.Event) {
 }
 
 // cont passes a Continue request to the builder of a paused build.
-func (j *job) cont(who string) {
+func (j *job) cont(who string) error {
 	if j.paused < 0 || j.conn == nil {
-		return
+		return errors.New("the build is not paused at a breakpoint")
 	}
 	if err := j.conn.Send(link.Command{Type: link.Continue, Text: who}); err != nil {
-		j.log.Warn("send continue", "err", err)
+		return fmt.Errorf("the builder is unreachable: %w", err)
 	}
+	return nil
 }

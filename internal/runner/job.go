@@ -53,9 +53,10 @@ type job struct {
 
 	ssh *sshAccess // nil unless the build has SSH access
 
-	// resume takes Continue's requests (who asked); paused is the step the
-	// builder waits before (-1: none).
-	resume chan string
+	// asks are what other goroutines ask of the job (Continue, Extend),
+	// run by its own goroutine; paused is the step the builder waits
+	// before (-1: none).
+	asks   chan func()
 	paused int
 }
 
@@ -79,7 +80,7 @@ func (r *Runner) newJob(b *build.Build, spec []byte) *job {
 		logs:        newLogBook(r.cfg.Store, b.ID, log),
 		name:        build.Alias(b.ID),
 		stopReading: make(chan struct{}),
-		resume:      make(chan string, 1),
+		asks:        make(chan func()),
 		paused:      -1,
 	}
 }

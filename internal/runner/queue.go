@@ -92,21 +92,43 @@ func (r *Runner) cancelRequested(ctx context.Context) {
 	}
 }
 
-// ErrNotRunning is Continue's error for a build this runner does not run.
+// ErrNotRunning is the error of what is asked of a build this runner
+// does not run (or no longer).
 var ErrNotRunning = errors.New("the build is not running")
 
-// Continue resumes build id if it is paused at a breakpoint; who asked is
-// written in its log. A build that is not paused ignores it.
-func (r *Runner) Continue(id int64, who string) error {
+// askTimeout bounds how long a request waits for a build busy elsewhere
+// (making its machine, say).
+const askTimeout = 10 * time.Second
+
+// ask runs fn on build id's own goroutine and returns its error.
+func (r *Runner) ask(id int64, fn func(*job) error) error {
 	r.mu.Lock()
 	j := r.running[id]
 	r.mu.Unlock()
 	if j == nil {
 		return ErrNotRunning
 	}
+	reply := make(chan error, 1)
+	timeout := time.NewTimer(askTimeout)
+	defer timeout.Stop()
 	select {
-	case j.resume <- who:
-	default: // one request is on its way already
+	case j.asks <- func() { reply <- fn(j) }:
+	case <-j.ctx.Done():
+		return ErrNotRunning
+	case <-timeout.C:
+		return errors.New("the build is busy (its machine is being made or removed): try again in a moment")
 	}
-	return nil
+	return <-reply
+}
+
+// Continue resumes build id if it is paused at a breakpoint; who asked is
+// written in its log.
+func (r *Runner) Continue(id int64, who string) error {
+	return r.ask(id, func(j *job) error { return j.cont(who) })
+}
+
+// Extend gives build id's SSH access more time (by), bounded by its
+// max_build_duration; who asked is written in its log and events.
+func (r *Runner) Extend(id int64, by time.Duration, who string) error {
+	return r.ask(id, func(j *job) error { return j.extend(by, who) })
 }

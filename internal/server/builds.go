@@ -255,3 +255,44 @@ func (s *Server) continueBuild(w http.ResponseWriter, r *http.Request) {
 	// Wait briefly so that the answer shows the build going on.
 	s.answerWhen(w, r, b.ID, func(nb *build.Build) bool { return nb.Status.Done() || nb.Steps[paused].Status != build.StepPaused })
 }
+
+// maxExtension bounds one request for more SSH time.
+const maxExtension = 24 * time.Hour
+
+// extendSSH gives a build's SSH access more time, never past its
+// max_build_duration (the runner's rules cap it).
+func (s *Server) extendSSH(w http.ResponseWriter, r *http.Request) {
+	var req api.ExtendRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	by, err := time.ParseDuration(req.By)
+	if err != nil || by <= 0 || by > maxExtension {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf(`"by" must be a duration from 1s to 24h, such as "10m" (got %q)`, req.By))
+		return
+	}
+	b, ok := s.lookupBuild(w, r)
+	if !ok {
+		return
+	}
+	if !b.SSH.Enabled || b.SSH.State == build.SSHClosed || b.Status.Done() || s.cfg.Extend == nil {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d has no open SSH access to extend (it is %s, SSH %s)", b.ID, b.Status, b.SSH.State))
+		return
+	}
+	who := "someone"
+	if t := tokenOf(r); t != nil {
+		who = t.Name
+	}
+	// The runner has written the new end when Extend returns (it may not
+	// have moved: at max_build_duration already; the log says so).
+	if err := s.cfg.Extend(b.ID, by, who); err != nil {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d: %v", b.ID, err))
+		return
+	}
+	nb, err := s.cfg.Store.Build(r.Context(), b.ID)
+	if err != nil {
+		s.internal(w, "read build", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.present(r, nb))
+}

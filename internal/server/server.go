@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
@@ -67,8 +68,8 @@ type Config struct {
 	// its signature to be checked (on disk: a tmpfs /tmp would hold it in
 	// memory); default os.TempDir().
 	SpoolDir string
-	SSH          *SSHConfig // nil: no SSH builds
-	Metrics      http.Handler
+	SSH      *SSHConfig // nil: no SSH builds
+	Metrics  http.Handler
 	// Driver and Isolated describe the machines, for /api/v1/info.
 	Driver   string
 	Isolated bool
@@ -80,6 +81,9 @@ type Config struct {
 	// Continue resumes a build paused at a breakpoint (the runner's;
 	// nil: none can be).
 	Continue func(id int64, who string) error
+	// Extend gives a build's SSH access more time (the runner's; nil:
+	// none can be).
+	Extend func(id int64, by time.Duration, who string) error
 }
 
 // Server serves the API. Create it with New.
@@ -124,6 +128,7 @@ func New(cfg Config) *Server {
 	m.HandleFunc("GET /api/v1/builds/{id}", s.auth(s.getBuild))
 	m.HandleFunc("POST /api/v1/builds/{id}/cancel", s.auth(s.cancelBuild))
 	m.HandleFunc("POST /api/v1/builds/{id}/continue", s.auth(s.continueBuild))
+	m.HandleFunc("POST /api/v1/builds/{id}/ssh/extend", s.auth(s.extendSSH))
 	m.HandleFunc("GET /api/v1/builds/{id}/logs", s.auth(s.buildLogs))
 	m.HandleFunc("POST /api/v1/webhooks/{app}", s.webhook)
 	m.HandleFunc("GET /api/v1/builds/{id}/ssh/script", s.auth(s.sshScript))

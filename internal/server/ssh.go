@@ -79,6 +79,7 @@ func (s *Server) scriptURL(r *http.Request, id int64) string {
 
 // present fills what a build shows only to those allowed to see it.
 func (s *Server) present(r *http.Request, b *build.Build) *build.Build {
+	b.Status = b.ShownStatus()
 	if b.SSH.Sessions == nil {
 		b.SSH.Sessions = []build.SSHSession{}
 	}

@@ -1,7 +1,10 @@
-// Package store persists apps, builds, their logs and API tokens. The
-// embedded default is SQLite (modernc.org/sqlite, pure Go) in the data
-// directory. Writers notify in-process subscribers so that live views (log
-// streams, the runner's queue) wake up without polling.
+// Package store persists apps, builds, their logs and API tokens, in
+// SQLite (modernc.org/sqlite, pure Go; the embedded default, in the data
+// directory) or PostgreSQL (pgx), with the same queries and versioned
+// migrations (migrate.go). Writers notify subscribers so that live views
+// (log streams, the runner's queue) wake up without polling: in-process
+// at once, and on PostgreSQL also in every other process using the
+// database (LISTEN/NOTIFY, postgres.go).
 package store
 
 import (
@@ -14,7 +17,10 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/hangar-ci/hangar/internal/build"
 
@@ -59,85 +65,21 @@ func (t *Token) Allows(app string) bool {
 // Store is a database of apps, builds, logs and tokens.
 type Store struct {
 	db *sql.DB
+	d  *dialect
+
+	// PostgreSQL only: origin names this Store's writes in notifications
+	// (see notifyTriggers); stopListening ends the listener and waits for
+	// it; listenPID is the backend process of its connection (a test ends
+	// it to see the listener recover).
+	origin        string
+	stopListening func()
+	listenPID     atomic.Uint32
+	pgConfig      *pgx.ConnConfig // without origin
+	serverLock    *pgx.Conn       // see LockServer; nil if not taken
 
 	mu   sync.Mutex
 	subs map[int64]map[chan struct{}]bool // guarded by mu; key 0: every build
 }
-
-const schema = `
-CREATE TABLE IF NOT EXISTS apps (
-	id INTEGER PRIMARY KEY AUTOINCREMENT,
-	name TEXT NOT NULL UNIQUE,
-	repo TEXT NOT NULL,
-	webhook_secret TEXT NOT NULL DEFAULT '',
-	next_number INTEGER NOT NULL DEFAULT 1,
-	created_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS builds (
-	-- AUTOINCREMENT: an id is never reused, even after its app is deleted
-	-- (SSH credentials and signed URLs name builds by id).
-	id INTEGER PRIMARY KEY AUTOINCREMENT,
-	app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
-	number INTEGER NOT NULL,
-	workflow TEXT NOT NULL,
-	workflow_name TEXT NOT NULL,
-	branch TEXT NOT NULL,
-	commit_sha TEXT NOT NULL,
-	status TEXT NOT NULL,
-	trigger TEXT NOT NULL,
-	started_by TEXT NOT NULL DEFAULT '',
-	message TEXT NOT NULL DEFAULT '',
-	max_duration INTEGER NOT NULL,
-	spec TEXT NOT NULL DEFAULT '',
-	steps TEXT NOT NULL DEFAULT '[]',
-	created_at INTEGER NOT NULL,
-	started_at INTEGER,
-	finished_at INTEGER,
-	ssh_enabled INTEGER NOT NULL DEFAULT 0,
-	ssh_state TEXT NOT NULL DEFAULT '',
-	ssh_expires_at INTEGER,
-	ssh_expires_because TEXT NOT NULL DEFAULT '',
-	ssh_closed_reason TEXT NOT NULL DEFAULT '',
-	ssh_connections INTEGER NOT NULL DEFAULT 0,
-	ssh_sessions TEXT NOT NULL DEFAULT '[]'
-);
-CREATE TABLE IF NOT EXISTS build_ssh (
-	build_id INTEGER PRIMARY KEY REFERENCES builds(id) ON DELETE CASCADE,
-	private_key BLOB,
-	certificate TEXT NOT NULL,
-	public_key TEXT NOT NULL,
-	host_key TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS build_events (
-	id INTEGER PRIMARY KEY,
-	build_id INTEGER NOT NULL REFERENCES builds(id) ON DELETE CASCADE,
-	time INTEGER NOT NULL,
-	kind TEXT NOT NULL,
-	data TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS build_events_build ON build_events(build_id, id);
-CREATE INDEX IF NOT EXISTS builds_status ON builds(status);
-CREATE INDEX IF NOT EXISTS builds_app ON builds(app_id, id);
--- A build's log in chunks of consecutive lines of one step: lines first
--- to last, each ended by a newline in data.
-CREATE TABLE IF NOT EXISTS log_chunks (
-	build_id INTEGER NOT NULL REFERENCES builds(id) ON DELETE CASCADE,
-	first INTEGER NOT NULL,
-	last INTEGER NOT NULL,
-	step INTEGER NOT NULL,
-	time INTEGER NOT NULL,
-	data BLOB NOT NULL,
-	encoding TEXT NOT NULL DEFAULT '',
-	PRIMARY KEY (build_id, first)
-);
-CREATE TABLE IF NOT EXISTS tokens (
-	hash TEXT PRIMARY KEY,
-	name TEXT NOT NULL,
-	admin INTEGER NOT NULL,
-	apps TEXT NOT NULL DEFAULT '',
-	created_at INTEGER NOT NULL
-);
-`
 
 // OpenSQLite opens (creating if needed) the SQLite database at path.
 func OpenSQLite(path string) (*Store, error) {
@@ -150,28 +92,64 @@ func OpenSQLite(path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	db.SetMaxOpenConns(4)
-	if _, err := db.Exec(schema); err != nil {
-		db.Close()
+	s, err := open(context.Background(), db, sqliteDialect)
+	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	if err := migrate(db); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open database %s: %w", path, err)
-	}
-	if err := migrateLogs(db); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open database %s: %w", path, err)
-	}
-	if err := migrateDeliveries(db); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open database %s: %w", path, err)
-	}
-	return &Store{db: db}, nil
+	return s, nil
 }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+// Open opens the database named by a PostgreSQL URL
+// (postgres://user:password@host/database?sslmode=...).
+func Open(ctx context.Context, database string) (*Store, error) {
+	if err := CheckURL(database); err != nil {
+		return nil, err
+	}
+	return OpenPostgres(ctx, database)
+}
+
+// CheckURL says what is wrong with a database URL's form, without
+// repeating it (it may hold a password).
+func CheckURL(database string) error {
+	if !strings.HasPrefix(database, "postgres://") && !strings.HasPrefix(database, "postgresql://") {
+		return errors.New("database: want a PostgreSQL URL such as postgres://hangar@db.example.com/hangar (leave it out for SQLite in the data directory)")
+	}
+	return nil
+}
+
+// open migrates db and returns its Store; it closes db on error.
+func open(ctx context.Context, db *sql.DB, d *dialect) (*Store, error) {
+	db.SetMaxOpenConns(d.maxOpenConns)
+	db.SetMaxIdleConns(d.maxOpenConns) // a PostgreSQL connection is a process: keep them
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	if err := migrate(ctx, db, d); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &Store{db: db, d: d}, nil
+}
+
+// Close stops listening for other processes' changes and closes the
+// database.
+func (s *Store) Close() error {
+	if s.stopListening != nil {
+		s.stopListening()
+		s.stopListening = nil
+	}
+	if s.serverLock != nil {
+		// Released now, not once PostgreSQL sees the connection closed:
+		// a server started next takes it.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s.serverLock.Exec(ctx, `SELECT pg_advisory_unlock($1)`, serverLockKey)
+		s.serverLock.Close(ctx)
+		cancel()
+		s.serverLock = nil
+	}
+	return s.db.Close()
+}
 
 // Subscribe returns a channel that receives a value after each change to
 // build id (0: to any build). Notifications coalesce; re-read on wake.
@@ -229,16 +207,15 @@ func nullMS(t *time.Time) sql.NullInt64 {
 // CreateApp adds an app. A taken name gives ErrExists.
 func (s *Store) CreateApp(ctx context.Context, a *App) error {
 	a.CreatedAt = time.Now().UTC().Truncate(time.Millisecond)
-	res, err := s.db.ExecContext(ctx,
-		`INSERT INTO apps (name, repo, webhook_secret, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING`,
-		a.Name, a.Repo, a.WebhookSecret, ms(a.CreatedAt))
+	err := s.db.QueryRowContext(ctx,
+		`INSERT INTO apps (name, repo, webhook_secret, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING RETURNING id`,
+		a.Name, a.Repo, a.WebhookSecret, ms(a.CreatedAt)).Scan(&a.ID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrExists
+	}
 	if err != nil {
 		return fmt.Errorf("create app: %w", err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return ErrExists
-	}
-	a.ID, _ = res.LastInsertId()
 	return nil
 }
 
@@ -438,13 +415,16 @@ func (s *Store) ActiveBuilds(ctx context.Context, app string) (int, error) {
 }
 
 // ClaimBuild moves the oldest queued build to preparing and returns it with
-// its spec, or ErrNotFound when none is queued.
+// its spec, or ErrNotFound when none is queued. Each build is claimed
+// once, however many claimers (goroutines, processes) there are: SQLite
+// runs one writer at a time; on PostgreSQL a claimer skips the rows that
+// others are claiming rather than waiting for them.
 func (s *Store) ClaimBuild(ctx context.Context) (*build.Build, []byte, error) {
 	now := time.Now().UTC()
 	var id int64
 	var spec string
 	err := s.db.QueryRowContext(ctx, `UPDATE builds SET status = 'preparing', started_at = $1
-		WHERE id = (SELECT id FROM builds WHERE status = 'queued' ORDER BY id LIMIT 1) AND status = 'queued'
+		WHERE id = (SELECT id FROM builds WHERE status = 'queued' ORDER BY id LIMIT 1`+s.d.skipLocked+`) AND status = 'queued'
 		RETURNING id, spec`, ms(now)).Scan(&id, &spec)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil, ErrNotFound
@@ -485,30 +465,6 @@ func (s *Store) UpdateBuild(ctx context.Context, b *build.Build) (bool, error) {
 	return n > 0, nil
 }
 
-// migrate adds what databases made by earlier versions lack.
-func migrate(db *sql.DB) error {
-	var n int
-	err := db.QueryRow(`SELECT count(*) FROM pragma_table_info('builds') WHERE name = 'cancel_requested'`).Scan(&n)
-	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	if n == 0 {
-		if _, err := db.Exec(`ALTER TABLE builds ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0`); err != nil {
-			return fmt.Errorf("migrate: add builds.cancel_requested: %w", err)
-		}
-	}
-	err = db.QueryRow(`SELECT count(*) FROM pragma_table_info('log_chunks') WHERE name = 'encoding'`).Scan(&n)
-	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	if n == 0 {
-		if _, err := db.Exec(`ALTER TABLE log_chunks ADD COLUMN encoding TEXT NOT NULL DEFAULT ''`); err != nil {
-			return fmt.Errorf("migrate: add log_chunks.encoding: %w", err)
-		}
-	}
-	return nil
-}
-
 // CancelBuild cancels build id in one statement: a queued build ends
 // canceled at once, with message; a build a runner has claimed (preparing,
 // building) is marked for its runner, which sees the mark through
@@ -522,7 +478,7 @@ func (s *Store) CancelBuild(ctx context.Context, id int64, message string) (bool
 		message = CASE status WHEN 'queued' THEN $1 ELSE message END,
 		finished_at = CASE status WHEN 'queued' THEN $2 ELSE finished_at END,
 		ssh_state = CASE WHEN status <> 'queued' THEN ssh_state WHEN ssh_enabled THEN 'closed' ELSE '' END,
-		cancel_requested = CASE WHEN status IN ('preparing', 'building') THEN 1 ELSE cancel_requested END
+		cancel_requested = CASE WHEN status IN ('preparing', 'building') THEN TRUE ELSE cancel_requested END
 		WHERE id = $3 AND status IN ('queued', 'preparing', 'building')
 		RETURNING status`, message, ms(time.Now()), id).Scan(&st)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -541,7 +497,7 @@ func (s *Store) CancelBuild(ctx context.Context, id int64, message string) (bool
 // CancelRequests returns the builds that have a cancel request and have
 // not ended, oldest first.
 func (s *Store) CancelRequests(ctx context.Context) ([]int64, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id FROM builds WHERE status IN ('preparing', 'building') AND cancel_requested = 1 ORDER BY id`)
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM builds WHERE status IN ('preparing', 'building') AND cancel_requested = TRUE ORDER BY id`)
 	if err != nil {
 		return nil, fmt.Errorf("cancel requests: %w", err)
 	}
@@ -606,7 +562,7 @@ func (s *Store) FailInterrupted(ctx context.Context, message string) (int64, err
 			return 0, fmt.Errorf("fail build %d: %w", b.id, err)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO log_chunks (build_id, first, last, step, time, data)
-			SELECT $1, n, n, $2, $3, $4 FROM (SELECT coalesce(max(last), 0) + 1 AS n FROM log_chunks WHERE build_id = $1)`,
+			SELECT $1, n, n, $2, $3, $4 FROM (SELECT coalesce(max(last), 0) + 1 AS n FROM log_chunks WHERE build_id = $1) AS next`,
 			b.id, last, ms(now), []byte("hangar: "+message+"\n")); err != nil {
 			return 0, fmt.Errorf("fail build %d: log: %w", b.id, err)
 		}
@@ -647,28 +603,6 @@ func endSteps(steps []build.Step, now time.Time) int {
 		}
 	}
 	return last
-}
-
-// migrateLogs moves the one-row-per-line logs of earlier versions into
-// log_chunks.
-func migrateLogs(db *sql.DB) error {
-	var n int
-	if err := db.QueryRow(`SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'logs'`).Scan(&n); err != nil || n == 0 {
-		return err
-	}
-	tx, err := db.Begin()
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	if _, err := tx.Exec(`INSERT INTO log_chunks (build_id, first, last, step, time, data)
-		SELECT build_id, seq, seq, step, time, CAST(text || char(10) AS BLOB) FROM logs`); err != nil {
-		return fmt.Errorf("migrate logs: %w", err)
-	}
-	if _, err := tx.Exec(`DROP TABLE logs`); err != nil {
-		return fmt.Errorf("migrate logs: %w", err)
-	}
-	return tx.Commit()
 }
 
 // AppendLog stores chunks of build id's log. Line numbers are the

@@ -4,30 +4,87 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/store/pgtest"
 )
 
-func open(t *testing.T) *Store {
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// eachBackend runs f as a subtest on a new SQLite database and on a new
+// PostgreSQL database.
+func eachBackend(t *testing.T, f func(t *testing.T, db testDB)) {
+	t.Run("sqlite", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "hangar.db")
+		f(t, testDB{tryOpen: func() (*Store, error) { return OpenSQLite(path) }})
+	})
+	t.Run("postgres", func(t *testing.T) {
+		f(t, eachBackendPostgres(t))
+	})
+}
+
+// eachBackendB is eachBackend for benchmarks, with one store.
+func eachBackendB(b *testing.B, f func(b *testing.B, s *Store)) {
+	b.Run("sqlite", func(b *testing.B) {
+		s, err := OpenSQLite(filepath.Join(b.TempDir(), "hangar.db"))
+		f(b, opened(b, s, err))
+	})
+	b.Run("postgres", func(b *testing.B) {
+		f(b, eachBackendPostgres(b).open(b))
+	})
+}
+
+// eachBackendPostgres is a new PostgreSQL database.
+func eachBackendPostgres(t testing.TB) testDB {
+	url := pgtest.DB(t)
+	return testDB{postgres: true, tryOpen: func() (*Store, error) { return OpenPostgres(context.Background(), url) }}
+}
+
+// testDB is a test's database.
+type testDB struct {
+	postgres bool
+	// tryOpen opens a Store on the database (another one at each call, as
+	// another process would).
+	tryOpen func() (*Store, error)
+}
+
+// open opens a Store on the database, closed at cleanup.
+func (db testDB) open(t testing.TB) *Store {
 	t.Helper()
-	s, err := OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
+	s, err := db.tryOpen()
+	return opened(t, s, err)
+}
+
+func opened(t testing.TB, s *Store, err error) *Store {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("close store: %v", err)
+		}
+	})
 	return s
 }
 
 func TestAppsAndBuilds(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testAppsAndBuilds(t, db.open(t))
+	})
+}
+
+func testAppsAndBuilds(t *testing.T, s *Store) {
 	ctx := context.Background()
-	s := open(t)
 	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
 		t.Fatal(err)
 	}
@@ -96,8 +153,13 @@ func TestAppsAndBuilds(t *testing.T) {
 }
 
 func TestLogs(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testLogs(t, db.open(t))
+	})
+}
+
+func testLogs(t *testing.T, s *Store) {
 	ctx := context.Background()
-	s := open(t)
 	b := newBuild(t, s, build.Queued)
 	// 2500 lines in chunks of 1 to 7 lines, steps changing between chunks.
 	var chunks []build.LogChunk
@@ -148,8 +210,13 @@ func TestLogs(t *testing.T) {
 }
 
 func TestCancelBuild(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testCancelBuild(t, db.open(t))
+	})
+}
+
+func testCancelBuild(t *testing.T, s *Store) {
 	ctx := context.Background()
-	s := open(t)
 	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
 		t.Fatal(err)
 	}
@@ -263,8 +330,13 @@ func TestMigrateLogLines(t *testing.T) {
 // with no step left running and the reason as the log's last line; queued
 // and ended builds are untouched.
 func TestFailInterrupted(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testFailInterrupted(t, db.open(t))
+	})
+}
+
+func testFailInterrupted(t *testing.T, s *Store) {
 	ctx := context.Background()
-	s := open(t)
 	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
 		t.Fatal(err)
 	}
@@ -322,8 +394,13 @@ func TestFailInterrupted(t *testing.T) {
 // TestLogChunksCompressed: output that repeats itself is stored smaller,
 // output that does not is stored as it is, and both read back the same.
 func TestLogChunksCompressed(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db testDB) {
+		testLogChunksCompressed(t, db.open(t))
+	})
+}
+
+func testLogChunksCompressed(t *testing.T, s *Store) {
 	ctx := context.Background()
-	s := open(t)
 	b := newBuild(t, s, build.Queued)
 	var verbose []byte
 	for i := 1; i <= 1000; i++ {
@@ -384,8 +461,9 @@ func TestMigrateLogEncoding(t *testing.T) {
 	}
 }
 
-// migrated opens a new database, lets makeOld turn it into one an earlier
-// version made, and opens it again (migrating it).
+// migrated opens a new SQLite database, lets makeOld turn it into one an
+// earlier version made, before versioned migrations (no
+// schema_migrations), and opens it again (migrating it).
 func migrated(t *testing.T, makeOld func(*Store)) *Store {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "old.db")
@@ -394,6 +472,9 @@ func migrated(t *testing.T, makeOld func(*Store)) *Store {
 		t.Fatal(err)
 	}
 	makeOld(old)
+	if _, err := old.db.Exec(`DROP TABLE schema_migrations`); err != nil {
+		t.Fatal(err)
+	}
 	old.Close()
 	s, err := OpenSQLite(path)
 	if err != nil {
@@ -404,7 +485,7 @@ func migrated(t *testing.T, makeOld func(*Store)) *Store {
 }
 
 // newBuild creates app "a" and a build of it with status.
-func newBuild(t *testing.T, s *Store, status build.Status) *build.Build {
+func newBuild(t testing.TB, s *Store, status build.Status) *build.Build {
 	t.Helper()
 	ctx := context.Background()
 	if err := s.CreateApp(ctx, &App{Name: "a", Repo: "/r"}); err != nil {
@@ -415,4 +496,55 @@ func newBuild(t *testing.T, s *Store, status build.Status) *build.Build {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestMigrateFromUnversioned opens a database made by the last release
+// before versioned migrations, with its rows as that release wrote them.
+func TestMigrateFromUnversioned(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "hangar.db")
+	old, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema, err := os.ReadFile("testdata/schema-unversioned.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		string(schema),
+		`INSERT INTO apps (name, repo, next_number, created_at) VALUES ('a', '/r', 2, 1000)`,
+		`INSERT INTO builds (app_id, number, workflow, workflow_name, branch, commit_sha, status, trigger, max_duration, created_at, ssh_enabled, cancel_requested)
+			VALUES (1, 1, 'w', 'W', 'main', 'c', 'building', 'manual', 60, 1000, 1, 1)`,
+		`INSERT INTO log_chunks (build_id, first, last, step, time, data) VALUES (1, 1, 2, 0, 1000, CAST('one' || char(10) || 'two' || char(10) AS BLOB))`,
+		`INSERT INTO tokens (hash, name, admin, created_at) VALUES ('h', 'admin', 1, 1000)`,
+	} {
+		if _, err := old.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	old.Close()
+	s, err := OpenSQLite(path)
+	s = opened(t, s, err)
+	var version int
+	if err := s.db.QueryRow(`SELECT max(version) FROM schema_migrations`).Scan(&version); err != nil || version != len(migrations) {
+		t.Errorf("schema version %d, %v; want %d", version, err, len(migrations))
+	}
+	b, err := s.Build(ctx, 1)
+	if err != nil || b.Status != build.Building || !b.SSH.Enabled || b.App != "a" {
+		t.Fatalf("the old build: %+v, %v", b, err)
+	}
+	if ids, err := s.CancelRequests(ctx); err != nil || len(ids) != 1 || ids[0] != 1 {
+		t.Errorf("the old cancel request: %v %v", ids, err)
+	}
+	if lines, err := s.Logs(ctx, 1, 0, 10); err != nil || len(lines) != 2 || lines[1].Text != "two" {
+		t.Errorf("the old log: %+v %v", lines, err)
+	}
+	if tok, err := s.TokenByHash(ctx, "h"); err != nil || !tok.Admin {
+		t.Errorf("the old token: %+v %v", tok, err)
+	}
+	next := &build.Build{App: "a", Status: build.Queued, Trigger: build.Manual, Steps: []build.Step{}}
+	if err := s.CreateBuild(ctx, next, nil); err != nil || next.Number != 2 || next.ID != 2 {
+		t.Errorf("a new build: number %d id %d, %v", next.Number, next.ID, err)
+	}
 }

@@ -48,24 +48,21 @@ func (s *Store) ActiveWebhookBuilds(ctx context.Context, app, workflow, branch s
 	return ids, rows.Err()
 }
 
+// deliveriesSchema is the table of webhook deliveries (migration 6).
+const deliveriesSchema = `
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+	app_id {{int}} NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+	delivery TEXT NOT NULL,
+	event TEXT NOT NULL,
+	received_at {{int}} NOT NULL,
+	result TEXT NOT NULL DEFAULT '',
+	PRIMARY KEY (app_id, delivery)
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_time ON webhook_deliveries(received_at);
+`
+
 // deliveryRetention is how long webhook deliveries are remembered.
 const deliveryRetention = 30 * 24 * time.Hour
-
-// migrateDeliveries adds the table of webhook deliveries.
-func migrateDeliveries(db *sql.DB) error {
-	_, err := db.Exec(`CREATE TABLE IF NOT EXISTS webhook_deliveries (
-		app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
-		delivery TEXT NOT NULL,
-		event TEXT NOT NULL,
-		received_at INTEGER NOT NULL,
-		result TEXT NOT NULL DEFAULT '',
-		PRIMARY KEY (app_id, delivery)
-	)`)
-	if err != nil {
-		return fmt.Errorf("migrate: webhook_deliveries: %w", err)
-	}
-	return nil
-}
 
 // Delivery is a webhook delivery an app received.
 type Delivery struct {
@@ -104,7 +101,7 @@ func (s *Store) SetDeliveryResult(ctx context.Context, app, id, result string) e
 // Deliveries returns app's newest webhook deliveries, newest first.
 func (s *Store) Deliveries(ctx context.Context, app string, limit int) ([]Delivery, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT d.delivery, d.event, d.received_at, d.result FROM webhook_deliveries d
-		JOIN apps a ON a.id = d.app_id WHERE a.name = $1 ORDER BY d.received_at DESC, d.rowid DESC LIMIT $2`, app, limit)
+		JOIN apps a ON a.id = d.app_id WHERE a.name = $1 ORDER BY d.received_at DESC, d.delivery DESC LIMIT $2`, app, limit)
 	if err != nil {
 		return nil, fmt.Errorf("deliveries: %w", err)
 	}

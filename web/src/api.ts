@@ -1,6 +1,6 @@
 // The REST API of `hangar server` (docs/api.md), as the UI uses it.
 
-export type BuildStatus = 'queued' | 'preparing' | 'building' | 'finished' | 'failed' | 'canceled' | 'timeout';
+export type BuildStatus = 'queued' | 'preparing' | 'building' | 'waiting_for_ssh' | 'finished' | 'failed' | 'canceled' | 'timeout';
 export type StepStatus = 'pending' | 'running' | 'success' | 'failed' | 'skipped' | 'canceled' | 'paused';
 export type SSHState = 'pending' | 'ready' | 'connected' | 'closed';
 
@@ -238,6 +238,7 @@ export const api = {
     send<Build>('POST', '/api/v1/builds', b) as Promise<Build>,
   cancel: (id: number) => send<Build>('POST', `/api/v1/builds/${id}/cancel`),
   resume: (id: number) => send<Build>('POST', `/api/v1/builds/${id}/continue`),
+  extendSSH: (id: number, by: string) => send<Build>('POST', `/api/v1/builds/${id}/ssh/extend`, { by }),
   sshScript: (id: number, shell: 'bash' | 'powershell') =>
     getText(`/api/v1/builds/${id}/ssh/script${shell === 'powershell' ? '?shell=powershell' : ''}`),
   sshAccess: async (id: number): Promise<SSHAccess> => {

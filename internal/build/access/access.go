@@ -18,6 +18,9 @@
 //   - The end of the last login shell is a logout: access closes; if the
 //     steps are done the build finishes now, else the steps go on.
 //   - Close (cancel, timeout, failed start, any end of the build) closes it.
+//   - Extend (a user asking for more time) moves the end after the steps
+//     later by By, never past the deadline's margin; before the steps
+//     complete it lengthens the time that will follow them.
 //   - Login sessions are told 5 minutes and 1 minute before access ends, if
 //     that is more than the notice plus NoticeSlack away; when the end moves,
 //     the notices move with it.
@@ -68,12 +71,14 @@ const (
 	Tick
 	// Close: access ends for Reason (cancel, timeout, the build ended).
 	Close
+	// Extend: Who asked for By more time.
+	Extend
 )
 
 var kindNames = map[Kind]string{
 	Open: "open", TunnelUp: "tunnel_up", TunnelDown: "tunnel_down", LoginStart: "login_start",
 	LoginEnd: "login_end", Connect: "connect", Disconnect: "disconnect", StepsDone: "steps_done",
-	Tick: "tick", Close: "close",
+	Tick: "tick", Close: "close", Extend: "extend",
 }
 
 func (k Kind) String() string {
@@ -87,10 +92,12 @@ func (k Kind) String() string {
 type Event struct {
 	Kind   Kind
 	Time   time.Time
-	Remote string       // Connect, Disconnect: the client's address
-	Client string       // Connect: the client's SSH version
-	Result build.Status // StepsDone
-	Reason string       // Close
+	Remote string        // Connect, Disconnect: the client's address
+	Client string        // Connect: the client's SSH version
+	Result build.Status  // StepsDone
+	Reason string        // Close
+	By     time.Duration // Extend
+	Who    string        // Extend
 }
 
 // EffectKind is the kind of an Effect.
@@ -261,8 +268,37 @@ func (m *Machine) Handle(ev Event) []Effect {
 		if !m.closed {
 			m.close(now, ev.Reason)
 		}
+	case Extend:
+		m.onExtend(now, ev.By, ev.Who)
 	}
 	return m.effects()
+}
+
+// onExtend gives more time, bounded by the deadline.
+func (m *Machine) onExtend(now time.Time, by time.Duration, who string) {
+	if m.closed || by <= 0 {
+		return
+	}
+	if !m.stepsDone {
+		// Access lasts until the deadline while the steps run: what can
+		// grow is the time after them.
+		m.afterSteps += by
+		m.emit(Effect{Kind: Log, Text: fmt.Sprintf("%s added %s to the time the machine stays after the steps (now %s, within max_build_duration)", who, by, m.afterSteps)})
+		return
+	}
+	hard := m.deadline.Add(-DeadlineMargin)
+	if !m.ends.Before(hard) {
+		m.emit(Effect{Kind: Log, Text: fmt.Sprintf("%s asked for %s more, but the build is at its max_build_duration (%s UTC)", who, by, hard.UTC().Format("15:04:05"))})
+		return
+	}
+	until, because, capped := m.ends.Add(by), fmt.Sprintf("extended by %s", who), ""
+	if hard.Before(until) {
+		until, capped = hard, ", capped at max_build_duration"
+	}
+	m.setEnd(now, until, because)
+	text := fmt.Sprintf("%s extended this machine's time by %s%s: it now stays until %s UTC", who, by, capped, until.UTC().Format("15:04:05"))
+	m.emit(Effect{Kind: Notify, Text: "Hangar: " + text + "."})
+	m.emit(Effect{Kind: Log, Text: text})
 }
 
 // onStepsDone starts the wait after the steps.

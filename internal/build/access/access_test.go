@@ -248,6 +248,46 @@ func TestMachine(t *testing.T) {
 			},
 		},
 		{
+			name: "more time: after the steps, capped at the deadline", deadline: 40 * time.Minute, after: after,
+			steps: []step{
+				{ev: ev(Open, 0), want: []string{save, wake(35 * time.Minute)}},
+				// Before the steps complete it lengthens the time after them.
+				{ev: Event{Kind: Extend, Time: at(time.Minute), By: 5 * time.Minute, Who: "ann"}, want: []string{
+					logLine("ann added 5m0s to the time the machine stays after the steps (now 25m0s, within max_build_duration)"),
+				}, expires: 40 * time.Minute},
+				{ev: Event{Kind: StepsDone, Time: at(10 * time.Minute), Result: build.Failed}, want: []string{
+					notify("Hangar: the build's steps are done (failed). This machine stays for 25m0s (until 10:35:00 UTC, 25m0s after the steps completed); log out to finish the build now."),
+					logLine("steps done; the machine stays for SSH for 25m0s (25m0s after the steps completed) unless you log out"),
+					save, wake(30 * time.Minute),
+				}, expires: 35 * time.Minute},
+				{ev: Event{Kind: Extend, Time: at(12 * time.Minute), By: 3 * time.Minute, Who: "bob"}, want: []string{
+					notify("Hangar: bob extended this machine's time by 3m0s: it now stays until 10:38:00 UTC."),
+					logLine("bob extended this machine's time by 3m0s: it now stays until 10:38:00 UTC"),
+					save, wake(33 * time.Minute),
+				}, expires: 38 * time.Minute, check: func(s build.SSH) string {
+					if s.ExpiresBecause != "extended by bob" {
+						return "because " + s.ExpiresBecause
+					}
+					return ""
+				}},
+				{ev: Event{Kind: Extend, Time: at(13 * time.Minute), By: 10 * time.Minute, Who: "ann"}, want: []string{
+					notify("Hangar: ann extended this machine's time by 10m0s, capped at max_build_duration: it now stays until 10:39:59 UTC."),
+					logLine("ann extended this machine's time by 10m0s, capped at max_build_duration: it now stays until 10:39:59 UTC"),
+					save, wake(35*time.Minute - DeadlineMargin),
+				}, expires: 40*time.Minute - DeadlineMargin},
+				{ev: Event{Kind: Extend, Time: at(14 * time.Minute), By: time.Minute, Who: "bob"}, want: []string{
+					logLine("bob asked for 1m0s more, but the build is at its max_build_duration (10:39:59 UTC)"),
+				}},
+				{ev: ev(Tick, 35*time.Minute-DeadlineMargin), want: []string{notify("Hangar: this machine stops in 5m0s (extended by ann)."), wake(39*time.Minute - DeadlineMargin)}},
+				{ev: ev(Tick, 39*time.Minute-DeadlineMargin), want: []string{notify("Hangar: this machine stops in 1m0s (extended by ann)."), wake(40*time.Minute - DeadlineMargin)}},
+				{ev: ev(Tick, 40*time.Minute-DeadlineMargin), want: []string{
+					revoke("the SSH window of build 7 has ended (extended by ann)"), save, finish(build.Failed),
+				}, state: build.SSHClosed},
+				// Nothing more once closed.
+				{ev: Event{Kind: Extend, Time: at(41 * time.Minute), By: time.Minute, Who: "bob"}, want: nil},
+			},
+		},
+		{
 			name: "close before open", deadline: time.Hour, after: after,
 			steps: []step{
 				{ev: Event{Kind: Close, Time: at(time.Second), Reason: "failed"}, want: []string{revoke("failed"), save}, state: build.SSHClosed, expires: time.Second},

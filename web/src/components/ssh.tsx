@@ -102,6 +102,7 @@ function Countdown({ build, now }: { build: Build; now: number }) {
         <strong class="timer-value num" data-testid="ssh-countdown" title={when(ssh.expires_at)}>
           {isNaN(at) ? '—' : countdown(at - now)}
         </strong>
+        <MoreTime build={build} />
       </div>
       <div class="timer-text small">
         <p data-testid="ssh-expiry">
@@ -117,6 +118,33 @@ function Countdown({ build, now }: { build: Build; now: number }) {
         </p>
       </div>
     </div>
+  );
+}
+
+// MoreTime asks for 10 more minutes of SSH access (never past the build's
+// max_build_duration: the server caps it and the log says so).
+function MoreTime({ build }: { build: Build }) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState('');
+  if (build.ssh.state === 'closed' || ended(build.status)) return null;
+  const extend = async () => {
+    setBusy(true);
+    setError('');
+    try {
+      await api.extendSSH(build.id, '10m');
+    } catch (e) {
+      setError(e instanceof Error ? e.message : String(e));
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <>
+      <button type="button" class="btn btn-small" onClick={extend} disabled={busy} title="Keep the machine 10 minutes longer, within the build's maximum duration">
+        {busy ? 'Extending…' : '+10 min'}
+      </button>
+      {error ? <Alert>{error}</Alert> : null}
+    </>
   );
 }
 

@@ -1,0 +1,174 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// notifyChannel is the channel of notifyTriggers.
+const notifyChannel = "hangar_builds"
+
+// OpenPostgres opens the PostgreSQL database named by url, migrating it,
+// and listens for the changes other processes make to it: a Store's
+// subscribers wake for changes from any process using the database.
+func OpenPostgres(ctx context.Context, url string) (*Store, error) {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		// pgx leaves the password out of its message.
+		return nil, fmt.Errorf("database URL: %w", err)
+	}
+	where := fmt.Sprintf("PostgreSQL database %q on %s", cfg.Database, cfg.Host)
+	if cfg.ConnectTimeout == 0 { // the URL's connect_timeout
+		cfg.ConnectTimeout = 10 * time.Second
+	}
+	listenCfg := cfg.Copy()
+	origin := make([]byte, 8)
+	rand.Read(origin)
+	// Each of this Store's connections names it in the notifications its
+	// writes send (notifyTriggers), so that its listener skips them: its
+	// own subscribers were woken at once.
+	cfg.RuntimeParams["hangar.origin"] = hex.EncodeToString(origin)
+	s, err := open(ctx, stdlib.OpenDB(*cfg), postgresDialect)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", where, err)
+	}
+	s.origin, s.pgConfig = cfg.RuntimeParams["hangar.origin"], listenCfg
+	conn, err := s.listenConn(ctx, listenCfg)
+	if err != nil {
+		s.db.Close()
+		return nil, fmt.Errorf("open %s: listen for changes: %w", where, err)
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.listen(lctx, listenCfg, conn)
+	}()
+	s.stopListening = func() {
+		cancel()
+		<-done
+	}
+	return s, nil
+}
+
+// listenConn connects and listens on notifyChannel.
+func (s *Store) listenConn(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
+		conn.Close(context.Background())
+		return nil, err
+	}
+	s.listenPID.Store(conn.PgConn().PID())
+	return conn, nil
+}
+
+// listen wakes this Store's subscribers for the changes other processes
+// make, until ctx ends. When its connection fails it connects again
+// (waiting up to 5 s between attempts), then wakes every subscriber:
+// what changed in between went unseen.
+func (s *Store) listen(ctx context.Context, cfg *pgx.ConnConfig, conn *pgx.Conn) {
+	const minWait, maxWait = 100 * time.Millisecond, 5 * time.Second
+	wait := minWait
+	for {
+		if conn == nil {
+			var err error
+			if conn, err = s.listenConn(ctx, cfg); err != nil {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+				wait = min(2*wait, maxWait)
+				continue
+			}
+			wait = minWait
+			s.notifyAll()
+		}
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+			conn.Close(closeCtx)
+			cancel()
+			conn = nil
+			if ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		idText, origin, _ := strings.Cut(n.Payload, " ")
+		id, err := strconv.ParseInt(idText, 10, 64)
+		switch {
+		case err != nil:
+			s.notifyAll() // not the triggers' format: wake everyone
+		case origin != s.origin:
+			s.notify(id)
+		}
+	}
+}
+
+// notifyAll wakes every subscriber.
+func (s *Store) notifyAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, chans := range s.subs {
+		for ch := range chans {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// serverLockKey is the key of the advisory lock of LockServer (another
+// than the migrations').
+const serverLockKey = 7263544
+
+// LockServer takes the database's server lock, held until Close, or says
+// which server holds it. Until servers share work on a database, one
+// server per database: at start a server ends the builds it finds running
+// (FailInterrupted), which would be another server's. On SQLite it does
+// nothing: the data directory's lock keeps to one server.
+func (s *Store) LockServer(ctx context.Context) error {
+	if s.pgConfig == nil {
+		return nil
+	}
+	cfg := s.pgConfig.Copy()
+	host, _ := os.Hostname()
+	cfg.RuntimeParams["application_name"] = fmt.Sprintf("hangar server on %s, pid %d", host, os.Getpid())
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("take the database's server lock: %w", err)
+	}
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, serverLockKey).Scan(&ok); err != nil {
+		conn.Close(ctx)
+		return fmt.Errorf("take the database's server lock: %w", err)
+	}
+	if !ok {
+		var holder string
+		conn.QueryRow(ctx, `SELECT a.application_name || coalesce(' (from ' || host(a.client_addr) || ')', '')
+			FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+			WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = $1 AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+			serverLockKey).Scan(&holder)
+		conn.Close(ctx)
+		if holder == "" {
+			holder = "another hangar server"
+		}
+		return fmt.Errorf("%s already uses this database: one server per database (stop it first)", holder)
+	}
+	s.serverLock = conn
+	return nil
+}
