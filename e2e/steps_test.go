@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
@@ -71,4 +72,29 @@ func TestSSHBreakpointsAndSteps(t *testing.T) {
 	}
 	f.hangar(fmt.Sprintf("build cancel %d", b.ID))
 	f.wait(b.ID, 2*time.Minute)
+
+	// A failed build without SSH, rerun with SSH: the same commit and
+	// workflow, linked both ways, and a machine to debug it in.
+	plain := f.start("--workflow debug")
+	if got, _ := f.wait(plain.ID, 2*time.Minute); got.Status != build.Failed {
+		t.Fatalf("the plain build: %s %q", got.Status, got.Message)
+	}
+	r = f.hangar(fmt.Sprintf("build rerun %d --ssh --json", plain.ID))
+	var re build.Build
+	if r.Code != 0 || json.Unmarshal([]byte(r.Stdout), &re) != nil {
+		t.Fatalf("build rerun --ssh: %d %s %s", r.Code, r.Stdout, r.Stderr)
+	}
+	if re.RerunOf == nil || *re.RerunOf != plain.ID || re.Commit != plain.Commit || re.Workflow != "debug" || !re.SSH.Enabled {
+		t.Errorf("the rerun: %+v", re)
+	}
+	if orig := f.show(plain.ID); len(orig.Reruns) != 1 || orig.Reruns[0] != re.ID {
+		t.Errorf("the failed build does not link to its rerun: %v", orig.Reruns)
+	}
+	f.waitSSH(re.ID)
+	waitLog(t, f.fixture, re.ID, "var=from-step-one dir=sub")
+	if r := f.run("bash", f.script(re.ID), "hangar-steps", "run", "Breaks"); r.Code != 3 || r.Stdout != "var=from-step-one dir=sub\n" {
+		t.Errorf("hangar-steps run in the rerun: %d %q %q", r.Code, r.Stdout, r.Stderr)
+	}
+	f.hangar(fmt.Sprintf("build cancel %d", re.ID))
+	f.wait(re.ID, 2*time.Minute)
 }

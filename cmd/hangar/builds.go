@@ -18,7 +18,7 @@ import (
 
 func buildCmd(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "build", Short: "Start, follow and inspect builds"}
-	cmd.AddCommand(buildStartCmd(cf), buildShowCmd(cf), buildLogsCmd(cf), buildListCmd(cf), buildCancelCmd(cf), buildContinueCmd(cf), buildSSHExtendCmd(cf),
+	cmd.AddCommand(buildStartCmd(cf), buildShowCmd(cf), buildLogsCmd(cf), buildListCmd(cf), buildCancelCmd(cf), buildRerunCmd(cf), buildContinueCmd(cf), buildSSHExtendCmd(cf),
 		buildSSHScriptCmd(cf), buildSSHConfigCmd(cf), buildEventsCmd(cf))
 	return cmd
 }
@@ -263,6 +263,12 @@ func buildShowCmd(cf *clientFlags) *cobra.Command {
 				fmt.Printf("Message:  %s\n", b.Message)
 			}
 			printSSH(os.Stdout, b, time.Now())
+			if b.RerunOf != nil {
+				fmt.Printf("Rerun of: build %d\n", *b.RerunOf)
+			}
+			for _, id := range b.Reruns {
+				fmt.Printf("Rerun as: build %d\n", id)
+			}
 			if len(b.Steps) > 0 {
 				fmt.Println("Steps:")
 				tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
@@ -473,5 +479,36 @@ func buildSSHExtendCmd(cf *clientFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().DurationVar(&by, "by", 10*time.Minute, "how much more time")
+	return cmd
+}
+
+func buildRerunCmd(cf *clientFlags) *cobra.Command {
+	var withSSH, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "rerun ID [--ssh] [--json]",
+		Short: "Start a new build of an ended build's commit, workflow and inputs (--ssh: with SSH access)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, c, err := cf.build(args[0])
+			if err != nil {
+				return err
+			}
+			b, err := c.RerunBuild(cmd.Context(), id, api.RerunRequest{SSH: withSSH})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(b)
+			}
+			fmt.Printf("%s (build %d): a rerun of build %d, workflow %s, branch %s at %.10s\n", b.Name(), b.ID, id, b.Workflow, b.Branch, b.Commit)
+			fmt.Printf("Follow it with: hangar build logs %d --follow\n", b.ID)
+			if b.SSH.Enabled {
+				fmt.Printf("SSH into it:    hangar ssh %d\n", b.ID)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&withSSH, "ssh", false, "enable SSH access to the new build's machine")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the new build as JSON")
 	return cmd
 }

@@ -101,6 +101,12 @@ type StartRequest struct {
 	Inputs map[string]any `json:"inputs,omitempty"`
 }
 
+// RerunRequest asks for a new build of the same commit, workflow and
+// inputs as an ended one; SSH, for SSH access to it.
+type RerunRequest struct {
+	SSH bool `json:"ssh,omitempty"`
+}
+
 // ExtendRequest asks for more SSH time: By is a duration ("10m", "1h").
 type ExtendRequest struct {
 	By string `json:"by"`

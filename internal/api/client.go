@@ -238,6 +238,16 @@ func (c *Client) ContinueBuild(ctx context.Context, id int64) (*build.Build, err
 	return &out, nil
 }
 
+// RerunBuild starts a new build of the same commit, workflow and inputs
+// as ended build id.
+func (c *Client) RerunBuild(ctx context.Context, id int64, req RerunRequest) (*build.Build, error) {
+	var out build.Build
+	if err := c.do(ctx, http.MethodPost, buildPath(id, "/rerun"), req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // ExtendSSH gives build id's SSH access by more time (never past its
 // max_build_duration).
 func (c *Client) ExtendSSH(ctx context.Context, id int64, by time.Duration) (*build.Build, error) {

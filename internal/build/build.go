@@ -85,6 +85,10 @@ type Build struct {
 	FinishedAt   *time.Time `json:"finished_at"`
 	Steps        []Step     `json:"steps"`
 	SSH          SSH        `json:"ssh"`
+	// RerunOf is the build this one reruns; Reruns the builds that rerun
+	// this one (in the single-build answer only).
+	RerunOf *int64  `json:"rerun_of,omitempty"`
+	Reruns  []int64 `json:"reruns,omitempty"`
 }
 
 // SSHState is the state of a build's SSH access.

@@ -177,8 +177,10 @@ func TestSSHTeardownWaitsForBuilder(t *testing.T) {
 			e.wait(b.ID, "the SSH window", inWindow)
 			e.cancel(b.ID)
 			fb.waitCommand(t, link.SSHClose, "has ended (canceled)")
-			// The runner waits, bounded by RevokeTimeout on its clock.
-			e.clock.waitTimer(t, e.clock.Now().Add(5*time.Second))
+			// The runner waits, bounded by RevokeTimeout on its clock: two
+			// timers, the gateway's disconnect and the wait's own (advancing
+			// the clock before the second is set would never fire it).
+			e.clock.waitTimers(t, e.clock.Now().Add(5*time.Second), 2)
 			if live, _ := e.driver.counts(); live != 1 {
 				t.Fatalf("the machine went before the builder answered (%d live)", live)
 			}

@@ -99,14 +99,24 @@ func (c *fakeClock) AdvanceTo(at time.Time) { c.Advance(at.Sub(c.Now())) }
 // waitTimer waits until a timer due at at is pending.
 func (c *fakeClock) waitTimer(t *testing.T, at time.Time) {
 	t.Helper()
+	c.waitTimers(t, at, 1)
+}
+
+// waitTimers waits until n timers at at are set.
+func (c *fakeClock) waitTimers(t *testing.T, at time.Time, n int) {
+	t.Helper()
 	deadline := time.After(waitFor)
 	for {
 		c.mu.Lock()
+		found := 0
 		for _, tm := range c.timers {
 			if tm.at.Equal(at) {
-				c.mu.Unlock()
-				return
+				found++
 			}
+		}
+		if found >= n {
+			c.mu.Unlock()
+			return
 		}
 		added := c.added
 		c.mu.Unlock()

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -295,4 +296,68 @@ func (s *Server) extendSSH(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, s.present(r, nb))
+}
+
+// rerunBuild queues a new build of an ended build's commit, workflow and
+// inputs (its stored spec, as it ran, without its breakpoints), linked to
+// it both ways; with SSH access if asked.
+func (s *Server) rerunBuild(w http.ResponseWriter, r *http.Request) {
+	var req api.RerunRequest
+	if !s.decode(w, r, &req) {
+		return
+	}
+	b, ok := s.lookupBuild(w, r)
+	if !ok {
+		return
+	}
+	if !b.Status.Done() {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d has not ended (it is %s): rerun it once it has, or cancel it first", b.ID, b.ShownStatus()))
+		return
+	}
+	if req.SSH && s.cfg.SSH == nil {
+		writeError(w, http.StatusUnprocessableEntity, "SSH access is not enabled on this server")
+		return
+	}
+	if req.SSH && !s.unisolatedSSHAllowed(w, r) {
+		return
+	}
+	data, err := s.cfg.Store.BuildSpec(r.Context(), b.ID)
+	if err != nil {
+		s.internal(w, "read build spec", err)
+		return
+	}
+	var spec build.Spec
+	// A build that never ran has an empty spec (a workflow without
+	// scripts has its repository and nothing to run, and reruns).
+	if err := json.Unmarshal(data, &spec); err != nil || spec.Repo == "" {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d never ran (%s): there is nothing to run again; fix the workflow file and start a new build", b.ID, b.Message))
+		return
+	}
+	spec.BreakBefore = nil
+	if data, err = json.Marshal(spec); err != nil {
+		s.internal(w, "rerun", err)
+		return
+	}
+	starter := ""
+	if t := tokenOf(r); t != nil {
+		starter = t.Name
+	}
+	nb := &build.Build{
+		App: b.App, Workflow: b.Workflow, WorkflowName: b.WorkflowName, Branch: b.Branch, Commit: b.Commit,
+		Status: build.Queued, Trigger: build.Manual, StartedBy: starter, MaxDuration: b.MaxDuration,
+		Steps: build.NewSteps(spec.Scripts), RerunOf: &b.ID,
+	}
+	if req.SSH {
+		nb.SSH = build.SSH{Enabled: true, State: build.SSHPending}
+	}
+	if err := s.cfg.Store.CreateBuild(r.Context(), nb, data); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			writeError(w, http.StatusConflict, fmt.Sprintf("build %d's app %s no longer exists", b.ID, b.App))
+			return
+		}
+		s.internal(w, "rerun", err)
+		return
+	}
+	s.log.Info("build queued", "build", nb.ID, "app", nb.App, "workflow", nb.Workflow, "rerun_of", b.ID, "ssh", req.SSH)
+	writeJSON(w, http.StatusCreated, s.present(r, nb))
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/store"
 	"github.com/hangar-ci/hangar/internal/workflow"
@@ -183,6 +185,70 @@ func TestBreakpoints(t *testing.T) {
 		}
 		if err != nil || fmt.Sprint(got) != fmt.Sprint(c.want) {
 			t.Errorf("%v: %v %v, want %v", c.args, got, err, c.want)
+		}
+	}
+}
+
+// TestRerunBuild: an ended build's rerun is a new build of its commit,
+// workflow and spec (without breakpoints), linked both ways.
+func TestRerunBuild(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.CreateApp(ctx, &store.App{Name: "demo", Repo: "/r"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AddToken(ctx, HashToken("secret"), store.Token{Name: "ann", Admin: true}); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(Config{Store: st, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	defer srv.Close()
+	c := api.New(srv.URL, "secret", nil)
+	spec := build.Spec{Repo: "/r", Vars: []string{"A=1"}, Scripts: []build.SpecScript{{Name: "Test", File: "01-test.sh", Script: "exit 3"}}, BreakBefore: []int{1}}
+	data, _ := json.Marshal(spec)
+	create := func(status build.Status, spec []byte) *build.Build {
+		b := &build.Build{App: "demo", Workflow: "w", WorkflowName: "W", Branch: "main", Commit: "c0ffee",
+			Status: status, Trigger: build.Webhook, MaxDuration: 60, Steps: build.NewSteps([]build.SpecScript{{Name: "Test"}})}
+		if err := st.CreateBuild(ctx, b, spec); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	failed := create(build.Failed, data)
+	nb, err := c.RerunBuild(ctx, failed.ID, api.RerunRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nb.RerunOf == nil || *nb.RerunOf != failed.ID || nb.Commit != "c0ffee" || nb.Workflow != "w" || nb.Status != build.Queued ||
+		nb.Trigger != build.Manual || nb.StartedBy != "ann" || nb.SSH.Enabled || len(nb.Steps) != 3 {
+		t.Errorf("rerun: %+v", nb)
+	}
+	got, _ := st.BuildSpec(ctx, nb.ID)
+	var rs build.Spec
+	if err := json.Unmarshal(got, &rs); err != nil || len(rs.Scripts) != 1 || rs.Scripts[0].Script != "exit 3" || len(rs.Vars) != 1 || rs.BreakBefore != nil {
+		t.Errorf("rerun's spec: %s", got)
+	}
+	if ob, _ := c.Build(ctx, failed.ID); len(ob.Reruns) != 1 || ob.Reruns[0] != nb.ID {
+		t.Errorf("the original does not link to its rerun: %v", ob.Reruns)
+	}
+	for _, tc := range []struct {
+		id   int64
+		req  api.RerunRequest
+		code int
+		msg  string
+	}{
+		{nb.ID, api.RerunRequest{}, http.StatusConflict, "has not ended"},
+		{create(build.Failed, []byte("{}")).ID, api.RerunRequest{}, http.StatusConflict, "never ran"},
+		{failed.ID, api.RerunRequest{SSH: true}, http.StatusUnprocessableEntity, "SSH access is not enabled"},
+		{9999, api.RerunRequest{}, http.StatusNotFound, "9999"},
+	} {
+		_, err := c.RerunBuild(ctx, tc.id, tc.req)
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Status != tc.code || !strings.Contains(ae.Message, tc.msg) {
+			t.Errorf("rerun %d %+v: %v, want %d %q", tc.id, tc.req, err, tc.code, tc.msg)
 		}
 	}
 }

@@ -31,6 +31,7 @@ type Store interface {
 	TokenByHash(ctx context.Context, hash string) (*store.Token, error)
 	CreateBuild(ctx context.Context, b *build.Build, spec []byte) error
 	Build(ctx context.Context, id int64) (*build.Build, error)
+	BuildSpec(ctx context.Context, id int64) ([]byte, error)
 	Builds(ctx context.Context, app string, limit int) ([]*build.Build, error)
 	// CancelBuild cancels a queued build, or asks the runner to cancel a
 	// running one; see store.Store.CancelBuild.
@@ -128,6 +129,7 @@ func New(cfg Config) *Server {
 	m.HandleFunc("GET /api/v1/builds/{id}", s.auth(s.getBuild))
 	m.HandleFunc("POST /api/v1/builds/{id}/cancel", s.auth(s.cancelBuild))
 	m.HandleFunc("POST /api/v1/builds/{id}/continue", s.auth(s.continueBuild))
+	m.HandleFunc("POST /api/v1/builds/{id}/rerun", s.auth(s.rerunBuild))
 	m.HandleFunc("POST /api/v1/builds/{id}/ssh/extend", s.auth(s.extendSSH))
 	m.HandleFunc("GET /api/v1/builds/{id}/logs", s.auth(s.buildLogs))
 	m.HandleFunc("POST /api/v1/webhooks/{app}", s.webhook)

@@ -84,7 +84,8 @@ var migrations = []migration{
 	{version: 3, name: "log_chunks.encoding", run: addColumn("log_chunks", "encoding", "TEXT NOT NULL DEFAULT ''")},
 	{version: 4, name: "one-row-per-line logs into log_chunks", run: migrateLogLines},
 	{version: 5, name: "notify listeners of changes to builds, their logs and events", postgres: notifyTriggers},
-	{version: 6, name: "webhook deliveries, to ignore repeated ones", sql: deliveriesSchema},
+	{version: 6, name: "builds.rerun_of", run: addColumn("builds", "rerun_of", "{{int}}")},
+	{version: 7, name: "webhook deliveries, to ignore repeated ones", sql: deliveriesSchema},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;

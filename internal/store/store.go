@@ -325,11 +325,11 @@ func (s *Store) CreateBuild(ctx context.Context, b *build.Build, spec []byte) er
 	}
 	b.CreatedAt = time.Now().UTC().Truncate(time.Millisecond)
 	err = tx.QueryRowContext(ctx, `INSERT INTO builds (app_id, number, workflow, workflow_name, branch, commit_sha, status, trigger,
-		started_by, message, max_duration, spec, steps, created_at, started_at, finished_at, ssh_enabled, ssh_state)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id`,
+		started_by, message, max_duration, spec, steps, created_at, started_at, finished_at, ssh_enabled, ssh_state, rerun_of)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING id`,
 		appID, b.Number, b.Workflow, b.WorkflowName, b.Branch, b.Commit, b.Status, b.Trigger,
 		b.StartedBy, b.Message, b.MaxDuration, string(spec), string(steps), ms(b.CreatedAt), nullMS(b.StartedAt), nullMS(b.FinishedAt),
-		b.SSH.Enabled, b.SSH.State).Scan(&b.ID)
+		b.SSH.Enabled, b.SSH.State, b.RerunOf).Scan(&b.ID)
 	if err != nil {
 		return fmt.Errorf("create build: %w", err)
 	}
@@ -342,16 +342,16 @@ func (s *Store) CreateBuild(ctx context.Context, b *build.Build, spec []byte) er
 
 const buildCols = `b.id, a.name, b.number, b.workflow, b.workflow_name, b.branch, b.commit_sha, b.status, b.trigger,
 	b.started_by, b.message, b.max_duration, b.steps, b.created_at, b.started_at, b.finished_at,
-	b.ssh_enabled, b.ssh_state, b.ssh_expires_at, b.ssh_expires_because, b.ssh_closed_reason, b.ssh_connections, b.ssh_sessions`
+	b.ssh_enabled, b.ssh_state, b.ssh_expires_at, b.ssh_expires_because, b.ssh_closed_reason, b.ssh_connections, b.ssh_sessions, b.rerun_of`
 
 func scanBuild(row interface{ Scan(...any) error }) (*build.Build, error) {
 	var b build.Build
 	var steps, sessions string
 	var created int64
-	var started, finished, sshExpires sql.NullInt64
+	var started, finished, sshExpires, rerunOf sql.NullInt64
 	err := row.Scan(&b.ID, &b.App, &b.Number, &b.Workflow, &b.WorkflowName, &b.Branch, &b.Commit, &b.Status, &b.Trigger,
 		&b.StartedBy, &b.Message, &b.MaxDuration, &steps, &created, &started, &finished,
-		&b.SSH.Enabled, &b.SSH.State, &sshExpires, &b.SSH.ExpiresBecause, &b.SSH.ClosedReason, &b.SSH.Connections, &sessions)
+		&b.SSH.Enabled, &b.SSH.State, &sshExpires, &b.SSH.ExpiresBecause, &b.SSH.ClosedReason, &b.SSH.Connections, &sessions, &rerunOf)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -369,12 +369,31 @@ func scanBuild(row interface{ Scan(...any) error }) (*build.Build, error) {
 	}
 	b.CreatedAt = time.UnixMilli(created).UTC()
 	b.StartedAt, b.FinishedAt, b.SSH.ExpiresAt = fromMS(started), fromMS(finished), fromMS(sshExpires)
+	if rerunOf.Valid {
+		b.RerunOf = &rerunOf.Int64
+	}
 	return &b, nil
 }
 
-// Build returns build id.
+// Build returns build id, with its reruns.
 func (s *Store) Build(ctx context.Context, id int64) (*build.Build, error) {
-	return scanBuild(s.db.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds b JOIN apps a ON a.id = b.app_id WHERE b.id = $1`, id))
+	b, err := scanBuild(s.db.QueryRowContext(ctx, `SELECT `+buildCols+` FROM builds b JOIN apps a ON a.id = b.app_id WHERE b.id = $1`, id))
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM builds WHERE rerun_of = $1 ORDER BY id`, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r int64
+		if err := rows.Scan(&r); err != nil {
+			return nil, err
+		}
+		b.Reruns = append(b.Reruns, r)
+	}
+	return b, rows.Err()
 }
 
 // BuildSpec returns the spec stored with build id.

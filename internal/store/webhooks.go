@@ -48,7 +48,7 @@ func (s *Store) ActiveWebhookBuilds(ctx context.Context, app, workflow, branch s
 	return ids, rows.Err()
 }
 
-// deliveriesSchema is the table of webhook deliveries (migration 6).
+// deliveriesSchema is the table of webhook deliveries (migration 7).
 const deliveriesSchema = `
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
 	app_id {{int}} NOT NULL REFERENCES apps(id) ON DELETE CASCADE,

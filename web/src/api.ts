@@ -61,6 +61,8 @@ export interface Build {
   finished_at: string | null;
   steps: Step[];
   ssh: BuildSSH;
+  rerun_of?: number;
+  reruns?: number[];
 }
 
 export interface LogLine {
@@ -238,6 +240,7 @@ export const api = {
     send<Build>('POST', '/api/v1/builds', b) as Promise<Build>,
   cancel: (id: number) => send<Build>('POST', `/api/v1/builds/${id}/cancel`),
   resume: (id: number) => send<Build>('POST', `/api/v1/builds/${id}/continue`),
+  rerun: (id: number, ssh: boolean) => send<Build>('POST', `/api/v1/builds/${id}/rerun`, { ssh }) as Promise<Build>,
   extendSSH: (id: number, by: string) => send<Build>('POST', `/api/v1/builds/${id}/ssh/extend`, { by }),
   sshScript: (id: number, shell: 'bash' | 'powershell') =>
     getText(`/api/v1/builds/${id}/ssh/script${shell === 'powershell' ? '?shell=powershell' : ''}`),

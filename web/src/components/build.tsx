@@ -7,6 +7,7 @@ import type { Build, Step } from '../api';
 import { useTitle } from '../data';
 import { ago, buildDuration, duration, shortCommit, stepDuration, useNow, when } from '../format';
 import { LogView, StepLog } from '../log';
+import { navigate } from '../router';
 import { SSHPanel } from './ssh';
 import { Alert, Dialog, Spinner, StatusBadge, StatusIcon, stepStatusText } from './ui';
 
@@ -129,7 +130,9 @@ export function BuildPage({ id }: { id: number }) {
             <button type="button" class="btn btn-danger-ghost" onClick={() => setCanceling(true)}>
               Cancel build
             </button>
-          ) : null}
+          ) : (
+            <RerunButtons build={build} />
+          )}
         </div>
       </div>
       <dl class="facts">
@@ -165,6 +168,7 @@ export function BuildPage({ id }: { id: number }) {
           </dd>
         </div>
       </dl>
+      <Reruns build={build} />
       {build.message ? <Alert kind={build.status === 'finished' ? 'info' : build.status === 'canceled' ? 'warn' : 'error'}>{build.message}</Alert> : null}
       {trouble ? <Alert kind="warn">{trouble}</Alert> : null}
       <PausedNotice build={build} />
@@ -199,7 +203,9 @@ function StepsAndLog({ build, logs, now }: { build: Build; logs: Map<number, Ste
   const log = logs.get(shown) ?? null;
   const name = step?.name ?? `Step ${shown + 1}`;
   const emptyText = !step
-    ? 'Waiting for the build to start…'
+    ? ended(build.status)
+      ? `This build did not run: ${build.message || build.status}`
+      : 'Waiting for the build to start…'
     : step.status === 'pending'
       ? 'This step has not started.'
       : step.status === 'skipped'
@@ -342,5 +348,60 @@ function PausedNotice({ build }: { build: Build }) {
       </button>
       {error ? <Alert>{error}</Alert> : null}
     </div>
+  );
+}
+
+// RerunButtons start a new build of this one's commit, workflow and
+// inputs, with or without SSH, and open its page.
+function RerunButtons({ build }: { build: Build }) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState('');
+  const rerun = async (ssh: boolean) => {
+    setBusy(true);
+    setError('');
+    try {
+      const nb = await api.rerun(build.id, ssh);
+      navigate(`/builds/${nb.id}`);
+    } catch (e) {
+      setError(e instanceof Error ? e.message : String(e));
+      setBusy(false);
+    }
+  };
+  return (
+    <>
+      <button type="button" class="btn" onClick={() => rerun(false)} disabled={busy}>
+        Rerun
+      </button>
+      <button type="button" class="btn btn-primary" onClick={() => rerun(true)} disabled={busy} title="A new build of the same commit, workflow and inputs, whose machine you can SSH into">
+        Rerun with SSH
+      </button>
+      {error ? <Alert>{error}</Alert> : null}
+    </>
+  );
+}
+
+// Reruns links a build to the one it reruns and to its reruns.
+function Reruns({ build }: { build: Build }) {
+  if (!build.rerun_of && !build.reruns?.length) return null;
+  return (
+    <p class="reruns small" data-testid="reruns">
+      {build.rerun_of ? (
+        <>
+          A rerun of <a href={`/builds/${build.rerun_of}`}>build {build.rerun_of}</a>.{' '}
+        </>
+      ) : null}
+      {build.reruns?.length ? (
+        <>
+          Rerun as{' '}
+          {build.reruns.map((id, i) => (
+            <span key={id}>
+              {i > 0 ? ', ' : ''}
+              <a href={`/builds/${id}`}>build {id}</a>
+            </span>
+          ))}
+          .
+        </>
+      ) : null}
+    </p>
   );
 }
