@@ -8,21 +8,25 @@ HTTP      ?= 127.0.0.1:8080
 # More `hangar server` flags for `make run`, e.g. SERVER_FLAGS=--sandbox-egress=off
 SERVER_FLAGS ?=
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
-# Debian packages: the sandbox driver (runc, sudo, iptables, iproute2), git for
-# repositories, curl for `make run` and the one-line SSH command, OpenSSH's
-# client; for the tests also netcat, tmux, rsync, Chromium, python3 (the
-# seccomp tests call syscalls through it), ssh-audit (the SSH servers'
-# algorithm tests run it) and PostgreSQL (the store's tests and an e2e test
-# start their own server from its binaries).
-RUN_PACKAGES  := git runc sudo iptables iproute2 curl procps openssh-client rsync ca-certificates
-TEST_PACKAGES := $(RUN_PACKAGES) netcat-openbsd tmux chromium fonts-dejavu-core python3 ssh-audit postgresql
+# Debian packages: the sandbox driver (runc, iptables, iproute2) and
+# mmdebstrap for its default image, git for repositories, curl for `make run`
+# and the one-line SSH command, OpenSSH's client; for the tests also netcat,
+# tmux, rsync, Chromium, python3 (the seccomp tests call syscalls through
+# it), ssh-audit (the SSH servers' algorithm tests run it), PostgreSQL (the
+# store's tests and an e2e test start their own server from its binaries),
+# docker-registry (a real registry to pull images from) and busybox-static (a
+# tiny image to push to it).
+RUN_PACKAGES  := git runc sudo iptables iproute2 curl procps openssh-client rsync ca-certificates mmdebstrap
+TEST_PACKAGES := $(RUN_PACKAGES) netcat-openbsd tmux chromium fonts-dejavu-core python3 ssh-audit postgresql docker-registry busybox-static
 
 .PHONY: all build run test deps testdeps vet staticcheck gotest uideps ui bench clean
 
 all: build
 
+# Static (no cgo): the binary is also the builder inside machines, whose
+# images may have another C library than the host's, or none.
 build:
-	$(GO) build -o $(BIN) ./cmd/hangar
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/hangar
 
 deps:
 	@scripts/install-deps.sh $(RUN_PACKAGES)

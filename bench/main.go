@@ -66,6 +66,9 @@ const workflowFile = `workflows:
         script: sleep 20
 `
 
+// The sandbox servers' image store and image (flags -images and -image).
+var sandboxImages, sandboxImage string
+
 type options struct {
 	drivers   []string
 	n         int
@@ -96,6 +99,8 @@ func main() {
 	flag.Int64Var(&o.bytes, "bytes", 1<<30, "ssh mode: bytes per transfer")
 	flag.IntVar(&o.posts, "posts", 40, "webhook mode: parallel posts with a bad signature")
 	flag.Int64Var(&o.hookBytes, "hookbytes", 24<<20, "webhook mode: bytes per post")
+	flag.StringVar(&sandboxImages, "images", "hangar-data/images", "sandbox: the image store the servers boot machines from (make run builds the default image in it)")
+	flag.StringVar(&sandboxImage, "image", "hangar/default:latest", "sandbox: the image machines boot from (it must be in -images: see hangar image)")
 	flag.Parse()
 	if *mode == "ssh" || *mode == "logs" {
 		set := false
@@ -322,7 +327,12 @@ func startServer(ctx context.Context, bin, driver, dir string, maxBuilds int) (*
 	// The SSH gateway listens on a free loopback port, not the default :2222.
 	args := []string{"server", "--http", addr, "--data", data, "--driver", driver, "--max-builds", strconv.Itoa(maxBuilds), "--ssh", "127.0.0.1:0"}
 	if driver == "sandbox" {
-		args = append(args, "--sandbox-bridge", sandboxBridge, "--sandbox-subnet", sandboxSubnet)
+		images, err := filepath.Abs(sandboxImages)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "--sandbox-bridge", sandboxBridge, "--sandbox-subnet", sandboxSubnet,
+			"--images", images, "--default-image", sandboxImage)
 	}
 	s := &server{
 		driver:  driver,

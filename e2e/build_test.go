@@ -311,6 +311,12 @@ func (f *fixture) leftovers(id int64, name string) []string {
 	if bytes.Contains(mounts, []byte(filepath.Join(f.s.Data, "machines", name)+"/")) {
 		left = append(left, "mounts under machines/"+name)
 	}
+	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, l := range loops {
+		if b, err := os.ReadFile(l); err == nil && bytes.Contains(b, []byte(filepath.Join(f.s.Data, "machines", name)+"/")) {
+			left = append(left, "loop device "+strings.Split(l, "/")[3])
+		}
+	}
 	if f.driver == "sandbox" {
 		// Host-global names of a sandbox machine include the driver's bridge.
 		id := "hangar-" + f.bridge + "_" + name

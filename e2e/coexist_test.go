@@ -76,10 +76,11 @@ func coFixture(t *testing.T, bridge, subnet, data string) *fixture {
 }
 
 // release lets build id's Hold step end: it creates /home/release in the
-// machine (its /home is a directory of the server's machines dir).
+// machine (its /home is a directory of its disk, mounted in the server's
+// machines dir).
 func (f *fixture) release(id int64) {
 	f.t.Helper()
-	p := filepath.Join(f.s.Data, "machines", fmt.Sprintf("build-%d", id), "home", "release")
+	p := filepath.Join(f.s.Data, "machines", fmt.Sprintf("build-%d", id), "disk", "home", "release")
 	if err := os.WriteFile(p, nil, 0o644); err != nil {
 		f.t.Fatalf("release build %d: %v", id, err)
 	}

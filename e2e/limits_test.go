@@ -58,6 +58,15 @@ workflows:
           dd if=/dev/zero of=/tmp/fill bs=1M count=200 || echo "dd-exit=$?"
           rm /tmp/fill
           echo filler-done
+  diskfill:
+    instance_type: small
+    environment: {vars: *vars}
+    scripts:
+      - name: Fill the disk
+        script: |
+          sudo -n dd if=/dev/zero of=/var/fill bs=1M count=200
+      - name: After
+        script: echo SHOULD-NOT-RUN
   bomb:
     instance_type: small
     environment: {vars: *vars}
@@ -121,14 +130,15 @@ func TestUnknownInstanceType(t *testing.T) {
 	// The host driver says it does not enforce the limits.
 	b = f.start("--workflow quiet")
 	b, logs := f.wait(b.ID, 60*time.Second)
-	if b.Status != build.Finished || !strings.Contains(logs, "Instance type: linux (2 vCPU, 512 MiB memory, 512 processes, 128 MiB /tmp; not enforced by the host driver)") {
+	if b.Status != build.Finished || !strings.Contains(logs, "Instance type: linux (2 vCPU, 512 MiB memory, 512 processes, 128 MiB disk and /tmp each; not enforced by the host driver)") {
 		t.Errorf("quiet build %s: log:\n%s", b.Status, logs)
 	}
 }
 
 // TestSandboxLimits: with the sandbox driver, a memory hog fails its build
 // with the out-of-memory message, a /tmp filler gets ENOSPC and its build
-// ends normally, and a fork bomb stops at the pids limit while a build
+// ends normally, a disk filler fails its build with the out-of-disk
+// message, and a fork bomb stops at the pids limit while a build
 // beside it finishes with its complete log.
 func TestSandboxLimits(t *testing.T) {
 	f := newLimitsFixture(t, "sandbox")
@@ -149,6 +159,16 @@ func TestSandboxLimits(t *testing.T) {
 	b, logs = f.wait(filler.ID, 120*time.Second)
 	if b.Status != build.Finished || !strings.Contains(logs, "No space left on device") || !strings.Contains(logs, "dd-exit=1") || !strings.Contains(logs, "filler-done") {
 		t.Errorf("filler build: %s %q; log:\n%s", b.Status, b.Message, logs)
+	}
+
+	// A disk filler (the writable layer) and a build beside it.
+	disk := f.start("--workflow diskfill")
+	quiet = f.start("--workflow quiet")
+	f.checkQuiet(quiet.ID)
+	b, logs = f.wait(disk.ID, 120*time.Second)
+	if b.Status != build.Failed || b.Message != "the build ran out of disk space (disk is full, limit 64 MiB)" ||
+		!strings.Contains(logs, "No space left on device") || strings.Contains(logs, "SHOULD-NOT-RUN") {
+		t.Errorf("disk filler build: %s %q, want failed with the out-of-disk message; log:\n%s", b.Status, b.Message, logs)
 	}
 
 	// A fork bomb and a build beside it.

@@ -352,7 +352,7 @@ func TestSSH(t *testing.T) {
 	f.hangar(fmt.Sprintf("build cancel %d", b.ID))
 	f.wait(b.ID, time.Minute)
 	r := f.run("bash", script, "true")
-	if r.Code == 0 || !strings.Contains(r.Stderr, "has ended") {
+	if r.Code == 0 || !strings.Contains(r.Stderr, fmt.Sprintf("hangar: SSH access to build %d ended: the build was canceled", b.ID)) {
 		t.Errorf("script after the build: %d %q", r.Code, r.Stderr)
 	}
 	if r := f.hangar(fmt.Sprintf("build ssh-script %d", b.ID)); r.Code == 0 || !strings.Contains(r.Stderr, "has ended") {

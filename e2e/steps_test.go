@@ -98,3 +98,34 @@ func TestSSHBreakpointsAndSteps(t *testing.T) {
 	f.hangar(fmt.Sprintf("build cancel %d", re.ID))
 	f.wait(re.ID, 2*time.Minute)
 }
+
+// TestSSHOnFailure: with --ssh=on-failure a passing build finishes at once
+// and never gets a credential; a failing one opens SSH after the failure,
+// where the failed step can be run again.
+func TestSSHOnFailure(t *testing.T) {
+	f := newSSHFixture(t, "hgstep1", "10.213.83.0/24", "10m")
+	pass := f.start("--workflow quick --ssh=on-failure")
+	got, _ := f.wait(pass.ID, 2*time.Minute)
+	if got.Status != build.Finished || got.SSH.Enabled {
+		t.Errorf("a passing on-failure build: %s, ssh %+v", got.Status, got.SSH)
+	}
+	if r := f.hangar(fmt.Sprintf("build ssh-script %d", pass.ID)); r.Code == 0 {
+		t.Errorf("a passing on-failure build has a script:\n%s", r.Stdout)
+	}
+	fail := f.start("--workflow debug --ssh=on-failure")
+	if fail.SSH.Enabled {
+		t.Errorf("SSH enabled before any failure: %+v", fail.SSH)
+	}
+	f.waitSSH(fail.ID)
+	waitLog(t, f.fixture, fail.ID, "hangar: a step failed: SSH access opens for you to debug it")
+	if b := f.show(fail.ID); b.Status != build.WaitingForSSH || b.Steps[3].Status != build.StepFailed {
+		t.Errorf("after the failure: %s, step %s", b.Status, b.Steps[3].Status)
+	}
+	if r := f.run("bash", f.script(fail.ID), "hangar-steps", "run", "2"); r.Code != 3 || r.Stdout != "var=from-step-one dir=sub\n" {
+		t.Errorf("hangar-steps run 2: %d %q %q", r.Code, r.Stdout, r.Stderr)
+	}
+	f.hangar(fmt.Sprintf("build cancel %d", fail.ID))
+	if b, _ := f.wait(fail.ID, 2*time.Minute); b.Status != build.Canceled {
+		t.Errorf("after cancel: %s", b.Status)
+	}
+}

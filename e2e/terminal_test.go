@@ -13,8 +13,9 @@ import (
 )
 
 // TestTerminalRelay drives the browser terminal's WebSocket the way the web
-// UI does: a login shell on the machine, through the gateway; closing it
-// is a logout.
+// UI does: a login shell on the machine, through the gateway; closing the
+// socket only detaches it (the next terminal gets it back with its screen);
+// exit is a logout.
 func TestTerminalRelay(t *testing.T) {
 	f := newSSHFixture(t, "hgssh4", "10.213.90.0/24", "10m")
 	b := f.start("--workflow quick --ssh")
@@ -31,7 +32,18 @@ func TestTerminalRelay(t *testing.T) {
 	if nb := f.show(b.ID); nb.SSH.State != build.SSHConnected || len(nb.SSH.Sessions) != 1 || !strings.Contains(nb.SSH.Sessions[0].Client, "browser") {
 		t.Errorf("while connected: %+v", nb.SSH)
 	}
-	send(map[string]any{"type": "input", "data": "exit\r"})
+	send(map[string]any{"type": "input", "data": "export KEPT=v42; echo mark-$((6*7))\r"})
+	waitFor("mark-42")
+	term.close() // a closed tab
+	waitEvent(t, f, b.ID, "ssh_login_detach", "shell 1")
+	if nb := f.show(b.ID); nb.Status.Done() || nb.SSH.State == build.SSHClosed {
+		t.Fatalf("closing the socket ended the build: %s %+v", nb.Status, nb.SSH)
+	}
+	again := openTerminal(t, ctx, f, b.ID)
+	again.waitFor("mark-42") // the screen, restored
+	again.send(map[string]any{"type": "input", "data": "echo kept=$KEPT\r"})
+	again.waitFor("kept=v42")
+	again.send(map[string]any{"type": "input", "data": "exit\r"})
 	nb, _ := f.wait(b.ID, 30*time.Second)
 	if nb.Status != build.Finished || !strings.Contains(nb.SSH.ClosedReason, "logged out") {
 		t.Errorf("after exit: %s %+v", nb.Status, nb.SSH)
@@ -42,6 +54,7 @@ func TestTerminalRelay(t *testing.T) {
 type terminal struct {
 	send    func(map[string]any)
 	waitFor func(string)
+	close   func()
 }
 
 func openTerminal(t *testing.T, ctx context.Context, f *sshFixture, id int64) *terminal {
@@ -63,6 +76,7 @@ func openTerminal(t *testing.T, ctx context.Context, f *sshFixture, id int64) *t
 	}
 	var screen strings.Builder
 	return &terminal{
+		close: func() { _ = ws.Close(websocket.StatusGoingAway, "tab closed") },
 		send: func(m map[string]any) {
 			data, _ := json.Marshal(m)
 			if err := ws.Write(ctx, websocket.MessageText, data); err != nil {
@@ -79,6 +93,24 @@ func openTerminal(t *testing.T, ctx context.Context, f *sshFixture, id int64) *t
 				screen.Write(data)
 			}
 		},
+	}
+}
+
+// TestTerminalLogout: the terminal's close button ("logout") ends the shell:
+// a logout, though the shell was busy.
+func TestTerminalLogout(t *testing.T) {
+	f := newSSHFixture(t, "hgssh6", "10.213.89.0/24", "10m")
+	b := f.start("--workflow quick --ssh")
+	f.waitSSH(b.ID)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	term := openTerminal(t, ctx, f, b.ID)
+	term.waitFor("builder@build-")
+	term.send(map[string]any{"type": "input", "data": "sleep 600\r"})
+	term.send(map[string]any{"type": "logout"})
+	nb, _ := f.wait(b.ID, 30*time.Second)
+	if nb.Status != build.Finished || !strings.Contains(nb.SSH.ClosedReason, "logged out") {
+		t.Errorf("after logout: %s %+v", nb.Status, nb.SSH)
 	}
 }
 

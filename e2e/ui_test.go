@@ -32,8 +32,9 @@ workflows:
 // TestUI drives the web UI in Debian's Chromium (e2e/ui/ui.test.mjs, with
 // playwright-core): sign in, add an app, start a build with SSH access,
 // run the page's one-line command with the real ssh client, use the browser
-// terminal, log out and see the build finish; the page must contact no
-// other host. Screenshots of each stage go to $HANGAR_UI_SCREENSHOTS, or
+// terminal, detach it and continue its shell from a terminal (the one-line
+// command on a pty), re-attach in the browser, log out with its close button
+// and see the build finish; the page must contact no other host. Screenshots of each stage go to $HANGAR_UI_SCREENSHOTS, or
 // to the test's temporary directory.
 func TestUI(t *testing.T) {
 	if os.Geteuid() != 0 {

@@ -22,6 +22,18 @@ if [ ! -d "$demo" ]; then
 fi
 demo=$(cd "$demo" && pwd)
 
+# Sandbox machines boot from the default image: build it once (a few
+# minutes; later runs find it up to date at once). Skipped for the host
+# driver, which boots no image.
+case " ${server_flags[*]-} " in
+*" --driver host "* | *" --driver=host "* | *" --default-image"*) ;;
+*)
+  if [ "$(id -u)" -eq 0 ] && command -v runc >/dev/null; then
+    "$BIN" image build --data "$DATA"
+  fi
+  ;;
+esac
+
 # The server runs in its own process group (set -m), so that the terminal's
 # Ctrl-C reaches only this script, which forwards it once: the server then
 # stops cleanly (builds, machines, bridge, firewall rules) and this script

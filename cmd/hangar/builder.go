@@ -19,8 +19,9 @@ func builderCmd() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if os.Getpid() == 1 {
-				// PID 1 of a machine: stay as its init, run the builder below.
+			if os.Getpid() == 1 || os.Getenv(builder.InitEnv) == "subreaper" {
+				// PID 1 of a machine (or its subreaper, see InitEnv): stay
+				// as its init, run the builder below.
 				return &exitError{code: builder.Init([]string{"builder"})}
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

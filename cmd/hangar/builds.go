@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -50,9 +51,9 @@ func exitFor(b *build.Build) error {
 
 func buildStartCmd(cf *clientFlags) *cobra.Command {
 	var wf, branch string
-	var inputs []string
-	var follow, asJSON, withSSH bool
-	var breaks []string
+	var follow, asJSON bool
+	var sshMode string
+	var breaks, inputs []string
 	cmd := &cobra.Command{
 		Use:   "start APP [--workflow ID] [--branch B] [--input KEY=VALUE]... [--ssh] [--ssh-break-before STEP]... [--follow] [--json]",
 		Short: "Start a build of an app",
@@ -62,11 +63,25 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			// A breakpoint holds the build for you to SSH in: it implies --ssh.
-			withSSH = withSSH || len(breaks) > 0
-			req := api.StartRequest{App: args[0], Workflow: wf, Branch: branch, SSH: withSSH, SSHBreakBefore: breaks}
+			req := api.StartRequest{App: args[0], Workflow: wf, Branch: branch, SSHBreakBefore: breaks}
 			if req.Inputs, err = parseInputs(inputs); err != nil {
 				return err
+			}
+			switch sshMode {
+			case "on", "true", "yes":
+				req.SSH = true
+			case "on-failure":
+				req.SSHOnFailure = true
+			case "", "off", "false", "no":
+			default:
+				return fmt.Errorf("--ssh=%s: use --ssh (SSH from the start) or --ssh=on-failure (only if a step fails)", sshMode)
+			}
+			// A breakpoint holds the build for you to SSH in: it implies --ssh.
+			if len(breaks) > 0 {
+				if req.SSHOnFailure {
+					return errors.New("--ssh-break-before holds the build for you to SSH in before the step: it needs --ssh, not --ssh=on-failure")
+				}
+				req.SSH = true
 			}
 			b, err := c.StartBuild(cmd.Context(), req)
 			if err != nil {
@@ -106,7 +121,8 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 	cmd.Flags().StringVar(&branch, "branch", "", "branch to build (default: the repository's default branch)")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "show the steps and their output as the build runs")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the build as JSON (with --follow: once it ends)")
-	cmd.Flags().BoolVar(&withSSH, "ssh", false, "enable SSH access to the build's machine (see `hangar ssh ID`)")
+	cmd.Flags().StringVar(&sshMode, "ssh", "", "enable SSH access to the build's machine (see `hangar ssh ID`); --ssh=on-failure: only if a step fails (a passing build finishes at once)")
+	cmd.Flags().Lookup("ssh").NoOptDefVal = "on"
 	cmd.Flags().StringArrayVar(&inputs, "input", nil, "a value for one of the workflow's inputs, KEY=VALUE (repeat for several; see `hangar workflow check`)")
 	cmd.Flags().StringArrayVar(&breaks, "ssh-break-before", nil, "pause the build before this step (its number, 1 for the first script, or its name; repeatable), with SSH open, until `hangar build continue ID` or `hangar-steps continue` in the machine (implies --ssh)")
 	return cmd

@@ -17,6 +17,7 @@ import (
 	hangarapp "github.com/hangar-ci/hangar/internal/app"
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/gateway"
+	"github.com/hangar-ci/hangar/internal/image"
 	"github.com/hangar-ci/hangar/internal/netx"
 	"github.com/hangar-ci/hangar/internal/store"
 )
@@ -58,6 +59,9 @@ func serverCmd() *cobra.Command {
 				if cfg.InstanceTypes, err = build.ParseInstanceTypes(data); err != nil {
 					return fmt.Errorf("--instance-types %s: %w", instanceTypes, err)
 				}
+				if cfg.InstanceImages, err = build.InstanceImages(data); err != nil {
+					return fmt.Errorf("--instance-types %s: %w", instanceTypes, err)
+				}
 			}
 			if err := checkGatewayLimits(cfg); err != nil {
 				return err
@@ -85,6 +89,9 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.SandboxBridge, "sandbox-bridge", "hangar0", "name of the host bridge of sandbox machines")
 	f.StringVar(&cfg.SandboxDir, "sandbox-dir", "", "where sandbox machines' writable layers live (default: <data>/machines)")
 	f.StringVar(&instanceTypes, "instance-types", "", "YAML file of the instance types workflows may pick, with their CPU, memory, process and /tmp limits (default: linux and linux_x2, see docs/cli.md)")
+	f.StringVar(&cfg.Images, "images", "", "image store of sandbox machines (default: <data>/images; see hangar image)")
+	f.StringVar(&cfg.DefaultImage, "default-image", image.DefaultName, "image of the instance types that name none (built by hangar image build, or any registry image)")
+	f.StringVar(&cfg.RegistryAuth, "registry-auth", "", "Docker config.json with the credentials of the registries images are pulled from (default: anonymous)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&cfg.SSH, "ssh", ":2222", "address of the public SSH gateway, or \"off\" (no SSH builds)")
 	f.StringVar(&cfg.SSHPublicHost, "ssh-public-host", "", "host name users reach the gateway at (default: the host of the API request)")

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/api"
+	"github.com/hangar-ci/hangar/internal/image/imagetest"
 )
 
 var (
@@ -110,10 +111,7 @@ func StartServer(t testing.TB, o Options) *Server {
 		data = t.TempDir()
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	args := append([]string{"server", "--http", addr, "--data", data, "--driver", o.Driver, "--log-level", "debug"}, o.Args...)
-	if !slices.Contains(o.Args, "--ssh") {
-		args = append(args, "--ssh", "127.0.0.1:0") // never the default :2222
-	}
+	args := serverArgs(t, addr, data, o)
 	s := &Server{t: t, URL: "http://" + addr, Data: data, log: &lockedBuffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.Stdout = s.log
@@ -150,6 +148,21 @@ func StartServer(t testing.TB, o Options) *Server {
 	return s
 }
 
+// serverArgs are the arguments of `hangar server` with o: never the
+// default SSH port, and sandbox machines boot from the Debian test image
+// (imagetest) unless o names an image or store.
+func serverArgs(t testing.TB, addr, data string, o Options) []string {
+	args := append([]string{"server", "--http", addr, "--data", data, "--driver", o.Driver, "--log-level", "debug"}, o.Args...)
+	if !slices.Contains(o.Args, "--ssh") {
+		args = append(args, "--ssh", "127.0.0.1:0") // never the default :2222
+	}
+	if o.Driver == "sandbox" && !slices.Contains(o.Args, "--images") && !slices.Contains(o.Args, "--default-image") {
+		store, name := imagetest.Debian(t)
+		args = append(args, "--images", store.Dir(), "--default-image", name)
+	}
+	return args
+}
+
 // StartServerFails runs `hangar server` expecting it to refuse to start:
 // it fails the test if the server answers /healthz or still runs after a
 // minute, and returns what the server printed.
@@ -160,10 +173,7 @@ func StartServerFails(t testing.TB, o Options) string {
 		data = t.TempDir()
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	args := append([]string{"server", "--http", addr, "--data", data, "--driver", o.Driver, "--log-level", "debug"}, o.Args...)
-	if !slices.Contains(o.Args, "--ssh") {
-		args = append(args, "--ssh", "127.0.0.1:0")
-	}
+	args := serverArgs(t, addr, data, o)
 	log := &lockedBuffer{}
 	cmd := exec.Command(Binary(t), args...)
 	cmd.Stdout, cmd.Stderr = log, log

@@ -1,14 +1,16 @@
 // End-to-end test of Hangar's web UI, run by e2e/ui_test.go (go test ./e2e/ -run TestUI).
 // It drives Debian's Chromium with playwright-core as a person would: sign in, add an app, start
 // a build with SSH access, see the SSH panel, run the page's one-line command with the real ssh
-// client, open the browser terminal, run a command in it, log out and see the build finish. It
+// client, open the browser terminal, run a command in it, detach it and continue in the same
+// shell from a terminal (the one-line command on a pty), re-attach in the browser, log out with
+// the terminal's close button and see the build finish. It
 // saves a screenshot of each stage in $SCREENSHOT_DIR and fails if the page contacts any host
 // but the server.
 //
 // Env: HANGAR_URL, HANGAR_TOKEN, REPO_PATH (a repository with workflow "hold"), SCREENSHOT_DIR.
 
 import { chromium } from 'playwright-core';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -82,6 +84,38 @@ const run = (cmd, args, env, timeout = 120_000) =>
   new Promise((resolve) => {
     execFile(cmd, args, { env, timeout }, (err, stdout, stderr) => resolve({ code: err ? (err.code ?? 1) : 0, stdout, stderr }));
   });
+
+// live runs cmd on a pty (script(1)) and lets the test type into it and wait for its output.
+function live(cmdline, env) {
+  const p = spawn('script', ['-qfec', cmdline, '/dev/null'], { env, detached: true, stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  p.stdout.on('data', (d) => (out += d));
+  p.stderr.on('data', (d) => (out += d));
+  return {
+    type: (line) => p.stdin.write(line + '\n'),
+    async waitFor(text, timeout = 30_000) {
+      const until = Date.now() + timeout;
+      while (!out.includes(text)) {
+        if (Date.now() > until) throw new Error(`the terminal did not show ${JSON.stringify(text)}:\n${out}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    },
+    // kill -9 the whole client (script, bash, ssh): a lost connection.
+    kill: () => process.kill(-p.pid, 'SIGKILL'),
+  };
+}
+
+// waitEvents waits until build id has n events of kind.
+async function waitEvents(id, kind, n) {
+  const until = Date.now() + 30_000;
+  for (;;) {
+    const r = await fetch(`${base}/api/v1/builds/${id}/events`, { headers: { Authorization: `Bearer ${token}` } });
+    const evs = r.ok ? await r.json() : [];
+    if ((Array.isArray(evs) ? evs : (evs.events ?? [])).filter((e) => e.kind === kind).length >= n) return;
+    if (Date.now() > until) throw new Error(`build ${id}: fewer than ${n} ${kind} events`);
+    await new Promise((res) => setTimeout(res, 200));
+  }
+}
 
 let failed = null;
 const page = context.pages()[0] ?? (await context.newPage());
@@ -184,9 +218,28 @@ try {
   await page.waitForFunction((b) => document.querySelector('.term-box .xterm-rows').children.length !== b, before, { timeout: 10_000 });
   await page.setViewportSize({ width: 1280, height: 900 });
 
-  step('exit logs out and the build finishes');
+  step('detach in the browser, continue from a terminal');
   await page.locator('.term-box .xterm-helper-textarea').focus();
-  await page.keyboard.type('exit\n', { delay: 20 });
+  await page.keyboard.type('export FROM_BROWSER=yes; echo browser-mark-$((3*4))\n', { delay: 20 });
+  await page.waitForFunction(() => (document.querySelector('.term-box .xterm-rows')?.innerText ?? '').includes('browser-mark-12'), null, { timeout: 30_000 });
+  await page.locator('#detach-terminal').click();
+  await page.getByRole('button', { name: 'Open terminal' }).waitFor();
+  await waitEvents(buildId, 'ssh_login_detach', 1);
+  const env = { HOME: sshHome, PATH: process.env.PATH, LANG: 'C.UTF-8', TERM: 'xterm' };
+  const term = live(oneLiner, env);
+  await term.waitFor('browser-mark-12'); // the browser's screen, restored
+  term.type('echo "got-$FROM_BROWSER"');
+  await term.waitFor('got-yes');
+  console.log('the terminal continued the browser\'s shell');
+  term.kill();
+  await waitEvents(buildId, 'ssh_login_detach', 2);
+
+  step('re-attach in the browser; its close button logs out and the build finishes');
+  await page.getByRole('button', { name: 'Open terminal' }).click();
+  await page.locator('[data-terminal-state="open"]').waitFor({ timeout: 60_000 });
+  await page.waitForFunction(() => (document.querySelector('.term-box .xterm-rows')?.innerText ?? '').includes('got-yes'), null, { timeout: 30_000 });
+  await shot(page, 'terminal-reattached');
+  await page.locator('#close-terminal').click();
   await page.locator(`.page-head [data-status="finished"]`).waitFor({ timeout: 60_000 });
   await page.locator('[data-terminal-state="closed"]').waitFor();
   await page.getByTestId('ssh-closed').waitFor();
@@ -221,4 +274,4 @@ if (pageErrors.length) {
   failed ??= new Error('errors in the page');
 }
 if (failed) fail(failed.stack || String(failed));
-console.log('PASS: the web UI signs in, adds an app, starts an SSH build, connects with ssh and the browser terminal, and finishes it');
+console.log('PASS: the web UI signs in, adds an app, starts an SSH build, connects with ssh and the browser terminal, moves the shell between them, and finishes it');

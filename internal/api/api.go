@@ -87,6 +87,9 @@ type StartRequest struct {
 	Branch   string `json:"branch,omitempty"`   // empty: the repository's default branch
 	// SSH asks for SSH access to the build's machine.
 	SSH bool `json:"ssh,omitempty"`
+	// SSHOnFailure asks for SSH access only if a step fails: a passing
+	// build finishes at once and never gets a credential.
+	SSHOnFailure bool `json:"ssh_on_failure,omitempty"`
 	// SSHBreakBefore are steps (a script's number, 1 for the first, or its
 	// name) the build pauses before, with SSH open, until it is continued
 	// (POST /api/v1/builds/{id}/continue, or `hangar-steps continue` in the

@@ -71,7 +71,15 @@ type Config struct {
 	// build.DefaultInstanceTypes. New lowers their pids limits to fit
 	// MaxBuilds machines in the host's pid_max.
 	InstanceTypes build.InstanceTypes
-	Logger        *slog.Logger
+	// Images is the image store's directory (default <Data>/images),
+	// DefaultImage the image of instance types that name none in
+	// InstanceImages (default image.DefaultName), RegistryAuth a Docker
+	// config.json with registry credentials ("": anonymous).
+	Images         string
+	DefaultImage   string
+	InstanceImages map[string]string
+	RegistryAuth   string
+	Logger         *slog.Logger
 }
 
 // InterruptedMessage starts the message of builds that a server left
@@ -194,6 +202,13 @@ func New(cfg Config) (a *App, err error) {
 	scfg := server.Config{Store: a.store, Mirrors: mirrors, Logger: log, Metrics: promhttp.Handler(), SpoolDir: spool,
 		Driver: a.driver.Name(), Isolated: a.driver.Isolated(), UI: server.UIHandler(),
 		InstanceTypes: fitPids(cfg.InstanceTypes, cfg.MaxBuilds, log)}
+	if a.driver.Isolated() {
+		images, err := openImages(ctx, cfg, data, scfg.InstanceTypes.Names(), log)
+		if err != nil {
+			return nil, err
+		}
+		rcfg.Images = images
+	}
 	for _, name := range scfg.InstanceTypes.Names() {
 		limits := scfg.InstanceTypes[name].String()
 		if !a.driver.Isolated() {

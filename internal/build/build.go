@@ -187,9 +187,17 @@ type Spec struct {
 	Event json.RawMessage `json:"event,omitempty"`
 	// Inputs are the build's input values (string, number or boolean).
 	Inputs map[string]any `json:"inputs,omitempty"`
+	// Toolchains are the versions the workflow's environment asks for
+	// (java, node, python: version as written), checked against the
+	// labels of the instance type's image when the build starts.
+	Toolchains map[string]string `json:"toolchains,omitempty"`
 	// BreakBefore are the scripts (1: the first) the build pauses before,
 	// with SSH open, until it is continued.
 	BreakBefore []int `json:"break_before,omitempty"`
+	// SSHOnFailure: SSH access opens only if a step fails (the build's
+	// SSH.Enabled turns true then); a passing build never gets a
+	// credential.
+	SSHOnFailure bool `json:"ssh_on_failure,omitempty"`
 }
 
 // SpecScript is one script of a Spec.

@@ -26,12 +26,13 @@ type Resources struct {
 	Memory int64 `json:"memory,omitempty"`
 	// Pids is the most processes and threads the machine may have at once.
 	Pids int64 `json:"pids,omitempty"`
-	// Disk is the size of the machine's /tmp, in bytes.
+	// Disk is, in bytes, the size of the machine's /tmp and, apart, of
+	// its writable layer (its /home and what it writes outside /tmp).
 	Disk int64 `json:"disk,omitempty"`
 }
 
 // String describes r for a build log, e.g. "2 vCPU, 4 GiB memory, 2048
-// processes, 8 GiB /tmp".
+// processes, 8 GiB disk and /tmp each".
 func (r Resources) String() string {
 	var parts []string
 	if r.CPUs > 0 {
@@ -44,7 +45,7 @@ func (r Resources) String() string {
 		parts = append(parts, strconv.FormatInt(r.Pids, 10)+" processes")
 	}
 	if r.Disk > 0 {
-		parts = append(parts, FormatBytes(r.Disk)+" /tmp")
+		parts = append(parts, FormatBytes(r.Disk)+" disk and /tmp each")
 	}
 	if len(parts) == 0 {
 		return "no limits"
@@ -115,15 +116,18 @@ var instanceNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 //	  cpus: 2         # CPUs' worth of CPU time
 //	  memory: 4GiB    # KiB, MiB, GiB, TiB or a plain number of bytes
 //	  pids: 2048
-//	  disk: 8GiB      # the size of /tmp
+//	  disk: 8GiB      # the size of /tmp, and of the writable layer
+//	  image: registry.example.com/ci/android:2   # optional, see InstanceImages
 //
-// Every field is required (0 means unlimited); unknown fields are errors.
+// Every field but image is required (0 means unlimited); unknown fields
+// are errors.
 func ParseInstanceTypes(data []byte) (InstanceTypes, error) {
 	var raw map[string]struct {
 		CPUs   *float64 `yaml:"cpus"`
 		Memory *string  `yaml:"memory"`
 		Pids   *int64   `yaml:"pids"`
 		Disk   *string  `yaml:"disk"`
+		Image  string   `yaml:"image"`
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -191,4 +195,23 @@ func ParseBytes(s string) (int64, error) {
 		return 0, fmt.Errorf("%q: want a number of bytes with an optional unit KiB, MiB, GiB or TiB", s)
 	}
 	return n * mult, nil
+}
+
+// InstanceImages returns the image of each instance type of an instance
+// types file (see ParseInstanceTypes) that names one: instance type ->
+// image reference. Types without one boot the server's default image.
+func InstanceImages(data []byte) (map[string]string, error) {
+	var raw map[string]struct {
+		Image string `yaml:"image"`
+	}
+	if err := yaml.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("instance types: %w", err)
+	}
+	out := map[string]string{}
+	for name, r := range raw {
+		if img := strings.TrimSpace(r.Image); img != "" {
+			out[name] = img
+		}
+	}
+	return out, nil
 }

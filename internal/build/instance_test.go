@@ -61,7 +61,7 @@ func TestLookup(t *testing.T) {
 
 func TestResourcesString(t *testing.T) {
 	got := DefaultInstanceTypes()["linux"].String()
-	if got != "2 vCPU, 4 GiB memory, 2048 processes, 8 GiB /tmp" {
+	if got != "2 vCPU, 4 GiB memory, 2048 processes, 8 GiB disk and /tmp each" {
 		t.Errorf("got %q", got)
 	}
 	if got := (Resources{Memory: 1536 << 20}).String(); !strings.Contains(got, "1536 MiB memory") {
@@ -69,5 +69,23 @@ func TestResourcesString(t *testing.T) {
 	}
 	if got := (Resources{}).String(); got != "no limits" {
 		t.Errorf("got %q", got)
+	}
+}
+
+func TestInstanceImages(t *testing.T) {
+	data := []byte("linux:\n  cpus: 2\n  memory: 4GiB\n  pids: 2048\n  disk: 8GiB\nandroid:\n  cpus: 4\n  memory: 8GiB\n  pids: 2048\n  disk: 16GiB\n  image: registry.example.com/ci/android:34\n")
+	types, err := ParseInstanceTypes(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(types) != 2 {
+		t.Errorf("types %v", types)
+	}
+	images, err := InstanceImages(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(images) != 1 || images["android"] != "registry.example.com/ci/android:34" {
+		t.Errorf("images %v, want android's only", images)
 	}
 }

@@ -71,7 +71,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		defer access.revoke("the build has ended")
 	}
-	go r.commands(c, access)
+	go r.commands(ctx, c, hello, access)
 	failed, reason := r.all(ctx)
 	if err := c.Send(link.Event{Type: link.Done, Failed: failed, Error: reason}); err != nil {
 		return err

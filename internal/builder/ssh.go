@@ -108,12 +108,28 @@ func (a *sshAccess) revoke(msg string) {
 	a.srv.CloseAll(msg)
 }
 
-// commands serves the runner's commands until the link closes.
-func (r *run) commands(c *link.Client, a *sshAccess) {
+// commands serves the runner's commands until the link closes. Access a
+// opened at the start is revoked by Run; access opened here (SSHOpen) is
+// revoked here when the link closes.
+func (r *run) commands(ctx context.Context, c *link.Client, hello *link.Hello, a *sshAccess) {
+	var late *sshAccess
+	defer func() {
+		if late != nil {
+			late.revoke("the build has ended")
+		}
+	}()
 	for {
 		cmd, err := c.Command()
 		if err != nil {
 			return
+		}
+		if cmd.Type == link.SSHOpen && a == nil && cmd.SSH != nil && hello.SSHHostKey != "" {
+			if a, err = r.startSSH(ctx, hello, cmd.SSH); err != nil {
+				_ = c.Send(link.Event{Type: link.SSH, Kind: "tunnel_down", Text: err.Error()})
+				continue
+			}
+			late = a
+			continue
 		}
 		if cmd.Type == link.Continue {
 			if _, err := r.steps.cont(cmd.Text); err != nil {

@@ -78,6 +78,9 @@ func (a *Access) Config(dir string) string {
 	opts(a.gatewayAlias())
 	fmt.Fprintf(&b, "\nHost %s\n  HostName %s\n  Port 22\n  User builder\n  ProxyJump %s\n", a.Alias, a.Alias, a.gatewayAlias())
 	opts(a.Alias)
+	// HANGAR_SHELL=new asks for a separate login shell instead of
+	// re-attaching to the detached one (docs/ssh.md).
+	b.WriteString("  SendEnv HANGAR_SHELL\n")
 	return b.String()
 }
 
@@ -90,7 +93,9 @@ var bashTmpl = template.Must(template.New("bash").Parse(`#!/usr/bin/env bash
 # Hangar: SSH into build {{.A.Build}} of {{.A.App}} ({{.A.Alias}}), usable until {{.Expires}}.
 # Needs only OpenSSH's ssh client. With no arguments it opens a shell on the
 # build's machine; with arguments it runs them there and returns their exit status:
-#   bash this-script.sh                 # interactive shell (logging out finishes the build)
+#   bash this-script.sh                 # interactive shell (logging out finishes the build;
+#                                       # run it again after a dropped connection to get
+#                                       # the same shell back; HANGAR_SHELL=new for another)
 #   bash this-script.sh printenv PATH   # one command
 #   bash this-script.sh 'cd $FCI_BUILD_DIR && ls'   # run by the remote shell, as with ssh
 # Everything it writes goes to a private temporary directory, removed on every
@@ -121,7 +126,9 @@ trap 'hangar_stop 129' HUP
 # hangar_ssh runs ssh with the script's stdin (or what is redirected) and
 # waits for it; a trapped signal interrupts the wait.
 hangar_ssh() {
-	ssh "$@" <&0 &
+	# LocalCommand runs once the connection to the machine is made: it
+	# tells a dropped connection from one that was never made.
+	ssh -o PermitLocalCommand=yes -o "LocalCommand=touch '$hangar_dir/connected'" "$@" <&0 &
 	hangar_pid=$!
 	local rc=0
 	wait "$hangar_pid" || rc=$?
@@ -161,9 +168,30 @@ hangar_main() {
 		hangar_ssh -F "$dir/config" {{.A.Alias}} "$*" || rc=$?
 	fi
 	if [ "$rc" -eq 255 ]; then
-		echo "hangar: could not connect to {{.A.Alias}} through {{.A.GatewayAddr}}. SSH access ends when the build ends; see the build's page or 'hangar build show {{.A.Build}}'." >&2
+		hangar_why "$#"
 	fi
 	return "$rc"
+}
+# hangar_why says why ssh failed (exit 255), asking the gateway whether
+# access is still open: a closed one says why in its banner.
+hangar_why() {
+	local dir=$hangar_dir why
+	if ssh -F "$dir/config" -o BatchMode=yes -o ConnectTimeout=15 {{.A.Alias}} true </dev/null >/dev/null 2>"$dir/probe"; then
+		if [ ! -e "$dir/connected" ]; then
+			echo "hangar: could not connect to {{.A.Alias}} through {{.A.GatewayAddr}}; its SSH access is open: try again." >&2
+		elif [ "$1" -eq 0 ]; then
+			echo "hangar: the connection to {{.A.Alias}} was lost. Your shell keeps running on the machine: run this again to get it back." >&2
+		else
+			echo "hangar: the connection to {{.A.Alias}} was lost; the command was hung up." >&2
+		fi
+		return
+	fi
+	why=$(sed -n 's/^Hangar: //p' "$dir/probe" | head -n 1)
+	if [ -n "$why" ]; then
+		echo "hangar: $why" >&2
+	else
+		echo "hangar: could not connect to {{.A.Alias}} through {{.A.GatewayAddr}}. SSH access ends when the build ends; see the build's page or 'hangar build show {{.A.Build}}'." >&2
+	fi
 }
 hangar_main "$@"
 exit $?

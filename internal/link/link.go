@@ -104,6 +104,10 @@ const (
 	SSHClose = "ssh_close"
 	// Continue resumes a build paused at a breakpoint; Text says who asked.
 	Continue = "continue"
+	// SSHOpen opens SSH access late (a build with SSH on failure whose
+	// step failed), as Job.SSH does at the start: SSH says whom to admit;
+	// the host key came in Hello.SSHHostKey.
+	SSHOpen = "ssh_open"
 )
 
 // SSHRevoked is the Kind of the SSH event that answers SSHClose.
@@ -111,8 +115,9 @@ const SSHRevoked = "revoked"
 
 // Command is a message from the runner after the Job.
 type Command struct {
-	Type string `json:"type"`
-	Text string `json:"text,omitempty"`
+	Type string  `json:"type"`
+	Text string  `json:"text,omitempty"`
+	SSH  *JobSSH `json:"ssh,omitempty"` // SSHOpen
 }
 
 // Step is one step of a Job.

@@ -36,6 +36,9 @@ type Spec struct {
 	// Resources limit the machine; drivers that cannot enforce them
 	// ignore them (the host driver does).
 	Resources Resources
+	// Image is the root filesystem of an isolated machine (required by
+	// the sandbox driver); the host driver ignores it.
+	Image *Image
 }
 
 // Resources are a machine's limits; a zero field means no limit of that
@@ -47,7 +50,9 @@ type Resources struct {
 	Memory int64
 	// Pids is the most processes and threads at once.
 	Pids int64
-	// Disk is the size of the machine's /tmp, in bytes.
+	// Disk is, in bytes, the size of the machine's /tmp and, apart, of
+	// the file system of its writable layer (/home and whatever it writes
+	// outside /tmp and /run).
 	Disk int64
 }
 
@@ -98,4 +103,26 @@ type Machine interface {
 	// idempotent, safe to call concurrently with Wait, and returns only when
 	// everything is gone.
 	Destroy(ctx context.Context) error
+}
+
+// Image is the root filesystem a machine boots from: the unpacked layers of
+// an OCI image, shared read-only by every machine that uses it, under a
+// writable layer of the machine's own.
+type Image struct {
+	// Name is the image's name, for messages.
+	Name string
+	// Layers are the host directories of the image's unpacked layers,
+	// lowest first. Their whiteouts are overlayfs ones.
+	Layers []string
+	// Env is the image's environment (its PATH is the builder's).
+	Env []string
+}
+
+// DiskReporter is implemented by machines whose disk space is limited. The
+// runner asks it when a build fails, before Destroy.
+type DiskReporter interface {
+	// DiskFull reports whether one of the machine's size-limited file
+	// systems (its writable layer, its /tmp) is full, which one ("/tmp",
+	// "disk"), and its size in bytes.
+	DiskFull() (full bool, which string, size int64)
 }

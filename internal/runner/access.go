@@ -93,20 +93,15 @@ func (j *job) setupSSH() error {
 	if err != nil {
 		return err
 	}
-	hostKey, hostPEM, err := sshca.NewKey(j.name)
-	if err != nil {
-		return err
-	}
 	err = cfg.Store.PutBuildSSH(context.Background(), b.ID, &store.BuildSSH{
 		PrivateKey:  cfg.Sealer.Seal(cred.PrivateKey, j.name),
 		Certificate: string(ssh.MarshalAuthorizedKey(cred.Certificate)),
 		PublicKey:   string(ssh.MarshalAuthorizedKey(cred.PublicKey)),
-		HostKey:     string(ssh.MarshalAuthorizedKey(hostKey.PublicKey())),
+		HostKey:     string(ssh.MarshalAuthorizedKey(j.sshHostKey)),
 	})
 	if err != nil {
 		return err
 	}
-	j.hello.SSHHostKey = string(hostPEM)
 	j.jobSSH = &link.JobSSH{
 		Alias:   j.name,
 		UserCA:  string(ssh.MarshalAuthorizedKey(cfg.CA.PublicKey())),
@@ -123,6 +118,23 @@ func (j *job) setupSSH() error {
 	j.r.mu.Unlock()
 	cfg.Gateway.Open(j.name, cred.PublicKey)
 	j.rules(access.Event{Kind: access.Open, Time: j.r.clock.Now()})
+	return nil
+}
+
+// openOnFailure opens SSH access to a build with SSH on failure whose
+// steps failed: its credential is made now, and the builder, still
+// linked, starts its SSH server.
+func (j *job) openOnFailure() error {
+	j.b.SSH = build.SSH{Enabled: true, State: build.SSHPending}
+	if err := j.setupSSH(); err != nil {
+		j.b.SSH = build.SSH{}
+		return err
+	}
+	j.save()
+	if err := j.conn.Send(link.Command{Type: link.SSHOpen, SSH: j.jobSSH}); err != nil {
+		return fmt.Errorf("the builder is unreachable: %w", err)
+	}
+	j.logs.Printf(lastStarted(j.b), "hangar: a step failed: SSH access opens for you to debug it (SSH on failure)")
 	return nil
 }
 
@@ -184,10 +196,12 @@ func (j *job) armWake(at time.Time) {
 
 // builderKinds maps the builder's SSH events to the rules' inputs.
 var builderKinds = map[string]access.Kind{
-	"tunnel_up":   access.TunnelUp,
-	"tunnel_down": access.TunnelDown,
-	"login_start": access.LoginStart,
-	"login_end":   access.LoginEnd,
+	"tunnel_up":    access.TunnelUp,
+	"tunnel_down":  access.TunnelDown,
+	"login_start":  access.LoginStart,
+	"login_end":    access.LoginEnd,
+	"login_detach": access.Detach,
+	"login_attach": access.Attach,
 }
 
 // onBuilderSSH handles an SSH event from the builder.
@@ -237,11 +251,14 @@ func (j *job) endAccess(final build.Status) {
 		delete(j.r.byAlias, s.alias)
 	}
 	j.r.mu.Unlock()
-	msg := fmt.Sprintf("build %d has ended (%s): its SSH access is closed", j.b.ID, final)
+	msg := fmt.Sprintf("SSH access to build %d ended: %s", j.b.ID, endedBecause(final))
+	if s.rules.Closed() {
+		// Closed earlier (logout, the window's end): that stays the reason
+		// newcomers are given.
+		msg = s.rules.State().ClosedReason
+	}
 	j.rules(access.Event{Kind: access.Close, Time: j.r.clock.Now(), Reason: msg})
 	j.armWake(time.Time{})
-	// Refuse from now on with the build's end as the reason, even if
-	// access closed earlier for another.
 	s.cfg.Gateway.Drain(s.alias, msg)
 	// Keep the refusal's message for a while, then forget the build.
 	j.r.clock.AfterFunc(forgetAfter, func() { s.cfg.Gateway.Forget(s.alias, s.key) })
@@ -252,6 +269,21 @@ func (j *job) endAccess(final build.Status) {
 	// the gateway closes what is left.
 	j.awaitRevoked()
 	s.cfg.Gateway.Disconnect(s.alias)
+}
+
+// endedBecause says why access ends with the build, by its final status.
+func endedBecause(final build.Status) string {
+	switch final {
+	case build.Canceled:
+		return "the build was canceled"
+	case build.Timeout:
+		return "the build timed out (max_build_duration reached)"
+	case build.Failed:
+		return "the build failed"
+	case build.Finished:
+		return "the build finished"
+	}
+	return "the build ended (" + string(final) + ")"
 }
 
 // awaitRevoked waits until the builder has confirmed the SSHClose it was

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -60,7 +61,7 @@ func TestSSHWindowEnds(t *testing.T) {
 	e.clock.AdvanceTo(end)
 	b = e.ended(b.ID)
 	want(t, b, build.Finished, "", ok, ok, ok, ok, ok)
-	reason := fmt.Sprintf("the SSH window of build %d has ended (20m0s after the steps completed)", b.ID)
+	reason := fmt.Sprintf("SSH access to build %d ended: 20m0s after the steps completed (%s UTC)", b.ID, end.UTC().Format("15:04"))
 	if b.SSH.State != build.SSHClosed || b.SSH.ClosedReason != reason {
 		t.Errorf("ssh: %+v", b.SSH)
 	}
@@ -94,7 +95,7 @@ func TestSSHLogout(t *testing.T) {
 		close(logout)
 		b = e.ended(b.ID)
 		want(t, b, build.Finished, "", ok, ok, ok, ok, ok)
-		reason := fmt.Sprintf("you logged out of build %d: its SSH access is closed", b.ID)
+		reason := fmt.Sprintf("SSH access to build %d ended: you logged out", b.ID)
 		if b.SSH.State != build.SSHClosed || b.SSH.ClosedReason != reason {
 			t.Errorf("ssh: %+v", b.SSH)
 		}
@@ -176,7 +177,7 @@ func TestSSHTeardownWaitsForBuilder(t *testing.T) {
 			fb := <-e.driver.started
 			e.wait(b.ID, "the SSH window", inWindow)
 			e.cancel(b.ID)
-			fb.waitCommand(t, link.SSHClose, "has ended (canceled)")
+			fb.waitCommand(t, link.SSHClose, "ended: the build was canceled")
 			// The runner waits, bounded by RevokeTimeout on its clock: two
 			// timers, the gateway's disconnect and the wait's own (advancing
 			// the clock before the second is set would never fire it).
@@ -239,5 +240,62 @@ func TestSSHExtend(t *testing.T) {
 	contains(t, "log", e.logs(b.ID), "hangar: ann extended this machine's time by 5m0s", "hangar: bob extended this machine's time by 1h0m0s, capped at max_build_duration")
 	if err := e.r.Extend(b.ID, time.Minute, "ann"); err != ErrNotRunning {
 		t.Errorf("extending an ended build: %v", err)
+	}
+}
+
+// queueOnFailure stores a queued build of scripts with SSH on failure.
+func (e *env) queueOnFailure() *build.Build {
+	e.t.Helper()
+	spec, _ := json.Marshal(build.Spec{Repo: "https://example.com/o/demo.git", Scripts: scripts, SSHOnFailure: true})
+	b := &build.Build{App: "demo", Workflow: "w", WorkflowName: "W", Branch: "main", Commit: "0123456789abcdef",
+		Status: build.Queued, Trigger: build.Manual, MaxDuration: 3600, Steps: build.NewSteps(scripts)}
+	if err := e.st.CreateBuild(context.Background(), b, spec); err != nil {
+		e.t.Fatal(err)
+	}
+	return b
+}
+
+// TestSSHOnFailure: a passing build finishes at once without a credential;
+// a failing one opens SSH access after the failure, for the window.
+func TestSSHOnFailure(t *testing.T) {
+	e := newEnv(t, func(ctx context.Context, fb *fakeBuilder) {
+		if !fb.link(ctx) {
+			return
+		}
+		if fb.job.SSH != nil || fb.hello.SSHHostKey == "" {
+			t.Errorf("an on-failure build's job: ssh %+v, host key given %v", fb.job.SSH, fb.hello.SSHHostKey != "")
+		}
+		fb.step(0, 0, "Cloning")
+		fb.step(1, 0, "hi")
+		fb.step(2, 3, "about to fail")
+		fb.done(`step "Broken" failed: exit status 3`)
+		cmd := fb.waitCommand(t, link.SSHOpen, "")
+		if cmd.SSH == nil || cmd.SSH.Alias != fb.hello.Name {
+			t.Errorf("ssh_open: %+v", cmd.SSH)
+		}
+		fb.ssh("tunnel_up")
+		fb.wait(ctx)
+	})
+	b := e.queueOnFailure()
+	b = e.wait(b.ID, "SSH ready after the failure", func(b *build.Build) bool { return inWindow(b) && b.SSH.State == build.SSHReady })
+	if !b.SSH.Enabled {
+		t.Errorf("ssh after the failure: %+v", b.SSH)
+	}
+	if _, err := e.st.GetBuildSSH(context.Background(), b.ID); err != nil {
+		t.Errorf("no credential after the failure: %v", err)
+	}
+	e.cancel(b.ID)
+	b = e.ended(b.ID)
+	contains(t, "log", e.logs(b.ID), "hangar: a step failed: SSH access opens for you to debug it")
+
+	// A passing build: no window, no credential.
+	e2 := newEnv(t, passing)
+	p := e2.ended(e2.queueOnFailure().ID)
+	want(t, p, build.Finished, "", ok, ok, ok, ok, ok)
+	if p.SSH.Enabled {
+		t.Errorf("a passing on-failure build has SSH: %+v", p.SSH)
+	}
+	if c, err := e2.st.GetBuildSSH(context.Background(), p.ID); err == nil {
+		t.Errorf("a passing on-failure build got a credential: %+v", c)
 	}
 }

@@ -91,6 +91,7 @@ func (j *job) steps() *outcome {
 		case ev == nil:
 		case ev.Type == link.Done:
 			if ev.Failed {
+				j.builderFailed = true
 				return failed(ev.Error)
 			}
 			return &outcome{status: build.Finished}

@@ -19,6 +19,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/link"
 	"github.com/hangar-ci/hangar/internal/machine"
+	"github.com/hangar-ci/hangar/internal/sshca"
 )
 
 // job is one build being run. One goroutine, the build's, runs execute and
@@ -58,6 +59,10 @@ type job struct {
 	// before (-1: none).
 	asks   chan func()
 	paused int
+
+	sshHostKey    ssh.PublicKey  // the builder's SSH host key (SSH builds)
+	builderFailed bool           // the builder reported failed steps (done)
+	image         *machine.Image // the machine's root; nil for a driver that is not isolated
 }
 
 // outcome is how a phase ended the build: its status and message, or an
@@ -108,7 +113,7 @@ func (j *job) execute() {
 func (j *job) run() (out *outcome) {
 	defer func() {
 		if out != nil && out.status == build.Failed {
-			out = j.outOfMemory(out)
+			out = j.outOfDisk(j.outOfMemory(out))
 		}
 		st, _ := j.resolve(out)
 		j.teardown(st)
@@ -122,7 +127,14 @@ func (j *job) run() (out *outcome) {
 	if out = j.linkUp(); out != nil {
 		return out
 	}
-	if out = j.steps(); out.status == "" || j.ssh == nil {
+	out = j.steps()
+	if out.status == build.Failed && j.builderFailed && j.ssh == nil && j.spec.SSHOnFailure {
+		if err := j.openOnFailure(); err != nil {
+			j.logs.Printf(lastStarted(j.b), "hangar: could not open SSH access after the failure: %v", err)
+			return out
+		}
+	}
+	if out.status == "" || j.ssh == nil {
 		return out
 	}
 	return j.window(out)
@@ -175,6 +187,9 @@ func (j *job) prepare() *outcome {
 	if len(j.spec.Scripts) == 0 {
 		j.logs.Printf(0, "The workflow has no scripts: the build fetches the sources and ends")
 	}
+	if out := j.pickImage(); out != nil {
+		return out
+	}
 
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -189,10 +204,19 @@ func (j *job) prepare() *outcome {
 		return failed(err.Error())
 	}
 	j.hello = link.Hello{Name: j.name, Addr: j.r.cfg.LinkAddr, HostKey: j.r.hostKey, Key: string(pem.EncodeToMemory(pemBlock))}
-	if b.SSH.Enabled {
-		if j.r.cfg.SSH == nil {
-			return failed("SSH access is not available on this server")
+	if (b.SSH.Enabled || j.spec.SSHOnFailure) && j.r.cfg.SSH == nil {
+		return failed("SSH access is not available on this server")
+	}
+	if b.SSH.Enabled || j.spec.SSHOnFailure {
+		// The builder's host key goes with its hello; the user's credential
+		// only when access opens (for SSH on failure, if a step fails).
+		hostKey, hostPEM, err := sshca.NewKey(j.name)
+		if err != nil {
+			return failed("could not set up SSH access: " + err.Error())
 		}
+		j.sshHostKey, j.hello.SSHHostKey = hostKey.PublicKey(), string(hostPEM)
+	}
+	if b.SSH.Enabled {
 		if err := j.setupSSH(); err != nil {
 			return failed("could not set up SSH access: " + err.Error())
 		}
@@ -221,6 +245,7 @@ func (j *job) provision() *outcome {
 		Stdin:   strings.NewReader(string(helloJSON) + "\n"),
 		Output:  j.logs.Diagnostics(),
 		Mounts:  []machine.Mount{mount},
+		Image:   j.image,
 		// Same fields: a conversion.
 		Resources: machine.Resources(j.spec.Resources),
 	})

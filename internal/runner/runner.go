@@ -84,6 +84,16 @@ type Config struct {
 	SSH *SSHConfig
 	// Clock is the runner's time (nil: the system clock).
 	Clock Clock
+	// Images gives isolated machines their root; nil for drivers that
+	// are not isolated (they boot nothing).
+	Images Images
+}
+
+// Images finds the image a build's machine boots from.
+type Images interface {
+	// ForInstanceType returns the root of instance type name's image and
+	// the image's labels, or an error for the build's user.
+	ForInstanceType(name string) (*machine.Image, map[string]string, error)
 }
 
 // Causes of a build's end other than its own result.

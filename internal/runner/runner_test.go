@@ -549,11 +549,11 @@ func TestCancel(t *testing.T) {
 		e.cancel(b.ID)
 		b = e.ended(b.ID)
 		want(t, b, build.Canceled, "canceled", ok, ok, ok, ok, ok)
-		reason := "has ended (canceled): its SSH access is closed"
+		reason := "ended: the build was canceled"
 		if b.SSH.State != build.SSHClosed || !strings.Contains(b.SSH.ClosedReason, reason) {
 			t.Errorf("ssh after cancel: %+v", b.SSH)
 		}
-		contains(t, "log", e.logs(b.ID), "hangar: SSH access closed: build", "hangar: canceled")
+		contains(t, "log", e.logs(b.ID), "hangar: SSH access closed: SSH access to build", "hangar: canceled")
 		contains(t, "events", strings.Join(e.events(b.ID), " "), "ssh_tunnel_up", "ssh_closed")
 	})
 }
@@ -605,7 +605,7 @@ func TestTimeout(t *testing.T) {
 		e.clock.AdvanceTo(e.deadline(b.ID))
 		b = e.ended(b.ID)
 		want(t, b, build.Timeout, msg, ok, ok, cnl, skip, skip)
-		if !strings.Contains(b.SSH.ClosedReason, "has ended (timeout)") {
+		if !strings.Contains(b.SSH.ClosedReason, "ended: the build timed out (max_build_duration reached)") {
 			t.Errorf("ssh: %+v", b.SSH)
 		}
 	})
@@ -633,10 +633,10 @@ func TestTimeout(t *testing.T) {
 		e.clock.AdvanceTo(end)
 		b = e.ended(b.ID)
 		want(t, b, build.Finished, "", ok, ok, ok, ok, ok)
-		if !strings.Contains(b.SSH.ClosedReason, "has ended (max_build_duration)") {
+		if !strings.Contains(b.SSH.ClosedReason, "ended: max_build_duration reached (") {
 			t.Errorf("ssh: %+v", b.SSH)
 		}
-		fb.waitCommand(t, link.SSHClose, "Hangar: the SSH window of build")
+		fb.waitCommand(t, link.SSHClose, "Hangar: SSH access to build")
 	})
 }
 
@@ -701,10 +701,10 @@ func TestShutdown(t *testing.T) {
 			t.Fatal(err)
 		}
 		want(t, nb, build.Failed, "the server shut down during the build", ok, ok, ok, ok, ok)
-		if nb.SSH.State != build.SSHClosed || !strings.Contains(nb.SSH.ClosedReason, "has ended (failed)") {
+		if nb.SSH.State != build.SSHClosed || !strings.Contains(nb.SSH.ClosedReason, "ended: the build failed") {
 			t.Errorf("ssh: %+v", nb.SSH)
 		}
-		fb.waitCommand(t, link.SSHClose, "has ended (failed)")
+		fb.waitCommand(t, link.SSHClose, "ended: the build failed")
 	})
 }
 

@@ -42,18 +42,22 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, msg)
 		return
 	}
+	if req.SSH && req.SSHOnFailure {
+		writeError(w, http.StatusBadRequest, `"ssh" and "ssh_on_failure" exclude each other: SSH from the start, or only if a step fails`)
+		return
+	}
 	if len(req.SSHBreakBefore) > 0 && !req.SSH {
 		writeError(w, http.StatusUnprocessableEntity, `a breakpoint ("ssh_break_before") holds the build for you to SSH in: ask for SSH access too ("ssh": true)`)
 		return
 	}
-	if req.SSH && s.cfg.SSH == nil {
+	if (req.SSH || req.SSHOnFailure) && s.cfg.SSH == nil {
 		writeError(w, http.StatusUnprocessableEntity, "SSH access is not enabled on this server")
 		return
 	}
 	if !allowed(w, r, req.App) {
 		return
 	}
-	if req.SSH && !s.unisolatedSSHAllowed(w, r) {
+	if (req.SSH || req.SSHOnFailure) && !s.unisolatedSSHAllowed(w, r) {
 		return
 	}
 	app, err := s.cfg.Store.App(r.Context(), req.App)
@@ -87,7 +91,7 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 		starter = t.Name
 	}
 	b, err := s.createBuild(r.Context(), app, mirror, branch, commit, req.Workflow, &start{
-		trigger: build.Manual, starter: starter, ssh: req.SSH, inputs: req.Inputs, breaks: req.SSHBreakBefore})
+		trigger: build.Manual, starter: starter, ssh: req.SSH, sshOnFailure: req.SSHOnFailure, inputs: req.Inputs, breaks: req.SSHBreakBefore})
 	var ue *userError
 	if errors.As(err, &ue) {
 		writeError(w, ue.code, ue.msg)

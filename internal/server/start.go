@@ -21,6 +21,8 @@ type start struct {
 	trigger build.Trigger
 	starter string
 	ssh     bool
+	// sshOnFailure: SSH access only if a step fails (manual builds).
+	sshOnFailure bool
 	// inputs are the values given for the workflow's inputs (JSON values,
 	// or strings from the command line).
 	inputs map[string]any
@@ -134,7 +136,8 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 	if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "CM_PULL_REQUEST=") }) {
 		env = append([]string{"CM_PULL_REQUEST=false"}, env...)
 	}
-	spec := build.Spec{Repo: app.Repo, Ignored: wf.Ignored, InstanceType: instance, Resources: res, Env: env, Inputs: values}
+	spec := build.Spec{Repo: app.Repo, Ignored: wf.Ignored, InstanceType: instance, Resources: res, Env: env, Inputs: values,
+		Toolchains: wf.Toolchains, SSHOnFailure: st.sshOnFailure && st.trigger == build.Manual}
 	if len(values) == 0 {
 		spec.Inputs = nil
 	}

@@ -24,7 +24,11 @@ import (
 // build's machine through the gateway exactly like the user's OpenSSH
 // (ProxyJump, the build's certificate, pinned host keys, the same rules),
 // opens a login shell, and relays it over a WebSocket. The browser never
-// sees the key. Closing the terminal ends the login shell: a logout.
+// sees the key. Like any SSH client's, the terminal's login re-attaches to
+// the most recently detached shell, so a shell started in a terminal can be
+// continued here and the other way round. Only the terminal's close button
+// ends the shell (a logout: the browser sends "logout", the shell gets
+// SIGHUP); a closed tab or a lost WebSocket only detaches it.
 
 // terminalTickets are single-use, short-lived permissions to open a
 // terminal WebSocket (browsers cannot set headers on WebSockets).
@@ -90,7 +94,7 @@ func (s *Server) terminalTicket(w http.ResponseWriter, r *http.Request) {
 
 // terminalMessage is what the browser sends.
 type terminalMessage struct {
-	Type string `json:"type"` // "input" or "resize"
+	Type string `json:"type"` // "input", "resize" or "logout"
 	Data string `json:"data,omitempty"`
 	Cols int    `json:"cols,omitempty"`
 	Rows int    `json:"rows,omitempty"`
@@ -125,13 +129,31 @@ func (s *Server) terminalWS(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	ev := build.Event{Kind: "ssh_script", Data: map[string]string{"via": "browser", "remote": r.RemoteAddr, "token": tk.user}}
 	_ = s.cfg.SSH.Store.AddEvent(ctx, id, ev)
-	if err := s.relay(ctx, ws, a.Alias, []byte(a.PrivateKey), a.Certificate, a.BuilderKey); err != nil {
+	cols, rows := termSize(r.URL.Query().Get("cols"), r.URL.Query().Get("rows"))
+	if err := s.relay(ctx, ws, a.Alias, []byte(a.PrivateKey), a.Certificate, a.BuilderKey, cols, rows); err != nil {
 		s.log.Info("browser terminal ended", "build", id, "err", err)
 		_ = ws.Close(websocket.StatusNormalClosure, truncate(err.Error(), 120))
 		return
 	}
 	_ = ws.Close(websocket.StatusNormalClosure, "the shell ended")
 }
+
+// termSize reads the browser's terminal size (80 x 24 when absent or out of
+// range).
+func termSize(cols, rows string) (int, int) {
+	c, err1 := strconv.Atoi(cols)
+	r, err2 := strconv.Atoi(rows)
+	if err1 != nil || err2 != nil || !validSize(c, r) {
+		return 80, 24
+	}
+	return c, r
+}
+
+func validSize(cols, rows int) bool { return cols > 0 && rows > 0 && cols < 1000 && rows < 1000 }
+
+// logoutGrace is how long a shell has to exit after SIGHUP when the
+// browser's close button ends it; then it is killed.
+const logoutGrace = 5 * time.Second
 
 func truncate(s string, n int) string {
 	if len(s) > n {
@@ -142,7 +164,7 @@ func truncate(s string, n int) string {
 
 // relay runs a login shell on the build's machine through the gateway and
 // copies it to and from the WebSocket.
-func (s *Server) relay(ctx context.Context, ws *websocket.Conn, alias string, keyPEM []byte, certLine, builderKeyLine string) error {
+func (s *Server) relay(ctx context.Context, ws *websocket.Conn, alias string, keyPEM []byte, certLine, builderKeyLine string, cols, rows int) error {
 	cfg := s.cfg.SSH
 	key, err := ssh.ParsePrivateKey(keyPEM)
 	if err != nil {
@@ -193,7 +215,7 @@ func (s *Server) relay(ctx context.Context, ws *websocket.Conn, alias string, ke
 		return err
 	}
 	defer sess.Close()
-	if err := sess.RequestPty("xterm-256color", 24, 80, ssh.TerminalModes{ssh.ECHO: 1}); err != nil {
+	if err := sess.RequestPty("xterm-256color", rows, cols, ssh.TerminalModes{ssh.ECHO: 1}); err != nil {
 		return err
 	}
 	stdin, err := sess.StdinPipe()
@@ -224,7 +246,8 @@ func (s *Server) relay(ctx context.Context, ws *websocket.Conn, alias string, ke
 			}
 		}
 	}()
-	// Browser -> machine; the browser closing ends the shell (a logout).
+	// Browser -> machine. The browser going away only detaches the shell
+	// (the connection closes); "logout" ends it.
 	go func() {
 		defer sess.Close()
 		for {
@@ -242,9 +265,15 @@ func (s *Server) relay(ctx context.Context, ws *websocket.Conn, alias string, ke
 					return
 				}
 			case "resize":
-				if m.Cols > 0 && m.Rows > 0 && m.Cols < 1000 && m.Rows < 1000 {
+				if validSize(m.Cols, m.Rows) {
 					_ = sess.WindowChange(m.Rows, m.Cols)
 				}
+			case "logout":
+				// Deliberate: the shell is hung up, as when a terminal
+				// window is closed, and killed if it stays.
+				_ = sess.Signal(ssh.SIGHUP)
+				t := time.AfterFunc(logoutGrace, func() { _ = sess.Signal(ssh.SIGKILL) })
+				defer t.Stop()
 			}
 		}
 	}()

@@ -108,7 +108,7 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // is taken, as Debian's sshd does with AcceptEnv LANG LC_* COLORTERM NO_COLOR.
 func acceptEnv(name string) bool {
 	switch name {
-	case "LANG", "LANGUAGE", "COLORTERM", "NO_COLOR":
+	case "LANG", "LANGUAGE", "COLORTERM", "NO_COLOR", ShellEnv:
 		return true
 	}
 	return strings.HasPrefix(name, "LC_") && len(name) > 3 && !strings.ContainsAny(name, "=\x00")

@@ -82,21 +82,26 @@ type Server struct {
 	// returns) and bounds them by MaxConns.
 	life netx.Tracker
 
-	mu         sync.Mutex
-	conns      map[*conn]struct{} // guarded by mu: connections past the handshake's start, for Notice
-	stragglers []int              // guarded by mu: process groups that outlived their command, until the server closes
-	closed     bool               // guarded by mu: the stragglers have been ended; later ones are ended at once
+	mu        sync.Mutex
+	conns     map[*conn]struct{} // guarded by mu: connections past the handshake's start, for Notice
+	sids      map[int]bool       // guarded by mu: the sessions of the processes started, ended when the server closes
+	closed    bool               // guarded by mu: the sessions have been ended; later ones are ended at once
+	shells    map[int]*shell     // guarded by mu: running login shells by number
+	nextShell int                // guarded by mu: the last shell number given
+	shellsWG  sync.WaitGroup     // the shells' goroutines
 }
 
 // Event kinds.
 const (
-	EventConnect    = "connect"     // handshake and authentication done; Detail: user and remote address
-	EventDisconnect = "disconnect"  // an authenticated connection ended; Detail: why
-	EventReject     = "reject"      // a connection was refused or failed its handshake; Detail: why
-	EventChannel    = "channel"     // Detail: "session", "direct-tcpip HOST:PORT", "exec: CMD", "subsystem: sftp", "shell", or a refused request
-	EventLoginStart = "login_start" // a login shell (pty + shell) started; Detail: its pid
-	EventLoginEnd   = "login_end"   // a login shell's process ended; Detail: its pid and how it ended
-	EventError      = "error"       // a session could not be set up; Detail: the error (not shown to the user)
+	EventConnect     = "connect"      // handshake and authentication done; Detail: user and remote address
+	EventDisconnect  = "disconnect"   // an authenticated connection ended; Detail: why
+	EventReject      = "reject"       // a connection was refused or failed its handshake; Detail: why
+	EventChannel     = "channel"      // Detail: "session", "direct-tcpip HOST:PORT", "exec: CMD", "subsystem: sftp", "shell", or a refused request
+	EventLoginStart  = "login_start"  // a login shell (pty + shell) started; Detail: its pid and number
+	EventLoginEnd    = "login_end"    // a login shell's process ended; Detail: its pid and how it ended
+	EventLoginDetach = "login_detach" // a login shell's client went away; the shell runs on; Detail: its pid and number
+	EventLoginAttach = "login_attach" // a client re-attached to a running login shell; Detail: its pid and number
+	EventError       = "error"        // a session could not be set up; Detail: the error (not shown to the user)
 )
 
 // Event is something that happened on a connection, for logs and for the
@@ -115,7 +120,7 @@ func (s *Server) emit(id uint64, kind, detail string) {
 }
 
 // LoginShells returns how many login shells (sessions with a pty that asked
-// for a shell) are running now.
+// for a shell) are running now, attached or detached.
 func (s *Server) LoginShells() int { return int(s.logins.Load()) }
 
 // Serve accepts connections on l and serves each with ServeConn in its own
@@ -175,7 +180,8 @@ func (s *Server) refusal(err error) string {
 
 // serveConn serves nc, a tracked connection.
 func (s *Server) serveConn(nc net.Conn, id uint64) {
-	c := &conn{srv: s, id: id, nc: nc}
+	c := &conn{srv: s, id: id, nc: nc, done: make(chan struct{})}
+	defer close(c.done)
 	s.mu.Lock()
 	if s.conns == nil {
 		s.conns = make(map[*conn]struct{})
@@ -266,43 +272,46 @@ func withAlgorithms(cfg *ssh.ServerConfig) *ssh.ServerConfig {
 // noticeTimeout bounds how long Notice and CloseAll wait for slow clients.
 const noticeTimeout = 2 * time.Second
 
-// Notice writes "*** msg ***" on a line of its own to every running pty
-// session (login shells and `ssh -t` commands). It waits at most a couple of
-// seconds for clients that do not read.
+// Notice writes "*** msg ***" on a line of its own to every running login
+// shell (on its screen too when it is detached, so a client that
+// re-attaches sees it) and every `ssh -t` command. It waits at most a
+// couple of seconds for clients that do not read.
 func (s *Server) Notice(msg string) {
-	s.notify(s.snapshot(), msg)
+	s.notify(s.snapshot(), msg, false)
 }
 
 // CloseAll revokes access: it stops accepting (closes the listeners given
-// to Serve), writes msg (as Notice does, unless empty) to every pty
-// session, then closes every connection, which ends their processes, and
-// ends the processes that commands left running (`nohup cmd &`).
-// Later ServeConn calls refuse their connection at once. CloseAll does not
-// wait for the connections' goroutines to finish.
+// to Serve), writes msg (as Notice does, unless empty; and on the standard
+// error of commands without a terminal, scp and sftp), then closes every
+// connection, and ends every process that sessions started: login shells,
+// attached or detached, commands, and what they left running (`nohup cmd
+// &`), with their descendants. Later ServeConn calls refuse their
+// connection at once. CloseAll returns once those processes are gone (a few
+// seconds at most); it does not wait for the connections' goroutines.
 func (s *Server) CloseAll(msg string) {
 	_ = s.life.CloseListeners()
 	if msg != "" {
-		s.notify(s.snapshot(), msg)
+		s.notify(s.snapshot(), msg, true)
 	}
 	_ = s.life.Close()
-	s.killStragglers()
+	s.endAll()
 }
 
 // Close is CloseAll without a message: it closes the listeners and every
-// connection now, and ends the processes that commands left running.
+// connection now, and ends every process that sessions started.
 func (s *Server) Close() error {
 	err := s.life.Close()
-	s.killStragglers()
+	s.endAll()
 	return err
 }
 
 // Shutdown stops accepting connections, then waits until every connection
-// has ended by itself and ServeConn has returned for it (its processes
-// ended), or ctx ends: then it closes the rest and returns ctx's error.
-// Either way it then ends the processes that commands left running.
+// has ended by itself and ServeConn has returned for it, or ctx ends: then
+// it closes the rest and returns ctx's error. Either way it then ends every
+// process that sessions started (detached login shells included).
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.life.Shutdown(ctx)
-	s.killStragglers()
+	s.endAll()
 	return err
 }
 
@@ -317,19 +326,27 @@ func (s *Server) snapshot() []*conn {
 	return conns
 }
 
-func (s *Server) notify(conns []*conn, msg string) {
+// notify writes msg to every login shell and pty session, and with stderr
+// to the standard error of the other sessions that run a process.
+func (s *Server) notify(conns []*conn, msg string, stderr bool) {
 	text := []byte("\r\n*** " + msg + " ***\r\n")
+	line := []byte(msg + "\n")
 	done := make(chan struct{})
 	var wg sync.WaitGroup
+	// A write blocks while the client's window is full; it ends at the
+	// latest when the connection closes.
+	for _, sh := range s.shellList() {
+		wg.Go(func() { sh.notice(text) })
+	}
 	for _, c := range conns {
-		for _, s := range c.ptySessions() {
-			wg.Add(1)
-			// A write blocks while the client's window is full; it ends at
-			// the latest when the connection closes.
-			go func() {
-				defer wg.Done()
-				s.notice(text)
-			}()
+		pty, other := c.runningSessions()
+		for _, s := range pty {
+			wg.Go(func() { s.notice(text) })
+		}
+		if stderr {
+			for _, s := range other {
+				wg.Go(func() { s.noticeStderr(line) })
+			}
 		}
 	}
 	go func() { wg.Wait(); close(done) }()
@@ -349,7 +366,8 @@ type conn struct {
 	ctx    context.Context // cancelled when the connection ends
 	cancel context.CancelFunc
 
-	wg sync.WaitGroup // goroutines of this connection (see goTracked)
+	wg   sync.WaitGroup // goroutines of this connection (see goTracked)
+	done chan struct{}  // closed when serveConn has returned
 
 	mu         sync.Mutex
 	closing    bool                  // guarded by mu: no new goroutines
@@ -389,17 +407,21 @@ func (c *conn) removeSession(s *session) {
 	delete(c.sessions, s)
 }
 
-// ptySessions returns this connection's running pty sessions.
-func (c *conn) ptySessions() []*session {
+// runningSessions returns this connection's sessions whose process runs,
+// those on a pty and the others (login shells are the server's, not
+// these).
+func (c *conn) runningSessions() (pty, other []*session) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var ss []*session
 	for s := range c.sessions {
-		if s.ptyRunning() {
-			ss = append(ss, s)
+		switch running, onPTY := s.running(); {
+		case running && onPTY:
+			pty = append(pty, s)
+		case running:
+			other = append(other, s)
 		}
 	}
-	return ss
+	return pty, other
 }
 
 // maxChannels bounds the open session and direct-tcpip channels of one

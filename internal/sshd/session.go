@@ -1,6 +1,7 @@
 package sshd
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/creack/pty"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/hangar-ci/hangar/internal/proctab"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,6 +48,9 @@ type session struct {
 	pts     *os.File // pty slave, until the process starts
 	agent   bool     // agent forwarding asked for
 	login   bool     // a login shell: pty + shell
+	sh      *shell   // the login shell this session is attached to
+	// The client's window (pty-req, window-change).
+	cols, rows, width, height uint32
 
 	exited atomic.Bool   // the process has been reaped
 	hungUp atomic.Bool   // hangup signalled the process while it ran
@@ -81,6 +87,11 @@ func (c *conn) handleSession(nch ssh.NewChannel) {
 		}
 	}
 	// The channel is closed (by the client, or the connection is gone).
+	if s.sh != nil {
+		// A login shell lives on, detached, until it exits.
+		s.sh.detach(s)
+		return
+	}
 	if !s.started {
 		if s.ptm != nil {
 			s.ptm.Close()
@@ -103,11 +114,22 @@ func (s *session) notice(text []byte) {
 	}
 }
 
-// ptyRunning reports whether s is a pty session whose process runs.
-func (s *session) ptyRunning() bool {
+// noticeStderr writes line to the session's standard error unless its
+// output has ended.
+func (s *session) noticeStderr(line []byte) {
+	s.eof.RLock()
+	defer s.eof.RUnlock()
+	if !s.eofSent {
+		_, _ = s.ch.Stderr().Write(line)
+	}
+}
+
+// running reports whether the session's process runs, and whether on a
+// pty.
+func (s *session) running() (running, onPTY bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.pid != 0 && s.onPTY && !s.exited.Load()
+	return s.pid != 0 && !s.exited.Load(), s.onPTY
 }
 
 // request handles one channel request. It returns the reply, and a function
@@ -132,12 +154,17 @@ func (s *session) request(req *ssh.Request) (bool, func()) {
 			return false, nil
 		}
 		s.ptm, s.pts, s.term = ptm, pts, p.Term
+		s.cols, s.rows, s.width, s.height = p.Cols, p.Rows, p.Width, p.Height
 		_ = setWinsize(ptm, p.Cols, p.Rows, p.Width, p.Height)
 		return true, nil
 	case "window-change":
 		var p struct{ Cols, Rows, Width, Height uint32 }
-		if s.ptm == nil || ssh.Unmarshal(req.Payload, &p) != nil {
+		if (s.ptm == nil && s.sh == nil) || ssh.Unmarshal(req.Payload, &p) != nil {
 			return false, nil
+		}
+		s.cols, s.rows, s.width, s.height = p.Cols, p.Rows, p.Width, p.Height
+		if s.sh != nil {
+			return s.sh.resize(s), nil
 		}
 		return setWinsize(s.ptm, p.Cols, p.Rows, p.Width, p.Height) == nil, nil
 	case "env":
@@ -162,6 +189,9 @@ func (s *session) request(req *ssh.Request) (bool, func()) {
 		if !ok {
 			return false, nil
 		}
+		if s.sh != nil {
+			return s.sh.signal(sig), nil
+		}
 		return s.signal(sig), nil
 	case "shell", "exec", "subsystem":
 		if s.started {
@@ -175,12 +205,32 @@ func (s *session) request(req *ssh.Request) (bool, func()) {
 			}
 			arg = p.Value
 		}
-		then, err := s.start(req.Type, arg)
+		var then func()
+		var err error
+		if req.Type == "shell" && s.ptm != nil {
+			then, err = s.loginShell()
+		} else {
+			then, err = s.start(req.Type, arg)
+		}
+		var ue userError
+		if errors.As(err, &ue) {
+			// Accepted, so that the client shows the reason, and ended
+			// with exit status 1.
+			s.c.srv.emit(s.c.id, EventError, req.Type+": "+err.Error())
+			s.started = true
+			return true, func() {
+				_, _ = fmt.Fprintf(s.ch.Stderr(), "hangar: %v\r\n", err)
+				_ = s.ch.CloseWrite()
+				_, _ = s.ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{1}))
+				_ = s.ch.Close()
+			}
+		}
 		if err != nil {
 			s.c.srv.emit(s.c.id, EventError, req.Type+": "+err.Error())
 			_, _ = fmt.Fprintf(s.ch.Stderr(), "hangar: %s request refused\r\n", req.Type)
 			return false, nil
 		}
+		s.started = true
 		return true, then
 	}
 	// x11-req, keepalive@openssh.com, eow@openssh.com and all the rest.
@@ -232,7 +282,14 @@ func (s *session) start(kind, arg string) (func(), error) {
 	}
 	for _, kv := range s.env {
 		k, v, _ := strings.Cut(kv, "=")
-		env.set(k, v)
+		if k != ShellEnv { // for us, not the shell
+			env.set(k, v)
+		}
+	}
+	shellID := 0
+	if kind == "shell" && usePTY {
+		shellID = srv.reserveShellID()
+		env.set("HANGAR_SHELL_ID", strconv.Itoa(shellID))
 	}
 	remote, local := hostPort(s.c.nc.RemoteAddr()), hostPort(s.c.nc.LocalAddr())
 	env.set("SSH_CONNECTION", remote+" "+local)
@@ -324,9 +381,20 @@ func (s *session) start(kind, arg string) (func(), error) {
 		s.closers = append(s.closers, agent)
 	}
 	s.mu.Unlock()
+	srv.addSession(cmd.Process.Pid)
 	if s.login {
+		// It outlives this session: the shell owns the pty and the agent.
+		sh := srv.newShell(s, shellID, cmd, agent)
+		s.mu.Lock()
+		s.pid, s.closers = 0, nil
+		s.mu.Unlock()
+		s.ptm = nil
 		srv.logins.Add(1)
-		srv.emit(s.c.id, EventLoginStart, "pid "+strconv.Itoa(cmd.Process.Pid))
+		srv.emit(s.c.id, EventLoginStart, sh.describe())
+		return func() {
+			sh.input(s)
+			go sh.run(cmd)
+		}, nil
 	}
 
 	// handleSession waits for run to finish (s.done).
@@ -370,47 +438,19 @@ func (s *session) run(cmd *exec.Cmd, usePTY bool, stdinW, stdoutR, stderrR *os.F
 func (s *session) finish(cmd *exec.Cmd, agent *agentSocket) {
 	defer close(s.done)
 	s.eof.Lock()
-	_ = s.ch.CloseWrite()
 	s.eofSent = true
+	sendExit(s.ch, cmd)
 	s.eof.Unlock()
-	var ws syscall.WaitStatus
-	if cmd.ProcessState != nil {
-		ws, _ = cmd.ProcessState.Sys().(syscall.WaitStatus)
-	} else {
-		ws = syscall.WaitStatus(255 << 8) // not reaped by us: report 255
-	}
-	how := "exit status " + strconv.Itoa(ws.ExitStatus())
-	if ws.Signaled() {
-		name := signalName(ws.Signal())
-		how = "signal " + name
-		_, _ = s.ch.SendRequest("exit-signal", false, ssh.Marshal(struct {
-			Signal     string
-			CoreDumped bool
-			Message    string
-			Lang       string
-		}{name, ws.CoreDump(), "", ""}))
-	} else {
-		_, _ = s.ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{uint32(ws.ExitStatus())}))
-	}
-	_ = s.ch.Close()
 	if s.ptm != nil {
 		s.ptm.Close()
 	}
 	agent.close()
 	// Stragglers in the process group (`nohup cmd &`) of a process that
 	// ended by itself live on, as with sshd, until the server closes (the
-	// build ends). Those of a process hung up because its client went
-	// away are ended with the connection.
-	if pid := cmd.Process.Pid; unix.Kill(-pid, 0) == nil {
-		if s.hungUp.Load() {
-			s.c.addStraggler(pid)
-		} else {
-			s.c.srv.addStraggler(pid)
-		}
-	}
-	if s.login {
-		s.c.srv.logins.Add(-1)
-		s.c.srv.emit(s.c.id, EventLoginEnd, "pid "+strconv.Itoa(cmd.Process.Pid)+": "+how)
+	// build ends: see addSession). Those of a process hung up because its
+	// client went away are ended with the connection.
+	if pid := cmd.Process.Pid; s.hungUp.Load() && unix.Kill(-pid, 0) == nil {
+		s.c.addStraggler(pid)
 	}
 }
 
@@ -496,28 +536,49 @@ func (c *conn) killStragglers() {
 	killGroups(groups)
 }
 
-// addStraggler remembers a process group that outlived its command, for
-// the server's end.
-func (s *Server) addStraggler(pgid int) {
+// addSession remembers the session id of a process it started (each is a
+// session leader), whose processes are all ended when the server closes.
+// After that it ends them at once.
+func (s *Server) addSession(sid int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		go killGroups([]int{pgid})
+		go endSessions(map[int]bool{sid: true}, killGrace)
 		return
 	}
-	// Forget the groups that have ended since.
-	s.stragglers = slices.DeleteFunc(s.stragglers, func(g int) bool { return unix.Kill(-g, 0) != nil })
-	s.stragglers = append(s.stragglers, pgid)
+	if s.sids == nil {
+		s.sids = make(map[int]bool)
+	}
+	if len(s.sids) >= 64 {
+		// Forget the sessions that have no process left.
+		live := make(map[int]bool)
+		for _, p := range proctab.Table() {
+			live[p.SID], live[p.PGID] = true, true
+		}
+		for id := range s.sids {
+			if !live[id] {
+				delete(s.sids, id)
+			}
+		}
+	}
+	s.sids[sid] = true
 }
 
-// killStragglers ends the process groups that outlived their commands.
-func (s *Server) killStragglers() {
+// endAll ends every process the server's sessions started, detached shells
+// included, and waits (a few seconds at most) until the shells are released.
+func (s *Server) endAll() {
 	s.mu.Lock()
-	groups := s.stragglers
-	s.stragglers = nil
+	sids := s.sids
+	s.sids = nil
 	s.closed = true
 	s.mu.Unlock()
-	killGroups(groups)
+	endSessions(sids, killGrace)
+	done := make(chan struct{})
+	go func() { s.shellsWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(killGrace):
+	}
 }
 
 // killGroups ends process groups: SIGHUP, then SIGKILL to those left after

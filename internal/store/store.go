@@ -472,10 +472,11 @@ func (s *Store) UpdateBuild(ctx context.Context, b *build.Build) (bool, error) {
 		return false, err
 	}
 	res, err := s.db.ExecContext(ctx, `UPDATE builds SET status = $1, message = $2, steps = $3, started_at = $4, finished_at = $5,
-		ssh_state = $6, ssh_expires_at = $7, ssh_expires_because = $8, ssh_closed_reason = $9, ssh_connections = $10, ssh_sessions = $11
-		WHERE id = $12 AND status NOT IN ('finished', 'failed', 'canceled', 'timeout')`,
+		ssh_state = $6, ssh_expires_at = $7, ssh_expires_because = $8, ssh_closed_reason = $9, ssh_connections = $10, ssh_sessions = $11,
+		ssh_enabled = $12
+		WHERE id = $13 AND status NOT IN ('finished', 'failed', 'canceled', 'timeout')`,
 		b.Status, b.Message, string(steps), nullMS(b.StartedAt), nullMS(b.FinishedAt),
-		b.SSH.State, nullMS(b.SSH.ExpiresAt), b.SSH.ExpiresBecause, b.SSH.ClosedReason, b.SSH.Connections, string(sess), b.ID)
+		b.SSH.State, nullMS(b.SSH.ExpiresAt), b.SSH.ExpiresBecause, b.SSH.ClosedReason, b.SSH.Connections, string(sess), b.SSH.Enabled, b.ID)
 	if err != nil {
 		return false, fmt.Errorf("update build %d: %w", b.ID, err)
 	}

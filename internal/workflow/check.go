@@ -63,6 +63,15 @@ func (w *Workflow) Report() Report {
 		}
 		h("environment.vars: %s ($VAR and ${VAR} expanded)", strings.Join(names, ", "))
 	}
+	if len(w.Toolchains) > 0 {
+		var tcs []string
+		for _, k := range []string{"java", "node", "python"} {
+			if v, ok := w.Toolchains[k]; ok {
+				tcs = append(tcs, k+" "+v)
+			}
+		}
+		h("environment toolchains: %s (checked against the instance type's image when the build starts)", strings.Join(tcs, ", "))
+	}
 	if len(w.Inputs) > 0 {
 		var ins []string
 		for _, in := range w.Inputs {

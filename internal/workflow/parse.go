@@ -276,6 +276,12 @@ func (p *parser) environment(w *Workflow, val *yaml.Node) *Error {
 		return err
 	}
 	for _, kv := range entries {
+		if isToolchain(kv.key.Value) {
+			if err := p.toolchain(w, kv); err != nil {
+				return err
+			}
+			continue
+		}
 		if kv.key.Value != "vars" {
 			w.ignore("environment." + kv.key.Value)
 			continue

@@ -90,6 +90,9 @@ type Workflow struct {
 	// sets none. Which names exist is the server's business: it refuses a
 	// build whose instance type it does not have.
 	InstanceType string
+	// Toolchains are the versions environment.java, environment.node and
+	// environment.python ask for (tool -> version as written); nil if none.
+	Toolchains map[string]string
 	// Vars are environment.vars in file order. Scalar values are kept as
 	// written (numbers and booleans too); a null value is "".
 	Vars []Var

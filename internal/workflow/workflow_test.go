@@ -100,6 +100,7 @@ func TestParseValid(t *testing.T) {
 				MaxDuration:      90 * time.Minute,
 				InstanceType:     "mac_mini_m2",
 				WorkingDirectory: "app",
+				Toolchains:       map[string]string{"java": "17"},
 				Vars: []Var{
 					{"COMMON", "shared"},
 					{"PLAIN", "hello world"},
@@ -130,7 +131,6 @@ func TestParseValid(t *testing.T) {
 				},
 				Ignored: []string{
 					"environment.groups",
-					"environment.java",
 					"artifacts",
 					"publishing",
 				},

@@ -11,7 +11,10 @@ export interface TerminalHandlers {
 }
 
 export interface TerminalSession {
+  /** close detaches: the shell keeps running on the machine. */
   close(): void;
+  /** logout ends the shell (SIGHUP); the server then closes the terminal. */
+  logout(): void;
   focus(): void;
 }
 
@@ -40,8 +43,17 @@ export function startTerminal(el: HTMLElement, path: string, on: TerminalHandler
   term.loadAddon(fit);
   term.open(el);
 
+  // The shell (or the detached one it re-attaches to) gets the terminal's
+  // size from the start, so a restored screen is drawn at that size.
+  try {
+    fit.fit();
+  } catch {
+    // not laid out yet: the server's default size, then a resize
+  }
   const url = new URL(path, location.href);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  url.searchParams.set('cols', String(term.cols));
+  url.searchParams.set('rows', String(term.rows));
   const ws = new WebSocket(url.href);
   ws.binaryType = 'arraybuffer';
   const send = (m: object) => {
@@ -122,8 +134,11 @@ export function startTerminal(el: HTMLElement, path: string, on: TerminalHandler
     close() {
       ro.disconnect();
       cancelAnimationFrame(frame);
-      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(1000, 'closed in the browser');
+      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(1000, 'detached in the browser');
       term.dispose();
+    },
+    logout() {
+      send({ type: 'logout' });
     },
     focus() {
       term.focus();

@@ -16,7 +16,12 @@
 //     the deadline, so that the build finishes by this rule rather than
 //     timing out. When it ends, the build finishes with the steps' result.
 //   - The end of the last login shell is a logout: access closes; if the
-//     steps are done the build finishes now, else the steps go on.
+//     steps are done the build finishes now, else the steps go on. Only a
+//     shell's own end counts (exit, logout, Ctrl-D, the browser terminal's
+//     close button): a shell whose connection dropped is detached, still a
+//     live login shell, and the next connection re-attaches to it; a
+//     detached shell ends only with access (its time limits, cancel, the
+//     build's end).
 //   - Close (cancel, timeout, failed start, any end of the build) closes it.
 //   - Extend (a user asking for more time) moves the end after the steps
 //     later by By, never past the deadline's margin; before the steps
@@ -28,6 +33,7 @@ package access
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/build"
@@ -61,6 +67,10 @@ const (
 	// LoginStart and LoginEnd: a login shell started, ended.
 	LoginStart
 	LoginEnd
+	// Detach and Attach: a login shell's connection dropped (it runs on),
+	// a client re-attached to it.
+	Detach
+	Attach
 	// Connect and Disconnect: a user's connection through the gateway
 	// (Remote, Client).
 	Connect
@@ -77,7 +87,7 @@ const (
 
 var kindNames = map[Kind]string{
 	Open: "open", TunnelUp: "tunnel_up", TunnelDown: "tunnel_down", LoginStart: "login_start",
-	LoginEnd: "login_end", Connect: "connect", Disconnect: "disconnect", StepsDone: "steps_done",
+	LoginEnd: "login_end", Detach: "detach", Attach: "attach", Connect: "connect", Disconnect: "disconnect", StepsDone: "steps_done",
 	Tick: "tick", Close: "close", Extend: "extend",
 }
 
@@ -172,7 +182,8 @@ type Machine struct {
 	afterSteps time.Duration
 
 	tunnelUp  bool
-	logins    int                // open login shells
+	logins    int                // open login shells, detached ones included
+	detached  int                // login shells whose connection dropped
 	sessions  []build.SSHSession // open connections through the gateway
 	closed    bool               // access has ended for good
 	reason    string             // why it closed
@@ -195,6 +206,10 @@ func New(id int64, deadline time.Time, afterSteps time.Duration) *Machine {
 	}
 	return &Machine{id: id, deadline: deadline, afterSteps: afterSteps}
 }
+
+// Shells returns how many login shells are open, and how many of them are
+// detached.
+func (m *Machine) Shells() (open, detached int) { return m.logins, m.detached }
 
 // Closed reports whether access has ended.
 func (m *Machine) Closed() bool { return m.closed }
@@ -241,11 +256,23 @@ func (m *Machine) Handle(ev Event) []Effect {
 		m.tunnelUp = false
 	case LoginStart:
 		m.logins++
+	case Detach:
+		if m.detached < m.logins {
+			m.detached++
+		}
+		if !m.closed {
+			m.emit(Effect{Kind: Log, Text: "the connection of a login shell dropped; the shell keeps running: connect again to re-attach to it"})
+		}
+	case Attach:
+		if m.detached > 0 {
+			m.detached--
+		}
 	case LoginEnd:
 		if m.logins > 0 {
 			m.logins--
+			m.detached = min(m.detached, m.logins)
 			if m.logins == 0 && !m.closed {
-				m.close(now, fmt.Sprintf("you logged out of build %d: its SSH access is closed", m.id))
+				m.close(now, fmt.Sprintf("SSH access to build %d ended: you logged out", m.id))
 				m.finish = m.stepsDone
 			}
 		}
@@ -317,7 +344,7 @@ func (m *Machine) onStepsDone(now time.Time, result build.Status) {
 	}
 	wait := until.Sub(now)
 	if wait <= 0 {
-		m.close(now, fmt.Sprintf("build %d reached its max_build_duration", m.id))
+		m.close(now, fmt.Sprintf("SSH access to build %d ended: max_build_duration reached", m.id))
 		m.finish = true
 		return
 	}
@@ -343,7 +370,14 @@ func (m *Machine) onTick(now time.Time) {
 		m.emit(Effect{Kind: Notify, Text: fmt.Sprintf("Hangar: this machine stops in %s (%s).", due.lead, m.because)})
 	}
 	if m.stepsDone && !m.closed && !now.Before(m.ends) {
-		m.close(now, fmt.Sprintf("the SSH window of build %d has ended (%s)", m.id, m.because))
+		why := m.because
+		switch {
+		case why == "max_build_duration":
+			why += " reached"
+		case strings.HasPrefix(why, "extended by "):
+			why = "the time " + why + " is up"
+		}
+		m.close(now, fmt.Sprintf("SSH access to build %d ended: %s (%s UTC)", m.id, why, m.ends.UTC().Format("15:04")))
 		m.finish = true
 	}
 }

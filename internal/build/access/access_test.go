@@ -38,7 +38,8 @@ func ev(k Kind, d time.Duration) Event { return Event{Kind: k, Time: at(d)} }
 func TestMachine(t *testing.T) {
 	const after = 20 * time.Minute
 	const afterWhy = "20m0s after the steps completed"
-	logout := "you logged out of build 7: its SSH access is closed"
+	logout := "SSH access to build 7 ended: you logged out"
+	const detachLog = "the connection of a login shell dropped; the shell keeps running: connect again to re-attach to it"
 	tests := []struct {
 		name     string
 		deadline time.Duration // from t0
@@ -168,7 +169,7 @@ func TestMachine(t *testing.T) {
 				{ev: ev(Tick, 25*time.Minute), want: []string{notify("Hangar: this machine stops in 5m0s (" + afterWhy + ")."), wake(29 * time.Minute)}},
 				{ev: ev(Tick, 29*time.Minute), want: []string{notify("Hangar: this machine stops in 1m0s (" + afterWhy + ")."), wake(30 * time.Minute)}},
 				{ev: ev(Tick, 30*time.Minute), want: []string{
-					revoke("the SSH window of build 7 has ended (" + afterWhy + ")"), save, finish(build.Finished),
+					revoke("SSH access to build 7 ended: " + afterWhy + " (10:30 UTC)"), save, finish(build.Finished),
 				}, state: build.SSHClosed, expires: 30 * time.Minute},
 				{ev: ev(Tick, 31*time.Minute), want: nil},
 			},
@@ -186,7 +187,7 @@ func TestMachine(t *testing.T) {
 				{ev: ev(Tick, 9*time.Minute+59500*time.Millisecond), want: []string{notify("Hangar: this machine stops in 5m0s (max_build_duration)."), wake(13*time.Minute + 59500*time.Millisecond)}},
 				{ev: ev(Tick, 13*time.Minute+59500*time.Millisecond), want: []string{notify("Hangar: this machine stops in 1m0s (max_build_duration)."), wake(15*time.Minute - DeadlineMargin)}},
 				{ev: ev(Tick, 15*time.Minute-DeadlineMargin), want: []string{
-					revoke("the SSH window of build 7 has ended (max_build_duration)"), save, finish(build.Failed),
+					revoke("SSH access to build 7 ended: max_build_duration reached (10:14 UTC)"), save, finish(build.Failed),
 				}, state: build.SSHClosed},
 			},
 		},
@@ -200,7 +201,7 @@ func TestMachine(t *testing.T) {
 					save, wake(time.Minute + 4*time.Second),
 				}},
 				{ev: ev(Tick, time.Minute+4*time.Second), want: []string{
-					revoke("the SSH window of build 7 has ended (4s after the steps completed)"), save, finish(build.Finished),
+					revoke("SSH access to build 7 ended: 4s after the steps completed (10:01 UTC)"), save, finish(build.Finished),
 				}},
 			},
 		},
@@ -209,7 +210,7 @@ func TestMachine(t *testing.T) {
 			steps: []step{
 				{ev: ev(Open, 0), want: []string{save, wake(5 * time.Minute)}},
 				{ev: Event{Kind: StepsDone, Time: at(10*time.Minute - 200*time.Millisecond), Result: build.Finished}, want: []string{
-					revoke("build 7 reached its max_build_duration"), save, wakeNever, finish(build.Finished),
+					revoke("SSH access to build 7 ended: max_build_duration reached"), save, wakeNever, finish(build.Finished),
 				}, state: build.SSHClosed},
 			},
 		},
@@ -234,6 +235,30 @@ func TestMachine(t *testing.T) {
 					}},
 				// The gateway's late disconnect changes nothing.
 				{ev: Event{Kind: Disconnect, Time: at(12 * time.Minute), Remote: "r"}, want: nil, state: build.SSHClosed},
+			},
+		},
+		{
+			name: "a dropped connection is no logout; the window still ends on time", deadline: time.Hour, after: after,
+			steps: []step{
+				{ev: ev(Open, 0), want: []string{save, wake(55 * time.Minute)}},
+				{ev: ev(TunnelUp, time.Second), want: []string{save}},
+				{ev: Event{Kind: Connect, Time: at(2 * time.Second), Remote: "r"}, want: []string{save}, state: build.SSHConnected},
+				{ev: ev(LoginStart, 3*time.Second), want: nil},
+				{ev: ev(Detach, 4*time.Second), want: []string{logLine(detachLog)}},
+				{ev: Event{Kind: Disconnect, Time: at(5 * time.Second), Remote: "r"}, want: []string{save}, state: build.SSHReady},
+				{ev: Event{Kind: StepsDone, Time: at(10 * time.Minute), Result: build.Finished}, want: []string{
+					notify("Hangar: the build's steps are done (finished). This machine stays for 20m0s (until 10:30:00 UTC, " + afterWhy + "); log out to finish the build now."),
+					logLine("steps done; the machine stays for SSH for 20m0s (" + afterWhy + ") unless you log out"),
+					save, wake(25 * time.Minute),
+				}, state: build.SSHReady},
+				{ev: Event{Kind: Connect, Time: at(11 * time.Minute), Remote: "r2"}, want: []string{save}, state: build.SSHConnected},
+				{ev: ev(Attach, 11*time.Minute), want: nil},
+				{ev: ev(Detach, 12*time.Minute), want: []string{logLine(detachLog)}},
+				{ev: ev(Tick, 25*time.Minute), want: []string{notify("Hangar: this machine stops in 5m0s (" + afterWhy + ")."), wake(29 * time.Minute)}},
+				{ev: ev(Tick, 29*time.Minute), want: []string{notify("Hangar: this machine stops in 1m0s (" + afterWhy + ")."), wake(30 * time.Minute)}},
+				{ev: ev(Tick, 30*time.Minute), want: []string{revoke("SSH access to build 7 ended: " + afterWhy + " (10:30 UTC)"), save, finish(build.Finished)}, state: build.SSHClosed},
+				// The shell killed at the end is no second logout.
+				{ev: ev(LoginEnd, 31*time.Minute), want: nil},
 			},
 		},
 		{
@@ -281,7 +306,7 @@ func TestMachine(t *testing.T) {
 				{ev: ev(Tick, 35*time.Minute-DeadlineMargin), want: []string{notify("Hangar: this machine stops in 5m0s (extended by ann)."), wake(39*time.Minute - DeadlineMargin)}},
 				{ev: ev(Tick, 39*time.Minute-DeadlineMargin), want: []string{notify("Hangar: this machine stops in 1m0s (extended by ann)."), wake(40*time.Minute - DeadlineMargin)}},
 				{ev: ev(Tick, 40*time.Minute-DeadlineMargin), want: []string{
-					revoke("the SSH window of build 7 has ended (extended by ann)"), save, finish(build.Failed),
+					revoke("SSH access to build 7 ended: the time extended by ann is up (10:39 UTC)"), save, finish(build.Failed),
 				}, state: build.SSHClosed},
 				// Nothing more once closed.
 				{ev: Event{Kind: Extend, Time: at(41 * time.Minute), By: time.Minute, Who: "bob"}, want: nil},

@@ -5,7 +5,6 @@
 package host
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,13 +13,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/machine"
+	"github.com/hangar-ci/hangar/internal/proctab"
 )
 
 // Driver runs builders as local processes. StateDir must be set.
@@ -56,7 +54,11 @@ func (d *Driver) Start(ctx context.Context, spec machine.Spec) (machine.Machine,
 	}
 	cmd := exec.Command(spec.Builder, spec.Args...)
 	cmd.Dir = home
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HANGAR_HOME=" + home}, spec.Env...)
+	// The builder runs under its init as a child subreaper (see
+	// builder.InitEnv): every process of the machine stays a descendant of
+	// it, so that Destroy finds them all, even those that left their
+	// session (setsid) and were orphaned.
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HANGAR_HOME=" + home, "HANGAR_INIT=subreaper"}, spec.Env...)
 	cmd.Stdin = spec.Stdin
 	out := spec.Output
 	if out == nil {
@@ -96,11 +98,26 @@ func (m *hostMachine) Wait() error {
 func (m *hostMachine) Destroy(ctx context.Context) error {
 	m.once.Do(func() {
 		pgid := m.cmd.Process.Pid
-		// Kill the whole group until no live process is left in it: the
-		// builder may be gone already while steps it started still run.
+		// First every descendant of the init (the builder, steps, SSH
+		// sessions and whatever they started, in any session or group)
+		// until none is left: what a dying process orphans is re-parented
+		// to the init, a subreaper, and found in the next round.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			kids := proctab.Descendants(proctab.Table(), pgid)
+			if len(kids) == 0 || time.Now().After(deadline) {
+				break
+			}
+			for _, pid := range kids {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		// Then the whole group until no live process is left in it: the
+		// init may be gone already while steps it started still run.
 		// Orphans that died wait as zombies for init to reap them; they
 		// are gone for our purpose.
-		deadline := time.Now().Add(5 * time.Second)
+		deadline = time.Now().Add(5 * time.Second)
 		for {
 			err := syscall.Kill(-pgid, syscall.SIGKILL)
 			if errors.Is(err, syscall.ESRCH) || !liveInGroup(pgid) || time.Now().After(deadline) {
@@ -122,19 +139,8 @@ func (m *hostMachine) Destroy(ctx context.Context) error {
 
 // liveInGroup reports whether a process of group pgid is alive (not a zombie).
 func liveInGroup(pgid int) bool {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, p := range stats {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
-		i := bytes.LastIndexByte(data, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(data[i+1:]))
-		if len(f) >= 3 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
+	for _, p := range proctab.Table() {
+		if p.PGID == pgid {
 			return true
 		}
 	}

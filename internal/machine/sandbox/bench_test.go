@@ -33,6 +33,7 @@ func BenchmarkStartDestroy(b *testing.B) {
 		out := &readySignal{ready: make(chan struct{})}
 		t0 := time.Now()
 		m, err := d.Start(ctx, machine.Spec{
+			Image:   testImage(b),
 			Name:    "bench",
 			Builder: "/bin/sh",
 			Args:    []string{"-c", "echo ready; exec sleep 1000"},

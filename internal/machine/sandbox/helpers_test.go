@@ -13,6 +13,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/hangar-ci/hangar/internal/image/imagetest"
 	"github.com/hangar-ci/hangar/internal/machine"
 )
 
@@ -32,13 +33,33 @@ func requireHost(tb testing.TB) {
 	}
 	for _, bin := range []string{"runc", "iptables"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			tb.Skipf("sandbox tests need %s: apt-get install runc iptables sudo", bin)
+			tb.Skipf("sandbox tests need %s: apt-get install runc iptables", bin)
 		}
 	}
-	if _, err := os.Stat("/usr/bin/sudo"); err != nil {
-		tb.Skip("sandbox tests need sudo on the host: apt-get install sudo")
-	}
 }
+
+// testImage returns the root of the Debian test image (built once per
+// host, see imagetest).
+func testImage(tb testing.TB) *machine.Image {
+	tb.Helper()
+	testImageOnce.Do(func() {
+		s, n := imagetest.Debian(tb)
+		testImageRoot, _, testImageErr = s.Root(n)
+	})
+	if testImageErr != nil {
+		tb.Fatal(testImageErr)
+	}
+	if testImageRoot == nil {
+		tb.Skip("no test image")
+	}
+	return testImageRoot
+}
+
+var (
+	testImageOnce sync.Once
+	testImageRoot *machine.Image
+	testImageErr  error
+)
 
 // newTestDriver returns a driver on the test bridge with a fresh StateDir,
 // closed (and checked for leftovers) when the test ends.
@@ -133,6 +154,7 @@ func startShell(tb testing.TB, d *Driver, name, script string, mounts ...machine
 	tb.Helper()
 	out := &syncBuffer{}
 	m, err := d.Start(context.Background(), machine.Spec{
+		Image:   testImage(tb),
 		Name:    name,
 		Builder: "/bin/sh",
 		Args:    []string{"-c", script},

@@ -32,7 +32,8 @@ func startLimited(t *testing.T, d *Driver, name string, res machine.Resources, s
 	t.Helper()
 	out := &syncBuffer{}
 	m, err := d.Start(context.Background(), machine.Spec{
-		Name: name, Builder: "/bin/sh", Args: []string{"-c", script},
+		Image: testImage(t),
+		Name:  name, Builder: "/bin/sh", Args: []string{"-c", script},
 		Env: []string{"LANG=C"}, Output: out, Resources: res,
 	})
 	if err != nil {
@@ -174,4 +175,55 @@ i=0; while [ $i -lt 2000 ]; do echo "line $i"; i=$((i+1)); done; echo done`)
 	if err := bomb.Destroy(context.Background()); err != nil {
 		t.Errorf("Destroy the bomb: %v", err)
 	}
+}
+
+// TestWritableLayerDiskLimit: what a machine writes outside /tmp (its home,
+// and with sudo anywhere in its root) lands on a file system of its own of
+// the Disk size: filling it gives ENOSPC in that machine only, a machine
+// beside it writes on, and Destroy leaves no loop device behind.
+func TestWritableLayerDiskLimit(t *testing.T) {
+	d := newLimitsDriver(t)
+	full, fullOut := startLimited(t, d, "disk-full", machine.Resources{Disk: 32 << 20}, `
+dd if=/dev/zero of=/home/builder/fill bs=1M count=64 2>&1 | grep -o 'No space left on device' | head -n 1
+su builder -c 'sudo -n dd if=/dev/zero of=/usr/fill bs=1M count=64' 2>&1 | grep -o 'No space left on device' | head -n 1
+echo "root-size=$(df -k / | awk 'NR==2 {print $2}')"
+echo ready
+exec sleep 300`)
+	fullOut.waitFor(t, "ready", 30*time.Second)
+	if n := strings.Count(fullOut.String(), "No space left on device"); n != 2 {
+		t.Errorf("filling home and /usr: %d ENOSPC, want 2; output:\n%s", n, fullOut.String())
+	}
+	var size int
+	if _, err := fmt.Sscanf(fullOut.String()[strings.Index(fullOut.String(), "root-size="):], "root-size=%d", &size); err != nil || size > 32<<10 || size < 16<<10 {
+		t.Errorf("df / in the machine: %d KiB (%v), want about 32 MiB; output:\n%s", size, err, fullOut.String())
+	}
+	other := runLimited(t, d, "disk-other", machine.Resources{Disk: 32 << 20}, `
+dd if=/dev/zero of=/home/builder/data bs=1M count=8 2>/dev/null && echo other-wrote`)
+	if !strings.Contains(other, "other-wrote") {
+		t.Errorf("a machine beside the full one could not write:\n%s", other)
+	}
+	if err := full.Destroy(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if loops := loopsBackedIn(full.layout.dir); len(loops) > 0 {
+		t.Errorf("loop devices of the driver's machines left after Destroy: %v", loops)
+	}
+}
+
+// runLimited runs script in a fresh machine with res to its end and
+// returns its output.
+func runLimited(t *testing.T, d *Driver, name string, res machine.Resources, script string) string {
+	t.Helper()
+	m, out := startLimited(t, d, name, res, script)
+	done := make(chan error, 1)
+	go func() { done <- m.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("machine %s: %v; output:\n%s", name, err, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("machine %s did not finish; output:\n%s", name, out.String())
+	}
+	return out.String()
 }

@@ -59,8 +59,9 @@ type Machine struct {
 }
 
 var (
-	_ machine.Machine     = (*Machine)(nil)
-	_ machine.OOMReporter = (*Machine)(nil)
+	_ machine.Machine      = (*Machine)(nil)
+	_ machine.OOMReporter  = (*Machine)(nil)
+	_ machine.DiskReporter = (*Machine)(nil)
 )
 
 // Name returns the machine's name.
@@ -128,7 +129,7 @@ func (d *Driver) Start(ctx context.Context, spec machine.Spec) (machine.Machine,
 		d:      d,
 		name:   spec.Name,
 		host:   machineHostNames(d.cfg.Bridge, spec.Name),
-		layout: layout{dir: filepath.Join(d.cfg.StateDir, spec.Name), baseDirs: d.cfg.BaseDirs},
+		layout: layout{dir: filepath.Join(d.cfg.StateDir, spec.Name), disk: spec.Resources.Disk},
 		ip:     ip,
 		memory: spec.Resources.Memory,
 		exited: make(chan struct{}),
@@ -159,7 +160,10 @@ func (d *Driver) checkSpec(spec machine.Spec) (mounts []specMount, masked []stri
 	} else if !fi.Mode().IsRegular() {
 		return nil, nil, fmt.Errorf("builder %s: not a regular file", spec.Builder)
 	}
-	reserved := append([]string{"/", "/home", "/tmp", "/run"}, d.cfg.BaseDirs...)
+	if spec.Image == nil || len(spec.Image.Layers) == 0 {
+		return nil, nil, errors.New("no image to boot from: sandbox machines boot from an OCI image (see `hangar image`)")
+	}
+	reserved := []string{"/", "/home", "/tmp", "/run", "/usr", "/etc", "/var", "/opt"}
 	for _, mnt := range spec.Mounts {
 		src, err := cleanAbs("mount source", mnt.Source)
 		if err != nil {
@@ -198,15 +202,6 @@ func (d *Driver) checkSpec(spec machine.Spec) (mounts []specMount, masked []stri
 		}
 		mounts = append(mounts, specMount{source: src, target: dst})
 	}
-	// Masked paths that the base dirs' overlays show.
-	for _, h := range d.hidden {
-		for _, b := range d.cfg.BaseDirs {
-			if within(h, b) {
-				masked = append(masked, h)
-				break
-			}
-		}
-	}
 	return mounts, masked, nil
 }
 
@@ -233,7 +228,7 @@ func (m *Machine) start(ctx context.Context, spec machine.Spec, mounts []specMou
 	go func() {
 		defer wg.Done()
 		dirErr = m.layout.prepareDir(machineFiles{name: m.name, ip: m.ip, uid: d.cfg.BuilderUID,
-			rootLinks: d.rootLinks, dns: d.NameServers(), gitSafe: mountTargets(mounts)})
+			image: spec.Image, dns: d.NameServers(), volatile: d.volatile, gitSafe: mountTargets(mounts)})
 	}()
 	netErr = createNetwork(netConfig{
 		host:        m.host,
@@ -247,21 +242,20 @@ func (m *Machine) start(ctx context.Context, spec machine.Spec, mounts []specMou
 		return err
 	}
 	s := ociSpec(ociParams{
-		name:      m.name,
-		layout:    m.layout,
-		rootBinds: d.rootBinds,
-		builder:   spec.Builder,
-		args:      spec.Args,
-		env:       spec.Env,
-		mounts:    mounts,
-		masked:    masked,
-		netns:     m.host.netnsPath(),
-		cgroup:    m.host.cgroup,
-		caps:      d.caps,
-		seccomp:   d.seccomp,
-		res:       spec.Resources,
-		memsw:     d.memsw,
-		volatile:  d.volatile,
+		name:     m.name,
+		layout:   m.layout,
+		builder:  spec.Builder,
+		args:     spec.Args,
+		env:      spec.Env,
+		mounts:   mounts,
+		masked:   masked,
+		netns:    m.host.netnsPath(),
+		cgroup:   m.host.cgroup,
+		caps:     d.caps,
+		seccomp:  d.seccomp,
+		res:      spec.Resources,
+		memsw:    d.memsw,
+		imageEnv: spec.Image.Env,
 	})
 	if err := writeSpec(m.layout.config(), s); err != nil {
 		return fmt.Errorf("write OCI config: %w", err)
@@ -468,6 +462,10 @@ func (m *Machine) teardown(ctx context.Context) error {
 	if cgErr == nil && (netErr == nil || !m.netUp) {
 		if err := removeDir(m.layout.dir); err != nil {
 			errs = append(errs, err)
+		} else if m.layout.disk > 0 {
+			if err := waitLoopsDetached(m.layout.dir); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if m.netUp {

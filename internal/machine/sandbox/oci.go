@@ -43,25 +43,24 @@ const (
 
 // ociParams is what one machine's OCI config is made of.
 type ociParams struct {
-	name      string // machine name: the hostname
-	layout    layout
-	rootBinds []string // host top-level directories bound read-only
-	builder   string   // host path of the builder binary
-	args      []string
-	env       []string
-	mounts    []specMount
-	masked    []string // extra paths to mask (Mask/StateDir seen through mounts)
-	netns     string   // network namespace path
-	cgroup    string   // cgroup path
-	caps      []string // capabilities (bounding, effective, permitted)
-	seccomp   *specs.LinuxSeccomp
+	name    string // machine name: the hostname
+	layout  layout
+	builder string // host path of the builder binary
+	args    []string
+	env     []string
+	mounts  []specMount
+	masked  []string // extra paths to mask (Mask/StateDir seen through mounts)
+	netns   string   // network namespace path
+	cgroup  string   // cgroup path
+	caps    []string // capabilities (bounding, effective, permitted)
+	seccomp *specs.LinuxSeccomp
 	// res are the machine's limits; memsw is whether the host's memory
 	// cgroup limits memory+swap (swap accounting on).
 	res   machine.Resources
 	memsw bool
-	// volatile skips the overlays' syncs: their upper layers are thrown
-	// away with the machine, and dpkg syncs a lot.
-	volatile bool
+	// imageEnv is the image's environment: its PATH is the machine's
+	// unless env sets one.
+	imageEnv []string
 }
 
 // specMount is a machine.Mount after validation.
@@ -70,19 +69,7 @@ type specMount struct{ source, target string }
 // ociSpec returns the OCI runtime config of a machine.
 func ociSpec(p ociParams) *specs.Spec {
 	l := p.layout
-	var mounts []specs.Mount
-	for i, b := range l.baseDirs {
-		opts := []string{"lowerdir=" + b, "upperdir=" + l.upper(i), "workdir=" + l.work(i)}
-		if p.volatile {
-			opts = append(opts, "volatile")
-		}
-		mounts = append(mounts, specs.Mount{Destination: b, Type: "overlay", Source: "overlay", Options: opts})
-	}
-	for _, b := range p.rootBinds {
-		mounts = append(mounts, specs.Mount{Destination: b, Type: "bind", Source: b,
-			Options: []string{"bind", "ro", "nodev"}})
-	}
-	mounts = append(mounts,
+	mounts := []specs.Mount{
 		specs.Mount{Destination: "/proc", Type: "proc", Source: "proc",
 			Options: []string{"nosuid", "noexec", "nodev"}},
 		specs.Mount{Destination: "/dev", Type: "tmpfs", Source: "tmpfs",
@@ -107,7 +94,7 @@ func ociSpec(p ociParams) *specs.Spec {
 			Options: []string{"bind", "rw", "nodev"}},
 		specs.Mount{Destination: builderPath, Type: "bind", Source: p.builder,
 			Options: []string{"bind", "ro", "nodev", "nosuid"}},
-	)
+	}
 	for _, m := range p.mounts {
 		// Not rbind: mounts below the source stay hidden.
 		mounts = append(mounts, specs.Mount{Destination: m.target, Type: "bind", Source: m.source,
@@ -127,7 +114,13 @@ func ociSpec(p ociParams) *specs.Spec {
 		env = append(env, kv)
 	}
 	if !hasPath {
-		env = append(env, defaultPath)
+		path := defaultPath
+		for _, kv := range p.imageEnv {
+			if strings.HasPrefix(kv, "PATH=") {
+				path = kv
+			}
+		}
+		env = append(env, path)
 	}
 	env = append(env, "HANGAR_HOME="+builderHome, "HANGAR_USER="+builderUser)
 

@@ -1,331 +1,304 @@
 package sandbox
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
-	"io/fs"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hangar-ci/hangar/internal/machine"
 )
 
 // A machine directory, StateDir/<name>, holds:
 //
-//	config.json       the OCI bundle's config
-//	rootfs/           the skeleton root: mount points and the /bin... links
-//	layers/<i>/upper  upper layer of the overlay of BaseDirs[i]
-//	layers/<i>/work   its overlay work dir
-//	home/             bound on /home; holds builder/
-//	pid, runc.log     written by runc
+//	config.json  the OCI bundle's config
+//	rootfs/      the machine's root: an overlay of the image's layers
+//	             (read-only, shared) under upper/
+//	upper/       the machine's writable layer
+//	work/        its overlay work dir
+//	home/        bound on /home; holds builder/
+//	pid, runc.log  written by runc
+//
+// With a disk limit, upper/, work/ and home/ are in disk/, the mount of
+// the machine's own file system (disk.img, see makeDisk).
 const (
 	rootfsDir = "rootfs"
-	layersDir = "layers"
+	upperDir  = "upper"
+	workDir   = "work"
 	homeDir   = "home"
+	diskDir   = "disk"
+	diskImg   = "disk.img"
 	pidFile   = "pid"
 	runcLog   = "runc.log"
 )
 
-// rootLinkNames are the top-level host entries that merged-/usr systems
-// make symlinks into /usr.
-var rootLinkNames = []string{"bin", "sbin", "lib", "lib32", "lib64", "libx32"}
-
-// skeletonDirs are the top-level directories of every skeleton root.
-var skeletonDirs = []string{"usr", "etc", "var", "opt", "home", "proc", "sys", "dev", "tmp", "run", "root", ".hangar"}
-
-// sensitiveGlobs are host files under the base dirs that hold secrets. Each
-// machine's upper layer gets a whiteout for them, so they do not exist inside.
-// /etc/shadow and /etc/gshadow are rewritten without hashes instead.
-var sensitiveGlobs = []string{
-	"/etc/shadow-", "/etc/gshadow-", "/etc/security/opasswd",
-	"/etc/ssh/ssh_host_*_key", "/etc/ssl/private",
-	"/var/backups/shadow.bak*", "/var/backups/gshadow.bak*",
-	// Other services' secrets and data, and the host's logs (which hold
-	// the server's own log and thus other builds' output).
-	"/etc/letsencrypt", "/etc/wireguard", "/etc/NetworkManager/system-connections",
-	"/etc/ppp/*-secrets", "/etc/krb5.keytab",
-	"/var/log/journal", "/var/log/syslog*", "/var/log/messages*", "/var/log/auth.log*",
-	"/var/log/kern.log*", "/var/log/daemon.log*", "/var/log/user.log*", "/var/log/postgresql",
-	"/var/lib/postgresql", "/var/lib/mysql", "/var/lib/docker", "/var/lib/containerd",
-	"/var/lib/redis", "/var/lib/sudo", "/var/lib/private", "/var/mail/*", "/var/spool/cron",
-	"/var/backups/*",
-}
-
-// checkBuilderUID checks that uid is free for the builder account.
-func checkBuilderUID(uid int) error {
-	f, err := os.Open("/etc/passwd")
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Split(sc.Text(), ":")
-		if len(fields) > 2 && fields[2] == strconv.Itoa(uid) && fields[0] != builderUser {
-			return fmt.Errorf("builder uid %d is host user %s's: choose a free one", uid, fields[0])
-		}
-	}
-	return sc.Err()
-}
-
-// hostRootLayout finds how the host's / holds /bin, /lib...: symlinks are
-// mirrored in the skeleton, real directories outside the base dirs are bound
-// read-only.
-func hostRootLayout(baseDirs []string) (links map[string]string, binds []string, err error) {
-	links = map[string]string{}
-	for _, n := range rootLinkNames {
-		p := "/" + n
-		fi, err := os.Lstat(p)
-		switch {
-		case errors.Is(err, os.ErrNotExist):
-			continue
-		case err != nil:
-			return nil, nil, err
-		case fi.Mode()&fs.ModeSymlink != 0:
-			if links[n], err = os.Readlink(p); err != nil {
-				return nil, nil, err
-			}
-		case fi.IsDir() && baseDirOf(baseDirs, p) == "":
-			binds = append(binds, p)
-		}
-	}
-	return links, binds, nil
-}
-
-// baseDirOf returns the base dir holding host path p, or "".
-func baseDirOf(baseDirs []string, p string) string {
-	best := ""
-	for _, b := range baseDirs {
-		if within(p, b) && len(b) > len(best) {
-			best = b
-		}
-	}
-	return best
-}
+// maxOverlayOptions is the longest overlay option string the kernel takes
+// (one page).
+const maxOverlayOptions = 4095
 
 // layout gives the paths of one machine directory.
 type layout struct {
-	dir      string
-	baseDirs []string
+	dir string
+	// disk is the size of the machine's own file system for what it
+	// writes, 0 for none (the writable layer is then on StateDir's).
+	disk int64
 }
 
-func (l layout) rootfs() string       { return filepath.Join(l.dir, rootfsDir) }
-func (l layout) home() string         { return filepath.Join(l.dir, homeDir) }
-func (l layout) upper(i int) string   { return filepath.Join(l.dir, layersDir, strconv.Itoa(i), "upper") }
-func (l layout) work(i int) string    { return filepath.Join(l.dir, layersDir, strconv.Itoa(i), "work") }
-func (l layout) config() string       { return filepath.Join(l.dir, "config.json") }
-func (l layout) pidFile() string      { return filepath.Join(l.dir, pidFile) }
-func (l layout) runcLog() string      { return filepath.Join(l.dir, runcLog) }
-func (l layout) builderMount() string { return filepath.Join(l.rootfs(), builderPath) }
-
-// hostView returns where, on the host, a file written before the start
-// appears at host path p inside the machine: in the upper layer of the
-// base dir holding p, else in the skeleton. It also returns the lower
-// directory the parents should be modelled on ("" for the skeleton).
-func (l layout) hostView(p string) (dst, lowerRoot, upperRoot string) {
-	for i := len(l.baseDirs) - 1; i >= 0; i-- {
-		if b := l.baseDirs[i]; within(p, b) {
-			return filepath.Join(l.upper(i), strings.TrimPrefix(p, b)), b, l.upper(i)
-		}
+// writable is the directory of the writable layer and home.
+func (l layout) writable() string {
+	if l.disk > 0 {
+		return filepath.Join(l.dir, diskDir)
 	}
-	return filepath.Join(l.rootfs(), p), "", l.rootfs()
+	return l.dir
 }
+
+func (l layout) rootfs() string  { return filepath.Join(l.dir, rootfsDir) }
+func (l layout) upper() string   { return filepath.Join(l.writable(), upperDir) }
+func (l layout) work() string    { return filepath.Join(l.writable(), workDir) }
+func (l layout) home() string    { return filepath.Join(l.writable(), homeDir) }
+func (l layout) config() string  { return filepath.Join(l.dir, "config.json") }
+func (l layout) pidFile() string { return filepath.Join(l.dir, pidFile) }
+func (l layout) runcLog() string { return filepath.Join(l.dir, runcLog) }
 
 // machineFiles is what prepareDir writes for one machine.
 type machineFiles struct {
-	name      string
-	ip        netip.Addr
-	uid       int
-	rootLinks map[string]string
-	dns       []netip.Addr
+	name  string
+	ip    netip.Addr
+	uid   int
+	image *machine.Image
+	dns   []netip.Addr
+	// volatile skips the overlay's syncs: its upper layer is thrown away
+	// with the machine, and dpkg syncs a lot.
+	volatile bool
 	// gitSafe are directories (read-only mounts of root-owned repository
 	// mirrors) that git must trust although builder does not own them.
 	gitSafe []string
 }
 
-// prepareDir creates the machine directory: skeleton, layers, /etc files
-// and the builder's home.
+// overlayOptions returns the mount options of a root overlay with the
+// image layers lower (lowest first), or an error if they are too long.
+func overlayOptions(lower []string, upper, work string, volatile bool) (string, error) {
+	dirs := make([]string, len(lower))
+	for i, d := range lower {
+		if strings.ContainsAny(d, ",:") {
+			return "", fmt.Errorf("image layer dir %s: must not contain ',' or ':'", d)
+		}
+		dirs[len(lower)-1-i] = d // overlayfs lists the top layer first
+	}
+	opts := "lowerdir=" + strings.Join(dirs, ":") + ",upperdir=" + upper + ",workdir=" + work
+	if volatile {
+		opts += ",volatile"
+	}
+	if len(opts) > maxOverlayOptions {
+		return "", fmt.Errorf("the image has too many layers (%d) for one overlay mount", len(lower))
+	}
+	return opts, nil
+}
+
+// prepareDir creates the machine directory, mounts its root (the image's
+// layers under the machine's writable layer) and writes the machine's /etc
+// files and the builder's home into it.
 func (l layout) prepareDir(mf machineFiles) error {
-	_ = os.RemoveAll(l.dir) // a leftover: StateDir is ours alone
+	_ = removeDir(l.dir) // a leftover: StateDir is ours alone
 	if err := os.Mkdir(l.dir, 0o700); err != nil {
 		return fmt.Errorf("create machine dir: %w", err)
 	}
-	root := l.rootfs()
-	if err := os.Mkdir(root, 0o755); err != nil {
+	if l.disk > 0 {
+		if err := makeDisk(filepath.Join(l.dir, diskImg), l.writable(), l.disk); err != nil {
+			return err
+		}
+	}
+	for _, d := range []string{l.rootfs(), l.upper(), l.work()} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return err
+		}
+	}
+	opts, err := overlayOptions(mf.image.Layers, l.upper(), l.work(), mf.volatile)
+	if err != nil {
 		return err
 	}
-	for _, d := range skeletonDirs {
-		if err := os.Mkdir(filepath.Join(root, d), 0o755); err != nil {
-			return err
+	for _, d := range mf.image.Layers {
+		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+			return fmt.Errorf("image %s: layer %s is not unpacked", mf.image.Name, d)
 		}
 	}
-	for _, d := range []string{"root", "tmp"} {
-		mode := os.FileMode(0o700)
-		if d == "tmp" {
-			mode = os.ModeSticky | 0o777
-		}
-		if err := os.Chmod(filepath.Join(root, d), mode); err != nil {
-			return err
-		}
+	if err := unix.Mount("overlay", l.rootfs(), "overlay", 0, opts); err != nil {
+		return fmt.Errorf("mount the root of image %s: %w", mf.image.Name, err)
 	}
-	for n, target := range mf.rootLinks {
-		if err := os.Symlink(target, filepath.Join(root, n)); err != nil {
-			return err
-		}
-	}
-	if err := os.WriteFile(l.builderMount(), nil, 0o755); err != nil {
+	root, err := openRoot(l.rootfs())
+	if err != nil {
 		return err
 	}
-	for i, b := range l.baseDirs {
-		if err := os.MkdirAll(filepath.Join(root, b), 0o755); err != nil {
-			return err
-		}
-		if err := os.MkdirAll(l.work(i), 0o700); err != nil {
-			return err
-		}
-		if err := mkdirLike(l.upper(i), b); err != nil {
-			return err
-		}
-	}
-	if err := l.writeEtc(mf); err != nil {
+	defer root.close()
+	if err := root.writeEtc(mf); err != nil {
 		return fmt.Errorf("write /etc files: %w", err)
 	}
-	if err := l.makeHome(mf.uid); err != nil {
+	// The mount point of the builder binary.
+	if err := root.writeFile(builderPath, nil, 0o755, 0, 0); err != nil {
+		return err
+	}
+	if err := l.makeHome(root, mf.uid); err != nil {
 		return fmt.Errorf("create builder home: %w", err)
 	}
 	return nil
 }
 
-// mkdirLike creates dir with the mode and owner of the host directory model.
-func mkdirLike(dir, model string) error {
-	fi, err := os.Stat(model)
+// rootFS is a directory opened as the root of every path given to its
+// methods: absolute symlinks and ".." inside it never lead out of it
+// (openat2 RESOLVE_IN_ROOT), so an image's files cannot redirect the
+// host's writes.
+type rootFS struct{ fd int }
+
+func openRoot(dir string) (rootFS, error) {
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return rootFS{}, err
 	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return err
-	}
-	return copyAttrs(dir, fi)
+	return rootFS{fd}, nil
 }
 
-func copyAttrs(p string, fi fs.FileInfo) error {
-	st := fi.Sys().(*syscall.Stat_t)
-	if err := os.Lchown(p, int(st.Uid), int(st.Gid)); err != nil {
-		return err
+func (r rootFS) close() { unix.Close(r.fd) }
+
+// open opens p (relative to the root) with flags.
+func (r rootFS) open(p string, flags int, mode uint32) (int, error) {
+	rel := strings.TrimPrefix(p, "/")
+	if rel == "" {
+		rel = "."
 	}
-	return os.Chmod(p, fi.Mode()&(fs.ModePerm|fs.ModeSetgid|fs.ModeSticky|fs.ModeSetuid))
+	return unix.Openat2(r.fd, rel, &unix.OpenHow{
+		Flags:   uint64(flags | unix.O_CLOEXEC),
+		Mode:    uint64(mode),
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
 }
 
-// writeFile writes data at host path p as seen inside the machine,
-// creating missing parents like the host's.
-func (l layout) writeFile(p string, data []byte, mode fs.FileMode, uid, gid int) error {
-	dst, err := l.makeParents(p)
+// readFile returns the contents of p, nil if it does not exist.
+func (r rootFS) readFile(p string) ([]byte, error) {
+	fd, err := r.open(p, unix.O_RDONLY, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil
+	}
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("read %s: %w", p, err)
 	}
-	if err := os.WriteFile(dst, data, mode); err != nil {
-		return err
+	f := os.NewFile(uintptr(fd), p)
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", p, err)
 	}
-	if err := os.Chown(dst, uid, gid); err != nil {
-		return err
-	}
-	return os.Chmod(dst, mode) // WriteFile's mode is subject to umask
+	return data, nil
 }
 
-// whiteout hides host path p inside the machine (an overlay whiteout in the
-// upper layer of its base dir). Paths outside the base dirs are not visible
-// anyway.
-func (l layout) whiteout(p string) error {
-	dst, lower, _ := l.hostView(p)
-	if lower == "" {
-		return nil
-	}
-	if _, err := l.makeParents(p); err != nil {
-		return err
-	}
-	err := unix.Mknod(dst, unix.S_IFCHR, 0)
-	if errors.Is(err, unix.EEXIST) {
-		return nil
-	}
-	return err
-}
-
-// makeParents creates the missing parents of p's host view, each with the
-// attributes of its counterpart on the host, and returns the view.
-func (l layout) makeParents(p string) (string, error) {
-	dst, lower, upper := l.hostView(p)
-	rel := strings.TrimPrefix(filepath.Dir(dst), upper)
-	cur := upper
-	for _, part := range strings.Split(strings.Trim(rel, "/"), "/") {
+// mkdirAll creates directory p and its missing parents (root-owned, 0755)
+// and returns an fd of it.
+func (r rootFS) mkdirAll(p string) (int, error) {
+	cur := "/"
+	for _, part := range strings.Split(strings.Trim(p, "/"), "/") {
 		if part == "" {
 			continue
 		}
+		pfd, err := r.open(cur, unix.O_PATH|unix.O_DIRECTORY, 0)
+		if err != nil {
+			return -1, fmt.Errorf("open %s: %w", cur, err)
+		}
+		err = unix.Mkdirat(pfd, part, 0o755)
+		unix.Close(pfd)
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return -1, fmt.Errorf("create %s: %w", filepath.Join(cur, part), err)
+		}
 		cur = filepath.Join(cur, part)
-		if _, err := os.Lstat(cur); err == nil {
-			continue
-		}
-		model := filepath.Join(lower, strings.TrimPrefix(cur, upper))
-		if _, err := os.Stat(model); lower == "" || err != nil {
-			model = "/" // root-owned, 0755
-		}
-		if err := mkdirLike(cur, model); err != nil {
-			return "", err
-		}
 	}
-	return dst, nil
+	return r.open(cur, unix.O_PATH|unix.O_DIRECTORY, 0)
+}
+
+// writeFile replaces p (whatever it was: a symlink is replaced, not
+// followed) with a file holding data, with mode and owner.
+func (r rootFS) writeFile(p string, data []byte, mode os.FileMode, uid, gid int) error {
+	pfd, err := r.mkdirAll(filepath.Dir(p))
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pfd)
+	base := filepath.Base(p)
+	if err := unix.Unlinkat(pfd, base, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("replace %s: %w", p, err)
+	}
+	fd, err := unix.Openat(pfd, base, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", p, err)
+	}
+	f := os.NewFile(uintptr(fd), p)
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	if err := f.Chown(uid, gid); err != nil {
+		return err
+	}
+	return f.Chmod(mode) // after chown, and not subject to the umask
+}
+
+// accountFile is one of the image's account files and the builder's entry.
+type accountFile struct {
+	path     string
+	mode     os.FileMode
+	gid      int // owning group (shadow's)
+	addition string
 }
 
 // writeEtc writes the machine's account, sudo, host name and resolver files.
-func (l layout) writeEtc(mf machineFiles) error {
+func (r rootFS) writeEtc(mf machineFiles) error {
 	days := strconv.FormatInt(time.Now().Unix()/86400, 10)
 	id := strconv.Itoa(mf.uid)
-	accounts := []struct {
-		file     string
-		scrub    bool // replace the password field by "*"
-		addition string
-	}{
-		{"/etc/passwd", false, builderUser + ":x:" + id + ":" + id + ":Hangar builder:" + builderHome + ":/bin/bash"},
-		{"/etc/group", false, builderUser + ":x:" + id + ":"},
-		{"/etc/shadow", true, builderUser + ":*:" + days + ":0:99999:7:::"},
-		{"/etc/gshadow", true, builderUser + ":!::"},
+	passwd, err := r.readFile("/etc/passwd")
+	if err != nil {
+		return err
+	}
+	if owner := uidOwner(passwd, mf.uid); owner != "" && owner != builderUser {
+		return fmt.Errorf("the image's account %s has uid %d, the builder's: choose another builder uid", owner, mf.uid)
+	}
+	shadowGID := 0
+	if g := groupID(r, "shadow"); g >= 0 {
+		shadowGID = g
+	}
+	accounts := []accountFile{
+		{"/etc/passwd", 0o644, 0, builderUser + ":x:" + id + ":" + id + ":Hangar builder:" + builderHome + ":/bin/bash"},
+		{"/etc/group", 0o644, 0, builderUser + ":x:" + id + ":"},
+		{"/etc/shadow", 0o640, shadowGID, builderUser + ":*:" + days + ":0:99999:7:::"},
+		{"/etc/gshadow", 0o640, shadowGID, builderUser + ":!::"},
 	}
 	for _, a := range accounts {
-		data, fi, err := readHost(a.file)
+		data, err := r.readFile(a.path)
 		if err != nil {
 			return err
 		}
+		if data == nil && a.path == "/etc/passwd" {
+			data = []byte("root:x:0:0:root:/root:/bin/sh\n")
+		}
+		if data == nil && a.path == "/etc/group" {
+			data = []byte("root:x:0:\n")
+		}
 		var out bytes.Buffer
 		for _, line := range strings.Split(string(data), "\n") {
-			fields := strings.Split(line, ":")
-			if line == "" || fields[0] == builderUser {
+			if line == "" || strings.HasPrefix(line, builderUser+":") {
 				continue
 			}
-			if a.scrub && len(fields) > 1 {
-				fields[1] = "*"
-			}
-			out.WriteString(strings.Join(fields, ":"))
+			out.WriteString(line)
 			out.WriteByte('\n')
 		}
 		out.WriteString(a.addition)
 		out.WriteByte('\n')
-		st := fi.Sys().(*syscall.Stat_t)
-		if err := l.writeFile(a.file, out.Bytes(), fi.Mode().Perm(), int(st.Uid), int(st.Gid)); err != nil {
+		if err := r.writeFile(a.path, out.Bytes(), a.mode, 0, a.gid); err != nil {
 			return err
-		}
-	}
-	for _, g := range sensitiveGlobs {
-		matches, _ := filepath.Glob(g)
-		for _, p := range matches {
-			if err := l.whiteout(p); err != nil {
-				return fmt.Errorf("hide %s: %w", p, err)
-			}
 		}
 	}
 	files := []etcFile{
@@ -336,7 +309,10 @@ func (l layout) writeEtc(mf machineFiles) error {
 		{"/etc/resolv.conf", resolvConf(mf.dns), 0o644},
 	}
 	if len(mf.gitSafe) > 0 {
-		conf, _ := os.ReadFile("/etc/gitconfig")
+		conf, err := r.readFile("/etc/gitconfig")
+		if err != nil {
+			return err
+		}
 		var b strings.Builder
 		b.Write(conf)
 		b.WriteString("\n[safe]\n")
@@ -346,32 +322,48 @@ func (l layout) writeEtc(mf machineFiles) error {
 		files = append(files, etcFile{"/etc/gitconfig", b.String(), 0o644})
 	}
 	for _, f := range files {
-		if err := l.writeFile(f.path, []byte(f.data), f.mode, 0, 0); err != nil {
+		if err := r.writeFile(f.path, []byte(f.data), f.mode, 0, 0); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// uidOwner returns the account of passwd data with uid, or "".
+func uidOwner(passwd []byte, uid int) string {
+	for _, line := range strings.Split(string(passwd), "\n") {
+		fields := strings.Split(line, ":")
+		if len(fields) > 2 && fields[2] == strconv.Itoa(uid) {
+			return fields[0]
+		}
+	}
+	return ""
+}
+
+// groupID returns the gid of group name in the root's /etc/group, or -1.
+func groupID(r rootFS, name string) int {
+	data, _ := r.readFile("/etc/group")
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Split(line, ":")
+		if len(fields) > 2 && fields[0] == name {
+			if g, err := strconv.Atoi(fields[2]); err == nil {
+				return g
+			}
+		}
+	}
+	return -1
+}
+
 // etcFile is a root-owned file written into a machine's /etc.
 type etcFile struct {
 	path string
 	data string
-	mode fs.FileMode
-}
-
-func readHost(p string) ([]byte, fs.FileInfo, error) {
-	data, err := os.ReadFile(p)
-	if err != nil {
-		return nil, nil, err
-	}
-	fi, err := os.Stat(p)
-	return data, fi, err
+	mode os.FileMode
 }
 
 // makeHome creates home/ and home/builder, owned by the builder, with the
-// host's /etc/skel files.
-func (l layout) makeHome(uid int) error {
+// image's /etc/skel files.
+func (l layout) makeHome(root rootFS, uid int) error {
 	if err := os.Mkdir(l.home(), 0o755); err != nil {
 		return err
 	}
@@ -382,16 +374,12 @@ func (l layout) makeHome(uid int) error {
 	if err := os.Chown(h, uid, uid); err != nil {
 		return err
 	}
-	entries, _ := os.ReadDir("/etc/skel")
-	for _, e := range entries {
-		if !e.Type().IsRegular() {
+	for _, n := range []string{".bashrc", ".profile", ".bash_logout"} {
+		data, err := root.readFile("/etc/skel/" + n)
+		if err != nil || data == nil {
 			continue
 		}
-		data, err := os.ReadFile(filepath.Join("/etc/skel", e.Name()))
-		if err != nil {
-			continue
-		}
-		dst := filepath.Join(h, e.Name())
+		dst := filepath.Join(h, n)
 		if err := os.WriteFile(dst, data, 0o644); err != nil {
 			return err
 		}

@@ -1,20 +1,20 @@
 // Package sandbox is the "sandbox" machine driver: every build runs in its own
 // runc container on this host, with its own network namespace on a private
-// bridge and a copy-on-write view of a few host directories.
+// bridge, booted from an OCI image.
 //
-// A machine sees the host's BaseDirs (/usr /etc /var /opt by default) through
-// one overlay each, so a build may `sudo apt-get install` or write anywhere
-// without changing the host: writes land in a per-machine upper directory
-// that Destroy removes. Everything else (the host's /root, /home, /tmp, /run,
-// Hangar's data and the other machines) is absent. Known secrets and data
-// of the base dirs are hidden (sensitiveGlobs: password hashes are replaced
-// by "*"; SSH host keys, TLS private keys, other services' databases and
-// the host's logs are absent), but this is a deny-list: anything else the
-// host keeps under /etc, /var or /opt is readable by root in a machine. The builder process runs as root; the
-// `builder` account (passwordless sudo) is what steps run as. Every process
-// in a machine runs under Docker's default seccomp profile made stricter
-// (seccomp.go): no new namespaces, kernel keyring, kernel modules or mounts,
-// for root in the machine too.
+// A machine's root is an overlay of the image's unpacked layers (read-only,
+// shared by every machine of that image; see internal/image) under a
+// writable layer of its own that Destroy removes, so a build may `sudo
+// apt-get install` or write anywhere without changing the image. Nothing of
+// the host's filesystem is visible: not its /etc, /var or /usr, not
+// Hangar's data, not the other machines; only the builder binary and the
+// Spec's mounts are bound in, read-only. The driver writes the machine's
+// account files (the `builder` account, passwordless sudo), host name and
+// resolver into the writable layer. The builder process runs as root; the
+// `builder` account is what steps run as. Every process in a machine runs
+// under Docker's default seccomp profile made stricter (seccomp.go): no new
+// namespaces, kernel keyring, kernel modules or mounts, for root in the
+// machine too.
 //
 // Network: the host side of each machine's veth is an isolated port of the
 // driver's bridge, so machines cannot reach each other; the host accepts from
@@ -30,11 +30,11 @@
 // (see names.go), so that drivers on different bridges can share a host
 // although they give their machines the same names.
 //
-// The driver needs root, runc, iptables and sudo on the host.
+// The driver needs root, runc and iptables on the host; images need bash,
+// git and sudo for builds.
 package sandbox
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -45,7 +45,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -85,28 +84,23 @@ type Config struct {
 	// machines have none.
 	DNS []netip.Addr
 	// StateDir holds one directory per machine and runc's state. Required,
-	// absolute, used by one driver at a time (flock), and not holding a
-	// BaseDir; it may lie inside one (machines see it masked). New removes
-	// whatever an earlier, crashed driver left in it. It also identifies
-	// the driver as the owner of the host resources it creates.
+	// absolute, used by one driver at a time (flock). New removes whatever
+	// an earlier, crashed driver left in it. It also identifies the driver
+	// as the owner of the host resources it creates.
 	StateDir string
 	// Mask lists host paths that must never be visible inside a machine,
-	// such as Hangar's data directory. One inside a BaseDir (a data dir in
-	// /var/lib, say) is hidden in the machine by an empty read-only tmpfs,
-	// and so it is where a Spec mount of a parent would expose it. A Spec mount of a path strictly inside a
-	// masked one exposes that subtree only: the runner mounts repository
-	// mirrors from the data directory that way. StateDir is masked too, and
-	// no Spec mount may come from it.
+	// such as Hangar's data directory: a Spec mount of one is refused, and
+	// one below a Spec mount's source is hidden by an empty read-only
+	// tmpfs. A Spec mount of a path strictly inside a masked one exposes
+	// that subtree only: the runner mounts repository mirrors from the data
+	// directory that way. StateDir is masked too, and no Spec mount may
+	// come from it.
 	Mask []string
 	// Runtime is the path of the runc binary, default "runc" from PATH.
 	Runtime string
-	// BaseDirs are the host directories machines see, each through its own
-	// overlay (host directory as the read-only lower layer). Default /usr
-	// /etc /var /opt.
-	BaseDirs []string
 	// BuilderUID is the uid (and gid) of the builder account inside the
-	// machines. Default: the first uid >= 1500 unused in the host's
-	// /etc/passwd and /etc/group.
+	// machines; an image account with it fails the machine's start.
+	// Default: DefaultBuilderUID.
 	BuilderUID int
 }
 
@@ -119,7 +113,9 @@ const (
 	builderPath = "/.hangar/hangar"
 )
 
-var defaultBaseDirs = []string{"/usr", "/etc", "/var", "/opt"}
+// DefaultBuilderUID is the builder account's default uid and gid: above
+// the range Debian gives to accounts made at install time.
+const DefaultBuilderUID = 2000
 
 // Driver is the sandbox machine driver. Create it with New; it owns the
 // bridge and the firewall rules until Close.
@@ -138,10 +134,6 @@ type Driver struct {
 	// reports) and memsw whether it accounts swap (memory+swap limits).
 	memoryRoot string
 	memsw      bool
-	// rootLinks and rootBinds mirror the host's /bin, /lib... in every
-	// skeleton: symlinks are copied, real directories are bound read-only.
-	rootLinks map[string]string
-	rootBinds []string
 	// hidden are the Mask paths and StateDir: never visible in a machine.
 	hidden []string
 	// bridgeIndex is the bridge's interface index.
@@ -205,12 +197,6 @@ func New(cfg Config) (*Driver, error) {
 		caps:      capabilities,
 	}
 	if d.seccomp, err = seccompProfile(d.caps); err != nil {
-		return nil, fmt.Errorf("sandbox: %w", err)
-	}
-	if err := checkBuilderUID(cfg.BuilderUID); err != nil {
-		return nil, fmt.Errorf("sandbox: %w", err)
-	}
-	if d.rootLinks, d.rootBinds, err = hostRootLayout(cfg.BaseDirs); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
 	if d.cgroupRoots, err = cgroupMounts(); err != nil {
@@ -350,33 +336,26 @@ func (d *Driver) NameServers() []netip.Addr {
 const probeDir = ".probe"
 
 // checkOverlay mounts (and unmounts) an overlay the way machines get them,
-// with the base dir holding StateDir (or the first one) as the lower layer
-// and the upper layer in StateDir, so that a kernel that refuses that
-// fails New rather than every build.
+// with its layers in StateDir, so that a kernel or file system that refuses
+// that fails New rather than every build.
 func (d *Driver) checkOverlay() error {
-	lower := baseDirOf(d.cfg.BaseDirs, d.cfg.StateDir)
-	if lower == "" {
-		lower = d.cfg.BaseDirs[0]
-	}
 	dir := filepath.Join(d.cfg.StateDir, probeDir)
 	if err := removeDir(dir); err != nil {
 		return err
 	}
-	merged, upper, work := filepath.Join(dir, "merged"), filepath.Join(dir, "upper"), filepath.Join(dir, "work")
-	for _, p := range []string{merged, upper, work} {
+	merged, lower, upper, work := filepath.Join(dir, "merged"), filepath.Join(dir, "lower"), filepath.Join(dir, "upper"), filepath.Join(dir, "work")
+	for _, p := range []string{merged, lower, upper, work} {
 		if err := os.MkdirAll(p, 0o700); err != nil {
 			return err
 		}
 	}
-	opts := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
+	opts, err := overlayOptions([]string{lower}, upper, work, d.volatile)
+	if err != nil {
+		return err
+	}
 	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
 		_ = removeDir(dir)
-		hint := ""
-		if within(d.cfg.StateDir, lower) {
-			hint = fmt.Sprintf(" (this kernel refuses upper layers inside the lower one: put the machines' state outside %s with hangar server --sandbox-dir)",
-				strings.Join(d.cfg.BaseDirs, ", "))
-		}
-		return fmt.Errorf("overlay of %s with layers in %s: %w%s", lower, d.cfg.StateDir, err, hint)
+		return fmt.Errorf("overlay with layers in %s: %w (put the machines' state on another file system with hangar server --sandbox-dir)", d.cfg.StateDir, err)
 	}
 	return removeDir(dir)
 }
@@ -516,9 +495,6 @@ func (c *Config) setDefaults() error {
 	if c.Egress && c.DNS == nil {
 		c.DNS = hostNameServers()
 	}
-	if c.BaseDirs == nil {
-		c.BaseDirs = defaultBaseDirs
-	}
 	var err error
 	if c.StateDir, err = cleanAbs("state dir", c.StateDir); err != nil {
 		return err
@@ -526,22 +502,6 @@ func (c *Config) setDefaults() error {
 	if strings.ContainsAny(c.StateDir, ",:") {
 		return fmt.Errorf("state dir %s: must not contain ',' or ':' (overlay options)", c.StateDir)
 	}
-	bases := make([]string, 0, len(c.BaseDirs))
-	for _, b := range c.BaseDirs {
-		if b, err = cleanAbs("base dir", b); err != nil {
-			return err
-		}
-		if b == "/" || strings.ContainsAny(b, ",:") {
-			return fmt.Errorf("base dir %q: not usable as an overlay lower layer", b)
-		}
-		if fi, err := os.Stat(b); err != nil || !fi.IsDir() {
-			return fmt.Errorf("base dir %s: not a directory", b)
-		}
-		bases = append(bases, b)
-	}
-	// Parents first: that is the order their overlays are mounted in.
-	slices.Sort(bases)
-	c.BaseDirs = slices.Compact(bases)
 	mask := make([]string, 0, len(c.Mask))
 	for _, p := range c.Mask {
 		if p, err = cleanAbs("mask path", p); err != nil {
@@ -550,34 +510,11 @@ func (c *Config) setDefaults() error {
 		mask = append(mask, p)
 	}
 	c.Mask = mask
-	for _, b := range c.BaseDirs {
-		// A state dir inside a base dir (a data dir in /var/lib) is fine:
-		// the kernel allows upper layers inside the lower one (Linux 5.2
-		// and later stable kernels; checkOverlay tries it), machines see it
-		// masked, and lookups through an overlay into its own layers fail
-		// with ELOOP. A base dir inside the state dir is not.
-		if within(b, c.StateDir) {
-			return fmt.Errorf("state dir %s contains base dir %s, which machines see through overlays: put the machines' state elsewhere (hangar server --sandbox-dir)",
-				c.StateDir, b)
-		}
-		for _, p := range c.Mask {
-			if within(b, p) && b != p {
-				return fmt.Errorf("masked path %s contains base dir %s: machines could not work", p, b)
-			}
-		}
-	}
-	if _, err := os.Stat("/usr/bin/sudo"); err != nil && slices.Contains(c.BaseDirs, "/usr") {
-		return errors.New("sudo is not installed on the host, and builds need it: install it with `apt-get install sudo`")
-	}
 	switch {
 	case c.BuilderUID < 0:
 		return fmt.Errorf("builder uid %d: must be positive", c.BuilderUID)
 	case c.BuilderUID == 0:
-		uid, err := freeUID(1500)
-		if err != nil {
-			return err
-		}
-		c.BuilderUID = uid
+		c.BuilderUID = DefaultBuilderUID
 	}
 	return nil
 }
@@ -595,48 +532,6 @@ func within(p, dir string) bool {
 		return true
 	}
 	return p == dir || strings.HasPrefix(p, dir+"/")
-}
-
-// freeUID returns the first id >= from used neither as a uid in the host's
-// /etc/passwd nor as a gid in /etc/group.
-func freeUID(from int) (int, error) {
-	used := map[int]bool{}
-	for _, f := range []string{"/etc/passwd", "/etc/group"} {
-		ids, err := idsIn(f)
-		if err != nil {
-			return 0, err
-		}
-		for id := range ids {
-			used[id] = true
-		}
-	}
-	for id := from; id < 60000; id++ {
-		if !used[id] {
-			return id, nil
-		}
-	}
-	return 0, errors.New("no free uid for the builder account")
-}
-
-// idsIn returns the ids (third field) of the colon-separated file f.
-func idsIn(f string) (map[int]bool, error) {
-	file, err := os.Open(f)
-	if err != nil {
-		return nil, err
-	}
-	defer file.Close()
-	ids := map[int]bool{}
-	sc := bufio.NewScanner(file)
-	for sc.Scan() {
-		fields := strings.Split(sc.Text(), ":")
-		if len(fields) < 3 {
-			continue
-		}
-		if id, err := strconv.Atoi(fields[2]); err == nil {
-			ids[id] = true
-		}
-	}
-	return ids, sc.Err()
 }
 
 // leaseIP reserves a free machine address; d.mu is held.

@@ -99,8 +99,8 @@ func (e *missingError) Error() string { return e.msg }
 
 // server is a running postgres.
 type server struct {
-	dir  string // the cluster (dir/data) and the socket
-	cmd  *exec.Cmd
+	dir     string // the cluster (dir/data) and the socket
+	cmd     *exec.Cmd
 	log     *logBuffer
 	done    chan struct{} // closed once cmd has exited
 	logDone chan struct{} // closed once its log is read to the end

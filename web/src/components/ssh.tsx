@@ -6,7 +6,6 @@ import { useCallback, useEffect, useRef, useState } from 'preact/hooks';
 import { api, ApiError, ended } from '../api';
 import type { Build, BuildEvent, SSHSession } from '../api';
 import { ago, countdown, duration, when } from '../format';
-import { leaveGuard } from '../router';
 import type { TerminalSession } from '../terminal';
 import { Alert, Code, Spinner } from './ui';
 
@@ -113,8 +112,9 @@ function Countdown({ build, now }: { build: Build; now: number }) {
           {stepsDone ? '.' : '. When the steps complete, the machine stays for the server’s SSH window, within that limit.'}
         </p>
         <p>
-          <strong>Logging out finishes the build</strong>: when the last login shell (yours, or this page’s terminal) exits. Commands, scp, sftp, port forwards
-          and VS Code do not end it.
+          <strong>Logging out finishes the build</strong>: when the last login shell (yours, or this page’s terminal) exits. A dropped connection or a
+          closed tab is no logout: the shell keeps running, and the next connection (this page’s terminal or the script) re-attaches to it. Commands,
+          scp, sftp, port forwards and VS Code do not end it.
         </p>
       </div>
     </div>
@@ -261,10 +261,6 @@ function TerminalBox({ id, onClose }: { id: number; onClose: () => void }) {
   const [reason, setReason] = useState<string | null>(null);
   const [error, setError] = useState<string | null>(null);
   useEffect(() => {
-    leaveGuard(state === 'closed' ? null : 'Leaving this page closes the terminal: that logs out, and the build finishes if no other login shell is open. Leave?');
-    return () => leaveGuard(null);
-  }, [state]);
-  useEffect(() => {
     let gone = false;
     (async () => {
       try {
@@ -299,13 +295,28 @@ function TerminalBox({ id, onClose }: { id: number; onClose: () => void }) {
             {state === 'connecting' ? 'connecting…' : state === 'open' ? 'connected' : `closed${reason ? ': ' + reason : ''}`}
           </span>
         </h3>
-        <button type="button" class="btn btn-small" onClick={onClose} id="close-terminal">
-          {state === 'closed' ? 'Close' : 'Close terminal (log out)'}
-        </button>
+        <span>
+          {state === 'closed' ? null : (
+            <button type="button" class="btn btn-small" onClick={onClose} id="detach-terminal" title="Close this terminal; the shell keeps running">
+              Detach
+            </button>
+          )}{' '}
+          <button
+            type="button"
+            class="btn btn-small"
+            onClick={() => (state === 'closed' || !session.current ? onClose() : session.current.logout())}
+            id="close-terminal"
+          >
+            {state === 'closed' ? 'Close' : 'Close terminal (log out)'}
+          </button>
+        </span>
       </div>
       {error ? <Alert>{error}</Alert> : null}
       <div class="term-box" ref={box} role="group" aria-labelledby="term-h" />
-      <p class="muted small">Keys go to the shell; press Esc then Tab to move focus out of the terminal. Closing it logs you out.</p>
+      <p class="muted small">
+        Keys go to the shell; press Esc then Tab to move focus out of the terminal. Detach (or leaving the page) keeps the shell running: open the terminal
+        again, or run the script, to continue in it. Closing it logs you out.
+      </p>
     </div>
   );
 }
