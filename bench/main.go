@@ -9,7 +9,10 @@
 //	go run ./bench [-driver sandbox|host|both] [-n 10] [-inflight 10]
 //	go run ./bench -mode ssh [-driver sandbox] [-n 10] [-runs 3]
 //	go run ./bench -mode logs [-driver sandbox] [-runs 3] [-parallel 4]
+//	go run ./bench -mode webhook [-posts 40] [-hookbytes 25165824]
 //
+// The webhook mode (webhook.go) measures the server's memory under
+// unverified webhook deliveries.
 // The logs mode (logs.go) measures a step that prints 1,000,000 lines.
 // The ssh mode (ssh.go) measures SSH builds against OpenSSH instead.
 //
@@ -67,21 +70,23 @@ const workflowFile = `workflows:
 var sandboxImages, sandboxImage string
 
 type options struct {
-	drivers  []string
-	n        int
-	warmup   int
-	inflight int
-	poll     time.Duration
-	settle   time.Duration
-	keep     bool
-	runs     int   // ssh mode: timed transfers per path; logs mode: builds one at a time
-	parallel int   // logs mode: builds at once
-	bytes    int64 // ssh mode: bytes per transfer
+	drivers   []string
+	n         int
+	warmup    int
+	inflight  int
+	poll      time.Duration
+	settle    time.Duration
+	keep      bool
+	runs      int   // ssh mode: timed transfers per path; logs mode: builds one at a time
+	parallel  int   // logs mode: builds at once
+	bytes     int64 // ssh mode: bytes per transfer
+	posts     int   // webhook mode: parallel posts
+	hookBytes int64 // webhook mode: bytes per post
 }
 
 func main() {
 	var o options
-	mode := flag.String("mode", "start", "start: start latency and memory; ssh: SSH start, throughput and connect latency against OpenSSH; logs: a verbose step's speed and lines")
+	mode := flag.String("mode", "start", "start: start latency and memory; ssh: SSH start, throughput and connect latency against OpenSSH; logs: a verbose step's speed and lines; webhook: server memory under bad-signature webhook posts")
 	driver := flag.String("driver", "both", "machine driver to measure: sandbox, host or both (ssh and logs modes: one, default sandbox)")
 	flag.IntVar(&o.n, "n", 10, "sequential builds of the start-latency run (ssh mode: SSH builds, and runs of each connect-latency command)")
 	flag.IntVar(&o.warmup, "warmup", 1, "builds run (and shown apart) before the start-latency run")
@@ -92,6 +97,8 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 3, "ssh mode: timed transfers per path; logs mode: verbose builds one at a time")
 	flag.IntVar(&o.parallel, "parallel", 4, "logs mode: verbose builds at once")
 	flag.Int64Var(&o.bytes, "bytes", 1<<30, "ssh mode: bytes per transfer")
+	flag.IntVar(&o.posts, "posts", 40, "webhook mode: parallel posts with a bad signature")
+	flag.Int64Var(&o.hookBytes, "hookbytes", 24<<20, "webhook mode: bytes per post")
 	flag.StringVar(&sandboxImages, "images", "hangar-data/images", "sandbox: the image store the servers boot machines from (make run builds the default image in it)")
 	flag.StringVar(&sandboxImage, "image", "hangar/default:latest", "sandbox: the image machines boot from (it must be in -images: see hangar image)")
 	flag.Parse()
@@ -125,8 +132,10 @@ func main() {
 		err = runSSH(ctx, o)
 	case "logs":
 		err = runLogs(ctx, o)
+	case "webhook":
+		err = runWebhook(ctx, o)
 	default:
-		err = fmt.Errorf("-mode %q: use start, ssh or logs", *mode)
+		err = fmt.Errorf("-mode %q: use start, ssh, logs or webhook", *mode)
 	}
 	stop()
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hangar-ci/hangar/internal/api"
+	"github.com/hangar-ci/hangar/internal/workflow"
 )
 
 func printJSON(v any) error {
@@ -44,6 +45,18 @@ func appCmd(cf *clientFlags) *cobra.Command {
 				fmt.Printf("Webhook secret: %s (shown once)\n", a.WebhookSecret)
 			}
 			fmt.Printf("Start a build:  hangar build start %s --follow\n", a.Name)
+			// What Hangar makes of the workflow file, before any build.
+			wfs, err := c.Workflows(cmd.Context(), a.Name, "")
+			if err != nil {
+				fmt.Printf("\nWorkflow file: %v\n", err)
+				return nil
+			}
+			reports := make([]workflow.Report, len(wfs.Workflows))
+			for i, w := range wfs.Workflows {
+				reports[i] = w.Check
+			}
+			fmt.Println()
+			printReports(os.Stdout, fmt.Sprintf("%s (branch %s at %.10s)", wfs.File, wfs.Branch, wfs.Commit), reports)
 			return nil
 		},
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -52,9 +53,9 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 	var wf, branch string
 	var follow, asJSON bool
 	var sshMode string
-	var breaks []string
+	var breaks, inputs []string
 	cmd := &cobra.Command{
-		Use:   "start APP [--workflow ID] [--branch B] [--ssh] [--ssh-break-before STEP]... [--follow] [--json]",
+		Use:   "start APP [--workflow ID] [--branch B] [--input KEY=VALUE]... [--ssh] [--ssh-break-before STEP]... [--follow] [--json]",
 		Short: "Start a build of an app",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -63,6 +64,9 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 				return err
 			}
 			req := api.StartRequest{App: args[0], Workflow: wf, Branch: branch, SSHBreakBefore: breaks}
+			if req.Inputs, err = parseInputs(inputs); err != nil {
+				return err
+			}
 			switch sshMode {
 			case "on", "true", "yes":
 				req.SSH = true
@@ -119,8 +123,29 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the build as JSON (with --follow: once it ends)")
 	cmd.Flags().StringVar(&sshMode, "ssh", "", "enable SSH access to the build's machine (see `hangar ssh ID`); --ssh=on-failure: only if a step fails (a passing build finishes at once)")
 	cmd.Flags().Lookup("ssh").NoOptDefVal = "on"
+	cmd.Flags().StringArrayVar(&inputs, "input", nil, "a value for one of the workflow's inputs, KEY=VALUE (repeat for several; see `hangar workflow check`)")
 	cmd.Flags().StringArrayVar(&breaks, "ssh-break-before", nil, "pause the build before this step (its number, 1 for the first script, or its name; repeatable), with SSH open, until `hangar build continue ID` or `hangar-steps continue` in the machine (implies --ssh)")
 	return cmd
+}
+
+// parseInputs reads --input KEY=VALUE flags. Values stay strings: the
+// server reads them as the inputs' types ("3", "true").
+func parseInputs(flags []string) (map[string]any, error) {
+	if len(flags) == 0 {
+		return nil, nil
+	}
+	out := map[string]any{}
+	for _, f := range flags {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--input %q: write --input KEY=VALUE", f)
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("--input %s is given twice", k)
+		}
+		out[k] = v
+	}
+	return out, nil
 }
 
 // followBuild prints a build's progress and log until it ends, and returns
@@ -158,6 +183,12 @@ func followBuild(ctx context.Context, c *api.Client, id int64, out io.Writer) (*
 						printHeader(i)
 						ended[i] = true
 						fmt.Fprintf(out, "%s %s (%s)%s\n", mark(s.Status), s.Name, stepDuration(s), exitNote(s))
+					}
+				case build.StepSkipped:
+					if !ended[i] && s.Reason != "" {
+						printHeader(i)
+						ended[i] = true
+						fmt.Fprintf(out, "%s %s (skipped: %s)\n", mark(s.Status), s.Name, s.Reason)
 					}
 				}
 			}
@@ -261,6 +292,9 @@ func buildShowCmd(cf *clientFlags) *cobra.Command {
 					d := ""
 					if s.Status != build.StepPending && s.Status != build.StepSkipped {
 						d = stepDuration(s)
+					}
+					if s.Reason != "" {
+						d = s.Reason
 					}
 					fmt.Fprintf(tw, "  %s %s\t%s\t%s%s\n", mark(s.Status), s.Name, s.Status, d, exitNote(s))
 				}

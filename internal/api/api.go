@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/workflow"
 )
 
 // Error is the body of every error answer, {"error": "..."}, and the error
@@ -59,6 +60,23 @@ type Workflow struct {
 	MaxDuration int64    `json:"max_build_duration_seconds"`
 	Scripts     []string `json:"scripts"` // the scripts' names
 	Events      []string `json:"events"`  // the events that trigger it
+	// Inputs are the values a build of the workflow takes when it starts.
+	Inputs []Input `json:"inputs"`
+	// Check is what Hangar runs, honours and does not support of the
+	// workflow (what `hangar workflow check` shows).
+	Check workflow.Report `json:"check"`
+}
+
+// Input is one of a workflow's inputs, for a start form.
+type Input struct {
+	ID          string `json:"id"`
+	Description string `json:"description,omitempty"`
+	// Type is "string", "number", "boolean" or "choice".
+	Type string `json:"type"`
+	// Default is the value when none is given (a string, number or
+	// boolean); absent when a value is required.
+	Default any      `json:"default,omitempty"`
+	Options []string `json:"options,omitempty"` // a choice's values
 }
 
 // StartRequest is the body of POST /api/v1/builds. The answer is the
@@ -80,6 +98,10 @@ type StartRequest struct {
 	// Trigger may only be "manual" (the default): builds started through
 	// the API are manual. It exists to refuse SSH with anything else.
 	Trigger string `json:"trigger,omitempty"`
+	// Inputs are values for the workflow's inputs, by input id: strings,
+	// numbers or booleans as the inputs' types say (strings such as "3" or
+	// "true" are read as the type). Inputs left out take their defaults.
+	Inputs map[string]any `json:"inputs,omitempty"`
 }
 
 // RerunRequest asks for a new build of the same commit, workflow and
@@ -164,8 +186,18 @@ type SSHInfo struct {
 	Reason  string `json:"reason,omitempty"` // why not
 }
 
-// WebhookResult is the answer of POST /api/v1/webhooks/{app} to a push.
+// WebhookResult is the answer of POST /api/v1/webhooks/{app} to a push
+// or pull request: the builds it started and the workflows it matched but
+// did not build (their when is false).
 type WebhookResult struct {
-	Builds  []*build.Build `json:"builds"`
-	Message string         `json:"message,omitempty"`
+	Builds  []*build.Build    `json:"builds"`
+	Skipped []SkippedWorkflow `json:"skipped,omitempty"`
+	Message string            `json:"message,omitempty"`
+}
+
+// SkippedWorkflow is a workflow a webhook event triggered but whose when
+// was false.
+type SkippedWorkflow struct {
+	Workflow string `json:"workflow"`
+	Reason   string `json:"reason"`
 }

@@ -203,7 +203,16 @@ func New(cfg Config) (a *App, err error) {
 		Store: a.store, Driver: a.driver, Mirrors: mirrors, Link: a.linkSrv, LinkAddr: a.linkLn.Addr().String(),
 		Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
 	}
-	scfg := server.Config{Store: a.store, Mirrors: mirrors, Logger: log, Metrics: promhttp.Handler(),
+	// Webhook bodies wait for their signature here, on disk; what an
+	// earlier server left (a kill mid-read) goes.
+	spool := filepath.Join(data, "webhook-spool")
+	if err := os.RemoveAll(spool); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(spool, 0o700); err != nil {
+		return nil, err
+	}
+	scfg := server.Config{Store: a.store, Mirrors: mirrors, Logger: log, Metrics: promhttp.Handler(), SpoolDir: spool,
 		Driver: a.driver.Name(), Isolated: a.driver.Isolated(), UI: server.UIHandler(),
 		InstanceTypes: fitPids(cfg.InstanceTypes, cfg.MaxBuilds, log)}
 	if a.driver.Isolated() {

@@ -3,6 +3,7 @@
 package build
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 )
@@ -146,6 +147,9 @@ type Step struct {
 	StartedAt  *time.Time `json:"started_at"`
 	FinishedAt *time.Time `json:"finished_at"`
 	DurationMS *int64     `json:"duration_ms,omitempty"`
+	// Reason says why a skipped step was skipped by its when (empty for
+	// steps skipped because the build ended before them).
+	Reason string `json:"reason,omitempty"`
 }
 
 // LogLine is one line of a step's output.
@@ -169,8 +173,11 @@ type LogChunk struct {
 // Spec is what the runner needs to run a build, fixed when it is created
 // (so later changes to the repository's workflow file do not alter it).
 type Spec struct {
-	Repo    string       `json:"repo"`
-	Vars    []string     `json:"vars"` // KEY=VALUE, the workflow's environment.vars
+	Repo string `json:"repo"`
+	// Env are built-in variables fixed when the build is created
+	// (CM_PULL_REQUEST, CM_TAG, ...), KEY=VALUE, set before Vars.
+	Env     []string     `json:"env,omitempty"`
+	Vars    []string     `json:"vars"` // KEY=VALUE, the workflow's environment.vars, expanded by the builder
 	Scripts []SpecScript `json:"scripts"`
 	Ignored []string     `json:"ignored,omitempty"` // workflow sections Hangar does not run
 	// InstanceType is the workflow's instance_type (DefaultInstanceType if
@@ -178,6 +185,11 @@ type Spec struct {
 	// build was created. Builds stored before instance types have neither.
 	InstanceType string    `json:"instance_type,omitempty"`
 	Resources    Resources `json:"resources"`
+	// Event is the part of the webhook's payload that the steps'
+	// conditions read; empty for a build started by hand.
+	Event json.RawMessage `json:"event,omitempty"`
+	// Inputs are the build's input values (string, number or boolean).
+	Inputs map[string]any `json:"inputs,omitempty"`
 	// Toolchains are the versions the workflow's environment asks for
 	// (java, node, python: version as written), checked against the
 	// labels of the instance type's image when the build starts.
@@ -198,6 +210,11 @@ type SpecScript struct {
 	Script           string `json:"script"`
 	IgnoreFailure    bool   `json:"ignore_failure,omitempty"`
 	WorkingDirectory string `json:"working_directory,omitempty"`
+	// Skip is why the step is skipped (its when.changeset found no
+	// change); empty: it runs unless Condition is false.
+	Skip string `json:"skip,omitempty"`
+	// Condition is the step's when.condition, evaluated before the step.
+	Condition string `json:"condition,omitempty"`
 }
 
 // NewSteps returns the steps of a build that runs scripts, all pending.

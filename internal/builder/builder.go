@@ -6,6 +6,7 @@ package builder
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/link"
+	"github.com/hangar-ci/hangar/internal/workflow"
 )
 
 // Config is the builder's configuration, read from its environment by the
@@ -92,6 +94,7 @@ type run struct {
 	gid   int
 	env   []string // base environment of every step, CM_ENV exports merged in
 	cmEnv string   // path of the CM_ENV file
+	event any      // the job's event, for the steps' conditions
 }
 
 func newRun(cfg Config, job *link.Job, c *link.Client) (*run, error) {
@@ -159,6 +162,18 @@ func newRun(cfg Config, job *link.Job, c *link.Client) (*run, error) {
 		"CM_ENV=" + r.cmEnv,
 	}
 	r.env = mergeEnv(r.env, job.Env)
+	// The workflow's variables come last, each expanded against the
+	// variables before it (Codemagic's order: built-in, groups, vars).
+	for _, kv := range job.Vars {
+		k, v, _ := strings.Cut(kv, "=")
+		v = workflow.Expand(v, func(name string) (string, bool) { return lookupEnv(r.env, name) })
+		r.env = mergeEnv(r.env, []string{k + "=" + v})
+	}
+	if len(job.Event) > 0 {
+		if err := json.Unmarshal(job.Event, &r.event); err != nil {
+			return nil, fmt.Errorf("builder: the job's event: %w", err)
+		}
+	}
 	return r, nil
 }
 
@@ -184,6 +199,15 @@ func (r *run) all(ctx context.Context) (failed bool, reason string) {
 		var err error
 		if i == 0 {
 			err = r.step(ctx, i, r.clone)
+		} else if why, serr := r.skip(st); serr != nil || why != "" {
+			if serr == nil {
+				_ = r.send(link.Event{Type: link.StepSkipped, Step: i, Text: why})
+				if r.steps != nil {
+					r.steps.update(i, func(s *StepState) { s.Status = "skipped" })
+				}
+				continue
+			}
+			err = r.step(ctx, i, func(context.Context, io.Writer) error { return serr })
 		} else {
 			err = r.step(ctx, i, func(ctx context.Context, out io.Writer) error { return r.script(ctx, i, st, out) })
 		}
@@ -192,6 +216,39 @@ func (r *run) all(ctx context.Context) (failed bool, reason string) {
 		}
 	}
 	return false, ""
+}
+
+// skip says why step st is skipped ("" when it runs): the server's
+// changeset decision, or its condition evaluated now, with the
+// environment the step would get.
+func (r *run) skip(st link.Step) (string, error) {
+	if st.Skip != "" || st.Condition == "" {
+		return st.Skip, nil
+	}
+	c, err := workflow.ParseCondition(st.Condition)
+	if err != nil {
+		return "", fmt.Errorf("when.condition: %w", err)
+	}
+	env := mergeEnv(r.env, readEnvFile(r.cmEnv))
+	ok := c.Eval(workflow.Context{
+		Env:    func(name string) (string, bool) { return lookupEnv(env, name) },
+		Event:  r.event,
+		Inputs: r.job.Inputs,
+	})
+	if ok {
+		return "", nil
+	}
+	return "when.condition is false: " + st.Condition, nil
+}
+
+// lookupEnv finds name in a KEY=VALUE list.
+func lookupEnv(env []string, name string) (string, bool) {
+	for i := len(env) - 1; i >= 0; i-- {
+		if k, v, ok := strings.Cut(env[i], "="); ok && k == name {
+			return v, true
+		}
+	}
+	return "", false
 }
 
 // step runs fn as step i, streaming what it writes. The step's end is sent

@@ -45,7 +45,7 @@ type StepState struct {
 	Dir        string `json:"dir,omitempty"`
 	Env        string `json:"env,omitempty"` // the env file, once the step started
 	Shebang    bool   `json:"shebang,omitempty"`
-	Status     string `json:"status"` // pending, paused, running, success, failed
+	Status     string `json:"status"` // pending, paused, running, success, failed, skipped (its when)
 	ExitCode   *int   `json:"exit_code,omitempty"`
 	DurationMS *int64 `json:"duration_ms,omitempty"`
 }

@@ -198,6 +198,49 @@ func git(ctx context.Context, dir string, args ...string) (string, error) {
 	return stdout.String(), nil
 }
 
+// ResolveCommit returns the commit that rev (a commit or tag object id, or
+// a ref) names in the mirror.
+func ResolveCommit(ctx context.Context, mirror, rev string) (string, error) {
+	if rev == "" || strings.HasPrefix(rev, "-") {
+		return "", fmt.Errorf("no commit %q in the repository", rev)
+	}
+	out, err := git(ctx, mirror, "rev-parse", "--verify", "--quiet", "--end-of-options", rev+"^{commit}")
+	if err != nil {
+		return "", fmt.Errorf("no commit %.12s in the repository", rev)
+	}
+	return strings.TrimSpace(out), nil
+}
+
+// ChangedFiles returns the paths (relative to the repository's root) that
+// differ between commits from and to: added, changed and removed files,
+// both sides of a rename.
+func ChangedFiles(ctx context.Context, mirror, from, to string) ([]string, error) {
+	for _, c := range []string{from, to} {
+		if c == "" || strings.HasPrefix(c, "-") {
+			return nil, fmt.Errorf("no commit %q in the repository", c)
+		}
+	}
+	out, err := git(ctx, mirror, "diff", "--name-only", "--no-renames", "-z", "--end-of-options", from, to, "--")
+	if err != nil {
+		return nil, fmt.Errorf("compare %.10s with %.10s: %w", from, to, err)
+	}
+	var files []string
+	for _, f := range strings.Split(out, "\x00") {
+		if f != "" {
+			files = append(files, f)
+		}
+	}
+	return files, nil
+}
+
+// CommitMessage returns the message of commit.
+func CommitMessage(ctx context.Context, mirror, commit string) (string, error) {
+	if commit == "" || strings.HasPrefix(commit, "-") {
+		return "", fmt.Errorf("no commit %q in the repository", commit)
+	}
+	return git(ctx, mirror, "log", "-1", "--format=%B", "--end-of-options", commit, "--")
+}
+
 // Identity is what names the same repository whichever way it is written:
 // host and path, lower case, without credentials, port, scheme or a
 // trailing ".git" ("git@Host:o/r.git" and "https://bot:T@host/o/r" are

@@ -30,6 +30,7 @@
 package link
 
 import (
+	"encoding/json"
 	"time"
 )
 
@@ -56,8 +57,18 @@ type Job struct {
 	Origin string `json:"origin"`
 	Branch string `json:"branch"`
 	Commit string `json:"commit"`
-	// Env is the environment of every step (KEY=VALUE), before CM_ENV exports.
+	// Env is the environment of every step (KEY=VALUE), before CM_ENV
+	// exports: the built-in variables (and the groups' after them).
 	Env []string `json:"env"`
+	// Vars are the workflow's environment.vars (KEY=VALUE) in file order,
+	// set after Env: the builder expands $NAME and ${NAME} in each value
+	// (workflow.Expand) against the variables set before it.
+	Vars []string `json:"vars,omitempty"`
+	// Event is the part of the webhook's payload that the steps'
+	// conditions read (a JSON object); empty for a build started by hand.
+	Event json.RawMessage `json:"event,omitempty"`
+	// Inputs are the build's input values, for the steps' conditions.
+	Inputs map[string]any `json:"inputs,omitempty"`
 	// Steps are run in order; step 0 is always the clone.
 	Steps []Step `json:"steps"`
 	// SSH, for an SSH build, says whom the builder's SSH server admits.
@@ -116,6 +127,13 @@ type Step struct {
 	Script           string `json:"script,omitempty"`
 	IgnoreFailure    bool   `json:"ignore_failure,omitempty"`
 	WorkingDirectory string `json:"working_directory,omitempty"`
+	// Skip, when set, is why the step is skipped without running (its
+	// when.changeset, decided by the server).
+	Skip string `json:"skip,omitempty"`
+	// Condition is the step's when.condition (workflow.ParseCondition),
+	// evaluated by the builder just before the step with the step's
+	// environment: false skips the step.
+	Condition string `json:"condition,omitempty"`
 }
 
 // Event types sent by the builder.
@@ -128,7 +146,10 @@ const (
 	StepStart = "step_start"
 	Output    = "output"
 	StepEnd   = "step_end"
-	Done      = "done"
+	// StepSkipped: the step did not run; Text says why. It comes instead
+	// of the step's step_start and step_end.
+	StepSkipped = "step_skipped"
+	Done        = "done"
 	// Paused: the build waits before Step (a breakpoint); Resumed: it goes
 	// on, Text says who resumed it.
 	Paused  = "paused"

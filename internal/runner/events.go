@@ -66,16 +66,17 @@ func (j *job) steps() *outcome {
 	b, spec := j.b, j.spec
 	steps := []link.Step{{Name: build.StepFetch}}
 	for _, s := range spec.Scripts {
-		steps = append(steps, link.Step{Name: s.Name, File: s.File, Script: s.Script, IgnoreFailure: s.IgnoreFailure, WorkingDirectory: s.WorkingDirectory})
+		steps = append(steps, link.Step{Name: s.Name, File: s.File, Script: s.Script, IgnoreFailure: s.IgnoreFailure,
+			WorkingDirectory: s.WorkingDirectory, Skip: s.Skip, Condition: s.Condition})
 	}
 	// The machine never gets the repository's credentials: fetching is
 	// the server's job (the clone borrows the mirror's objects).
 	origin := gitrepo.StripCredentials(spec.Repo)
-	env := append(stdEnv(b, origin), spec.Vars...)
+	env := append(stdEnv(b, origin), spec.Env...)
 	// One byte past the cap, so that the log book sees the cap crossed
 	// and says so when the steps' output alone reaches it.
-	if err := j.conn.SendJob(&link.Job{Repo: j.repo, Origin: origin, Branch: b.Branch, Commit: b.Commit, Env: env, Steps: steps, SSH: j.jobSSH,
-		MaxOutput: MaxLogBytes + 1, BreakBefore: spec.BreakBefore}); err != nil {
+	if err := j.conn.SendJob(&link.Job{Repo: j.repo, Origin: origin, Branch: b.Branch, Commit: b.Commit, Env: env, Vars: spec.Vars,
+		Event: spec.Event, Inputs: spec.Inputs, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes + 1, BreakBefore: spec.BreakBefore}); err != nil {
 		return failed("lost the link to the builder")
 	}
 	j.flush = time.NewTicker(flushInterval)
@@ -185,6 +186,16 @@ func (j *job) handle(ev link.Event) {
 		j.logs.EndStep(i)
 		j.logs.Flush()
 		j.stepEnd(i, st, ev.Time, &code)
+		j.save()
+	case link.StepSkipped:
+		if j.b.Steps[i].Status != build.StepPending {
+			return
+		}
+		j.logs.StartStep(i)
+		j.logs.Printf(i, "Skipped: %s", ev.Text)
+		j.logs.Flush()
+		j.b.Steps[i].Status = build.StepSkipped
+		j.b.Steps[i].Reason = ev.Text
 		j.save()
 	case link.SSH:
 		j.onBuilderSSH(ev)

@@ -184,6 +184,9 @@ func (j *job) prepare() *outcome {
 	for _, s := range j.spec.Ignored {
 		j.logs.Printf(0, "Ignored: %s is not run by Hangar yet", s)
 	}
+	if len(j.spec.Scripts) == 0 {
+		j.logs.Printf(0, "The workflow has no scripts: the build fetches the sources and ends")
+	}
 	if out := j.pickImage(); out != nil {
 		return out
 	}

@@ -127,14 +127,16 @@ func (fakeMirrors) Path(app string) string { return "/nonexistent/mirrors/" + ap
 var scripts = []build.SpecScript{
 	{Name: "Greet", File: "01-greet.sh", Script: "echo hi"},
 	{Name: "Broken", File: "02-broken.sh", Script: "exit 3"},
-	{Name: "After", File: "03-after.sh", Script: "echo after"},
+	{Name: "After", File: "03-after.sh", Script: "echo after", Condition: `env.GREETING == "hello"`},
 }
 
 // queue stores a queued build of scripts.
 func (e *env) queue(withSSH bool, maxDuration time.Duration) *build.Build {
 	e.t.Helper()
 	// The app's URL carries credentials, which must not reach the machine.
-	spec, _ := json.Marshal(build.Spec{Repo: "https://bot:" + repoToken + "@example.com/o/demo.git", Scripts: scripts, Vars: []string{"GREETING=hello"}})
+	spec, _ := json.Marshal(build.Spec{Repo: "https://bot:" + repoToken + "@example.com/o/demo.git", Scripts: scripts,
+		Env: []string{"CM_PULL_REQUEST=false"}, Vars: []string{"GREETING=hello", "OUT=$CM_BUILD_DIR/out"},
+		Inputs: map[string]any{"n": 2.0}, Event: json.RawMessage(`{"pull_request":{"draft":false}}`)})
 	b := &build.Build{App: "demo", Workflow: "w", WorkflowName: "W", Branch: "main", Commit: "0123456789abcdef",
 		Status: build.Queued, Trigger: build.Manual, MaxDuration: int64(maxDuration / time.Second), Steps: build.NewSteps(scripts)}
 	if withSSH {
@@ -368,11 +370,46 @@ func TestJob(t *testing.T) {
 		t.Errorf("job steps: %+v", job.Steps)
 	}
 	env := strings.Join(job.Env, " ")
-	contains(t, "env", env, "CI=true", "CM_REPO_SLUG=o/demo", "GREETING=hello", "CM_BUILD_ID=")
+	contains(t, "env", env, "CI=true", "CM_REPO_SLUG=o/demo", "CM_BUILD_ID=", "CM_PULL_REQUEST=false")
+	// The workflow's variables go apart, for the builder to expand after
+	// the built-in ones; the steps' conditions with what they read.
+	if strings.Join(job.Vars, " ") != "GREETING=hello OUT=$CM_BUILD_DIR/out" || job.Steps[3].Condition != `env.GREETING == "hello"` ||
+		job.Inputs["n"] != 2.0 || string(job.Event) != `{"pull_request":{"draft":false}}` {
+		t.Errorf("job vars %q, step 3 %+v, inputs %v, event %s", job.Vars, job.Steps[3], job.Inputs, job.Event)
+	}
 	// Nothing the machine gets holds the repository's credentials.
 	if data, _ := json.Marshal(job); strings.Contains(string(data), repoToken) || strings.Contains(string(data), "bot@") {
 		t.Errorf("the job holds the repository's credentials: %s", data)
 	}
+}
+
+// TestStepSkipped: a step the builder skips (its when) is recorded as
+// skipped with the reason, in the log too; the steps after it run.
+func TestStepSkipped(t *testing.T) {
+	e := newEnv(t, func(ctx context.Context, fb *fakeBuilder) {
+		if !fb.link(ctx) {
+			return
+		}
+		fb.step(0, 0, "cloned")
+		fb.step(1, 0, "hi")
+		fb.send(link.Event{Type: link.StepSkipped, Step: 2, Text: "when.condition is false: env.X == \"y\""})
+		// A second report for the same step changes nothing.
+		fb.send(link.Event{Type: link.StepSkipped, Step: 2, Text: "again"})
+		fb.step(3, 0, "after")
+		fb.done("")
+		fb.wait(ctx)
+	})
+	b := e.ended(e.queue(false, time.Hour).ID)
+	if b.Status != build.Finished {
+		t.Fatalf("status %s %s", b.Status, b.Message)
+	}
+	if st := b.Steps[3]; st.Status != build.StepSkipped || st.Reason != `when.condition is false: env.X == "y"` || st.StartedAt != nil {
+		t.Errorf("skipped step: %+v", st)
+	}
+	if b.Steps[4].Status != build.StepSuccess {
+		t.Errorf("step after the skipped one: %+v", b.Steps[4])
+	}
+	contains(t, "log", e.logs(b.ID), `Skipped: when.condition is false: env.X == "y"`)
 }
 
 // repoToken is the secret in the test app's repository URL.

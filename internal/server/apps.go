@@ -214,7 +214,11 @@ func (s *Server) appWorkflows(w http.ResponseWriter, r *http.Request) {
 	}
 	out := []api.Workflow{}
 	for _, wf := range f.Workflows {
-		wi := api.Workflow{ID: wf.ID, Name: wf.Name, MaxDuration: int64(wf.MaxDuration / time.Second), Events: wf.Triggering.Events, Scripts: []string{}}
+		wi := api.Workflow{ID: wf.ID, Name: wf.Name, MaxDuration: int64(wf.MaxDuration / time.Second), Events: wf.Triggering.Events,
+			Scripts: []string{}, Inputs: []api.Input{}, Check: wf.Report()}
+		for _, in := range wf.Inputs {
+			wi.Inputs = append(wi.Inputs, api.Input{ID: in.ID, Description: in.Description, Type: in.Type, Default: in.Default, Options: in.Options})
+		}
 		if wi.Events == nil {
 			wi.Events = []string{}
 		}

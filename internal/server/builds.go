@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -91,7 +90,8 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 	if t := tokenOf(r); t != nil {
 		starter = t.Name
 	}
-	b, err := s.createBuild(r.Context(), app, mirror, branch, commit, req.Workflow, build.Manual, starter, sshMode{on: req.SSH, onFailure: req.SSHOnFailure, breaks: req.SSHBreakBefore})
+	b, err := s.createBuild(r.Context(), app, mirror, branch, commit, req.Workflow, &start{
+		trigger: build.Manual, starter: starter, ssh: req.SSH, sshOnFailure: req.SSHOnFailure, inputs: req.Inputs, breaks: req.SSHBreakBefore})
 	var ue *userError
 	if errors.As(err, &ue) {
 		writeError(w, ue.code, ue.msg)
@@ -102,118 +102,6 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, s.present(r, b))
-}
-
-// createBuild queues a build of workflow wfID (empty: the only one) at
-// commit. A missing or malformed workflow file gives a build that has failed
-// at once, with the file, line and reason as its message.
-func (s *Server) createBuild(ctx context.Context, app *store.App, mirror, branch, commit, wfID string, trigger build.Trigger, starter string, ssh sshMode) (*build.Build, error) {
-	b := &build.Build{
-		App: app.Name, Workflow: wfID, WorkflowName: wfID, Branch: branch, Commit: commit,
-		Status: build.Queued, Trigger: trigger, StartedBy: starter, Steps: []build.Step{},
-	}
-	// Only manually triggered builds may have SSH access.
-	if ssh.on && trigger == build.Manual {
-		b.SSH = build.SSH{Enabled: true, State: build.SSHPending}
-	}
-	fail := func(msg string) (*build.Build, error) { return s.failAtOnce(ctx, b, msg) }
-	name, data, err := gitrepo.ReadFile(ctx, mirror, commit, workflow.FileNames)
-	if err != nil {
-		return fail(err.Error())
-	}
-	f, err := workflow.Parse(name, data)
-	if err != nil {
-		return fail(err.Error())
-	}
-	var wf *workflow.Workflow
-	if wfID == "" && len(f.Workflows) == 1 {
-		wf = f.Workflows[0]
-	} else if wfID == "" {
-		ids := ""
-		for i, w := range f.Workflows {
-			if i > 0 {
-				ids += ", "
-			}
-			ids += w.ID
-		}
-		return nil, &userError{http.StatusBadRequest, fmt.Sprintf("%s defines several workflows (%s): pick one with --workflow (API: \"workflow\")", name, ids)}
-	} else if wf, err = f.Workflow(wfID); err != nil {
-		return nil, &userError{http.StatusBadRequest, err.Error()}
-	}
-	if trigger != build.Manual {
-		ssh = sshMode{}
-	}
-	return s.queue(ctx, b, app, wf, ssh)
-}
-
-// sshMode is the SSH access a build is started with: from the start (on,
-// with breakpoints), only if a step fails, or none.
-type sshMode struct {
-	on, onFailure bool
-	breaks        []string
-}
-
-// failAtOnce stores b as a build that failed before it ran, with msg.
-func (s *Server) failAtOnce(ctx context.Context, b *build.Build, msg string) (*build.Build, error) {
-	now := time.Now().UTC()
-	b.Status, b.Message, b.FinishedAt = build.Failed, msg, &now
-	if b.Steps == nil {
-		b.Steps = []build.Step{}
-	}
-	if b.Workflow == "" {
-		b.Workflow, b.WorkflowName = "default", "default"
-	}
-	if b.SSH.Enabled {
-		b.SSH.State = build.SSHClosed
-	}
-	if err := s.cfg.Store.CreateBuild(ctx, b, []byte("{}")); err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-
-// queue stores b as a queued build of wf, or as a failed one if this
-// server cannot run wf (an instance type it does not have).
-func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, wf *workflow.Workflow, ssh sshMode) (*build.Build, error) {
-	res, err := s.cfg.InstanceTypes.Lookup(wf.InstanceType)
-	if err != nil {
-		b.Workflow, b.WorkflowName = wf.ID, wf.Name
-		s.log.Info("build refused", "app", b.App, "workflow", wf.ID, "err", err)
-		return s.failAtOnce(ctx, b, err.Error())
-	}
-	instance := wf.InstanceType
-	if instance == "" {
-		instance = build.DefaultInstanceType
-	}
-	spec := build.Spec{Repo: app.Repo, Ignored: wf.Ignored, InstanceType: instance, Resources: res, Toolchains: wf.Toolchains}
-	for _, v := range wf.Vars {
-		spec.Vars = append(spec.Vars, v.Name+"="+v.Value)
-	}
-	for i, sc := range wf.Scripts {
-		spec.Scripts = append(spec.Scripts, build.SpecScript{
-			Name: sc.Name, File: sc.FileName(i + 1), Script: sc.Script,
-			IgnoreFailure: sc.IgnoreFailure, WorkingDirectory: sc.WorkingDirectory,
-		})
-	}
-	if spec.BreakBefore, err = breakpoints(wf, ssh.breaks); err != nil {
-		return nil, err
-	}
-	spec.SSHOnFailure = ssh.onFailure
-	data, err := json.Marshal(spec)
-	if err != nil {
-		return nil, err
-	}
-	b.Workflow, b.WorkflowName = wf.ID, wf.Name
-	b.MaxDuration = int64(wf.MaxDuration / time.Second)
-	if b.MaxDuration < 1 {
-		b.MaxDuration = 1
-	}
-	b.Steps = build.NewSteps(spec.Scripts)
-	if err := s.cfg.Store.CreateBuild(ctx, b, data); err != nil {
-		return nil, err
-	}
-	s.log.Info("build queued", "build", b.ID, "app", b.App, "workflow", b.Workflow, "trigger", b.Trigger)
-	return b, nil
 }
 
 func (s *Server) listBuilds(w http.ResponseWriter, r *http.Request) {
@@ -443,7 +331,9 @@ func (s *Server) rerunBuild(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var spec build.Spec
-	if err := json.Unmarshal(data, &spec); err != nil || len(spec.Scripts) == 0 {
+	// A build that never ran has an empty spec (a workflow without
+	// scripts has its repository and nothing to run, and reruns).
+	if err := json.Unmarshal(data, &spec); err != nil || spec.Repo == "" {
 		writeError(w, http.StatusConflict, fmt.Sprintf("build %d never ran (%s): there is nothing to run again; fix the workflow file and start a new build", b.ID, b.Message))
 		return
 	}

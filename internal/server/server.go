@@ -37,6 +37,15 @@ type Store interface {
 	// running one; see store.Store.CancelBuild.
 	CancelBuild(ctx context.Context, id int64, message string) (bool, error)
 	Logs(ctx context.Context, id, after int64, limit int) ([]build.LogLine, error)
+	// LastSuccessfulCommit: what a when.changeset compares with.
+	LastSuccessfulCommit(ctx context.Context, app, workflow, branch string) (string, int64, error)
+	// ActiveWebhookBuilds: what cancel_previous_builds cancels.
+	ActiveWebhookBuilds(ctx context.Context, app, workflow, branch string) ([]int64, error)
+	// Webhook deliveries, to ignore repeated ones.
+	AddDelivery(ctx context.Context, app, id, event string) (bool, error)
+	SetDeliveryResult(ctx context.Context, app, id, result string) error
+	ForgetDelivery(ctx context.Context, app, id string) error
+	Deliveries(ctx context.Context, app string, limit int) ([]store.Delivery, error)
 	Subscribe(id int64) (<-chan struct{}, func())
 }
 
@@ -51,10 +60,17 @@ type Config struct {
 	Store   Store
 	Mirrors Mirrors
 	Logger  *slog.Logger
-	MaxBody int64      // API request bodies; default 1 MiB
-	MaxHook int64      // webhook bodies; default 25 MiB (GitHub's limit)
-	SSH     *SSHConfig // nil: no SSH builds
-	Metrics http.Handler
+	MaxBody int64 // API request bodies; default 1 MiB
+	MaxHook int64 // webhook bodies; default 25 MiB (GitHub's limit)
+	// MaxHookReads is how many webhook bodies are read at once before
+	// their signature is checked; default 4.
+	MaxHookReads int
+	// SpoolDir is where the part of a webhook body past 64 KiB waits for
+	// its signature to be checked (on disk: a tmpfs /tmp would hold it in
+	// memory); default os.TempDir().
+	SpoolDir string
+	SSH      *SSHConfig // nil: no SSH builds
+	Metrics  http.Handler
 	// Driver and Isolated describe the machines, for /api/v1/info.
 	Driver   string
 	Isolated bool
@@ -81,6 +97,8 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	tickets terminalTickets
+	// hookSlots holds a token per webhook body being read (MaxHookReads).
+	hookSlots chan struct{}
 	// patterns are the routes of mux, as registered (for tests that walk
 	// every endpoint).
 	patterns []string
@@ -119,6 +137,7 @@ func (s *Server) routes() []route {
 		{"GET /api/v1/builds/{id}/terminal/ws", http.HandlerFunc(s.terminalWS)},
 		{"GET /api/v1/info", s.auth(s.info)},
 		{"GET /api/v1/apps/{name}/workflows", s.auth(s.appWorkflows)},
+		{"GET /api/v1/apps/{name}/deliveries", s.auth(s.appDeliveries)},
 		{"POST /api/v1/tokens", s.auth(s.createToken)},
 	}
 	if s.cfg.Metrics != nil {
@@ -143,7 +162,10 @@ func New(cfg Config) *Server {
 	if cfg.InstanceTypes == nil {
 		cfg.InstanceTypes = build.DefaultInstanceTypes()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
+	if cfg.MaxHookReads <= 0 {
+		cfg.MaxHookReads = defaultHookReads
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), hookSlots: make(chan struct{}, cfg.MaxHookReads)}
 	if s.log == nil {
 		s.log = slog.Default()
 	}

@@ -85,11 +85,12 @@ var migrations = []migration{
 	{version: 4, name: "one-row-per-line logs into log_chunks", run: migrateLogLines},
 	{version: 5, name: "notify listeners of changes to builds, their logs and events", postgres: notifyTriggers},
 	{version: 6, name: "builds.rerun_of", run: addColumn("builds", "rerun_of", "{{int}}")},
+	{version: 7, name: "webhook deliveries, to ignore repeated ones", sql: deliveriesSchema},
 	// A random secret per SSH build, made with it, that its one-line URLs
 	// are bound to (URLNonce); NULL for builds without SSH, ended ones and
 	// those of earlier versions (no one-line URL is valid for them).
-	{version: 7, name: "builds.ssh_url_nonce", run: addColumn("builds", "ssh_url_nonce", "{{blob}}")},
-	{version: 8, name: "tokens.no_ssh", run: addColumn("tokens", "no_ssh", "{{bool}} NOT NULL DEFAULT FALSE")},
+	{version: 8, name: "builds.ssh_url_nonce", run: addColumn("builds", "ssh_url_nonce", "{{blob}}")},
+	{version: 9, name: "tokens.no_ssh", run: addColumn("tokens", "no_ssh", "{{bool}} NOT NULL DEFAULT FALSE")},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;

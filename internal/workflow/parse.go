@@ -33,7 +33,10 @@ func Parse(filename string, data []byte) (*File, error) {
 }
 
 type parser struct {
-	file   string
+	file string
+	// refs are the texts of the workflow being parsed that may refer to
+	// inputs, checked once its inputs are known.
+	refs   []inputUse
 	budget int // mapping entries left to visit; see maxExpansion
 	// active holds the mappings whose entries are being listed, to
 	// catch a merge key that refers to a mapping containing it.
@@ -182,7 +185,7 @@ func (p *parser) workflow(key, val *yaml.Node) (*Workflow, *Error) {
 	if err != nil {
 		return nil, err
 	}
-	hasScripts := false
+	p.refs = nil
 	for _, kv := range entries {
 		var err *Error
 		switch kv.key.Value {
@@ -195,6 +198,7 @@ func (p *parser) workflow(key, val *yaml.Node) (*Workflow, *Error) {
 			w.MaxDuration, err = p.duration(kv.val)
 		case "working_directory":
 			w.WorkingDirectory, err = p.str(kv.val, "working_directory")
+			p.use(kv.val, w.WorkingDirectory)
 		case "instance_type":
 			w.InstanceType, err = p.str(kv.val, "instance_type")
 		case "environment":
@@ -202,8 +206,11 @@ func (p *parser) workflow(key, val *yaml.Node) (*Workflow, *Error) {
 		case "triggering":
 			err = p.triggering(w, kv.val)
 		case "scripts":
-			hasScripts = true
 			err = p.scripts(w, kv.key, kv.val)
+		case "inputs":
+			err = p.inputs(w, kv.val)
+		case "when":
+			w.When, err = p.when("when", kv.val)
 		default:
 			w.ignore(kv.key.Value)
 		}
@@ -211,8 +218,8 @@ func (p *parser) workflow(key, val *yaml.Node) (*Workflow, *Error) {
 			return nil, err
 		}
 	}
-	if !hasScripts {
-		return nil, p.errf(key, "workflow %q has no scripts; expected a scripts list", id)
+	if err := p.checkInputUses(w); err != nil {
+		return nil, err
 	}
 	for i := range w.Scripts {
 		if w.Scripts[i].WorkingDirectory == "" {
@@ -300,6 +307,7 @@ func (p *parser) environment(w *Workflow, val *yaml.Node) *Error {
 				w.Vars = append(w.Vars, Var{Name: v.key.Value})
 			case value.Kind == yaml.ScalarNode:
 				w.Vars = append(w.Vars, Var{Name: v.key.Value, Value: value.Value})
+				p.use(value, value.Value)
 			default:
 				return p.errf(value, "environment variable %s must be a string, number or boolean, got %s", v.key.Value, got(value))
 			}
@@ -329,6 +337,8 @@ func (p *parser) triggering(w *Workflow, val *yaml.Node) *Error {
 			t.BranchPatterns, err = p.patterns(w, "triggering.branch_patterns", kv.val)
 		case "tag_patterns":
 			t.TagPatterns, err = p.patterns(w, "triggering.tag_patterns", kv.val)
+		case "cancel_previous_builds":
+			t.CancelPrevious, err = p.boolean(kv.val, "triggering.cancel_previous_builds")
 		default:
 			w.ignore("triggering." + kv.key.Value)
 		}
@@ -439,6 +449,7 @@ func (p *parser) scripts(w *Workflow, key, val *yaml.Node) *Error {
 				return p.errf(m, "%s must be a script (a string) or a mapping with script, got %s", at, got(m))
 			}
 			s.Script = m.Value
+			p.use(m, m.Value)
 		case m.Kind == yaml.MappingNode:
 			if err := p.scriptMapping(w, &s, at, m); err != nil {
 				return err
@@ -467,16 +478,21 @@ func (p *parser) scriptMapping(w *Workflow, s *Script, at string, m *yaml.Node) 
 		switch kv.key.Value {
 		case "name":
 			s.Name, err = p.str(kv.val, at+".name")
+			p.use(kv.val, s.Name)
 		case "script":
 			v := resolve(kv.val)
 			if v.Kind != yaml.ScalarNode || (v.ShortTag() != "!!str" && !isNull(v)) {
 				return p.errf(v, "%s.script must be a string of commands, got %s", at, got(v))
 			}
 			s.Script, have = v.Value, true
+			p.use(v, v.Value)
 		case "ignore_failure":
 			s.IgnoreFailure, err = p.boolean(kv.val, at+".ignore_failure")
 		case "working_directory":
 			s.WorkingDirectory, err = p.str(kv.val, at+".working_directory")
+			p.use(kv.val, s.WorkingDirectory)
+		case "when":
+			s.When, err = p.when(at+".when", kv.val)
 		default:
 			w.ignore(at + "." + kv.key.Value)
 		}

@@ -3,11 +3,14 @@
 // workflows a webhook event triggers.
 //
 // Parse turns the file into Workflows: the scripts Hangar runs, their
-// variables, the time limit and the triggering rules. Sections that Hangar
-// accepts but does not act on (publishing, artifacts, cache, ...)
-// never fail a file; they are listed in Workflow.Ignored so that a user can be
-// told. Every validation error is an *Error that names the file, the line and
-// column of the offending node, what is wrong and what is expected.
+// variables, inputs and when rules (conditions in Codemagic's expression
+// language, ParseCondition, and changesets), the time limit and the
+// triggering rules. Sections that Hangar accepts but does not act on
+// (publishing, artifacts, cache, ...) never fail a file; they are listed in
+// Workflow.Ignored, and Workflow.Report says per workflow what runs, what is
+// honoured and what is not supported, so that a user can be told before a
+// build. Every validation error is an *Error that names the file, the line
+// and column of the offending node, what is wrong and what is expected.
 package workflow
 
 import (
@@ -93,8 +96,15 @@ type Workflow struct {
 	// Vars are environment.vars in file order. Scalar values are kept as
 	// written (numbers and booleans too); a null value is "".
 	Vars []Var
-	// Scripts are run in order; there is at least one.
+	// Scripts are run in order. A workflow without scripts (Codemagic's
+	// minimal file) fetches the sources and ends.
 	Scripts []Script
+	// Inputs are the workflow's inputs in file order: values given when a
+	// build starts, substituted for ${{ inputs.ID }}; see InputValues.
+	Inputs []Input
+	// When is the workflow's when: a workflow whose changeset has no
+	// changes or whose condition is false is not built. Nil: always built.
+	When *When
 	// Triggering says which webhook events start the workflow; see Matches.
 	Triggering Triggering
 	// Ignored lists, as paths such as "publishing", "environment.groups" or
@@ -120,6 +130,9 @@ type Script struct {
 	Script string
 	// IgnoreFailure lets the build go on when the script fails.
 	IgnoreFailure bool
+	// When is the step's when: a step whose changeset has no changes or
+	// whose condition is false is skipped. Nil: the step always runs.
+	When *When
 	// WorkingDirectory is where the script runs: the step's own
 	// working_directory, or else the workflow's. It is relative to the
 	// clone unless absolute; empty means the clone itself.
@@ -162,6 +175,10 @@ type Triggering struct {
 	BranchPatterns []Pattern
 	// TagPatterns select the tags of tag events.
 	TagPatterns []Pattern
+	// CancelPrevious is cancel_previous_builds: a webhook build of the
+	// workflow cancels the queued and running webhook builds of the same
+	// workflow and branch.
+	CancelPrevious bool
 }
 
 // Pattern is one entry of branch_patterns or tag_patterns.

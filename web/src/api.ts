@@ -20,6 +20,8 @@ export interface Step {
   started_at: string | null;
   finished_at: string | null;
   duration_ms?: number;
+  /** Why a skipped step was skipped (its when). */
+  reason?: string;
 }
 
 export interface SSHSession {
@@ -72,12 +74,30 @@ export interface LogLine {
   text: string;
 }
 
+export type InputValue = string | number | boolean;
+
+export interface WorkflowInput {
+  id: string;
+  description?: string;
+  type: 'string' | 'number' | 'boolean' | 'choice';
+  default?: InputValue;
+  options?: string[];
+}
+
+export interface WorkflowCheck {
+  steps: string[];
+  honoured: string[];
+  unsupported: { key: string; why: string }[];
+}
+
 export interface Workflow {
   id: string;
   name: string;
   max_build_duration_seconds: number;
   scripts: string[];
   events?: string[];
+  inputs?: WorkflowInput[];
+  check?: WorkflowCheck;
 }
 
 export interface Workflows {
@@ -220,7 +240,7 @@ export const api = {
   builds: (app?: string, limit = 50, signal?: AbortSignal) =>
     getJSON<Build[]>(`/api/v1/builds?limit=${limit}${app ? '&app=' + enc(app) : ''}`, signal),
   build: (id: number, signal?: AbortSignal) => getJSON<Build>(`/api/v1/builds/${id}`, signal),
-  startBuild: (b: { app: string; workflow?: string; branch?: string; ssh: boolean }) =>
+  startBuild: (b: { app: string; workflow?: string; branch?: string; ssh: boolean; inputs?: Record<string, InputValue> }) =>
     send<Build>('POST', '/api/v1/builds', b) as Promise<Build>,
   cancel: (id: number) => send<Build>('POST', `/api/v1/builds/${id}/cancel`),
   resume: (id: number) => send<Build>('POST', `/api/v1/builds/${id}/continue`),

@@ -2,7 +2,7 @@
 
 import { useCallback, useEffect, useState } from 'preact/hooks';
 import { api, ApiError } from '../api';
-import type { App, Workflows } from '../api';
+import type { App, WorkflowCheck, Workflows } from '../api';
 import { useBuilds, usePoll, useTitle } from '../data';
 import { ago, duration, useNow, when } from '../format';
 import { navigate } from '../router';
@@ -254,6 +254,7 @@ export function AppPage({ name }: { name: string }) {
                       <li key={i}>{s}</li>
                     ))}
                   </ol>
+                  {w.check ? <WorkflowCheckView check={w.check} /> : null}
                 </li>
               ))}
             </ul>
@@ -270,6 +271,37 @@ export function AppPage({ name }: { name: string }) {
       <StartBuildDialog open={start !== null} onClose={closeStart} app={name} workflow={start?.workflow} />
       <DeleteAppDialog open={deleting} onClose={closeDelete} name={name} />
     </>
+  );
+}
+
+// What Hangar honours and does not run of a workflow, before any build.
+function WorkflowCheckView({ check }: { check: WorkflowCheck }) {
+  return (
+    <details class="wf-check">
+      <summary>
+        {check.unsupported.length === 0
+          ? 'Everything in this workflow is run by Hangar'
+          : `${check.unsupported.length} ${check.unsupported.length === 1 ? 'key is' : 'keys are'} not run by Hangar`}
+      </summary>
+      <h4>Honoured</h4>
+      <ul class="wf-honoured">
+        {check.honoured.map((h, i) => (
+          <li key={i}>{h}</li>
+        ))}
+      </ul>
+      {check.unsupported.length ? (
+        <>
+          <h4>Not supported</h4>
+          <ul class="wf-unsupported">
+            {check.unsupported.map((u) => (
+              <li key={u.key}>
+                <span class="mono">{u.key}</span>: {u.why}
+              </li>
+            ))}
+          </ul>
+        </>
+      ) : null}
+    </details>
   );
 }
 

@@ -253,7 +253,9 @@ function StepsAndLog({ build, logs, now }: { build: Build; logs: Map<number, Ste
     : step.status === 'pending'
       ? 'This step has not started.'
       : step.status === 'skipped'
-        ? 'This step was skipped.'
+        ? step.reason
+          ? `This step was skipped: ${step.reason}.`
+          : 'This step was skipped.'
         : step.status === 'paused'
           ? 'The build is paused before this step.'
         : step.status === 'running'
@@ -282,6 +284,7 @@ function StepsAndLog({ build, logs, now }: { build: Build; logs: Map<number, Ste
             <li key={i}>
               <button
                 type="button"
+                title={s.status === 'skipped' && s.reason ? `Skipped: ${s.reason}` : undefined}
                 class={`step st-${s.status}${i === shown ? ' current' : ''}`}
                 aria-current={i === shown ? 'step' : undefined}
                 aria-controls="log-box"

@@ -2,7 +2,7 @@
 
 import { useEffect, useState } from 'preact/hooks';
 import { api, ApiError } from '../api';
-import type { App, Workflows } from '../api';
+import type { App, InputValue, WorkflowInput, Workflows } from '../api';
 import { useInfo } from '../data';
 import { duration } from '../format';
 import { navigate } from '../router';
@@ -26,6 +26,8 @@ function StartBuildForm({ app: fixedApp, workflow: wantWorkflow, onCancel }: { a
   const [wfLoading, setWfLoading] = useState(false);
   const [workflow, setWorkflow] = useState(wantWorkflow ?? '');
   const [ssh, setSSH] = useState(false);
+  // Input values by workflow id and input id, as the form holds them.
+  const [values, setValues] = useState<Record<string, Record<string, InputValue>>>({});
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
 
@@ -74,7 +76,8 @@ function StartBuildForm({ app: fixedApp, workflow: wantWorkflow, onCancel }: { a
     setBusy(true);
     setError(null);
     try {
-      const b = await api.startBuild({ app, workflow: workflow || undefined, branch: branch.trim() || undefined, ssh: ssh && !sshOff });
+      const inputs = chosen?.inputs?.length ? inputValues(chosen.inputs, values[chosen.id] ?? {}) : undefined;
+      const b = await api.startBuild({ app, workflow: workflow || undefined, branch: branch.trim() || undefined, ssh: ssh && !sshOff, inputs });
       navigate(`/builds/${b.id}`);
     } catch (err) {
       setError(err instanceof ApiError ? err.message : String(err));
@@ -161,6 +164,19 @@ function StartBuildForm({ app: fixedApp, workflow: wantWorkflow, onCancel }: { a
           )}
         </p>
       </div>
+      {chosen?.inputs?.length ? (
+        <fieldset class="inputs">
+          <legend>Inputs</legend>
+          {chosen.inputs.map((inp) => (
+            <InputField
+              key={`${chosen.id}/${inp.id}`}
+              input={inp}
+              value={values[chosen.id]?.[inp.id]}
+              onChange={(v) => setValues((cur) => ({ ...cur, [chosen.id]: { ...(cur[chosen.id] ?? {}), [inp.id]: v } }))}
+            />
+          ))}
+        </fieldset>
+      ) : null}
       <div class={`field check${sshOff ? ' disabled' : ''}`}>
         <input type="checkbox" id="sb-ssh" checked={ssh && !sshOff} disabled={sshOff} onChange={(e) => setSSH(e.currentTarget.checked)} aria-describedby="sb-ssh-hint" />
         <div>
@@ -186,5 +202,85 @@ function StartBuildForm({ app: fixedApp, workflow: wantWorkflow, onCancel }: { a
         </button>
       </div>
     </form>
+  );
+}
+
+// inputValues is what the form sends: the values entered, and the
+// defaults of the inputs left alone (the server applies them too).
+function inputValues(inputs: WorkflowInput[], entered: Record<string, InputValue>): Record<string, InputValue> {
+  const out: Record<string, InputValue> = {};
+  for (const inp of inputs) {
+    // An empty text input is the empty string, as on Codemagic.
+    const v = entered[inp.id] ?? inp.default ?? (inp.type === 'string' ? '' : undefined);
+    if (v === undefined) continue;
+    out[inp.id] = inp.type === 'number' && typeof v === 'string' && v.trim() !== '' && !isNaN(Number(v)) ? Number(v) : v;
+  }
+  return out;
+}
+
+// One input of the workflow, as its type says: a checkbox, a list of
+// options, a number or text. Inputs without a default are required.
+function InputField({ input, value, onChange }: { input: WorkflowInput; value?: InputValue; onChange: (v: InputValue) => void }) {
+  const id = `sb-in-${input.id}`;
+  const v = value ?? input.default;
+  const hint = input.description ? (
+    <p class="hint" id={`${id}-hint`}>
+      {input.description}
+    </p>
+  ) : null;
+  const described = input.description ? `${id}-hint` : undefined;
+  if (input.type === 'boolean') {
+    return (
+      <div class="field check">
+        <input type="checkbox" id={id} name={input.id} checked={v === true} onChange={(e) => onChange(e.currentTarget.checked)} aria-describedby={described} />
+        <div>
+          <label for={id} class="mono">
+            {input.id}
+          </label>
+          {hint}
+        </div>
+      </div>
+    );
+  }
+  return (
+    <div class="field">
+      <label for={id} class="mono">
+        {input.id}
+      </label>
+      {input.type === 'choice' ? (
+        <select id={id} name={input.id} value={v === undefined ? '' : String(v)} required onChange={(e) => onChange(e.currentTarget.value)} aria-describedby={described}>
+          {v === undefined ? <option value="">Choose…</option> : null}
+          {(input.options ?? []).map((o) => (
+            <option value={o} key={o}>
+              {o}
+            </option>
+          ))}
+        </select>
+      ) : input.type === 'number' ? (
+        <input
+          id={id}
+          name={input.id}
+          type="number"
+          step="any"
+          value={v === undefined ? '' : String(v)}
+          required={input.default === undefined}
+          onInput={(e) => onChange(e.currentTarget.value)}
+          autocomplete="off"
+          aria-describedby={described}
+        />
+      ) : (
+        <input
+          id={id}
+          name={input.id}
+          type="text"
+          value={v === undefined ? '' : String(v)}
+          onInput={(e) => onChange(e.currentTarget.value)}
+          autocomplete="off"
+          spellcheck={false}
+          aria-describedby={described}
+        />
+      )}
+      {hint}
+    </div>
   );
 }

@@ -1,0 +1,181 @@
+package workflow
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Report is what Hangar makes of one workflow before any build: the steps
+// it will run, the keys it honours and those it does not support (the
+// Ignored paths, each with why).
+type Report struct {
+	ID          string        `json:"id"`
+	Name        string        `json:"name"`
+	Steps       []string      `json:"steps"`
+	Honoured    []string      `json:"honoured"`
+	Unsupported []Unsupported `json:"unsupported"`
+}
+
+// Unsupported is a key of the file that Hangar accepts without acting on
+// it.
+type Unsupported struct {
+	Key string `json:"key"`
+	Why string `json:"why"`
+}
+
+// Report describes w.
+func (w *Workflow) Report() Report {
+	r := Report{ID: w.ID, Name: w.Name, Steps: []string{}, Honoured: []string{}, Unsupported: []Unsupported{}}
+	r.Steps = append(r.Steps, "Preparing build machine ("+orDefault(w.InstanceType, "linux")+")", "Fetching app sources")
+	for i, s := range w.Scripts {
+		line := fmt.Sprintf("%d. %s", i+1, s.Name)
+		var notes []string
+		if s.IgnoreFailure {
+			notes = append(notes, "its failure is ignored")
+		}
+		if s.WorkingDirectory != "" {
+			notes = append(notes, "in "+s.WorkingDirectory)
+		}
+		if s.When != nil {
+			notes = append(notes, "only "+describeWhenRule(s.When))
+		}
+		if len(notes) > 0 {
+			line += " (" + strings.Join(notes, "; ") + ")"
+		}
+		r.Steps = append(r.Steps, line)
+	}
+	if len(w.Scripts) == 0 {
+		r.Steps = append(r.Steps, "no scripts: the build fetches the sources and ends")
+	}
+	h := func(format string, args ...any) { r.Honoured = append(r.Honoured, fmt.Sprintf(format, args...)) }
+	h("max_build_duration: %s", formatDuration(w.MaxDuration))
+	h("instance_type: %s (refused at start if the server has no such type)", orDefault(w.InstanceType, "linux, the default"))
+	if w.WorkingDirectory != "" {
+		h("working_directory: %s", w.WorkingDirectory)
+	}
+	if len(w.Vars) > 0 {
+		names := make([]string, len(w.Vars))
+		for i, v := range w.Vars {
+			names[i] = v.Name
+		}
+		h("environment.vars: %s ($VAR and ${VAR} expanded)", strings.Join(names, ", "))
+	}
+	if len(w.Toolchains) > 0 {
+		var tcs []string
+		for _, k := range []string{"java", "node", "python"} {
+			if v, ok := w.Toolchains[k]; ok {
+				tcs = append(tcs, k+" "+v)
+			}
+		}
+		h("environment toolchains: %s (checked against the instance type's image when the build starts)", strings.Join(tcs, ", "))
+	}
+	if len(w.Inputs) > 0 {
+		var ins []string
+		for _, in := range w.Inputs {
+			s := in.ID + " (" + in.Type
+			if in.Default != nil {
+				s += ", default " + FormatValue(in.Default)
+			} else {
+				s += ", required"
+			}
+			ins = append(ins, s+")")
+		}
+		h("inputs: %s", strings.Join(ins, ", "))
+	}
+	if w.When != nil {
+		h("when: built only %s", describeWhenRule(w.When))
+	}
+	t := w.Triggering
+	if len(t.Events) == 0 {
+		h("triggering: none; started by hand only")
+	} else {
+		s := "triggering.events: " + strings.Join(t.Events, ", ")
+		if len(t.BranchPatterns) > 0 {
+			s += fmt.Sprintf("; %d branch pattern(s)", len(t.BranchPatterns))
+		}
+		if len(t.TagPatterns) > 0 {
+			s += fmt.Sprintf("; %d tag pattern(s)", len(t.TagPatterns))
+		}
+		if t.CancelPrevious {
+			s += "; cancel_previous_builds"
+		}
+		h("%s", s)
+	}
+	for _, k := range w.Ignored {
+		r.Unsupported = append(r.Unsupported, Unsupported{Key: k, Why: WhyIgnored(k)})
+	}
+	return r
+}
+
+func describeWhenRule(w *When) string {
+	var parts []string
+	if w.Changeset != nil {
+		parts = append(parts, "if files changed since the last successful build ("+w.Changeset.Describe()+")")
+	}
+	if w.Condition != nil {
+		parts = append(parts, fmt.Sprintf("if %s", w.Condition.String()))
+	}
+	return strings.Join(parts, " and ")
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func formatDuration(d time.Duration) string {
+	if d%time.Minute == 0 {
+		return fmt.Sprintf("%d minutes", int(d/time.Minute))
+	}
+	return d.String()
+}
+
+var scriptKey = regexp.MustCompile(`^scripts\[\d+\]\.`)
+
+// toolVersions are environment keys naming tool versions.
+var toolVersions = []string{"flutter", "xcode", "cocoapods", "node", "npm", "java", "ruby", "ndk", "gradle", "python", "go", "dotnet"}
+
+// WhyIgnored says why Hangar does not act on the key at path (a Workflow
+// Ignored entry).
+func WhyIgnored(path string) string {
+	if scriptKey.MatchString(path) {
+		switch path[strings.Index(path, ".")+1:] {
+		case "test_report":
+			return "test reports are not read yet: the step runs, its report is not shown"
+		}
+		return "not a step key Hangar knows; the step runs without it"
+	}
+	if env, ok := strings.CutPrefix(path, "environment."); ok {
+		switch {
+		case env == "groups":
+			return "variable groups are not available yet: their variables are unset in the build"
+		case env == "android_signing" || env == "ios_signing":
+			return "code signing is not set up by Hangar yet: no keystore or certificate is installed"
+		case slices.Contains(toolVersions, env):
+			return "tool versions are not installed: the build machine has the versions its image has"
+		}
+		return "not an environment key Hangar knows"
+	}
+	switch path {
+	case "artifacts":
+		return "artifacts are not collected yet: files the build makes go away with its machine"
+	case "publishing":
+		return "publishing (email, Slack, stores, publishing.scripts) is not run yet"
+	case "cache":
+		return "nothing is cached between builds yet: every build starts clean"
+	case "integrations":
+		return "integrations (App Store Connect, ...) are not available"
+	case "labels":
+		return "labels are not shown on builds yet"
+	case "pre_clone_scripts":
+		return "pre_clone_scripts are not run"
+	case "triggering.events.pull_request_labeled":
+		return "labeling a pull request does not start builds; opening or updating it does"
+	}
+	return "not a key Hangar knows; ignored"
+}
