@@ -53,6 +53,23 @@ func TestDist(t *testing.T) {
 			t.Errorf("index.html loads %s, which is not in dist: %v", m[1], err)
 		}
 	}
+	// Every script and stylesheet in dist is the one index.html loads (or
+	// one that loads it: the terminal's chunk): a bundle left over from an
+	// earlier build (a merge of two rebuilt bundles) means dist is not what
+	// web/src builds; run web/build.sh.
+	loaded := string(index)
+	for _, m := range refs {
+		if data, err := fs.ReadFile(web.Dist(), strings.TrimPrefix(string(m[1]), "/")); err == nil {
+			loaded += string(data)
+		}
+	}
+	assets, _ := fs.Glob(web.Dist(), "assets/*")
+	for _, a := range assets {
+		name := strings.TrimPrefix(a, "assets/")
+		if (strings.HasSuffix(name, ".js") || strings.HasSuffix(name, ".css")) && !strings.Contains(loaded, name) {
+			t.Errorf("dist has %s, which nothing loads: a stale bundle (run web/build.sh)", a)
+		}
+	}
 	if regexp.MustCompile(`(?:src|href)="(?:https?:)?//`).Match(index) {
 		t.Errorf("index.html loads something from another host:\n%s", index)
 	}
