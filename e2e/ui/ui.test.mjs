@@ -201,6 +201,10 @@ try {
   }
   console.log(`one-liner printed ${r.stdout.trim()}`);
 
+  step('more time from the SSH panel');
+  await page.getByRole('button', { name: '+10 min' }).click();
+  await waitEvents(buildId, 'ssh_extended', 1);
+
   step('the browser terminal');
   await page.getByRole('button', { name: 'Open terminal' }).click();
   await page.locator('[data-terminal-state="open"]').waitFor({ timeout: 60_000 });
@@ -249,6 +253,17 @@ try {
   await page.getByTestId('ssh-closed').waitFor();
   await shot(page, 'finished');
 
+  step('rerun it with SSH from its page');
+  await page.getByRole('button', { name: 'Rerun with SSH' }).click();
+  await page.waitForURL((u) => /\/builds\/\d+$/.test(u.pathname) && Number(u.pathname.split('/').pop()) !== buildId);
+  const rerunId = Number(new URL(page.url()).pathname.split('/').pop());
+  await page.getByTestId('reruns').getByRole('link', { name: `build ${buildId}` }).waitFor();
+  const cancel = await fetch(`${base}/api/v1/builds/${rerunId}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
+  if (!cancel.ok) throw new Error(`cancel the rerun: ${cancel.status}`);
+  await page.locator('.page-head [data-status="canceled"]').waitFor({ timeout: 60_000 });
+  await page.goto(`${base}/builds/${buildId}`);
+  await page.getByTestId('reruns').getByRole('link', { name: `build ${rerunId}` }).waitFor();
+
   step('the builds list shows it');
   await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Builds' }).click();
   await page.locator(`tr[data-build="${buildId}"] [data-status="finished"]`).waitFor();
@@ -278,4 +293,4 @@ if (pageErrors.length) {
   failed ??= new Error('errors in the page');
 }
 if (failed) fail(failed.stack || String(failed));
-console.log('PASS: the web UI signs in, adds an app, starts an SSH build, connects with ssh and the browser terminal, moves the shell between them, and finishes it');
+console.log('PASS: the web UI signs in, adds an app, starts an SSH build, extends it, connects with ssh and the browser terminal, moves the shell between them, finishes it and reruns it with SSH');
