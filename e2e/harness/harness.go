@@ -61,10 +61,10 @@ func Binary(t testing.TB) string {
 
 // Server is a running `hangar server`.
 type Server struct {
-	t      testing.TB
-	URL    string
-	Data   string
-	Token  string
+	t     testing.TB
+	URL   string
+	Data  string
+	Token string
 	// CAFile, if set, is the CA of the server's HTTPS certificate: the
 	// harness's clients trust it, and the CLI gets SSL_CERT_FILE.
 	CAFile string

@@ -24,19 +24,7 @@ import (
 // a running one by its runner, which the server asks through the store.
 func TestCancelBuild(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if err := st.CreateApp(ctx, &store.App{Name: "demo", Repo: "/r"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.AddToken(ctx, HashToken("secret"), store.Token{Name: "admin", Admin: true}); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(New(Config{Store: st, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
-	defer srv.Close()
+	st, srv := apiServer(t, "admin")
 	newBuild := func() *build.Build {
 		b := &build.Build{App: "demo", Workflow: "w", WorkflowName: "W", Branch: "main", Commit: "c",
 			Status: build.Queued, Trigger: build.Manual, MaxDuration: 60, Steps: build.NewSteps(nil)}
@@ -193,19 +181,7 @@ func TestBreakpoints(t *testing.T) {
 // workflow and spec (without breakpoints), linked both ways.
 func TestRerunBuild(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if err := st.CreateApp(ctx, &store.App{Name: "demo", Repo: "/r"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.AddToken(ctx, HashToken("secret"), store.Token{Name: "ann", Admin: true}); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(New(Config{Store: st, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
-	defer srv.Close()
+	st, srv := apiServer(t, "ann")
 	c := api.New(srv.URL, "secret", nil)
 	spec := build.Spec{Repo: "/r", Vars: []string{"A=1"}, Scripts: []build.SpecScript{{Name: "Test", File: "01-test.sh", Script: "exit 3"}}, BreakBefore: []int{1}}
 	data, _ := json.Marshal(spec)
@@ -251,4 +227,25 @@ func TestRerunBuild(t *testing.T) {
 			t.Errorf("rerun %d %+v: %v, want %d %q", tc.id, tc.req, err, tc.code, tc.msg)
 		}
 	}
+}
+
+// apiServer is an API server on a new store with app "demo" and an admin
+// token named tokenName whose secret is "secret".
+func apiServer(t *testing.T, tokenName string) (*store.Store, *httptest.Server) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if err := st.CreateApp(ctx, &store.App{Name: "demo", Repo: "/r"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AddToken(ctx, HashToken("secret"), store.Token{Name: tokenName, Admin: true}); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(Config{Store: st, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	t.Cleanup(srv.Close)
+	return st, srv
 }
