@@ -100,6 +100,8 @@ func buildStartCmd(cf *clientFlags) *cobra.Command {
 				fmt.Printf("Follow it with: hangar build logs %d --follow\n", b.ID)
 				if b.SSH.Enabled {
 					fmt.Printf("SSH into it:    hangar ssh %d%s\n", b.ID, oneLinerNote(b))
+				} else if b.SSH.Mode == build.SSHOnFailure {
+					fmt.Printf("SSH on failure: if a step fails, hangar ssh %d gets you in\n", b.ID)
 				}
 				return nil
 			}
@@ -457,14 +459,29 @@ func statusLine(b *build.Build, now time.Time) string {
 	return st
 }
 
+// onFailureLine says where a build with SSH on failure stands while no
+// step has failed: no credential exists.
+func onFailureLine(b *build.Build) string {
+	if b.Status.Done() {
+		return "on failure: not opened (no step failed), no credential was ever made"
+	}
+	return "on failure: opens only if a step fails; no credential exists until then"
+}
+
 // printSSH prints an SSH build's access: its state, until when and why,
 // who is connected, how to connect.
 func printSSH(w io.Writer, b *build.Build, now time.Time) {
-	if !b.SSH.Enabled {
+	a := b.SSH
+	if !a.Enabled {
+		if a.Mode == build.SSHOnFailure {
+			fmt.Fprintf(w, "SSH:      %s\n", onFailureLine(b))
+		}
 		return
 	}
-	a := b.SSH
 	line := string(a.State)
+	if a.Mode == build.SSHOnFailure {
+		line = "on failure, a step failed: " + line
+	}
 	switch {
 	case a.State == build.SSHClosed && a.ClosedReason != "":
 		line += ": " + a.ClosedReason

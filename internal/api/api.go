@@ -21,6 +21,10 @@ type Error struct {
 	Status int `json:"-"`
 	// Message says what was wrong and what to do; it is meant for users.
 	Message string `json:"error"`
+	// Field, when set, is the request's field the error is about
+	// ("workflow", "branch", "inputs", "ssh_break_before"), for forms that
+	// point at it and word it their own way.
+	Field string `json:"field,omitempty"`
 }
 
 func (e *Error) Error() string { return e.Message }
@@ -51,6 +55,16 @@ type Workflows struct {
 	Commit    string     `json:"commit"`
 	File      string     `json:"file"`
 	Workflows []Workflow `json:"workflows"`
+}
+
+// Branches is the answer of GET /api/v1/apps/{name}/branches: the
+// repository's branches as the server's mirror has them, the default branch
+// first, then the most recently committed to.
+type Branches struct {
+	Default  string   `json:"default"`
+	Branches []string `json:"branches"`
+	// Truncated: the repository has more branches than the answer lists.
+	Truncated bool `json:"truncated,omitempty"`
 }
 
 // Workflow is one workflow of a Workflows answer.

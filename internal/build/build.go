@@ -102,10 +102,23 @@ const (
 	SSHClosed    SSHState = "closed"    // access has ended for good
 )
 
+// SSHMode is the SSH access a build was started with.
+type SSHMode string
+
+// SSH modes.
+const (
+	SSHAlways    SSHMode = "always"     // SSH from the start
+	SSHOnFailure SSHMode = "on-failure" // SSH only if a step fails
+)
+
 // SSH is the SSH access of a build, as the API shows it.
 type SSH struct {
-	Enabled bool     `json:"enabled"`
-	State   SSHState `json:"state,omitempty"`
+	Enabled bool `json:"enabled"`
+	// Mode is what was asked for when the build was started: SSHAlways,
+	// SSHOnFailure (Enabled turns true only once a step fails; until then
+	// no credential exists), or empty for a build without SSH.
+	Mode  SSHMode  `json:"mode,omitempty"`
+	State SSHState `json:"state,omitempty"`
 	// Command is the one-line command that connects (a signed URL piped to
 	// bash); PowerShell the same for Windows. Both only while access is open.
 	Command    string `json:"command,omitempty"`

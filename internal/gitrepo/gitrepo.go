@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -165,6 +166,24 @@ func DefaultBranch(ctx context.Context, mirror string) (string, error) {
 		return "", errors.New("the repository has no default branch")
 	}
 	return strings.TrimSpace(out), nil
+}
+
+// Branches returns the mirror's branches, most recently committed to
+// first, at most max of them (max <= 0: all).
+func Branches(ctx context.Context, mirror string, max int) ([]string, error) {
+	args := []string{"for-each-ref", "--sort=-committerdate", "--format=%(refname)"}
+	if max > 0 {
+		args = append(args, "--count="+strconv.Itoa(max))
+	}
+	out, err := git(ctx, mirror, append(args, "refs/heads/")...)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, ref := range strings.Fields(out) {
+		names = append(names, strings.TrimPrefix(ref, "refs/heads/"))
+	}
+	return names, nil
 }
 
 // ReadFile returns the first of names that exists at commit, with its name.

@@ -83,7 +83,7 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 	}
 	commit, err := gitrepo.Resolve(r.Context(), mirror, branch)
 	if err != nil {
-		writeError(w, http.StatusUnprocessableEntity, fmt.Sprintf("app %s has no branch %q", app.Name, branch))
+		writeFieldError(w, http.StatusUnprocessableEntity, "branch", fmt.Sprintf("app %s has no branch %q", app.Name, branch))
 		return
 	}
 	starter := ""
@@ -94,7 +94,7 @@ func (s *Server) startBuild(w http.ResponseWriter, r *http.Request) {
 		trigger: build.Manual, starter: starter, ssh: req.SSH, sshOnFailure: req.SSHOnFailure, inputs: req.Inputs, breaks: req.SSHBreakBefore})
 	var ue *userError
 	if errors.As(err, &ue) {
-		writeError(w, ue.code, ue.msg)
+		writeFieldError(w, ue.code, fieldOf(err), ue.msg)
 		return
 	}
 	if err != nil {
@@ -228,7 +228,7 @@ func breakpoints(wf *workflow.Workflow, steps []string) ([]int, error) {
 			for i, sc := range wf.Scripts {
 				names = append(names, fmt.Sprintf("%d %q", i+1, sc.Name))
 			}
-			return nil, &userError{http.StatusBadRequest, fmt.Sprintf("no step %q to pause before in workflow %s: its steps are %s (give a number or a name)", arg, wf.ID, strings.Join(names, ", "))}
+			return nil, onField("ssh_break_before", &userError{http.StatusBadRequest, fmt.Sprintf("no step %q to pause before in workflow %s: its steps are %s (give a number or a name)", arg, wf.ID, strings.Join(names, ", "))})
 		}
 		if !slices.Contains(out, n) {
 			out = append(out, n)
@@ -352,7 +352,9 @@ func (s *Server) rerunBuild(w http.ResponseWriter, r *http.Request) {
 		Steps: build.NewSteps(spec.Scripts), RerunOf: &b.ID,
 	}
 	if req.SSH {
-		nb.SSH = build.SSH{Enabled: true, State: build.SSHPending}
+		nb.SSH = build.SSH{Enabled: true, State: build.SSHPending, Mode: build.SSHAlways}
+	} else if spec.SSHOnFailure {
+		nb.SSH.Mode = build.SSHOnFailure
 	}
 	if err := s.cfg.Store.CreateBuild(r.Context(), nb, data); err != nil {
 		if errors.Is(err, store.ErrNotFound) {

@@ -137,6 +137,7 @@ func (s *Server) routes() []route {
 		{"GET /api/v1/builds/{id}/terminal/ws", http.HandlerFunc(s.terminalWS)},
 		{"GET /api/v1/info", s.auth(s.info)},
 		{"GET /api/v1/apps/{name}/workflows", s.auth(s.appWorkflows)},
+		{"GET /api/v1/apps/{name}/branches", s.auth(s.appBranches)},
 		{"GET /api/v1/apps/{name}/deliveries", s.auth(s.appDeliveries)},
 		{"POST /api/v1/tokens", s.auth(s.createToken)},
 	}

@@ -67,9 +67,9 @@ func (s *Server) createBuild(ctx context.Context, app *store.App, mirror, branch
 		for i, w := range f.Workflows {
 			ids[i] = w.ID
 		}
-		return nil, &userError{http.StatusBadRequest, fmt.Sprintf("%s defines several workflows (%s): pick one with --workflow (API: \"workflow\")", name, strings.Join(ids, ", "))}
+		return nil, onField("workflow", &userError{http.StatusBadRequest, fmt.Sprintf("%s defines several workflows (%s): pick one with --workflow (API: \"workflow\")", name, strings.Join(ids, ", "))})
 	} else if wf, err = f.Workflow(wfID); err != nil {
-		return nil, &userError{http.StatusBadRequest, err.Error()}
+		return nil, onField("workflow", &userError{http.StatusBadRequest, err.Error()})
 	}
 	b, err = s.queue(ctx, b, app, mirror, wf, st)
 	var skip *skippedError
@@ -86,7 +86,9 @@ func newBuild(app *store.App, branch, commit, wfID string, st *start) *build.Bui
 	}
 	// Only manually triggered builds may have SSH access.
 	if st.ssh && st.trigger == build.Manual {
-		b.SSH = build.SSH{Enabled: true, State: build.SSHPending}
+		b.SSH = build.SSH{Enabled: true, State: build.SSHPending, Mode: build.SSHAlways}
+	} else if st.sshOnFailure && st.trigger == build.Manual {
+		b.SSH.Mode = build.SSHOnFailure
 	}
 	return b
 }
@@ -124,7 +126,7 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 	values, err := wf.InputValues(st.inputs)
 	if err != nil {
 		if st.trigger == build.Manual {
-			return nil, &userError{http.StatusBadRequest, err.Error()}
+			return nil, onField("inputs", &userError{http.StatusBadRequest, err.Error()})
 		}
 		return s.failAtOnce(ctx, b, err.Error())
 	}

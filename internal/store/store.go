@@ -334,11 +334,12 @@ func (s *Store) CreateBuild(ctx context.Context, b *build.Build, spec []byte) er
 		_, _ = rand.Read(nonce)
 	}
 	err = tx.QueryRowContext(ctx, `INSERT INTO builds (app_id, number, workflow, workflow_name, branch, commit_sha, status, trigger,
-		started_by, message, max_duration, spec, steps, created_at, started_at, finished_at, ssh_enabled, ssh_state, rerun_of, ssh_url_nonce)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) RETURNING id`,
+		started_by, message, max_duration, spec, steps, created_at, started_at, finished_at, ssh_enabled, ssh_state, rerun_of, ssh_url_nonce,
+		ssh_on_failure)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) RETURNING id`,
 		appID, b.Number, b.Workflow, b.WorkflowName, b.Branch, b.Commit, b.Status, b.Trigger,
 		b.StartedBy, b.Message, b.MaxDuration, string(spec), string(steps), ms(b.CreatedAt), nullMS(b.StartedAt), nullMS(b.FinishedAt),
-		b.SSH.Enabled, b.SSH.State, b.RerunOf, nonce).Scan(&b.ID)
+		b.SSH.Enabled, b.SSH.State, b.RerunOf, nonce, b.SSH.Mode == build.SSHOnFailure).Scan(&b.ID)
 	if err != nil {
 		return fmt.Errorf("create build: %w", err)
 	}
@@ -351,16 +352,19 @@ func (s *Store) CreateBuild(ctx context.Context, b *build.Build, spec []byte) er
 
 const buildCols = `b.id, a.name, b.number, b.workflow, b.workflow_name, b.branch, b.commit_sha, b.status, b.trigger,
 	b.started_by, b.message, b.max_duration, b.steps, b.created_at, b.started_at, b.finished_at,
-	b.ssh_enabled, b.ssh_state, b.ssh_expires_at, b.ssh_expires_because, b.ssh_closed_reason, b.ssh_connections, b.ssh_sessions, b.rerun_of`
+	b.ssh_enabled, b.ssh_state, b.ssh_expires_at, b.ssh_expires_because, b.ssh_closed_reason, b.ssh_connections, b.ssh_sessions, b.rerun_of,
+	b.ssh_on_failure`
 
 func scanBuild(row interface{ Scan(...any) error }) (*build.Build, error) {
 	var b build.Build
 	var steps, sessions string
 	var created int64
 	var started, finished, sshExpires, rerunOf sql.NullInt64
+	var onFailure bool
 	err := row.Scan(&b.ID, &b.App, &b.Number, &b.Workflow, &b.WorkflowName, &b.Branch, &b.Commit, &b.Status, &b.Trigger,
 		&b.StartedBy, &b.Message, &b.MaxDuration, &steps, &created, &started, &finished,
-		&b.SSH.Enabled, &b.SSH.State, &sshExpires, &b.SSH.ExpiresBecause, &b.SSH.ClosedReason, &b.SSH.Connections, &sessions, &rerunOf)
+		&b.SSH.Enabled, &b.SSH.State, &sshExpires, &b.SSH.ExpiresBecause, &b.SSH.ClosedReason, &b.SSH.Connections, &sessions, &rerunOf,
+		&onFailure)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -380,6 +384,12 @@ func scanBuild(row interface{ Scan(...any) error }) (*build.Build, error) {
 	b.StartedAt, b.FinishedAt, b.SSH.ExpiresAt = fromMS(started), fromMS(finished), fromMS(sshExpires)
 	if rerunOf.Valid {
 		b.RerunOf = &rerunOf.Int64
+	}
+	switch {
+	case onFailure:
+		b.SSH.Mode = build.SSHOnFailure
+	case b.SSH.Enabled:
+		b.SSH.Mode = build.SSHAlways
 	}
 	return &b, nil
 }
