@@ -33,6 +33,8 @@ export interface SSHSession {
 
 export interface BuildSSH {
   enabled: boolean;
+  /** what the build was started with: SSH from the start, or only if a step fails (enabled turns true then) */
+  mode?: 'always' | 'on-failure';
   state?: SSHState;
   command?: string;
   powershell?: string;
@@ -100,6 +102,26 @@ export interface Workflow {
   check?: WorkflowCheck;
 }
 
+export interface Branches {
+  /** the repository's default branch ('' when it has none yet) */
+  default: string;
+  /** the default branch first, then the most recently committed to */
+  branches: string[];
+  truncated?: boolean;
+}
+
+/** StartRequest is the body of POST /api/v1/builds. */
+export interface StartRequest {
+  app: string;
+  workflow?: string;
+  branch?: string;
+  ssh?: boolean;
+  ssh_on_failure?: boolean;
+  /** scripts to pause before: numbers (1 for the first) or names */
+  ssh_break_before?: string[];
+  inputs?: Record<string, InputValue>;
+}
+
 export interface Workflows {
   branch: string;
   commit: string;
@@ -163,11 +185,15 @@ window.addEventListener('storage', (e) => {
 
 // ---- requests ----------------------------------------------------------
 
-/** ApiError is an error answer of the API, with its message for people. */
+/**
+ * ApiError is an error answer of the API, with its message for people and,
+ * for an error about one field of the request, that field's name.
+ */
 export class ApiError extends Error {
   constructor(
     public status: number,
     message: string,
+    public field?: string,
   ) {
     super(message);
   }
@@ -182,9 +208,11 @@ function headers(extra?: Record<string, string>): Record<string, string> {
 
 async function failure(res: Response): Promise<ApiError> {
   let msg = `${res.status} ${res.statusText}`;
+  let field: string | undefined;
   try {
     const body = await res.json();
     if (body && typeof body.error === 'string') msg = body.error;
+    if (body && typeof body.field === 'string') field = body.field;
   } catch {
     /* not JSON */
   }
@@ -192,7 +220,7 @@ async function failure(res: Response): Promise<ApiError> {
     // The token was refused: back to sign-in.
     setToken(null);
   }
-  return new ApiError(res.status, msg);
+  return new ApiError(res.status, msg, field);
 }
 
 async function request(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<Response> {
@@ -240,8 +268,8 @@ export const api = {
   builds: (app?: string, limit = 50, signal?: AbortSignal) =>
     getJSON<Build[]>(`/api/v1/builds?limit=${limit}${app ? '&app=' + enc(app) : ''}`, signal),
   build: (id: number, signal?: AbortSignal) => getJSON<Build>(`/api/v1/builds/${id}`, signal),
-  startBuild: (b: { app: string; workflow?: string; branch?: string; ssh: boolean; inputs?: Record<string, InputValue> }) =>
-    send<Build>('POST', '/api/v1/builds', b) as Promise<Build>,
+  branches: (app: string, signal?: AbortSignal) => getJSON<Branches>(`/api/v1/apps/${enc(app)}/branches`, signal),
+  startBuild: (b: StartRequest) => send<Build>('POST', '/api/v1/builds', b) as Promise<Build>,
   cancel: (id: number) => send<Build>('POST', `/api/v1/builds/${id}/cancel`),
   resume: (id: number) => send<Build>('POST', `/api/v1/builds/${id}/continue`),
   rerun: (id: number, ssh: boolean) => send<Build>('POST', `/api/v1/builds/${id}/rerun`, { ssh }) as Promise<Build>,

@@ -205,6 +205,12 @@ export function BuildPage({ id }: { id: number }) {
             </time>
           </dd>
         </div>
+        {build.ssh?.mode ? (
+          <div>
+            <dt>SSH</dt>
+            <dd data-testid="ssh-mode">{sshModeText(build)}</dd>
+          </div>
+        ) : null}
         <div>
           <dt>Duration</dt>
           <dd class="num" data-testid="build-duration">
@@ -221,6 +227,13 @@ export function BuildPage({ id }: { id: number }) {
       <CancelDialog open={canceling} onClose={closeCancel} build={build} />
     </>
   );
+}
+
+/** sshModeText says what SSH access the build was started with. */
+function sshModeText(b: Build): string {
+  if (b.ssh.mode !== 'on-failure') return 'Always';
+  if (b.ssh.enabled) return 'A step failed: opened';
+  return ended(b.status) ? 'Only if a step fails: not opened, no key was made' : 'Only if a step fails (no key until then)';
 }
 
 /** The step the log shows when the user has not picked one. */

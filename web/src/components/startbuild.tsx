@@ -1,8 +1,10 @@
-// The "Start new build" dialog: app, branch, workflow and "Enable SSH access".
+// The "Start new build" dialog: app, branch (from the repository's
+// branches, or typed), workflow, its inputs, and SSH access: always or only
+// if a step fails, with breakpoints. What it shows is what it sends.
 
 import { useEffect, useState } from 'preact/hooks';
 import { api, ApiError } from '../api';
-import type { App, InputValue, WorkflowInput, Workflows } from '../api';
+import type { App, Branches, InputValue, StartRequest, WorkflowInput, Workflows } from '../api';
 import { useInfo } from '../data';
 import { duration } from '../format';
 import { navigate } from '../router';
@@ -16,20 +18,35 @@ export function StartBuildDialog({ open, onClose, app, workflow }: { open: boole
   );
 }
 
+type SSHMode = 'always' | 'on-failure';
+
+/** The workflows read for one app and branch ('' for the default branch). */
+interface WorkflowsFor {
+  key: string;
+  wfs: Workflows | null;
+  error: string | null;
+}
+
+const keyOf = (app: string, branch: string) => `${app}\n${branch.trim()}`;
+
 function StartBuildForm({ app: fixedApp, workflow: wantWorkflow, onCancel }: { app?: string; workflow?: string; onCancel: () => void }) {
   const info = useInfo();
   const [apps, setApps] = useState<App[] | null>(null);
   const [app, setApp] = useState(fixedApp ?? '');
   const [branch, setBranch] = useState('');
-  const [wfs, setWfs] = useState<Workflows | null>(null);
-  const [wfError, setWfError] = useState<string | null>(null);
-  const [wfLoading, setWfLoading] = useState(false);
-  const [workflow, setWorkflow] = useState(wantWorkflow ?? '');
-  const [ssh, setSSH] = useState(false);
+  const [branches, setBranches] = useState<Branches | null>(null);
+  const [read, setRead] = useState<WorkflowsFor | null>(null);
+  // The workflow the user picked (or the caller asked for); what the
+  // dialog shows and sends is derived from it and the list (selected).
+  const [picked, setPicked] = useState(wantWorkflow ?? '');
+  const [sshOn, setSSHOn] = useState(false);
+  const [sshMode, setSSHMode] = useState<SSHMode>('always');
+  // Breakpoints by workflow id: script numbers, 1 for the first.
+  const [breaks, setBreaks] = useState<Record<string, number[]>>({});
   // Input values by workflow id and input id, as the form holds them.
   const [values, setValues] = useState<Record<string, Record<string, InputValue>>>({});
   const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<string | null>(null);
+  const [error, setError] = useState<Problem | null>(null);
 
   useEffect(() => {
     if (fixedApp) return;
@@ -38,28 +55,34 @@ function StartBuildForm({ app: fixedApp, workflow: wantWorkflow, onCancel }: { a
         setApps(a);
         if (!app && a.length) setApp(a[0].name);
       },
-      (e) => setError(e.message),
+      (e) => setError({ msg: inUIWords(e.message) }),
     );
   }, []);
+
+  // The repository's branches, for the branch field's suggestions.
+  useEffect(() => {
+    if (!app) return;
+    const ctl = new AbortController();
+    setBranches(null);
+    api.branches(app, ctl.signal).then(setBranches, (e) => {
+      if ((e as Error).name !== 'AbortError') setBranches({ default: '', branches: [] });
+    });
+    return () => ctl.abort();
+  }, [app]);
 
   // The workflows of the branch (the default branch when none is given),
   // read again a moment after the branch is edited.
   useEffect(() => {
     if (!app) return;
+    const key = keyOf(app, branch);
     const ctl = new AbortController();
     const t = setTimeout(async () => {
-      setWfLoading(true);
       try {
         const w = await api.workflows(app, branch.trim() || undefined, ctl.signal);
-        setWfs(w);
-        setWfError(null);
-        setWorkflow((cur) => (w.workflows.some((x) => x.id === cur) ? cur : (w.workflows[0]?.id ?? '')));
+        setRead({ key, wfs: w, error: null });
       } catch (e) {
         if ((e as Error).name === 'AbortError') return;
-        setWfs(null);
-        setWfError(e instanceof ApiError ? e.message : String(e));
-      } finally {
-        if (!ctl.signal.aborted) setWfLoading(false);
+        setRead({ key, wfs: null, error: e instanceof ApiError ? inUIWords(e.message) : String(e) });
       }
     }, branch ? 400 : 0);
     return () => {
@@ -68,26 +91,54 @@ function StartBuildForm({ app: fixedApp, workflow: wantWorkflow, onCancel }: { a
     };
   }, [app, branch]);
 
+  // One state: what the fields show is what submit sends.
+  const fresh = read != null && read.key === keyOf(app, branch);
+  // The list of another app is not shown while this one's is read.
+  const wfs = read && read.key.startsWith(app + '\n') ? read.wfs : null;
+  const wfError = read && read.key.startsWith(app + '\n') ? read.error : null;
+  const list = wfs?.workflows ?? [];
+  const selected = list.some((w) => w.id === picked) ? picked : (list[0]?.id ?? picked);
+  const chosen = list.find((w) => w.id === selected);
   const sshOff = info != null && !info.ssh.enabled;
-  const chosen = wfs?.workflows.find((w) => w.id === workflow);
+  const ssh = sshOn && !sshOff;
+  const stepNames = chosen?.scripts ?? [];
+  const breakpoints = ssh && sshMode === 'always' && chosen ? (breaks[chosen.id] ?? []).filter((n) => n <= stepNames.length).sort((a, b) => a - b) : [];
+  const loading = !!app && !fresh;
+
+  const request = (): StartRequest => ({
+    app,
+    workflow: selected || undefined,
+    branch: branch.trim() || undefined,
+    ssh: ssh && sshMode === 'always',
+    ssh_on_failure: ssh && sshMode === 'on-failure' ? true : undefined,
+    ssh_break_before: breakpoints.length ? breakpoints.map(String) : undefined,
+    inputs: chosen?.inputs?.length ? inputValues(chosen.inputs, values[chosen.id] ?? {}) : undefined,
+  });
 
   const submit = async (e: Event) => {
     e.preventDefault();
+    if (loading) return;
     setBusy(true);
     setError(null);
+    const req = request();
     try {
-      const inputs = chosen?.inputs?.length ? inputValues(chosen.inputs, values[chosen.id] ?? {}) : undefined;
-      const b = await api.startBuild({ app, workflow: workflow || undefined, branch: branch.trim() || undefined, ssh: ssh && !sshOff, inputs });
+      const b = await api.startBuild(req);
       navigate(`/builds/${b.id}`);
     } catch (err) {
-      setError(err instanceof ApiError ? err.message : String(err));
+      const p = err instanceof ApiError ? problem(err, req, { file: wfs?.file, defaultBranch: branches?.default || wfs?.branch }) : { msg: String(err) };
+      setError(p);
       setBusy(false);
+      if (p.field) document.getElementById(fieldIDs[p.field] ?? '')?.focus();
     }
   };
 
+  const invalid = (f: string) => (error?.field === f ? true : undefined);
+  const suggestions = branches?.branches ?? [];
+  const unknownBranch = branch.trim() !== '' && branches != null && !branches.truncated && suggestions.length > 0 && !suggestions.includes(branch.trim());
+
   return (
     <form onSubmit={submit} class="form" aria-busy={busy}>
-      {error ? <Alert>{error}</Alert> : null}
+      {error ? <Alert>{error.msg}</Alert> : null}
       {fixedApp ? null : (
         <div class="field">
           <label for="sb-app">App</label>
@@ -110,32 +161,50 @@ function StartBuildForm({ app: fixedApp, workflow: wantWorkflow, onCancel }: { a
         <label for="sb-branch">Branch</label>
         <input
           id="sb-branch"
+          list="sb-branches"
           value={branch}
           onInput={(e) => setBranch(e.currentTarget.value)}
-          placeholder={wfs && !branch ? wfs.branch : 'the default branch'}
+          placeholder={branches?.default || (wfs && !branch ? wfs.branch : 'the default branch')}
           autocomplete="off"
           spellcheck={false}
           aria-describedby="sb-branch-hint"
+          aria-invalid={invalid('branch')}
         />
+        <datalist id="sb-branches" data-testid="branch-list">
+          {suggestions.map((b, i) => (
+            <option value={b} key={b}>
+              {i === 0 && b === branches?.default ? 'default branch' : ''}
+            </option>
+          ))}
+        </datalist>
         <p class="hint" id="sb-branch-hint">
-          {wfs ? (
+          {unknownBranch ? (
+            <span class="warn-text">The repository has no branch “{branch.trim()}” (as of its last fetch).</span>
+          ) : wfs && fresh ? (
             <>
               Workflows from <span class="mono">{wfs.file}</span> at <span class="mono">{wfs.commit.slice(0, 8)}</span> on {wfs.branch}.
             </>
           ) : (
-            'Leave empty for the repository’s default branch.'
+            `Pick one of the repository’s ${suggestions.length > 1 ? `${suggestions.length} branches` : 'branches'} or type a name; leave it empty for the default branch.`
           )}
         </p>
       </div>
       <div class="field">
         <label for="sb-workflow">Workflow</label>
-        {!wfError && (!wfs || wfLoading) && !(wfs && wfs.workflows.length) ? (
+        {!wfs && !wfError ? (
           <select id="sb-workflow" disabled aria-describedby="sb-wf-hint">
             <option>Reading the workflow file…</option>
           </select>
-        ) : wfs && wfs.workflows.length ? (
-          <select id="sb-workflow" value={workflow} onChange={(e) => setWorkflow(e.currentTarget.value)} required aria-describedby="sb-wf-hint">
-            {wfs.workflows.map((w) => (
+        ) : list.length ? (
+          <select
+            id="sb-workflow"
+            value={selected}
+            onChange={(e) => setPicked(e.currentTarget.value)}
+            required
+            aria-describedby="sb-wf-hint"
+            aria-invalid={invalid('workflow')}
+          >
+            {list.map((w) => (
               <option value={w.id} key={w.id}>
                 {w.name && w.name !== w.id ? `${w.name} (${w.id})` : w.id}
               </option>
@@ -144,28 +213,29 @@ function StartBuildForm({ app: fixedApp, workflow: wantWorkflow, onCancel }: { a
         ) : (
           <input
             id="sb-workflow"
-            value={workflow}
-            onInput={(e) => setWorkflow(e.currentTarget.value)}
-            placeholder={wfLoading ? 'Reading the workflow file…' : 'workflow id'}
+            value={picked}
+            onInput={(e) => setPicked(e.currentTarget.value)}
+            placeholder="workflow id"
             autocomplete="off"
             spellcheck={false}
             aria-describedby="sb-wf-hint"
+            aria-invalid={invalid('workflow')}
           />
         )}
         <p class="hint" id="sb-wf-hint" aria-live="polite">
-          {wfError ? (
+          {loading ? (
+            'Reading the workflow file…'
+          ) : wfError ? (
             <span class="error-text">{wfError}</span>
           ) : chosen ? (
             `${chosen.scripts.length} ${chosen.scripts.length === 1 ? 'step' : 'steps'}, at most ${duration(chosen.max_build_duration_seconds * 1000)}.`
-          ) : wfLoading ? (
-            'Reading the workflow file…'
           ) : (
             ''
           )}
         </p>
       </div>
       {chosen?.inputs?.length ? (
-        <fieldset class="inputs">
+        <fieldset class="inputs" id="sb-inputs" tabIndex={-1} aria-invalid={invalid('inputs')}>
           <legend>Inputs</legend>
           {chosen.inputs.map((inp) => (
             <InputField
@@ -178,31 +248,136 @@ function StartBuildForm({ app: fixedApp, workflow: wantWorkflow, onCancel }: { a
         </fieldset>
       ) : null}
       <div class={`field check${sshOff ? ' disabled' : ''}`}>
-        <input type="checkbox" id="sb-ssh" checked={ssh && !sshOff} disabled={sshOff} onChange={(e) => setSSH(e.currentTarget.checked)} aria-describedby="sb-ssh-hint" />
+        <input type="checkbox" id="sb-ssh" checked={ssh} disabled={sshOff} onChange={(e) => setSSHOn(e.currentTarget.checked)} aria-describedby="sb-ssh-hint" />
         <div>
           <label for="sb-ssh">Enable SSH access</label>
           <p class="hint" id="sb-ssh-hint">
             {sshOff ? (
-              <>Not available: {info!.ssh.reason || 'SSH access is turned off on this server.'}</>
+              <>Not available: {inUIWords(info!.ssh.reason || 'SSH access is turned off on this server.')}</>
             ) : (
               <>
-                Open a shell on the build’s machine as soon as it is up, from your terminal, VS Code or this page. The machine stays a while after the
-                steps; logging out finishes the build.
+                Open a shell on the build’s machine from your terminal, VS Code or this page. The machine stays a while after the steps; logging out
+                finishes the build.
               </>
             )}
           </p>
+          {ssh ? (
+            <fieldset class="ssh-mode">
+              <legend class="sr-only">When SSH access opens</legend>
+              <label class="radio">
+                <input type="radio" name="sb-ssh-mode" value="always" checked={sshMode === 'always'} onChange={() => setSSHMode('always')} />
+                <span>
+                  Always <span class="hint">— as soon as the machine is up</span>
+                </span>
+              </label>
+              <label class="radio">
+                <input type="radio" name="sb-ssh-mode" value="on-failure" checked={sshMode === 'on-failure'} onChange={() => setSSHMode('on-failure')} />
+                <span>
+                  Only if a step fails <span class="hint">— a passing build finishes at once, and no key is ever made for it</span>
+                </span>
+              </label>
+            </fieldset>
+          ) : null}
         </div>
       </div>
+      {ssh && sshMode === 'always' && chosen && stepNames.length ? (
+        <fieldset class="inputs breaks" id="sb-breaks" tabIndex={-1} aria-describedby="sb-breaks-hint" aria-invalid={invalid('breaks')}>
+          <legend>Pause before (breakpoints)</legend>
+          {stepNames.map((name, i) => {
+            const n = i + 1;
+            const on = breakpoints.includes(n);
+            return (
+              <label class="radio" key={`${chosen.id}/${n}`}>
+                <input
+                  type="checkbox"
+                  name="sb-break"
+                  value={String(n)}
+                  checked={on}
+                  onChange={(e) => {
+                    const want = e.currentTarget.checked;
+                    setBreaks((cur) => {
+                      const rest = (cur[chosen.id] ?? []).filter((x) => x !== n);
+                      return { ...cur, [chosen.id]: want ? [...rest, n] : rest };
+                    });
+                  }}
+                />
+                <span>
+                  <span class="num muted">{n}.</span> {name}
+                </span>
+              </label>
+            );
+          })}
+          <p class="hint" id="sb-breaks-hint">
+            The build stops before each ticked step with SSH open, until you press Continue on its page or run <code>hangar-steps continue</code> in the
+            machine. Paused time counts towards the workflow’s maximum duration.
+          </p>
+        </fieldset>
+      ) : null}
       <div class="actions">
         <button type="button" class="btn" onClick={onCancel}>
           Cancel
         </button>
-        <button type="submit" class="btn btn-primary" disabled={busy || !app}>
+        <button type="submit" class="btn btn-primary" disabled={busy || !app || loading}>
           {busy ? 'Starting…' : 'Start build'}
         </button>
       </div>
     </form>
   );
+}
+
+/** Problem is an error as the dialog shows it, and the field it is about. */
+interface Problem {
+  msg: string;
+  field?: 'branch' | 'workflow' | 'inputs' | 'breaks';
+}
+
+const fieldIDs: Record<string, string> = { branch: 'sb-branch', workflow: 'sb-workflow', inputs: 'sb-inputs', breaks: 'sb-breaks' };
+
+/**
+ * problem words an error of the start request for the dialog: the API
+ * names the field an error is about, and the dialog says it with its own
+ * labels (the API's messages speak of command-line flags).
+ */
+function problem(err: ApiError, req: StartRequest, ctx: { file?: string; defaultBranch?: string }): Problem {
+  const file = ctx.file ?? 'The workflow file';
+  switch (err.field) {
+    case 'branch':
+      return {
+        field: 'branch',
+        msg: `The repository has no branch “${req.branch ?? ''}”. Pick one from the list${ctx.defaultBranch ? `, or leave Branch empty for ${ctx.defaultBranch}` : ''}.`,
+      };
+    case 'workflow':
+      return {
+        field: 'workflow',
+        msg: req.workflow ? `${file} has no workflow “${req.workflow}” on this branch: choose one from the list.` : `Choose a workflow: ${file} defines several.`,
+      };
+    case 'inputs':
+      return { field: 'inputs', msg: inUIWords(err.message) };
+    case 'ssh_break_before':
+      return { field: 'breaks', msg: 'A breakpoint names a step this workflow does not have: tick the steps to pause before again.' };
+  }
+  return { msg: inUIWords(err.message) };
+}
+
+/**
+ * inUIWords takes the command-line advice out of an API message: flags
+ * (--workflow), commands (`hangar app list`) and the API's own field names
+ * in parentheses.
+ */
+export function inUIWords(msg: string): string {
+  let m = msg
+    .replace(/ask an admin for a token with --app (\S+)/, 'ask an admin for a token that covers app $1')
+    .replace(/ask an admin for a token without --no-ssh/, 'ask an admin for a token with SSH access')
+    .replace(/\s*\([^()]*(?:--|`|API:)[^()]*\)/g, '')
+    .replace(/[:;,]?\s*see `[^`]*`/g, '');
+  // What is left of a flag or a command ends the message at the clause
+  // before it.
+  for (let i = m.search(/--[a-z]|`/); i >= 0; i = m.search(/--[a-z]|`/)) {
+    const cut = Math.max(m.lastIndexOf(': ', i), m.lastIndexOf('; ', i));
+    m = cut > 0 ? m.slice(0, cut) : m.slice(0, i).trimEnd();
+  }
+  m = m.trim();
+  return m && !/[.!?]$/.test(m) ? m + '.' : m;
 }
 
 // inputValues is what the form sends: the values entered, and the
