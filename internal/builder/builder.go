@@ -56,6 +56,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	r, err := newRun(cfg, job, c)
 	if err == nil {
+		r.banner = newBanner(job, hello.Name)
 		r.steps, err = newStepBook(r, hello.Name)
 	}
 	if err != nil {
@@ -73,6 +74,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	go r.commands(ctx, c, hello, access)
 	failed, reason := r.all(ctx)
+	r.banner.done()
 	if err := c.Send(link.Event{Type: link.Done, Failed: failed, Error: reason}); err != nil {
 		return err
 	}
@@ -85,6 +87,8 @@ type run struct {
 	job   *link.Job
 	log   *slog.Logger
 	steps *stepBook // ~/.hangar/steps.json and breakpoints; nil in tests
+	// banner is an SSH login's first words; nil in tests.
+	banner *banner
 	send  func(link.Event) error
 	out   *outbox // steps' output, on its way to the runner
 	home  string

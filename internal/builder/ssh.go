@@ -40,6 +40,9 @@ func (r *run) startSSH(ctx context.Context, hello *link.Hello, js *link.JobSSH) 
 	if err != nil {
 		return nil, fmt.Errorf("builder: user key: %w", err)
 	}
+	if r.banner != nil {
+		r.banner.setExpiry(js.ExpiresAt, js.ExpiresBecause)
+	}
 	a := &sshAccess{}
 	checker := &sshca.Checker{CA: ca, Principal: js.Alias, Key: userKey}
 	cfg := &ssh.ServerConfig{
@@ -74,6 +77,7 @@ func (r *run) startSSH(ctx context.Context, hello *link.Hello, js *link.JobSSH) 
 		},
 		Dir:         func() string { return r.dir },
 		SFTPCommand: []string{"/proc/self/exe", "builder-sftp"},
+		Banner:      r.loginBanner,
 		Events: func(ev sshd.Event) {
 			_ = r.send(link.Event{Type: link.SSH, Kind: ev.Kind, Text: ev.Detail, Conn: ev.Conn, Time: ev.Time})
 		},
@@ -97,6 +101,18 @@ func (r *run) startSSH(ctx context.Context, hello *link.Hello, js *link.JobSSH) 
 	}
 	go t.Run(tctx)
 	return a, nil
+}
+
+// loginBanner is the banner of a new login shell (sshd.Server.Banner).
+func (r *run) loginBanner() string {
+	if r.banner == nil {
+		return ""
+	}
+	var p *paused
+	if r.steps != nil {
+		p = r.steps.pausedAt()
+	}
+	return r.banner.text(time.Now(), p)
 }
 
 // revoke closes every session with msg and admits no one again.
@@ -129,6 +145,12 @@ func (r *run) commands(ctx context.Context, c *link.Client, hello *link.Hello, a
 				continue
 			}
 			late = a
+			continue
+		}
+		if cmd.Type == link.SSHExpiry {
+			if r.banner != nil {
+				r.banner.setExpiry(cmd.ExpiresAt, cmd.Text)
+			}
 			continue
 		}
 		if cmd.Type == link.Continue {

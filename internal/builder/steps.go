@@ -213,6 +213,16 @@ func (sb *stepBook) pause(ctx context.Context, i int, paused func()) (string, er
 	}
 }
 
+// pausedAt returns the pause the build is in, or nil.
+func (sb *stepBook) pausedAt() *paused {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	if sb.paused < 0 {
+		return nil
+	}
+	return &paused{Step: sb.paused, Name: sb.state.Steps[sb.paused].Name}
+}
+
 // cont resumes a paused build; who is for the log. It says what happened.
 func (sb *stepBook) cont(who string) (string, error) {
 	sb.mu.Lock()

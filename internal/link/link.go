@@ -80,6 +80,17 @@ type Job struct {
 	// builder pauses before: it sends Paused, waits for Continue (or
 	// `hangar-steps continue` in the machine), then sends Resumed.
 	BreakBefore []int `json:"break_before,omitempty"`
+	// Build names the build for people in the machine (the SSH login
+	// banner); nil from runners that predate it.
+	Build *JobBuild `json:"build,omitempty"`
+}
+
+// JobBuild is how people call the build: for the SSH login banner.
+type JobBuild struct {
+	ID           int64  `json:"id"`
+	Name         string `json:"name"` // "myapp #2"
+	Workflow     string `json:"workflow"`
+	WorkflowName string `json:"workflow_name,omitempty"`
 }
 
 // JobSSH configures an SSH build's access. The builder opens a second
@@ -91,6 +102,11 @@ type JobSSH struct {
 	Alias   string `json:"alias"`
 	UserCA  string `json:"user_ca"`  // authorized_keys format
 	UserKey string `json:"user_key"` // authorized_keys format
+	// ExpiresAt is when access ends at the latest as the job is sent, and
+	// ExpiresBecause which rule sets it (build.SSH's fields); SSHExpiry
+	// commands bring later changes. For the login banner.
+	ExpiresAt      *time.Time `json:"expires_at,omitempty"`
+	ExpiresBecause string     `json:"expires_because,omitempty"`
 }
 
 // Command types sent by the runner after the Job.
@@ -108,6 +124,10 @@ const (
 	// step failed), as Job.SSH does at the start: SSH says whom to admit;
 	// the host key came in Hello.SSHHostKey.
 	SSHOpen = "ssh_open"
+	// SSHExpiry tells the builder that the end of access has moved (the
+	// steps completed, an extension): ExpiresAt, Text the rule. For the
+	// login banner; the runner enforces the end itself.
+	SSHExpiry = "ssh_expiry"
 )
 
 // SSHRevoked is the Kind of the SSH event that answers SSHClose.
@@ -115,9 +135,10 @@ const SSHRevoked = "revoked"
 
 // Command is a message from the runner after the Job.
 type Command struct {
-	Type string  `json:"type"`
-	Text string  `json:"text,omitempty"`
-	SSH  *JobSSH `json:"ssh,omitempty"` // SSHOpen
+	Type      string     `json:"type"`
+	Text      string     `json:"text,omitempty"`
+	SSH       *JobSSH    `json:"ssh,omitempty"`        // SSHOpen
+	ExpiresAt *time.Time `json:"expires_at,omitempty"` // SSHExpiry
 }
 
 // Step is one step of a Job.

@@ -55,6 +55,12 @@ type sshAccess struct {
 	finished  bool // the rules ended the build
 	closeSent bool // an SSHClose went to the builder...
 	revoked   bool // ...and the builder confirmed it
+
+	// told: the builder has the job's (or SSHOpen's) JobSSH, and the end
+	// of access it was last told: toldAt (zero: none), toldWhy.
+	told    bool
+	toldAt  time.Time
+	toldWhy string
 }
 
 // GatewayEvent takes the gateway's events and routes them to their build.
@@ -131,6 +137,7 @@ func (j *job) openOnFailure() error {
 		return err
 	}
 	j.save()
+	j.withExpiry(j.jobSSH)
 	if err := j.conn.Send(link.Command{Type: link.SSHOpen, SSH: j.jobSSH}); err != nil {
 		return fmt.Errorf("the builder is unreachable: %w", err)
 	}
@@ -168,12 +175,47 @@ func (j *job) rules(ev access.Event) {
 		case access.Save:
 			j.b.SSH = s.rules.State()
 			j.save()
+			j.tellExpiry()
 		case access.Wake:
 			j.armWake(e.At)
 		case access.Finish:
 			s.finished = true
 		}
 	}
+}
+
+// withExpiry puts the end of access as it stands into js, about to be sent
+// to the builder, which from then on is told when it moves (tellExpiry).
+func (j *job) withExpiry(js *link.JobSSH) {
+	s := j.ssh
+	if js == nil || s == nil {
+		return
+	}
+	st := s.rules.State()
+	js.ExpiresAt, js.ExpiresBecause = st.ExpiresAt, st.ExpiresBecause
+	s.told, s.toldWhy, s.toldAt = true, st.ExpiresBecause, time.Time{}
+	if st.ExpiresAt != nil {
+		s.toldAt = *st.ExpiresAt
+	}
+}
+
+// tellExpiry tells the builder, once it has its JobSSH, that the end of
+// access has moved (for its login banner).
+func (j *job) tellExpiry() {
+	s := j.ssh
+	if !s.told || j.conn == nil || s.rules.Closed() {
+		return
+	}
+	st := s.rules.State()
+	var at time.Time
+	if st.ExpiresAt != nil {
+		at = *st.ExpiresAt
+	}
+	if at.Equal(s.toldAt) && st.ExpiresBecause == s.toldWhy {
+		return
+	}
+	s.toldAt, s.toldWhy = at, st.ExpiresBecause
+	_ = j.conn.Send(link.Command{Type: link.SSHExpiry, ExpiresAt: st.ExpiresAt, Text: st.ExpiresBecause})
 }
 
 // armWake replaces the pending wake-up with one at at (zero: none).

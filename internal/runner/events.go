@@ -75,8 +75,10 @@ func (j *job) steps() *outcome {
 	env := append(stdEnv(b, origin), spec.Env...)
 	// One byte past the cap, so that the log book sees the cap crossed
 	// and says so when the steps' output alone reaches it.
+	j.withExpiry(j.jobSSH)
 	if err := j.conn.SendJob(&link.Job{Repo: j.repo, Origin: origin, Branch: b.Branch, Commit: b.Commit, Env: env, Vars: spec.Vars,
-		Event: spec.Event, Inputs: spec.Inputs, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes + 1, BreakBefore: spec.BreakBefore}); err != nil {
+		Event: spec.Event, Inputs: spec.Inputs, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes + 1, BreakBefore: spec.BreakBefore,
+		Build: &link.JobBuild{ID: b.ID, Name: b.Name(), Workflow: b.Workflow, WorkflowName: b.WorkflowName}}); err != nil {
 		return failed("lost the link to the builder")
 	}
 	j.flush = time.NewTicker(flushInterval)

@@ -61,6 +61,12 @@ type Server struct {
 	// ServeSFTP), e.g. {"/proc/self/exe", "builder-sftp"}. It runs like any
 	// session command, as Credential. Empty: the sftp subsystem is refused.
 	SFTPCommand []string
+	// Banner, when set, returns the text a new login shell's terminal shows
+	// before the shell's own output, as sshd shows /etc/motd (lines end with
+	// "\n"; empty: nothing). It is called once per new login shell, not
+	// when a client re-attaches to one (its screen is restored instead),
+	// nor for commands, scp or sftp.
+	Banner func() string
 	// Events, when set, is called for connection, channel and login events.
 	// It is called synchronously from connection goroutines: it must not
 	// block for long.

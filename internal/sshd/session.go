@@ -392,6 +392,13 @@ func (s *session) start(kind, arg string) (func(), error) {
 		srv.logins.Add(1)
 		srv.emit(s.c.id, EventLoginStart, sh.describe())
 		return func() {
+			if srv.Banner != nil {
+				// Before the shell's output: that waits in the pty until
+				// run copies it.
+				if text := srv.Banner(); text != "" {
+					sh.notice([]byte(strings.ReplaceAll(strings.TrimRight(text, "\n"), "\n", "\r\n") + "\r\n"))
+				}
+			}
 			sh.input(s)
 			go sh.run(cmd)
 		}, nil
