@@ -87,18 +87,19 @@ type run struct {
 	job   *link.Job
 	log   *slog.Logger
 	steps *stepBook // ~/.hangar/steps.json and breakpoints; nil in tests
+	send  func(link.Event) error
+	out   *outbox // steps' output, on its way to the runner
+	home  string
+	dir   string // the clone: $FCI_BUILD_DIR
+	cred  *syscall.Credential
+	uid   int
+	gid   int
+	env   []string // base environment of every step, CM_ENV exports merged in
+	cmEnv string   // path of the CM_ENV file
+	event any      // the job's event, for the steps' conditions
+
 	// banner is an SSH login's first words; nil in tests.
 	banner *banner
-	send   func(link.Event) error
-	out    *outbox // steps' output, on its way to the runner
-	home   string
-	dir    string // the clone: $FCI_BUILD_DIR
-	cred   *syscall.Credential
-	uid    int
-	gid    int
-	env    []string // base environment of every step, CM_ENV exports merged in
-	cmEnv  string   // path of the CM_ENV file
-	event  any      // the job's event, for the steps' conditions
 }
 
 func newRun(cfg Config, job *link.Job, c *link.Client) (*run, error) {
