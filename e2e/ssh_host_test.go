@@ -49,6 +49,12 @@ func newHostSSHFixture(t *testing.T) *sshFixture {
 
 // newHostSSHFixtureAfter is newHostSSHFixture with --ssh-after-steps after.
 func newHostSSHFixtureAfter(t *testing.T, after string) *sshFixture {
+	return newHostSSHFixtureWith(t, after, hostSSHWorkflows)
+}
+
+// newHostSSHFixtureWith is newHostSSHFixtureAfter with the app's
+// codemagic.yaml.
+func newHostSSHFixtureWith(t *testing.T, after, workflows string) *sshFixture {
 	for _, bin := range []string{"ssh", "bash"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Skipf("needs %s", bin)
@@ -58,7 +64,7 @@ func newHostSSHFixtureAfter(t *testing.T, after string) *sshFixture {
 		"--ssh", "127.0.0.1:0", "--ssh-after-steps", after, "--ssh-handshake-timeout", "5s",
 	}})
 	f := &fixture{t: t, s: s, run: marker(), driver: "host"}
-	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": hostSSHWorkflows})
+	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": workflows})
 	if r := s.Hangar("app", "add", "demo", "--repo", f.repo.Path); r.Code != 0 {
 		t.Fatalf("app add: %s", r.Stderr)
 	}

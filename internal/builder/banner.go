@@ -90,13 +90,14 @@ func (b *banner) text(now time.Time, p *paused) string {
 		ends += ", or when the build ends"
 	}
 	lines = append(lines, ends+"; the machine is then destroyed, with everything on it.")
-	if stepsDone {
+	switch {
+	case p != nil:
+		lines = append(lines, fmt.Sprintf("The build is PAUSED before step %d (%s), a breakpoint: `hangar-steps continue` resumes it (or Continue on the build's page).", p.Step, p.Name),
+			"Logging out of the last shell ends SSH access.")
+	case stepsDone:
 		lines = append(lines, "The steps are done: logging out of the last shell finishes the build.")
-	} else {
-		lines = append(lines, "The steps are running; once they are done the machine waits for you a while. Logging out of the last shell ends SSH access.")
-	}
-	if p != nil {
-		lines = append(lines, fmt.Sprintf("The build is PAUSED before step %d (%s), a breakpoint: `hangar-steps continue` resumes it (or Continue on the build's page).", p.Step, p.Name))
+	default:
+		lines = append(lines, "The steps are running; the machine waits for you a while after them. Logging out of the last shell ends SSH access.")
 	}
 	lines = append(lines, "`hangar-steps` lists the steps; `hangar-steps run N` reruns step N as the build ran it; `hangar-steps env N` prints its environment.")
 	if b.build != nil {
@@ -125,12 +126,25 @@ func in(d time.Duration) string {
 	return fmt.Sprintf("in %d h %d min", int(d.Hours()), int(d.Minutes())%60)
 }
 
-// wrap breaks s into lines of at most width columns (a longer word gets a
-// line of its own), each ended by "\n".
+// wrap breaks s into lines of at most width columns, each ended by "\n".
+// A `command` is not broken; a longer word or command gets a line of its
+// own.
 func wrap(s string, width int) string {
+	var words []string
+	open := false
+	for _, w := range strings.Fields(s) {
+		if open {
+			words[len(words)-1] += " " + w
+		} else {
+			words = append(words, w)
+		}
+		if strings.Count(w, "`")%2 == 1 {
+			open = !open
+		}
+	}
 	var out strings.Builder
 	n := 0
-	for _, w := range strings.Fields(s) {
+	for _, w := range words {
 		if n > 0 && n+1+len(w) > width {
 			out.WriteString("\n")
 			n = 0

@@ -46,9 +46,14 @@ func TestBannerText(t *testing.T) {
 	if strings.Contains(done, "PAUSED") || strings.Contains(done, "at the latest") {
 		t.Errorf("banner of a build whose steps are done:\n%s", text)
 	}
-	for _, l := range strings.Split(text, "\n") {
-		if len(l) > 78 {
-			t.Errorf("line longer than 78 columns: %q", l)
+	for _, text := range []string{text, b.text(now, &paused{Step: 2, Name: "Run tests"})} {
+		for _, l := range strings.Split(text, "\n") {
+			if len(l) > 78 {
+				t.Errorf("line longer than 78 columns: %q", l)
+			}
+			if strings.Count(l, "`")%2 != 0 {
+				t.Errorf("a command broken across lines: %q", l)
+			}
 		}
 	}
 
