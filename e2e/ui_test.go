@@ -16,9 +16,26 @@ import (
 )
 
 // uiWorkflows is the repository the UI test adds as an app: a build whose
-// steps end at once and whose SSH window then holds it.
+// steps end at once and whose SSH window then holds it (hold); demo comes
+// first, as the workflow a Start dialog shows before any choice; paused
+// has a step to set a breakpoint before. Branch feature/late has one
+// workflow more (uiFeatureWorkflow).
 const uiWorkflows = `
 workflows:
+  demo:
+    name: Demo
+    max_build_duration: 10
+    scripts:
+      - name: Say demo
+        script: echo demo-ran
+  paused:
+    name: Breakpoints
+    max_build_duration: 10
+    scripts:
+      - name: Before
+        script: echo before-ran
+      - name: After the breakpoint
+        script: echo after-ran
   hold:
     name: Hold for SSH
     max_build_duration: 10
@@ -29,12 +46,25 @@ workflows:
           for i in $(seq 1 50); do echo "line $i"; done
 `
 
+// uiFeatureWorkflow is the workflow only branch feature/late has.
+const uiFeatureWorkflow = `
+  feature-only:
+    name: Feature only
+    max_build_duration: 10
+    scripts:
+      - echo feature-ran
+`
+
 // TestUI drives the web UI in Debian's Chromium (e2e/ui/ui.test.mjs, with
 // playwright-core): sign in, add an app, start a build with SSH access,
 // run the page's one-line command with the real ssh client, use the browser
 // terminal, detach it and continue its shell from a terminal (the one-line
 // command on a pty), re-attach in the browser, log out with its close button
-// and see the build finish; the page must contact no other host. Screenshots of each stage go to $HANGAR_UI_SCREENSHOTS, or
+// and see the build finish; then the Start dialog: a workflow list that
+// arrives late (held back by the test) and the request that carries the
+// workflow shown, SSH on failure, the branch picker and an error in the
+// UI's words, and a breakpoint resumed with the Continue button; the page
+// must contact no other host. Screenshots of each stage go to $HANGAR_UI_SCREENSHOTS, or
 // to the test's temporary directory.
 func TestUI(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -71,6 +101,7 @@ func TestUI(t *testing.T) {
 		t.Fatalf("GET /builds/1: %d, not the UI's index.html:\n%s", resp.StatusCode, body)
 	}
 	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": uiWorkflows})
+	repo.Commit("feature/late", map[string]string{"codemagic.yaml": uiWorkflows + uiFeatureWorkflow})
 
 	shots := os.Getenv("HANGAR_UI_SCREENSHOTS")
 	if shots == "" {

@@ -3,7 +3,9 @@
 // a build with SSH access, see the SSH panel, run the page's one-line command with the real ssh
 // client, open the browser terminal, run a command in it, detach it and continue in the same
 // shell from a terminal (the one-line command on a pty), re-attach in the browser, log out with
-// the terminal's close button and see the build finish. It
+// the terminal's close button and see the build finish; then the Start dialog: a workflow list held
+// back until the dialog has opened (the request must carry the workflow shown), SSH only if a step
+// fails, the branch picker, an error in the UI's words, and a breakpoint resumed with Continue. It
 // saves a screenshot of each stage in $SCREENSHOT_DIR and fails if the page contacts any host
 // but the server.
 //
@@ -264,6 +266,122 @@ try {
   await page.goto(`${base}/builds/${buildId}`);
   await page.getByTestId('reruns').getByRole('link', { name: `build ${rerunId}` }).waitFor();
 
+  step('the Start dialog: a workflow list that arrives late, and the request carries the workflow shown');
+  await page.goto(`${base}/apps/${appName}`);
+  await page.getByRole('heading', { name: appName, level: 1 }).waitFor();
+  // Hold back the workflow list until the dialog is open and has asked.
+  let release;
+  const gate = new Promise((r) => (release = r));
+  const isWorkflows = (u) => u.pathname === `/api/v1/apps/${appName}/workflows`;
+  await page.route(isWorkflows, async (route) => {
+    await gate;
+    await route.continue();
+  });
+  const asked = page.waitForRequest((r) => isWorkflows(new URL(r.url())));
+  await page.getByRole('button', { name: 'Start new build' }).click();
+  const dlg = page.getByRole('dialog', { name: 'Start new build' });
+  await dlg.waitFor();
+  await asked;
+  const wfSelect = dlg.locator('#sb-workflow');
+  const startButton = dlg.getByRole('button', { name: 'Start build' });
+  if (!(await wfSelect.isDisabled()) || !(await startButton.isDisabled())) {
+    throw new Error('while the workflow list is on its way, the workflow field or Start build is usable');
+  }
+  await shot(page, 'start-waiting-for-workflows');
+  release();
+  await dlg.locator('select#sb-workflow:not([disabled])').waitFor();
+  await page.unroute(isWorkflows);
+  const shown = await wfSelect.evaluate((s) => ({ value: s.value, label: s.selectedOptions[0]?.textContent }));
+  if (shown.label !== 'Demo (demo)' || shown.value !== 'demo') throw new Error(`the dialog shows ${JSON.stringify(shown)}, want Demo (demo) first`);
+  await dlg.getByLabel('Enable SSH access').check();
+  await dlg.getByLabel('Only if a step fails').check();
+  await shot(page, 'start-on-failure');
+  const isStart = (r) => r.method() === 'POST' && new URL(r.url()).pathname === '/api/v1/builds';
+  let [sent] = await Promise.all([page.waitForRequest(isStart), startButton.click()]);
+  let body = sent.postDataJSON();
+  if (body.workflow !== shown.value || body.ssh_on_failure !== true || body.ssh || body.ssh_break_before) {
+    throw new Error(`the dialog showed ${shown.label} with SSH only if a step fails, and sent ${JSON.stringify(body)}`);
+  }
+  await page.waitForURL(/\/builds\/\d+$/);
+  const demoId = Number(new URL(page.url()).pathname.split('/').pop());
+  await page.getByTestId('ssh-mode').getByText('Only if a step fails').waitFor();
+  await page.locator('.page-head [data-status="finished"]').waitFor({ timeout: 90_000 });
+  await page.getByTestId('ssh-mode').getByText('not opened, no key was made').waitFor();
+  const demo = await (await fetch(`${base}/api/v1/builds/${demoId}`, { headers: { Authorization: `Bearer ${token}` } })).json();
+  if (demo.workflow !== 'demo' || demo.ssh.mode !== 'on-failure' || demo.ssh.enabled) throw new Error(`the demo build: ${JSON.stringify(demo)}`);
+  await shot(page, 'on-failure-passed');
+
+  step('the branch picker: the repository\'s branches, default first, and a typed one');
+  await page.goto(`${base}/apps/${appName}`);
+  await page.getByRole('button', { name: 'Start new build' }).click();
+  await dlg.waitFor();
+  await dlg.locator('#sb-branches option[value="feature/late"]').waitFor({ state: 'attached' });
+  const branches = await dlg.locator('#sb-branches option').evaluateAll((os) => os.map((o) => o.value));
+  if (branches[0] !== 'main' || !branches.includes('feature/late')) throw new Error(`branch suggestions ${JSON.stringify(branches)}, want main first`);
+  if ((await dlg.getByLabel('Branch').getAttribute('placeholder')) !== 'main') throw new Error('the branch field does not show the default branch');
+  await dlg.getByLabel('Branch').fill('feature/late');
+  // That branch's workflow file has one workflow more.
+  await dlg.locator('#sb-workflow option[value="feature-only"]').waitFor({ state: 'attached' });
+  await dlg.getByLabel('Workflow').selectOption('feature-only');
+  await shot(page, 'start-branch');
+  [sent] = await Promise.all([page.waitForRequest(isStart), startButton.click()]);
+  body = sent.postDataJSON();
+  if (body.branch !== 'feature/late' || body.workflow !== 'feature-only' || body.ssh || body.ssh_on_failure) {
+    throw new Error(`the branch build sent ${JSON.stringify(body)}`);
+  }
+  await page.waitForURL(/\/builds\/\d+$/);
+  await page.locator('.page-head [data-status="finished"]').waitFor({ timeout: 90_000 });
+  await page.locator('.log').getByText('feature-ran', { exact: true }).first().waitFor();
+
+  step('a branch the repository lacks: the dialog says so in its own words');
+  await page.goto(`${base}/apps/${appName}`);
+  await page.getByRole('button', { name: 'Start new build' }).click();
+  await dlg.waitFor();
+  await dlg.locator('#sb-branches option[value="main"]').waitFor({ state: 'attached' });
+  await dlg.getByLabel('Branch').fill('no-such-branch');
+  await dlg.getByText('The repository has no branch “no-such-branch”').first().waitFor();
+  await dlg.locator('button[type="submit"]:not([disabled])').waitFor();
+  await startButton.click();
+  const alert = dlg.getByRole('alert');
+  await alert.waitFor();
+  const said = (await alert.textContent()) ?? '';
+  if (!said.includes('The repository has no branch “no-such-branch”') || /--|`|API/.test(said)) throw new Error(`the dialog's error: ${JSON.stringify(said)}`);
+  if ((await page.evaluate(() => document.activeElement?.id)) !== 'sb-branch') throw new Error('the branch field is not focused after its error');
+  if ((await dlg.getByLabel('Branch').getAttribute('aria-invalid')) !== 'true') throw new Error('the branch field is not marked invalid');
+  await shot(page, 'start-branch-error');
+  await dlg.getByRole('button', { name: 'Cancel' }).click();
+  await dlg.waitFor({ state: 'hidden' });
+
+  step('a breakpoint from the dialog, resumed with the Continue button');
+  await page.getByRole('button', { name: 'Start new build' }).click();
+  await dlg.waitFor();
+  await dlg.locator('#sb-workflow option[value="paused"]').waitFor({ state: 'attached' });
+  await dlg.getByLabel('Workflow').selectOption('paused');
+  await dlg.getByLabel('Enable SSH access').check();
+  await dlg.getByLabel('After the breakpoint').check();
+  await shot(page, 'start-breakpoint');
+  [sent] = await Promise.all([page.waitForRequest(isStart), startButton.click()]);
+  body = sent.postDataJSON();
+  if (body.workflow !== 'paused' || body.ssh !== true || JSON.stringify(body.ssh_break_before) !== '["2"]') {
+    throw new Error(`the breakpoint build sent ${JSON.stringify(body)}`);
+  }
+  await page.waitForURL(/\/builds\/\d+$/);
+  const pausedId = Number(new URL(page.url()).pathname.split('/').pop());
+  const notice = page.getByTestId('paused');
+  await notice.waitFor({ timeout: 90_000 });
+  if (!((await notice.textContent()) ?? '').includes('After the breakpoint')) throw new Error(`the pause notice: ${await notice.textContent()}`);
+  await page.getByTestId('ssh-mode').getByText('Always').waitFor();
+  await shot(page, 'paused');
+  await notice.getByRole('button', { name: 'Continue build' }).click();
+  await notice.waitFor({ state: 'hidden' });
+  await page.locator('.page-head [data-status="waiting_for_ssh"]').waitFor({ timeout: 60_000 });
+  const resumed = await (await fetch(`${base}/api/v1/builds/${pausedId}`, { headers: { Authorization: `Bearer ${token}` } })).json();
+  if (resumed.steps[3]?.name !== 'After the breakpoint' || resumed.steps[3].status !== 'success') throw new Error(`after Continue: ${JSON.stringify(resumed.steps)}`);
+  await shot(page, 'resumed');
+  const stop = await fetch(`${base}/api/v1/builds/${pausedId}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
+  if (!stop.ok) throw new Error(`cancel the paused build: ${stop.status}`);
+  await page.locator('.page-head [data-status="canceled"]').waitFor({ timeout: 60_000 });
+
   step('the builds list shows it');
   await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Builds' }).click();
   await page.locator(`tr[data-build="${buildId}"] [data-status="finished"]`).waitFor();
@@ -293,4 +411,4 @@ if (pageErrors.length) {
   failed ??= new Error('errors in the page');
 }
 if (failed) fail(failed.stack || String(failed));
-console.log('PASS: the web UI signs in, adds an app, starts an SSH build, extends it, connects with ssh and the browser terminal, moves the shell between them, finishes it and reruns it with SSH');
+console.log('PASS: the web UI signs in, adds an app, starts an SSH build, extends it, connects with ssh and the browser terminal, moves the shell between them, finishes it and reruns it with SSH; the Start dialog sends the workflow it shows when its list comes late, picks branches, words errors, and starts SSH on failure and a breakpoint that Continue resumes');
