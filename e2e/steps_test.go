@@ -106,20 +106,23 @@ func TestSSHOnFailure(t *testing.T) {
 	f := newSSHFixture(t, "hgstep1", "10.213.83.0/24", "10m")
 	pass := f.start("--workflow quick --ssh=on-failure")
 	got, _ := f.wait(pass.ID, 2*time.Minute)
-	if got.Status != build.Finished || got.SSH.Enabled {
+	if got.Status != build.Finished || got.SSH.Enabled || got.SSH.Mode != build.SSHOnFailure {
 		t.Errorf("a passing on-failure build: %s, ssh %+v", got.Status, got.SSH)
+	}
+	if r := f.hangar(fmt.Sprintf("build show %d", pass.ID)); !strings.Contains(r.Stdout, "SSH:      on failure: not opened (no step failed)") {
+		t.Errorf("build show of a passing on-failure build:\n%s%s", r.Stdout, r.Stderr)
 	}
 	if r := f.hangar(fmt.Sprintf("build ssh-script %d", pass.ID)); r.Code == 0 {
 		t.Errorf("a passing on-failure build has a script:\n%s", r.Stdout)
 	}
 	fail := f.start("--workflow debug --ssh=on-failure")
-	if fail.SSH.Enabled {
-		t.Errorf("SSH enabled before any failure: %+v", fail.SSH)
+	if fail.SSH.Enabled || fail.SSH.Mode != build.SSHOnFailure {
+		t.Errorf("before any failure: %+v, want SSH off and mode on-failure", fail.SSH)
 	}
 	f.waitSSH(fail.ID)
 	waitLog(t, f.fixture, fail.ID, "hangar: a step failed: SSH access opens for you to debug it")
-	if b := f.show(fail.ID); b.Status != build.WaitingForSSH || b.Steps[3].Status != build.StepFailed {
-		t.Errorf("after the failure: %s, step %s", b.Status, b.Steps[3].Status)
+	if b := f.show(fail.ID); b.Status != build.WaitingForSSH || b.Steps[3].Status != build.StepFailed || !b.SSH.Enabled || b.SSH.Mode != build.SSHOnFailure {
+		t.Errorf("after the failure: %s, step %s, ssh %+v", b.Status, b.Steps[3].Status, b.SSH)
 	}
 	if r := f.run("bash", f.script(fail.ID), "hangar-steps", "run", "2"); r.Code != 3 || r.Stdout != "var=from-step-one dir=sub\n" {
 		t.Errorf("hangar-steps run 2: %d %q %q", r.Code, r.Stdout, r.Stderr)

@@ -32,7 +32,11 @@ export function BuildsTable({ builds, showApp = true }: { builds: Build[]; showA
                 <a href={`/builds/${b.id}`}>
                   {showApp ? <span class="b-app">{b.app} </span> : null}#{b.number}
                 </a>
-                {b.ssh?.enabled ? (
+                {b.ssh?.mode === 'on-failure' ? (
+                  <span class="tag" title={b.ssh.enabled ? 'SSH only if a step fails: a step failed, SSH opened' : 'SSH only if a step fails'}>
+                    SSH on failure
+                  </span>
+                ) : b.ssh?.enabled ? (
                   <span class="tag" title="Started with SSH access">
                     SSH
                   </span>
