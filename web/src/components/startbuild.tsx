@@ -377,7 +377,9 @@ export function inUIWords(msg: string): string {
     m = cut > 0 ? m.slice(0, cut) : m.slice(0, i).trimEnd();
   }
   m = m.trim();
-  return m && !/[.!?]$/.test(m) ? m + '.' : m;
+  if (!m) return m;
+  m = m[0].toUpperCase() + m.slice(1);
+  return /[.!?]$/.test(m) ? m : m + '.';
 }
 
 // inputValues is what the form sends: the values entered, and the
