@@ -210,6 +210,12 @@ func TestRerunBuild(t *testing.T) {
 	if ob, _ := c.Build(ctx, failed.ID); len(ob.Reruns) != 1 || ob.Reruns[0] != nb.ID {
 		t.Errorf("the original does not link to its rerun: %v", ob.Reruns)
 	}
+	// A build with SSH on failure is rerun with it, and says so.
+	spec.SSHOnFailure = true
+	data, _ = json.Marshal(spec)
+	if of, err := c.RerunBuild(ctx, create(build.Failed, data).ID, api.RerunRequest{}); err != nil || of.SSH.Mode != build.SSHOnFailure || of.SSH.Enabled {
+		t.Errorf("rerun of an on-failure build: %+v, %v", of, err)
+	}
 	for _, tc := range []struct {
 		id   int64
 		req  api.RerunRequest
