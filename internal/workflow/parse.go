@@ -737,6 +737,10 @@ func validID(s string) bool {
 	return true
 }
 
+// ValidVarName reports whether s is a valid environment variable name:
+// letters, digits and '_', not starting with a digit.
+func ValidVarName(s string) bool { return validVarName(s) }
+
 func validVarName(s string) bool {
 	if s == "" || (s[0] >= '0' && s[0] <= '9') {
 		return false

@@ -403,7 +403,9 @@ func TestGroupsAndSigning(t *testing.T) {
 	if !slices.Equal(r.Groups, w.Groups) || !slices.Equal(r.Keystores, w.AndroidSigning) {
 		t.Errorf("report: groups %q, keystores %q", r.Groups, r.Keystores)
 	}
-	if !slices.ContainsFunc(r.Honoured, func(h string) bool { return strings.HasPrefix(h, "environment.groups: google_play, keystore_credentials") }) {
+	if !slices.ContainsFunc(r.Honoured, func(h string) bool {
+		return strings.HasPrefix(h, "environment.groups: google_play, keystore_credentials")
+	}) {
 		t.Errorf("honoured: %q", r.Honoured)
 	}
 	ios := mustWorkflow(t, f, "ios-release")
