@@ -75,8 +75,16 @@ func (j *job) steps() *outcome {
 	env := append(stdEnv(b, origin), spec.Env...)
 	// One byte past the cap, so that the log book sees the cap crossed
 	// and says so when the steps' output alone reaches it.
-	if err := j.conn.SendJob(&link.Job{Repo: j.repo, Origin: origin, Branch: b.Branch, Commit: b.Commit, Env: env, Vars: spec.Vars,
-		Event: spec.Event, Inputs: spec.Inputs, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes + 1, BreakBefore: spec.BreakBefore}); err != nil {
+	job := &link.Job{Repo: j.repo, Origin: origin, Branch: b.Branch, Commit: b.Commit, Env: env, Vars: spec.Vars,
+		Event: spec.Event, Inputs: spec.Inputs, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes + 1, BreakBefore: spec.BreakBefore}
+	if s := j.secrets; s != nil {
+		// Codemagic's order: built-in variables, the groups', then vars.
+		job.Env, job.Secure = append(job.Env, s.Env...), s.Secure
+		for _, k := range s.Keystores {
+			job.Keystores = append(job.Keystores, link.Keystore{Ref: k.Ref, File: k.File, Password: k.Password, Alias: k.Alias, KeyPassword: k.KeyPassword})
+		}
+	}
+	if err := j.conn.SendJob(job); err != nil {
 		return failed("lost the link to the builder")
 	}
 	j.flush = time.NewTicker(flushInterval)

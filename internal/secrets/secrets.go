@@ -36,6 +36,11 @@ type Store interface {
 	GroupValues(ctx context.Context, app, name string) (*store.Group, error)
 	PutKeystore(ctx context.Context, k *store.Keystore) error
 	Keystore(ctx context.Context, app, ref string) (*store.Keystore, error)
+	Groups(ctx context.Context, app string) ([]store.Group, error)
+	DeleteGroup(ctx context.Context, app, group string) error
+	DeleteGroupVar(ctx context.Context, app, group, key string) error
+	Keystores(ctx context.Context, app string) ([]store.Keystore, error)
+	DeleteKeystore(ctx context.Context, app, ref string) error
 }
 
 // Vault seals and opens groups and keystores.
@@ -234,4 +239,29 @@ func (v *Vault) Resolve(ctx context.Context, app string, groups, keystores []str
 		r.Secure = append(r.Secure, nk.Password, nk.KeyPassword)
 	}
 	return r, nil
+}
+
+// Groups lists app's groups ("": the global ones): names and keys only.
+func (v *Vault) Groups(ctx context.Context, app string) ([]store.Group, error) {
+	return v.Store.Groups(ctx, app)
+}
+
+// DeleteGroup deletes app's group ("": a global one).
+func (v *Vault) DeleteGroup(ctx context.Context, app, group string) error {
+	return v.Store.DeleteGroup(ctx, app, group)
+}
+
+// DeleteGroupVar deletes one variable of app's group.
+func (v *Vault) DeleteGroupVar(ctx context.Context, app, group, key string) error {
+	return v.Store.DeleteGroupVar(ctx, app, group, key)
+}
+
+// Keystores lists app's keystores, without their contents.
+func (v *Vault) Keystores(ctx context.Context, app string) ([]store.Keystore, error) {
+	return v.Store.Keystores(ctx, app)
+}
+
+// DeleteKeystore deletes app's keystore ref.
+func (v *Vault) DeleteKeystore(ctx context.Context, app, ref string) error {
+	return v.Store.DeleteKeystore(ctx, app, ref)
 }
