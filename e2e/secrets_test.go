@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -138,5 +139,52 @@ func TestSecrets(t *testing.T) {
 	}
 	if r := f.hangar("build start demo --workflow signed"); r.Code == 0 || !strings.Contains(r.Stderr, "hangar group set demo play") {
 		t.Errorf("start after delete: exit %d %q", r.Code, r.Stderr)
+	}
+}
+
+// TestUIGroups drives the app page's groups section in Debian's Chromium
+// (e2e/ui/groups.test.mjs): a value saved there is never shown again,
+// and a build echoing it shows ***** in its log.
+func TestUIGroups(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("needs node (make deps installs it)")
+	}
+	if _, err := os.Stat("/usr/bin/chromium"); err != nil {
+		t.Skip("needs Debian's chromium (make deps installs it)")
+	}
+	if _, err := os.Stat("ui/node_modules/playwright-core/package.json"); err != nil {
+		t.Skip("needs playwright-core: npm ci in e2e/ui (make test does it)")
+	}
+	s := harness.StartServer(t, harness.Options{Driver: "host"})
+	run := marker()
+	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": `workflows:
+  echo:
+    environment:
+      groups: [play]
+      vars:
+        E2E_RUN: "` + run + `"
+    scripts:
+      - name: Echo
+        script: echo "token=$PLAY_TOKEN"
+`})
+	if r := s.Hangar("app", "add", "ui-groups", "--repo", repo.Path); r.Code != 0 {
+		t.Fatalf("app add: %s", r.Stderr)
+	}
+	shots := os.Getenv("HANGAR_UI_SCREENSHOTS")
+	if shots == "" {
+		shots = filepath.Join(t.TempDir(), "screenshots")
+	}
+	secret := "ui-" + run + "-SECRET"
+	cmd := exec.Command(node, "groups.test.mjs")
+	cmd.Dir = "ui"
+	cmd.Env = append(os.Environ(), "HANGAR_URL="+s.URL, "HANGAR_TOKEN="+s.Token, "APP_NAME=ui-groups", "SECRET="+secret, "SCREENSHOT_DIR="+shots)
+	out, err := cmd.CombinedOutput()
+	t.Logf("node groups.test.mjs:\n%s", out)
+	if err != nil {
+		t.Fatalf("the UI groups test failed (%v); screenshots in %s", err, shots)
+	}
+	if strings.Contains(s.Log(), secret) {
+		t.Error("the server's log shows the value")
 	}
 }
