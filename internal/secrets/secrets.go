@@ -26,7 +26,7 @@ import (
 // Limits of what is kept.
 const (
 	MaxValueBytes    = 256 << 10 // one variable's value
-	MaxKeystoreBytes = 1 << 20   // one keystore file
+	MaxKeystoreBytes = 256 << 10 // one keystore file (real ones have a few KiB)
 	maxNameLen       = 100
 )
 
