@@ -3,6 +3,7 @@ package mask
 import (
 	"bytes"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -139,16 +140,22 @@ func FuzzStream(f *testing.F) {
 	})
 }
 
+// BenchmarkStream masks 64 KiB writes of build-log-like lines holding
+// some of the values, with 1 and with 20 values to hide.
 func BenchmarkStream(b *testing.B) {
-	var values []string
-	for i := range 20 {
-		values = append(values, strings.Repeat(string(rune('a'+i)), 12)+"-secret")
-	}
-	line := []byte("compiling module 42 of 1000: ok (0.12s) aaaa-bbbb cccccccccccc-secret\n")
-	chunk := bytes.Repeat(line, 64<<10/len(line))
-	m := NewSet(values).Stream()
-	b.SetBytes(int64(len(chunk)))
-	for b.Loop() {
-		m.Write(chunk)
+	for _, n := range []int{1, 20} {
+		b.Run(strconv.Itoa(n)+"-values", func(b *testing.B) {
+			var values []string
+			for i := range n {
+				values = append(values, strings.Repeat(string(rune('a'+i)), 12)+"-secret")
+			}
+			line := []byte("compiling module 42 of 1000: ok (0.12s) aaaa-bbbb aaaaaaaaaaaa-secret\n")
+			chunk := bytes.Repeat(line, 64<<10/len(line))
+			m := NewSet(values).Stream()
+			b.SetBytes(int64(len(chunk)))
+			for b.Loop() {
+				m.Write(chunk)
+			}
+		})
 	}
 }
