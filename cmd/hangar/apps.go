@@ -131,6 +131,6 @@ func appCmd(cf *clientFlags) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(add, list, show, del)
+	cmd.AddCommand(add, list, show, del, keystoreCmd(cf))
 	return cmd
 }

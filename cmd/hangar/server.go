@@ -78,6 +78,7 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.HTTP, "http", "127.0.0.1:8080", "address of the HTTP API")
 	f.StringVar(&cfg.Data, "data", "./hangar-data", "data directory (database, tokens, keys, repository mirrors)")
 	f.StringVar(&cfg.Database, "database", "", "PostgreSQL URL, e.g. postgres://hangar@db.example.com/hangar?sslmode=verify-full, password in PGPASSWORD or ~/.pgpass (default: SQLite in the data directory, <data>/hangar.db)")
+	f.StringVar(&cfg.SecretsKey, "secrets-key", "", "key that encrypts environment variable groups and keystores: a file (32 bytes, raw, base64 or hex, e.g. from `openssl rand -base64 32`) or env:NAME; every server of one --database needs the same (default: <data>/secrets.key, made on first use)")
 	f.StringVar(&cfg.Driver, "driver", "auto", "machine driver: sandbox (isolated, needs root and runc), host (no isolation), or auto")
 	f.IntVar(&cfg.MaxBuilds, "max-builds", 10, "builds that run at once")
 	f.Var(&egress, "sandbox-egress", "on: sandbox machines reach public IPv4 addresses (NAT; never the host, other machines, private, CGNAT or link-local networks); off: nothing outside")

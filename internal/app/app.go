@@ -34,6 +34,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/machine/host"
 	"github.com/hangar-ci/hangar/internal/machine/sandbox"
 	"github.com/hangar-ci/hangar/internal/runner"
+	"github.com/hangar-ci/hangar/internal/secrets"
 	"github.com/hangar-ci/hangar/internal/server"
 	"github.com/hangar-ci/hangar/internal/sshalgo"
 	"github.com/hangar-ci/hangar/internal/sshca"
@@ -88,6 +89,11 @@ type Config struct {
 	InstanceImages map[string]string
 	RegistryAuth   string
 	Logger         *slog.Logger
+
+	// SecretsKey names the key that seals environment variable groups and
+	// keystores: a file, or env:NAME; empty: Data's secrets.key, made on
+	// first use (secrets.LoadSealer). Servers of one database share it.
+	SecretsKey string
 }
 
 // InterruptedMessage starts the message of builds that a server left
@@ -175,6 +181,16 @@ func New(cfg Config) (a *App, err error) {
 	if err := ensureAdminToken(ctx, a.store, data); err != nil {
 		return nil, err
 	}
+	sealer, fingerprint, err := secrets.LoadSealer(cfg.SecretsKey, data)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Database != "" && cfg.SecretsKey == "" {
+		log.Warn("secrets key: this server seals environment variable groups and keystores with its data directory's own key; every server of this database must use the same key: copy it and give --secrets-key", "file", filepath.Join(data, secrets.KeyFile), "fingerprint", fingerprint)
+	} else {
+		log.Info("secrets key", "fingerprint", fingerprint)
+	}
+	vault := &secrets.Vault{Store: a.store, Sealer: sealer}
 	hostKey, err := sshca.LoadOrCreateKey(filepath.Join(data, "link_host_key"), "hangar link")
 	if err != nil {
 		return nil, err
@@ -201,7 +217,7 @@ func New(cfg Config) (a *App, err error) {
 	mirrors := &gitrepo.Mirrors{Dir: filepath.Join(data, "repos")}
 	rcfg := runner.Config{
 		Store: a.store, Driver: a.driver, Mirrors: mirrors, Link: a.linkSrv, LinkAddr: a.linkLn.Addr().String(),
-		Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
+		Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log, Secrets: vault,
 	}
 	// Webhook bodies wait for their signature here, on disk; what an
 	// earlier server left (a kill mid-read) goes.
@@ -214,7 +230,7 @@ func New(cfg Config) (a *App, err error) {
 	}
 	scfg := server.Config{Store: a.store, Mirrors: mirrors, Logger: log, Metrics: promhttp.Handler(), SpoolDir: spool,
 		Driver: a.driver.Name(), Isolated: a.driver.Isolated(), UI: server.UIHandler(),
-		InstanceTypes: fitPids(cfg.InstanceTypes, cfg.MaxBuilds, log)}
+		InstanceTypes: fitPids(cfg.InstanceTypes, cfg.MaxBuilds, log), Secrets: vault}
 	if a.driver.Isolated() {
 		images, err := openImages(ctx, cfg, data, scfg.InstanceTypes.Names(), log)
 		if err != nil {

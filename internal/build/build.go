@@ -214,6 +214,12 @@ type Spec struct {
 	// SSH.Enabled turns true then); a passing build never gets a
 	// credential.
 	SSHOnFailure bool `json:"ssh_on_failure,omitempty"`
+	// Groups are the environment variable groups of the workflow's
+	// environment.groups and Keystores the references of its
+	// android_signing: names only; the runner opens them when the build
+	// starts.
+	Groups    []string `json:"groups,omitempty"`
+	Keystores []string `json:"keystores,omitempty"`
 }
 
 // SpecScript is one script of a Spec.

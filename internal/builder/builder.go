@@ -22,6 +22,7 @@ import (
 
 	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/link"
+	"github.com/hangar-ci/hangar/internal/mask"
 	"github.com/hangar-ci/hangar/internal/workflow"
 )
 
@@ -60,7 +61,7 @@ func Run(ctx context.Context, cfg Config) error {
 		r.steps, err = newStepBook(r, hello.Name)
 	}
 	if err != nil {
-		_ = c.Send(link.Event{Type: link.Done, Failed: true, Error: err.Error()})
+		_ = c.Send(link.Event{Type: link.Done, Failed: true, Error: mask.NewSet(job.Secure).String(err.Error())})
 		return c.Wait()
 	}
 	defer r.steps.close()
@@ -75,7 +76,7 @@ func Run(ctx context.Context, cfg Config) error {
 	go r.commands(ctx, c, hello, access)
 	failed, reason := r.all(ctx)
 	r.banner.done()
-	if err := c.Send(link.Event{Type: link.Done, Failed: failed, Error: reason}); err != nil {
+	if err := c.Send(link.Event{Type: link.Done, Failed: failed, Error: r.masks.String(reason)}); err != nil {
 		return err
 	}
 	_ = c.Wait()
@@ -100,10 +101,13 @@ type run struct {
 
 	// banner is an SSH login's first words; nil in tests.
 	banner *banner
+	// masks are the job's secure values, hidden in every step's output.
+	masks *mask.Set
 }
 
 func newRun(cfg Config, job *link.Job, c *link.Client) (*run, error) {
-	r := &run{job: job, log: cfg.Logger, send: c.Send, out: newOutbox(c.Send, job.MaxOutput), home: cfg.Home, uid: -1, gid: -1}
+	r := &run{job: job, log: cfg.Logger, send: c.Send, out: newOutbox(c.Send, job.MaxOutput), home: cfg.Home, uid: -1, gid: -1,
+		masks: mask.NewSet(job.Secure)}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -165,6 +169,9 @@ func newRun(cfg Config, job *link.Job, c *link.Client) (*run, error) {
 		"FCI_BUILD_DIR=" + r.dir,
 		"CM_BUILD_DIR=" + r.dir,
 		"CM_ENV=" + r.cmEnv,
+	}
+	if err := r.writeKeystores(); err != nil {
+		return nil, err
 	}
 	r.env = mergeEnv(r.env, job.Env)
 	// The workflow's variables come last, each expanded against the
@@ -263,7 +270,7 @@ func (r *run) step(ctx context.Context, i int, fn func(context.Context, io.Write
 	if i == 0 && r.steps != nil {
 		r.steps.start(0, nil)
 	}
-	out, err := newStepOutput(r.out, i)
+	out, err := newStepOutput(r.out, i, r.masks.Stream())
 	if err != nil {
 		return err
 	}
@@ -279,7 +286,7 @@ func (r *run) step(ctx context.Context, i int, fn func(context.Context, io.Write
 	ev := link.Event{Type: link.StepEnd, Step: i}
 	if err != nil {
 		ev.Failed = true
-		ev.Error = err.Error()
+		ev.Error = r.masks.String(err.Error())
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
 			ev.ExitCode = ee.ExitCode()
@@ -376,6 +383,35 @@ func (r *run) stepDir(st link.Step) string {
 }
 
 // writePrivate writes a file only the steps' user may read.
+// writeKeystores writes the job's keystores into ~/.hangar/keystores
+// (0600, the build user's) and sets the first one's variables.
+func (r *run) writeKeystores() error {
+	if len(r.job.Keystores) == 0 {
+		return nil
+	}
+	dir := filepath.Join(r.home, ".hangar", "keystores")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("builder: %w", err)
+	}
+	if err := r.chown(dir); err != nil {
+		return err
+	}
+	for i, k := range r.job.Keystores {
+		path := filepath.Join(dir, k.Ref+".keystore")
+		if filepath.Dir(path) != dir {
+			return fmt.Errorf("builder: keystore reference %q is not a file name", k.Ref)
+		}
+		if err := r.writePrivate(path, k.File); err != nil {
+			return err
+		}
+		if i == 0 {
+			r.env = mergeEnv(r.env, []string{"CM_KEYSTORE_PATH=" + path, "CM_KEYSTORE_PASSWORD=" + k.Password,
+				"CM_KEY_ALIAS=" + k.Alias, "CM_KEY_PASSWORD=" + k.KeyPassword})
+		}
+	}
+	return nil
+}
+
 func (r *run) writePrivate(path string, data []byte) error {
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		return fmt.Errorf("builder: %w", err)

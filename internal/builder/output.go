@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hangar-ci/hangar/internal/link"
+	"github.com/hangar-ci/hangar/internal/mask"
 )
 
 // How a step's output reaches the runner.
@@ -134,10 +135,13 @@ type stepOutput struct {
 	step   int
 	marker []byte
 	passed chan int64 // receives the outbox mark once the reader meets the marker
+	// mask hides the build's secure values in what the step wrote, before
+	// it is queued (nil: nothing to hide). Only the reader uses it.
+	mask *mask.Stream
 }
 
 // newStepOutput makes step's pipe and starts reading it.
-func newStepOutput(box *outbox, step int) (*stepOutput, error) {
+func newStepOutput(box *outbox, step int, m *mask.Stream) (*stepOutput, error) {
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -150,7 +154,7 @@ func newStepOutput(box *outbox, step int) (*stepOutput, error) {
 	// A leading NUL: text output never looks like the start of a marker,
 	// so the reader almost never holds bytes back.
 	marker[0] = 0
-	o := &stepOutput{w: pw, box: box, step: step, marker: marker, passed: make(chan int64, 1)}
+	o := &stepOutput{w: pw, box: box, step: step, marker: marker, passed: make(chan int64, 1), mask: m}
 	go o.read(pr)
 	return o, nil
 }
@@ -181,7 +185,8 @@ func (o *stepOutput) read(pr *os.File) {
 		}
 		if !found && len(data) > 0 {
 			if i := bytes.Index(data, o.marker); i >= 0 {
-				mark := o.box.add(o.step, data[:i])
+				// The step has ended: what the masker holds back goes too.
+				mark := o.box.add(o.step, append(o.mask.Write(data[:i]), o.mask.Flush()...))
 				o.passed <- mark
 				found = true
 				data = data[i+len(o.marker):]
@@ -191,9 +196,10 @@ func (o *stepOutput) read(pr *os.File) {
 			}
 		}
 		if len(data) > 0 {
-			o.box.add(o.step, data)
+			o.box.add(o.step, o.mask.Write(data))
 		}
 		if err != nil {
+			o.box.add(o.step, o.mask.Flush())
 			if !errors.Is(err, io.EOF) {
 				o.box.add(o.step, []byte("\nhangar: reading the step's output failed: "+err.Error()+"\n"))
 			}

@@ -72,7 +72,7 @@ func (r *recorder) waitOutput(t *testing.T, step int, want string) {
 // the way run.step does, and returns once the step's end could be sent.
 func runStep(t *testing.T, box *outbox, i int, script string) {
 	t.Helper()
-	out, err := newStepOutput(box, i)
+	out, err := newStepOutput(box, i, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestStepOutputLinkFailure(t *testing.T) {
 	rec := newRecorder()
 	rec.fail = errors.New("link down")
 	box := newOutbox(rec.send, 0)
-	out, err := newStepOutput(box, 1)
+	out, err := newStepOutput(box, 1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestOutboxLimit(t *testing.T) {
 func TestMarkerSplitAcrossReads(t *testing.T) {
 	rec := newRecorder()
 	box := newOutbox(rec.send, 0)
-	out, err := newStepOutput(box, 3)
+	out, err := newStepOutput(box, 3, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

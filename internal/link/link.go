@@ -76,6 +76,15 @@ type Job struct {
 	// MaxOutput is how many bytes of output the runner keeps at most; the
 	// builder sends no more (0: no limit). The runner enforces it anyway.
 	MaxOutput int64 `json:"max_output,omitempty"`
+	// Secure are the values the builder hides in the steps' output (as
+	// mask.Replacement) and in what it reports: the environment variable
+	// groups' values and the keystores' passwords. Secrets.
+	Secure []string `json:"secure,omitempty"`
+	// Keystores are the Android keystores of environment.android_signing:
+	// the builder writes each into the build's home and exports the
+	// first's path and passwords as Codemagic does (CM_KEYSTORE_PATH,
+	// CM_KEYSTORE_PASSWORD, CM_KEY_ALIAS, CM_KEY_PASSWORD), before Env.
+	Keystores []Keystore `json:"keystores,omitempty"`
 	// BreakBefore are the steps (indexes of Steps, past the clone) the
 	// builder pauses before: it sends Paused, waits for Continue (or
 	// `hangar-steps continue` in the machine), then sends Resumed.
@@ -91,6 +100,16 @@ type JobBuild struct {
 	Name         string `json:"name"` // "myapp #2"
 	Workflow     string `json:"workflow"`
 	WorkflowName string `json:"workflow_name,omitempty"`
+}
+
+// Keystore is an Android keystore of a Job (secrets: the file and its
+// passwords).
+type Keystore struct {
+	Ref         string `json:"ref"`
+	File        []byte `json:"file"`
+	Password    string `json:"password"`
+	Alias       string `json:"alias"`
+	KeyPassword string `json:"key_password"`
 }
 
 // JobSSH configures an SSH build's access. The builder opens a second

@@ -73,12 +73,20 @@ func (j *job) steps() *outcome {
 	// the server's job (the clone borrows the mirror's objects).
 	origin := gitrepo.StripCredentials(spec.Repo)
 	env := append(stdEnv(b, origin), spec.Env...)
+	j.withExpiry(j.jobSSH)
 	// One byte past the cap, so that the log book sees the cap crossed
 	// and says so when the steps' output alone reaches it.
-	j.withExpiry(j.jobSSH)
-	if err := j.conn.SendJob(&link.Job{Repo: j.repo, Origin: origin, Branch: b.Branch, Commit: b.Commit, Env: env, Vars: spec.Vars,
+	job := &link.Job{Repo: j.repo, Origin: origin, Branch: b.Branch, Commit: b.Commit, Env: env, Vars: spec.Vars,
 		Event: spec.Event, Inputs: spec.Inputs, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes + 1, BreakBefore: spec.BreakBefore,
-		Build: &link.JobBuild{ID: b.ID, Name: b.Name(), Workflow: b.Workflow, WorkflowName: b.WorkflowName}}); err != nil {
+		Build: &link.JobBuild{ID: b.ID, Name: b.Name(), Workflow: b.Workflow, WorkflowName: b.WorkflowName}}
+	if s := j.secrets; s != nil {
+		// Codemagic's order: built-in variables, the groups', then vars.
+		job.Env, job.Secure = append(job.Env, s.Env...), s.Secure
+		for _, k := range s.Keystores {
+			job.Keystores = append(job.Keystores, link.Keystore{Ref: k.Ref, File: k.File, Password: k.Password, Alias: k.Alias, KeyPassword: k.KeyPassword})
+		}
+	}
+	if err := j.conn.SendJob(job); err != nil {
 		return failed("lost the link to the builder")
 	}
 	j.flush = time.NewTicker(flushInterval)

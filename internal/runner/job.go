@@ -19,6 +19,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/link"
 	"github.com/hangar-ci/hangar/internal/machine"
+	"github.com/hangar-ci/hangar/internal/secrets"
 	"github.com/hangar-ci/hangar/internal/sshca"
 )
 
@@ -63,6 +64,9 @@ type job struct {
 	sshHostKey    ssh.PublicKey  // the builder's SSH host key (SSH builds)
 	builderFailed bool           // the builder reported failed steps (done)
 	image         *machine.Image // the machine's root; nil for a driver that is not isolated
+
+	// secrets are the groups and keystores the build names, opened.
+	secrets *secrets.Resolved
 }
 
 // outcome is how a phase ended the build: its status and message, or an
@@ -187,6 +191,9 @@ func (j *job) prepare() *outcome {
 	if len(j.spec.Scripts) == 0 {
 		j.logs.Printf(0, "The workflow has no scripts: the build fetches the sources and ends")
 	}
+	if out := j.openSecrets(); out != nil {
+		return out
+	}
 	if out := j.pickImage(); out != nil {
 		return out
 	}
@@ -220,6 +227,29 @@ func (j *job) prepare() *outcome {
 		if err := j.setupSSH(); err != nil {
 			return failed("could not set up SSH access: " + err.Error())
 		}
+	}
+	return nil
+}
+
+// openSecrets opens the variable groups and keystores the build names.
+func (j *job) openSecrets() *outcome {
+	groups, keystores := j.spec.Groups, j.spec.Keystores
+	if len(groups)+len(keystores) == 0 {
+		return nil
+	}
+	if j.r.cfg.Secrets == nil {
+		return failed("this runner cannot open environment variable groups or keystores")
+	}
+	res, err := j.r.cfg.Secrets.Resolve(j.ctx, j.b.App, groups, keystores)
+	if err != nil {
+		return failed(err.Error())
+	}
+	j.secrets = res
+	if len(groups) > 0 {
+		j.logs.Printf(0, "Environment variable groups: %s (%d variables; their values are hidden in this log)", strings.Join(groups, ", "), len(res.Env))
+	}
+	if len(keystores) > 0 {
+		j.logs.Printf(0, "Android keystores: %s (written to ~/.hangar/keystores; CM_KEYSTORE_PATH, CM_KEYSTORE_PASSWORD, CM_KEY_ALIAS, CM_KEY_PASSWORD set for %s)", strings.Join(keystores, ", "), keystores[0])
 	}
 	return nil
 }

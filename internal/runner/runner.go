@@ -24,6 +24,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/link"
 	"github.com/hangar-ci/hangar/internal/machine"
+	"github.com/hangar-ci/hangar/internal/secrets"
 )
 
 // Store is what the runner needs of the store.
@@ -87,6 +88,15 @@ type Config struct {
 	// Images gives isolated machines their root; nil for drivers that
 	// are not isolated (they boot nothing).
 	Images Images
+	// Secrets opens the variable groups and keystores builds name; nil
+	// fails the builds that name any.
+	Secrets Secrets
+}
+
+// Secrets opens what a build's workflow names: its environment variable
+// groups and keystores (package secrets). Its errors hold no secret.
+type Secrets interface {
+	Resolve(ctx context.Context, app string, groups, keystores []string) (*secrets.Resolved, error)
 }
 
 // Images finds the image a build's machine boots from.

@@ -29,7 +29,7 @@ type walkRequest struct {
 // or end things come last.
 func walkRequests(t *testing.T, patterns []string, id int64, grant string) []walkRequest {
 	t.Helper()
-	params := map[string]string{"id": fmt.Sprint(id), "name": "demo", "app": "demo", "grant": grant}
+	params := map[string]string{"id": fmt.Sprint(id), "name": "demo", "app": "demo", "grant": grant, "group": "play", "key": "TOKEN", "ref": "upload"}
 	bodies := map[string][]string{
 		"POST /api/v1/apps":                   {`{"name": "leak", "repo": "/nonexistent/leak.git"}`},
 		"POST /api/v1/builds":                 {`{"app": "demo", "ssh": true}`, `{"app": "demo"}`},

@@ -89,6 +89,9 @@ type Config struct {
 	// Extend gives a build's SSH access more time (the runner's; nil:
 	// none can be).
 	Extend func(id int64, by time.Duration, who string) error
+	// Secrets keeps environment variable groups and keystores (nil: the
+	// server has none, and refuses builds that name any).
+	Secrets Secrets
 }
 
 // Server serves the API. Create it with New.
@@ -141,6 +144,7 @@ func (s *Server) routes() []route {
 		{"GET /api/v1/apps/{name}/deliveries", s.auth(s.appDeliveries)},
 		{"POST /api/v1/tokens", s.auth(s.createToken)},
 	}
+	rs = append(rs, s.secretRoutes()...)
 	if s.cfg.Metrics != nil {
 		rs = append(rs, route{"GET /metrics", s.cfg.Metrics})
 	}

@@ -130,6 +130,15 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 		}
 		return s.failAtOnce(ctx, b, err.Error())
 	}
+	if why, err := s.secretsRefusal(ctx, app.Name, wf); err != nil {
+		return nil, err
+	} else if why != "" {
+		s.log.Info("build refused", "app", b.App, "workflow", wf.ID, "reason", why)
+		if st.trigger == build.Manual {
+			return nil, &userError{http.StatusUnprocessableEntity, why}
+		}
+		return s.failAtOnce(ctx, b, why)
+	}
 	instance := wf.InstanceType
 	if instance == "" {
 		instance = build.DefaultInstanceType
@@ -139,7 +148,8 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 		env = append([]string{"CM_PULL_REQUEST=false"}, env...)
 	}
 	spec := build.Spec{Repo: app.Repo, Ignored: wf.Ignored, InstanceType: instance, Resources: res, Env: env, Inputs: values,
-		Toolchains: wf.Toolchains, SSHOnFailure: st.sshOnFailure && st.trigger == build.Manual}
+		Toolchains: wf.Toolchains, SSHOnFailure: st.sshOnFailure && st.trigger == build.Manual,
+		Groups: wf.Groups, Keystores: wf.AndroidSigning}
 	if len(values) == 0 {
 		spec.Inputs = nil
 	}

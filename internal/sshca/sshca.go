@@ -166,6 +166,14 @@ func LoadOrCreateSealer(path string) (*Sealer, error) {
 	if err != nil {
 		return nil, err
 	}
+	return NewSealer(key)
+}
+
+// NewSealer returns a Sealer with a 32-byte key.
+func NewSealer(key []byte) (*Sealer, error) {
+	if len(key) != 32 {
+		return nil, fmt.Errorf("a sealing key has 32 bytes, not %d", len(key))
+	}
 	block, err := aes.NewCipher(key)
 	if err != nil {
 		return nil, err

@@ -91,10 +91,12 @@ var migrations = []migration{
 	// those of earlier versions (no one-line URL is valid for them).
 	{version: 8, name: "builds.ssh_url_nonce", run: addColumn("builds", "ssh_url_nonce", "{{blob}}")},
 	{version: 9, name: "tokens.no_ssh", run: addColumn("tokens", "no_ssh", "{{bool}} NOT NULL DEFAULT FALSE")},
+	{version: 10, name: "environment variable groups", sql: groupsSchema},
+	{version: 11, name: "Android keystores", sql: keystoresSchema},
 	// Builds started with SSH on failure, so that they say so before any
 	// step fails (build.SSH.Mode); those made earlier are found in their
 	// spec (a script's text, JSON-escaped, cannot match the pattern).
-	{version: 20, name: "builds.ssh_on_failure", run: func(ctx context.Context, tx *sql.Tx, d *dialect) error {
+	{version: 12, name: "builds.ssh_on_failure", run: func(ctx context.Context, tx *sql.Tx, d *dialect) error {
 		if err := addColumn("builds", "ssh_on_failure", "{{bool}} NOT NULL DEFAULT FALSE")(ctx, tx, d); err != nil {
 			return err
 		}

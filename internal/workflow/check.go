@@ -17,6 +17,10 @@ type Report struct {
 	Steps       []string      `json:"steps"`
 	Honoured    []string      `json:"honoured"`
 	Unsupported []Unsupported `json:"unsupported"`
+	// Groups are the environment variable groups the workflow uses.
+	Groups []string `json:"groups"`
+	// Keystores are the keystore references of its android_signing.
+	Keystores []string `json:"keystores"`
 }
 
 // Unsupported is a key of the file that Hangar accepts without acting on
@@ -28,7 +32,8 @@ type Unsupported struct {
 
 // Report describes w.
 func (w *Workflow) Report() Report {
-	r := Report{ID: w.ID, Name: w.Name, Steps: []string{}, Honoured: []string{}, Unsupported: []Unsupported{}}
+	r := Report{ID: w.ID, Name: w.Name, Steps: []string{}, Honoured: []string{}, Unsupported: []Unsupported{},
+		Groups: append([]string{}, w.Groups...), Keystores: append([]string{}, w.AndroidSigning...)}
 	r.Steps = append(r.Steps, "Preparing build machine ("+orDefault(w.InstanceType, "linux")+")", "Fetching app sources")
 	for i, s := range w.Scripts {
 		line := fmt.Sprintf("%d. %s", i+1, s.Name)
@@ -55,6 +60,12 @@ func (w *Workflow) Report() Report {
 	h("instance_type: %s (refused at start if the server has no such type)", orDefault(w.InstanceType, "linux, the default"))
 	if w.WorkingDirectory != "" {
 		h("working_directory: %s", w.WorkingDirectory)
+	}
+	if len(w.Groups) > 0 {
+		h("environment.groups: %s (set before environment.vars; every value masked in the log; a group the app does not have refuses the build at start)", strings.Join(w.Groups, ", "))
+	}
+	if len(w.AndroidSigning) > 0 {
+		h("environment.android_signing: %s (the keystore is written into the machine, CM_KEYSTORE_PATH and the passwords exported; a reference the app does not have refuses the build at start)", strings.Join(w.AndroidSigning, ", "))
 	}
 	if len(w.Vars) > 0 {
 		names := make([]string, len(w.Vars))
@@ -104,6 +115,9 @@ func (w *Workflow) Report() Report {
 		}
 		h("%s", s)
 	}
+	if w.IOSSigning {
+		r.Unsupported = append(r.Unsupported, Unsupported{Key: "environment.ios_signing", Why: IOSSigningRefused})
+	}
 	for _, k := range w.Ignored {
 		r.Unsupported = append(r.Unsupported, Unsupported{Key: k, Why: WhyIgnored(k)})
 	}
@@ -135,6 +149,10 @@ func formatDuration(d time.Duration) string {
 	return d.String()
 }
 
+// IOSSigningRefused is why a workflow with environment.ios_signing is
+// refused when a build of it starts.
+const IOSSigningRefused = "iOS code signing needs a macOS machine with Xcode; Hangar's machines are Linux: a build of this workflow is refused at start (remove ios_signing, or build it on Codemagic)"
+
 var scriptKey = regexp.MustCompile(`^scripts\[\d+\]\.`)
 
 // toolVersions are environment keys naming tool versions.
@@ -152,10 +170,6 @@ func WhyIgnored(path string) string {
 	}
 	if env, ok := strings.CutPrefix(path, "environment."); ok {
 		switch {
-		case env == "groups":
-			return "variable groups are not available yet: their variables are unset in the build"
-		case env == "android_signing" || env == "ios_signing":
-			return "code signing is not set up by Hangar yet: no keystore or certificate is installed"
 		case slices.Contains(toolVersions, env):
 			return "tool versions are not installed: the build machine has the versions its image has"
 		}

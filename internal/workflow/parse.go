@@ -282,7 +282,24 @@ func (p *parser) environment(w *Workflow, val *yaml.Node) *Error {
 			}
 			continue
 		}
-		if kv.key.Value != "vars" {
+		switch kv.key.Value {
+		case "groups", "android_signing":
+			list, err := p.names(kv)
+			if err != nil {
+				return err
+			}
+			if kv.key.Value == "groups" {
+				w.Groups = appendNew(w.Groups, list...)
+			} else {
+				w.AndroidSigning = appendNew(w.AndroidSigning, list...)
+			}
+			continue
+		case "ios_signing":
+			// Any form: a build of it is refused on Hangar's Linux machines.
+			w.IOSSigning = !isNull(resolve(kv.val))
+			continue
+		case "vars":
+		default:
 			w.ignore("environment." + kv.key.Value)
 			continue
 		}
@@ -314,6 +331,38 @@ func (p *parser) environment(w *Workflow, val *yaml.Node) *Error {
 		}
 	}
 	return nil
+}
+
+// names reads a list of names, such as environment.groups: a sequence of
+// non-empty strings (a single string is a list of one).
+func (p *parser) names(kv pair) ([]string, *Error) {
+	n := resolve(kv.val)
+	if isNull(n) {
+		return nil, nil
+	}
+	items := []*yaml.Node{n}
+	if n.Kind == yaml.SequenceNode {
+		items = n.Content
+	}
+	var out []string
+	for _, it := range items {
+		it = resolve(it)
+		if it.Kind != yaml.ScalarNode || strings.TrimSpace(it.Value) == "" {
+			return nil, p.errf(it, "environment.%s must be a list of names, got %s", kv.key.Value, got(it))
+		}
+		out = append(out, strings.TrimSpace(it.Value))
+	}
+	return out, nil
+}
+
+// appendNew appends the names of add that list does not have yet.
+func appendNew(list []string, add ...string) []string {
+	for _, a := range add {
+		if !slices.Contains(list, a) {
+			list = append(list, a)
+		}
+	}
+	return list
 }
 
 func (p *parser) triggering(w *Workflow, val *yaml.Node) *Error {
@@ -687,6 +736,10 @@ func validID(s string) bool {
 	}
 	return true
 }
+
+// ValidVarName reports whether s is a valid environment variable name:
+// letters, digits and '_', not starting with a digit.
+func ValidVarName(s string) bool { return validVarName(s) }
 
 func validVarName(s string) bool {
 	if s == "" || (s[0] >= '0' && s[0] <= '9') {

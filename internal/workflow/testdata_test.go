@@ -330,7 +330,7 @@ func TestUnsupportedReport(t *testing.T) {
 	for _, u := range r.Unsupported {
 		keys[u.Key] = u.Why
 	}
-	for _, k := range []string{"labels", "environment.android_signing", "environment.groups", "environment.flutter", "cache", "artifacts", "publishing"} {
+	for _, k := range []string{"labels", "environment.flutter", "cache", "artifacts", "publishing"} {
 		if keys[k] == "" {
 			t.Errorf("report does not name %s as unsupported: %+v", k, r.Unsupported)
 		}
@@ -384,5 +384,42 @@ func TestDocFiles(t *testing.T) {
 	}
 	if n < 4 {
 		t.Errorf("only %d complete files in docs/workflow.md", n)
+	}
+}
+
+// TestGroupsAndSigning: environment.groups and android_signing as
+// Codemagic's documentation writes them are read and reported; ios_signing
+// is reported as refused.
+func TestGroupsAndSigning(t *testing.T) {
+	f := parseTestdata(t, "signing.yaml")
+	w := mustWorkflow(t, f, "android-release")
+	if !slices.Equal(w.Groups, []string{"google_play", "keystore_credentials"}) || !slices.Equal(w.AndroidSigning, []string{"keystore_reference"}) || w.IOSSigning {
+		t.Errorf("groups %q, android_signing %q, ios_signing %v", w.Groups, w.AndroidSigning, w.IOSSigning)
+	}
+	if len(w.Ignored) != 0 {
+		t.Errorf("ignored: %q", w.Ignored)
+	}
+	r := w.Report()
+	if !slices.Equal(r.Groups, w.Groups) || !slices.Equal(r.Keystores, w.AndroidSigning) {
+		t.Errorf("report: groups %q, keystores %q", r.Groups, r.Keystores)
+	}
+	if !slices.ContainsFunc(r.Honoured, func(h string) bool {
+		return strings.HasPrefix(h, "environment.groups: google_play, keystore_credentials")
+	}) {
+		t.Errorf("honoured: %q", r.Honoured)
+	}
+	ios := mustWorkflow(t, f, "ios-release")
+	if !ios.IOSSigning || !slices.Equal(ios.Groups, []string{"app_store_credentials"}) {
+		t.Errorf("ios: signing %v, groups %q", ios.IOSSigning, ios.Groups)
+	}
+	r = ios.Report()
+	if len(r.Unsupported) != 1 || r.Unsupported[0].Key != "environment.ios_signing" || !strings.Contains(r.Unsupported[0].Why, "refused at start") {
+		t.Errorf("ios report: %+v", r.Unsupported)
+	}
+	for _, bad := range []string{"groups: {a: b}", "groups: [[a]]", "android_signing: [\"\"]"} {
+		src := "workflows:\n  w:\n    environment:\n      " + bad + "\n    scripts: [echo]\n"
+		if _, err := Parse("codemagic.yaml", []byte(src)); err == nil || !strings.Contains(err.Error(), "must be a list of names") {
+			t.Errorf("%s: err = %v", bad, err)
+		}
 	}
 }

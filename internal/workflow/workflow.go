@@ -93,6 +93,16 @@ type Workflow struct {
 	// Toolchains are the versions environment.java, environment.node and
 	// environment.python ask for (tool -> version as written); nil if none.
 	Toolchains map[string]string
+	// Groups are environment.groups in file order: the environment
+	// variable groups whose variables the build gets (after the built-in
+	// ones, before Vars); nil if none.
+	Groups []string
+	// AndroidSigning are the keystore references of
+	// environment.android_signing; nil if none.
+	AndroidSigning []string
+	// IOSSigning is whether the workflow has environment.ios_signing,
+	// which Linux machines cannot honour.
+	IOSSigning bool
 	// Vars are environment.vars in file order. Scalar values are kept as
 	// written (numbers and booleans too); a null value is "".
 	Vars []Var

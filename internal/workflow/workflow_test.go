@@ -129,8 +129,8 @@ func TestParseValid(t *testing.T) {
 					TagPatterns:    []Pattern{{Pattern: "v*", Include: true, Source: true}},
 					CancelPrevious: true,
 				},
+				Groups: []string{"keystore"},
 				Ignored: []string{
-					"environment.groups",
 					"artifacts",
 					"publishing",
 				},

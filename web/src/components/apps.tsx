@@ -7,6 +7,7 @@ import { useBuilds, usePoll, useTitle } from '../data';
 import { ago, duration, useNow, when } from '../format';
 import { navigate } from '../router';
 import { BuildsTable } from './builds';
+import { GroupsSection } from './groups';
 import { StartBuildDialog } from './startbuild';
 import { Alert, Code, Dialog, Empty, Spinner } from './ui';
 
@@ -261,6 +262,8 @@ export function AppPage({ name }: { name: string }) {
           </>
         ) : null}
       </section>
+
+      <GroupsSection app={name} />
 
       <section aria-labelledby="builds-h">
         <h2 id="builds-h">Builds</h2>
