@@ -129,10 +129,10 @@ func TestParseValid(t *testing.T) {
 					TagPatterns:    []Pattern{{Pattern: "v*", Include: true, Source: true}},
 					CancelPrevious: true,
 				},
+				Artifacts:  []string{"build/**/*.apk"},
+				Publishing: Publishing{Email: &Email{Recipients: []string{"a@example.com"}, Success: true, Failure: true}},
 				Ignored: []string{
 					"environment.groups",
-					"artifacts",
-					"publishing",
 				},
 			},
 			{
