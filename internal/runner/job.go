@@ -164,7 +164,7 @@ func (j *job) prepare() *outcome {
 		return failed("the build's stored spec is unreadable: " + err.Error())
 	}
 	if len(b.Steps) == 0 {
-		b.Steps = build.NewSteps(j.spec.Scripts)
+		b.Steps = j.spec.Steps()
 	}
 	j.stepStart(0, j.r.clock.Now())
 	j.save()

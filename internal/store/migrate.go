@@ -91,6 +91,8 @@ var migrations = []migration{
 	// those of earlier versions (no one-line URL is valid for them).
 	{version: 8, name: "builds.ssh_url_nonce", run: addColumn("builds", "ssh_url_nonce", "{{blob}}")},
 	{version: 9, name: "tokens.no_ssh", run: addColumn("tokens", "no_ssh", "{{bool}} NOT NULL DEFAULT FALSE")},
+	{version: 13, name: "artifacts", sql: artifactsSchema},
+	{version: 14, name: "caches", sql: cachesSchema},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;
