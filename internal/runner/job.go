@@ -63,6 +63,7 @@ type job struct {
 	sshHostKey    ssh.PublicKey  // the builder's SSH host key (SSH builds)
 	builderFailed bool           // the builder reported failed steps (done)
 	image         *machine.Image // the machine's root; nil for a driver that is not isolated
+	files         *fileServer    // serves the builder's file channels, once linked
 }
 
 // outcome is how a phase ended the build: its status and message, or an
@@ -299,6 +300,7 @@ func (j *job) linkUp() *outcome {
 		return stopped
 	}
 	j.receive()
+	j.serveFiles()
 	b := j.b
 	now := j.r.clock.Now()
 	j.stepEnd(0, build.StepSuccess, now, nil)
@@ -352,6 +354,15 @@ func (j *job) end(status build.Status, msg string, start time.Time) {
 	j.logs.EndAll()
 	if status != build.Finished {
 		j.logs.Printf(lastStarted(b), "hangar: %s", msg)
+	}
+	if notify := j.r.cfg.Notify; notify != nil && j.spec.Email != nil {
+		final := *b
+		final.Status, final.Message, final.FinishedAt = status, msg, &now
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		for _, line := range notify(ctx, final, &j.spec, j.uploaded()) {
+			j.logs.Printf(lastStarted(b), "%s", line)
+		}
+		cancel()
 	}
 	j.logs.Flush()
 	b.Status, b.Message, b.FinishedAt = status, msg, &now

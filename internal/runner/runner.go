@@ -87,6 +87,14 @@ type Config struct {
 	// Images gives isolated machines their root; nil for drivers that
 	// are not isolated (they boot nothing).
 	Images Images
+	// Files keeps artifacts and caches; nil: builds keep none.
+	Files Files
+	// PublicURL is the API's base URL as users reach it (artifact links).
+	PublicURL string
+	// Notify, if set, is called as a build ends, before its final status
+	// is written (publishing.email); what it returns goes to the log.
+	// b is a copy with its final status and message.
+	Notify func(ctx context.Context, b build.Build, spec *build.Spec, artifacts []build.Artifact) []string
 }
 
 // Images finds the image a build's machine boots from.
