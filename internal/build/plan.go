@@ -1,6 +1,9 @@
 package build
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Step kinds: what a step of a build is besides the workflow's scripts
 // (Kind empty).
@@ -92,4 +95,18 @@ type Cache struct {
 	Build     int64     `json:"build"` // the build that saved it
 	CreatedAt time.Time `json:"created_at"`
 	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// HumanBytes writes n for a log line: "812 bytes", "3.4 KiB", "12.1 MiB",
+// "1.2 GiB".
+func HumanBytes(n int64) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%d bytes", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	case n < 1<<30:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
 }

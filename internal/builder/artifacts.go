@@ -103,11 +103,11 @@ func (r *run) uploadArtifacts(ctx context.Context, out io.Writer) error {
 				continue
 			}
 			if size > lim.ArtifactFile {
-				fmt.Fprintf(out, "%s is %s, over the server's limit of %s per artifact: not uploaded\n", m.rel, build.FormatBytes(size), build.FormatBytes(lim.ArtifactFile))
+				fmt.Fprintf(out, "%s is %s, over the server's limit of %s per artifact: not uploaded\n", m.rel, build.HumanBytes(size), build.HumanBytes(lim.ArtifactFile))
 				continue
 			}
 			if total+size > lim.ArtifactBuild {
-				fmt.Fprintf(out, "%s (%s) would take this build's artifacts past the server's limit of %s per build: not uploaded\n", m.rel, build.FormatBytes(size), build.FormatBytes(lim.ArtifactBuild))
+				fmt.Fprintf(out, "%s (%s) would take this build's artifacts past the server's limit of %s per build: not uploaded\n", m.rel, build.HumanBytes(size), build.HumanBytes(lim.ArtifactBuild))
 				continue
 			}
 			n, err := r.uploadArtifact(ctx, out, m.rel, size)
@@ -127,7 +127,7 @@ func (r *run) uploadArtifacts(ctx context.Context, out io.Writer) error {
 		fmt.Fprintln(out, "No artifacts found: no file of the clone matches the artifacts patterns")
 		return nil
 	}
-	fmt.Fprintf(out, "Uploaded %d artifact%s, %s, in %s\n", len(r.links), plural(len(r.links), "", "s"), build.FormatBytes(total), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(out, "Uploaded %d artifact%s, %s, in %s\n", len(r.links), plural(len(r.links), "", "s"), build.HumanBytes(total), time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -198,7 +198,7 @@ func (r *run) uploadArtifact(ctx context.Context, out io.Writer, rel string, siz
 		fmt.Fprintf(out, "%s: %s\n", rel, res.Error)
 		return 0, nil
 	}
-	fmt.Fprintf(out, "Uploaded %s (%s) in %s\n", rel, build.FormatBytes(res.Size), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(out, "Uploaded %s (%s) in %s\n", rel, build.HumanBytes(res.Size), time.Since(start).Round(time.Millisecond))
 	name := path.Base(rel)
 	r.links = append(r.links, artifactLink{Name: name, Type: strings.TrimPrefix(path.Ext(name), "."), URL: res.URL, MD5: res.MD5})
 	return res.Size, nil

@@ -101,7 +101,10 @@ type run struct {
 }
 
 func newRun(cfg Config, job *link.Job, c *link.Client) (*run, error) {
-	r := &run{job: job, log: cfg.Logger, send: c.Send, out: newOutbox(c.Send, job.MaxOutput), home: cfg.Home, uid: -1, gid: -1, files: c}
+	r := &run{job: job, log: cfg.Logger, send: c.Send, out: newOutbox(c.Send, job.MaxOutput), home: cfg.Home, uid: -1, gid: -1}
+	if c != nil {
+		r.files = c
+	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}

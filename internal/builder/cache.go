@@ -65,7 +65,7 @@ func (r *run) restoreCache(ctx context.Context, out io.Writer) error {
 		fmt.Fprintf(out, "No cache restored: the runner's answer was unreadable (%v)\n", err)
 		return nil
 	}
-	fmt.Fprintf(out, "Restoring the cache saved by build %d at %s (%s compressed)\n", info.Build, info.Created, build.FormatBytes(info.Size))
+	fmt.Fprintf(out, "Restoring the cache saved by build %d at %s (%s compressed)\n", info.Build, info.Created, build.HumanBytes(info.Size))
 	zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1))
 	if err != nil {
 		fmt.Fprintf(out, "No cache restored: %v\n", err)
@@ -74,10 +74,10 @@ func (r *run) restoreCache(ctx context.Context, out io.Writer) error {
 	defer zr.Close()
 	files, size, skipped, err := r.untar(tar.NewReader(zr), paths)
 	if err != nil {
-		fmt.Fprintf(out, "The cache was restored only in part (%d files, %s): %v\n", files, build.FormatBytes(size), err)
+		fmt.Fprintf(out, "The cache was restored only in part (%d files, %s): %v\n", files, build.HumanBytes(size), err)
 		return nil
 	}
-	fmt.Fprintf(out, "Restored %d files (%s) in %s\n", files, build.FormatBytes(size), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(out, "Restored %d files (%s) in %s\n", files, build.HumanBytes(size), time.Since(start).Round(time.Millisecond))
 	if skipped > 0 {
 		fmt.Fprintf(out, "Left out %d entries of the cache that are not under the workflow's cache paths, or would be written through a symbolic link\n", skipped)
 	}
@@ -244,7 +244,7 @@ func (r *run) saveCache(ctx context.Context, out io.Writer) error {
 	}
 	if errors.Is(err, errCacheTooLarge) {
 		fmt.Fprintf(out, "The cache was not saved: its archive grew past the server's bound of %s (compressed) after %d files, %s; cache less (cache.cache_paths) or ask the admin for a higher --cache-max-size\n",
-			build.FormatBytes(r.job.Limits.Cache), files, build.FormatBytes(size))
+			build.HumanBytes(r.job.Limits.Cache), files, build.HumanBytes(size))
 		return nil
 	}
 	if err != nil {
@@ -260,7 +260,7 @@ func (r *run) saveCache(ctx context.Context, out io.Writer) error {
 		fmt.Fprintf(out, "The cache was not saved: %s\n", res.Error)
 		return nil
 	}
-	fmt.Fprintf(out, "Saved the cache: %d files, %s (%s compressed) in %s\n", files, build.FormatBytes(size), build.FormatBytes(res.Size), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(out, "Saved the cache: %d files, %s (%s compressed) in %s\n", files, build.HumanBytes(size), build.HumanBytes(res.Size), time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

@@ -130,11 +130,11 @@ func (fs *fileServer) putArtifact(req *link.FileRequest, files Files) {
 		return
 	}
 	if h.Size < 0 || h.Size > lim.ArtifactFile {
-		req.Reject(fmt.Sprintf("%s is %s, over the server's limit of %s per artifact: not uploaded", h.Name, build.FormatBytes(h.Size), build.FormatBytes(lim.ArtifactFile)))
+		req.Reject(fmt.Sprintf("%s is %s, over the server's limit of %s per artifact: not uploaded", h.Name, build.HumanBytes(h.Size), build.HumanBytes(lim.ArtifactFile)))
 		return
 	}
 	if fs.total+h.Size > lim.ArtifactBuild {
-		req.Reject(fmt.Sprintf("%s (%s) would take the build's artifacts past the server's limit of %s per build: not uploaded", h.Name, build.FormatBytes(h.Size), build.FormatBytes(lim.ArtifactBuild)))
+		req.Reject(fmt.Sprintf("%s (%s) would take the build's artifacts past the server's limit of %s per build: not uploaded", h.Name, build.HumanBytes(h.Size), build.HumanBytes(lim.ArtifactBuild)))
 		return
 	}
 	st, err := req.Accept()
@@ -173,7 +173,7 @@ func complete(req *link.FileRequest) func(n int64) error {
 
 func uploadError(err error, what string, limit int64) string {
 	if errors.Is(err, artifact.ErrTooLarge) {
-		return fmt.Sprintf("%s is over the server's bound of %s: not kept", what, build.FormatBytes(limit))
+		return fmt.Sprintf("%s is over the server's bound of %s: not kept", what, build.HumanBytes(limit))
 	}
 	return fmt.Sprintf("%s was not kept: %v", what, err)
 }
@@ -190,5 +190,9 @@ func (r *Runner) artifactURL(id int64, name string) string {
 	for i, p := range parts {
 		parts[i] = url.PathEscape(p)
 	}
-	return fmt.Sprintf("%s/api/v1/builds/%d/artifacts/%s", strings.TrimRight(r.cfg.PublicURL, "/"), id, strings.Join(parts, "/"))
+	base := ""
+	if r.cfg.PublicURL != nil {
+		base = strings.TrimRight(r.cfg.PublicURL(), "/")
+	}
+	return fmt.Sprintf("%s/api/v1/builds/%d/artifacts/%s", base, id, strings.Join(parts, "/"))
 }

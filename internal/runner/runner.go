@@ -89,8 +89,9 @@ type Config struct {
 	Images Images
 	// Files keeps artifacts and caches; nil: builds keep none.
 	Files Files
-	// PublicURL is the API's base URL as users reach it (artifact links).
-	PublicURL string
+	// PublicURL gives the API's base URL as users reach it (artifact
+	// links); nil: links are paths.
+	PublicURL func() string
 	// Notify, if set, is called as a build ends, before its final status
 	// is written (publishing.email); what it returns goes to the log.
 	// b is a copy with its final status and message.

@@ -89,6 +89,8 @@ type Config struct {
 	// Extend gives a build's SSH access more time (the runner's; nil:
 	// none can be).
 	Extend func(id int64, by time.Duration, who string) error
+	// Files serves artifacts and caches (nil: none are kept).
+	Files Files
 }
 
 // Server serves the API. Create it with New.
@@ -97,6 +99,8 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	tickets terminalTickets
+	// downloads are artifact download tickets (user: the artifact's name).
+	downloads terminalTickets
 	// hookSlots holds a token per webhook body being read (MaxHookReads).
 	hookSlots chan struct{}
 	// patterns are the routes of mux, as registered (for tests that walk
@@ -139,6 +143,11 @@ func (s *Server) routes() []route {
 		{"GET /api/v1/apps/{name}/workflows", s.auth(s.appWorkflows)},
 		{"GET /api/v1/apps/{name}/deliveries", s.auth(s.appDeliveries)},
 		{"POST /api/v1/tokens", s.auth(s.createToken)},
+		{"GET /api/v1/builds/{id}/artifacts", s.auth(s.listArtifacts)},
+		{"GET /api/v1/builds/{id}/artifacts/{name...}", http.HandlerFunc(s.downloadArtifact)},
+		{"POST /api/v1/builds/{id}/artifact-tickets", s.auth(s.artifactTicket)},
+		{"GET /api/v1/caches", s.auth(s.listCaches)},
+		{"DELETE /api/v1/apps/{name}/caches", s.auth(s.clearCaches)},
 	}
 	if s.cfg.Metrics != nil {
 		rs = append(rs, route{"GET /metrics", s.cfg.Metrics})
