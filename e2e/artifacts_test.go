@@ -91,8 +91,15 @@ func TestArtifactsAndCache(t *testing.T) {
 	s := harness.StartServer(t, harness.Options{Driver: "host", Args: []string{"--artifact-max-size", "4MiB"}})
 	run := marker()
 	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": strings.ReplaceAll(artifactsFile, "{{run}}", run)})
-	if r := s.Hangar("app", "add", "arts", "--repo", repo.Path); r.Code != 0 {
+	// app add reports, before any build, what is run and what is not.
+	r := s.Hangar("app", "add", "arts", "--repo", repo.Path)
+	if r.Code != 0 {
 		t.Fatalf("app add: %s", r.Stderr)
+	}
+	for _, want := range []string{"publishing.slack", "NOT run by Hangar", "artifacts: build/**/*.bin", "Uploading artifacts (also after a failure)"} {
+		if !strings.Contains(r.Stdout, want) {
+			t.Errorf("app add's report lacks %q:\n%s", want, r.Stdout)
+		}
 	}
 	f := &fixture{t: t, s: s, driver: "host"}
 	start := func(wf string) *build.Build {
@@ -106,11 +113,6 @@ func TestArtifactsAndCache(t *testing.T) {
 			t.Fatal(err)
 		}
 		return &b
-	}
-
-	// The report before any build: what is run and what is not.
-	if r := s.Hangar("app", "show", "arts"); r.Code != 0 || !strings.Contains(r.Stdout, "publishing.slack") {
-		t.Errorf("app show does not flag publishing.slack: %s %s", r.Stdout, r.Stderr)
 	}
 
 	b1, logs := f.wait(start("art").ID, 2*time.Minute)
@@ -147,7 +149,7 @@ func TestArtifactsAndCache(t *testing.T) {
 	}
 
 	// The CLI lists and downloads them, byte-identical.
-	r := s.Hangar("build", "artifacts", strconv.FormatInt(b1.ID, 10))
+	r = s.Hangar("build", "artifacts", strconv.FormatInt(b1.ID, 10))
 	if r.Code != 0 || !strings.Contains(r.Stdout, "build/out/app.bin") || !strings.Contains(r.Stdout, "build/out/sub/notes.txt") || strings.Contains(r.Stdout, "big.bin") {
 		t.Errorf("build artifacts: %d %s %s", r.Code, r.Stdout, r.Stderr)
 	}
