@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -204,5 +205,52 @@ func TestArtifactsAndCache(t *testing.T) {
 	}
 	if r := s.Hangar("cache", "list"); r.Code != 0 || !strings.Contains(r.Stdout, "no caches") {
 		t.Errorf("cache list after clear: %s %s", r.Stdout, r.Stderr)
+	}
+}
+
+// TestUIArtifacts: the build page lists a build's artifacts and downloads
+// one in Chromium (e2e/ui/artifacts.test.mjs), byte-identical.
+func TestUIArtifacts(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("needs node (make deps installs it)")
+	}
+	if _, err := os.Stat("/usr/bin/chromium"); err != nil {
+		t.Skip("needs Debian's chromium (make deps installs it)")
+	}
+	if _, err := os.Stat("ui/node_modules/playwright-core/package.json"); err != nil {
+		t.Skip("needs playwright-core: npm ci in e2e/ui (make test does it)")
+	}
+	s := harness.StartServer(t, harness.Options{Driver: "host"})
+	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": strings.ReplaceAll(artifactsFile, "{{run}}", marker())})
+	if r := s.Hangar("app", "add", "ui-arts", "--repo", repo.Path); r.Code != 0 {
+		t.Fatalf("app add: %s", r.Stderr)
+	}
+	r := s.Hangar("build", "start", "ui-arts", "--workflow", "art", "--json")
+	var b build.Build
+	if r.Code != 0 || json.Unmarshal([]byte(r.Stdout), &b) != nil {
+		t.Fatalf("build start: %s %s", r.Stdout, r.Stderr)
+	}
+	f := &fixture{t: t, s: s, driver: "host"}
+	if done, logs := f.wait(b.ID, 2*time.Minute); done.Status != build.Finished {
+		t.Fatalf("build: %s (%s)\n%s", done.Status, done.Message, logs)
+	}
+	shots := os.Getenv("HANGAR_UI_SCREENSHOTS")
+	if shots == "" {
+		shots = filepath.Join(t.TempDir(), "screenshots")
+	}
+	out := filepath.Join(t.TempDir(), "downloaded.bin")
+	cmd := exec.Command(node, "artifacts.test.mjs")
+	cmd.Dir = "ui"
+	cmd.Env = append(os.Environ(), "HANGAR_URL="+s.URL, "HANGAR_TOKEN="+s.Token, "BUILD_ID="+strconv.FormatInt(b.ID, 10),
+		"ARTIFACT=build/out/app.bin", "OUT_FILE="+out, "SCREENSHOT_DIR="+shots)
+	output, err := cmd.CombinedOutput()
+	t.Logf("node artifacts.test.mjs:\n%s", output)
+	if err != nil {
+		t.Fatalf("the UI artifacts test failed (%v); screenshots in %s", err, shots)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil || !bytes.Equal(got, appBin()) {
+		t.Errorf("the browser's download: %d bytes, %v; want %d identical bytes", len(got), err, len(appBin()))
 	}
 }
