@@ -35,7 +35,7 @@ export function Artifacts({ build }: { build: Build }) {
     api.artifacts(build.id, ctl.signal).then(setList, (e) => e.name !== 'AbortError' && setError(e.message));
     return () => ctl.abort();
   }, [build.id, ready]);
-  if (!hasStep) return null;
+  if (!ready) return null;
 
   const download = async (a: Artifact) => {
     setBusy(a.name);
@@ -59,8 +59,7 @@ export function Artifacts({ build }: { build: Build }) {
     <section class="artifacts" aria-labelledby="artifacts-h">
       <h2 id="artifacts-h">Artifacts</h2>
       {error ? <Alert>{error}</Alert> : null}
-      {!ready ? <p class="muted small">The artifacts are collected after the build's steps.</p> : null}
-      {ready && list && list.length === 0 ? <p class="muted small">No artifacts were kept: the log of “Uploading artifacts” says why.</p> : null}
+      {list && list.length === 0 ? <p class="muted small">No artifacts were kept: the log of “Uploading artifacts” says why.</p> : null}
       {list && list.length > 0 ? (
         <table class="artifact-list">
           <thead>

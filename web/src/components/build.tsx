@@ -218,8 +218,8 @@ export function BuildPage({ id }: { id: number }) {
       {trouble ? <Alert kind="warn">{trouble}</Alert> : null}
       <PausedNotice build={build} />
       {build.ssh?.enabled ? <SSHPanel build={build} now={now} /> : null}
-      <StepsAndLog build={build} logs={logs.current} now={now} />
       <Artifacts build={build} />
+      <StepsAndLog build={build} logs={logs.current} now={now} />
       <CancelDialog open={canceling} onClose={closeCancel} build={build} />
     </>
   );
