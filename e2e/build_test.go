@@ -378,7 +378,7 @@ func testBuilds(t *testing.T, driver string) {
 			"marker-" + f.run,
 			"commit=" + b.Commit + " branch=main",
 			"01-greet.sh",
-			"Ignored: publishing",
+			"Email: NOT sent to nobody@example.invalid",
 		}
 		if driver == "sandbox" {
 			want = append(want, "dir=/home/builder/clone cm=/home/builder/clone")

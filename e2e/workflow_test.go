@@ -61,8 +61,9 @@ workflows:
         script: echo deploy-ran
         when:
           condition: env.DEPLOY == "yes" and env.FLAVOR == "prod"
-    artifacts:
-      - build/*.apk
+    publishing:
+      slack:
+        channel: "#builds"
   minimal:
     name: Codemagic Sample Workflow
     max_build_duration: 5
@@ -93,7 +94,7 @@ func TestWorkflowFeatures(t *testing.T) {
 	}
 	// app add says, before any build, what Hangar makes of the file.
 	for _, want := range []string{"codemagic.yaml (branch main at", "Workflow features (Features)", "    3. Export",
-		"inputs: flavor (choice, default dev)", "artifacts: artifacts are not collected yet", "no scripts: the build fetches the sources and ends"} {
+		"inputs: flavor (choice, default dev)", "publishing.slack: this publisher is NOT run by Hangar", "no scripts: the build fetches the sources and ends"} {
 		if !strings.Contains(r.Stdout, want) {
 			t.Errorf("app add does not say %q:\n%s", want, r.Stdout)
 		}
@@ -134,8 +135,8 @@ func TestWorkflowFeatures(t *testing.T) {
 	if st := b.Steps[3]; st.Status != build.StepSkipped || st.Reason != "when.condition is false: ${{ inputs.runTests }}" {
 		t.Errorf("Tests step: %+v", st)
 	}
-	if !strings.Contains(logs, "Ignored: artifacts is not run by Hangar yet") {
-		t.Errorf("log does not say artifacts are ignored:\n%s", logs)
+	if !strings.Contains(logs, "Ignored: publishing.slack is not run by Hangar yet") {
+		t.Errorf("log does not say publishing.slack is ignored:\n%s", logs)
 	}
 	// The defaults: dev, tests run, deploy skipped.
 	b, logs = f.wait(f.start("--workflow features").ID, 2*time.Minute)

@@ -20,7 +20,7 @@ import (
 func buildCmd(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "build", Short: "Start, follow and inspect builds"}
 	cmd.AddCommand(buildStartCmd(cf), buildShowCmd(cf), buildLogsCmd(cf), buildListCmd(cf), buildCancelCmd(cf), buildRerunCmd(cf), buildContinueCmd(cf), buildSSHExtendCmd(cf),
-		buildSSHScriptCmd(cf), buildSSHConfigCmd(cf), buildEventsCmd(cf))
+		buildSSHScriptCmd(cf), buildSSHConfigCmd(cf), buildEventsCmd(cf), buildArtifactsCmd(cf))
 	return cmd
 }
 

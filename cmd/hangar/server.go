@@ -27,6 +27,7 @@ func serverCmd() *cobra.Command {
 	var logLevel, instanceTypes string
 	egress := onOff(true)
 	var egressAllow, egressDeny, dns []string
+	var applyFileFlags func(*hangarapp.Config) error
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the Hangar service (API, runner) in one process",
@@ -64,6 +65,9 @@ func serverCmd() *cobra.Command {
 				}
 			}
 			if err := checkGatewayLimits(cfg); err != nil {
+				return err
+			}
+			if err := applyFileFlags(&cfg); err != nil {
 				return err
 			}
 			var level slog.Level
@@ -106,6 +110,7 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "serve the API over HTTPS with this certificate (PEM file, with its chain); needs --tls-key")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "the private key (PEM file) of --tls-cert")
 	f.StringSliceVar(&cfg.TLSAutocert, "tls-autocert", nil, "serve HTTPS with certificates from Let's Encrypt for these public host names (comma-separated; the API must be their port 443; cached in <data>/autocert)")
+	applyFileFlags = fileFlags(f)
 	f.StringVar(&cfg.TLSAutocertEmail, "tls-autocert-email", "", "contact address of the Let's Encrypt account of --tls-autocert (optional)")
 	return cmd
 }

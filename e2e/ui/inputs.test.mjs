@@ -60,7 +60,7 @@ try {
   await page.getByRole('heading', { name: 'Features' }).waitFor();
   const card = page.locator('li.wf-card', { has: page.getByRole('heading', { name: 'Features' }) });
   await card.getByText('1 key is not run by Hangar').click();
-  await card.getByText('artifacts are not collected yet').waitFor();
+  await card.getByText('this publisher is NOT run by Hangar').waitFor();
   await card.getByText('inputs: flavor (choice, default dev), runTests (boolean, default true), count (number, default 2)').waitFor();
   await page.screenshot({ path: path.join(shots, 'inputs-01-app.png') });
 

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/hangar-ci/hangar/internal/artifact"
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/gateway"
 	"github.com/hangar-ci/hangar/internal/gitrepo"
@@ -33,6 +34,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/machine"
 	"github.com/hangar-ci/hangar/internal/machine/host"
 	"github.com/hangar-ci/hangar/internal/machine/sandbox"
+	"github.com/hangar-ci/hangar/internal/notify"
 	"github.com/hangar-ci/hangar/internal/runner"
 	"github.com/hangar-ci/hangar/internal/secrets"
 	"github.com/hangar-ci/hangar/internal/server"
@@ -94,6 +96,15 @@ type Config struct {
 	// keystores: a file, or env:NAME; empty: Data's secrets.key, made on
 	// first use (secrets.LoadSealer). Servers of one database share it.
 	SecretsKey string
+	// Artifacts and caches (artifact.Keeper's fields; zero: its
+	// defaults).
+	ArtifactMaxFile, ArtifactMaxBuild int64
+	ArtifactRetention                 time.Duration
+	CacheMaxSize                      int64
+	CacheRetention                    time.Duration
+	// SMTP sends publishing.email (nil: no email is sent, the build log
+	// says so).
+	SMTP *notify.SMTP
 }
 
 // InterruptedMessage starts the message of builds that a server left
@@ -123,6 +134,7 @@ type App struct {
 	httpLn  net.Listener
 	tls     *tls.Config // the API's; nil: plain HTTP
 	api     http.Handler
+	files   *artifact.Keeper
 }
 
 // New opens the data dir, the store and the driver and listens on every
@@ -283,13 +295,34 @@ func New(cfg Config) (a *App, err error) {
 			GatewayDialAddr: dialable(a.sshLn.Addr()),
 		}
 	}
+	a.files = &artifact.Keeper{Dir: data, Store: a.store, MaxFile: cfg.ArtifactMaxFile, MaxBuild: cfg.ArtifactMaxBuild,
+		Retention: cfg.ArtifactRetention, MaxCache: cfg.CacheMaxSize, CacheRetention: cfg.CacheRetention, Logger: log}
+	rcfg.Files = a.files
+	// The API's URL, for artifact links and emails: --public-url, or the
+	// address it listens on (set below, before any build runs).
+	publicURL := strings.TrimRight(cfg.PublicURL, "/")
+	rcfg.PublicURL = func() string { return publicURL }
+	rcfg.Notify = notify.Unconfigured
+	if cfg.SMTP != nil {
+		smtp := *cfg.SMTP
+		smtp.PublicURL = rcfg.PublicURL
+		rcfg.Notify = smtp.Notify
+	}
 	a.run = runner.New(rcfg)
 	if a.gw != nil {
 		a.gw.Events = a.run.GatewayEvent
 	}
 	scfg.Continue, scfg.Extend = a.run.Continue, a.run.Extend
+	scfg.Files = a.files
 	if a.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
 		return nil, fmt.Errorf("--http %s: %w", cfg.HTTP, err)
+	}
+	if publicURL == "" {
+		scheme := "http://"
+		if a.tls != nil {
+			scheme = "https://"
+		}
+		publicURL = scheme + dialable(a.httpLn.Addr())
 	}
 	scfg.TLS = a.tls != nil
 	scfg.Loopback = a.httpLn.Addr().(*net.TCPAddr).IP.IsLoopback()
@@ -386,8 +419,15 @@ func (a *App) Run(ctx context.Context, hurry <-chan struct{}) error {
 			return nil
 		})
 	}
+	sweepCtx, stopSweep := context.WithCancel(gctx)
+	defer stopSweep()
+	g.Go(func() error {
+		a.files.Run(sweepCtx, 0)
+		return nil
+	})
 	g.Go(func() error {
 		err := a.run.Run(gctx)
+		stopSweep()
 		a.log.Info("builds stopped: closing the builder link, the SSH gateway and the HTTP API")
 		a.shutdownServers(hs, stopHTTP, hurry)
 		return err

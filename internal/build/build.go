@@ -163,6 +163,10 @@ type Step struct {
 	// Reason says why a skipped step was skipped by its when (empty for
 	// steps skipped because the build ended before them).
 	Reason string `json:"reason,omitempty"`
+	// Kind is empty for the workflow's scripts, else what the step is:
+	// KindCacheRestore, KindArtifacts, KindPublishing (a
+	// publishing.scripts entry), KindCacheSave.
+	Kind string `json:"kind,omitempty"`
 }
 
 // LogLine is one line of a step's output.
@@ -220,6 +224,13 @@ type Spec struct {
 	// starts.
 	Groups    []string `json:"groups,omitempty"`
 	Keystores []string `json:"keystores,omitempty"`
+	// Artifacts are the workflow's artifacts patterns, CachePaths its
+	// cache.cache_paths, Publish its publishing.scripts and Email its
+	// publishing.email (see Plan).
+	Artifacts  []string     `json:"artifacts,omitempty"`
+	CachePaths []string     `json:"cache_paths,omitempty"`
+	Publish    []SpecScript `json:"publish,omitempty"`
+	Email      *Email       `json:"email,omitempty"`
 }
 
 // SpecScript is one script of a Spec.

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/link"
 	"github.com/hangar-ci/hangar/internal/mask"
@@ -95,9 +96,11 @@ type run struct {
 	cred  *syscall.Credential
 	uid   int
 	gid   int
-	env   []string // base environment of every step, CM_ENV exports merged in
-	cmEnv string   // path of the CM_ENV file
-	event any      // the job's event, for the steps' conditions
+	env   []string       // base environment of every step, CM_ENV exports merged in
+	cmEnv string         // path of the CM_ENV file
+	event any            // the job's event, for the steps' conditions
+	files fileOpener     // file channels to the runner; nil in tests
+	links []artifactLink // the artifacts uploaded, for CM_ARTIFACT_LINKS
 
 	// banner is an SSH login's first words; nil in tests.
 	banner *banner
@@ -108,6 +111,9 @@ type run struct {
 func newRun(cfg Config, job *link.Job, c *link.Client) (*run, error) {
 	r := &run{job: job, log: cfg.Logger, send: c.Send, out: newOutbox(c.Send, job.MaxOutput), home: cfg.Home, uid: -1, gid: -1,
 		masks: mask.NewSet(job.Secure)}
+	if c != nil {
+		r.files = c
+	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -199,18 +205,27 @@ func (r *run) chown(path string) error {
 	return nil
 }
 
-// all runs every step in order and stops at the first failure.
+// all runs every step in order. After the first failure it runs only the
+// steps that run after a failure (artifacts, publishing scripts), as
+// Codemagic does; the others stay pending (the runner marks them
+// skipped). failed and reason are the first failure's.
 func (r *run) all(ctx context.Context) (failed bool, reason string) {
 	brk := breaks(r.job)
 	for i, st := range r.job.Steps {
-		if brk[i] {
+		if failed && !(st.Kind == build.KindArtifacts || st.Kind == build.KindPublishing) {
+			continue
+		}
+		if brk[i] && !failed {
 			if err := r.pauseBefore(ctx, i); err != nil {
-				return true, fmt.Sprintf("paused before step %q: %v", st.Name, err)
+				failed, reason = true, fmt.Sprintf("paused before step %q: %v", st.Name, err)
+				continue
 			}
 		}
 		var err error
 		if i == 0 {
 			err = r.step(ctx, i, r.clone)
+		} else if fn := r.ownStep(st.Kind); fn != nil {
+			err = r.step(ctx, i, fn)
 		} else if why, serr := r.skip(st); serr != nil || why != "" {
 			if serr == nil {
 				_ = r.send(link.Event{Type: link.StepSkipped, Step: i, Text: why})
@@ -223,11 +238,25 @@ func (r *run) all(ctx context.Context) (failed bool, reason string) {
 		} else {
 			err = r.step(ctx, i, func(ctx context.Context, out io.Writer) error { return r.script(ctx, i, st, out) })
 		}
-		if err != nil && !(i > 0 && st.IgnoreFailure) {
-			return true, fmt.Sprintf("step %q failed: %v", st.Name, err)
+		if err != nil && !(i > 0 && st.IgnoreFailure) && !failed {
+			failed, reason = true, fmt.Sprintf("step %q failed: %v", st.Name, err)
 		}
 	}
-	return false, ""
+	return failed, reason
+}
+
+// ownStep returns the function of one of Hangar's own steps (nil for a
+// script).
+func (r *run) ownStep(kind string) func(context.Context, io.Writer) error {
+	switch kind {
+	case build.KindCacheRestore:
+		return r.restoreCache
+	case build.KindArtifacts:
+		return r.uploadArtifacts
+	case build.KindCacheSave:
+		return r.saveCache
+	}
+	return nil
 }
 
 // skip says why step st is skipped ("" when it runs): the server's
@@ -472,6 +501,9 @@ func (r *run) script(ctx context.Context, i int, st link.Step, out io.Writer) er
 	}
 	dir := r.stepDir(st)
 	env := mergeEnv(r.env, readEnvFile(r.cmEnv))
+	if st.Kind == build.KindPublishing {
+		env = mergeEnv(env, []string{"CM_ARTIFACT_LINKS=" + r.artifactLinks()})
+	}
 	if r.steps != nil {
 		r.steps.start(i, env)
 	}

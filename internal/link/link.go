@@ -92,6 +92,13 @@ type Job struct {
 	// Build names the build for people in the machine (the SSH login
 	// banner); nil from runners that predate it.
 	Build *JobBuild `json:"build,omitempty"`
+	// Artifacts are the workflow's artifacts patterns and CachePaths its
+	// cache.cache_paths, for the steps of those kinds (see Step.Kind);
+	// Limits are the server's bounds on what the builder uploads (see
+	// FileChannel).
+	Artifacts  []string    `json:"artifacts,omitempty"`
+	CachePaths []string    `json:"cache_paths,omitempty"`
+	Limits     *FileLimits `json:"limits,omitempty"`
 }
 
 // JobBuild is how people call the build: for the SSH login banner.
@@ -110,6 +117,13 @@ type Keystore struct {
 	Password    string `json:"password"`
 	Alias       string `json:"alias"`
 	KeyPassword string `json:"key_password"`
+}
+
+// FileLimits are the server's bounds on uploads, in bytes.
+type FileLimits struct {
+	ArtifactFile  int64 `json:"artifact_file"`
+	ArtifactBuild int64 `json:"artifact_build"`
+	Cache         int64 `json:"cache"`
 }
 
 // JobSSH configures an SSH build's access. The builder opens a second
@@ -174,6 +188,12 @@ type Step struct {
 	// evaluated by the builder just before the step with the step's
 	// environment: false skips the step.
 	Condition string `json:"condition,omitempty"`
+	// Kind is empty for a workflow script, else the build.Kind* of one of
+	// Hangar's steps: restore or save the cache, upload the artifacts, or
+	// a publishing script (run with CM_ARTIFACT_LINKS). Artifacts and
+	// publishing steps run also after a failed step; the cache is saved
+	// only when no step failed.
+	Kind string `json:"kind,omitempty"`
 }
 
 // Event types sent by the builder.

@@ -240,6 +240,10 @@ func (s *Server) handle(nc net.Conn) {
 
 	var c *Conn
 	for nch := range chans {
+		if nch.ChannelType() == FileChannel && c != nil {
+			c.offerFile(nch)
+			continue
+		}
 		if nch.ChannelType() != ControlChannel || c != nil {
 			_ = nch.Reject(ssh.Prohibited, "only one "+ControlChannel+" channel is allowed")
 			continue
@@ -362,15 +366,18 @@ type Conn struct {
 
 	once sync.Once
 	done chan struct{}
+	// files are the builder's file channels (see Files).
+	files chan *FileRequest
 }
 
 func newConn(sc *ssh.ServerConn, ch ssh.Channel) *Conn {
 	return &Conn{
-		sc:   sc,
-		ch:   ch,
-		rd:   bufio.NewReaderSize(ch, 64<<10),
-		enc:  json.NewEncoder(ch),
-		done: make(chan struct{}),
+		sc:    sc,
+		ch:    ch,
+		rd:    bufio.NewReaderSize(ch, 64<<10),
+		enc:   json.NewEncoder(ch),
+		done:  make(chan struct{}),
+		files: make(chan *FileRequest),
 	}
 }
 

@@ -65,9 +65,17 @@ func (j *job) linkLost() string {
 func (j *job) steps() *outcome {
 	b, spec := j.b, j.spec
 	steps := []link.Step{{Name: build.StepFetch}}
-	for _, s := range spec.Scripts {
-		steps = append(steps, link.Step{Name: s.Name, File: s.File, Script: s.Script, IgnoreFailure: s.IgnoreFailure,
-			WorkingDirectory: s.WorkingDirectory, Skip: s.Skip, Condition: s.Condition})
+	for _, p := range spec.Plan() {
+		st := link.Step{Name: p.Name, Kind: p.Kind}
+		if s := p.Script; s != nil {
+			st.File, st.Script, st.IgnoreFailure, st.WorkingDirectory, st.Skip, st.Condition = s.File, s.Script, s.IgnoreFailure, s.WorkingDirectory, s.Skip, s.Condition
+		}
+		steps = append(steps, st)
+	}
+	var limits *link.FileLimits
+	if f := j.r.cfg.Files; f != nil {
+		l := f.Limits()
+		limits = &link.FileLimits{ArtifactFile: l.ArtifactFile, ArtifactBuild: l.ArtifactBuild, Cache: l.Cache}
 	}
 	// The machine never gets the repository's credentials: fetching is
 	// the server's job (the clone borrows the mirror's objects).
@@ -77,7 +85,8 @@ func (j *job) steps() *outcome {
 	// One byte past the cap, so that the log book sees the cap crossed
 	// and says so when the steps' output alone reaches it.
 	job := &link.Job{Repo: j.repo, Origin: origin, Branch: b.Branch, Commit: b.Commit, Env: env, Vars: spec.Vars,
-		Event: spec.Event, Inputs: spec.Inputs, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes + 1, BreakBefore: spec.BreakBefore,
+		Event: spec.Event, Inputs: spec.Inputs, Steps: steps, SSH: j.jobSSH, MaxOutput: MaxLogBytes + 1, BreakBefore: breakSteps(spec),
+		Artifacts: spec.Artifacts, CachePaths: spec.CachePaths, Limits: limits,
 		Build: &link.JobBuild{ID: b.ID, Name: b.Name(), Workflow: b.Workflow, WorkflowName: b.WorkflowName}}
 	if s := j.secrets; s != nil {
 		// Codemagic's order: built-in variables, the groups', then vars.
@@ -244,4 +253,17 @@ func (j *job) cont(who string) error {
 		return fmt.Errorf("the builder is unreachable: %w", err)
 	}
 	return nil
+}
+
+// breakSteps are the steps (indexes of the Job's steps) of the scripts
+// the build pauses before: a restored cache comes before the scripts.
+func breakSteps(spec build.Spec) []int {
+	if len(spec.CachePaths) == 0 {
+		return spec.BreakBefore
+	}
+	out := make([]int, len(spec.BreakBefore))
+	for i, n := range spec.BreakBefore {
+		out[i] = n + 1
+	}
+	return out
 }

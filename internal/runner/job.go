@@ -67,6 +67,7 @@ type job struct {
 
 	// secrets are the groups and keystores the build names, opened.
 	secrets *secrets.Resolved
+	files   *fileServer // serves the builder's file channels, once linked
 }
 
 // outcome is how a phase ended the build: its status and message, or an
@@ -168,7 +169,7 @@ func (j *job) prepare() *outcome {
 		return failed("the build's stored spec is unreadable: " + err.Error())
 	}
 	if len(b.Steps) == 0 {
-		b.Steps = build.NewSteps(j.spec.Scripts)
+		b.Steps = j.spec.Steps()
 	}
 	j.stepStart(0, j.r.clock.Now())
 	j.save()
@@ -329,6 +330,7 @@ func (j *job) linkUp() *outcome {
 		return stopped
 	}
 	j.receive()
+	j.serveFiles()
 	b := j.b
 	now := j.r.clock.Now()
 	j.stepEnd(0, build.StepSuccess, now, nil)
@@ -382,6 +384,15 @@ func (j *job) end(status build.Status, msg string, start time.Time) {
 	j.logs.EndAll()
 	if status != build.Finished {
 		j.logs.Printf(lastStarted(b), "hangar: %s", msg)
+	}
+	if notify := j.r.cfg.Notify; notify != nil && j.spec.Email != nil {
+		final := *b
+		final.Status, final.Message, final.FinishedAt = status, msg, &now
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		for _, line := range notify(ctx, final, &j.spec, j.uploaded()) {
+			j.logs.Printf(lastStarted(b), "%s", line)
+		}
+		cancel()
 	}
 	j.logs.Flush()
 	b.Status, b.Message, b.FinishedAt = status, msg, &now

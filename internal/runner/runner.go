@@ -91,6 +91,15 @@ type Config struct {
 	// Secrets opens the variable groups and keystores builds name; nil
 	// fails the builds that name any.
 	Secrets Secrets
+	// Files keeps artifacts and caches; nil: builds keep none.
+	Files Files
+	// PublicURL gives the API's base URL as users reach it (artifact
+	// links); nil: links are paths.
+	PublicURL func() string
+	// Notify, if set, is called as a build ends, before its final status
+	// is written (publishing.email); what it returns goes to the log.
+	// b is a copy with its final status and message.
+	Notify func(ctx context.Context, b build.Build, spec *build.Spec, artifacts []build.Artifact) []string
 }
 
 // Secrets opens what a build's workflow names: its environment variable

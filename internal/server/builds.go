@@ -349,7 +349,7 @@ func (s *Server) rerunBuild(w http.ResponseWriter, r *http.Request) {
 	nb := &build.Build{
 		App: b.App, Workflow: b.Workflow, WorkflowName: b.WorkflowName, Branch: b.Branch, Commit: b.Commit,
 		Status: build.Queued, Trigger: build.Manual, StartedBy: starter, MaxDuration: b.MaxDuration,
-		Steps: build.NewSteps(spec.Scripts), RerunOf: &b.ID,
+		Steps: spec.Steps(), RerunOf: &b.ID,
 	}
 	if req.SSH {
 		nb.SSH = build.SSH{Enabled: true, State: build.SSHPending, Mode: build.SSHAlways}

@@ -92,6 +92,8 @@ type Config struct {
 	// Secrets keeps environment variable groups and keystores (nil: the
 	// server has none, and refuses builds that name any).
 	Secrets Secrets
+	// Files serves artifacts and caches (nil: none are kept).
+	Files Files
 }
 
 // Server serves the API. Create it with New.
@@ -100,6 +102,8 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	tickets terminalTickets
+	// downloads are artifact download tickets (user: the artifact's name).
+	downloads terminalTickets
 	// hookSlots holds a token per webhook body being read (MaxHookReads).
 	hookSlots chan struct{}
 	// patterns are the routes of mux, as registered (for tests that walk
@@ -143,6 +147,11 @@ func (s *Server) routes() []route {
 		{"GET /api/v1/apps/{name}/branches", s.auth(s.appBranches)},
 		{"GET /api/v1/apps/{name}/deliveries", s.auth(s.appDeliveries)},
 		{"POST /api/v1/tokens", s.auth(s.createToken)},
+		{"GET /api/v1/builds/{id}/artifacts", s.auth(s.listArtifacts)},
+		{"GET /api/v1/builds/{id}/artifacts/{name...}", http.HandlerFunc(s.downloadArtifact)},
+		{"POST /api/v1/builds/{id}/artifact-tickets", s.auth(s.artifactTicket)},
+		{"GET /api/v1/caches", s.auth(s.listCaches)},
+		{"DELETE /api/v1/apps/{name}/caches", s.auth(s.clearCaches)},
 	}
 	rs = append(rs, s.secretRoutes()...)
 	if s.cfg.Metrics != nil {

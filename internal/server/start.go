@@ -185,6 +185,7 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 		}
 		spec.Scripts = append(spec.Scripts, ss)
 	}
+	addPublishing(&spec, wf, values)
 	if spec.BreakBefore, err = breakpoints(wf, st.breaks); err != nil {
 		return nil, err
 	}
@@ -201,7 +202,7 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 	if b.MaxDuration < 1 {
 		b.MaxDuration = 1
 	}
-	b.Steps = build.NewSteps(spec.Scripts)
+	b.Steps = spec.Steps()
 	if err := s.cfg.Store.CreateBuild(ctx, b, data); err != nil {
 		return nil, err
 	}

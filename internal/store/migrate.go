@@ -103,6 +103,8 @@ var migrations = []migration{
 		_, err := tx.ExecContext(ctx, `UPDATE builds SET ssh_on_failure = TRUE WHERE spec LIKE '%"ssh_on_failure":true%'`)
 		return err
 	}},
+	{version: 13, name: "artifacts", sql: artifactsSchema},
+	{version: 14, name: "caches", sql: cachesSchema},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;

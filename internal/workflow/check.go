@@ -55,6 +55,18 @@ func (w *Workflow) Report() Report {
 	if len(w.Scripts) == 0 {
 		r.Steps = append(r.Steps, "no scripts: the build fetches the sources and ends")
 	}
+	if len(w.CachePaths) > 0 {
+		r.Steps = append(r.Steps[:2], append([]string{"Restoring cache"}, r.Steps[2:]...)...)
+	}
+	if len(w.Artifacts) > 0 {
+		r.Steps = append(r.Steps, "Uploading artifacts (also after a failure)")
+	}
+	for _, s := range w.Publishing.Scripts {
+		r.Steps = append(r.Steps, "Publishing: "+s.Name+" (also after a failure)")
+	}
+	if len(w.CachePaths) > 0 {
+		r.Steps = append(r.Steps, "Saving cache (after a successful build)")
+	}
 	h := func(format string, args ...any) { r.Honoured = append(r.Honoured, fmt.Sprintf(format, args...)) }
 	h("max_build_duration: %s", formatDuration(w.MaxDuration))
 	h("instance_type: %s (refused at start if the server has no such type)", orDefault(w.InstanceType, "linux, the default"))
@@ -118,6 +130,25 @@ func (w *Workflow) Report() Report {
 	if w.IOSSigning {
 		r.Unsupported = append(r.Unsupported, Unsupported{Key: "environment.ios_signing", Why: IOSSigningRefused})
 	}
+	if len(w.Artifacts) > 0 {
+		h("artifacts: %s (collected after the steps, relative to the clone; kept with the build)", strings.Join(w.Artifacts, ", "))
+	}
+	if len(w.CachePaths) > 0 {
+		h("cache.cache_paths: %s (restored before the steps, saved after a successful build)", strings.Join(w.CachePaths, ", "))
+	}
+	if n := len(w.Publishing.Scripts); n > 0 {
+		h("publishing.scripts: %d script(s), run after the steps (also after a failure) with CM_ARTIFACT_LINKS", n)
+	}
+	if e := w.Publishing.Email; e != nil {
+		var when []string
+		if e.Success {
+			when = append(when, "success")
+		}
+		if e.Failure {
+			when = append(when, "failure")
+		}
+		h("publishing.email: %s, on %s (through the server's SMTP server)", strings.Join(e.Recipients, ", "), orDefault(strings.Join(when, " and "), "no outcome"))
+	}
 	for _, k := range w.Ignored {
 		r.Unsupported = append(r.Unsupported, Unsupported{Key: k, Why: WhyIgnored(k)})
 	}
@@ -175,13 +206,16 @@ func WhyIgnored(path string) string {
 		}
 		return "not an environment key Hangar knows"
 	}
+	if pub, ok := strings.CutPrefix(path, "publishing."); ok {
+		if strings.HasPrefix(pub, "email.") {
+			return "not an email key Hangar knows (it reads recipients and notify)"
+		}
+		return "this publisher is NOT run by Hangar (only publishing.scripts and publishing.email are); the build log says so"
+	}
+	if strings.HasPrefix(path, "cache.") {
+		return "not a cache key Hangar knows (it reads cache_paths)"
+	}
 	switch path {
-	case "artifacts":
-		return "artifacts are not collected yet: files the build makes go away with its machine"
-	case "publishing":
-		return "publishing (email, Slack, stores, publishing.scripts) is not run yet"
-	case "cache":
-		return "nothing is cached between builds yet: every build starts clean"
 	case "integrations":
 		return "integrations (App Store Connect, ...) are not available"
 	case "labels":

@@ -211,6 +211,12 @@ func (p *parser) workflow(key, val *yaml.Node) (*Workflow, *Error) {
 			err = p.inputs(w, kv.val)
 		case "when":
 			w.When, err = p.when("when", kv.val)
+		case "artifacts":
+			w.Artifacts, err = p.strList(kv.val, "artifacts")
+		case "cache":
+			err = p.cache(w, kv.val)
+		case "publishing":
+			err = p.publishing(w, kv.key, kv.val)
 		default:
 			w.ignore(kv.key.Value)
 		}
@@ -221,9 +227,11 @@ func (p *parser) workflow(key, val *yaml.Node) (*Workflow, *Error) {
 	if err := p.checkInputUses(w); err != nil {
 		return nil, err
 	}
-	for i := range w.Scripts {
-		if w.Scripts[i].WorkingDirectory == "" {
-			w.Scripts[i].WorkingDirectory = w.WorkingDirectory
+	for _, list := range [][]Script{w.Scripts, w.Publishing.Scripts} {
+		for i := range list {
+			if list[i].WorkingDirectory == "" {
+				list[i].WorkingDirectory = w.WorkingDirectory
+			}
 		}
 	}
 	return w, nil
@@ -476,45 +484,54 @@ func (p *parser) patterns(w *Workflow, path string, val *yaml.Node) ([]Pattern, 
 }
 
 func (p *parser) scripts(w *Workflow, key, val *yaml.Node) *Error {
+	list, err := p.scriptList(w, key, val, "scripts")
+	w.Scripts = append(w.Scripts, list...)
+	return err
+}
+
+// scriptList reads a list of scripts at path ("scripts",
+// "publishing.scripts").
+func (p *parser) scriptList(w *Workflow, key, val *yaml.Node, path string) ([]Script, *Error) {
+	var out []Script
 	n := resolve(val)
 	if isNull(n) {
-		return p.errf(key, "scripts is empty; expected a list of scripts")
+		return nil, p.errf(key, "%s is empty; expected a list of scripts", path)
 	}
 	if n.Kind != yaml.SequenceNode {
-		return p.errf(n, "scripts must be a list of scripts, got %s", got(n))
+		return nil, p.errf(n, "%s must be a list of scripts, got %s", path, got(n))
 	}
 	if len(n.Content) == 0 {
-		return p.errf(n, "scripts is empty; expected a list of scripts")
+		return nil, p.errf(n, "%s is empty; expected a list of scripts", path)
 	}
 	for i, item := range n.Content {
-		at := fmt.Sprintf("scripts[%d]", i)
+		at := fmt.Sprintf("%s[%d]", path, i)
 		m := resolve(item)
 		s := Script{}
 		switch {
 		case isNull(m):
-			return p.errf(m, "%s is empty; expected a script or a mapping with script", at)
+			return nil, p.errf(m, "%s is empty; expected a script or a mapping with script", at)
 		case m.Kind == yaml.ScalarNode:
 			if m.ShortTag() != "!!str" {
-				return p.errf(m, "%s must be a script (a string) or a mapping with script, got %s", at, got(m))
+				return nil, p.errf(m, "%s must be a script (a string) or a mapping with script, got %s", at, got(m))
 			}
 			s.Script = m.Value
 			p.use(m, m.Value)
 		case m.Kind == yaml.MappingNode:
 			if err := p.scriptMapping(w, &s, at, m); err != nil {
-				return err
+				return nil, err
 			}
 		default:
-			return p.errf(m, "%s must be a script (a string) or a mapping with script, got %s", at, got(m))
+			return nil, p.errf(m, "%s must be a script (a string) or a mapping with script, got %s", at, got(m))
 		}
 		if strings.TrimSpace(s.Script) == "" {
-			return p.errf(m, "%s is an empty script; expected commands to run", at)
+			return nil, p.errf(m, "%s is an empty script; expected commands to run", at)
 		}
 		if s.Name == "" {
 			s.Name = scriptName(s.Script)
 		}
-		w.Scripts = append(w.Scripts, s)
+		out = append(out, s)
 	}
-	return nil
+	return out, nil
 }
 
 func (p *parser) scriptMapping(w *Workflow, s *Script, at string, m *yaml.Node) *Error {

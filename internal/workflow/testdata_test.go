@@ -133,7 +133,7 @@ func TestInputsFile(t *testing.T) {
 	if c.Eval(Context{Inputs: vals}) {
 		t.Errorf("runTests false")
 	}
-	if !slices.Contains(ios.Ignored, "scripts[0].test_report") || !slices.Contains(ios.Ignored, "publishing") {
+	if !slices.Contains(ios.Ignored, "scripts[0].test_report") || !slices.Contains(ios.Ignored, "publishing.app_store_connect") {
 		t.Errorf("ignored: %q", ios.Ignored)
 	}
 	// A workflow without inputs refuses any.
@@ -330,13 +330,34 @@ func TestUnsupportedReport(t *testing.T) {
 	for _, u := range r.Unsupported {
 		keys[u.Key] = u.Why
 	}
-	for _, k := range []string{"labels", "environment.flutter", "cache", "artifacts", "publishing"} {
+	for _, k := range []string{"labels", "environment.flutter", "publishing.google_play", "publishing.slack"} {
 		if keys[k] == "" {
 			t.Errorf("report does not name %s as unsupported: %+v", k, r.Unsupported)
 		}
 	}
-	if !strings.Contains(keys["environment.flutter"], "tool versions are not installed") || !strings.Contains(keys["artifacts"], "not collected") {
+	if !strings.Contains(keys["environment.flutter"], "tool versions are not installed") || !strings.Contains(keys["publishing.google_play"], "NOT run by Hangar") {
 		t.Errorf("reasons: %v", keys)
+	}
+	for _, k := range []string{"cache", "artifacts", "publishing", "publishing.email", "publishing.scripts"} {
+		if keys[k] != "" {
+			t.Errorf("report names %s as unsupported: %s", k, keys[k])
+		}
+	}
+	if !reflect.DeepEqual(w.Artifacts, []string{"build/**/outputs/**/*.aab", "build/**/outputs/**/mapping.txt"}) ||
+		!reflect.DeepEqual(w.CachePaths, []string{"$HOME/.gradle/caches", "$HOME/.pub-cache"}) {
+		t.Errorf("artifacts %q, cache paths %q", w.Artifacts, w.CachePaths)
+	}
+	e := w.Publishing.Email
+	if e == nil || !reflect.DeepEqual(e.Recipients, []string{"user_1@example.com", "user_2@example.com"}) || !e.Success || e.Failure {
+		t.Errorf("email: %+v", e)
+	}
+	if len(w.Publishing.Scripts) != 1 || w.Publishing.Scripts[0].Name != "Report the build" {
+		t.Errorf("publishing scripts: %+v", w.Publishing.Scripts)
+	}
+	for _, want := range []string{"Restoring cache", "Uploading artifacts (also after a failure)", "Publishing: Report the build (also after a failure)", "Saving cache (after a successful build)"} {
+		if !slices.Contains(r.Steps, want) {
+			t.Errorf("steps %q lack %q", r.Steps, want)
+		}
 	}
 	if !slices.Contains(r.Steps, "1. Set up local.properties") || !slices.Contains(r.Steps, "Preparing build machine (linux_x2)") {
 		t.Errorf("steps: %q", r.Steps)

@@ -117,7 +117,15 @@ type Workflow struct {
 	When *When
 	// Triggering says which webhook events start the workflow; see Matches.
 	Triggering Triggering
-	// Ignored lists, as paths such as "publishing", "environment.groups" or
+	// Artifacts are the artifacts section's glob patterns, as written:
+	// files collected after the steps (relative to the clone).
+	Artifacts []string
+	// CachePaths are cache.cache_paths as written: saved after a
+	// successful build, restored before the next one's steps.
+	CachePaths []string
+	// Publishing is what the publishing section asks Hangar to run.
+	Publishing Publishing
+	// Ignored lists, as paths such as "publishing.slack", "environment.groups" or
 	// "scripts[2].when", the sections present in the file that Hangar
 	// accepts but does not act on, in file order.
 	Ignored []string

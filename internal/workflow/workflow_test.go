@@ -129,11 +129,9 @@ func TestParseValid(t *testing.T) {
 					TagPatterns:    []Pattern{{Pattern: "v*", Include: true, Source: true}},
 					CancelPrevious: true,
 				},
-				Groups: []string{"keystore"},
-				Ignored: []string{
-					"artifacts",
-					"publishing",
-				},
+				Groups:     []string{"keystore"},
+				Artifacts:  []string{"build/**/*.apk"},
+				Publishing: Publishing{Email: &Email{Recipients: []string{"a@example.com"}, Success: true, Failure: true}},
 			},
 			{
 				ID:          "quick_check",

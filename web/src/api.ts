@@ -22,6 +22,18 @@ export interface Step {
   duration_ms?: number;
   /** Why a skipped step was skipped (its when). */
   reason?: string;
+  /** Hangar's own steps: cache_restore, artifacts, publishing (a publishing script), cache_save. */
+  kind?: 'cache_restore' | 'artifacts' | 'publishing' | 'cache_save';
+}
+
+export interface Artifact {
+  name: string;
+  size: number;
+  md5: string;
+  sha256: string;
+  created_at: string;
+  expires_at: string;
+  url?: string;
 }
 
 export interface SSHSession {
@@ -283,6 +295,10 @@ export const api = {
   },
   events: (id: number, signal?: AbortSignal) => getJSON<BuildEvent[]>(`/api/v1/builds/${id}/events`, signal),
   terminal: (id: number) => send<{ url: string }>('POST', `/api/v1/builds/${id}/terminal`) as Promise<{ url: string }>,
+  artifacts: (id: number, signal?: AbortSignal) => getJSON<Artifact[]>(`/api/v1/builds/${id}/artifacts`, signal),
+  /** A single-use URL (30 s) that downloads an artifact without the token: the browser's own download. */
+  artifactTicket: (id: number, name: string) =>
+    send<{ url: string }>('POST', `/api/v1/builds/${id}/artifact-tickets`, { name }) as Promise<{ url: string }>,
 };
 
 // ---- live logs ---------------------------------------------------------

@@ -8,6 +8,7 @@ import { useTitle } from '../data';
 import { ago, buildDuration, duration, shortCommit, stepDuration, useNow, when } from '../format';
 import { LogView, StepLog } from '../log';
 import { navigate } from '../router';
+import { Artifacts } from './artifacts';
 import { SSHPanel } from './ssh';
 import { Alert, Dialog, Spinner, StatusBadge, StatusIcon, stepStatusText } from './ui';
 
@@ -223,6 +224,7 @@ export function BuildPage({ id }: { id: number }) {
       {trouble ? <Alert kind="warn">{trouble}</Alert> : null}
       <PausedNotice build={build} />
       {build.ssh?.enabled ? <SSHPanel build={build} now={now} /> : null}
+      <Artifacts build={build} />
       <StepsAndLog build={build} logs={logs.current} now={now} />
       <CancelDialog open={canceling} onClose={closeCancel} build={build} />
     </>
@@ -310,7 +312,10 @@ function StepsAndLog({ build, logs, now }: { build: Build; logs: Map<number, Ste
                 data-step={i}
               >
                 <StatusIcon status={s.status} />
-                <span class="step-name">{s.name}</span>
+                <span class="step-name">
+                  {s.kind === 'publishing' ? <span class="step-kind">Publishing · </span> : null}
+                  {s.name}
+                </span>
                 <span class="step-time">
                   <span class="sr-only">{stepStatusText[s.status]}, </span>
                   {s.status === 'pending' || s.status === 'skipped' ? (s.status === 'skipped' ? 'skipped' : '') : duration(stepDuration(s, now))}

@@ -1,0 +1,322 @@
+package builder
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/link"
+)
+
+// The cache is one tar archive compressed with zstd, of the workflow's
+// cache.cache_paths that are under $HOME (the clone is too); its entries'
+// names are relative to $HOME. It is restored only into the paths the
+// workflow lists now, never through a symbolic link.
+
+// cachePaths returns the workflow's cache paths, absolute, that are under
+// the home, saying in out why others are left out.
+func (r *run) cachePaths(out io.Writer) []string {
+	env := mergeEnv(r.env, readEnvFile(r.cmEnv))
+	var paths []string
+	for _, p := range r.job.CachePaths {
+		abs := r.expandPath(p, env)
+		if !within(abs, r.home) || abs == r.home {
+			fmt.Fprintf(out, "Cache path %s (%s) is not under $HOME (%s): Hangar caches only paths under $HOME\n", p, abs, r.home)
+			continue
+		}
+		paths = append(paths, abs)
+	}
+	return paths
+}
+
+// restoreCache is the step before the scripts: it unpacks the workflow's
+// cache, if the server has one. Nothing in it fails the build.
+func (r *run) restoreCache(ctx context.Context, out io.Writer) error {
+	paths := r.cachePaths(out)
+	if len(paths) == 0 || r.files == nil {
+		return nil
+	}
+	start := time.Now()
+	st, err := r.files.OpenFile(link.FileHeader{Op: link.GetCache})
+	if err != nil {
+		fmt.Fprintf(out, "No cache restored: %v\n", err)
+		return nil
+	}
+	defer st.Close()
+	br := bufio.NewReader(st)
+	line, err := br.ReadBytes('\n')
+	var info link.CacheInfo
+	if err == nil {
+		err = json.Unmarshal(line, &info)
+	}
+	if err != nil {
+		fmt.Fprintf(out, "No cache restored: the runner's answer was unreadable (%v)\n", err)
+		return nil
+	}
+	fmt.Fprintf(out, "Restoring the cache saved by build %d at %s (%s compressed)\n", info.Build, info.Created, build.HumanBytes(info.Size))
+	zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		fmt.Fprintf(out, "No cache restored: %v\n", err)
+		return nil
+	}
+	defer zr.Close()
+	files, size, skipped, err := r.untar(tar.NewReader(zr), paths)
+	if err != nil {
+		fmt.Fprintf(out, "The cache was restored only in part (%d files, %s): %v\n", files, build.HumanBytes(size), err)
+		return nil
+	}
+	fmt.Fprintf(out, "Restored %d files (%s) in %s\n", files, build.HumanBytes(size), time.Since(start).Round(time.Millisecond))
+	if skipped > 0 {
+		fmt.Fprintf(out, "Left out %d entries of the cache that are not under the workflow's cache paths, or would be written through a symbolic link\n", skipped)
+	}
+	return nil
+}
+
+// untar unpacks tr under the home, keeping only entries under paths.
+func (r *run) untar(tr *tar.Reader, paths []string) (files int, size int64, skipped int, err error) {
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return files, size, skipped, nil
+		}
+		if err != nil {
+			return files, size, skipped, err
+		}
+		name := filepath.Clean(filepath.FromSlash(h.Name))
+		target := filepath.Join(r.home, name)
+		if filepath.IsAbs(name) || !within(target, r.home) || !underAny(target, paths) || r.throughLink(target) {
+			skipped++
+			continue
+		}
+		mode := os.FileMode(h.Mode) & 0o777
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(target, mode|0o700); err != nil {
+				return files, size, skipped, err
+			}
+			_ = os.Chmod(target, mode|0o700)
+		case tar.TypeReg:
+			if err := r.mkdirs(filepath.Dir(target)); err != nil {
+				return files, size, skipped, err
+			}
+			_ = os.Remove(target)
+			f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode)
+			if err != nil {
+				return files, size, skipped, err
+			}
+			n, err := io.Copy(f, tr)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return files, size, skipped, err
+			}
+			files++
+			size += n
+			_ = os.Chtimes(target, h.ModTime, h.ModTime)
+		case tar.TypeSymlink:
+			if err := r.mkdirs(filepath.Dir(target)); err != nil {
+				return files, size, skipped, err
+			}
+			_ = os.Remove(target)
+			if err := os.Symlink(h.Linkname, target); err != nil {
+				return files, size, skipped, err
+			}
+		default:
+			skipped++
+			continue
+		}
+		if err := r.chown(target); err != nil {
+			return files, size, skipped, err
+		}
+	}
+}
+
+// mkdirs makes dir and its missing parents, owned by the steps' user.
+func (r *run) mkdirs(dir string) error {
+	if _, err := os.Lstat(dir); err == nil {
+		return nil
+	}
+	if err := r.mkdirs(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return r.chown(dir)
+}
+
+// throughLink reports whether a directory between the home and target
+// is a symbolic link (writing there would leave the paths).
+func (r *run) throughLink(target string) bool {
+	rel, _ := filepath.Rel(r.home, filepath.Dir(target))
+	if rel == "." {
+		return false
+	}
+	p := r.home
+	for _, c := range strings.Split(rel, string(filepath.Separator)) {
+		p = filepath.Join(p, c)
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return false // missing from here on: made as directories
+		}
+		if fi.Mode()&os.ModeSymlink != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func underAny(p string, dirs []string) bool {
+	for _, d := range dirs {
+		if within(p, d) {
+			return true
+		}
+	}
+	return false
+}
+
+// errCacheTooLarge stops an archive past the server's bound.
+var errCacheTooLarge = errors.New("over the bound")
+
+// boundedWriter fails once more than max bytes were written.
+type boundedWriter struct {
+	w   io.Writer
+	n   int64
+	max int64
+}
+
+func (b *boundedWriter) Write(p []byte) (int, error) {
+	if b.n+int64(len(p)) > b.max {
+		return 0, errCacheTooLarge
+	}
+	n, err := b.w.Write(p)
+	b.n += int64(n)
+	return n, err
+}
+
+// saveCache is the last step of a successful build: it archives the
+// workflow's cache paths and uploads them. Nothing in it fails the build.
+func (r *run) saveCache(ctx context.Context, out io.Writer) error {
+	var paths []string
+	for _, p := range r.cachePaths(out) {
+		if _, err := os.Lstat(p); err != nil {
+			fmt.Fprintf(out, "Cache path %s does not exist: not cached\n", p)
+			continue
+		}
+		paths = append(paths, p)
+	}
+	if len(paths) == 0 || r.files == nil || r.job.Limits == nil {
+		fmt.Fprintln(out, "Nothing to cache")
+		return nil
+	}
+	start := time.Now()
+	st, err := r.files.OpenFile(link.FileHeader{Op: link.PutCache})
+	if err != nil {
+		fmt.Fprintf(out, "The cache was not saved: %v\n", err)
+		return nil
+	}
+	defer st.Close()
+	bw := &boundedWriter{w: st, max: r.job.Limits.Cache}
+	zw, err := zstd.NewWriter(bw, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest))
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(zw)
+	files, size, err := r.tarPaths(tw, paths)
+	if err == nil {
+		err = tw.Close()
+	}
+	if err == nil {
+		err = zw.Close()
+	}
+	if errors.Is(err, errCacheTooLarge) {
+		fmt.Fprintf(out, "The cache was not saved: its archive grew past the server's bound of %s (compressed) after %d files, %s; cache less (cache.cache_paths) or ask the admin for a higher --cache-max-size\n",
+			build.HumanBytes(r.job.Limits.Cache), files, build.HumanBytes(size))
+		return nil
+	}
+	if err != nil {
+		fmt.Fprintf(out, "The cache was not saved: %v\n", err)
+		return nil
+	}
+	res, err := finishUpload(st)
+	if err != nil {
+		fmt.Fprintf(out, "The cache was not saved: %v\n", err)
+		return nil
+	}
+	if res.Error != "" {
+		fmt.Fprintf(out, "The cache was not saved: %s\n", res.Error)
+		return nil
+	}
+	fmt.Fprintf(out, "Saved the cache: %d files, %s (%s compressed) in %s\n", files, build.HumanBytes(size), build.HumanBytes(res.Size), time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// tarPaths writes paths (under the home) into tw, names relative to the
+// home; symbolic links are kept as links, not followed.
+func (r *run) tarPaths(tw *tar.Writer, paths []string) (files int, size int64, err error) {
+	for _, root := range paths {
+		err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return nil // unreadable: left out
+			}
+			fi, err := d.Info()
+			if err != nil {
+				return nil
+			}
+			var linkTarget string
+			switch {
+			case fi.Mode()&os.ModeSymlink != 0:
+				if linkTarget, err = os.Readlink(p); err != nil {
+					return nil
+				}
+			case fi.IsDir(), fi.Mode().IsRegular():
+			default:
+				return nil // sockets, devices, pipes
+			}
+			h, err := tar.FileInfoHeader(fi, linkTarget)
+			if err != nil {
+				return nil
+			}
+			rel, _ := filepath.Rel(r.home, p)
+			h.Name = filepath.ToSlash(rel)
+			if fi.IsDir() {
+				h.Name += "/"
+			}
+			h.Uname, h.Gname, h.Uid, h.Gid = "", "", 0, 0
+			if err := tw.WriteHeader(h); err != nil {
+				return err
+			}
+			if fi.Mode().IsRegular() {
+				f, err := os.Open(p)
+				if err != nil {
+					return err
+				}
+				n, err := io.CopyN(tw, f, fi.Size())
+				f.Close()
+				if err != nil {
+					return err
+				}
+				files++
+				size += n
+			}
+			return nil
+		})
+		if err != nil {
+			return files, size, err
+		}
+	}
+	return files, size, nil
+}
