@@ -34,6 +34,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/machine/host"
 	"github.com/hangar-ci/hangar/internal/machine/sandbox"
 	"github.com/hangar-ci/hangar/internal/runner"
+	"github.com/hangar-ci/hangar/internal/runnerapi"
 	"github.com/hangar-ci/hangar/internal/server"
 	"github.com/hangar-ci/hangar/internal/sshalgo"
 	"github.com/hangar-ci/hangar/internal/sshca"
@@ -88,6 +89,9 @@ type Config struct {
 	InstanceImages map[string]string
 	RegistryAuth   string
 	Logger         *slog.Logger
+	// NoRunner: the server runs no builds (API only); runners of other
+	// servers, or `hangar runner`s, run them.
+	NoRunner bool
 }
 
 // InterruptedMessage starts the message of builds that a server left
@@ -117,6 +121,10 @@ type App struct {
 	httpLn  net.Listener
 	tls     *tls.Config // the API's; nil: plain HTTP
 	api     http.Handler
+	// runnerID and session are the server's own runner's identity and
+	// this process's session (0 and "" without a runner).
+	runnerID int64
+	session  string
 }
 
 // New opens the data dir, the store and the driver and listens on every
@@ -169,39 +177,12 @@ func New(cfg Config) (a *App, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := a.store.LockServer(ctx); err != nil {
-		return nil, err
-	}
-	if err := ensureAdminToken(ctx, a.store, data); err != nil {
-		return nil, err
-	}
-	hostKey, err := sshca.LoadOrCreateKey(filepath.Join(data, "link_host_key"), "hangar link")
+	name, err := serverName(data)
 	if err != nil {
 		return nil, err
 	}
-
-	// The driver destroys the machines an earlier server of this data dir
-	// left running (a crash, SIGKILL); then their builds end.
-	if a.driver, err = newDriver(cfg, data, log); err != nil {
+	if err := ensureAdminToken(ctx, a.store, data, adminTokenName(cfg, name)); err != nil {
 		return nil, err
-	}
-	msg := InterruptedMessage
-	if a.driver.Name() == "sandbox" {
-		msg += "; its machine was destroyed at restart"
-	}
-	if n, err := a.store.FailInterrupted(ctx, msg); err != nil {
-		return nil, err
-	} else if n > 0 {
-		log.Warn("builds interrupted by an earlier stop (crash or kill) marked failed", "count", n)
-	}
-	if a.linkLn, err = a.driver.Listen(); err != nil {
-		return nil, fmt.Errorf("builder link: %w", err)
-	}
-	a.linkSrv = &link.Server{HostKey: hostKey, Logger: log}
-	mirrors := &gitrepo.Mirrors{Dir: filepath.Join(data, "repos")}
-	rcfg := runner.Config{
-		Store: a.store, Driver: a.driver, Mirrors: mirrors, Link: a.linkSrv, LinkAddr: a.linkLn.Addr().String(),
-		Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
 	}
 	// Webhook bodies wait for their signature here, on disk; what an
 	// earlier server left (a kill mid-read) goes.
@@ -212,13 +193,90 @@ func New(cfg Config) (a *App, err error) {
 	if err := os.MkdirAll(spool, 0o700); err != nil {
 		return nil, err
 	}
+	mirrors := &gitrepo.Mirrors{Dir: filepath.Join(data, "repos")}
 	scfg := server.Config{Store: a.store, Mirrors: mirrors, Logger: log, Metrics: promhttp.Handler(), SpoolDir: spool,
-		Driver: a.driver.Name(), Isolated: a.driver.Isolated(), UI: server.UIHandler(),
-		InstanceTypes: fitPids(cfg.InstanceTypes, cfg.MaxBuilds, log)}
+		UI: server.UIHandler(), InstanceTypes: fitPids(cfg.InstanceTypes, cfg.MaxBuilds, log),
+		Runners: a.store, RunnerStaleAfter: StaleAfter,
+		RunnerAPI: runnerapi.New(runnerapi.Config{Store: a.store, Logger: log, StaleAfter: StaleAfter})}
+	if !cfg.NoRunner {
+		if err := a.newRunner(ctx, cfg, data, exe, name, mirrors, &scfg); err != nil {
+			return nil, err
+		}
+	}
+	if a.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
+		return nil, fmt.Errorf("--http %s: %w", cfg.HTTP, err)
+	}
+	scfg.TLS = a.tls != nil
+	scfg.Loopback = a.httpLn.Addr().(*net.TCPAddr).IP.IsLoopback()
+	a.api = server.New(scfg)
+	scheme := "http://"
+	if a.tls != nil {
+		scheme = "https://"
+	}
+	if a.run == nil {
+		log.Info("hangar server started without a runner (--no-runner): other servers' runners and hangar runners run the builds", "http", scheme+a.httpLn.Addr().String(), "data", data, "name", name)
+	} else {
+		log.Info("hangar server started", "http", scheme+a.httpLn.Addr().String(), "driver", a.driver.Name(), "data", data, "link", a.linkLn.Addr().String(), "name", name)
+	}
+	if w := server.TransportWarning(scfg.TLS, scfg.Loopback, cfg.PublicURL); w != "" {
+		log.Warn(w, "http", a.httpLn.Addr().String())
+	}
+	if len(cfg.TLSAutocert) > 0 && a.httpLn.Addr().(*net.TCPAddr).Port != 443 {
+		log.Warn("--tls-autocert: Let's Encrypt checks the host names on port 443 (tls-alpn-01): forward it to the API's port", "http", a.httpLn.Addr().String(), "hosts", strings.Join(cfg.TLSAutocert, ","))
+	}
+	if a.sshLn != nil {
+		log.Info("SSH gateway listening", "ssh", a.sshLn.Addr().String())
+	}
+	return a, nil
+}
+
+// newRunner makes the server's own runner called name: its driver, builder
+// link, SSH gateway (unless SSH is off) and runner, and wires them into
+// the API's scfg. At start it fails the builds that an earlier run of it
+// left running.
+func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string, mirrors *gitrepo.Mirrors, scfg *server.Config) error {
+	log := a.log
+	hostKey, err := sshca.LoadOrCreateKey(filepath.Join(data, "link_host_key"), "hangar link")
+	if err != nil {
+		return err
+	}
+
+	// The driver destroys the machines an earlier server of this data dir
+	// left running (a crash, SIGKILL); then their builds end.
+	if a.driver, err = newDriver(cfg, data, log); err != nil {
+		return err
+	}
+	msg := InterruptedMessage
+	if a.driver.Name() == "sandbox" {
+		msg += "; its machine was destroyed at restart"
+	}
+	// The runner's identity: other servers' runners keep their builds.
+	if a.runnerID, err = a.store.ServerRunner(ctx, name); err != nil {
+		return err
+	}
+	a.session = newSession()
+	info := store.RunnerInfo{Host: hostName(), Capacity: cfg.MaxBuilds, Driver: a.driver.Name(), SSH: cfg.SSH != "off"}
+	if err := a.store.StartRunner(ctx, a.runnerID, info, a.session, StaleAfter); err != nil {
+		return err
+	}
+	if n, err := a.store.FailRunnerBuilds(ctx, a.runnerID, msg); err != nil {
+		return err
+	} else if n > 0 {
+		log.Warn("builds interrupted by an earlier stop (crash or kill) marked failed", "count", n)
+	}
+	if a.linkLn, err = a.driver.Listen(); err != nil {
+		return fmt.Errorf("builder link: %w", err)
+	}
+	a.linkSrv = &link.Server{HostKey: hostKey, Logger: log}
+	rcfg := runner.Config{
+		Store: a.store.ForRunner(store.Claim{Runner: a.runnerID}), Driver: a.driver, Mirrors: mirrors, Link: a.linkSrv,
+		LinkAddr: a.linkLn.Addr().String(), Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
+	}
+	scfg.Driver, scfg.Isolated = a.driver.Name(), a.driver.Isolated()
 	if a.driver.Isolated() {
 		images, err := openImages(ctx, cfg, data, scfg.InstanceTypes.Names(), log)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		rcfg.Images = images
 	}
@@ -234,26 +292,26 @@ func New(cfg Config) (a *App, err error) {
 		keys := filepath.Join(data, "ssh")
 		ca, err := sshca.LoadOrCreateCA(filepath.Join(keys, "user_ca"))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		gwKeyPath := filepath.Join(keys, "gateway_host_key")
 		gwKey, err := sshca.LoadOrCreateKey(gwKeyPath, "hangar gateway")
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if err := sshalgo.CheckHostKey(gwKey); err != nil {
-			return nil, fmt.Errorf("%s: %w; move it away to make a new one", gwKeyPath, err)
+			return fmt.Errorf("%s: %w; move it away to make a new one", gwKeyPath, err)
 		}
 		sealer, err := sshca.LoadOrCreateSealer(filepath.Join(keys, "seal.key"))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		urlKey, err := sshca.LoadOrCreateSecret(filepath.Join(keys, "url.key"))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if a.sshLn, err = net.Listen("tcp", cfg.SSH); err != nil {
-			return nil, fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
+			return fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
 		}
 		a.gw = &gateway.Gateway{HostKey: gwKey, CA: ca.PublicKey(), Logger: log, HandshakeTimeout: cfg.SSHHandshake,
 			MaxConns: cfg.SSHMaxConns, MaxUnauthenticated: cfg.SSHMaxUnauthenticated,
@@ -272,27 +330,7 @@ func New(cfg Config) (a *App, err error) {
 		a.gw.Events = a.run.GatewayEvent
 	}
 	scfg.Continue, scfg.Extend = a.run.Continue, a.run.Extend
-	if a.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
-		return nil, fmt.Errorf("--http %s: %w", cfg.HTTP, err)
-	}
-	scfg.TLS = a.tls != nil
-	scfg.Loopback = a.httpLn.Addr().(*net.TCPAddr).IP.IsLoopback()
-	a.api = server.New(scfg)
-	scheme := "http://"
-	if a.tls != nil {
-		scheme = "https://"
-	}
-	log.Info("hangar server started", "http", scheme+a.httpLn.Addr().String(), "driver", a.driver.Name(), "data", data, "link", a.linkLn.Addr().String())
-	if w := server.TransportWarning(scfg.TLS, scfg.Loopback, cfg.PublicURL); w != "" {
-		log.Warn(w, "http", a.httpLn.Addr().String())
-	}
-	if len(cfg.TLSAutocert) > 0 && a.httpLn.Addr().(*net.TCPAddr).Port != 443 {
-		log.Warn("--tls-autocert: Let's Encrypt checks the host names on port 443 (tls-alpn-01): forward it to the API's port", "http", a.httpLn.Addr().String(), "hosts", strings.Join(cfg.TLSAutocert, ","))
-	}
-	if a.sshLn != nil {
-		log.Info("SSH gateway listening", "ssh", a.sshLn.Addr().String())
-	}
-	return a, nil
+	return nil
 }
 
 // release closes the listeners, the driver (its shared resources, after
@@ -356,6 +394,28 @@ func (a *App) Run(ctx context.Context, hurry <-chan struct{}) error {
 		}
 		return nil
 	})
+	// Every server sweeps: the builds of runners that stopped answering
+	// fail (each once, whichever server gets there first).
+	g.Go(func() error {
+		sweep(gctx, a.store, a.log)
+		return nil
+	})
+	if a.run == nil {
+		g.Go(func() error {
+			<-gctx.Done()
+			a.shutdownServers(hs, stopHTTP, hurry)
+			return nil
+		})
+		return a.wait(g)
+	}
+	// The runner beats until its builds have stopped.
+	beatCtx, stopBeat := context.WithCancel(context.Background())
+	defer stopBeat()
+	g.Go(func() error {
+		return beat(beatCtx, func(ctx context.Context) error {
+			return a.store.RunnerHeartbeat(ctx, a.runnerID, a.session)
+		}, a.log)
+	})
 	g.Go(func() error {
 		if err := a.linkSrv.Serve(a.linkLn); !errors.Is(err, link.ErrServerClosed) {
 			return fmt.Errorf("builder link: %w", err)
@@ -372,10 +432,16 @@ func (a *App) Run(ctx context.Context, hurry <-chan struct{}) error {
 	}
 	g.Go(func() error {
 		err := a.run.Run(gctx)
+		stopBeat()
 		a.log.Info("builds stopped: closing the builder link, the SSH gateway and the HTTP API")
 		a.shutdownServers(hs, stopHTTP, hurry)
 		return err
 	})
+	return a.wait(g)
+}
+
+// wait waits for Run's goroutines, then releases everything.
+func (a *App) wait(g *errgroup.Group) error {
 	err := g.Wait()
 	if rerr := a.release(); rerr != nil {
 		a.log.Error("cleanup", "err", rerr)
@@ -540,8 +606,22 @@ func prefixes[T fmt.Stringer](list []T) string {
 	return strings.Join(s, ",")
 }
 
-// ensureAdminToken creates the admin token on first start.
-func ensureAdminToken(ctx context.Context, st *store.Store, data string) error {
+// adminTokenName is the name of the admin token a server makes for its
+// data dir: "admin" on SQLite (the database is the data dir's own), and
+// "admin-<server name>" on PostgreSQL, whose servers each have their own
+// data dir and admin token file.
+func adminTokenName(cfg Config, server string) string {
+	if cfg.Database == "" {
+		return "admin"
+	}
+	return "admin-" + server
+}
+
+// ensureAdminToken makes the admin token called name on first start, and
+// again when the data dir's token file is missing or no longer valid: the
+// tokens called name are replaced (tokens of other servers' data dirs
+// stay valid).
+func ensureAdminToken(ctx context.Context, st *store.Store, data, name string) error {
 	path := filepath.Join(data, "admin-token")
 	if b, err := os.ReadFile(path); err == nil {
 		if _, err := st.TokenByHash(ctx, server.HashToken(strings.TrimSpace(string(b)))); err == nil {
@@ -554,16 +634,16 @@ func ensureAdminToken(ctx context.Context, st *store.Store, data string) error {
 		return err
 	}
 	secret := "hgr_" + hex.EncodeToString(b[:])
-	if err := st.DeleteTokens(ctx, "admin"); err != nil {
+	if err := st.DeleteTokens(ctx, name); err != nil {
 		return err
 	}
-	if err := st.AddToken(ctx, server.HashToken(secret), store.Token{Name: "admin", Admin: true}); err != nil {
+	if err := st.AddToken(ctx, server.HashToken(secret), store.Token{Name: name, Admin: true}); err != nil {
 		return err
 	}
 	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write admin token: %w", err)
 	}
-	fmt.Fprintf(os.Stderr, "Created the admin API token in %s (mode 0600)\n", path)
+	fmt.Fprintf(os.Stderr, "Created the admin API token %s in %s (mode 0600)\n", name, path)
 	return nil
 }
 

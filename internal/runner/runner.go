@@ -42,6 +42,15 @@ type Mirrors interface {
 	Path(app string) string
 }
 
+// RepoFetcher is implemented by Mirrors of a runner on another host than
+// the server (which fetched the repository when it made the build): the
+// runner fetches it before each build.
+type RepoFetcher interface {
+	// FetchForBuild brings app's mirror up to date from url and returns
+	// its path; its error is for the build's user (no credentials).
+	FetchForBuild(ctx context.Context, app, url string) (string, error)
+}
+
 // Clock is the runner's time: the build's deadline, the link timeout, the
 // SSH access rules and the times it records. Tests inject a fake one.
 type Clock interface {
@@ -101,6 +110,9 @@ var (
 	errCanceled = errors.New("canceled")
 	errShutdown = errors.New("the server is shutting down")
 	errDeadline = errors.New("max_build_duration reached")
+	// errEndedElsewhere: the store holds the build ended already (see
+	// job.save); the runner's own end is not written.
+	errEndedElsewhere = errors.New("the build was ended outside its runner (the runner was found silent, or revoked)")
 )
 
 // Runner runs builds. Create it with New.

@@ -89,6 +89,13 @@ type Config struct {
 	// Extend gives a build's SSH access more time (the runner's; nil:
 	// none can be).
 	Extend func(id int64, by time.Duration, who string) error
+	// Runners keeps runners, for the admin endpoints /api/v1/runners (nil:
+	// none); RunnerAPI serves runners on other hosts at /api/runner/ (nil:
+	// none); RunnerStaleAfter is how long a silent runner is listed as
+	// answering.
+	Runners          RunnerStore
+	RunnerAPI        http.Handler
+	RunnerStaleAfter time.Duration
 }
 
 // Server serves the API. Create it with New.
@@ -142,6 +149,9 @@ func (s *Server) routes() []route {
 	}
 	if s.cfg.Metrics != nil {
 		rs = append(rs, route{"GET /metrics", s.cfg.Metrics})
+	}
+	if s.cfg.Runners != nil {
+		rs = append(rs, s.runnerRoutes()...)
 	}
 	if s.cfg.UI != nil {
 		rs = append(rs, route{"/", s.cfg.UI})

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -235,38 +234,6 @@ func TestMigrations(t *testing.T) {
 			t.Errorf("open a newer database: %v", err)
 		}
 	})
-}
-
-// TestLockServer: one server per PostgreSQL database; the lock says who
-// holds it and is free again once its holder closes.
-func TestLockServer(t *testing.T) {
-	ctx := context.Background()
-	url := pgtest.DB(t)
-	first, err := OpenPostgres(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer first.Close()
-	if err := first.LockServer(ctx); err != nil {
-		t.Fatal(err)
-	}
-	second, err := OpenPostgres(ctx, url)
-	second = opened(t, second, err)
-	err = second.LockServer(ctx)
-	if err == nil || !strings.Contains(err.Error(), "hangar server on ") || !strings.Contains(err.Error(), "already uses this database") {
-		t.Fatalf("a second server's lock: %v", err)
-	}
-	if err := first.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := second.LockServer(ctx); err != nil {
-		t.Errorf("the lock after its holder closed: %v", err)
-	}
-	// SQLite: the data directory's lock does the work.
-	lite, err := OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
-	if err := opened(t, lite, err).LockServer(ctx); err != nil {
-		t.Errorf("SQLite: %v", err)
-	}
 }
 
 // TestPostgresErrors: a bad database URL or an unreachable server is
