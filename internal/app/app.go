@@ -539,7 +539,12 @@ func newDriver(cfg Config, data string, log *slog.Logger) (_ machine.Driver, err
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, err
 		}
-		return &host.Driver{StateDir: dir}, nil
+		// Machines an earlier run left (a crash, SIGKILL) go first.
+		d := &host.Driver{StateDir: dir}
+		if err := d.Recover(); err != nil {
+			return nil, err
+		}
+		return d, nil
 	}
 	return nil, fmt.Errorf("--driver %q: use sandbox, host or auto", cfg.Driver)
 }
