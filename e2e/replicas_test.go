@@ -46,6 +46,7 @@ type followed struct {
 	lines   []string     // guarded by mu
 	last    *build.Build // guarded by mu; the build as last shown
 	err     error        // set before ended is closed
+	endedAt time.Time    // set before ended is closed
 }
 
 // follow follows build id's log through c until it ends.
@@ -53,6 +54,7 @@ func follow(ctx context.Context, t *testing.T, c *api.Client, id int64) *followe
 	f := &followed{holding: make(chan struct{}), ended: make(chan struct{})}
 	go func() {
 		defer close(f.ended)
+		defer func() { f.endedAt = time.Now() }()
 		var once sync.Once
 		f.err = c.Follow(ctx, id, func(ev api.LogEvent) error {
 			f.mu.Lock()
@@ -188,7 +190,7 @@ func TestReplicasAndRunners(t *testing.T) {
 		case <-time.After(staleBound + 10*time.Second):
 			t.Fatalf("build %d of %s did not end within %s of the kill", id, owners[id], staleBound+10*time.Second)
 		}
-		took := time.Since(killed)
+		took := f.endedAt.Sub(killed)
 		got := f.build()
 		want := fmt.Sprintf("runner %s on host %s stopped answering at ", owners[id], host)
 		if got == nil || got.Status != build.Failed || !strings.HasPrefix(got.Message, want) {
@@ -205,16 +207,24 @@ func TestReplicasAndRunners(t *testing.T) {
 	}
 
 	// r1 comes back and removes the machines it left.
+	// (The host driver's builder died with its runner; its step's
+	// processes, in the machine's directory, did not.)
 	for _, dir := range leftover {
 		if _, err := os.Stat(dir); err != nil {
 			t.Errorf("the killed runner's machine %s: %v (want it left until the runner comes back)", dir, err)
 		}
+		if len(procsIn(dir)) == 0 {
+			t.Errorf("no process left in the killed runner's machine %s", dir)
+		}
 	}
-	r1 = harness.StartRunner(t, a.URL, tokens["r1"], r1.Data, "--capacity", "2")
+	harness.StartRunner(t, a.URL, tokens["r1"], r1.Data, "--capacity", "2")
 	waitRunners(t, a, map[string]bool{"r1": true, "r2": true})
 	for _, dir := range leftover {
 		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("the runner came back and left its machine %s: %v", dir, err)
+		}
+		if pids := procsIn(dir); len(pids) > 0 {
+			t.Errorf("the runner came back and left processes %v of its machine %s", pids, dir)
 		}
 	}
 
@@ -300,4 +310,16 @@ func buildRunners(t *testing.T, url string) map[int64]string {
 		out[id] = name
 	}
 	return out
+}
+
+// procsIn returns the processes whose working directory is dir or below.
+func procsIn(dir string) []string {
+	var pids []string
+	cwds, _ := filepath.Glob("/proc/[0-9]*/cwd")
+	for _, p := range cwds {
+		if cwd, err := os.Readlink(p); err == nil && (cwd == dir || strings.HasPrefix(cwd, dir+"/")) {
+			pids = append(pids, filepath.Base(filepath.Dir(p)))
+		}
+	}
+	return pids
 }

@@ -3,10 +3,8 @@ package harness
 import (
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"testing"
-	"time"
 )
 
 // Runner is a `hangar runner` process, stopped (SIGTERM) at cleanup.
@@ -61,22 +59,5 @@ func (r *Runner) Kill() {
 
 // Stop stops the runner (SIGTERM) and waits for it to exit.
 func (r *Runner) Stop() {
-	select {
-	case <-r.exited:
-	default:
-		_ = r.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-r.exited:
-		case <-time.After(60 * time.Second):
-			_ = r.cmd.Process.Kill()
-			<-r.exited
-			r.t.Errorf("hangar runner did not stop within 60s of SIGTERM")
-		}
-	}
-	if strings.Contains(r.log.String(), "WARNING: DATA RACE") {
-		r.t.Errorf("the race detector found a data race in hangar runner")
-	}
-	if r.t.Failed() {
-		r.t.Logf("runner log:\n%s", r.log.String())
-	}
+	stopProcess(r.t, "hangar runner", r.cmd, r.exited, r.log)
 }

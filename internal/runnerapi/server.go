@@ -295,32 +295,26 @@ func (h *handler) update(w http.ResponseWriter, r *http.Request, rn *store.Runne
 }
 
 func (h *handler) logs(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
-	id, ok := h.own(w, r, rn)
-	if !ok {
-		return
-	}
-	var chunks []build.LogChunk
-	if !h.decode(w, r, &chunks) {
-		return
-	}
-	if err := h.cfg.Store.AppendLog(r.Context(), id, chunks); err != nil {
-		h.internal(w, "append log", err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+	record(h, w, r, rn, "append log", h.cfg.Store.AppendLog)
 }
 
 func (h *handler) event(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
+	record(h, w, r, rn, "add event", h.cfg.Store.AddEvent)
+}
+
+// record decodes a T from the body of a request about the runner's own
+// build and hands it to add.
+func record[T any](h *handler, w http.ResponseWriter, r *http.Request, rn *store.Runner, what string, add func(context.Context, int64, T) error) {
 	id, ok := h.own(w, r, rn)
 	if !ok {
 		return
 	}
-	var ev build.Event
-	if !h.decode(w, r, &ev) {
+	var v T
+	if !h.decode(w, r, &v) {
 		return
 	}
-	if err := h.cfg.Store.AddEvent(r.Context(), id, ev); err != nil {
-		h.internal(w, "add event", err)
+	if err := add(r.Context(), id, v); err != nil {
+		h.internal(w, what, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -26,6 +26,13 @@ type RunnerStore interface {
 // runner API.
 const RunnerTokenPrefix = "hrt_"
 
+// newSecret is a new token's secret: prefix and 32 random bytes in hex.
+func newSecret(prefix string) string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
 // runnerRoutes are the admin endpoints of runners and, if configured,
 // the runner API itself.
 func (s *Server) runnerRoutes() []route {
@@ -54,9 +61,7 @@ func (s *Server) createRunner(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("runner name %q: use 1-63 letters, digits, '.', '_' or '-', not starting with server- (the names of servers' own runners)", req.Name))
 		return
 	}
-	var b [32]byte
-	_, _ = rand.Read(b[:])
-	secret := RunnerTokenPrefix + hex.EncodeToString(b[:])
+	secret := newSecret(RunnerTokenPrefix)
 	_, err := s.cfg.Runners.CreateRunner(r.Context(), req.Name, HashToken(secret))
 	if errors.Is(err, store.ErrExists) {
 		writeError(w, http.StatusConflict, fmt.Sprintf("runner %s exists: revoke it first (hangar runner revoke %s) or pick another name", req.Name, req.Name))

@@ -3,7 +3,6 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -308,9 +307,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	var b [32]byte
-	_, _ = rand.Read(b[:])
-	secret := "hgr_" + hex.EncodeToString(b[:])
+	secret := newSecret("hgr_")
 	if err := s.cfg.Store.AddToken(r.Context(), HashToken(secret), store.Token{Name: req.Name, Admin: req.Admin, Apps: req.Apps, NoSSH: req.NoSSH}); err != nil {
 		s.internal(w, "create token", err)
 		return
