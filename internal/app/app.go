@@ -269,7 +269,7 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 	}
 	a.linkSrv = &link.Server{HostKey: hostKey, Logger: log}
 	rcfg := runner.Config{
-		Store: a.store.ForRunner(store.Claim{Runner: a.runnerID}), Driver: a.driver, Mirrors: mirrors, Link: a.linkSrv,
+		Store: a.store.ForRunner(store.Claim{Runner: a.runnerID, NoSSH: cfg.SSH == "off"}), Driver: a.driver, Mirrors: mirrors, Link: a.linkSrv,
 		LinkAddr: a.linkLn.Addr().String(), Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
 	}
 	scfg.Driver, scfg.Isolated = a.driver.Name(), a.driver.Isolated()

@@ -37,6 +37,14 @@ type Store interface {
 	LogStore
 }
 
+// EndedStore is implemented by stores that tell a runner which of its
+// running builds have ended without it: failed by a server that found the
+// runner silent (a network partition, a stall), or by its revocation. The
+// runner then stops them (their machines go) rather than run on unseen.
+type EndedStore interface {
+	EndedBuilds(ctx context.Context, ids []int64) ([]int64, error)
+}
+
 // Mirrors gives the path of an app's repository mirror on the host.
 type Mirrors interface {
 	Path(app string) string

@@ -134,6 +134,13 @@ func (c *Client) CancelRequests(ctx context.Context) ([]int64, error) {
 	return ids, err
 }
 
+// EndedBuilds implements runner.EndedStore.
+func (c *Client) EndedBuilds(ctx context.Context, ids []int64) ([]int64, error) {
+	var ended []int64
+	err := c.call(ctx, http.MethodPost, "/api/runner/v1/ended", ids, &ended)
+	return ended, err
+}
+
 func buildPath(id int64, rest string) string {
 	return "/api/runner/v1/builds/" + strconv.FormatInt(id, 10) + rest
 }

@@ -16,12 +16,20 @@ import (
 
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/runner"
 	"github.com/hangar-ci/hangar/internal/server"
 	"github.com/hangar-ci/hangar/internal/store"
 	"github.com/hangar-ci/hangar/internal/store/pgtest"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// The client is the runner's store.
+var (
+	_ runner.Store      = (*Client)(nil)
+	_ runner.EndedStore = (*Client)(nil)
+	_ runner.EndedStore = (*store.RunnerStore)(nil)
+)
 
 // env is a store with app "demo", an admin token "admin-secret", and
 // servers (the API with the runner API) on it.
@@ -175,6 +183,9 @@ func TestRunnerAPI(t *testing.T) {
 		if ids, err := other.CancelRequests(ctx); err != nil || len(ids) != 0 {
 			t.Errorf("r2's cancel requests: %v, %v", ids, err)
 		}
+		if ended, err := c.EndedBuilds(ctx, []int64{b.ID, x2}); err != nil || len(ended) != 0 {
+			t.Errorf("ended builds before the end: %v, %v", ended, err)
+		}
 
 		list, err := e.admin.Runners(ctx)
 		if err != nil || len(list) != 2 || list[0].Name != "r1" || list[0].Host != "host-a" || list[0].Running != 1 || !list[0].Answering {
@@ -189,6 +200,12 @@ func TestRunnerAPI(t *testing.T) {
 		}
 		if got, _ := e.st.Build(ctx, b.ID); got.Status != build.Failed || got.Message != InterruptedMessage("r1") {
 			t.Errorf("the interrupted build: %s %q", got.Status, got.Message)
+		}
+		if ended, err := again.EndedBuilds(ctx, []int64{b.ID, x2}); err != nil || len(ended) != 1 || ended[0] != b.ID {
+			t.Errorf("ended builds (of r1): %v, %v; want [%d]", ended, err, b.ID)
+		}
+		if ended, err := other.EndedBuilds(ctx, []int64{b.ID}); err != nil || len(ended) != 0 {
+			t.Errorf("r2 asks about r1's build: %v, %v", ended, err)
 		}
 		if err := c.Heartbeat(ctx); !errors.Is(err, store.ErrReplaced) {
 			t.Errorf("the replaced process's heartbeat: %v", err)

@@ -18,6 +18,8 @@
 //	POST /api/runner/v1/claim      the oldest queued build of its labels, or
 //	                               {"build": null}.
 //	GET  /api/runner/v1/cancels    its builds that have a cancel request.
+//	POST /api/runner/v1/ended      which of the builds it runs ([ids]) have
+//	                               ended without it (failed by a sweep).
 //	PUT  /api/runner/v1/builds/ID         writes its build ({"written"}).
 //	POST /api/runner/v1/builds/ID/logs    stores log chunks of its build.
 //	POST /api/runner/v1/builds/ID/events  records an event of its build.
@@ -90,6 +92,7 @@ type Store interface {
 	AppendLog(ctx context.Context, id int64, chunks []build.LogChunk) error
 	AddEvent(ctx context.Context, id int64, ev build.Event) error
 	RunnerCancelRequests(ctx context.Context, id int64) ([]int64, error)
+	RunnerEndedBuilds(ctx context.Context, runner int64, ids []int64) ([]int64, error)
 	Subscribe(id int64) (<-chan struct{}, func())
 }
 
@@ -136,6 +139,7 @@ func New(cfg Config) http.Handler {
 		"POST /api/runner/v1/heartbeat":          h.heartbeat,
 		"POST /api/runner/v1/claim":              h.claim,
 		"GET /api/runner/v1/cancels":             h.cancels,
+		"POST /api/runner/v1/ended":              h.ended,
 		"PUT /api/runner/v1/builds/{id}":         h.update,
 		"POST /api/runner/v1/builds/{id}/logs":   h.logs,
 		"POST /api/runner/v1/builds/{id}/events": h.event,
@@ -250,6 +254,26 @@ func (h *handler) cancels(w http.ResponseWriter, r *http.Request, rn *store.Runn
 		return
 	}
 	writeJSON(w, http.StatusOK, ids)
+}
+
+// maxEnded bounds the ids of one ended request.
+const maxEnded = 10000
+
+func (h *handler) ended(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
+	var ids []int64
+	if !h.decode(w, r, &ids) {
+		return
+	}
+	if len(ids) > maxEnded {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%d build ids: at most %d at once", len(ids), maxEnded))
+		return
+	}
+	ended, err := h.cfg.Store.RunnerEndedBuilds(r.Context(), rn.ID, ids)
+	if err != nil {
+		h.internal(w, "ended builds", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ended)
 }
 
 // own reads the path's build id and refuses a build the runner did not

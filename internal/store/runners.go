@@ -407,6 +407,35 @@ func (s *Store) RunnerCancelRequests(ctx context.Context, id int64) ([]int64, er
 	return ids, rows.Err()
 }
 
+// RunnerEndedBuilds returns those of ids that have ended, among the builds
+// of runner id (0: of any runner).
+func (s *Store) RunnerEndedBuilds(ctx context.Context, runner int64, ids []int64) ([]int64, error) {
+	out := []int64{}
+	if len(ids) == 0 {
+		return out, nil
+	}
+	args := []any{runner}
+	marks := make([]string, len(ids))
+	for i, id := range ids {
+		args = append(args, id)
+		marks[i] = fmt.Sprintf("$%d", len(args))
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM builds WHERE id IN (`+strings.Join(marks, ", ")+`)
+		AND status IN ('finished', 'failed', 'canceled', 'timeout') AND ($1 = 0 OR runner_id = $1) ORDER BY id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("ended builds: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("ended builds: %w", err)
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
 // RunnerStore is the store as one runner uses it: it claims builds for
 // the runner (see Claim) and sees the cancel requests of its builds only.
 type RunnerStore struct {
@@ -428,6 +457,12 @@ func (rs *RunnerStore) CancelRequests(ctx context.Context) ([]int64, error) {
 		return rs.Store.CancelRequests(ctx)
 	}
 	return rs.RunnerCancelRequests(ctx, rs.claim.Runner)
+}
+
+// EndedBuilds returns those of ids, the runner's builds, that have ended
+// (see runner.EndedStore).
+func (rs *RunnerStore) EndedBuilds(ctx context.Context, ids []int64) ([]int64, error) {
+	return rs.RunnerEndedBuilds(ctx, rs.claim.Runner, ids)
 }
 
 // failBuilds ends the builds that are preparing or building and match
