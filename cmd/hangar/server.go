@@ -85,6 +85,7 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.SecretsKey, "secrets-key", "", "key that encrypts environment variable groups and keystores: a file (32 bytes, raw, base64 or hex, e.g. from `openssl rand -base64 32`) or env:NAME; every server of one --database needs the same (default: <data>/secrets.key, made on first use)")
 	f.StringVar(&cfg.Driver, "driver", "auto", "machine driver: sandbox (isolated, needs root and runc), host (no isolation), or auto")
 	f.IntVar(&cfg.MaxBuilds, "max-builds", 10, "builds that run at once")
+	f.BoolVar(&cfg.NoRunner, "no-runner", false, "run no builds here (API only): other servers' runners and hangar runners run them (PostgreSQL)")
 	f.Var(&egress, "sandbox-egress", "on: sandbox machines reach public IPv4 addresses (NAT; never the host, other machines, private, CGNAT or link-local networks); off: nothing outside")
 	f.Lookup("sandbox-egress").NoOptDefVal = "on"
 	f.StringSliceVar(&egressAllow, "sandbox-egress-allow", nil, "IPv4 networks (CIDR, comma-separated) sandbox machines may reach although private, e.g. an artifact proxy at 10.1.2.3/32")

@@ -267,25 +267,32 @@ func (s *Server) Wait(within time.Duration) (exited bool, err error) {
 
 // Stop stops the server and waits for it to exit.
 func (s *Server) Stop() {
+	stopProcess(s.t, "hangar server", s.cmd, s.exited, s.log)
+}
+
+// stopProcess stops a hangar process (SIGTERM, SIGKILL after 60 s) unless
+// exited is closed, and fails the test if the race detector reported in
+// its log; the log is shown if the test failed.
+func stopProcess(t testing.TB, what string, cmd *exec.Cmd, exited <-chan struct{}, log *lockedBuffer) {
 	select {
-	case <-s.exited:
+	case <-exited:
 	default:
-		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-s.exited:
+		case <-exited:
 		case <-time.After(60 * time.Second):
-			_ = s.cmd.Process.Kill()
-			<-s.exited
-			s.t.Errorf("hangar server did not stop within 60s of SIGTERM")
+			_ = cmd.Process.Kill()
+			<-exited
+			t.Errorf("%s did not stop within 60s of SIGTERM", what)
 		}
 	}
 	// The binary is built with the race detector: a race in the service
 	// fails the test that ran it.
-	if strings.Contains(s.log.String(), "WARNING: DATA RACE") {
-		s.t.Errorf("the race detector found a data race in hangar server")
+	if strings.Contains(log.String(), "WARNING: DATA RACE") {
+		t.Errorf("the race detector found a data race in %s", what)
 	}
-	if s.t.Failed() {
-		s.t.Logf("server log:\n%s", s.log.String())
+	if t.Failed() {
+		t.Logf("%s log:\n%s", what, log.String())
 	}
 }
 

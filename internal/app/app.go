@@ -36,6 +36,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/machine/sandbox"
 	"github.com/hangar-ci/hangar/internal/notify"
 	"github.com/hangar-ci/hangar/internal/runner"
+	"github.com/hangar-ci/hangar/internal/runnerapi"
 	"github.com/hangar-ci/hangar/internal/secrets"
 	"github.com/hangar-ci/hangar/internal/server"
 	"github.com/hangar-ci/hangar/internal/sshalgo"
@@ -91,6 +92,9 @@ type Config struct {
 	InstanceImages map[string]string
 	RegistryAuth   string
 	Logger         *slog.Logger
+	// NoRunner: the server runs no builds (API only); runners of other
+	// servers, or `hangar runner`s, run them.
+	NoRunner bool
 
 	// SecretsKey names the key that seals environment variable groups and
 	// keystores: a file, or env:NAME; empty: Data's secrets.key, made on
@@ -134,7 +138,16 @@ type App struct {
 	httpLn  net.Listener
 	tls     *tls.Config // the API's; nil: plain HTTP
 	api     http.Handler
-	files   *artifact.Keeper
+	// runnerID and session are the server's own runner's identity and
+	// this process's session (0 and "" without a runner).
+	runnerID int64
+	session  string
+	// vault opens environment variable groups and keystores; files keeps
+	// artifacts and caches; publicURL is the API's URL as users reach it
+	// (set before any build runs).
+	vault     *secrets.Vault
+	files     *artifact.Keeper
+	publicURL string
 }
 
 // New opens the data dir, the store and the driver and listens on every
@@ -187,10 +200,11 @@ func New(cfg Config) (a *App, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := a.store.LockServer(ctx); err != nil {
+	name, err := serverName(data)
+	if err != nil {
 		return nil, err
 	}
-	if err := ensureAdminToken(ctx, a.store, data); err != nil {
+	if err := ensureAdminToken(ctx, a.store, data, adminTokenName(cfg, name)); err != nil {
 		return nil, err
 	}
 	sealer, fingerprint, err := secrets.LoadSealer(cfg.SecretsKey, data)
@@ -202,35 +216,12 @@ func New(cfg Config) (a *App, err error) {
 	} else {
 		log.Info("secrets key", "fingerprint", fingerprint)
 	}
-	vault := &secrets.Vault{Store: a.store, Sealer: sealer}
-	hostKey, err := sshca.LoadOrCreateKey(filepath.Join(data, "link_host_key"), "hangar link")
-	if err != nil {
-		return nil, err
-	}
-
-	// The driver destroys the machines an earlier server of this data dir
-	// left running (a crash, SIGKILL); then their builds end.
-	if a.driver, err = newDriver(cfg, data, log); err != nil {
-		return nil, err
-	}
-	msg := InterruptedMessage
-	if a.driver.Name() == "sandbox" {
-		msg += "; its machine was destroyed at restart"
-	}
-	if n, err := a.store.FailInterrupted(ctx, msg); err != nil {
-		return nil, err
-	} else if n > 0 {
-		log.Warn("builds interrupted by an earlier stop (crash or kill) marked failed", "count", n)
-	}
-	if a.linkLn, err = a.driver.Listen(); err != nil {
-		return nil, fmt.Errorf("builder link: %w", err)
-	}
-	a.linkSrv = &link.Server{HostKey: hostKey, Logger: log}
-	mirrors := &gitrepo.Mirrors{Dir: filepath.Join(data, "repos")}
-	rcfg := runner.Config{
-		Store: a.store, Driver: a.driver, Mirrors: mirrors, Link: a.linkSrv, LinkAddr: a.linkLn.Addr().String(),
-		Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log, Secrets: vault,
-	}
+	a.vault = &secrets.Vault{Store: a.store, Sealer: sealer}
+	a.files = &artifact.Keeper{Dir: data, Store: a.store, MaxFile: cfg.ArtifactMaxFile, MaxBuild: cfg.ArtifactMaxBuild,
+		Retention: cfg.ArtifactRetention, MaxCache: cfg.CacheMaxSize, CacheRetention: cfg.CacheRetention, Logger: log}
+	// The API's URL, for artifact links and emails: --public-url, or the
+	// address it listens on (set below, before any build runs).
+	a.publicURL = strings.TrimRight(cfg.PublicURL, "/")
 	// Webhook bodies wait for their signature here, on disk; what an
 	// earlier server left (a kill mid-read) goes.
 	spool := filepath.Join(data, "webhook-spool")
@@ -240,13 +231,105 @@ func New(cfg Config) (a *App, err error) {
 	if err := os.MkdirAll(spool, 0o700); err != nil {
 		return nil, err
 	}
+	mirrors := &gitrepo.Mirrors{Dir: filepath.Join(data, "repos")}
 	scfg := server.Config{Store: a.store, Mirrors: mirrors, Logger: log, Metrics: promhttp.Handler(), SpoolDir: spool,
-		Driver: a.driver.Name(), Isolated: a.driver.Isolated(), UI: server.UIHandler(),
-		InstanceTypes: fitPids(cfg.InstanceTypes, cfg.MaxBuilds, log), Secrets: vault}
+		UI: server.UIHandler(), InstanceTypes: fitPids(cfg.InstanceTypes, cfg.MaxBuilds, log),
+		Runners: a.store, RunnerStaleAfter: StaleAfter,
+		RunnerAPI: runnerapi.New(runnerapi.Config{Store: a.store, Logger: log, StaleAfter: StaleAfter}),
+		Secrets:   a.vault, Files: a.files}
+	if !cfg.NoRunner {
+		if err := a.newRunner(ctx, cfg, data, exe, name, mirrors, &scfg); err != nil {
+			return nil, err
+		}
+	}
+	if a.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
+		return nil, fmt.Errorf("--http %s: %w", cfg.HTTP, err)
+	}
+	if a.publicURL == "" {
+		scheme := "http://"
+		if a.tls != nil {
+			scheme = "https://"
+		}
+		a.publicURL = scheme + dialable(a.httpLn.Addr())
+	}
+	scfg.TLS = a.tls != nil
+	scfg.Loopback = a.httpLn.Addr().(*net.TCPAddr).IP.IsLoopback()
+	a.api = server.New(scfg)
+	scheme := "http://"
+	if a.tls != nil {
+		scheme = "https://"
+	}
+	if a.run == nil {
+		log.Info("hangar server started without a runner (--no-runner): other servers' runners and hangar runners run the builds", "http", scheme+a.httpLn.Addr().String(), "data", data, "name", name)
+	} else {
+		log.Info("hangar server started", "http", scheme+a.httpLn.Addr().String(), "driver", a.driver.Name(), "data", data, "link", a.linkLn.Addr().String(), "name", name)
+	}
+	if w := server.TransportWarning(scfg.TLS, scfg.Loopback, cfg.PublicURL); w != "" {
+		log.Warn(w, "http", a.httpLn.Addr().String())
+	}
+	if len(cfg.TLSAutocert) > 0 && a.httpLn.Addr().(*net.TCPAddr).Port != 443 {
+		log.Warn("--tls-autocert: Let's Encrypt checks the host names on port 443 (tls-alpn-01): forward it to the API's port", "http", a.httpLn.Addr().String(), "hosts", strings.Join(cfg.TLSAutocert, ","))
+	}
+	if a.sshLn != nil {
+		log.Info("SSH gateway listening", "ssh", a.sshLn.Addr().String())
+	}
+	return a, nil
+}
+
+// newRunner makes the server's own runner called name: its driver, builder
+// link, SSH gateway (unless SSH is off) and runner, and wires them into
+// the API's scfg. At start it fails the builds that an earlier run of it
+// left running.
+func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string, mirrors *gitrepo.Mirrors, scfg *server.Config) error {
+	log := a.log
+	hostKey, err := sshca.LoadOrCreateKey(filepath.Join(data, "link_host_key"), "hangar link")
+	if err != nil {
+		return err
+	}
+
+	// The driver destroys the machines an earlier server of this data dir
+	// left running (a crash, SIGKILL); then their builds end.
+	if a.driver, err = newDriver(cfg, data, log); err != nil {
+		return err
+	}
+	msg := InterruptedMessage
+	if a.driver.Name() == "sandbox" {
+		msg += "; its machine was destroyed at restart"
+	}
+	// The runner's identity: other servers' runners keep their builds.
+	if a.runnerID, err = a.store.ServerRunner(ctx, name); err != nil {
+		return err
+	}
+	a.session = newSession()
+	info := store.RunnerInfo{Host: hostName(), Capacity: cfg.MaxBuilds, Driver: a.driver.Name(), SSH: cfg.SSH != "off"}
+	if err := a.store.StartRunner(ctx, a.runnerID, info, a.session, StaleAfter); err != nil {
+		return err
+	}
+	if n, err := a.store.FailRunnerBuilds(ctx, a.runnerID, msg); err != nil {
+		return err
+	} else if n > 0 {
+		log.Warn("builds interrupted by an earlier stop (crash or kill) marked failed", "count", n)
+	}
+	if a.linkLn, err = a.driver.Listen(); err != nil {
+		return fmt.Errorf("builder link: %w", err)
+	}
+	a.linkSrv = &link.Server{HostKey: hostKey, Logger: log}
+	rcfg := runner.Config{
+		Store: a.store.ForRunner(store.Claim{Runner: a.runnerID, NoSSH: cfg.SSH == "off"}), Driver: a.driver, Mirrors: mirrors, Link: a.linkSrv,
+		LinkAddr: a.linkLn.Addr().String(), Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
+		Secrets: a.vault, Files: a.files, PublicURL: func() string { return a.publicURL },
+	}
+	rcfg.Notify = notify.Unconfigured
+	if cfg.SMTP != nil {
+		smtp := *cfg.SMTP
+		smtp.PublicURL = rcfg.PublicURL
+		rcfg.Notify = smtp.Notify
+	}
+	scfg.Driver, scfg.Isolated = a.driver.Name(), a.driver.Isolated()
 	if a.driver.Isolated() {
 		images, err := openImages(ctx, cfg, data, scfg.InstanceTypes.Names(), log)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		rcfg.Images = images
 	}
@@ -262,26 +345,26 @@ func New(cfg Config) (a *App, err error) {
 		keys := filepath.Join(data, "ssh")
 		ca, err := sshca.LoadOrCreateCA(filepath.Join(keys, "user_ca"))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		gwKeyPath := filepath.Join(keys, "gateway_host_key")
 		gwKey, err := sshca.LoadOrCreateKey(gwKeyPath, "hangar gateway")
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if err := sshalgo.CheckHostKey(gwKey); err != nil {
-			return nil, fmt.Errorf("%s: %w; move it away to make a new one", gwKeyPath, err)
+			return fmt.Errorf("%s: %w; move it away to make a new one", gwKeyPath, err)
 		}
 		sealer, err := sshca.LoadOrCreateSealer(filepath.Join(keys, "seal.key"))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		urlKey, err := sshca.LoadOrCreateSecret(filepath.Join(keys, "url.key"))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if a.sshLn, err = net.Listen("tcp", cfg.SSH); err != nil {
-			return nil, fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
+			return fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
 		}
 		a.gw = &gateway.Gateway{HostKey: gwKey, CA: ca.PublicKey(), Logger: log, HandshakeTimeout: cfg.SSHHandshake,
 			MaxConns: cfg.SSHMaxConns, MaxUnauthenticated: cfg.SSHMaxUnauthenticated,
@@ -295,53 +378,12 @@ func New(cfg Config) (a *App, err error) {
 			GatewayDialAddr: dialable(a.sshLn.Addr()),
 		}
 	}
-	a.files = &artifact.Keeper{Dir: data, Store: a.store, MaxFile: cfg.ArtifactMaxFile, MaxBuild: cfg.ArtifactMaxBuild,
-		Retention: cfg.ArtifactRetention, MaxCache: cfg.CacheMaxSize, CacheRetention: cfg.CacheRetention, Logger: log}
-	rcfg.Files = a.files
-	// The API's URL, for artifact links and emails: --public-url, or the
-	// address it listens on (set below, before any build runs).
-	publicURL := strings.TrimRight(cfg.PublicURL, "/")
-	rcfg.PublicURL = func() string { return publicURL }
-	rcfg.Notify = notify.Unconfigured
-	if cfg.SMTP != nil {
-		smtp := *cfg.SMTP
-		smtp.PublicURL = rcfg.PublicURL
-		rcfg.Notify = smtp.Notify
-	}
 	a.run = runner.New(rcfg)
 	if a.gw != nil {
 		a.gw.Events = a.run.GatewayEvent
 	}
 	scfg.Continue, scfg.Extend = a.run.Continue, a.run.Extend
-	scfg.Files = a.files
-	if a.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
-		return nil, fmt.Errorf("--http %s: %w", cfg.HTTP, err)
-	}
-	if publicURL == "" {
-		scheme := "http://"
-		if a.tls != nil {
-			scheme = "https://"
-		}
-		publicURL = scheme + dialable(a.httpLn.Addr())
-	}
-	scfg.TLS = a.tls != nil
-	scfg.Loopback = a.httpLn.Addr().(*net.TCPAddr).IP.IsLoopback()
-	a.api = server.New(scfg)
-	scheme := "http://"
-	if a.tls != nil {
-		scheme = "https://"
-	}
-	log.Info("hangar server started", "http", scheme+a.httpLn.Addr().String(), "driver", a.driver.Name(), "data", data, "link", a.linkLn.Addr().String())
-	if w := server.TransportWarning(scfg.TLS, scfg.Loopback, cfg.PublicURL); w != "" {
-		log.Warn(w, "http", a.httpLn.Addr().String())
-	}
-	if len(cfg.TLSAutocert) > 0 && a.httpLn.Addr().(*net.TCPAddr).Port != 443 {
-		log.Warn("--tls-autocert: Let's Encrypt checks the host names on port 443 (tls-alpn-01): forward it to the API's port", "http", a.httpLn.Addr().String(), "hosts", strings.Join(cfg.TLSAutocert, ","))
-	}
-	if a.sshLn != nil {
-		log.Info("SSH gateway listening", "ssh", a.sshLn.Addr().String())
-	}
-	return a, nil
+	return nil
 }
 
 // release closes the listeners, the driver (its shared resources, after
@@ -405,6 +447,34 @@ func (a *App) Run(ctx context.Context, hurry <-chan struct{}) error {
 		}
 		return nil
 	})
+	// Every server sweeps: the builds of runners that stopped answering
+	// fail (each once, whichever server gets there first).
+	g.Go(func() error {
+		sweep(gctx, a.store, a.log)
+		return nil
+	})
+	sweepCtx, stopSweep := context.WithCancel(gctx)
+	defer stopSweep()
+	g.Go(func() error {
+		a.files.Run(sweepCtx, 0)
+		return nil
+	})
+	if a.run == nil {
+		g.Go(func() error {
+			<-gctx.Done()
+			a.shutdownServers(hs, stopHTTP, hurry)
+			return nil
+		})
+		return a.wait(g)
+	}
+	// The runner beats until its builds have stopped.
+	beatCtx, stopBeat := context.WithCancel(context.Background())
+	defer stopBeat()
+	g.Go(func() error {
+		return beat(beatCtx, func(ctx context.Context) error {
+			return a.store.RunnerHeartbeat(ctx, a.runnerID, a.session)
+		}, a.log)
+	})
 	g.Go(func() error {
 		if err := a.linkSrv.Serve(a.linkLn); !errors.Is(err, link.ErrServerClosed) {
 			return fmt.Errorf("builder link: %w", err)
@@ -419,19 +489,19 @@ func (a *App) Run(ctx context.Context, hurry <-chan struct{}) error {
 			return nil
 		})
 	}
-	sweepCtx, stopSweep := context.WithCancel(gctx)
-	defer stopSweep()
-	g.Go(func() error {
-		a.files.Run(sweepCtx, 0)
-		return nil
-	})
 	g.Go(func() error {
 		err := a.run.Run(gctx)
+		stopBeat()
 		stopSweep()
 		a.log.Info("builds stopped: closing the builder link, the SSH gateway and the HTTP API")
 		a.shutdownServers(hs, stopHTTP, hurry)
 		return err
 	})
+	return a.wait(g)
+}
+
+// wait waits for Run's goroutines, then releases everything.
+func (a *App) wait(g *errgroup.Group) error {
 	err := g.Wait()
 	if rerr := a.release(); rerr != nil {
 		a.log.Error("cleanup", "err", rerr)
@@ -529,7 +599,12 @@ func newDriver(cfg Config, data string, log *slog.Logger) (_ machine.Driver, err
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, err
 		}
-		return &host.Driver{StateDir: dir}, nil
+		// Machines an earlier run left (a crash, SIGKILL) go first.
+		d := &host.Driver{StateDir: dir}
+		if err := d.Recover(); err != nil {
+			return nil, err
+		}
+		return d, nil
 	}
 	return nil, fmt.Errorf("--driver %q: use sandbox, host or auto", cfg.Driver)
 }
@@ -596,8 +671,22 @@ func prefixes[T fmt.Stringer](list []T) string {
 	return strings.Join(s, ",")
 }
 
-// ensureAdminToken creates the admin token on first start.
-func ensureAdminToken(ctx context.Context, st *store.Store, data string) error {
+// adminTokenName is the name of the admin token a server makes for its
+// data dir: "admin" on SQLite (the database is the data dir's own), and
+// "admin-<server name>" on PostgreSQL, whose servers each have their own
+// data dir and admin token file.
+func adminTokenName(cfg Config, server string) string {
+	if cfg.Database == "" {
+		return "admin"
+	}
+	return "admin-" + server
+}
+
+// ensureAdminToken makes the admin token called name on first start, and
+// again when the data dir's token file is missing or no longer valid: the
+// tokens called name are replaced (tokens of other servers' data dirs
+// stay valid).
+func ensureAdminToken(ctx context.Context, st *store.Store, data, name string) error {
 	path := filepath.Join(data, "admin-token")
 	if b, err := os.ReadFile(path); err == nil {
 		if _, err := st.TokenByHash(ctx, server.HashToken(strings.TrimSpace(string(b)))); err == nil {
@@ -610,16 +699,16 @@ func ensureAdminToken(ctx context.Context, st *store.Store, data string) error {
 		return err
 	}
 	secret := "hgr_" + hex.EncodeToString(b[:])
-	if err := st.DeleteTokens(ctx, "admin"); err != nil {
+	if err := st.DeleteTokens(ctx, name); err != nil {
 		return err
 	}
-	if err := st.AddToken(ctx, server.HashToken(secret), store.Token{Name: "admin", Admin: true}); err != nil {
+	if err := st.AddToken(ctx, server.HashToken(secret), store.Token{Name: name, Admin: true}); err != nil {
 		return err
 	}
 	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write admin token: %w", err)
 	}
-	fmt.Fprintf(os.Stderr, "Created the admin API token in %s (mode 0600)\n", path)
+	fmt.Fprintf(os.Stderr, "Created the admin API token %s in %s (mode 0600)\n", name, path)
 	return nil
 }
 

@@ -21,12 +21,33 @@ import (
 type SSHConfig struct {
 	CA      *sshca.CA
 	Sealer  *sshca.Sealer
-	Gateway *gateway.Gateway
+	Gateway Gateway
 	Store   SSHStore
 	// AfterSteps is how long access stays open after the steps complete
 	// (bounded by max_build_duration). Default 20 minutes.
 	AfterSteps time.Duration
 }
+
+// Gateway is what the runner needs of the SSH gateway that users reach a
+// build's machine through (*gateway.Gateway in the same process; another
+// implementation may reach gateways in other processes). The runner
+// admits a build's key when its access opens, and takes it back in two
+// stages at its end; the gateway tells the runner of connections through
+// Runner.GatewayEvent. None of the methods blocks for long.
+type Gateway interface {
+	// Open admits key (the build's user certificate key) for alias.
+	Open(alias string, key ssh.PublicKey)
+	// Drain refuses new connections to alias, telling them reason; open
+	// ones stay.
+	Drain(alias, reason string)
+	// Disconnect closes every open connection to alias.
+	Disconnect(alias string)
+	// Forget drops what the gateway keeps of alias and key (the refusal's
+	// reason included).
+	Forget(alias string, key ssh.PublicKey)
+}
+
+var _ Gateway = (*gateway.Gateway)(nil)
 
 // SSHStore keeps SSH credentials and events.
 type SSHStore interface {

@@ -157,6 +157,8 @@ func (j *job) resolve(out *outcome) (build.Status, string) {
 		return build.Timeout, fmt.Sprintf("the build ran past its max_build_duration of %s and was stopped", time.Duration(j.b.MaxDuration)*time.Second)
 	case errors.Is(cause, errShutdown):
 		return build.Failed, "the server shut down during the build"
+	case errors.Is(cause, errEndedElsewhere):
+		return build.Failed, errEndedElsewhere.Error()
 	}
 	return build.Failed, "the build machine stopped unexpectedly"
 }
@@ -262,6 +264,15 @@ func (j *job) provision() *outcome {
 	}
 	b := j.b
 	mirror := j.r.cfg.Mirrors.Path(b.App)
+	if f, ok := j.r.cfg.Mirrors.(RepoFetcher); ok {
+		var err error
+		if mirror, err = f.FetchForBuild(j.ctx, b.App, j.spec.Repo); err != nil {
+			if j.ctx.Err() != nil {
+				return stopped
+			}
+			return failed("could not fetch the repository on the runner's host: " + err.Error())
+		}
+	}
 	mount := machine.Mount{Source: mirror, Target: "/hangar/repo.git"}
 	j.repo = mirror
 	if j.r.cfg.Driver.Isolated() {
@@ -401,8 +412,16 @@ func (j *job) end(status build.Status, msg string, start time.Time) {
 }
 
 func (j *job) save() {
-	if _, err := j.r.cfg.Store.UpdateBuild(context.Background(), j.b); err != nil {
+	wrote, err := j.r.cfg.Store.UpdateBuild(context.Background(), j.b)
+	if err != nil {
 		j.log.Error("update build", "err", err)
+		return
+	}
+	if !wrote && !j.b.Status.Done() {
+		// Ended by someone else: a server that found this runner silent
+		// (its builds fail), or its token revoked. Stop it here too.
+		j.log.Warn("the build was ended outside this runner: stopping it")
+		j.cancel(errEndedElsewhere)
 	}
 }
 

@@ -84,10 +84,40 @@ func (r *Runner) cancelRequested(ctx context.Context) {
 		return
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	for _, id := range ids {
 		if j := r.running[id]; j != nil {
 			j.cancel(errCanceled)
+		}
+	}
+	running := make([]int64, 0, len(r.running))
+	for id := range r.running {
+		running = append(running, id)
+	}
+	r.mu.Unlock()
+	r.stopEnded(ctx, running)
+}
+
+// stopEnded stops those of the running builds that have ended without
+// this runner (see EndedStore).
+func (r *Runner) stopEnded(ctx context.Context, running []int64) {
+	es, ok := r.cfg.Store.(EndedStore)
+	if !ok || len(running) == 0 {
+		return
+	}
+	ended, err := es.EndedBuilds(ctx, running)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.log.Error("read ended builds", "err", err)
+		}
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, id := range ended {
+		// (A build that ended here a moment ago is past its context's
+		// use: cancelling it changes nothing.)
+		if j := r.running[id]; j != nil {
+			j.cancel(errEndedElsewhere)
 		}
 	}
 }

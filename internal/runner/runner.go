@@ -38,9 +38,26 @@ type Store interface {
 	LogStore
 }
 
+// EndedStore is implemented by stores that tell a runner which of its
+// running builds have ended without it: failed by a server that found the
+// runner silent (a network partition, a stall), or by its revocation. The
+// runner then stops them (their machines go) rather than run on unseen.
+type EndedStore interface {
+	EndedBuilds(ctx context.Context, ids []int64) ([]int64, error)
+}
+
 // Mirrors gives the path of an app's repository mirror on the host.
 type Mirrors interface {
 	Path(app string) string
+}
+
+// RepoFetcher is implemented by Mirrors of a runner on another host than
+// the server (which fetched the repository when it made the build): the
+// runner fetches it before each build.
+type RepoFetcher interface {
+	// FetchForBuild brings app's mirror up to date from url and returns
+	// its path; its error is for the build's user (no credentials).
+	FetchForBuild(ctx context.Context, app, url string) (string, error)
 }
 
 // Clock is the runner's time: the build's deadline, the link timeout, the
@@ -120,6 +137,9 @@ var (
 	errCanceled = errors.New("canceled")
 	errShutdown = errors.New("the server is shutting down")
 	errDeadline = errors.New("max_build_duration reached")
+	// errEndedElsewhere: the store holds the build ended already (see
+	// job.save); the runner's own end is not written.
+	errEndedElsewhere = errors.New("the build was ended outside its runner (the runner was found silent, or revoked)")
 )
 
 // Runner runs builds. Create it with New.

@@ -759,3 +759,29 @@ func TestBreakpoint(t *testing.T) {
 		t.Errorf("Continue of an ended build: %v", err)
 	}
 }
+
+// TestEndedElsewhere: a build that a server ended without its runner (it
+// found the runner silent) is stopped by the runner once it sees that:
+// its machine is destroyed, and the stored end stays the server's.
+func TestEndedElsewhere(t *testing.T) {
+	stopped := make(chan struct{})
+	e := newEnv(t, func(ctx context.Context, fb *fakeBuilder) {
+		defer close(stopped)
+		hanging(ctx, fb)
+	}, func(c *Config) { c.Store = c.Store.(*store.Store).ForRunner(store.Claim{}) })
+	b := e.queue(false, time.Hour)
+	e.wait(b.ID, "its first script", running(2))
+	const swept = "runner r on host h stopped answering at 2026-01-01T00:00:00Z"
+	if n, err := e.st.FailInterrupted(context.Background(), swept); err != nil || n != 1 {
+		t.Fatalf("fail the build: %d %v", n, err)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(waitFor):
+		t.Fatal("the runner did not stop the build that was ended without it")
+	}
+	got, _ := e.st.Build(context.Background(), b.ID)
+	if got.Status != build.Failed || got.Message != swept {
+		t.Errorf("the build: %s %q, want the server's end", got.Status, got.Message)
+	}
+}

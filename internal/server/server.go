@@ -3,7 +3,6 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -94,6 +93,13 @@ type Config struct {
 	Secrets Secrets
 	// Files serves artifacts and caches (nil: none are kept).
 	Files Files
+	// Runners keeps runners, for the admin endpoints /api/v1/runners (nil:
+	// none); RunnerAPI serves runners on other hosts at /api/runner/ (nil:
+	// none); RunnerStaleAfter is how long a silent runner is listed as
+	// answering.
+	Runners          RunnerStore
+	RunnerAPI        http.Handler
+	RunnerStaleAfter time.Duration
 }
 
 // Server serves the API. Create it with New.
@@ -156,6 +162,9 @@ func (s *Server) routes() []route {
 	rs = append(rs, s.secretRoutes()...)
 	if s.cfg.Metrics != nil {
 		rs = append(rs, route{"GET /metrics", s.cfg.Metrics})
+	}
+	if s.cfg.Runners != nil {
+		rs = append(rs, s.runnerRoutes()...)
 	}
 	if s.cfg.UI != nil {
 		rs = append(rs, route{"/", s.cfg.UI})
@@ -312,9 +321,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	var b [32]byte
-	_, _ = rand.Read(b[:])
-	secret := "hgr_" + hex.EncodeToString(b[:])
+	secret := newSecret("hgr_")
 	if err := s.cfg.Store.AddToken(r.Context(), HashToken(secret), store.Token{Name: req.Name, Admin: req.Admin, Apps: req.Apps, NoSSH: req.NoSSH}); err != nil {
 		s.internal(w, "create token", err)
 		return

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -181,11 +180,14 @@ func drain(ch <-chan struct{}) {
 }
 
 func TestMigrations(t *testing.T) {
+	// Versions increase; a branch may leave gaps for the versions given
+	// to other branches (they are made consecutive when merged).
 	for i, m := range migrations {
-		if m.version != i+1 {
-			t.Errorf("migration %q has version %d, want %d: versions run 1, 2, 3... in order", m.name, m.version, i+1)
+		if i > 0 && m.version <= migrations[i-1].version {
+			t.Errorf("migration %q has version %d, after %d: versions increase in order", m.name, m.version, migrations[i-1].version)
 		}
 	}
+	last := migrations[len(migrations)-1].version
 	eachBackend(t, func(t *testing.T, db testDB) {
 		ctx := context.Background()
 		// PostgreSQL: servers racing to open a new database; one migrates
@@ -220,8 +222,8 @@ func TestMigrations(t *testing.T) {
 		if err := s.db.QueryRow(`SELECT count(*), max(version) FROM schema_migrations`).Scan(&n, &max); err != nil {
 			t.Fatal(err)
 		}
-		if n != len(migrations) || max != len(migrations) {
-			t.Errorf("schema_migrations: %d rows up to version %d, want %d", n, max, len(migrations))
+		if n != len(migrations) || max != last {
+			t.Errorf("schema_migrations: %d rows up to version %d, want %d up to %d", n, max, len(migrations), last)
 		}
 		// A database a newer Hangar migrated is refused, saying why.
 		if _, err := s.db.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (1000, 'from the future', 0)`); err != nil {
@@ -235,38 +237,6 @@ func TestMigrations(t *testing.T) {
 			t.Errorf("open a newer database: %v", err)
 		}
 	})
-}
-
-// TestLockServer: one server per PostgreSQL database; the lock says who
-// holds it and is free again once its holder closes.
-func TestLockServer(t *testing.T) {
-	ctx := context.Background()
-	url := pgtest.DB(t)
-	first, err := OpenPostgres(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer first.Close()
-	if err := first.LockServer(ctx); err != nil {
-		t.Fatal(err)
-	}
-	second, err := OpenPostgres(ctx, url)
-	second = opened(t, second, err)
-	err = second.LockServer(ctx)
-	if err == nil || !strings.Contains(err.Error(), "hangar server on ") || !strings.Contains(err.Error(), "already uses this database") {
-		t.Fatalf("a second server's lock: %v", err)
-	}
-	if err := first.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := second.LockServer(ctx); err != nil {
-		t.Errorf("the lock after its holder closed: %v", err)
-	}
-	// SQLite: the data directory's lock does the work.
-	lite, err := OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
-	if err := opened(t, lite, err).LockServer(ctx); err != nil {
-		t.Errorf("SQLite: %v", err)
-	}
 }
 
 // TestPostgresErrors: a bad database URL or an unreachable server is

@@ -27,6 +27,14 @@ type dialect struct {
 	hasTable     string // $1: table; count(*) of such tables
 	hasColumn    string // $1: table, $2: column; count(*) of such columns
 	maxOpenConns int
+
+	// specInstanceType and specSSHOnFailure read a build's spec (its
+	// instance_type, "" if none; whether it has ssh_on_failure).
+	specInstanceType string
+	specSSHOnFailure string
+	// forUpdate ends a selection of rows that the transaction then
+	// writes (SQLite: the transaction's write lock serialises writers).
+	forUpdate string
 }
 
 var sqliteDialect = &dialect{
@@ -40,6 +48,9 @@ var sqliteDialect = &dialect{
 	hasTable:     `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1`,
 	hasColumn:    `SELECT count(*) FROM pragma_table_info($1) WHERE name = $2`,
 	maxOpenConns: 4,
+
+	specInstanceType: `coalesce(CASE WHEN json_valid(spec) THEN json_extract(spec, '$.instance_type') END, '')`,
+	specSSHOnFailure: `coalesce(CASE WHEN json_valid(spec) THEN json_extract(spec, '$.ssh_on_failure') END, 0) = 1`,
 }
 
 var postgresDialect = &dialect{
@@ -57,6 +68,10 @@ var postgresDialect = &dialect{
 	hasColumn: `SELECT count(*) FROM information_schema.columns
 		WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2`,
 	maxOpenConns: 16,
+
+	specInstanceType: `coalesce(CASE WHEN spec LIKE '{%' THEN spec::jsonb ->> 'instance_type' END, '')`,
+	specSSHOnFailure: `coalesce(CASE WHEN spec LIKE '{%' THEN spec::jsonb ->> 'ssh_on_failure' END, '') = 'true'`,
+	forUpdate:        ` FOR UPDATE`,
 }
 
 // A migration is one change to the schema. Add a change as a new entry at
@@ -105,6 +120,10 @@ var migrations = []migration{
 	}},
 	{version: 13, name: "artifacts", sql: artifactsSchema},
 	{version: 14, name: "caches", sql: cachesSchema},
+	// Runners (runners.go): each server's own and those on other hosts,
+	// and the runner that claimed each build.
+	{version: 16, name: "runners", sql: runnersSchema},
+	{version: 17, name: "builds.runner_id", run: addColumn("builds", "runner_id", "{{int}}")},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -41,7 +40,7 @@ func OpenPostgres(ctx context.Context, url string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", where, err)
 	}
-	s.origin, s.pgConfig = cfg.RuntimeParams["hangar.origin"], listenCfg
+	s.origin = cfg.RuntimeParams["hangar.origin"]
 	conn, err := s.listenConn(ctx, listenCfg)
 	if err != nil {
 		s.db.Close()
@@ -130,45 +129,4 @@ func (s *Store) notifyAll() {
 			}
 		}
 	}
-}
-
-// serverLockKey is the key of the advisory lock of LockServer (another
-// than the migrations').
-const serverLockKey = 7263544
-
-// LockServer takes the database's server lock, held until Close, or says
-// which server holds it. Until servers share work on a database, one
-// server per database: at start a server ends the builds it finds running
-// (FailInterrupted), which would be another server's. On SQLite it does
-// nothing: the data directory's lock keeps to one server.
-func (s *Store) LockServer(ctx context.Context) error {
-	if s.pgConfig == nil {
-		return nil
-	}
-	cfg := s.pgConfig.Copy()
-	host, _ := os.Hostname()
-	cfg.RuntimeParams["application_name"] = fmt.Sprintf("hangar server on %s, pid %d", host, os.Getpid())
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("take the database's server lock: %w", err)
-	}
-	var ok bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, serverLockKey).Scan(&ok); err != nil {
-		conn.Close(ctx)
-		return fmt.Errorf("take the database's server lock: %w", err)
-	}
-	if !ok {
-		var holder string
-		conn.QueryRow(ctx, `SELECT a.application_name || coalesce(' (from ' || host(a.client_addr) || ')', '')
-			FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-			WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = $1 AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
-			serverLockKey).Scan(&holder)
-		conn.Close(ctx)
-		if holder == "" {
-			holder = "another hangar server"
-		}
-		return fmt.Errorf("%s already uses this database: one server per database (stop it first)", holder)
-	}
-	s.serverLock = conn
-	return nil
 }

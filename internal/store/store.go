@@ -21,8 +21,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/hangar-ci/hangar/internal/build"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
@@ -78,8 +76,6 @@ type Store struct {
 	origin        string
 	stopListening func()
 	listenPID     atomic.Uint32
-	pgConfig      *pgx.ConnConfig // without origin
-	serverLock    *pgx.Conn       // see LockServer; nil if not taken
 
 	mu   sync.Mutex
 	subs map[int64]map[chan struct{}]bool // guarded by mu; key 0: every build
@@ -142,15 +138,6 @@ func (s *Store) Close() error {
 	if s.stopListening != nil {
 		s.stopListening()
 		s.stopListening = nil
-	}
-	if s.serverLock != nil {
-		// Released now, not once PostgreSQL sees the connection closed:
-		// a server started next takes it.
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		s.serverLock.Exec(ctx, `SELECT pg_advisory_unlock($1)`, serverLockKey)
-		s.serverLock.Close(ctx)
-		cancel()
-		s.serverLock = nil
 	}
 	return s.db.Close()
 }
@@ -458,21 +445,7 @@ func (s *Store) ActiveBuilds(ctx context.Context, app string) (int, error) {
 // runs one writer at a time; on PostgreSQL a claimer skips the rows that
 // others are claiming rather than waiting for them.
 func (s *Store) ClaimBuild(ctx context.Context) (*build.Build, []byte, error) {
-	now := time.Now().UTC()
-	var id int64
-	var spec string
-	err := s.db.QueryRowContext(ctx, `UPDATE builds SET status = 'preparing', started_at = $1
-		WHERE id = (SELECT id FROM builds WHERE status = 'queued' ORDER BY id LIMIT 1`+s.d.skipLocked+`) AND status = 'queued'
-		RETURNING id, spec`, ms(now)).Scan(&id, &spec)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil, ErrNotFound
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("claim build: %w", err)
-	}
-	s.notify(id)
-	b, err := s.Build(ctx, id)
-	return b, []byte(spec), err
+	return s.ClaimBuildFor(ctx, Claim{})
 }
 
 // UpdateBuild writes b's status, message, steps and times. It never changes
@@ -558,70 +531,20 @@ func (s *Store) CancelRequests(ctx context.Context) ([]int64, error) {
 // steps skipped, and its log gets a last line "hangar: <message>". Their
 // SSH keys are erased. Call it only while no runner works on the store.
 func (s *Store) FailInterrupted(ctx context.Context, message string) (int64, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
+	ids, err := s.failBuilds(ctx, `TRUE`, nil, message)
 	if err != nil {
-		return 0, fmt.Errorf("fail interrupted builds: %w", err)
+		return 0, err
 	}
-	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, `SELECT id, steps FROM builds WHERE status IN ('preparing', 'building')`)
-	if err != nil {
-		return 0, fmt.Errorf("fail interrupted builds: %w", err)
-	}
-	type interrupted struct {
-		id    int64
-		steps string
-	}
-	var found []interrupted
-	for rows.Next() {
-		var b interrupted
-		if err := rows.Scan(&b.id, &b.steps); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("fail interrupted builds: %w", err)
-		}
-		found = append(found, b)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("fail interrupted builds: %w", err)
-	}
-	now := time.Now().UTC()
-	for _, b := range found {
-		var steps []build.Step
-		if err := json.Unmarshal([]byte(b.steps), &steps); err != nil {
-			return 0, fmt.Errorf("build %d: bad steps: %w", b.id, err)
-		}
-		last := endSteps(steps, now)
-		data, err := json.Marshal(steps)
-		if err != nil {
-			return 0, err
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE builds SET status = 'failed', message = $1, finished_at = $2, steps = $3,
-			ssh_state = CASE WHEN ssh_enabled THEN 'closed' ELSE '' END WHERE id = $4`,
-			message, ms(now), string(data), b.id); err != nil {
-			return 0, fmt.Errorf("fail build %d: %w", b.id, err)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO log_chunks (build_id, first, last, step, time, data)
-			SELECT $1, n, n, $2, $3, $4 FROM (SELECT coalesce(max(last), 0) + 1 AS n FROM log_chunks WHERE build_id = $1) AS next`,
-			b.id, last, ms(now), []byte("hangar: "+message+"\n")); err != nil {
-			return 0, fmt.Errorf("fail build %d: log: %w", b.id, err)
-		}
-	}
-	// Their SSH keys and one-line URLs go with them.
-	if _, err := tx.ExecContext(ctx, `UPDATE build_ssh SET private_key = NULL WHERE build_id IN
+	// The SSH keys and one-line URLs of every ended build go.
+	if _, err := s.db.ExecContext(ctx, `UPDATE build_ssh SET private_key = NULL WHERE build_id IN
 		(SELECT id FROM builds WHERE status IN ('finished', 'failed', 'canceled', 'timeout'))`); err != nil {
 		return 0, err
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE builds SET ssh_url_nonce = NULL
+	if _, err := s.db.ExecContext(ctx, `UPDATE builds SET ssh_url_nonce = NULL
 		WHERE ssh_url_nonce IS NOT NULL AND status IN ('finished', 'failed', 'canceled', 'timeout')`); err != nil {
 		return 0, err
 	}
-	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("fail interrupted builds: %w", err)
-	}
-	for _, b := range found {
-		s.notify(b.id)
-	}
-	return int64(len(found)), nil
+	return int64(len(ids)), nil
 }
 
 // endSteps ends the unfinished steps of an interrupted build at now: a

@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -145,4 +147,46 @@ func liveInGroup(pgid int) bool {
 		}
 	}
 	return false
+}
+
+// Recover removes the machines an earlier driver of StateDir left (its
+// process was killed): the processes of their process groups that still
+// work in a machine's directory are killed, then the directories go. Call
+// it before the first Start.
+func (d *Driver) Recover() error {
+	if d.StateDir == "" {
+		return errors.New("host driver: no state dir")
+	}
+	ents, err := os.ReadDir(d.StateDir)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("host driver: %w", err)
+	}
+	var errs []error
+	for _, e := range ents {
+		dir := filepath.Join(d.StateDir, e.Name())
+		for pgid := range groupsIn(dir) {
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("host driver: remove a leftover machine: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// groupsIn returns the process groups of the live processes whose working
+// directory is dir or below it (what a machine of dir runs).
+func groupsIn(dir string) map[int]bool {
+	groups := map[int]bool{}
+	own := syscall.Getpgrp()
+	for _, p := range proctab.Table() {
+		cwd, err := os.Readlink("/proc/" + strconv.Itoa(p.PID) + "/cwd")
+		if err == nil && (cwd == dir || strings.HasPrefix(cwd, dir+"/")) && p.PGID > 1 && p.PGID != own {
+			groups[p.PGID] = true
+		}
+	}
+	return groups
 }

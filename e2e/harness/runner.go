@@ -1,0 +1,63 @@
+package harness
+
+import (
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+)
+
+// Runner is a `hangar runner` process, stopped (SIGTERM) at cleanup.
+type Runner struct {
+	t      testing.TB
+	cmd    *exec.Cmd
+	log    *lockedBuffer
+	exited chan struct{}
+	// Data is its data directory.
+	Data string
+}
+
+// StartRunner starts `hangar runner` with the host driver, data dir data
+// (a temporary one if ""), the runner token and more flags; servers are
+// the servers' URLs, comma-separated. It returns at once: the runner
+// starts in the background (see its Log, or the servers' runner list).
+func StartRunner(t testing.TB, servers, token, data string, args ...string) *Runner {
+	t.Helper()
+	if data == "" {
+		data = t.TempDir()
+	}
+	r := &Runner{t: t, log: &lockedBuffer{}, exited: make(chan struct{}), Data: data}
+	r.cmd = exec.Command(Binary(t), append([]string{"runner", "--server", servers, "--data", data, "--driver", "host", "--log-level", "debug"}, args...)...)
+	r.cmd.Env = append(os.Environ(), "HANGAR_RUNNER_TOKEN="+token)
+	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = r.cmd.Wait()
+		close(r.exited)
+	}()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// PID is the runner's process id.
+func (r *Runner) PID() int { return r.cmd.Process.Pid }
+
+// Log is what the runner printed so far.
+func (r *Runner) Log() string { return r.log.String() }
+
+// Exited is closed when the runner process has exited.
+func (r *Runner) Exited() <-chan struct{} { return r.exited }
+
+// Kill kills the runner with SIGKILL (no cleanup) and waits for it to end.
+func (r *Runner) Kill() {
+	_ = r.cmd.Process.Kill()
+	<-r.exited
+}
+
+// Stop stops the runner (SIGTERM) and waits for it to exit.
+func (r *Runner) Stop() {
+	stopProcess(r.t, "hangar runner", r.cmd, r.exited, r.log)
+}

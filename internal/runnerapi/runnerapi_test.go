@@ -1,0 +1,279 @@
+package runnerapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hangar-ci/hangar/internal/api"
+	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/runner"
+	"github.com/hangar-ci/hangar/internal/server"
+	"github.com/hangar-ci/hangar/internal/store"
+	"github.com/hangar-ci/hangar/internal/store/pgtest"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// The client is the runner's store.
+var (
+	_ runner.Store      = (*Client)(nil)
+	_ runner.EndedStore = (*Client)(nil)
+	_ runner.EndedStore = (*store.RunnerStore)(nil)
+)
+
+// env is a store with app "demo", an admin token "admin-secret", and
+// servers (the API with the runner API) on it.
+type env struct {
+	st    *store.Store
+	admin *api.Client
+	urls  []string
+	srvs  []*httptest.Server
+}
+
+// eachBackend runs f on SQLite and on PostgreSQL.
+func eachBackend(t *testing.T, servers int, f func(t *testing.T, e *env)) {
+	open := map[string]func(t *testing.T) (*store.Store, error){
+		"sqlite": func(t *testing.T) (*store.Store, error) {
+			return store.OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
+		},
+		"postgres": func(t *testing.T) (*store.Store, error) {
+			return store.OpenPostgres(context.Background(), pgtest.DB(t))
+		},
+	}
+	for _, name := range []string{"sqlite", "postgres"} {
+		t.Run(name, func(t *testing.T) {
+			st, err := open[name](t)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			ctx := context.Background()
+			if err := st.CreateApp(ctx, &store.App{Name: "demo", Repo: "/r"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.AddToken(ctx, server.HashToken("admin-secret"), store.Token{Name: "admin", Admin: true}); err != nil {
+				t.Fatal(err)
+			}
+			log := slog.New(slog.NewTextHandler(io.Discard, nil))
+			e := &env{st: st}
+			for range servers {
+				srv := httptest.NewServer(server.New(server.Config{Store: st, Logger: log, Runners: st, RunnerStaleAfter: time.Minute,
+					RunnerAPI: New(Config{Store: st, Logger: log, StaleAfter: time.Minute, MaxWait: 2 * time.Second})}))
+				t.Cleanup(srv.Close)
+				e.srvs = append(e.srvs, srv)
+				e.urls = append(e.urls, srv.URL)
+			}
+			e.admin = api.New(e.urls[0], "admin-secret", nil)
+			f(t, e)
+		})
+	}
+}
+
+// queue adds a queued build of demo with spec.
+func (e *env) queue(t *testing.T, spec build.Spec, ssh bool) int64 {
+	t.Helper()
+	data, _ := json.Marshal(spec)
+	b := &build.Build{App: "demo", Status: build.Queued, Trigger: build.Manual, Steps: []build.Step{}, SSH: build.SSH{Enabled: ssh}}
+	if err := e.st.CreateBuild(context.Background(), b, data); err != nil {
+		t.Fatal(err)
+	}
+	return b.ID
+}
+
+// runner makes runner name and returns its token.
+func (e *env) runner(t *testing.T, name string) string {
+	t.Helper()
+	tok, err := e.admin.CreateRunner(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(tok.Token, server.RunnerTokenPrefix) {
+		t.Fatalf("runner token %q", tok.Token[:4])
+	}
+	return tok.Token
+}
+
+// TestRunnerAPI: a runner authenticates with its own token (not a user's),
+// claims the builds of its labels and no SSH build, writes only its own
+// builds, and sees its cancel requests; a second process of the runner
+// takes over and the first is refused; a revoked runner is refused.
+func TestRunnerAPI(t *testing.T) {
+	eachBackend(t, 1, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		tok := e.runner(t, "r1")
+		otherTok := e.runner(t, "r2")
+		if _, err := e.admin.CreateRunner(ctx, "r1"); api.StatusOf(err) != http.StatusConflict {
+			t.Errorf("a second r1: %v", err)
+		}
+		if _, err := e.admin.CreateRunner(ctx, "server-12345678"); api.StatusOf(err) != http.StatusBadRequest {
+			t.Errorf("a runner named like a server's: %v", err)
+		}
+		for _, bad := range []string{"admin-secret", server.RunnerTokenPrefix + "nope"} {
+			_, err := NewClient(e.urls, bad, nil).Start(ctx, StartRequest{Host: "h", Labels: []string{"linux"}, Capacity: 1})
+			if api.StatusOf(err) != http.StatusUnauthorized {
+				t.Errorf("start with token %.4s...: %v", bad, err)
+			}
+		}
+		if _, err := api.New(e.urls[0], tok, nil).Apps(ctx); api.StatusOf(err) != http.StatusUnauthorized {
+			t.Errorf("a runner token at the user API: %v", err)
+		}
+
+		plain := e.queue(t, build.Spec{}, false)
+		x2 := e.queue(t, build.Spec{InstanceType: "linux_x2"}, false)
+		withSSH := e.queue(t, build.Spec{InstanceType: "linux"}, true)
+		c := NewClient(e.urls, tok, nil)
+		if _, _, err := c.ClaimBuild(ctx); api.StatusOf(err) != http.StatusConflict {
+			t.Errorf("a claim before start: %v", err)
+		}
+		start, err := c.Start(ctx, StartRequest{Host: "host-a", Labels: []string{"linux"}, Capacity: 2, Driver: "host"})
+		if err != nil || start.Name != "r1" {
+			t.Fatalf("start: %+v, %v", start, err)
+		}
+		b, spec, err := c.ClaimBuild(ctx)
+		if err != nil || b.ID != plain || string(spec) != `{"repo":"","vars":null,"scripts":null,"resources":{}}` {
+			t.Fatalf("claim: %v %s %v; want build %d", b, spec, err, plain)
+		}
+		if _, _, err := c.ClaimBuild(ctx); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("second claim (left: %d of linux_x2, %d with SSH): %v", x2, withSSH, err)
+		}
+		b.Status = build.Building
+		if wrote, err := c.UpdateBuild(ctx, b); err != nil || !wrote {
+			t.Fatalf("update: %v %v", wrote, err)
+		}
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		if err := c.AppendLog(ctx, b.ID, []build.LogChunk{{Seq: 1, Lines: 2, Time: now, Data: []byte("one\ntwo\n")}}); err != nil {
+			t.Fatal(err)
+		}
+		if lines, err := e.st.Logs(ctx, b.ID, 0, 10); err != nil || len(lines) != 2 || lines[1].Text != "two" {
+			t.Errorf("stored log: %+v, %v", lines, err)
+		}
+		if err := c.AddEvent(ctx, b.ID, build.Event{Time: now, Kind: "note"}); err != nil {
+			t.Fatal(err)
+		}
+		// Another runner may not write it.
+		other := NewClient(e.urls, otherTok, nil)
+		if _, err := other.Start(ctx, StartRequest{Host: "host-b", Labels: []string{"linux_x2"}, Capacity: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := other.UpdateBuild(ctx, b); api.StatusOf(err) != http.StatusForbidden {
+			t.Errorf("another runner's update: %v", err)
+		}
+		if err := other.AppendLog(ctx, b.ID, nil); api.StatusOf(err) != http.StatusForbidden {
+			t.Errorf("another runner's log: %v", err)
+		}
+		if got, _, err := other.ClaimBuild(ctx); err != nil || got.ID != x2 {
+			t.Errorf("r2 claimed %v, %v; want %d", got, err, x2)
+		}
+		if _, err := e.st.CancelBuild(ctx, b.ID, "canceled"); err != nil {
+			t.Fatal(err)
+		}
+		if ids, err := c.CancelRequests(ctx); err != nil || len(ids) != 1 || ids[0] != b.ID {
+			t.Errorf("cancel requests: %v, %v", ids, err)
+		}
+		if ids, err := other.CancelRequests(ctx); err != nil || len(ids) != 0 {
+			t.Errorf("r2's cancel requests: %v, %v", ids, err)
+		}
+		if ended, err := c.EndedBuilds(ctx, []int64{b.ID, x2}); err != nil || len(ended) != 0 {
+			t.Errorf("ended builds before the end: %v, %v", ended, err)
+		}
+
+		list, err := e.admin.Runners(ctx)
+		if err != nil || len(list) != 2 || list[0].Name != "r1" || list[0].Host != "host-a" || list[0].Running != 1 || !list[0].Answering {
+			t.Errorf("runners: %+v, %v", list, err)
+		}
+
+		// r1 starts again on its host: the first process is replaced, its
+		// build failed as interrupted.
+		again := NewClient(e.urls, tok, nil)
+		if start, err := again.Start(ctx, StartRequest{Host: "host-a", Labels: []string{"linux"}, Capacity: 2}); err != nil || start.Interrupted != 1 {
+			t.Fatalf("start again: %+v, %v", start, err)
+		}
+		if got, _ := e.st.Build(ctx, b.ID); got.Status != build.Failed || got.Message != InterruptedMessage("r1") {
+			t.Errorf("the interrupted build: %s %q", got.Status, got.Message)
+		}
+		if ended, err := again.EndedBuilds(ctx, []int64{b.ID, x2}); err != nil || len(ended) != 1 || ended[0] != b.ID {
+			t.Errorf("ended builds (of r1): %v, %v; want [%d]", ended, err, b.ID)
+		}
+		if ended, err := other.EndedBuilds(ctx, []int64{b.ID}); err != nil || len(ended) != 0 {
+			t.Errorf("r2 asks about r1's build: %v, %v", ended, err)
+		}
+		if err := c.Heartbeat(ctx); !errors.Is(err, store.ErrReplaced) {
+			t.Errorf("the replaced process's heartbeat: %v", err)
+		}
+		if _, _, err := c.ClaimBuild(ctx); api.StatusOf(err) != http.StatusConflict {
+			t.Errorf("the replaced process's claim: %v", err)
+		}
+		// On another host while r1 answers: refused.
+		if _, err := NewClient(e.urls, tok, nil).Start(ctx, StartRequest{Host: "host-c", Labels: []string{"linux"}, Capacity: 1}); api.StatusOf(err) != http.StatusConflict {
+			t.Errorf("r1 on another host: %v", err)
+		}
+		if err := again.Heartbeat(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.admin.RevokeRunner(ctx, "r1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := again.Heartbeat(ctx); !errors.Is(err, store.ErrReplaced) {
+			t.Errorf("a revoked runner's heartbeat: %v", err)
+		}
+		if err := e.admin.RevokeRunner(ctx, "nope"); api.StatusOf(err) != http.StatusNotFound {
+			t.Errorf("revoke nope: %v", err)
+		}
+	})
+}
+
+// TestClientServers: the client wakes its subscribers when a build
+// changes (a long poll), and moves to the next server when one does not
+// answer.
+func TestClientServers(t *testing.T) {
+	eachBackend(t, 2, func(t *testing.T, e *env) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		c := NewClient(e.urls, e.runner(t, "r1"), nil)
+		if _, err := c.Start(ctx, StartRequest{Host: "h", Labels: []string{"linux"}, Capacity: 1}); err != nil {
+			t.Fatal(err)
+		}
+		wake, unsub := c.Subscribe(0)
+		defer unsub()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c.Watch(ctx)
+		}()
+		defer func() {
+			cancel()
+			<-done
+		}()
+		// A build made while the runner waits wakes it. The long poll may
+		// not have started yet: make builds until one wakes it.
+		for woke := false; !woke; {
+			id := e.queue(t, build.Spec{}, false)
+			select {
+			case <-wake:
+				woke = true
+			case <-time.After(3 * time.Second):
+			}
+			if b, _, err := c.ClaimBuild(ctx); err != nil || b.ID != id {
+				t.Fatalf("claim: %v, %v", b, err)
+			}
+		}
+		e.srvs[0].Close()
+		if err := c.Heartbeat(ctx); err != nil {
+			t.Fatalf("heartbeat with the first server gone: %v", err)
+		}
+		id := e.queue(t, build.Spec{}, false)
+		if b, _, err := c.ClaimBuild(ctx); err != nil || b.ID != id {
+			t.Fatalf("claim through the second server: %v, %v", b, err)
+		}
+	})
+}
