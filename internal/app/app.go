@@ -244,6 +244,16 @@ func New(cfg Config) (a *App, err error) {
 		if err := sshalgo.CheckHostKey(gwKey); err != nil {
 			return nil, fmt.Errorf("%s: %w; move it away to make a new one", gwKeyPath, err)
 		}
+		// Every gateway presents a host certificate of the host CA, which
+		// the generated known_hosts trusts (docs/gateways.md).
+		hostCA, err := sshca.LoadOrCreateHostCA(filepath.Join(keys, "host_ca"))
+		if err != nil {
+			return nil, err
+		}
+		gwCert, _, err := hostCA.HostSigner(gwKey)
+		if err != nil {
+			return nil, err
+		}
 		sealer, err := sshca.LoadOrCreateSealer(filepath.Join(keys, "seal.key"))
 		if err != nil {
 			return nil, err
@@ -255,7 +265,7 @@ func New(cfg Config) (a *App, err error) {
 		if a.sshLn, err = net.Listen("tcp", cfg.SSH); err != nil {
 			return nil, fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
 		}
-		a.gw = &gateway.Gateway{HostKey: gwKey, CA: ca.PublicKey(), Logger: log, HandshakeTimeout: cfg.SSHHandshake,
+		a.gw = &gateway.Gateway{HostKey: gwKey, HostCert: gwCert, CA: ca.PublicKey(), Logger: log, HandshakeTimeout: cfg.SSHHandshake,
 			MaxConns: cfg.SSHMaxConns, MaxUnauthenticated: cfg.SSHMaxUnauthenticated,
 			MaxUnauthenticatedPerSource: cfg.SSHMaxUnauthenticatedPerSource}
 		a.gw.AuthDelay.Max = cfg.SSHAuthDelayMax
@@ -263,7 +273,7 @@ func New(cfg Config) (a *App, err error) {
 		rcfg.SSH = &runner.SSHConfig{CA: ca, Sealer: sealer, Gateway: a.gw, Store: a.store, AfterSteps: cfg.SSHAfterSteps}
 		scfg.SSH = &server.SSHConfig{
 			Store: a.store, Sealer: sealer, URLKey: urlKey, GatewayHost: cfg.SSHPublicHost,
-			GatewayPort: a.sshLn.Addr().(*net.TCPAddr).Port, GatewayKey: gwKey.PublicKey(), PublicURL: cfg.PublicURL,
+			GatewayPort: a.sshLn.Addr().(*net.TCPAddr).Port, GatewayKey: gwKey.PublicKey(), GatewayCA: hostCA.PublicKey(), PublicURL: cfg.PublicURL,
 			GatewayDialAddr: dialable(a.sshLn.Addr()),
 		}
 	}

@@ -91,6 +91,9 @@ var migrations = []migration{
 	// those of earlier versions (no one-line URL is valid for them).
 	{version: 8, name: "builds.ssh_url_nonce", run: addColumn("builds", "ssh_url_nonce", "{{blob}}")},
 	{version: 9, name: "tokens.no_ssh", run: addColumn("tokens", "no_ssh", "{{bool}} NOT NULL DEFAULT FALSE")},
+	// Several gateways: builds' access state, the registry of tunnels,
+	// the gateways' events (gateways.go).
+	{version: 22, name: "gateway access, routes and events", sql: gatewaysSchema, postgres: gatewaysNotify},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;
