@@ -162,3 +162,14 @@ func (g *Gateway) Known(alias string) (a Access, ok bool) {
 	}
 	return Access{Key: e.key, Open: e.open, Reason: e.reason}, true
 }
+
+// Closed records that alias's access, for key, is closed (reason is the
+// message newcomers are given), as Drain does, for a build the gateway
+// may not have known open (a gateway that starts after the build's
+// access closed).
+func (g *Gateway) Closed(alias string, key ssh.PublicKey, reason string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	e := g.entryLocked(alias)
+	e.key, e.open, e.reason = key, false, reason
+}

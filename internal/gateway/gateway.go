@@ -494,7 +494,7 @@ func (g *Gateway) handle(nc net.Conn, base *ssh.ServerConfig, pc *netx.Pending) 
 			continue
 		}
 		if route == nil && g.Cluster == nil {
-			_ = nch.Reject(ssh.ConnectionFailed, notConnected(alias))
+			_ = nch.Reject(ssh.ConnectionFailed, NotConnected(alias))
 			continue
 		}
 		wg.Add(1)
@@ -539,11 +539,12 @@ func (g *Gateway) forward(nch ssh.NewChannel, route ssh.Conn, alias string, p fo
 		return
 	}
 	go ssh.DiscardRequests(ureqs)
-	pipe(uch, down)
+	Splice(uch, down)
 }
 
-// notConnected is what a user is told when no gateway holds alias's tunnel.
-func notConnected(alias string) string {
+// NotConnected is what a user is told when no gateway holds alias's
+// tunnel.
+func NotConnected(alias string) string {
 	return alias + "'s machine is not connected to the gateway (yet): try again in a few seconds"
 }
 
@@ -569,9 +570,9 @@ func (g *Gateway) openBuilder(route ssh.Conn, alias string, p forwardPayload) (i
 	return bch, nil
 }
 
-// pipe copies between the user's channel uch and down, the stream to the
-// builder, both ways until both ends are done, then closes both.
-func pipe(uch ssh.Channel, down io.ReadWriteCloser) {
+// Splice copies between the user's channel uch and down, the stream to
+// the builder, both ways until both ends are done, then closes both.
+func Splice(uch ssh.Channel, down io.ReadWriteCloser) {
 	done := make(chan struct{}, 2)
 	copyHalf := func(dst io.Writer, src io.Reader, closeWrite func() error) {
 		buf := make([]byte, 256<<10)
