@@ -175,7 +175,9 @@ func TestGateways(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-a.exited
+	killed := time.Now()
 	waitHolder(alias, "b")
+	t.Logf("the builder's tunnel was back, through b, %v after gateway a was killed", time.Since(killed).Round(time.Millisecond))
 	if r := sf.run("bash", script, "echo", "after-failover-"+f.run); r.Code != 0 || r.Stdout != "after-failover-"+f.run+"\n" {
 		t.Fatalf("after gateway a died: exit %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
 	}
