@@ -75,6 +75,35 @@ func (s *Store) ForgetGatewayAccess(ctx context.Context, alias, key string) erro
 	return nil
 }
 
+// CloseEndedGatewayAccess closes (with reason) and disconnects the open
+// access of builds that have ended: what a runner that stopped without
+// revoking (a crash) left open. It returns how many it closed.
+func (s *Store) CloseEndedGatewayAccess(ctx context.Context, reason string) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE gateway_access SET is_open = FALSE, reason = $1, disconnects = disconnects + 1, updated_at = $2
+		WHERE is_open AND alias IN (SELECT 'build-' || id FROM builds WHERE status IN ('finished', 'failed', 'canceled', 'timeout'))`,
+		reason, ms(time.Now()))
+	if err != nil {
+		return 0, fmt.Errorf("close the gateway access of ended builds: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if n > 0 {
+		s.notify(GatewayAccessChanges)
+	}
+	return n, err
+}
+
+// PruneGatewayAccess drops the access closed before before.
+func (s *Store) PruneGatewayAccess(ctx context.Context, before time.Time) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM gateway_access WHERE NOT is_open AND updated_at < $1`, ms(before))
+	if err != nil {
+		return fmt.Errorf("prune gateway access: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n > 0 {
+		s.notify(GatewayAccessChanges)
+	}
+	return nil
+}
+
 // GatewayAccessOf returns alias's access, or ErrNotFound.
 func (s *Store) GatewayAccessOf(ctx context.Context, alias string) (*GatewayAccess, error) {
 	a := GatewayAccess{Alias: alias}

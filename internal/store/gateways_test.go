@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/hangar-ci/hangar/internal/build"
 )
 
 // TestGatewayAccess: the access state a runner writes is what gateways
@@ -194,4 +196,49 @@ func twoStores(t *testing.T, db testDB) (*Store, *Store) {
 		return a, a
 	}
 	return a, db.open(t)
+}
+
+// TestGatewayAccessOfEndedBuilds: the open access of a build that ended
+// without a revocation (its runner crashed) is closed and disconnected;
+// that of a running build stays; closed access goes after a while.
+func TestGatewayAccessOfEndedBuilds(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db testDB) {
+		ctx := context.Background()
+		s := db.open(t)
+		ended := newBuild(t, s, build.Failed)
+		running := &build.Build{App: "a", Status: build.Building, Trigger: build.Manual, Steps: []build.Step{}}
+		if err := s.CreateBuild(ctx, running, nil); err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range []*build.Build{ended, running} {
+			if err := s.SetGatewayAccess(ctx, build.Alias(b.ID), "k", true, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		n, err := s.CloseEndedGatewayAccess(ctx, "the build has ended")
+		if err != nil || n != 1 {
+			t.Fatalf("closed %d, %v; want 1", n, err)
+		}
+		if a, _ := s.GatewayAccessOf(ctx, build.Alias(ended.ID)); a == nil || a.Open || a.Reason != "the build has ended" || a.Disconnects != 1 {
+			t.Errorf("the ended build's access: %+v", a)
+		}
+		if a, _ := s.GatewayAccessOf(ctx, build.Alias(running.ID)); a == nil || !a.Open {
+			t.Errorf("the running build's access: %+v", a)
+		}
+		if err := s.PruneGatewayAccess(ctx, time.Now().Add(-time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.GatewayAccessOf(ctx, build.Alias(ended.ID)); err != nil {
+			t.Errorf("recently closed access pruned: %v", err)
+		}
+		if err := s.PruneGatewayAccess(ctx, time.Now().Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.GatewayAccessOf(ctx, build.Alias(ended.ID)); !errors.Is(err, ErrNotFound) {
+			t.Errorf("closed access not pruned: %v", err)
+		}
+		if _, err := s.GatewayAccessOf(ctx, build.Alias(running.ID)); err != nil {
+			t.Errorf("open access pruned: %v", err)
+		}
+	})
 }

@@ -35,6 +35,8 @@ type ControlStore interface {
 	GatewayEventsSince(ctx context.Context, since time.Time) ([]store.GatewayEvent, error)
 	PruneGatewayEvents(ctx context.Context, before time.Time) error
 	PruneGatewayRoutes(ctx context.Context, now time.Time) error
+	CloseEndedGatewayAccess(ctx context.Context, reason string) (int64, error)
+	PruneGatewayAccess(ctx context.Context, before time.Time) error
 	Subscribe(id int64) (<-chan struct{}, func())
 }
 
@@ -42,6 +44,10 @@ type ControlStore interface {
 // wake-up (it skips those it has seen). It covers the commit delays of
 // PostgreSQL sequences and clock differences between hosts.
 const EventWindow = 2 * time.Minute
+
+// AccessRetention is how long a build's closed access stays in the store
+// (gateways tell newcomers why it closed meanwhile).
+const AccessRetention = time.Hour
 
 // EventRetention is how long the gateways' events stay in the store.
 const EventRetention = 10 * time.Minute
@@ -120,8 +126,10 @@ func (c *Control) Forget(alias string, key ssh.PublicKey) {
 	})
 }
 
-// Run passes the gateways' events to Events until ctx ends, and prunes
-// old events and expired routes from the store now and then. Events
+// Run passes the gateways' events to Events until ctx ends, and now and
+// then closes the access of ended builds that is still open (a runner
+// that crashed), and prunes old events, expired routes and old closed
+// access from the store. Events
 // recorded before Run started (less a few seconds) are not passed.
 func (c *Control) Run(ctx context.Context) error {
 	wake, unsub := c.Store.Subscribe(store.GatewayEventChanges)
@@ -162,6 +170,17 @@ func (c *Control) Run(ctx context.Context) error {
 			}
 			if err := c.Store.PruneGatewayRoutes(ctx, now); err != nil && ctx.Err() == nil {
 				c.log().Warn("gateway control: prune expired routes", "err", err)
+			}
+			// What a runner that crashed left open; closed access is
+			// forgotten after an hour (the runner's Forget, should it
+			// not come).
+			if n, err := c.Store.CloseEndedGatewayAccess(ctx, "the build has ended"); err != nil && ctx.Err() == nil {
+				c.log().Warn("gateway control: close the access of ended builds", "err", err)
+			} else if n > 0 {
+				c.log().Warn("gateway control: closed the access of ended builds left open", "count", n)
+			}
+			if err := c.Store.PruneGatewayAccess(ctx, now.Add(-AccessRetention)); err != nil && ctx.Err() == nil {
+				c.log().Warn("gateway control: prune closed access", "err", err)
 			}
 		}
 		select {
