@@ -65,12 +65,21 @@ func startGateway(t *testing.T, id, url, data string) *gatewayProc {
 		close(g.exited)
 	}()
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-g.exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-g.exited
+		case <-g.exited: // killed by the test
+		default:
+			// A stop signal ends a gateway cleanly, in its drain time.
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-g.exited:
+				if code := cmd.ProcessState.ExitCode(); code != 0 {
+					t.Errorf("hangar gateway %s exited with status %d after SIGTERM", id, code)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("hangar gateway %s still runs 30 s after SIGTERM", id)
+				_ = cmd.Process.Kill()
+				<-g.exited
+			}
 		}
 		if t.Failed() {
 			t.Logf("gateway %s:\n%s", id, <-logs)
