@@ -191,6 +191,15 @@ func TestGateways(t *testing.T) {
 		t.Fatalf("after gateway a died: exit %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
 	}
 
+	// The browser terminal: the server dials the gateways' address too,
+	// and trusts the gateway by the host CA.
+	tctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	term := openTerminal(t, tctx, sf, id)
+	term.send(map[string]any{"type": "input", "data": "echo term-$((6*7))\r"})
+	term.waitFor("term-42")
+	term.close()
+
 	// The build's end closes access on the gateways: refused, told why.
 	if r := f.hangar(fmt.Sprintf("build cancel %d", id)); r.Code != 0 {
 		t.Fatalf("cancel: %s", r.Stderr)
