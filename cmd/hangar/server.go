@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -65,6 +66,14 @@ func serverCmd() *cobra.Command {
 			}
 			if err := checkGatewayLimits(cfg); err != nil {
 				return err
+			}
+			if cfg.GatewayAddr != "" {
+				if cfg.Database == "" {
+					return errors.New("--gateway-addr: separate gateways share the server's state through PostgreSQL: set --database")
+				}
+				if _, port, err := net.SplitHostPort(cfg.GatewayAddr); err != nil || port == "" {
+					return fmt.Errorf("--gateway-addr %q: want host:port, e.g. gateways.example.com:2222", cfg.GatewayAddr)
+				}
 			}
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {

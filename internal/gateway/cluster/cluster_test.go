@@ -284,6 +284,9 @@ func TestPeerForwardAndFailover(t *testing.T) {
 	waitState(t, states, true, "the tunnel through the one address")
 	waitFor(t, "a's entry in the registry", func() bool { return c.routeOf(alias) == "a" })
 	waitFor(t, "b admits the build", func() bool { k, ok := b.g.Known(alias); return ok && k.Open })
+	if !control.Routed(alias) {
+		t.Error("Control says no gateway holds the tunnel")
+	}
 
 	client, nc, err := c.user(b.addr, alias, cred)
 	if err != nil {

@@ -37,6 +37,7 @@ type ControlStore interface {
 	PruneGatewayRoutes(ctx context.Context, now time.Time) error
 	CloseEndedGatewayAccess(ctx context.Context, reason string) (int64, error)
 	PruneGatewayAccess(ctx context.Context, before time.Time) error
+	GatewayRouteOf(ctx context.Context, alias string, now time.Time) (*store.GatewayRoute, error)
 	Subscribe(id int64) (<-chan struct{}, func())
 }
 
@@ -124,6 +125,15 @@ func (c *Control) Forget(alias string, key ssh.PublicKey) {
 	c.do("forget", alias, func(ctx context.Context) error {
 		return c.Store.ForgetGatewayAccess(ctx, alias, authorized(key))
 	})
+}
+
+// Routed reports whether a gateway holds alias's tunnel (the registry
+// has a live entry for it).
+func (c *Control) Routed(alias string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	_, err := c.Store.GatewayRouteOf(ctx, alias, time.Now())
+	return err == nil
 }
 
 // Run passes the gateways' events to Events until ctx ends, and now and
