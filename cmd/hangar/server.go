@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -70,6 +71,14 @@ func serverCmd() *cobra.Command {
 			if err := applyFileFlags(&cfg); err != nil {
 				return err
 			}
+			if cfg.GatewayAddr != "" {
+				if cfg.Database == "" {
+					return errors.New("--gateway-addr: separate gateways share the server's state through PostgreSQL: set --database")
+				}
+				if _, port, err := net.SplitHostPort(cfg.GatewayAddr); err != nil || port == "" {
+					return fmt.Errorf("--gateway-addr %q: want host:port, e.g. gateways.example.com:2222", cfg.GatewayAddr)
+				}
+			}
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
@@ -100,6 +109,7 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.RegistryAuth, "registry-auth", "", "Docker config.json with the credentials of the registries images are pulled from (default: anonymous)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&cfg.SSH, "ssh", ":2222", "address of the public SSH gateway, or \"off\" (no SSH builds)")
+	f.StringVar(&cfg.GatewayAddr, "gateway-addr", "", "host:port of separate SSH gateways (hangar gateway, several behind one address, on --database's PostgreSQL): builders open their tunnels there and users connect there; the server then runs no gateway (--ssh is ignored)")
 	f.StringVar(&cfg.SSHPublicHost, "ssh-public-host", "", "host name users reach the gateway at (default: the host of the API request)")
 	f.DurationVar(&cfg.SSHAfterSteps, "ssh-after-steps", 20*time.Minute, "how long an SSH build's machine stays after its steps complete (bounded by max_build_duration)")
 	f.DurationVar(&cfg.SSHHandshake, "ssh-handshake-timeout", 10*time.Second, "time a client has from connecting to being authenticated at the gateway")

@@ -28,6 +28,9 @@ func TestServerFlags(t *testing.T) {
 		{[]string{"--ssh-auth-delay-max", "0s"}, "must be positive"},
 		{[]string{"--database", "postgres://hangar@db.example.com/hangar"}, ""},
 		{[]string{"--database", "mysql://hangar:secret@db.example.com/hangar"}, "--database: want a PostgreSQL URL"},
+		{[]string{"--database", "postgres://hangar@db.example.com/hangar", "--gateway-addr", "gw.example.com:2222"}, ""},
+		{[]string{"--gateway-addr", "gw.example.com:2222"}, "--gateway-addr: separate gateways share the server's state through PostgreSQL: set --database"},
+		{[]string{"--database", "postgres://hangar@db.example.com/hangar", "--gateway-addr", "gw.example.com"}, "want host:port"},
 	} {
 		cmd := serverCmd()
 		// Parse and validate only: the command must fail before starting.
@@ -41,6 +44,28 @@ func TestServerFlags(t *testing.T) {
 			continue
 		}
 		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want an error with %q", c.args, err, c.want)
+		}
+	}
+}
+
+// TestGatewayFlags: what `hangar gateway` refuses before it starts.
+func TestGatewayFlags(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--database", "mysql://db/hangar"}, "--database: want the servers' PostgreSQL URL"},
+		{[]string{"--database", "postgres://db/hangar"}, "--advertise: set the host:port"},
+		{[]string{"--database", "postgres://db/hangar", "--advertise", "10.0.0.1:2224", "--host-ca", dir + "/none"}, "--host-ca: host CA: open " + dir + "/none"},
+		{[]string{"--max-conns", "0"}, "--max-conns 0: must be at least 1"},
+		{[]string{"--log-level", "loud"}, "--log-level \"loud\""},
+	} {
+		cmd := gatewayCmd()
+		cmd.SetArgs(c.args)
+		cmd.SilenceErrors, cmd.SilenceUsage = true, true
+		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: %v, want an error with %q", c.args, err, c.want)
 		}
 	}

@@ -24,11 +24,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/crypto/ssh"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/hangar-ci/hangar/internal/artifact"
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/gateway"
+	"github.com/hangar-ci/hangar/internal/gateway/cluster"
 	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/link"
 	"github.com/hangar-ci/hangar/internal/machine"
@@ -71,7 +73,12 @@ type Config struct {
 	SSHMaxUnauthenticated          int
 	SSHMaxUnauthenticatedPerSource int
 	SSHAuthDelayMax                time.Duration
-	PublicURL                      string
+	// GatewayAddr, if set, is the address of separate gateways (`hangar
+	// gateway`, several behind one address, on the same PostgreSQL):
+	// builders open their tunnels there, the server runs no gateway of
+	// its own (SSH is ignored) and users are sent to GatewayAddr's port.
+	GatewayAddr string
+	PublicURL   string
 	// TLSCert and TLSKey are PEM files: the API is served over HTTPS with
 	// them. TLSAutocert are host names to get certificates for from
 	// Let's Encrypt (the API must then be their port 443), with
@@ -133,7 +140,8 @@ type App struct {
 	linkLn  net.Listener
 	linkSrv *link.Server
 	sshLn   net.Listener     // nil without SSH
-	gw      *gateway.Gateway // nil without SSH
+	gw      *gateway.Gateway // nil without SSH or with separate gateways
+	control *cluster.Control // with separate gateways (GatewayAddr)
 	run     *runner.Runner
 	httpLn  net.Listener
 	tls     *tls.Config // the API's; nil: plain HTTP
@@ -341,10 +349,14 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		log.Info("instance type", "name", name, "limits", limits)
 	}
 
-	if cfg.SSH != "off" {
+	if cfg.SSH != "off" || cfg.GatewayAddr != "" {
 		keys := filepath.Join(data, "ssh")
 		ca, err := sshca.LoadOrCreateCA(filepath.Join(keys, "user_ca"))
 		if err != nil {
+			return err
+		}
+		// For separate gateways (hangar gateway --user-ca).
+		if err := os.WriteFile(filepath.Join(keys, "user_ca.pub"), ssh.MarshalAuthorizedKey(ca.PublicKey()), 0o644); err != nil {
 			return err
 		}
 		gwKeyPath := filepath.Join(keys, "gateway_host_key")
@@ -355,6 +367,16 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		if err := sshalgo.CheckHostKey(gwKey); err != nil {
 			return fmt.Errorf("%s: %w; move it away to make a new one", gwKeyPath, err)
 		}
+		// Every gateway presents a host certificate of the host CA, which
+		// the generated known_hosts trusts (docs/gateways.md).
+		hostCA, err := sshca.LoadOrCreateHostCA(filepath.Join(keys, "host_ca"))
+		if err != nil {
+			return err
+		}
+		gwCert, _, err := hostCA.HostSigner(gwKey)
+		if err != nil {
+			return err
+		}
 		sealer, err := sshca.LoadOrCreateSealer(filepath.Join(keys, "seal.key"))
 		if err != nil {
 			return err
@@ -363,24 +385,47 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		if err != nil {
 			return err
 		}
-		if a.sshLn, err = net.Listen("tcp", cfg.SSH); err != nil {
-			return fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
-		}
-		a.gw = &gateway.Gateway{HostKey: gwKey, CA: ca.PublicKey(), Logger: log, HandshakeTimeout: cfg.SSHHandshake,
-			MaxConns: cfg.SSHMaxConns, MaxUnauthenticated: cfg.SSHMaxUnauthenticated,
-			MaxUnauthenticatedPerSource: cfg.SSHMaxUnauthenticatedPerSource}
-		a.gw.AuthDelay.Max = cfg.SSHAuthDelayMax
-		a.linkSrv.Tunnels = a.gw
-		rcfg.SSH = &runner.SSHConfig{CA: ca, Sealer: sealer, Gateway: a.gw, Store: a.store, AfterSteps: cfg.SSHAfterSteps}
-		scfg.SSH = &server.SSHConfig{
-			Store: a.store, Sealer: sealer, URLKey: urlKey, GatewayHost: cfg.SSHPublicHost,
-			GatewayPort: a.sshLn.Addr().(*net.TCPAddr).Port, GatewayKey: gwKey.PublicKey(), PublicURL: cfg.PublicURL,
-			GatewayDialAddr: dialable(a.sshLn.Addr()),
+		if cfg.GatewayAddr != "" {
+			if cfg.Database == "" {
+				return errors.New("--gateway-addr: separate gateways share the server's state through PostgreSQL: set --database")
+			}
+			_, port, err := net.SplitHostPort(cfg.GatewayAddr)
+			pn, perr := strconv.Atoi(port)
+			if err != nil || perr != nil {
+				return fmt.Errorf("--gateway-addr %q: want host:port, e.g. gateways.example.com:2222", cfg.GatewayAddr)
+			}
+			a.control = &cluster.Control{Store: a.store, Logger: log}
+			rcfg.SSH = &runner.SSHConfig{CA: ca, Sealer: sealer, Gateway: a.control, Store: a.store, AfterSteps: cfg.SSHAfterSteps,
+				TunnelAddr: cfg.GatewayAddr, TunnelCA: hostCA.PublicKey()}
+			scfg.SSH = &server.SSHConfig{
+				Store: a.store, Sealer: sealer, URLKey: urlKey, GatewayHost: cfg.SSHPublicHost,
+				GatewayPort: pn, GatewayCA: hostCA.PublicKey(), PublicURL: cfg.PublicURL,
+				GatewayDialAddr: cfg.GatewayAddr,
+			}
+			log.Info("SSH through separate gateways", "gateway_addr", cfg.GatewayAddr)
+		} else {
+			if a.sshLn, err = net.Listen("tcp", cfg.SSH); err != nil {
+				return fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
+			}
+			a.gw = &gateway.Gateway{HostKey: gwKey, HostCert: gwCert, CA: ca.PublicKey(), Logger: log, HandshakeTimeout: cfg.SSHHandshake,
+				MaxConns: cfg.SSHMaxConns, MaxUnauthenticated: cfg.SSHMaxUnauthenticated,
+				MaxUnauthenticatedPerSource: cfg.SSHMaxUnauthenticatedPerSource}
+			a.gw.AuthDelay.Max = cfg.SSHAuthDelayMax
+			a.linkSrv.Tunnels = a.gw
+			rcfg.SSH = &runner.SSHConfig{CA: ca, Sealer: sealer, Gateway: a.gw, Store: a.store, AfterSteps: cfg.SSHAfterSteps}
+			scfg.SSH = &server.SSHConfig{
+				Store: a.store, Sealer: sealer, URLKey: urlKey, GatewayHost: cfg.SSHPublicHost,
+				GatewayPort: a.sshLn.Addr().(*net.TCPAddr).Port, GatewayKey: gwKey.PublicKey(), GatewayCA: hostCA.PublicKey(), PublicURL: cfg.PublicURL,
+				GatewayDialAddr: dialable(a.sshLn.Addr()),
+			}
 		}
 	}
 	a.run = runner.New(rcfg)
 	if a.gw != nil {
 		a.gw.Events = a.run.GatewayEvent
+	}
+	if a.control != nil {
+		a.control.Events = a.run.GatewayEvent
 	}
 	scfg.Continue, scfg.Extend = a.run.Continue, a.run.Extend
 	return nil
@@ -481,6 +526,9 @@ func (a *App) Run(ctx context.Context, hurry <-chan struct{}) error {
 		}
 		return nil
 	})
+	if a.control != nil {
+		g.Go(func() error { return a.control.Run(gctx) })
+	}
 	if a.gw != nil {
 		g.Go(func() error {
 			if err := a.gw.Serve(a.sshLn); !errors.Is(err, gateway.ErrServerClosed) {

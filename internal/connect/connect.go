@@ -13,6 +13,8 @@ import (
 	"strings"
 	"text/template"
 	"time"
+
+	"github.com/hangar-ci/hangar/internal/sshca"
 )
 
 // Access is everything needed to connect to one build.
@@ -22,7 +24,12 @@ type Access struct {
 	Alias       string // "build-12": ssh host name and the gateway user
 	GatewayHost string
 	GatewayPort int
-	GatewayKey  string // authorized_keys format
+	GatewayKey  string // authorized_keys format; may be empty with GatewayCA
+	// GatewayCA is the host CA that signs every gateway's host
+	// certificate (authorized_keys format): known_hosts trusts it
+	// (@cert-authority), so any of several gateways is trusted. Empty:
+	// only GatewayKey is pinned.
+	GatewayCA   string
 	BuilderKey  string // authorized_keys format
 	PrivateKey  string // OpenSSH PEM: a secret
 	Certificate string // authorized_keys format
@@ -39,11 +46,33 @@ func (a *Access) Files() Files {
 	return Files{
 		Key:        ensureNL(a.PrivateKey),
 		Cert:       ensureNL(a.Certificate),
-		KnownHosts: a.gatewayAlias() + " " + strings.TrimSpace(a.GatewayKey) + "\n" + a.Alias + " " + strings.TrimSpace(a.BuilderKey) + "\n",
+		KnownHosts: a.gatewayKnownHosts() + a.Alias + " " + strings.TrimSpace(a.BuilderKey) + "\n",
 	}
 }
 
 func (a *Access) gatewayAlias() string { return "hangar-gateway-" + a.Alias }
+
+// gatewayKeyAlias is the name known_hosts lists the gateway under: with a
+// host CA, the principal of every gateway's host certificate.
+func (a *Access) gatewayKeyAlias() string {
+	if a.GatewayCA != "" {
+		return sshca.GatewayPrincipal
+	}
+	return a.gatewayAlias()
+}
+
+// gatewayKnownHosts are the known_hosts lines of the gateway: the host CA
+// (@cert-authority) and the gateway's own key, whichever are set.
+func (a *Access) gatewayKnownHosts() string {
+	var b strings.Builder
+	if a.GatewayCA != "" {
+		fmt.Fprintf(&b, "@cert-authority %s %s\n", a.gatewayKeyAlias(), strings.TrimSpace(a.GatewayCA))
+	}
+	if a.GatewayKey != "" {
+		fmt.Fprintf(&b, "%s %s\n", a.gatewayKeyAlias(), strings.TrimSpace(a.GatewayKey))
+	}
+	return b.String()
+}
 
 func ensureNL(s string) string {
 	if strings.HasSuffix(s, "\n") {
@@ -75,7 +104,7 @@ func (a *Access) Config(dir string) string {
 	}
 	fmt.Fprintf(&b, "# Hangar: build %d of %s, until %s\n", a.Build, a.App, a.ExpiresAt.UTC().Format(time.RFC3339))
 	fmt.Fprintf(&b, "Host %s\n  HostName %s\n  Port %d\n  User %s\n", a.gatewayAlias(), a.GatewayHost, a.GatewayPort, a.Alias)
-	opts(a.gatewayAlias())
+	opts(a.gatewayKeyAlias())
 	fmt.Fprintf(&b, "\nHost %s\n  HostName %s\n  Port 22\n  User builder\n  ProxyJump %s\n", a.Alias, a.Alias, a.gatewayAlias())
 	opts(a.Alias)
 	// HANGAR_SHELL=new asks for a separate login shell instead of

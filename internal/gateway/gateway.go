@@ -43,7 +43,15 @@ type Event struct {
 // Gateway is the SSH gateway. Set HostKey and CA before Serve.
 type Gateway struct {
 	HostKey ssh.Signer
-	CA      ssh.PublicKey
+	// HostCert, if set, presents a host certificate of HostKey signed by
+	// the host CA (sshca.HostCA), offered beside the plain key: clients
+	// that trust the CA take it, older scripts pinning the key take that.
+	HostCert ssh.Signer
+	CA       ssh.PublicKey
+	// Cluster, if set, makes the gateway one of several (see Cluster):
+	// builders may open their tunnels here, and a user's hop to a build
+	// whose tunnel another gateway holds is forwarded to it.
+	Cluster Cluster
 	Logger  *slog.Logger
 	// Events, if set, is told of connections and channels. It must not block.
 	Events func(Event)
@@ -158,6 +166,9 @@ func (g *Gateway) Disconnect(alias string) {
 	e.users = make(map[*ssh.ServerConn]struct{})
 	route := e.route
 	e.route = nil
+	if route != nil && g.Cluster != nil {
+		g.Cluster.Bound(alias, false)
+	}
 	g.mu.Unlock()
 	for c := range users {
 		c.Close()
@@ -189,11 +200,17 @@ func (g *Gateway) Bind(alias string, conn ssh.Conn) (func(), error) {
 		return nil, fmt.Errorf("no open SSH access for %s", alias)
 	}
 	e.route = conn
+	if g.Cluster != nil {
+		g.Cluster.Bound(alias, true)
+	}
 	return func() {
 		g.mu.Lock()
 		defer g.mu.Unlock()
 		if e.route == conn {
 			e.route = nil
+			if g.Cluster != nil {
+				g.Cluster.Bound(alias, false)
+			}
 		}
 	}, nil
 }
@@ -295,6 +312,11 @@ func (g *Gateway) config() (*ssh.ServerConfig, error) {
 			}
 			c := sshca.Checker{CA: g.CA, Principal: alias, Key: plain}
 			if err := c.Check(key); err != nil {
+				// Among several gateways, it may be the build's builder
+				// opening its tunnel (asked only for open builds).
+				if p := g.builderAuth(alias, key); p != nil {
+					return p, nil
+				}
 				return nil, err
 			}
 			return &ssh.Permissions{Extensions: map[string]string{"alias": alias}}, nil
@@ -312,6 +334,11 @@ func (g *Gateway) config() (*ssh.ServerConfig, error) {
 	sshalgo.Server(cfg)
 	if err := sshalgo.AddHostKey(cfg, g.HostKey); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if g.HostCert != nil {
+		if err := sshalgo.AddHostKey(cfg, g.HostCert); err != nil {
+			return nil, fmt.Errorf("gateway: host certificate: %w", err)
+		}
 	}
 	return cfg, nil
 }
@@ -416,6 +443,10 @@ func (g *Gateway) handle(nc net.Conn, base *ssh.ServerConfig, pc *netx.Pending) 
 	_ = ic.SetDeadline(time.Time{})
 	alias := sc.Permissions.Extensions["alias"]
 	remote := nc.RemoteAddr().String()
+	if sc.Permissions.Extensions["role"] == roleBuilder {
+		g.serveBuilder(sc, chans, reqs, alias)
+		return
+	}
 
 	g.mu.Lock()
 	e := g.builds[alias]
@@ -464,8 +495,8 @@ func (g *Gateway) handle(nc net.Conn, base *ssh.ServerConfig, pc *netx.Pending) 
 			_ = nch.Reject(ssh.Prohibited, "SSH access to "+alias+" is closed: "+reason)
 			continue
 		}
-		if route == nil {
-			_ = nch.Reject(ssh.ConnectionFailed, alias+"'s machine is not connected to the gateway (yet): try again in a few seconds")
+		if route == nil && g.Cluster == nil {
+			_ = nch.Reject(ssh.ConnectionFailed, NotConnected(alias))
 			continue
 		}
 		wg.Add(1)
@@ -493,18 +524,16 @@ type forwardPayload struct {
 // builder's tunnel.
 func (g *Gateway) forward(nch ssh.NewChannel, route ssh.Conn, alias string, p forwardPayload) {
 	var down io.ReadWriteCloser
-	if dc := g.dialBuilder(route, alias); dc != nil {
-		down = dc
+	var err error
+	if route != nil {
+		down, err = g.openBuilder(route, alias, p)
 	} else {
-		g.log().Debug("no data connection from the builder: forwarding over its tunnel", "build", alias)
-		payload := ssh.Marshal(&forwardPayload{Host: alias, Port: 22, OriginHost: p.OriginHost, OriginPort: p.OriginPort})
-		bch, breqs, err := route.OpenChannel("forwarded-tcpip", payload)
-		if err != nil {
-			_ = nch.Reject(ssh.ConnectionFailed, alias+"'s machine did not answer: "+err.Error())
-			return
-		}
-		go ssh.DiscardRequests(breqs)
-		down = bch
+		// Another gateway holds the tunnel (or none does).
+		down, err = g.Cluster.Dial(alias, p.OriginHost, p.OriginPort)
+	}
+	if err != nil {
+		_ = nch.Reject(ssh.ConnectionFailed, err.Error())
+		return
 	}
 	uch, ureqs, err := nch.Accept()
 	if err != nil {
@@ -512,8 +541,42 @@ func (g *Gateway) forward(nch ssh.NewChannel, route ssh.Conn, alias string, p fo
 		return
 	}
 	go ssh.DiscardRequests(ureqs)
+	Splice(uch, down)
+}
+
+// NotConnected is what a user is told when no gateway holds alias's
+// tunnel.
+func NotConnected(alias string) string {
+	return alias + "'s machine is not connected to the gateway (yet): try again in a few seconds"
+}
+
+// openBuilder opens a stream to the builder behind route: a data
+// connection the builder dials for it (the session inside is already
+// encrypted end to end), or else a forwarded-tcpip channel of the
+// builder's tunnel. The error is for the user.
+func (g *Gateway) openBuilder(route ssh.Conn, alias string, p forwardPayload) (io.ReadWriteCloser, error) {
+	// A gateway among several holds the builder's tunnel itself, and a
+	// data connection through the load balancer may reach another one.
+	if g.Cluster == nil {
+		if dc := g.dialBuilder(route, alias); dc != nil {
+			return dc, nil
+		}
+		g.log().Debug("no data connection from the builder: forwarding over its tunnel", "build", alias)
+	}
+	payload := ssh.Marshal(&forwardPayload{Host: alias, Port: 22, OriginHost: p.OriginHost, OriginPort: p.OriginPort})
+	bch, breqs, err := route.OpenChannel("forwarded-tcpip", payload)
+	if err != nil {
+		return nil, errors.New(alias + "'s machine did not answer: " + err.Error())
+	}
+	go ssh.DiscardRequests(breqs)
+	return bch, nil
+}
+
+// Splice copies between the user's channel uch and down, the stream to
+// the builder, both ways until both ends are done, then closes both.
+func Splice(uch ssh.Channel, down io.ReadWriteCloser) {
 	done := make(chan struct{}, 2)
-	pipe := func(dst io.Writer, src io.Reader, closeWrite func() error) {
+	copyHalf := func(dst io.Writer, src io.Reader, closeWrite func() error) {
 		buf := make([]byte, 256<<10)
 		for {
 			n, err := src.Read(buf)
@@ -529,8 +592,8 @@ func (g *Gateway) forward(nch ssh.NewChannel, route ssh.Conn, alias string, p fo
 		_ = closeWrite()
 		done <- struct{}{}
 	}
-	go pipe(down, uch, func() error { return closeWrite(down) })
-	go pipe(uch, down, uch.CloseWrite)
+	go copyHalf(down, uch, func() error { return closeWrite(down) })
+	go copyHalf(uch, down, uch.CloseWrite)
 	<-done
 	<-done
 	uch.Close()

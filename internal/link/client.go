@@ -59,17 +59,23 @@ func dialSSH(ctx context.Context, h *Hello) (net.Conn, ssh.Conn, <-chan ssh.NewC
 		HostKeyCallback: ssh.FixedHostKey(hostKey),
 		Timeout:         HandshakeTimeout,
 	}
+	return dialConfig(ctx, h.Addr, cfg)
+}
+
+// dialConfig opens an SSH connection to addr with cfg (its algorithms set
+// to Hangar's), its handshake bounded by HandshakeTimeout.
+func dialConfig(ctx context.Context, addr string, cfg *ssh.ClientConfig) (net.Conn, ssh.Conn, <-chan ssh.NewChannel, <-chan *ssh.Request, error) {
 	sshalgo.Client(cfg)
 	d := net.Dialer{Timeout: HandshakeTimeout}
-	nc, err := d.DialContext(ctx, "tcp", h.Addr)
+	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("link: %w", err)
 	}
 	_ = nc.SetDeadline(time.Now().Add(HandshakeTimeout))
-	sc, chans, reqs, err := ssh.NewClientConn(nc, h.Addr, cfg)
+	sc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
 	if err != nil {
 		nc.Close()
-		return nil, nil, nil, nil, fmt.Errorf("link: ssh handshake with %s: %w", h.Addr, err)
+		return nil, nil, nil, nil, fmt.Errorf("link: ssh handshake with %s: %w", addr, err)
 	}
 	_ = nc.SetDeadline(time.Time{})
 	return nc, sc, chans, reqs, nil

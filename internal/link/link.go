@@ -46,6 +46,14 @@ type Hello struct {
 	// SSHHostKey is the host key the builder's SSH server presents to users
 	// of an SSH build (OpenSSH PEM, a secret); empty for other builds.
 	SSHHostKey string `json:"ssh_host_key,omitempty"`
+	// Gateway, if set, is the address of the SSH gateways (several behind
+	// one address): the builder opens its SSH tunnel there instead of on
+	// Addr, logging in as its alias with SSHHostKey, and accepts a
+	// gateway whose host certificate GatewayCA signed (authorized_keys
+	// format). A builder whose gateway goes away dials the address again
+	// and reaches another.
+	Gateway   string `json:"gateway,omitempty"`
+	GatewayCA string `json:"gateway_ca,omitempty"`
 }
 
 // Job is what the builder must do.

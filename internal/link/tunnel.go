@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/hangar-ci/hangar/internal/sshca"
 )
 
 // Tunnel keeps an SSH build's reverse tunnel up: a connection to the link
@@ -51,7 +53,11 @@ func (t *Tunnel) Run(ctx context.Context) {
 
 // once holds one tunnel connection until it drops.
 func (t *Tunnel) once(ctx context.Context) error {
-	nc, sc, chans, reqs, err := dialSSH(ctx, t.Hello)
+	dial := dialSSH
+	if t.Hello.Gateway != "" {
+		dial = t.dialGateway
+	}
+	nc, sc, chans, reqs, err := dial(ctx, t.Hello)
 	if err != nil {
 		return err
 	}
@@ -59,6 +65,9 @@ func (t *Tunnel) once(ctx context.Context) error {
 	go t.dialRequests(ctx, reqs)
 	stop := context.AfterFunc(ctx, func() { sc.Close() })
 	defer stop()
+	if t.Hello.Gateway != "" {
+		go keepalive(ctx, sc)
+	}
 	ok, _, err := sc.SendRequest("tcpip-forward", true, ssh.Marshal(&forwardRequest{Addr: t.Alias, Port: 22}))
 	if err != nil {
 		return fmt.Errorf("tunnel: %w", err)
@@ -89,6 +98,54 @@ func (t *Tunnel) once(ctx context.Context) error {
 	}
 	wg.Wait()
 	return errors.New("tunnel: connection closed")
+}
+
+// KeepaliveInterval is how often a tunnel to the gateways checks that
+// its gateway answers; one that does not answer within the interval is
+// given up for another.
+const KeepaliveInterval = 15 * time.Second
+
+// keepalive checks that sc's peer answers, every KeepaliveInterval, and
+// closes sc when it does not, until sc or ctx ends. The checks also keep
+// the gateway from closing the tunnel as idle.
+func keepalive(ctx context.Context, sc ssh.Conn) {
+	tick := time.NewTicker(KeepaliveInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		t := time.AfterFunc(KeepaliveInterval, func() { sc.Close() })
+		_, _, err := sc.SendRequest("keepalive@openssh.com", true, nil)
+		t.Stop()
+		if err != nil {
+			return
+		}
+	}
+}
+
+// dialGateway opens the tunnel's SSH connection to the gateways: as the
+// alias, with the machine's SSH host key, to a gateway whose host
+// certificate the host CA signed.
+func (t *Tunnel) dialGateway(ctx context.Context, h *Hello) (net.Conn, ssh.Conn, <-chan ssh.NewChannel, <-chan *ssh.Request, error) {
+	signer, err := ssh.ParsePrivateKey([]byte(h.SSHHostKey))
+	if err != nil {
+		return nil, nil, nil, nil, errors.New("tunnel: the SSH host key is not a valid private key")
+	}
+	ca, _, _, _, err := ssh.ParseAuthorizedKey([]byte(h.GatewayCA))
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("tunnel: the gateways' host CA: %w", err)
+	}
+	cfg := &ssh.ClientConfig{
+		User:            t.Alias,
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: sshca.HostKeyCallback(ca),
+		Timeout:         HandshakeTimeout,
+		ClientVersion:   "SSH-2.0-Hangar_builder_tunnel",
+	}
+	return dialConfig(ctx, h.Gateway, cfg)
 }
 
 // dialRequests answers the gateway's requests for data connections: for

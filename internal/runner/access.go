@@ -22,7 +22,14 @@ type SSHConfig struct {
 	CA      *sshca.CA
 	Sealer  *sshca.Sealer
 	Gateway Gateway
-	Store   SSHStore
+	// TunnelAddr, if set, is the address of separate gateways (`hangar
+	// gateway`, several behind one address), where builders open their
+	// tunnels (link.Hello.Gateway) instead of on the runner's link;
+	// TunnelCA is the host CA of their host certificates. Empty: the
+	// in-process gateway takes tunnels from the link.
+	TunnelAddr string
+	TunnelCA   ssh.PublicKey
+	Store      SSHStore
 	// AfterSteps is how long access stays open after the steps complete
 	// (bounded by max_build_duration). Default 20 minutes.
 	AfterSteps time.Duration

@@ -225,6 +225,9 @@ func (j *job) prepare() *outcome {
 			return failed("could not set up SSH access: " + err.Error())
 		}
 		j.sshHostKey, j.hello.SSHHostKey = hostKey.PublicKey(), string(hostPEM)
+		if c := j.r.cfg.SSH; c.TunnelAddr != "" {
+			j.hello.Gateway, j.hello.GatewayCA = c.TunnelAddr, string(ssh.MarshalAuthorizedKey(c.TunnelCA))
+		}
 	}
 	if b.SSH.Enabled {
 		if err := j.setupSSH(); err != nil {

@@ -30,7 +30,11 @@ type SSHConfig struct {
 	// the host name of the API request.
 	GatewayHost string
 	GatewayPort int
-	GatewayKey  ssh.PublicKey
+	// GatewayKey is the in-process gateway's host key (nil with separate
+	// gateways); GatewayCA the host CA that signs every gateway's host
+	// certificate (nil: GatewayKey alone is pinned).
+	GatewayKey ssh.PublicKey
+	GatewayCA  ssh.PublicKey
 	// GatewayDialAddr is where the server itself reaches the gateway (for
 	// browser terminals).
 	GatewayDialAddr string
@@ -174,7 +178,8 @@ func (s *Server) access(w http.ResponseWriter, r *http.Request, b *build.Build) 
 	a := &connect.Access{
 		Build: b.ID, App: b.App, Alias: alias,
 		GatewayHost: host, GatewayPort: s.cfg.SSH.GatewayPort,
-		GatewayKey:  string(ssh.MarshalAuthorizedKey(s.cfg.SSH.GatewayKey)),
+		GatewayKey:  authorizedKey(s.cfg.SSH.GatewayKey),
+		GatewayCA:   authorizedKey(s.cfg.SSH.GatewayCA),
 		BuilderKey:  cred.HostKey,
 		PrivateKey:  string(key),
 		Certificate: cred.Certificate,
@@ -250,4 +255,12 @@ func (s *Server) buildEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, evs)
+}
+
+// authorizedKey is k in authorized_keys format, "" for nil.
+func authorizedKey(k ssh.PublicKey) string {
+	if k == nil {
+		return ""
+	}
+	return string(ssh.MarshalAuthorizedKey(k))
 }

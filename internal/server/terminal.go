@@ -18,6 +18,7 @@ import (
 
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/sshca"
 )
 
 // A browser terminal is an SSH client inside the server: it reaches the
@@ -188,7 +189,7 @@ func (s *Server) relay(ctx context.Context, ws *websocket.Conn, alias string, ke
 	}
 	gw, err := ssh.Dial("tcp", cfg.GatewayDialAddr, &ssh.ClientConfig{
 		User: alias, Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
-		HostKeyCallback: ssh.FixedHostKey(cfg.GatewayKey), Timeout: 10 * time.Second,
+		HostKeyCallback: gatewayHostKey(cfg), Timeout: 10 * time.Second,
 		ClientVersion: "SSH-2.0-Hangar_browser_terminal",
 	})
 	if err != nil {
@@ -284,4 +285,18 @@ func (s *Server) relay(ctx context.Context, ws *websocket.Conn, alias string, ke
 		return nil
 	}
 	return err
+}
+
+// gatewayHostKey accepts the gateway's own host key, or a host
+// certificate of the host CA (any of several gateways).
+func gatewayHostKey(cfg *SSHConfig) ssh.HostKeyCallback {
+	return func(host string, remote net.Addr, key ssh.PublicKey) error {
+		if cfg.GatewayKey != nil && ssh.FixedHostKey(cfg.GatewayKey)(host, remote, key) == nil {
+			return nil
+		}
+		if cfg.GatewayCA != nil {
+			return sshca.CheckHostCert(cfg.GatewayCA, sshca.GatewayPrincipal, key)
+		}
+		return errors.New("the gateway's host key is not the expected one")
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -226,4 +227,108 @@ func LoadOrCreateSecret(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s must hold 32 bytes: move it away to make a new one", path)
 	}
 	return key, nil
+}
+
+// GatewayPrincipal is the host name every gateway's host certificate
+// names: the generated ssh_config reaches the gateway under it
+// (HostKeyAlias), and gateways check it on each other's certificates
+// (the peer link).
+const GatewayPrincipal = "hangar-gateway"
+
+// HostCA is the host certificate authority: every gateway presents a
+// host certificate it signed, and the generated known_hosts trusts it
+// (@cert-authority), so that whichever gateway answers is trusted.
+type HostCA struct {
+	signer ssh.Signer
+}
+
+// LoadOrCreateHostCA reads the host CA key at path, creating it on first
+// use. Gateways of one installation must share it (copy the file).
+func LoadOrCreateHostCA(path string) (*HostCA, error) {
+	s, err := LoadOrCreateKey(path, "hangar host CA")
+	if err != nil {
+		return nil, err
+	}
+	return &HostCA{signer: s}, nil
+}
+
+// LoadHostCA reads the host CA key at path; it must exist.
+func LoadHostCA(path string) (*HostCA, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("host CA: %w (copy the server's <data>/ssh/host_ca here)", err)
+	}
+	s, err := ssh.ParsePrivateKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("host CA %s is not a valid private key", path)
+	}
+	return &HostCA{signer: s}, nil
+}
+
+// PublicKey is the CA's public key.
+func (c *HostCA) PublicKey() ssh.PublicKey { return c.signer.PublicKey() }
+
+// HostCertValidity is how long a gateway's host certificate is valid;
+// a gateway signs a new one before it runs out.
+const HostCertValidity = 7 * 24 * time.Hour
+
+// SignHost signs a host certificate for key, naming principals, valid
+// from now (less a minute for clock skew) for validity.
+func (c *HostCA) SignHost(key ssh.PublicKey, principals []string, validity time.Duration) (*ssh.Certificate, error) {
+	var serial [8]byte
+	if _, err := rand.Read(serial[:]); err != nil {
+		return nil, err
+	}
+	cert := &ssh.Certificate{
+		Key:             key,
+		Serial:          binary.BigEndian.Uint64(serial[:]),
+		CertType:        ssh.HostCert,
+		KeyId:           "hangar gateway",
+		ValidPrincipals: principals,
+		ValidAfter:      uint64(time.Now().Add(-time.Minute).Unix()),
+		ValidBefore:     uint64(time.Now().Add(validity).Unix()),
+	}
+	if err := cert.SignCert(rand.Reader, c.signer); err != nil {
+		return nil, fmt.Errorf("sign host certificate: %w", err)
+	}
+	return cert, nil
+}
+
+// HostSigner signs a host certificate for signer's key (principal
+// GatewayPrincipal and extra) and returns a signer presenting it.
+func (c *HostCA) HostSigner(signer ssh.Signer, extra ...string) (ssh.Signer, *ssh.Certificate, error) {
+	cert, err := c.SignHost(signer.PublicKey(), append([]string{GatewayPrincipal}, extra...), HostCertValidity)
+	if err != nil {
+		return nil, nil, err
+	}
+	cs, err := ssh.NewCertSigner(cert, signer)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cs, cert, nil
+}
+
+// CheckHostCert verifies that key is a host certificate of ca, valid
+// now, naming principal.
+func CheckHostCert(ca ssh.PublicKey, principal string, key ssh.PublicKey) error {
+	cert, ok := key.(*ssh.Certificate)
+	if !ok {
+		return errors.New("not a host certificate")
+	}
+	if cert.CertType != ssh.HostCert {
+		return errors.New("not a host certificate")
+	}
+	if ca == nil || !keysEqual(cert.SignatureKey, ca) {
+		return errors.New("host certificate signed by an unknown authority")
+	}
+	checker := ssh.CertChecker{}
+	return checker.CheckCert(principal, cert)
+}
+
+// HostKeyCallback accepts a server whose host certificate ca signed for
+// GatewayPrincipal.
+func HostKeyCallback(ca ssh.PublicKey) ssh.HostKeyCallback {
+	return func(_ string, _ net.Addr, key ssh.PublicKey) error {
+		return CheckHostCert(ca, GatewayPrincipal, key)
+	}
 }

@@ -124,6 +124,9 @@ var migrations = []migration{
 	// and the runner that claimed each build.
 	{version: 16, name: "runners", sql: runnersSchema},
 	{version: 17, name: "builds.runner_id", run: addColumn("builds", "runner_id", "{{int}}")},
+	// Several gateways: builds' access state, the registry of tunnels,
+	// the gateways' events (gateways.go).
+	{version: 22, name: "gateway access, routes and events", sql: gatewaysSchema, postgres: gatewaysNotify},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;

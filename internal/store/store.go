@@ -168,7 +168,11 @@ func (s *Store) Subscribe(id int64) (<-chan struct{}, func()) {
 func (s *Store) notify(id int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, key := range []int64{id, 0} {
+	keys := []int64{id, 0}
+	if id < 0 { // the gateways' keys: no build changed
+		keys = keys[:1]
+	}
+	for _, key := range keys {
 		for ch := range s.subs[key] {
 			select {
 			case ch <- struct{}{}:
