@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/hangar-ci/hangar/internal/netx"
@@ -398,7 +399,7 @@ func (c *Conn) Recv() (Event, error) {
 	if err != nil {
 		return ev, err
 	}
-	if first[0] == OutputFrame {
+	if first[0] == OutputFrame || first[0] == OutputS2Frame {
 		return c.recvOutput()
 	}
 	var line []byte
@@ -424,9 +425,11 @@ func (c *Conn) Recv() (Event, error) {
 	return ev, nil
 }
 
-// recvOutput reads an output frame.
+// recvOutput reads an output frame; it decodes a compressed one (into
+// Data) and keeps the block as it came (in S2).
 func (c *Conn) recvOutput() (Event, error) {
-	if _, err := c.rd.ReadByte(); err != nil {
+	frame, err := c.rd.ReadByte()
+	if err != nil {
 		return Event{}, err
 	}
 	step, err := binary.ReadUvarint(c.rd)
@@ -444,7 +447,17 @@ func (c *Conn) recvOutput() (Event, error) {
 	if _, err := io.ReadFull(c.rd, data); err != nil {
 		return Event{}, err
 	}
-	return Event{Type: Output, Step: int(step), Data: data, Time: time.Now()}, nil
+	ev := Event{Type: Output, Step: int(step), Data: data, Time: time.Now()}
+	if frame == OutputS2Frame {
+		if n, err := s2.DecodedLen(data); err != nil || n > MaxMessage {
+			return Event{}, fmt.Errorf("link: the builder sent a compressed output frame that does not decode to at most %d bytes", MaxMessage)
+		}
+		ev.S2 = data
+		if ev.Data, err = s2.Decode(nil, data); err != nil {
+			return Event{}, fmt.Errorf("link: the builder sent a compressed output frame that does not decode: %w", err)
+		}
+	}
+	return ev, nil
 }
 
 // Done is closed when the link is closed.

@@ -165,7 +165,11 @@ func (j *job) handle(ev link.Event) {
 	}
 	switch ev.Type {
 	case link.Output:
-		j.logs.Output(i, ev.Data)
+		if ev.S2 != nil {
+			j.logs.OutputBlock(i, ev.Data, ev.S2)
+		} else {
+			j.logs.Output(i, ev.Data)
+		}
 	case link.StepStart:
 		if j.b.Steps[i].Status != build.StepPending {
 			return

@@ -83,9 +83,38 @@ func (l *logBook) Printf(step int, format string, args ...any) {
 	l.lines(step, []byte(fmt.Sprintf(format, args...)+"\n"))
 }
 
+// OutputBlock adds whole lines the machine wrote as step's output, which
+// came compressed as z (one S2 block, link.OutputS2Frame, of data). When
+// they need nothing done (no line begun earlier to end, no "\r", no line
+// to split, the cap not reached) z is stored as it is, one chunk; else
+// data goes the way of Output. z must not change afterwards.
+func (l *logBook) OutputBlock(step int, data, z []byte) {
+	l.mu.Lock()
+	if len(l.partial[step]) > 0 || l.full || l.taken+chunkOverhead+int64(len(data)) > l.max ||
+		len(data) == 0 || len(data) > maxChunkBytes || data[len(data)-1] != '\n' ||
+		bytes.IndexByte(data, '\r') >= 0 || hasLineOver(data, link.MaxLine) {
+		l.output(step, data)
+		return
+	}
+	l.taken += chunkOverhead + int64(len(data))
+	n := bytes.Count(data, []byte{'\n'})
+	l.pending = append(l.pending, build.LogChunk{Seq: l.seq + 1, Lines: n, Step: step, Time: l.now().UTC(),
+		Data: z, Encoding: build.LogS2})
+	l.seq += int64(n)
+	l.step = step
+	l.burst = -1
+	l.buffered += chunkOverhead + len(z)
+	l.maybeFlush()
+}
+
 // Output adds bytes the machine wrote as step's output.
 func (l *logBook) Output(step int, data []byte) {
 	l.mu.Lock()
+	l.output(step, data)
+}
+
+// output is Output with l.mu held; it unlocks l.mu.
+func (l *logBook) output(step int, data []byte) {
 	if n := len(l.pending); n == 0 || l.pending[n-1].Step != step {
 		// A new chunk costs more than its bytes: charge it to the cap, so
 		// that output switching steps at every line stays bounded too.
@@ -122,6 +151,12 @@ func (l *logBook) Output(step int, data []byte) {
 		l.endLine(step)
 		l.capped(step)
 	}
+	l.maybeFlush()
+}
+
+// maybeFlush writes the buffered chunks to the store when there are enough of
+// them. l.mu is held; maybeFlush unlocks it.
+func (l *logBook) maybeFlush() {
 	// Write to the store beside the link, not in its way (Flush keeps the
 	// order, and the runner's own Flush at a step's end waits for it); if
 	// the store falls behind, in its way: the link then holds the builder
@@ -201,7 +236,7 @@ func (l *logBook) capped(step int) {
 func (l *logBook) lines(step int, data []byte) {
 	for len(data) > 0 {
 		var c *build.LogChunk
-		if n := len(l.pending); n > 0 && l.pending[n-1].Step == step && len(l.pending[n-1].Data) < maxChunkBytes {
+		if n := len(l.pending); n > 0 && l.pending[n-1].Step == step && l.pending[n-1].Encoding == "" && len(l.pending[n-1].Data) < maxChunkBytes {
 			c = &l.pending[n-1]
 		} else {
 			// A step that filled its last chunk is in a burst: give the

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/klauspost/compress/s2"
+
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/link"
 	"github.com/hangar-ci/hangar/internal/store"
@@ -115,6 +117,81 @@ func TestLogBookManyLinesInFewChunks(t *testing.T) {
 		if line != fmt.Sprintf("2:line number %d", i+1) {
 			t.Fatalf("line %d = %q", i+1, line)
 		}
+	}
+}
+
+// block is lines as the builder sends them compressed.
+func block(lines string) ([]byte, []byte) {
+	return []byte(lines), s2.Encode(nil, []byte(lines))
+}
+
+func TestLogBookStoresBlocksAsTheyCame(t *testing.T) {
+	l, st := newTestLog(t, nil)
+	l.Printf(2, "runner's line")
+	data, z := block("one\ntwo\nthree\n")
+	l.OutputBlock(2, data, z)
+	l.Output(2, []byte("raw\n"))
+	l.mu.Lock()
+	var encs []string
+	for _, c := range l.pending {
+		encs = append(encs, fmt.Sprintf("%d+%d:%q", c.Seq, c.Lines, c.Encoding))
+		if c.Encoding == build.LogS2 && !bytes.Equal(c.Data, z) {
+			t.Error("the block was not kept as it came")
+		}
+	}
+	l.mu.Unlock()
+	if got := strings.Join(encs, " "); got != `1+1:"" 2+3:"s2" 5+1:""` {
+		t.Errorf("chunks %s", got)
+	}
+	got := strings.Join(stored(t, l, st), "|")
+	if want := "2:runner's line|2:one|2:two|2:three|2:raw"; got != want {
+		t.Fatalf("log:\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestLogBookBlocksThatNeedWork(t *testing.T) {
+	// A block the runner must change goes the way of output sent as it
+	// is: after a line begun, with "\r", with a line to split, or
+	// without a line's end (a builder that broke the rule).
+	long := strings.Repeat("L", link.MaxLine+5)
+	l, st := newTestLog(t, nil)
+	l.Output(2, []byte("begun "))
+	for _, lines := range []string{"ended\nnext\n", "crlf\r\n", long + "\n", "no end"} {
+		data, z := block(lines)
+		l.OutputBlock(2, data, z)
+	}
+	l.EndStep(2)
+	got := strings.Join(stored(t, l, st), "|")
+	want := "2:begun ended|2:next|2:crlf|2:" + long[:link.MaxLine] + "|2:LLLLL|2:no end"
+	if got != want {
+		t.Fatalf("log:\n got %.200s\nwant %.200s", got, want)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.seq != 6 {
+		t.Errorf("last line number %d, want 6", l.seq)
+	}
+}
+
+func TestLogBookBlockCrossingTheCap(t *testing.T) {
+	l, st := newTestLog(t, nil)
+	l.max = 1 << 20
+	line := strings.Repeat("b", 99) + "\n"
+	for range 50 { // 50 blocks of 25,000 bytes: the cap falls in the 42nd
+		data, z := block(strings.Repeat(line, 250))
+		l.OutputBlock(2, data, z)
+	}
+	got := stored(t, l, st)
+	kept := 0
+	for i, g := range got[:len(got)-1] {
+		// The line that crossed the cap is kept up to it.
+		if g != "2:"+line[:99] && !(i == len(got)-2 && strings.HasPrefix(line, g[2:])) {
+			t.Fatalf("line %d: %q", i+1, g)
+		}
+		kept += len(g) - 2 + 1
+	}
+	if last := got[len(got)-1]; !strings.Contains(last, "wrote more than 1 MiB") || kept > 1<<20 || kept < 1<<20-8000 { // each chunk costs 64 bytes of it
+		t.Fatalf("%d bytes kept, last line %q", kept, last)
 	}
 }
 
