@@ -75,13 +75,17 @@ type outbox struct {
 	limit   int64        // guarded by mu; bytes sent at most (the runner's cap); 0: none
 	failed  bool         // guarded by mu; the link failed: drop everything
 
+	// minCompress is the const, or more in a benchmark that measures
+	// sending uncompressed. Set before the first add.
+	minCompress int
+
 	// midLine, by step, is set when the last byte the sender sent of that
 	// step's output did not end a line. Only the sender uses it.
 	midLine map[int]bool
 }
 
 func newOutbox(send func(link.Event) error, limit int64) *outbox {
-	o := &outbox{send: send, limit: limit, midLine: make(map[int]bool)}
+	o := &outbox{send: send, limit: limit, midLine: make(map[int]bool), minCompress: minCompress}
 	o.cond = sync.NewCond(&o.mu)
 	go o.run()
 	return o
@@ -241,7 +245,7 @@ func (o *outbox) sendChunk(ev link.Event) error {
 	lines, rest := data[:end], data[end:]
 	if len(lines) > 0 {
 		out := link.Event{Type: link.Output, Step: ev.Step, Data: lines}
-		if len(lines) >= minCompress {
+		if len(lines) >= o.minCompress {
 			if z := s2.Encode(nil, lines); len(z) < len(lines)-len(lines)/8 {
 				out.S2 = z
 			}

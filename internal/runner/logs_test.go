@@ -295,3 +295,33 @@ func BenchmarkLogBookOutput(b *testing.B) {
 		l.Flush()
 	}
 }
+
+// BenchmarkLogBookOutputBlock is BenchmarkLogBookOutput with the output
+// as the builder sends it now: compressed blocks of whole lines, up to
+// 256 KiB, which the log book checks and stores as they came.
+func BenchmarkLogBookOutputBlock(b *testing.B) {
+	data := verboseOutput()
+	type blk struct{ data, z []byte }
+	var blocks []blk
+	for rest := data; len(rest) > 0; {
+		n := len(rest)
+		if n > maxChunkBytes {
+			n = bytes.LastIndexByte(rest[:maxChunkBytes], '\n') + 1
+		}
+		d, z := block(string(rest[:n]))
+		blocks = append(blocks, blk{d, z})
+		rest = rest[n:]
+	}
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		b.StopTimer()
+		l, _ := newTestLog(b, nil)
+		b.StartTimer()
+		l.StartStep(1)
+		for _, bl := range blocks {
+			l.OutputBlock(1, bl.data, bl.z)
+		}
+		l.EndStep(1)
+		l.Flush()
+	}
+}
