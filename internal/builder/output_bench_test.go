@@ -43,7 +43,7 @@ func BenchmarkOutputOverLink(b *testing.B) {
 							b.Error(err)
 							break
 						}
-						n += int64(len(ev.Data))
+						n += int64(len(ev.Data) + ev.Size)
 					}
 					got <- n
 				}()

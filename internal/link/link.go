@@ -30,6 +30,7 @@
 package link
 
 import (
+	"bytes"
 	"encoding/json"
 	"time"
 )
@@ -177,9 +178,15 @@ type Event struct {
 	Step int       `json:"step"`
 	Time time.Time `json:"time"`
 	Data []byte    `json:"data,omitempty"` // output
-	// S2, in an output event, is Data compressed as one S2 block, as it
-	// travels (OutputS2Frame); nil for output sent as it is.
+	// S2, in an output event, is the output compressed as one S2 block,
+	// as it travels (OutputS2Frame); nil for output sent as it is. The
+	// builder sets Data too. On the runner's side Recv checks the block:
+	// when it decodes to lines that need no work (WholeLines), Lines is
+	// their number, Size their length and Data nil; else Data is what
+	// the block decodes to.
 	S2       []byte `json:"-"`
+	Lines    int    `json:"-"`
+	Size     int    `json:"-"`
 	Text     string `json:"text,omitempty"`      // ssh: the detail
 	ExitCode int    `json:"exit_code,omitempty"` // step_end
 	Failed   bool   `json:"failed,omitempty"`    // step_end, done
@@ -190,3 +197,28 @@ type Event struct {
 
 // MaxLine is the longest log line kept; longer lines are split.
 const MaxLine = 16 << 10
+
+// WholeLines is the number of lines in data if it is lines that a log
+// keeps as they are: each ended by "\n", none longer than MaxLine, no
+// "\r"; else 0.
+func WholeLines(data []byte) int {
+	if len(data) == 0 || data[len(data)-1] != '\n' || bytes.IndexByte(data, '\r') >= 0 || HasLineOver(data, MaxLine) {
+		return 0
+	}
+	return bytes.Count(data, []byte{'\n'})
+}
+
+// HasLineOver reports whether a line in data is longer than n bytes. It
+// looks at the end of each n+1 bytes, not at every line: a window of n+1
+// bytes starting a line must hold a '\n', and the last one is near its end
+// when lines are short.
+func HasLineOver(data []byte, n int) bool {
+	for len(data) > n {
+		i := bytes.LastIndexByte(data[:n+1], '\n')
+		if i < 0 {
+			return true
+		}
+		data = data[i+1:]
+	}
+	return false
+}

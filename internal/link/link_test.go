@@ -119,8 +119,16 @@ func TestLink(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev, err = conn.Recv()
-	if err != nil || ev.Type != Output || ev.Step != 2 || !bytes.Equal(ev.Data, lines) || !bytes.Equal(ev.S2, z) {
-		t.Fatalf("compressed output: %d bytes, step %d, %v", len(ev.Data), ev.Step, err)
+	if err != nil || ev.Type != Output || ev.Step != 2 || ev.Data != nil || !bytes.Equal(ev.S2, z) || ev.Lines != 5000 || ev.Size != len(lines) {
+		t.Fatalf("compressed output: %d lines of %d bytes, step %d, %v", ev.Lines, ev.Size, ev.Step, err)
+	}
+	// Lines that need work come decoded.
+	crlf := []byte(strings.Repeat("line\r\n", 100))
+	if err := c.Send(Event{Type: Output, Step: 2, Data: crlf, S2: s2.Encode(nil, crlf)}); err != nil {
+		t.Fatal(err)
+	}
+	if ev, err = conn.Recv(); err != nil || !bytes.Equal(ev.Data, crlf) || ev.Lines != 0 {
+		t.Fatalf("compressed output with CRLF: %q, %d lines, %v", ev.Data, ev.Lines, err)
 	}
 	// Closing the expectation closes the link.
 	exp.Close()
@@ -167,6 +175,27 @@ func TestCompressedOutputThatDoesNotDecode(t *testing.T) {
 		}
 		if ev, err := conn.Recv(); err == nil || !strings.Contains(err.Error(), "compressed output frame") {
 			t.Errorf("a bad compressed frame was read as %d bytes of output (%v)", len(ev.Data), err)
+		}
+	}
+}
+
+func TestWholeLines(t *testing.T) {
+	long := strings.Repeat("x", MaxLine)
+	for _, tc := range []struct {
+		data string
+		want int
+	}{
+		{"a\nb\n", 2},
+		{"\n", 1},
+		{"", 0},
+		{"a\nb", 0},
+		{"a\r\n", 0},
+		{long + "\n", 1},
+		{long + "x\n", 0},
+		{"a\n" + long + "x\nb\n", 0},
+	} {
+		if got := WholeLines([]byte(tc.data)); got != tc.want {
+			t.Errorf("WholeLines(%.20q) = %d, want %d", tc.data, got, tc.want)
 		}
 	}
 }

@@ -357,6 +357,9 @@ type Conn struct {
 	sc *ssh.ServerConn
 	ch ssh.Channel
 	rd *bufio.Reader
+	// decoded is where Recv decodes compressed output (Recv is not safe
+	// for concurrent use).
+	decoded []byte
 
 	mu  sync.Mutex // guards enc
 	enc *json.Encoder
@@ -425,8 +428,8 @@ func (c *Conn) Recv() (Event, error) {
 	return ev, nil
 }
 
-// recvOutput reads an output frame; it decodes a compressed one (into
-// Data) and keeps the block as it came (in S2).
+// recvOutput reads an output frame; it checks a compressed one and keeps
+// the block as it came (Event.S2).
 func (c *Conn) recvOutput() (Event, error) {
 	frame, err := c.rd.ReadByte()
 	if err != nil {
@@ -449,12 +452,24 @@ func (c *Conn) recvOutput() (Event, error) {
 	}
 	ev := Event{Type: Output, Step: int(step), Data: data, Time: time.Now()}
 	if frame == OutputS2Frame {
-		if n, err := s2.DecodedLen(data); err != nil || n > MaxMessage {
+		size, err := s2.DecodedLen(data)
+		if err != nil || size > MaxMessage {
 			return Event{}, fmt.Errorf("link: the builder sent a compressed output frame that does not decode to at most %d bytes", MaxMessage)
 		}
-		ev.S2 = data
-		if ev.Data, err = s2.Decode(nil, data); err != nil {
+		// Decoded into a buffer kept for the next frame: what the runner
+		// needs of lines that need no work is their number.
+		if cap(c.decoded) < size {
+			c.decoded = make([]byte, size)
+		}
+		d, err := s2.Decode(c.decoded[:size], data)
+		if err != nil {
 			return Event{}, fmt.Errorf("link: the builder sent a compressed output frame that does not decode: %w", err)
+		}
+		ev.S2, ev.Data = data, nil
+		if ev.Lines = WholeLines(d); ev.Lines > 0 {
+			ev.Size = len(d)
+		} else {
+			ev.Data = bytes.Clone(d)
 		}
 	}
 	return ev, nil

@@ -165,8 +165,8 @@ func (j *job) handle(ev link.Event) {
 	}
 	switch ev.Type {
 	case link.Output:
-		if ev.S2 != nil {
-			j.logs.OutputBlock(i, ev.Data, ev.S2)
+		if ev.Lines > 0 {
+			j.logs.OutputBlock(i, ev.S2, ev.Size, ev.Lines)
 		} else {
 			j.logs.Output(i, ev.Data)
 		}

@@ -120,16 +120,17 @@ func TestLogBookManyLinesInFewChunks(t *testing.T) {
 	}
 }
 
-// block is lines as the builder sends them compressed.
-func block(lines string) ([]byte, []byte) {
-	return []byte(lines), s2.Encode(nil, []byte(lines))
+// block is lines as the builder sends them compressed, and as the link
+// passes them on: the block, their length and their number.
+func block(lines string) ([]byte, int, int) {
+	return s2.Encode(nil, []byte(lines)), len(lines), link.WholeLines([]byte(lines))
 }
 
 func TestLogBookStoresBlocksAsTheyCame(t *testing.T) {
 	l, st := newTestLog(t, nil)
 	l.Printf(2, "runner's line")
-	data, z := block("one\ntwo\nthree\n")
-	l.OutputBlock(2, data, z)
+	z, size, n := block("one\ntwo\nthree\n")
+	l.OutputBlock(2, z, size, n)
 	l.Output(2, []byte("raw\n"))
 	l.mu.Lock()
 	var encs []string
@@ -149,27 +150,23 @@ func TestLogBookStoresBlocksAsTheyCame(t *testing.T) {
 	}
 }
 
-func TestLogBookBlocksThatNeedWork(t *testing.T) {
-	// A block the runner must change goes the way of output sent as it
-	// is: after a line begun, with "\r", with a line to split, or
-	// without a line's end (a builder that broke the rule).
-	long := strings.Repeat("L", link.MaxLine+5)
+func TestLogBookBlockAfterALineBegun(t *testing.T) {
+	// The block's first line ends a line begun earlier: it is decoded and
+	// goes the way of output sent as it is.
 	l, st := newTestLog(t, nil)
 	l.Output(2, []byte("begun "))
-	for _, lines := range []string{"ended\nnext\n", "crlf\r\n", long + "\n", "no end"} {
-		data, z := block(lines)
-		l.OutputBlock(2, data, z)
-	}
-	l.EndStep(2)
+	z, size, n := block("ended\nnext\n")
+	l.OutputBlock(2, z, size, n)
 	got := strings.Join(stored(t, l, st), "|")
-	want := "2:begun ended|2:next|2:crlf|2:" + long[:link.MaxLine] + "|2:LLLLL|2:no end"
-	if got != want {
-		t.Fatalf("log:\n got %.200s\nwant %.200s", got, want)
+	if want := "2:begun ended|2:next"; got != want {
+		t.Fatalf("log:\n got %s\nwant %s", got, want)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.seq != 6 {
-		t.Errorf("last line number %d, want 6", l.seq)
+	for _, c := range l.pending {
+		if c.Encoding != "" {
+			t.Errorf("chunk at line %d kept as it came", c.Seq)
+		}
 	}
 }
 
@@ -178,8 +175,8 @@ func TestLogBookBlockCrossingTheCap(t *testing.T) {
 	l.max = 1 << 20
 	line := strings.Repeat("b", 99) + "\n"
 	for range 50 { // 50 blocks of 25,000 bytes: the cap falls in the 42nd
-		data, z := block(strings.Repeat(line, 250))
-		l.OutputBlock(2, data, z)
+		z, size, n := block(strings.Repeat(line, 250))
+		l.OutputBlock(2, z, size, n)
 	}
 	got := stored(t, l, st)
 	kept := 0
@@ -301,15 +298,18 @@ func BenchmarkLogBookOutput(b *testing.B) {
 // 256 KiB, which the log book checks and stores as they came.
 func BenchmarkLogBookOutputBlock(b *testing.B) {
 	data := verboseOutput()
-	type blk struct{ data, z []byte }
+	type blk struct {
+		z           []byte
+		size, lines int
+	}
 	var blocks []blk
 	for rest := data; len(rest) > 0; {
 		n := len(rest)
 		if n > maxChunkBytes {
 			n = bytes.LastIndexByte(rest[:maxChunkBytes], '\n') + 1
 		}
-		d, z := block(string(rest[:n]))
-		blocks = append(blocks, blk{d, z})
+		z, size, lines := block(string(rest[:n]))
+		blocks = append(blocks, blk{z, size, lines})
 		rest = rest[n:]
 	}
 	b.SetBytes(int64(len(data)))
@@ -319,7 +319,7 @@ func BenchmarkLogBookOutputBlock(b *testing.B) {
 		b.StartTimer()
 		l.StartStep(1)
 		for _, bl := range blocks {
-			l.OutputBlock(1, bl.data, bl.z)
+			l.OutputBlock(1, bl.z, bl.size, bl.lines)
 		}
 		l.EndStep(1)
 		l.Flush()
