@@ -42,7 +42,11 @@ const (
 type logsSample struct {
 	toFile, toLog time.Duration // the steps' durations, as the builder measured them
 	total         time.Duration // build start to end, as the client saw it
-	err           error         // lines missing, out of order or the build failed
+	// CPU the build cost the server process itself (link, log book, store)
+	// and its descendants (the machine: builder, steps, and for the sandbox
+	// driver runc), from /proc/PID/stat; the steps' seq and sed included.
+	serverCPU, machineCPU time.Duration
+	err                   error // lines missing, out of order or the build failed
 }
 
 func runLogs(ctx context.Context, o options) (err error) {
@@ -81,7 +85,7 @@ func benchLogs(ctx context.Context, o options, bin, repo, dir, driver string) (e
 		if smp.err != nil {
 			return smp.err
 		}
-		logf("%s: build %d/%d: to a file %v, to the log %v, whole build %v", driver, i+1, o.runs, ms(smp.toFile), ms(smp.toLog), ms(smp.total))
+		logf("%s: build %d/%d: to a file %v, to the log %v, whole build %v, CPU server %v, machine %v", driver, i+1, o.runs, ms(smp.toFile), ms(smp.toLog), ms(smp.total), ms(smp.serverCPU), ms(smp.machineCPU))
 		alone = append(alone, smp)
 	}
 	logf("%s: %d verbose builds at once", driver, o.parallel)
@@ -107,6 +111,7 @@ func benchLogs(ctx context.Context, o options, bin, repo, dir, driver string) (e
 // verboseBuild runs one verbose build and checks its log.
 func verboseBuild(ctx context.Context, s *server) logsSample {
 	t0 := time.Now()
+	cpu0, _ := procCPU(s.pid())
 	b, err := s.startBuild(ctx, "verbose")
 	if err != nil {
 		return logsSample{err: err}
@@ -116,12 +121,18 @@ func verboseBuild(ctx context.Context, s *server) logsSample {
 		return logsSample{err: err}
 	}
 	smp := logsSample{total: time.Since(t0)}
+	cpu1, _ := procCPU(s.pid())
+	smp.serverCPU = cpu1.self - cpu0.self
 	if b.Status != build.Finished {
 		return logsSample{err: fmt.Errorf("build %d %s: %s", b.ID, b.Status, b.Message)}
 	}
 	smp.toFile = time.Duration(*b.Steps[stepToFile].DurationMS) * time.Millisecond
 	smp.toLog = time.Duration(*b.Steps[stepToLog].DurationMS) * time.Millisecond
 	smp.err = checkLines(ctx, s, b.ID)
+	// The machine's processes have been reaped by now (the build ended
+	// before its log was read).
+	cpu2, _ := procCPU(s.pid())
+	smp.machineCPU = cpu2.children - cpu0.children
 	return smp
 }
 
@@ -157,18 +168,23 @@ func checkLines(ctx context.Context, s *server, id int64) error {
 
 func printLogsReport(w io.Writer, driver string, alone, together []logsSample) {
 	fmt.Fprintf(w, "\n### Verbose step, %s driver: %d lines (about 18 MB) to the build log\n\n", driver, logLines)
-	fmt.Fprintln(w, "| run | builds | step to a file (median) | step to the log (median, max) | ratio (median) | build, start to end (median) | lines stored in order |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| run | builds | step to a file (median) | step to the log (median, max) | ratio (median) | build, start to end (median) | CPU per build: server, machine (median) | lines stored in order |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	row := func(name string, ss []logsSample) {
-		var file, log, total []time.Duration
+		var file, log, total, server, machine []time.Duration
 		var ratios []float64
 		for _, s := range ss {
 			file, log, total = append(file, s.toFile), append(log, s.toLog), append(total, s.total)
+			server, machine = append(server, s.serverCPU), append(machine, s.machineCPU)
 			ratios = append(ratios, float64(s.toLog)/float64(max(s.toFile, time.Millisecond)))
 		}
 		slices.Sort(ratios)
-		fmt.Fprintf(w, "| %s | %d | %s | %s, %s | %.2fx | %s | all %d, every build |\n", name, len(ss),
-			ms(statsOf(file).med), ms(statsOf(log).med), ms(statsOf(log).max), ratios[len(ratios)/2], ms(statsOf(total).med), logLines)
+		cpu := "–" // builds at once share the process
+		if len(ss) > 0 && name == "one at a time" {
+			cpu = fmt.Sprintf("%s, %s", ms(statsOf(server).med), ms(statsOf(machine).med))
+		}
+		fmt.Fprintf(w, "| %s | %d | %s | %s, %s | %.2fx | %s | %s | all %d, every build |\n", name, len(ss),
+			ms(statsOf(file).med), ms(statsOf(log).med), ms(statsOf(log).max), ratios[len(ratios)/2], ms(statsOf(total).med), cpu, logLines)
 	}
 	row("one at a time", alone)
 	row("at once", together)

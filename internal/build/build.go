@@ -178,14 +178,23 @@ type LogLine struct {
 }
 
 // LogChunk is consecutive lines of one step's log, as stored: Data holds
-// Lines lines, each ended by "\n", the first of which is line Seq.
+// Lines lines, each ended by "\n", the first of which is line Seq; with
+// an Encoding, Data holds them encoded.
 type LogChunk struct {
 	Seq   int64
 	Lines int
 	Step  int
 	Time  time.Time
 	Data  []byte
+	// Encoding is "" (Data holds the lines as they are) or LogS2.
+	Encoding string
 }
+
+// LogS2 is the Encoding of a LogChunk whose Data is one S2 block
+// (github.com/klauspost/compress/s2, s2.Encode) of its lines. The builder
+// compresses a step's output so, the link carries it so, and the store
+// keeps it so: nothing on the way decompresses and compresses it again.
+const LogS2 = "s2"
 
 // Spec is what the runner needs to run a build, fixed when it is created
 // (so later changes to the repository's workflow file do not alter it).

@@ -77,6 +77,9 @@ func Run(ctx context.Context, cfg Config) error {
 	go r.commands(ctx, c, hello, access)
 	failed, reason := r.all(ctx)
 	r.banner.done()
+	// A line that a step's background process has not ended yet goes
+	// before done (the runner ends it).
+	r.out.drain()
 	if err := c.Send(link.Event{Type: link.Done, Failed: failed, Error: r.masks.String(reason)}); err != nil {
 		return err
 	}

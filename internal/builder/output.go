@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 
+	"github.com/klauspost/compress/s2"
 	"golang.org/x/sys/unix"
 
 	"github.com/hangar-ci/hangar/internal/link"
@@ -22,6 +23,20 @@ import (
 // never waits on the network while the link keeps up, and a busy step's
 // output travels in large chunks rather than line by line.
 //
+// The sender compresses a chunk of whole lines of at least minCompress
+// bytes (S2, link.OutputS2Frame): the link then carries about a quarter of
+// a verbose step's bytes, and the runner stores the block as it came. To
+// make its chunks whole lines, the sender holds back the last chunk while
+// it ends in the middle of a line (the step is writing it) and is not
+// full, until more comes or someone waits for it (a step's end, the
+// build's end); a chunk it must send that still ends mid-line goes as a
+// compressed block of its whole lines and the rest as it is. A line's
+// start is sent as it is too: the runner joins the pieces.
+//
+// Where a step's output enters the builder, raw, before it is compressed
+// and framed, is stepOutput.read: what it passes to outbox.add is what the
+// runner gets.
+//
 // When the step's process has exited, the builder writes a marker (random,
 // unguessable bytes) into the pipe through its own write end. Everything
 // the step and the processes it started wrote before they exited is in the
@@ -32,8 +47,17 @@ import (
 // writes later is sent as further output of the same step until it closes
 // the pipe.
 
-// maxChunk is the most output one link.Output event carries.
+// maxChunk is the most output one link.Output event carries (uncompressed).
 const maxChunk = 256 << 10
+
+// minCompress is the smallest chunk that is compressed: smaller ones,
+// from a step that writes little at a time, go as they are and the runner
+// gathers them into larger chunks.
+const minCompress = 32 << 10
+
+// burst is how much output at once makes a new chunk take its full size
+// at once rather than grow.
+const burst = 64 << 10
 
 // maxQueued bounds output read from steps but not yet sent; past it the
 // readers wait, and with them the steps that write.
@@ -43,17 +67,26 @@ const maxQueued = 8 << 20
 type outbox struct {
 	send func(link.Event) error
 
-	mu     sync.Mutex
-	cond   *sync.Cond   // signalled when queue, queued, sent, limit or failed change
-	queue  []link.Event // guarded by mu; Output events not sent yet
-	queued int64        // guarded by mu; bytes ever queued
-	sent   int64        // guarded by mu; bytes sent so far (failed: given up)
-	limit  int64        // guarded by mu; bytes sent at most (the runner's cap); 0: none
-	failed bool         // guarded by mu; the link failed: drop everything
+	mu      sync.Mutex
+	cond    *sync.Cond   // signalled when queue, queued, sent, limit, flushTo or failed change
+	queue   []link.Event // guarded by mu; Output events not sent yet, uncompressed
+	queued  int64        // guarded by mu; bytes ever queued
+	sent    int64        // guarded by mu; bytes sent so far (failed: given up)
+	flushTo int64        // guarded by mu; send everything queued up to here, held back or not
+	limit   int64        // guarded by mu; bytes sent at most (the runner's cap); 0: none
+	failed  bool         // guarded by mu; the link failed: drop everything
+
+	// minCompress is the const, or more in a benchmark that measures
+	// sending uncompressed. Set before the first add.
+	minCompress int
+
+	// midLine, by step, is set when the last byte the sender sent of that
+	// step's output did not end a line. Only the sender uses it.
+	midLine map[int]bool
 }
 
 func newOutbox(send func(link.Event) error, limit int64) *outbox {
-	o := &outbox{send: send, limit: limit}
+	o := &outbox{send: send, limit: limit, midLine: make(map[int]bool), minCompress: minCompress}
 	o.cond = sync.NewCond(&o.mu)
 	go o.run()
 	return o
@@ -76,17 +109,41 @@ func (o *outbox) add(step int, data []byte) int64 {
 		return o.queued
 	}
 	o.queued += int64(len(data))
-	if n := len(o.queue); n > 0 && o.queue[n-1].Step == step && len(o.queue[n-1].Data)+len(data) <= maxChunk {
-		o.queue[n-1].Data = append(o.queue[n-1].Data, data...)
-	} else {
-		for len(data) > 0 {
-			part := data[:min(len(data), maxChunk)]
-			o.queue = append(o.queue, link.Event{Type: link.Output, Step: step, Data: bytes.Clone(part)})
-			data = data[len(part):]
+	if n := len(o.queue); n > 0 && o.queue[n-1].Step == step {
+		// Fill the last chunk, up to a line's end if one fits.
+		last := &o.queue[n-1]
+		k := cut(data, maxChunk-len(last.Data))
+		last.Data = append(last.Data, data[:k]...)
+		data = data[k:]
+	}
+	for len(data) > 0 {
+		// A new chunk, its full size at once in a burst.
+		k := cut(data, maxChunk)
+		if k == 0 {
+			k = min(len(data), maxChunk)
 		}
+		size := k
+		if len(data) >= burst {
+			size = maxChunk
+		}
+		c := append(make([]byte, 0, size), data[:k]...)
+		o.queue = append(o.queue, link.Event{Type: link.Output, Step: step, Data: c})
+		data = data[k:]
 	}
 	o.cond.Broadcast()
 	return o.queued
+}
+
+// cut is how much of data fits in room bytes: all of it, or up to the
+// end of its last line that fits (0 if none does).
+func cut(data []byte, room int) int {
+	if len(data) <= room {
+		return len(data)
+	}
+	if room <= 0 {
+		return 0
+	}
+	return bytes.LastIndexByte(data[:room], '\n') + 1
 }
 
 // flushed waits until everything queued up to mark has been sent. It
@@ -94,10 +151,46 @@ func (o *outbox) add(step int, data []byte) int64 {
 func (o *outbox) flushed(mark int64) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if mark > o.flushTo {
+		o.flushTo = mark
+		o.cond.Broadcast()
+	}
 	for o.sent < mark && !o.failed {
 		o.cond.Wait()
 	}
 	return !o.failed
+}
+
+// drain sends everything queued (a line a step's background process has
+// not ended yet included) and waits for it: the build ends.
+func (o *outbox) drain() bool {
+	o.mu.Lock()
+	mark := o.queued
+	o.mu.Unlock()
+	return o.flushed(mark)
+}
+
+// flush asks for everything queued so far to be sent, without waiting.
+func (o *outbox) flush() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.flushTo = o.queued
+	o.cond.Broadcast()
+}
+
+// ready is how many queued events the sender may send now: all but the
+// last while it ends mid-line, is not full and nobody waits for any of
+// it. o.mu is held.
+func (o *outbox) ready() int {
+	n := len(o.queue)
+	if n == 0 || o.failed {
+		return n
+	}
+	last := o.queue[n-1].Data
+	if len(last) < maxChunk && last[len(last)-1] != '\n' && o.flushTo <= o.queued-int64(len(last)) {
+		return n - 1
+	}
+	return n
 }
 
 // run sends queued output until the link fails.
@@ -105,27 +198,68 @@ func (o *outbox) run() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for {
-		for len(o.queue) == 0 {
+		n := o.ready()
+		for n == 0 {
 			o.cond.Wait()
+			n = o.ready()
 		}
-		evs, failed := o.queue, o.failed
-		o.queue = nil
+		evs, failed := o.queue[:n], o.failed
+		o.queue = append([]link.Event(nil), o.queue[n:]...)
 		o.mu.Unlock()
 		var err error
-		var n int64
+		var sent int64
 		for _, ev := range evs {
 			if err == nil && !failed {
-				err = o.send(ev)
+				err = o.sendChunk(ev)
 			}
-			n += int64(len(ev.Data))
+			sent += int64(len(ev.Data))
 		}
 		o.mu.Lock()
-		o.sent += n
+		o.sent += sent
 		if err != nil {
 			o.failed = true
 		}
 		o.cond.Broadcast()
 	}
+}
+
+// sendChunk sends one chunk of a step's output: the end of a line begun
+// earlier and the start of one not ended yet as they are, the whole lines
+// between compressed if there are enough of them.
+func (o *outbox) sendChunk(ev link.Event) error {
+	data := ev.Data
+	if o.midLine[ev.Step] {
+		head := bytes.IndexByte(data, '\n') + 1
+		if head == 0 {
+			// All of it continues the line.
+			return o.send(ev)
+		}
+		if err := o.send(link.Event{Type: link.Output, Step: ev.Step, Data: data[:head]}); err != nil {
+			return err
+		}
+		o.midLine[ev.Step] = false
+		if data = data[head:]; len(data) == 0 {
+			return nil
+		}
+	}
+	end := bytes.LastIndexByte(data, '\n') + 1
+	lines, rest := data[:end], data[end:]
+	if len(lines) > 0 {
+		out := link.Event{Type: link.Output, Step: ev.Step, Data: lines}
+		if len(lines) >= o.minCompress {
+			if z := s2.Encode(nil, lines); len(z) < len(lines)-len(lines)/8 {
+				out.S2 = z
+			}
+		}
+		if err := o.send(out); err != nil {
+			return err
+		}
+	}
+	o.midLine[ev.Step] = len(rest) > 0
+	if len(rest) > 0 {
+		return o.send(link.Event{Type: link.Output, Step: ev.Step, Data: rest})
+	}
+	return nil
 }
 
 // stepOutput is where one step writes.
@@ -203,6 +337,8 @@ func (o *stepOutput) read(pr *os.File) {
 			if !errors.Is(err, io.EOF) {
 				o.box.add(o.step, []byte("\nhangar: reading the step's output failed: "+err.Error()+"\n"))
 			}
+			// Nothing more comes: what is held back goes.
+			o.box.flush()
 			if !found {
 				// The marker never came: the pipe broke. Say so rather
 				// than wait forever.

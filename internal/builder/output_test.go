@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/s2"
+
 	"github.com/hangar-ci/hangar/internal/link"
 )
 
@@ -33,6 +35,18 @@ func (r *recorder) send(ev link.Event) error {
 	defer r.mu.Unlock()
 	if r.fail != nil {
 		return r.fail
+	}
+	if ev.S2 != nil {
+		// A compressed chunk is whole lines, and decodes to its Data.
+		d, err := s2.Decode(nil, ev.S2)
+		if err != nil || !bytes.Equal(d, ev.Data) || len(d) > maxChunk || d[len(d)-1] != '\n' {
+			return fmt.Errorf("bad compressed chunk (%v): %d bytes, ends %q", err, len(d), d[max(0, len(d)-10):])
+		}
+		if n := len(r.events); n > 0 && r.events[n-1].Type == link.Output && r.events[n-1].Step == ev.Step {
+			if p := r.events[n-1].Data; p[len(p)-1] != '\n' {
+				return fmt.Errorf("a compressed chunk after a line begun: %q", p[max(0, len(p)-10):])
+			}
+		}
 	}
 	r.events = append(r.events, ev)
 	select {
@@ -53,6 +67,19 @@ func (r *recorder) output(step int) string {
 		}
 	}
 	return b.String()
+}
+
+// compressed is how many bytes of step's output came compressed.
+func (r *recorder) compressed(step int) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, ev := range r.events {
+		if ev.Type == link.Output && ev.Step == step && ev.S2 != nil {
+			n += len(ev.Data)
+		}
+	}
+	return n
 }
 
 // waitOutput waits until step's output contains want.
@@ -101,6 +128,62 @@ func TestStepOutputDeliversEverythingBeforeTheEnd(t *testing.T) {
 	want.WriteString("child done\n")
 	if got := rec.output(1); got != want.String() {
 		t.Fatalf("step output: %d bytes, want %d; tail %q", len(got), want.Len(), got[max(0, len(got)-80):])
+	}
+	// sed writes blocks that end anywhere in a line; the sender still
+	// sends most of it in compressed chunks of whole lines.
+	if n := rec.compressed(1); n < want.Len()/2 {
+		t.Errorf("%d of %d bytes came compressed", n, want.Len())
+	}
+	t.Logf("%d of %d bytes compressed, %d events", rec.compressed(1), want.Len(), len(rec.events))
+}
+
+func TestOutboxChunksOfWholeLines(t *testing.T) {
+	rec := newRecorder()
+	box := newOutbox(rec.send, 0)
+	line := func(i int) string { return fmt.Sprintf("line %06d of a step that writes a lot\n", i) }
+	var all strings.Builder
+	for i := range 20000 {
+		all.WriteString(line(i))
+	}
+	data := []byte(all.String())
+	// Written in blocks that end mid-line, as a program's stdio does;
+	// then a line begun that only its step's end finishes.
+	for rest := data; len(rest) > 0; {
+		n := min(len(rest), 4096)
+		box.add(1, rest[:n])
+		rest = rest[n:]
+	}
+	mark := box.add(1, []byte("no end yet"))
+	if !box.flushed(mark) {
+		t.Fatal("flushed failed")
+	}
+	if got := rec.output(1); got != all.String()+"no end yet" {
+		t.Fatalf("output: %d bytes, want %d", len(got), len(data)+10)
+	}
+	if n := rec.compressed(1); n < len(data)*9/10 {
+		t.Errorf("%d of %d bytes came compressed", n, len(data))
+	}
+	// The line goes on: its end goes as it is, then whole lines compressed.
+	more := []byte(" and now it ends\n" + strings.Repeat(line(1), 2000))
+	if !box.flushed(box.add(1, more)) {
+		t.Fatal("flushed failed")
+	}
+	if got := rec.output(1); got != all.String()+"no end yet"+string(more) {
+		t.Fatalf("output after the line's end: %d bytes", len(got))
+	}
+}
+
+func TestOutboxDrainSendsALineNotEnded(t *testing.T) {
+	rec := newRecorder()
+	box := newOutbox(rec.send, 0)
+	// A background process's output that ends mid-line is held back
+	// until the build's end drains the outbox.
+	box.add(2, []byte("a line\nhalf a l"))
+	if !box.drain() {
+		t.Fatal("drain failed")
+	}
+	if got := rec.output(2); got != "a line\nhalf a l" {
+		t.Fatalf("output = %q", got)
 	}
 }
 

@@ -126,7 +126,7 @@ func (c *Client) Command() (*Command, error) {
 // Send sends an event. It is safe for concurrent use.
 func (c *Client) Send(ev Event) error {
 	if ev.Type == Output {
-		return c.sendOutput(ev.Step, ev.Data)
+		return c.sendOutput(ev)
 	}
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
@@ -136,14 +136,21 @@ func (c *Client) Send(ev Event) error {
 	return c.enc.Encode(ev)
 }
 
-// sendOutput sends an output frame (see OutputFrame).
-func (c *Client) sendOutput(step int, data []byte) error {
+// sendOutput sends an output frame (see OutputFrame, OutputS2Frame).
+func (c *Client) sendOutput(ev Event) error {
+	frame, data := byte(OutputFrame), ev.Data
+	if ev.S2 != nil {
+		if len(ev.Data) > MaxMessage || len(ev.S2) > MaxMessage {
+			return fmt.Errorf("link: compressed output of %d bytes (at most %d in one frame)", len(ev.Data), MaxMessage)
+		}
+		frame, data = OutputS2Frame, ev.S2
+	}
 	for len(data) > 0 {
 		part := data[:min(len(data), MaxMessage)]
 		data = data[len(part):]
 		hdr := make([]byte, 1, 1+2*binary.MaxVarintLen64)
-		hdr[0] = OutputFrame
-		hdr = binary.AppendUvarint(hdr, uint64(step))
+		hdr[0] = frame
+		hdr = binary.AppendUvarint(hdr, uint64(ev.Step))
 		hdr = binary.AppendUvarint(hdr, uint64(len(part)))
 		c.mu.Lock()
 		_, err := c.ch.Write(hdr)

@@ -16,8 +16,8 @@
 // answers with Events (step_start, output, step_end, ssh, done). Output
 // events, the bulk of what a builder sends, travel as binary frames on the
 // same channel instead (so that they keep their order with the rest): the
-// byte OutputFrame, the step and the length of the data as uvarints, then
-// the data. The SSH connection is
+// byte OutputFrame (or OutputS2Frame), the step and the length of the data
+// as uvarints, then the data. The SSH connection is
 // the one link between them: later features (the reverse SSH tunnel for the
 // build, session events) are further channels and requests on it.
 //
@@ -30,6 +30,7 @@
 package link
 
 import (
+	"bytes"
 	"encoding/json"
 	"time"
 )
@@ -231,19 +232,61 @@ const (
 // message starts with '{').
 const OutputFrame = 0x01
 
+// OutputS2Frame starts an output frame whose data is one S2 block
+// (github.com/klauspost/compress/s2, s2.Encode; Event.S2). The builder
+// sends a verbose step's output so, in blocks of whole lines, and the link
+// carries a quarter of the bytes; the runner stores such a block as it
+// came (build.LogS2) once it has checked what it decodes to. MaxMessage
+// bounds the block and what it decodes to.
+const OutputS2Frame = 0x02
+
 // Event is a message from the builder. Step indexes Job.Steps.
 type Event struct {
-	Type     string    `json:"type"`
-	Step     int       `json:"step"`
-	Time     time.Time `json:"time"`
-	Data     []byte    `json:"data,omitempty"`      // output
-	Text     string    `json:"text,omitempty"`      // ssh: the detail
-	ExitCode int       `json:"exit_code,omitempty"` // step_end
-	Failed   bool      `json:"failed,omitempty"`    // step_end, done
-	Error    string    `json:"error,omitempty"`     // step_end, done: why, for the build log
-	Kind     string    `json:"kind,omitempty"`      // ssh
-	Conn     uint64    `json:"conn,omitempty"`      // ssh: the session's connection
+	Type string    `json:"type"`
+	Step int       `json:"step"`
+	Time time.Time `json:"time"`
+	Data []byte    `json:"data,omitempty"` // output
+	// S2, in an output event, is the output compressed as one S2 block,
+	// as it travels (OutputS2Frame); nil for output sent as it is. The
+	// builder sets Data too. On the runner's side Recv checks the block:
+	// when it decodes to lines that need no work (WholeLines), Lines is
+	// their number, Size their length and Data nil; else Data is what
+	// the block decodes to.
+	S2       []byte `json:"-"`
+	Lines    int    `json:"-"`
+	Size     int    `json:"-"`
+	Text     string `json:"text,omitempty"`      // ssh: the detail
+	ExitCode int    `json:"exit_code,omitempty"` // step_end
+	Failed   bool   `json:"failed,omitempty"`    // step_end, done
+	Error    string `json:"error,omitempty"`     // step_end, done: why, for the build log
+	Kind     string `json:"kind,omitempty"`      // ssh
+	Conn     uint64 `json:"conn,omitempty"`      // ssh: the session's connection
 }
 
 // MaxLine is the longest log line kept; longer lines are split.
 const MaxLine = 16 << 10
+
+// WholeLines is the number of lines in data if it is lines that a log
+// keeps as they are: each ended by "\n", none longer than MaxLine, no
+// "\r"; else 0.
+func WholeLines(data []byte) int {
+	if len(data) == 0 || data[len(data)-1] != '\n' || bytes.IndexByte(data, '\r') >= 0 || HasLineOver(data, MaxLine) {
+		return 0
+	}
+	return bytes.Count(data, []byte{'\n'})
+}
+
+// HasLineOver reports whether a line in data is longer than n bytes. It
+// looks at the end of each n+1 bytes, not at every line: a window of n+1
+// bytes starting a line must hold a '\n', and the last one is near its end
+// when lines are short.
+func HasLineOver(data []byte, n int) bool {
+	for len(data) > n {
+		i := bytes.LastIndexByte(data[:n+1], '\n')
+		if i < 0 {
+			return true
+		}
+		data = data[i+1:]
+	}
+	return false
+}

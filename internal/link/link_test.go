@@ -1,15 +1,18 @@
 package link
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/pem"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -108,6 +111,25 @@ func TestLink(t *testing.T) {
 	if err != nil || ev.Type != Output || ev.Step != 1 || string(ev.Data) != strings.Repeat("x", 100)+"\x00\xff" || ev.Time.IsZero() {
 		t.Fatalf("event: %+v %v", ev, err)
 	}
+	// Whole lines compressed: the runner gets them decoded, and the block
+	// as it came.
+	lines := []byte(strings.Repeat("line number 1234\n", 5000))
+	z := s2.Encode(nil, lines)
+	if err := c.Send(Event{Type: Output, Step: 2, Data: lines, S2: z}); err != nil {
+		t.Fatal(err)
+	}
+	ev, err = conn.Recv()
+	if err != nil || ev.Type != Output || ev.Step != 2 || ev.Data != nil || !bytes.Equal(ev.S2, z) || ev.Lines != 5000 || ev.Size != len(lines) {
+		t.Fatalf("compressed output: %d lines of %d bytes, step %d, %v", ev.Lines, ev.Size, ev.Step, err)
+	}
+	// Lines that need work come decoded.
+	crlf := []byte(strings.Repeat("line\r\n", 100))
+	if err := c.Send(Event{Type: Output, Step: 2, Data: crlf, S2: s2.Encode(nil, crlf)}); err != nil {
+		t.Fatal(err)
+	}
+	if ev, err = conn.Recv(); err != nil || !bytes.Equal(ev.Data, crlf) || ev.Lines != 0 {
+		t.Fatalf("compressed output with CRLF: %q, %d lines, %v", ev.Data, ev.Lines, err)
+	}
 	// Closing the expectation closes the link.
 	exp.Close()
 	waitErr := make(chan error, 1)
@@ -125,6 +147,55 @@ func TestReadHello(t *testing.T) {
 			t.Errorf("hello %q accepted", in)
 		} else if strings.Contains(err.Error(), "PRIVATE") {
 			t.Errorf("error shows key material: %v", err)
+		}
+	}
+}
+
+func TestCompressedOutputThatDoesNotDecode(t *testing.T) {
+	s, addr, hostKey := startServer(t)
+	pub, priv := newKey(t)
+	exp, err := s.Expect("build-1", pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer exp.Close()
+	c, err := Dial(context.Background(), &Hello{Name: "build-1", Addr: addr, HostKey: hostKey, Key: priv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	conn := <-exp.Conn()
+	good := s2.Encode(nil, []byte(strings.Repeat("x", 1000)+"\n"))
+	// A block that claims to decode to more than a message, and one cut
+	// short: each is refused as malformed, not taken as shorter output.
+	huge := binary.AppendUvarint(nil, MaxMessage+1)
+	for _, bad := range [][]byte{append(huge, good[2:]...), good[:len(good)-3]} {
+		if err := c.Send(Event{Type: Output, Step: 1, Data: []byte("x\n"), S2: bad}); err != nil {
+			t.Fatal(err)
+		}
+		if ev, err := conn.Recv(); err == nil || !strings.Contains(err.Error(), "compressed output frame") {
+			t.Errorf("a bad compressed frame was read as %d bytes of output (%v)", len(ev.Data), err)
+		}
+	}
+}
+
+func TestWholeLines(t *testing.T) {
+	long := strings.Repeat("x", MaxLine)
+	for _, tc := range []struct {
+		data string
+		want int
+	}{
+		{"a\nb\n", 2},
+		{"\n", 1},
+		{"", 0},
+		{"a\nb", 0},
+		{"a\r\n", 0},
+		{long + "\n", 1},
+		{long + "x\n", 0},
+		{"a\n" + long + "x\nb\n", 0},
+	} {
+		if got := WholeLines([]byte(tc.data)); got != tc.want {
+			t.Errorf("WholeLines(%.20q) = %d, want %d", tc.data, got, tc.want)
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/hangar-ci/hangar/internal/netx"
@@ -360,6 +361,9 @@ type Conn struct {
 	sc *ssh.ServerConn
 	ch ssh.Channel
 	rd *bufio.Reader
+	// decoded is where Recv decodes compressed output (Recv is not safe
+	// for concurrent use).
+	decoded []byte
 
 	mu  sync.Mutex // guards enc
 	enc *json.Encoder
@@ -405,7 +409,7 @@ func (c *Conn) Recv() (Event, error) {
 	if err != nil {
 		return ev, err
 	}
-	if first[0] == OutputFrame {
+	if first[0] == OutputFrame || first[0] == OutputS2Frame {
 		return c.recvOutput()
 	}
 	var line []byte
@@ -431,9 +435,11 @@ func (c *Conn) Recv() (Event, error) {
 	return ev, nil
 }
 
-// recvOutput reads an output frame.
+// recvOutput reads an output frame; it checks a compressed one and keeps
+// the block as it came (Event.S2).
 func (c *Conn) recvOutput() (Event, error) {
-	if _, err := c.rd.ReadByte(); err != nil {
+	frame, err := c.rd.ReadByte()
+	if err != nil {
 		return Event{}, err
 	}
 	step, err := binary.ReadUvarint(c.rd)
@@ -451,7 +457,29 @@ func (c *Conn) recvOutput() (Event, error) {
 	if _, err := io.ReadFull(c.rd, data); err != nil {
 		return Event{}, err
 	}
-	return Event{Type: Output, Step: int(step), Data: data, Time: time.Now()}, nil
+	ev := Event{Type: Output, Step: int(step), Data: data, Time: time.Now()}
+	if frame == OutputS2Frame {
+		size, err := s2.DecodedLen(data)
+		if err != nil || size > MaxMessage {
+			return Event{}, fmt.Errorf("link: the builder sent a compressed output frame that does not decode to at most %d bytes", MaxMessage)
+		}
+		// Decoded into a buffer kept for the next frame: what the runner
+		// needs of lines that need no work is their number.
+		if cap(c.decoded) < size {
+			c.decoded = make([]byte, size)
+		}
+		d, err := s2.Decode(c.decoded[:size], data)
+		if err != nil {
+			return Event{}, fmt.Errorf("link: the builder sent a compressed output frame that does not decode: %w", err)
+		}
+		ev.S2, ev.Data = data, nil
+		if ev.Lines = WholeLines(d); ev.Lines > 0 {
+			ev.Size = len(d)
+		} else {
+			ev.Data = bytes.Clone(d)
+		}
+	}
+	return ev, nil
 }
 
 // Done is closed when the link is closed.

@@ -184,7 +184,11 @@ func (j *job) handle(ev link.Event) {
 	}
 	switch ev.Type {
 	case link.Output:
-		j.logs.Output(i, ev.Data)
+		if ev.Lines > 0 {
+			j.logs.OutputBlock(i, ev.S2, ev.Size, ev.Lines)
+		} else {
+			j.logs.Output(i, ev.Data)
+		}
 	case link.StepStart:
 		if j.b.Steps[i].Status != build.StepPending {
 			return

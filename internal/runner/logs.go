@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klauspost/compress/s2"
+
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/link"
 )
@@ -83,9 +85,41 @@ func (l *logBook) Printf(step int, format string, args ...any) {
 	l.lines(step, []byte(fmt.Sprintf(format, args...)+"\n"))
 }
 
+// OutputBlock adds lines lines of size bytes that the machine wrote as
+// step's output, which came compressed as z, one S2 block (link.Recv has
+// checked that they need no work: link.WholeLines). Unless a line begun
+// earlier must be ended first or the cap is reached, z is stored as it
+// came, one chunk; else it is decoded and goes the way of Output. z must
+// not change afterwards.
+func (l *logBook) OutputBlock(step int, z []byte, size, lines int) {
+	l.mu.Lock()
+	if len(l.partial[step]) > 0 || l.full || l.taken+chunkOverhead+int64(size) > l.max ||
+		lines < 1 || size > maxChunkBytes {
+		data, err := s2.Decode(nil, z)
+		if err != nil {
+			data = []byte(fmt.Sprintf("\nhangar: the builder sent output that does not decode (%v); it is not kept\n", err))
+		}
+		l.output(step, data)
+		return
+	}
+	l.taken += chunkOverhead + int64(size)
+	l.pending = append(l.pending, build.LogChunk{Seq: l.seq + 1, Lines: lines, Step: step, Time: l.now().UTC(),
+		Data: z, Encoding: build.LogS2})
+	l.seq += int64(lines)
+	l.step = step
+	l.burst = -1
+	l.buffered += chunkOverhead + len(z)
+	l.maybeFlush()
+}
+
 // Output adds bytes the machine wrote as step's output.
 func (l *logBook) Output(step int, data []byte) {
 	l.mu.Lock()
+	l.output(step, data)
+}
+
+// output is Output with l.mu held; it unlocks l.mu.
+func (l *logBook) output(step int, data []byte) {
 	if n := len(l.pending); n == 0 || l.pending[n-1].Step != step {
 		// A new chunk costs more than its bytes: charge it to the cap, so
 		// that output switching steps at every line stays bounded too.
@@ -122,6 +156,12 @@ func (l *logBook) Output(step int, data []byte) {
 		l.endLine(step)
 		l.capped(step)
 	}
+	l.maybeFlush()
+}
+
+// maybeFlush writes the buffered chunks to the store when there are enough of
+// them. l.mu is held; maybeFlush unlocks it.
+func (l *logBook) maybeFlush() {
 	// Write to the store beside the link, not in its way (Flush keeps the
 	// order, and the runner's own Flush at a step's end waits for it); if
 	// the store falls behind, in its way: the link then holds the builder
@@ -201,7 +241,7 @@ func (l *logBook) capped(step int) {
 func (l *logBook) lines(step int, data []byte) {
 	for len(data) > 0 {
 		var c *build.LogChunk
-		if n := len(l.pending); n > 0 && l.pending[n-1].Step == step && len(l.pending[n-1].Data) < maxChunkBytes {
+		if n := len(l.pending); n > 0 && l.pending[n-1].Step == step && l.pending[n-1].Encoding == "" && len(l.pending[n-1].Data) < maxChunkBytes {
 			c = &l.pending[n-1]
 		} else {
 			// A step that filled its last chunk is in a burst: give the
@@ -234,7 +274,7 @@ func (l *logBook) lines(step int, data []byte) {
 		} else if len(data) == 0 {
 			l.burst = -1
 		}
-		if bytes.IndexByte(block, '\r') < 0 && !hasLineOver(block, link.MaxLine) {
+		if bytes.IndexByte(block, '\r') < 0 && !link.HasLineOver(block, link.MaxLine) {
 			// The common case: the lines as they are.
 			n := bytes.Count(block, []byte{'\n'})
 			c.Data = append(c.Data, block...)
@@ -267,21 +307,6 @@ func (l *logBook) lines(step int, data []byte) {
 			}
 		}
 	}
-}
-
-// hasLineOver reports whether a line in data is longer than n bytes. It
-// looks at the end of each n+1 bytes, not at every line: a window of n+1
-// bytes starting a line must hold a '\n', and the last one is near its end
-// when lines are short.
-func hasLineOver(data []byte, n int) bool {
-	for len(data) > n {
-		i := bytes.LastIndexByte(data[:n+1], '\n')
-		if i < 0 {
-			return true
-		}
-		data = data[i+1:]
-	}
-	return false
 }
 
 // Flush writes buffered lines to the store. What the store refuses stays

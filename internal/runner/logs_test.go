@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/klauspost/compress/s2"
+
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/link"
 	"github.com/hangar-ci/hangar/internal/store"
@@ -118,6 +120,78 @@ func TestLogBookManyLinesInFewChunks(t *testing.T) {
 	}
 }
 
+// block is lines as the builder sends them compressed, and as the link
+// passes them on: the block, their length and their number.
+func block(lines string) ([]byte, int, int) {
+	return s2.Encode(nil, []byte(lines)), len(lines), link.WholeLines([]byte(lines))
+}
+
+func TestLogBookStoresBlocksAsTheyCame(t *testing.T) {
+	l, st := newTestLog(t, nil)
+	l.Printf(2, "runner's line")
+	z, size, n := block("one\ntwo\nthree\n")
+	l.OutputBlock(2, z, size, n)
+	l.Output(2, []byte("raw\n"))
+	l.mu.Lock()
+	var encs []string
+	for _, c := range l.pending {
+		encs = append(encs, fmt.Sprintf("%d+%d:%q", c.Seq, c.Lines, c.Encoding))
+		if c.Encoding == build.LogS2 && !bytes.Equal(c.Data, z) {
+			t.Error("the block was not kept as it came")
+		}
+	}
+	l.mu.Unlock()
+	if got := strings.Join(encs, " "); got != `1+1:"" 2+3:"s2" 5+1:""` {
+		t.Errorf("chunks %s", got)
+	}
+	got := strings.Join(stored(t, l, st), "|")
+	if want := "2:runner's line|2:one|2:two|2:three|2:raw"; got != want {
+		t.Fatalf("log:\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestLogBookBlockAfterALineBegun(t *testing.T) {
+	// The block's first line ends a line begun earlier: it is decoded and
+	// goes the way of output sent as it is.
+	l, st := newTestLog(t, nil)
+	l.Output(2, []byte("begun "))
+	z, size, n := block("ended\nnext\n")
+	l.OutputBlock(2, z, size, n)
+	got := strings.Join(stored(t, l, st), "|")
+	if want := "2:begun ended|2:next"; got != want {
+		t.Fatalf("log:\n got %s\nwant %s", got, want)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.pending {
+		if c.Encoding != "" {
+			t.Errorf("chunk at line %d kept as it came", c.Seq)
+		}
+	}
+}
+
+func TestLogBookBlockCrossingTheCap(t *testing.T) {
+	l, st := newTestLog(t, nil)
+	l.max = 1 << 20
+	line := strings.Repeat("b", 99) + "\n"
+	for range 50 { // 50 blocks of 25,000 bytes: the cap falls in the 42nd
+		z, size, n := block(strings.Repeat(line, 250))
+		l.OutputBlock(2, z, size, n)
+	}
+	got := stored(t, l, st)
+	kept := 0
+	for i, g := range got[:len(got)-1] {
+		// The line that crossed the cap is kept up to it.
+		if g != "2:"+line[:99] && !(i == len(got)-2 && strings.HasPrefix(line, g[2:])) {
+			t.Fatalf("line %d: %q", i+1, g)
+		}
+		kept += len(g) - 2 + 1
+	}
+	if last := got[len(got)-1]; !strings.Contains(last, "wrote more than 1 MiB") || kept > 1<<20 || kept < 1<<20-8000 { // each chunk costs 64 bytes of it
+		t.Fatalf("%d bytes kept, last line %q", kept, last)
+	}
+}
+
 func TestLogBookCap(t *testing.T) {
 	var service bytes.Buffer
 	l, st := newTestLog(t, &service)
@@ -213,6 +287,39 @@ func BenchmarkLogBookOutput(b *testing.B) {
 			n := min(len(rest), 32<<10)
 			l.Output(1, rest[:n])
 			rest = rest[n:]
+		}
+		l.EndStep(1)
+		l.Flush()
+	}
+}
+
+// BenchmarkLogBookOutputBlock is BenchmarkLogBookOutput with the output
+// as the builder sends it now: compressed blocks of whole lines, up to
+// 256 KiB, which the log book checks and stores as they came.
+func BenchmarkLogBookOutputBlock(b *testing.B) {
+	data := verboseOutput()
+	type blk struct {
+		z           []byte
+		size, lines int
+	}
+	var blocks []blk
+	for rest := data; len(rest) > 0; {
+		n := len(rest)
+		if n > maxChunkBytes {
+			n = bytes.LastIndexByte(rest[:maxChunkBytes], '\n') + 1
+		}
+		z, size, lines := block(string(rest[:n]))
+		blocks = append(blocks, blk{z, size, lines})
+		rest = rest[n:]
+	}
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		b.StopTimer()
+		l, _ := newTestLog(b, nil)
+		b.StartTimer()
+		l.StartStep(1)
+		for _, bl := range blocks {
+			l.OutputBlock(1, bl.z, bl.size, bl.lines)
 		}
 		l.EndStep(1)
 		l.Flush()

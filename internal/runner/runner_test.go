@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hangar-ci/hangar/internal/build"
@@ -455,6 +457,58 @@ func TestMalformedMessage(t *testing.T) {
 	})
 	b := e.ended(e.queue(false, time.Hour).ID)
 	if b.Status != build.Failed || !strings.Contains(b.Message, "lost the link to the builder") || !strings.Contains(b.Message, "output frame") {
+		t.Errorf("build: %s %q", b.Status, b.Message)
+	}
+}
+
+func TestCompressedOutput(t *testing.T) {
+	// Whole lines compressed by the builder are stored as they came; a
+	// block after a line begun, or with CRLF, is decoded and cut as usual.
+	var many strings.Builder
+	for i := 1; i <= 3000; i++ {
+		fmt.Fprintf(&many, "line number %d\n", i)
+	}
+	send := func(fb *fakeBuilder, step int, lines string) {
+		fb.send(link.Event{Type: link.Output, Step: step, Data: []byte(lines), S2: s2.Encode(nil, []byte(lines))})
+	}
+	e := newEnv(t, func(ctx context.Context, fb *fakeBuilder) {
+		if !fb.link(ctx) {
+			return
+		}
+		fb.step(0, 0, "Cloning")
+		fb.send(link.Event{Type: link.StepStart, Step: 1})
+		send(fb, 1, many.String())
+		fb.send(link.Event{Type: link.Output, Step: 1, Data: []byte("begun ")})
+		send(fb, 1, "and ended\r\nlast\n")
+		fb.send(link.Event{Type: link.StepEnd, Step: 1})
+		for i := 2; i < len(fb.job.Steps); i++ {
+			fb.step(i, 0, "after")
+		}
+		fb.done("")
+		fb.wait(ctx)
+	})
+	b := e.ended(e.queue(false, time.Hour).ID)
+	want(t, b, build.Finished, "", ok, ok, ok, ok, ok)
+	logs := e.logs(b.ID)
+	if !strings.Contains(logs, "Cloning\n"+many.String()+"begun and ended\nlast\nafter\n") {
+		t.Errorf("log:\n%.300s", logs)
+	}
+}
+
+func TestCorruptCompressedOutput(t *testing.T) {
+	// A block that does not decode breaks the protocol: the build says
+	// so, it does not end with a shorter log.
+	e := newEnv(t, func(ctx context.Context, fb *fakeBuilder) {
+		if !fb.link(ctx) {
+			return
+		}
+		fb.step(0, 0, "Cloning")
+		z := s2.Encode(nil, []byte(strings.Repeat("lost line\n", 100)))
+		fb.send(link.Event{Type: link.Output, Step: 1, Data: []byte("x\n"), S2: z[:len(z)-2]})
+		fb.wait(ctx)
+	})
+	b := e.ended(e.queue(false, time.Hour).ID)
+	if b.Status != build.Failed || !strings.Contains(b.Message, "lost the link to the builder") || !strings.Contains(b.Message, "compressed output frame") {
 		t.Errorf("build: %s %q", b.Status, b.Message)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/klauspost/compress/s2"
+
+	"github.com/hangar-ci/hangar/internal/build"
 )
 
 // Log chunks are stored compressed with S2 (Snappy's faster extension):
@@ -13,7 +15,7 @@ import (
 // log benchmark's 18 MB step: zstd's fastest level shrank it more but
 // cost more CPU than it saved; S2 took the store's share from about 78 ms
 // to 42 ms. A chunk that does not shrink is kept as it is.
-const encodingS2 = "s2"
+const encodingS2 = build.LogS2
 
 // encodeChunk returns how a chunk's bytes are stored, and their encoding.
 func encodeChunk(data []byte) ([]byte, string) {

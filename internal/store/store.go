@@ -598,7 +598,15 @@ func (s *Store) AppendLog(ctx context.Context, id int64, chunks []build.LogChunk
 		if c.Lines < 1 {
 			continue
 		}
-		data, enc := encodeChunk(c.Data)
+		data, enc := c.Data, c.Encoding
+		switch enc {
+		case "":
+			data, enc = encodeChunk(c.Data)
+		case encodingS2:
+			// Encoded already (by the builder), checked by the runner.
+		default:
+			return fmt.Errorf("append log: chunk at line %d: unknown encoding %q", c.Seq, enc)
+		}
 		if _, err := stmt.ExecContext(ctx, id, c.Seq, c.Seq+int64(c.Lines)-1, c.Step, ms(c.Time), data, enc); err != nil {
 			return fmt.Errorf("append log: %w", err)
 		}

@@ -10,9 +10,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/s2"
 
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/store/pgtest"
@@ -409,18 +412,26 @@ func testLogChunksCompressed(t *testing.T, s *Store) {
 	random := make([]byte, 3000)
 	rand.Read(random)
 	noise := []byte(base64.StdEncoding.EncodeToString(random) + "\n")
+	// The last chunk came compressed (from the builder): it is stored as
+	// it came.
+	packed := []byte("line one\nline two\n")
 	chunks := []build.LogChunk{
 		{Seq: 1, Lines: 1000, Step: 1, Time: time.Now(), Data: verbose},
 		{Seq: 1001, Lines: 1, Step: 1, Time: time.Now(), Data: noise},
+		{Seq: 1002, Lines: 2, Step: 1, Time: time.Now(), Data: s2.Encode(nil, packed), Encoding: build.LogS2},
 	}
 	if err := s.AppendLog(ctx, b.ID, chunks); err != nil {
 		t.Fatal(err)
+	}
+	bad := []build.LogChunk{{Seq: 1004, Lines: 1, Step: 1, Time: time.Now(), Data: []byte("x"), Encoding: "zip"}}
+	if err := s.AppendLog(ctx, b.ID, bad); err == nil || !strings.Contains(err.Error(), `unknown encoding "zip"`) {
+		t.Errorf("a chunk in an unknown encoding: %v", err)
 	}
 	for _, c := range []struct {
 		first int64
 		enc   string
 		max   int
-	}{{1, encodingS2, len(verbose) / 4}, {1001, "", len(noise)}} {
+	}{{1, encodingS2, len(verbose) / 4}, {1001, "", len(noise)}, {1002, encodingS2, len(packed) + 4}} {
 		var enc string
 		var n int
 		if err := s.db.QueryRow(`SELECT encoding, length(data) FROM log_chunks WHERE build_id = $1 AND first = $2`, b.ID, c.first).Scan(&enc, &n); err != nil {
@@ -438,7 +449,7 @@ func testLogChunksCompressed(t *testing.T, s *Store) {
 	for _, l := range lines {
 		got = append(append(got, l.Text...), '\n')
 	}
-	if want := append(bytes.Clone(verbose), noise...); !bytes.Equal(got, want) {
+	if want := append(append(bytes.Clone(verbose), noise...), packed...); !bytes.Equal(got, want) {
 		t.Errorf("read back %d bytes in %d lines, want the %d bytes written", len(got), len(lines), len(want))
 	}
 }
