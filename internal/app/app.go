@@ -87,7 +87,9 @@ type Config struct {
 	DefaultImage   string
 	InstanceImages map[string]string
 	RegistryAuth   string
-	Logger         *slog.Logger
+	// Kube configures the kube driver (Driver "kube").
+	Kube   KubeConfig
+	Logger *slog.Logger
 }
 
 // InterruptedMessage starts the message of builds that a server left
@@ -186,7 +188,7 @@ func New(cfg Config) (a *App, err error) {
 		return nil, err
 	}
 	msg := InterruptedMessage
-	if a.driver.Name() == "sandbox" {
+	if a.driver.Name() == "sandbox" || a.driver.Name() == "kube" {
 		msg += "; its machine was destroyed at restart"
 	}
 	if n, err := a.store.FailInterrupted(ctx, msg); err != nil {
@@ -199,8 +201,12 @@ func New(cfg Config) (a *App, err error) {
 	}
 	a.linkSrv = &link.Server{HostKey: hostKey, Logger: log}
 	mirrors := &gitrepo.Mirrors{Dir: filepath.Join(data, "repos")}
+	linkAddr := a.linkLn.Addr().String()
+	if d, ok := a.driver.(interface{ LinkAddr() string }); ok {
+		linkAddr = d.LinkAddr() // the kube driver's Pods dial another address
+	}
 	rcfg := runner.Config{
-		Store: a.store, Driver: a.driver, Mirrors: mirrors, Link: a.linkSrv, LinkAddr: a.linkLn.Addr().String(),
+		Store: a.store, Driver: a.driver, Mirrors: mirrors, Link: a.linkSrv, LinkAddr: linkAddr,
 		Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
 	}
 	// Webhook bodies wait for their signature here, on disk; what an
@@ -215,7 +221,14 @@ func New(cfg Config) (a *App, err error) {
 	scfg := server.Config{Store: a.store, Mirrors: mirrors, Logger: log, Metrics: promhttp.Handler(), SpoolDir: spool,
 		Driver: a.driver.Name(), Isolated: a.driver.Isolated(), UI: server.UIHandler(),
 		InstanceTypes: fitPids(cfg.InstanceTypes, cfg.MaxBuilds, log)}
-	if a.driver.Isolated() {
+	switch {
+	case a.driver.Name() == "kube":
+		images, err := newKubeImages(cfg, scfg.InstanceTypes.Names())
+		if err != nil {
+			return nil, err
+		}
+		rcfg.Images = images
+	case a.driver.Isolated():
 		images, err := openImages(ctx, cfg, data, scfg.InstanceTypes.Names(), log)
 		if err != nil {
 			return nil, err
@@ -474,8 +487,14 @@ func newDriver(cfg Config, data string, log *slog.Logger) (_ machine.Driver, err
 			return nil, err
 		}
 		return &host.Driver{StateDir: dir}, nil
+	case "kube":
+		d, err := newKubeDriver(cfg, data, log)
+		if err != nil {
+			return nil, err // not a nil *kube.Driver in a non-nil interface
+		}
+		return d, nil
 	}
-	return nil, fmt.Errorf("--driver %q: use sandbox, host or auto", cfg.Driver)
+	return nil, fmt.Errorf("--driver %q: use sandbox, host, kube or auto", cfg.Driver)
 }
 
 // pidBudget is the share of the host's pid_max that MaxBuilds machines
