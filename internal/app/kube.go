@@ -21,6 +21,7 @@ type KubeConfig struct {
 	LinkListen   string
 	LinkAddr     string
 	BuilderImage string
+	BuilderPath  string
 	RuntimeClass string
 	User         string
 	ReposClaim   string
@@ -39,18 +40,19 @@ func newKubeDriver(cfg Config, data string, log *slog.Logger) (*kube.Driver, err
 		id = host
 	}
 	kc := kube.Config{
-		Kubeconfig:   k.Kubeconfig,
-		Namespace:    k.Namespace,
-		ServerID:     id,
-		LinkListen:   k.LinkListen,
-		LinkAddr:     k.LinkAddr,
-		BuilderImage: k.BuilderImage,
-		RuntimeClass: k.RuntimeClass,
-		User:         k.User,
-		Egress:       cfg.SandboxEgress,
-		EgressAllow:  cfg.SandboxEgressAllow,
-		EgressDeny:   cfg.SandboxEgressDeny,
-		Logger:       log,
+		Kubeconfig:       k.Kubeconfig,
+		Namespace:        k.Namespace,
+		ServerID:         id,
+		LinkListen:       k.LinkListen,
+		LinkAddr:         k.LinkAddr,
+		BuilderImage:     k.BuilderImage,
+		BuilderImagePath: k.BuilderPath,
+		RuntimeClass:     k.RuntimeClass,
+		User:             k.User,
+		Egress:           cfg.SandboxEgress,
+		EgressAllow:      cfg.SandboxEgressAllow,
+		EgressDeny:       cfg.SandboxEgressDeny,
+		Logger:           log,
 	}
 	if k.ReposClaim != "" {
 		kc.ReposClaim, kc.ReposDir = k.ReposClaim, filepath.Join(data, "repos")

@@ -3,13 +3,18 @@
 # (internal/machine/kube) from the Go module proxy, once, into a cache keyed
 # by version: $HANGAR_KUBE_CACHE (default /var/cache/hangar/k8s)/VERSION/bin.
 # Prints that bin directory. A cold build takes minutes (docs/kubernetes.md);
-# later runs find the binaries and return at once.
+# later runs find the binaries and return at once. With --path it only
+# prints that directory (the tests use it to find the binaries).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 KUBE_VERSION=v1.37.2
 ETCD_VERSION=v3.6.16
 cache=${HANGAR_KUBE_CACHE:-/var/cache/hangar/k8s}
 out=$cache/kube-$KUBE_VERSION-etcd-$ETCD_VERSION/bin
+if [[ ${1:-} == --path ]]; then
+	echo "$out"
+	exit 0
+fi
 if [[ -x $out/kube-apiserver && -x $out/etcd ]]; then
 	echo "$out"
 	exit 0
