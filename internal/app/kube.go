@@ -61,7 +61,7 @@ func newKubeDriver(cfg Config, data string, log *slog.Logger) (*kube.Driver, err
 	if err != nil {
 		return nil, err
 	}
-	log.Info("kube driver: builds run as Pods", "namespace", k.Namespace, "server_id", id, "runtime_class", k.RuntimeClass, "link", kc.LinkAddr)
+	log.Info("kube driver: builds run as Pods", "namespace", k.Namespace, "server_id", id, "runtime_class", k.RuntimeClass)
 	return d, nil
 }
 

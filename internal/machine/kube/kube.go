@@ -259,6 +259,9 @@ func (d *Driver) ownerConfigMap(ctx context.Context) (metav1.OwnerReference, err
 					". Deleting it deletes all of them, running builds' included.",
 			},
 		}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) { // made meanwhile by a replica of the same id
+			cm, err = cms.Get(ctx, name, metav1.GetOptions{})
+		}
 	}
 	if err != nil {
 		return metav1.OwnerReference{}, fmt.Errorf("the server's ConfigMap %s: %w", name, err)

@@ -287,10 +287,11 @@ func checkNetworkPolicy(t *testing.T, np *networkingv1.NetworkPolicy, s *harness
 	if !strings.Contains(types, "Ingress") || !strings.Contains(types, "Egress") || len(np.Spec.Ingress) != 0 {
 		t.Errorf("policy types %s, ingress %v: want no ingress at all", types, np.Spec.Ingress)
 	}
-	// The link is open: the server's log names its address.
+	// The link is open: the server's log names its address (the
+	// listener's, as no --kube-link-addr is given).
 	link := ""
 	for _, line := range strings.Split(s.Log(), "\n") {
-		if _, after, ok := strings.Cut(line, "kube driver: builds run as Pods"); ok {
+		if _, after, ok := strings.Cut(line, "hangar server started"); ok {
 			if _, v, ok := strings.Cut(after, "link="); ok {
 				link = strings.Fields(v)[0]
 			}

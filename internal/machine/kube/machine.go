@@ -153,7 +153,15 @@ func (m *Machine) watch(ctx context.Context, out io.Writer) {
 	lw := m.d.podListWatch(m.pod)
 	var result error
 	logging := false
-	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Pod{}, nil, func(ev watch.Event) (bool, error) {
+	// Gone before the first list (deleted at once): nothing to wait for.
+	gone := func(store cache.Store) (bool, error) {
+		_, exists, err := store.GetByKey(m.d.cfg.Namespace + "/" + m.pod)
+		if err == nil && !exists {
+			result = fmt.Errorf("the Pod %s was deleted", m.pod)
+		}
+		return !exists, err
+	}
+	_, err := watchtools.UntilWithSync(ctx, lw, &corev1.Pod{}, gone, func(ev watch.Event) (bool, error) {
 		p, ok := ev.Object.(*corev1.Pod)
 		if !ok || p.UID != m.uid {
 			return false, nil
@@ -232,11 +240,12 @@ func (m *Machine) Destroy(ctx context.Context) error {
 		err := m.deleteObjects(ctx)
 		m.stopWatch()
 		m.watching.Wait()
+		// Not live any more, whatever happened: the reaper deletes what
+		// is left.
+		m.d.forget(m)
 		if err != nil {
 			m.destroyErr = fmt.Errorf("kube driver: destroy %s: %w", m.name, err)
-			return
 		}
-		m.d.forget(m)
 	})
 	return m.destroyErr
 }
