@@ -327,17 +327,21 @@ func hasOwner(refs []metav1.OwnerReference, owner *corev1.ConfigMap) bool {
 	return false
 }
 
-// TestImagePullFails: a Pod whose image cannot be pulled ends the
-// machine's Wait with the reason, and Destroy removes everything.
-func TestImagePullFails(t *testing.T) {
+// TestDriver drives the driver directly: a Pod whose image cannot be
+// pulled ends the machine's Wait with the reason; the reaper, while it
+// runs, deletes an orphan of this server and spares the live machine; and
+// Destroy removes everything.
+func TestDriver(t *testing.T) {
 	needRoot(t)
 	c := kubetest.Start(t)
 	c.Namespace(t, ns)
 	k := &kubetest.Kubelet{Client: c.Client, Namespace: ns}
 	k.Start(t)
-	d, err := kube.New(context.Background(), kube.Config{
+	ctx := context.Background()
+	d, err := kube.New(ctx, kube.Config{
 		Kubeconfig: c.Kubeconfig, Namespace: ns, ServerID: serverID,
 		LinkListen: "127.0.0.1:0", BuilderImage: builderImage,
+		ReapInterval: 100 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -348,7 +352,7 @@ func TestImagePullFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	m, err := d.Start(context.Background(), machine.Spec{Name: "build-7", Args: []string{"builder"},
+	m, err := d.Start(ctx, machine.Spec{Name: "build-7", Args: []string{"builder"},
 		Stdin: strings.NewReader("{}\n"), Image: &machine.Image{Name: "registry.invalid/missing:1"}})
 	if err != nil {
 		t.Fatal(err)
@@ -357,14 +361,47 @@ func TestImagePullFails(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "ErrImagePull") {
 		t.Errorf("Wait: %v, want ErrImagePull", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := m.Destroy(ctx); err != nil {
+
+	// An orphan appears while the server runs.
+	orphan := kube.PodName(serverID, "build-8")
+	if _, err := c.Client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: orphan,
+		Labels: map[string]string{kube.LabelManagedBy: "hangar", kube.LabelServer: serverID, kube.LabelMachine: "build-8"}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	left, err := c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-	if err != nil || len(left.Items) != 0 {
-		t.Errorf("Pods left: %v %v", left, err)
+	waitGone(t, "orphan Secret", func() error {
+		_, err := c.Client.CoreV1().Secrets(ns).Get(ctx, orphan, metav1.GetOptions{})
+		return err
+	})
+	live := kube.PodName(serverID, "build-7")
+	if _, err := c.Client.CoreV1().Pods(ns).Get(ctx, live, metav1.GetOptions{}); err != nil {
+		t.Errorf("the live machine's Pod: %v", err)
+	}
+	if _, err := c.Client.CoreV1().Secrets(ns).Get(ctx, live, metav1.GetOptions{}); err != nil {
+		t.Errorf("the live machine's Secret: %v", err)
+	}
+
+	dctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := m.Destroy(dctx); err != nil {
+		t.Fatal(err)
+	}
+	for what, list := range map[string]func() (int, error){
+		"Pods": func() (int, error) {
+			l, err := c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+			return len(l.Items), err
+		},
+		"Secrets": func() (int, error) {
+			l, err := c.Client.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
+			return len(l.Items), err
+		},
+		"NetworkPolicies": func() (int, error) {
+			l, err := c.Client.NetworkingV1().NetworkPolicies(ns).List(ctx, metav1.ListOptions{})
+			return len(l.Items), err
+		},
+	} {
+		if n, err := list(); err != nil || n != 0 {
+			t.Errorf("%s left: %d (%v)", what, n, err)
+		}
 	}
 }
 
