@@ -149,7 +149,10 @@ func TestBuildThroughKube(t *testing.T) {
 		t.Errorf("orphan Secret: %v, want it deleted", err)
 	}
 	for _, get := range []func() error{
-		func() error { _, err := c.Client.CoreV1().Pods(ns).Get(ctx, kube.PodName("other", "build-999"), metav1.GetOptions{}); return err },
+		func() error {
+			_, err := c.Client.CoreV1().Pods(ns).Get(ctx, kube.PodName("other", "build-999"), metav1.GetOptions{})
+			return err
+		},
 		func() error {
 			_, err := c.Client.NetworkingV1().NetworkPolicies(ns).Get(ctx, kube.PodName("other", "build-999"), metav1.GetOptions{})
 			return err
