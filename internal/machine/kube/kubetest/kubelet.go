@@ -61,6 +61,10 @@ type Kubelet struct {
 
 	mu   sync.Mutex
 	pods map[types.UID]*podRun // guarded by mu
+
+	// statusMu guards the PodStatus that run and its containers'
+	// goroutines share (one per Pod, written in place).
+	statusMu sync.Mutex
 }
 
 // podRun is one Pod being run.
@@ -254,14 +258,11 @@ func waiting(c corev1.Container, reason, msg string) corev1.ContainerStatus {
 		State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: msg}}}
 }
 
-// statusMu serializes the reports of a Pod's containers (they share st).
-var statusMu sync.Mutex
-
 // report writes st as the Pod's status.
 func (k *Kubelet) report(t testing.TB, pod *corev1.Pod, st *corev1.PodStatus) {
-	statusMu.Lock()
+	k.statusMu.Lock()
 	want := st.DeepCopy()
-	statusMu.Unlock()
+	k.statusMu.Unlock()
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		cur, err := k.Client.CoreV1().Pods(pod.Namespace).Get(context.Background(), pod.Name, metav1.GetOptions{})
 		if err != nil {
@@ -329,9 +330,9 @@ func (k *Kubelet) volumes(pod *corev1.Pod, dir string) (map[string]string, error
 // reporting its states in *cs; it reports whether it exited 0.
 func (k *Kubelet) runContainer(t testing.TB, pod *corev1.Pod, c corev1.Container, vols map[string]string, dir string, p *podRun, st *corev1.PodStatus, cs *corev1.ContainerStatus) bool {
 	set := func(state corev1.ContainerState) {
-		statusMu.Lock()
+		k.statusMu.Lock()
 		cs.State = state
-		statusMu.Unlock()
+		k.statusMu.Unlock()
 		k.report(t, pod, st)
 	}
 	terminated := func(code int32, reason, msg string) bool {
