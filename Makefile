@@ -19,7 +19,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 RUN_PACKAGES  := git runc sudo iptables iproute2 curl procps openssh-client rsync ca-certificates mmdebstrap
 TEST_PACKAGES := $(RUN_PACKAGES) netcat-openbsd tmux chromium fonts-dejavu-core python3 ssh-audit postgresql docker-registry busybox-static
 
-.PHONY: all build run test deps testdeps vet staticcheck gotest uideps ui bench clean
+.PHONY: all build run test deps testdeps vet staticcheck gotest uideps kubebins ui bench clean
 
 all: build
 
@@ -47,10 +47,17 @@ staticcheck:
 uideps:
 	cd e2e/ui && npm ci --no-audit --no-fund
 
+# etcd and kube-apiserver for the kube driver's tests (a real API server),
+# built from the Go module proxy once into /var/cache/hangar/k8s, keyed by
+# version: several minutes cold, nothing afterwards (docs/kubernetes.md).
+kubebins:
+	@scripts/kube/build.sh >/dev/null
+
 # HANGAR_TEST_POSTGRES=require: a test that needs PostgreSQL fails, rather
-# than skips, where its binaries are missing.
-gotest: uideps
-	HANGAR_TEST_POSTGRES=require $(GO) test -race -timeout 25m ./...
+# than skips, where its binaries are missing; HANGAR_TEST_KUBE=require
+# likewise for the kube driver's etcd and kube-apiserver.
+gotest: uideps kubebins
+	HANGAR_TEST_POSTGRES=require HANGAR_TEST_KUBE=require $(GO) test -race -timeout 25m ./...
 
 # Rebuild the committed web UI bundle from web/src (go build alone serves it).
 ui:

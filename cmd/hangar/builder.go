@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -26,12 +28,57 @@ func builderCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			// The kube driver hands the hello over in a file (a Secret
+			// volume) rather than on stdin.
+			hello := io.Reader(os.Stdin)
+			if path := os.Getenv("HANGAR_HELLO_FILE"); path != "" {
+				f, err := os.Open(path)
+				if err != nil {
+					return fmt.Errorf("builder: %w", err)
+				}
+				defer f.Close()
+				hello = f
+			}
 			return builder.Run(ctx, builder.Config{
 				Home:   os.Getenv("HANGAR_HOME"),
 				User:   os.Getenv("HANGAR_USER"),
-				Stdin:  os.Stdin,
+				Stdin:  hello,
 				Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 			})
+		},
+	}
+}
+
+// installBuilderCmd copies this binary to a path: the kube driver's init
+// container runs it to put the builder into the Pod's build image.
+func installBuilderCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "install-builder DEST",
+		Short:  "Copy this hangar binary to DEST (run by the kube driver's init container)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("install-builder: %w", err)
+			}
+			src, err := os.Open(exe)
+			if err != nil {
+				return fmt.Errorf("install-builder: %w", err)
+			}
+			defer src.Close()
+			dst, err := os.OpenFile(args[0], os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+			if err != nil {
+				return fmt.Errorf("install-builder: %w", err)
+			}
+			if _, err := io.Copy(dst, src); err != nil {
+				dst.Close()
+				return fmt.Errorf("install-builder: %w", err)
+			}
+			if err := dst.Close(); err != nil {
+				return fmt.Errorf("install-builder: %w", err)
+			}
+			return nil
 		},
 	}
 }

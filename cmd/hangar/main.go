@@ -34,7 +34,7 @@ func main() {
 	var cf clientFlags
 	root.PersistentFlags().StringVar(&cf.server, "server", "", "Hangar server URL (env HANGAR_SERVER, default http://127.0.0.1:8080)")
 	root.PersistentFlags().StringVar(&cf.token, "token", "", "API token (env HANGAR_TOKEN; default: ./hangar-data/admin-token when readable)")
-	root.AddCommand(serverCmd(), gatewayCmd(), imageCmd(), builderCmd(), builderSFTPCmd(), appCmd(&cf), buildCmd(&cf), sshCmd(&cf), tokenCmd(&cf), workflowCmd(), groupCmd(&cf), cacheCmd(&cf), runnerCmd(&cf))
+	root.AddCommand(serverCmd(), gatewayCmd(), imageCmd(), builderCmd(), installBuilderCmd(), builderSFTPCmd(), appCmd(&cf), buildCmd(&cf), sshCmd(&cf), tokenCmd(&cf), workflowCmd(), groupCmd(&cf), cacheCmd(&cf), runnerCmd(&cf))
 	if err := root.Execute(); err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) {

@@ -98,7 +98,9 @@ type Config struct {
 	DefaultImage   string
 	InstanceImages map[string]string
 	RegistryAuth   string
-	Logger         *slog.Logger
+	// Kube configures the kube driver (Driver "kube").
+	Kube   KubeConfig
+	Logger *slog.Logger
 	// NoRunner: the server runs no builds (API only); runners of other
 	// servers, or `hangar runner`s, run them.
 	NoRunner bool
@@ -301,7 +303,7 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		return err
 	}
 	msg := InterruptedMessage
-	if a.driver.Name() == "sandbox" {
+	if a.driver.Name() == "sandbox" || a.driver.Name() == "kube" {
 		msg += "; its machine was destroyed at restart"
 	}
 	// The runner's identity: other servers' runners keep their builds.
@@ -322,9 +324,13 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		return fmt.Errorf("builder link: %w", err)
 	}
 	a.linkSrv = &link.Server{HostKey: hostKey, Logger: log}
+	linkAddr := a.linkLn.Addr().String()
+	if d, ok := a.driver.(interface{ LinkAddr() string }); ok {
+		linkAddr = d.LinkAddr() // the kube driver's Pods dial another address
+	}
 	rcfg := runner.Config{
 		Store: a.store.ForRunner(store.Claim{Runner: a.runnerID, NoSSH: cfg.SSH == "off"}), Driver: a.driver, Mirrors: mirrors, Link: a.linkSrv,
-		LinkAddr: a.linkLn.Addr().String(), Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
+		LinkAddr: linkAddr, Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
 		Secrets: a.vault, Files: a.files, PublicURL: func() string { return a.publicURL },
 	}
 	rcfg.Notify = notify.Unconfigured
@@ -334,7 +340,14 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		rcfg.Notify = smtp.Notify
 	}
 	scfg.Driver, scfg.Isolated = a.driver.Name(), a.driver.Isolated()
-	if a.driver.Isolated() {
+	switch {
+	case a.driver.Name() == "kube":
+		images, err := newKubeImages(cfg, scfg.InstanceTypes.Names())
+		if err != nil {
+			return err
+		}
+		rcfg.Images = images
+	case a.driver.Isolated():
 		images, err := openImages(ctx, cfg, data, scfg.InstanceTypes.Names(), log)
 		if err != nil {
 			return err
@@ -653,8 +666,14 @@ func newDriver(cfg Config, data string, log *slog.Logger) (_ machine.Driver, err
 			return nil, err
 		}
 		return d, nil
+	case "kube":
+		d, err := newKubeDriver(cfg, data, log)
+		if err != nil {
+			return nil, err // not a nil *kube.Driver in a non-nil interface
+		}
+		return d, nil
 	}
-	return nil, fmt.Errorf("--driver %q: use sandbox, host or auto", cfg.Driver)
+	return nil, fmt.Errorf("--driver %q: use sandbox, host, kube or auto", cfg.Driver)
 }
 
 // pidBudget is the share of the host's pid_max that MaxBuilds machines

@@ -1,0 +1,461 @@
+package kube_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	nodev1 "k8s.io/api/node/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/hangar-ci/hangar/e2e/harness"
+	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/machine"
+	"github.com/hangar-ci/hangar/internal/machine/kube"
+	"github.com/hangar-ci/hangar/internal/machine/kube/kubetest"
+)
+
+// The Pods' containers run under the stand-in kubelet (kubetest.Kubelet),
+// which re-executes this test binary as each container's first process.
+func TestMain(m *testing.M) { os.Exit(kubetest.Main(m)) }
+
+const (
+	ns       = "hangar-builds"
+	serverID = "test"
+	// The images the stand-in kubelet knows: the builder image holds the
+	// test's hangar binary; the build image is the host's root.
+	builderImage = "registry.invalid/hangar:test"
+	builderPath  = "/.hangar-image/hangar"
+	buildImage   = "registry.invalid/debian:test"
+)
+
+// needRoot skips (fails under HANGAR_TEST_KUBE=require) without root: the
+// stand-in kubelet makes mount and PID namespaces.
+func needRoot(t *testing.T) {
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv(kubetest.RequireEnv) == "require" {
+		t.Fatal("the kube driver's tests need root (the stand-in kubelet makes namespaces and mounts)")
+	}
+	t.Skip("the kube driver's tests need root (the stand-in kubelet makes namespaces and mounts)")
+}
+
+// started records the Pods the kubelet started, with their NetworkPolicy
+// and Secret as they were then.
+type started struct {
+	mu      sync.Mutex
+	pods    map[string]*corev1.Pod
+	netpols map[string]*networkingv1.NetworkPolicy
+	secrets map[string]*corev1.Secret
+}
+
+func (s *started) pod(name string) (*corev1.Pod, *networkingv1.NetworkPolicy, *corev1.Secret) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pods[name], s.netpols[name], s.secrets[name]
+}
+
+// TestBuildThroughKube runs `hangar server --driver kube` against a real
+// API server, with the stand-in kubelet running the Pods: a build runs end
+// to end, its Pod, Secret and NetworkPolicy are what the instance type and
+// the config ask, and all are gone after the build; the objects an earlier
+// run of the server left are reaped at start, another server's are not.
+func TestBuildThroughKube(t *testing.T) {
+	needRoot(t)
+	c := kubetest.Start(t)
+	ctx := context.Background()
+	c.Namespace(t, ns)
+	if _, err := c.Client.NodeV1().RuntimeClasses().Create(ctx, &nodev1.RuntimeClass{
+		ObjectMeta: metav1.ObjectMeta{Name: "gvisor"}, Handler: "runsc"}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Left by an earlier run of this server (its labels), and another
+	// server's.
+	orphan := kube.PodName(serverID, "build-999")
+	mine := map[string]string{kube.LabelManagedBy: "hangar", kube.LabelServer: serverID, kube.LabelMachine: "build-999"}
+	theirs := map[string]string{kube.LabelManagedBy: "hangar", kube.LabelServer: "other", kube.LabelMachine: "build-999"}
+	for name, labels := range map[string]map[string]string{orphan: mine, kube.PodName("other", "build-999"): theirs} {
+		meta := metav1.ObjectMeta{Name: name, Labels: labels}
+		if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: meta, Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{Name: "builder", Image: "registry.invalid/gone:1"}}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Client.NetworkingV1().NetworkPolicies(ns).Create(ctx, &networkingv1.NetworkPolicy{ObjectMeta: meta}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: meta}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	data := t.TempDir()
+	rec := &started{pods: map[string]*corev1.Pod{}, netpols: map[string]*networkingv1.NetworkPolicy{}, secrets: map[string]*corev1.Secret{}}
+	out := &syncBuffer{}
+	k := &kubetest.Kubelet{
+		Client:    c.Client,
+		Namespace: ns,
+		Images: map[string]map[string]string{
+			builderImage: {builderPath: harness.Binary(t)},
+			buildImage:   {},
+		},
+		Claims: map[string]string{"hangar-repos": filepath.Join(data, "repos")},
+		Output: out,
+		OnStart: func(p *corev1.Pod) {
+			np, _ := c.Client.NetworkingV1().NetworkPolicies(ns).Get(ctx, p.Name, metav1.GetOptions{})
+			sec, _ := c.Client.CoreV1().Secrets(ns).Get(ctx, p.Name, metav1.GetOptions{})
+			rec.mu.Lock()
+			rec.pods[p.Name], rec.netpols[p.Name], rec.secrets[p.Name] = p, np, sec
+			rec.mu.Unlock()
+		},
+	}
+	k.Start(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("containers' output:\n%s", out.String())
+		}
+	})
+
+	s := harness.StartServer(t, harness.Options{Driver: "kube", Data: data, Args: []string{
+		"--kubeconfig", c.Kubeconfig, "--namespace", ns, "--kube-server-id", serverID,
+		"--kube-link-listen", "127.0.0.1:0",
+		"--kube-builder-image", builderImage, "--kube-builder-path", builderPath,
+		"--kube-runtime-class", "gvisor", "--kube-repos-claim", "hangar-repos",
+		"--default-image", buildImage,
+	}})
+
+	// The reaper ran before the server answered: the orphans are being
+	// deleted (the Pod once the kubelet has stopped it), the other
+	// server's objects stay.
+	waitGone(t, "orphan Pod", func() error {
+		_, err := c.Client.CoreV1().Pods(ns).Get(ctx, orphan, metav1.GetOptions{})
+		return err
+	})
+	if _, err := c.Client.NetworkingV1().NetworkPolicies(ns).Get(ctx, orphan, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("orphan NetworkPolicy: %v, want it deleted", err)
+	}
+	if _, err := c.Client.CoreV1().Secrets(ns).Get(ctx, orphan, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("orphan Secret: %v, want it deleted", err)
+	}
+	for _, get := range []func() error{
+		func() error {
+			_, err := c.Client.CoreV1().Pods(ns).Get(ctx, kube.PodName("other", "build-999"), metav1.GetOptions{})
+			return err
+		},
+		func() error {
+			_, err := c.Client.NetworkingV1().NetworkPolicies(ns).Get(ctx, kube.PodName("other", "build-999"), metav1.GetOptions{})
+			return err
+		},
+	} {
+		if err := get(); err != nil {
+			t.Errorf("another server's object: %v, want it kept", err)
+		}
+	}
+	owner, err := c.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.OwnerName(serverID), metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the server's ConfigMap: %v", err)
+	}
+
+	repo := harness.NewRepo(t, map[string]string{
+		"codemagic.yaml": `workflows:
+  pass:
+    scripts:
+      - name: Greet
+        script: echo "greeting from $(hostname) in $FCI_BUILD_DIR"
+      - name: Check the clone
+        script: cat marker.txt
+`,
+		"marker.txt": "marker-in-the-clone\n",
+	})
+	if r := s.Hangar("app", "add", "demo", "--repo", repo.Path); r.Code != 0 {
+		t.Fatalf("app add: %d %s %s", r.Code, r.Stdout, r.Stderr)
+	}
+	r := s.Hangar("build", "start", "demo", "--json", "--workflow", "pass")
+	if r.Code != 0 {
+		t.Fatalf("build start: %d %s", r.Code, r.Stderr)
+	}
+	var b build.Build
+	if err := json.Unmarshal([]byte(r.Stdout), &b); err != nil {
+		t.Fatal(err)
+	}
+	done := waitBuild(t, s, b.ID, 3*time.Minute)
+	logs := s.Hangar("build", "logs", fmt.Sprint(b.ID)).Stdout
+	if done.Status != build.Finished {
+		t.Fatalf("build %s (%s), want finished; log:\n%s\nserver:\n%s", done.Status, done.Message, logs, s.Log())
+	}
+	name := build.Alias(b.ID)
+	for _, want := range []string{"Machine: kube driver", "greeting from " + name + " in /home/builder/", "marker-in-the-clone"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %q:\n%s", want, logs)
+		}
+	}
+
+	// What the driver created, as the kubelet saw it.
+	podName := kube.PodName(serverID, name)
+	pod, np, sec := rec.pod(podName)
+	if pod == nil {
+		t.Fatalf("the kubelet ran no Pod %s", podName)
+	}
+	checkPod(t, pod, owner, name)
+	checkNetworkPolicy(t, np, s, name)
+	if sec == nil || len(sec.Data["hello"]) == 0 || !hasOwner(sec.OwnerReferences, owner) {
+		t.Errorf("Secret %s: %+v, want the hello, owned by the server's ConfigMap", podName, sec)
+	}
+
+	// Gone after the build: the runner destroys the machine before it
+	// records the end.
+	if _, err := c.Client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("Pod after the build: %v, want it deleted", err)
+	}
+	if _, err := c.Client.CoreV1().Secrets(ns).Get(ctx, podName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("Secret after the build: %v, want it deleted", err)
+	}
+	if _, err := c.Client.NetworkingV1().NetworkPolicies(ns).Get(ctx, podName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("NetworkPolicy after the build: %v, want it deleted", err)
+	}
+	if n := k.ProcessesOf(name); len(n) > 0 {
+		t.Errorf("processes of %s left: %v", name, n)
+	}
+}
+
+func checkPod(t *testing.T, pod *corev1.Pod, owner *corev1.ConfigMap, name string) {
+	t.Helper()
+	if pod.Labels[kube.LabelServer] != serverID || pod.Labels[kube.LabelMachine] != name || pod.Labels[kube.LabelManagedBy] != "hangar" {
+		t.Errorf("Pod labels %v", pod.Labels)
+	}
+	if !hasOwner(pod.OwnerReferences, owner) {
+		t.Errorf("Pod owners %+v, want the ConfigMap %s (%s)", pod.OwnerReferences, owner.Name, owner.UID)
+	}
+	if rc := pod.Spec.RuntimeClassName; rc == nil || *rc != "gvisor" {
+		t.Errorf("runtimeClassName %v, want gvisor", rc)
+	}
+	if pod.Spec.AutomountServiceAccountToken == nil || *pod.Spec.AutomountServiceAccountToken {
+		t.Error("the Pod mounts a service account token")
+	}
+	if pod.Spec.Hostname != name || pod.Spec.RestartPolicy != corev1.RestartPolicyNever {
+		t.Errorf("hostname %q, restart policy %s", pod.Spec.Hostname, pod.Spec.RestartPolicy)
+	}
+	if len(pod.Spec.InitContainers) != 1 || len(pod.Spec.Containers) != 1 {
+		t.Fatalf("containers: %d init, %d", len(pod.Spec.InitContainers), len(pod.Spec.Containers))
+	}
+	ic, bc := pod.Spec.InitContainers[0], pod.Spec.Containers[0]
+	if ic.Image != builderImage || ic.Command[0] != builderPath || bc.Image != buildImage || bc.Command[0] != kube.BuilderBin {
+		t.Errorf("init container %s %v, builder %s %v", ic.Image, ic.Command, bc.Image, bc.Command)
+	}
+	// The default instance type "linux": 2 CPUs, 4 GiB, 8 GiB of disk.
+	want := corev1.ResourceList{
+		corev1.ResourceCPU:              resource.MustParse("2"),
+		corev1.ResourceMemory:           resource.MustParse("4Gi"),
+		corev1.ResourceEphemeralStorage: resource.MustParse("8Gi"),
+	}
+	for _, c := range []corev1.Container{ic, bc} {
+		for _, l := range []corev1.ResourceList{c.Resources.Requests, c.Resources.Limits} {
+			for res, q := range want {
+				if got := l[res]; got.Cmp(q) != 0 {
+					t.Errorf("container %s: %s %s, want %s", c.Name, res, got.String(), q.String())
+				}
+			}
+		}
+	}
+	if pod.Status.QOSClass != corev1.PodQOSGuaranteed {
+		t.Errorf("QoS class %q, want Guaranteed", pod.Status.QOSClass)
+	}
+	for _, e := range bc.Env {
+		if strings.Contains(e.Value, "PRIVATE KEY") {
+			t.Error("a private key in the builder's environment")
+		}
+	}
+}
+
+func checkNetworkPolicy(t *testing.T, np *networkingv1.NetworkPolicy, s *harness.Server, name string) {
+	t.Helper()
+	if np == nil {
+		t.Fatal("no NetworkPolicy when the Pod started")
+	}
+	if sel := np.Spec.PodSelector.MatchLabels; sel[kube.LabelMachine] != name || sel[kube.LabelServer] != serverID {
+		t.Errorf("NetworkPolicy selects %v", sel)
+	}
+	types := fmt.Sprint(np.Spec.PolicyTypes)
+	if !strings.Contains(types, "Ingress") || !strings.Contains(types, "Egress") || len(np.Spec.Ingress) != 0 {
+		t.Errorf("policy types %s, ingress %v: want no ingress at all", types, np.Spec.Ingress)
+	}
+	// The link is open: the server's log names its address (the
+	// listener's, as no --kube-link-addr is given).
+	link := ""
+	for _, line := range strings.Split(s.Log(), "\n") {
+		if _, after, ok := strings.Cut(line, "hangar server started"); ok {
+			if _, v, ok := strings.Cut(after, "link="); ok {
+				link = strings.Fields(v)[0]
+			}
+		}
+	}
+	host, port, err := net.SplitHostPort(link)
+	if err != nil {
+		t.Fatalf("link address %q in the server's log: %v", link, err)
+	}
+	found := false
+	public := false
+	for _, r := range np.Spec.Egress {
+		for _, to := range r.To {
+			if to.IPBlock != nil && to.IPBlock.CIDR == host+"/32" && len(r.Ports) == 1 && r.Ports[0].Port.String() == port {
+				found = true
+			}
+			if to.IPBlock != nil && to.IPBlock.CIDR == "0.0.0.0/0" {
+				public = strings.Contains(fmt.Sprint(to.IPBlock.Except), "10.0.0.0/8")
+			}
+		}
+	}
+	if !found || !public {
+		t.Errorf("egress %+v: want the link %s open, and public addresses but not 10.0.0.0/8", np.Spec.Egress, link)
+	}
+}
+
+func hasOwner(refs []metav1.OwnerReference, owner *corev1.ConfigMap) bool {
+	for _, r := range refs {
+		if r.UID == owner.UID && r.Kind == "ConfigMap" && r.Name == owner.Name {
+			return true
+		}
+	}
+	return false
+}
+
+// TestDriver drives the driver directly: a Pod whose image cannot be
+// pulled ends the machine's Wait with the reason; the reaper, while it
+// runs, deletes an orphan of this server and spares the live machine; and
+// Destroy removes everything.
+func TestDriver(t *testing.T) {
+	needRoot(t)
+	c := kubetest.Start(t)
+	c.Namespace(t, ns)
+	k := &kubetest.Kubelet{Client: c.Client, Namespace: ns}
+	k.Start(t)
+	ctx := context.Background()
+	d, err := kube.New(ctx, kube.Config{
+		Kubeconfig: c.Kubeconfig, Namespace: ns, ServerID: serverID,
+		LinkListen: "127.0.0.1:0", BuilderImage: builderImage,
+		ReapInterval: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ln, err := d.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	m, err := d.Start(ctx, machine.Spec{Name: "build-7", Args: []string{"builder"},
+		Stdin: strings.NewReader("{}\n"), Image: &machine.Image{Name: "registry.invalid/missing:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = m.Wait()
+	if err == nil || !strings.Contains(err.Error(), "ErrImagePull") {
+		t.Errorf("Wait: %v, want ErrImagePull", err)
+	}
+
+	// An orphan appears while the server runs.
+	orphan := kube.PodName(serverID, "build-8")
+	if _, err := c.Client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: orphan,
+		Labels: map[string]string{kube.LabelManagedBy: "hangar", kube.LabelServer: serverID, kube.LabelMachine: "build-8"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, "orphan Secret", func() error {
+		_, err := c.Client.CoreV1().Secrets(ns).Get(ctx, orphan, metav1.GetOptions{})
+		return err
+	})
+	live := kube.PodName(serverID, "build-7")
+	if _, err := c.Client.CoreV1().Pods(ns).Get(ctx, live, metav1.GetOptions{}); err != nil {
+		t.Errorf("the live machine's Pod: %v", err)
+	}
+	if _, err := c.Client.CoreV1().Secrets(ns).Get(ctx, live, metav1.GetOptions{}); err != nil {
+		t.Errorf("the live machine's Secret: %v", err)
+	}
+
+	dctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := m.Destroy(dctx); err != nil {
+		t.Fatal(err)
+	}
+	for what, list := range map[string]func() (int, error){
+		"Pods": func() (int, error) {
+			l, err := c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+			return len(l.Items), err
+		},
+		"Secrets": func() (int, error) {
+			l, err := c.Client.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
+			return len(l.Items), err
+		},
+		"NetworkPolicies": func() (int, error) {
+			l, err := c.Client.NetworkingV1().NetworkPolicies(ns).List(ctx, metav1.ListOptions{})
+			return len(l.Items), err
+		},
+	} {
+		if n, err := list(); err != nil || n != 0 {
+			t.Errorf("%s left: %d (%v)", what, n, err)
+		}
+	}
+}
+
+// waitGone waits until get reports NotFound.
+func waitGone(t *testing.T, what string, get func() error) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		err := get()
+		if apierrors.IsNotFound(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still there after a minute (%v)", what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func waitBuild(t *testing.T, s *harness.Server, id int64, within time.Duration) *build.Build {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		r := s.Hangar("build", "show", fmt.Sprint(id), "--json")
+		var b build.Build
+		if err := json.Unmarshal([]byte(r.Stdout), &b); err != nil {
+			t.Fatalf("build show: %v: %s %s", err, r.Stdout, r.Stderr)
+		}
+		if b.Status.Done() {
+			return &b
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("build %d still %s after %s; server:\n%s", id, b.Status, within, s.Log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
