@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -37,7 +38,7 @@ workflows:
           printf 'split=%s' "${PLAY_TOKEN:0:7}"; printf '%s\n' "${PLAY_TOKEN:7}"
           echo "url=$URL shared=$SHARED"
           echo "store=$CM_KEYSTORE_PASSWORD key=$CM_KEY_PASSWORD alias=$CM_KEY_ALIAS"
-          echo "mode=$(stat -c %a "$CM_KEYSTORE_PATH") sha=$(sha256sum < "$CM_KEYSTORE_PATH" | cut -c1-16)"
+          echo "mode=$(stat -c %a "$CM_KEYSTORE_PATH") owner=$(stat -c %U "$CM_KEYSTORE_PATH") sha=$(sha256sum < "$CM_KEYSTORE_PATH" | cut -c1-16)"
           case "$CM_KEYSTORE_PATH" in "$HOME"/*) echo "under-home=yes";; esac
   missing:
     environment:
@@ -52,13 +53,30 @@ workflows:
 `
 
 // TestSecrets: groups set with the CLI (one from a dotenv file, global) and
-// a keystore reach a build on the host driver; its log shows every secret
-// as *****, the keystore is readable at $CM_KEYSTORE_PATH (0600, under the
-// build's home); a missing group and ios_signing refuse the build at start;
-// no value shows in the CLI's answers or the server's log.
+// a keystore reach a build on the host and sandbox drivers; its log shows
+// every secret as *****, the keystore is readable at $CM_KEYSTORE_PATH (0600,
+// under the build's home, the build user's); a missing group and
+// ios_signing refuse the build at start; no value shows in the CLI's
+// answers or the server's log.
 func TestSecrets(t *testing.T) {
-	s := harness.StartServer(t, harness.Options{Driver: "host"})
-	f := &fixture{t: t, s: s, run: marker(), driver: "host"}
+	for _, driver := range []string{"host", "sandbox"} {
+		t.Run(driver, func(t *testing.T) { testSecrets(t, driver) })
+	}
+}
+
+func testSecrets(t *testing.T, driver string) {
+	var args []string
+	if driver == "sandbox" {
+		if os.Geteuid() != 0 {
+			t.Skip("the sandbox driver needs root")
+		}
+		if _, err := exec.LookPath("runc"); err != nil {
+			t.Skip("the sandbox driver needs runc (apt-get install runc)")
+		}
+		args = []string{"--sandbox-bridge", testBridge, "--sandbox-subnet", testSubnet}
+	}
+	s := harness.StartServer(t, harness.Options{Driver: driver, Args: args})
+	f := &fixture{t: t, s: s, run: marker(), driver: driver, bridge: testBridge}
 	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": strings.ReplaceAll(secretsFile, "{{run}}", f.run)})
 	r := s.Hangar("app", "add", "demo", "--repo", f.repo.Path)
 	if r.Code != 0 {
@@ -106,13 +124,21 @@ func TestSecrets(t *testing.T) {
 		t.Errorf("group list:\n%s", list)
 	}
 
+	owner := "builder" // the sandbox's build user
+	if driver == "host" {
+		u, err := user.Current()
+		if err != nil {
+			t.Fatal(err)
+		}
+		owner = u.Username
+	}
 	b, logs := f.wait(f.start("--workflow signed").ID, 2*time.Minute)
 	if b.Status != build.Finished {
 		t.Fatalf("signed: %s %s\n%s", b.Status, b.Message, logs)
 	}
 	for _, want := range []string{
 		"token=*****\n", "split=*****\n", "url=https://api.example.invalid/*****/x shared=*****\n",
-		"store=***** key=***** alias=upload\n", "mode=600 sha=" + hex.EncodeToString(sum[:8]) + "\n", "under-home=yes\n",
+		"store=***** key=***** alias=upload\n", "mode=600 owner=" + owner + " sha=" + hex.EncodeToString(sum[:8]) + "\n", "under-home=yes\n",
 		"Environment variable groups: play, shared (3 variables; their values are hidden in this log)",
 	} {
 		if !strings.Contains(logs, want) {
