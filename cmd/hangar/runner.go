@@ -145,7 +145,7 @@ func runnerListCmd(cf *clientFlags) *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tHOST\tLABELS\tCAPACITY\tRUNNING\tLAST SEEN\tSTATE")
+			fmt.Fprintln(tw, "NAME\tHOST\tLABELS\tCAPACITY\tRUNNING\tSSH\tLAST SEEN\tSTATE")
 			for _, r := range list {
 				labels := strings.Join(r.Labels, ",")
 				if labels == "" {
@@ -167,7 +167,11 @@ func runnerListCmd(cf *clientFlags) *cobra.Command {
 				if r.Server {
 					state += " (server)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Name, r.Host, labels, strconv.Itoa(r.Capacity), r.Running, seen, state)
+				ssh := "no"
+				if r.SSH {
+					ssh = "yes"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Name, r.Host, labels, strconv.Itoa(r.Capacity), r.Running, ssh, seen, state)
 			}
 			return tw.Flush()
 		},

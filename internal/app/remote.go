@@ -129,6 +129,8 @@ func NewRunner(ctx context.Context, cfg RunnerConfig) (r *RemoteRunner, err erro
 		}
 		rcfg.Images = images
 	}
+	// Its claims take no SSH build; should one come, it fails saying why.
+	rcfg.NoSSHReason = fmt.Sprintf("runner %s runs no SSH builds: it runs on another host than the servers, and no SSH gateway that both its builders and users reach is under its control (see docs/deploy.md#gateways)", r.name)
 	r.run = runner.New(rcfg)
 	log.Info("hangar runner started", "runner", r.name, "servers", strings.Join(cfg.Servers, ","), "labels", strings.Join(cfg.Labels, ","),
 		"capacity", cfg.Machines.MaxBuilds, "driver", r.driver.Name(), "data", data)

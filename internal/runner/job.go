@@ -215,6 +215,9 @@ func (j *job) prepare() *outcome {
 	}
 	j.hello = link.Hello{Name: j.name, Addr: j.r.cfg.LinkAddr, HostKey: j.r.hostKey, Key: string(pem.EncodeToMemory(pemBlock))}
 	if (b.SSH.Enabled || j.spec.SSHOnFailure) && j.r.cfg.SSH == nil {
+		if j.r.cfg.NoSSHReason != "" {
+			return failed(j.r.cfg.NoSSHReason)
+		}
 		return failed("SSH access is not available on this server")
 	}
 	if b.SSH.Enabled || j.spec.SSHOnFailure {

@@ -98,8 +98,10 @@ type Config struct {
 	// confirm that it closed its SSH sessions (default 5 seconds).
 	RevokeTimeout time.Duration
 	Logger        *slog.Logger
-	// SSH enables SSH builds; nil refuses them.
-	SSH *SSHConfig
+	// SSH enables SSH builds; nil refuses them, failing them with
+	// NoSSHReason (default: "SSH access is not available on this server").
+	SSH         *SSHConfig
+	NoSSHReason string
 	// Clock is the runner's time (nil: the system clock).
 	Clock Clock
 	// Images gives isolated machines their root; nil for drivers that

@@ -839,3 +839,13 @@ func TestEndedElsewhere(t *testing.T) {
 		t.Errorf("the build: %s %q, want the server's end", got.Status, got.Message)
 	}
 }
+
+// TestNoSSHReason: a runner without SSH fails an SSH build with its reason.
+func TestNoSSHReason(t *testing.T) {
+	const why = "runner r runs no SSH builds: no gateway"
+	e := newEnv(t, passing, func(c *Config) { c.SSH, c.NoSSHReason = nil, why })
+	b := e.queue(true, time.Hour)
+	if got := e.ended(b.ID); got.Status != build.Failed || got.Message != why {
+		t.Errorf("the SSH build: %s %q, want failed %q", got.Status, got.Message, why)
+	}
+}

@@ -277,3 +277,65 @@ func TestClientServers(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkClaim: a claim through the runner API (loopback HTTP) against a
+// claim on the store directly, on both databases.
+func BenchmarkClaim(b *testing.B) {
+	for _, name := range []string{"sqlite", "postgres"} {
+		b.Run(name, func(b *testing.B) {
+			var st *store.Store
+			var err error
+			if name == "sqlite" {
+				st, err = store.OpenSQLite(filepath.Join(b.TempDir(), "hangar.db"))
+			} else {
+				st, err = store.OpenPostgres(context.Background(), pgtest.DB(b))
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer st.Close()
+			ctx := context.Background()
+			if err := st.CreateApp(ctx, &store.App{Name: "demo", Repo: "/r"}); err != nil {
+				b.Fatal(err)
+			}
+			tok := server.RunnerTokenPrefix + "bench"
+			rn, err := st.CreateRunner(ctx, "bench", server.HashToken(tok))
+			if err != nil {
+				b.Fatal(err)
+			}
+			log := slog.New(slog.NewTextHandler(io.Discard, nil))
+			srv := httptest.NewServer(New(Config{Store: st, Logger: log, StaleAfter: time.Minute}))
+			defer srv.Close()
+			c := NewClient([]string{srv.URL}, tok, log)
+			if _, err := c.Start(ctx, StartRequest{Host: "h", Labels: []string{"linux"}, Capacity: 1}); err != nil {
+				b.Fatal(err)
+			}
+			queue := func(n int) {
+				for range n {
+					bld := &build.Build{App: "demo", Status: build.Queued, Trigger: build.Manual, Steps: []build.Step{}}
+					if err := st.CreateBuild(ctx, bld, []byte(`{"instance_type":"linux"}`)); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			for _, via := range []string{"store", "api"} {
+				b.Run(via, func(b *testing.B) {
+					queue(b.N)
+					direct := st.ForRunner(store.Claim{Runner: rn.ID, Labels: []string{"linux"}, NoSSH: true})
+					b.ResetTimer()
+					for range b.N {
+						var err error
+						if via == "api" {
+							_, _, err = c.ClaimBuild(ctx)
+						} else {
+							_, _, err = direct.ClaimBuild(ctx)
+						}
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+			}
+		})
+	}
+}
