@@ -110,8 +110,9 @@ func loopbackAddr(t *testing.T) string {
 // tunnel is held by gateway a; OpenSSH reaches the build through gateway
 // b, which forwards the hop to a over the peer link, and trusts b by the
 // host CA alone (@cert-authority, StrictHostKeyChecking=yes). Gateway a
-// is killed: the builder's tunnel comes back through b, and a new
-// connection gets in. The runner hears the gateways' events, and the end
+// is killed: the builder's tunnel comes back through b, the login shell
+// whose connection went with a is re-attached by the next connection,
+// and new connections and the browser terminal get in. The runner hears the gateways' events, and the end
 // of the build closes access on the gateways.
 func TestGateways(t *testing.T) {
 	for _, bin := range []string{"ssh", "bash"} {
@@ -178,6 +179,16 @@ func TestGateways(t *testing.T) {
 	// The runner heard it: the build's events have the connection.
 	waitGatewayEvent(t, s, id, "ssh_connect")
 
+	// A login shell through b, over the tunnel that a holds.
+	cfgDir := filepath.Join(t.TempDir(), "cfg")
+	if r := f.hangar(fmt.Sprintf("build ssh-config %d --dir %s", id, cfgDir)); r.Code != 0 {
+		t.Fatalf("ssh-config: %s", r.Stderr)
+	}
+	conf := filepath.Join(cfgDir, "config")
+	live := startLive(t, sf, "ssh", "-F", conf, "-tt", alias)
+	live.typeLine(`export KEPT=v$((40+2)); echo "before-$((1+1))-kill"`)
+	live.waitOut("before-2-kill")
+
 	// a dies: the builder's tunnel comes back through the one address,
 	// on b, and a new connection gets in.
 	if err := a.cmd.Process.Kill(); err != nil {
@@ -187,6 +198,15 @@ func TestGateways(t *testing.T) {
 	killed := time.Now()
 	waitHolder(alias, "b")
 	t.Logf("the builder's tunnel was back, through b, %v after gateway a was killed", time.Since(killed).Round(time.Millisecond))
+	// The shell's connection went with a, the shell stayed: the next
+	// connection gets it back.
+	if code := live.waitExit(); code == 0 {
+		t.Errorf("the session through the killed gateway's tunnel ended with status 0")
+	}
+	waitEvent(t, sf, id, "ssh_login_detach", "shell 1")
+	again := startLive(t, sf, "ssh", "-F", conf, "-tt", alias)
+	again.typeLine(`echo "kept=$KEPT"`)
+	again.waitOut("kept=v42")
 	if r := sf.run("bash", script, "echo", "after-failover-"+f.run); r.Code != 0 || r.Stdout != "after-failover-"+f.run+"\n" {
 		t.Fatalf("after gateway a died: exit %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
 	}
