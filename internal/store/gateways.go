@@ -259,7 +259,7 @@ func (s *Store) PruneGatewayEvents(ctx context.Context, before time.Time) error 
 	return err
 }
 
-// gatewaysSchema holds what gateways share (migration 22).
+// gatewaysSchema holds what gateways share (migration 17).
 const gatewaysSchema = `
 CREATE TABLE IF NOT EXISTS gateway_access (
 	alias TEXT PRIMARY KEY,

@@ -122,11 +122,11 @@ var migrations = []migration{
 	{version: 14, name: "caches", sql: cachesSchema},
 	// Runners (runners.go): each server's own and those on other hosts,
 	// and the runner that claimed each build.
-	{version: 16, name: "runners", sql: runnersSchema},
-	{version: 17, name: "builds.runner_id", run: addColumn("builds", "runner_id", "{{int}}")},
+	{version: 15, name: "runners", sql: runnersSchema},
+	{version: 16, name: "builds.runner_id", run: addColumn("builds", "runner_id", "{{int}}")},
 	// Several gateways: builds' access state, the registry of tunnels,
 	// the gateways' events (gateways.go).
-	{version: 22, name: "gateway access, routes and events", sql: gatewaysSchema, postgres: gatewaysNotify},
+	{version: 17, name: "gateway access, routes and events", sql: gatewaysSchema, postgres: gatewaysNotify},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;

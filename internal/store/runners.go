@@ -21,7 +21,7 @@ import (
 // earlier run of it left running. Any server sweeps: the builds of a runner
 // silent for longer than the stale bound fail, with a message naming it.
 
-// runnersSchema is migration 16.
+// runnersSchema is migration 15.
 const runnersSchema = `
 CREATE TABLE IF NOT EXISTS runners (
 	id {{serial}},
