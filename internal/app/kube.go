@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/hangar-ci/hangar/internal/image"
 	"github.com/hangar-ci/hangar/internal/machine"
@@ -37,7 +38,8 @@ func newKubeDriver(cfg Config, data string, log *slog.Logger) (*kube.Driver, err
 		if err != nil {
 			return nil, fmt.Errorf("--kube-server-id: none given, and no host name: %w", err)
 		}
-		id = host
+		// Host names are case-insensitive; object names are lowercase.
+		id = strings.ToLower(host)
 	}
 	kc := kube.Config{
 		Kubeconfig:       k.Kubeconfig,

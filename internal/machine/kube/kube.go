@@ -78,9 +78,9 @@ type Config struct {
 	Kubeconfig string
 	// Namespace holds the machines (required).
 	Namespace string
-	// ServerID names this server among those that share the namespace: a
-	// label value (up to 63 letters, digits, '-', '_', '.'; starting and
-	// ending with a letter or digit). Required.
+	// ServerID names this server among those that share the namespace; it
+	// is in the objects' names and labels: up to 40 lowercase letters,
+	// digits and inner '-'. Required.
 	ServerID string
 	// LinkListen is the address the builder link listens on, e.g.
 	// "0.0.0.0:7443" (required); LinkAddr is the host:port Pods dial to
@@ -122,8 +122,9 @@ type Config struct {
 	Logger       *slog.Logger
 }
 
-// labelValueRE is what a label value may be (non-empty).
-var labelValueRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$`)
+// serverIDRE is what a server id may be: a DNS label short enough that
+// hangar-ID-build-N is one too.
+var serverIDRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$`)
 
 // Driver runs machines as Pods. Create it with New.
 type Driver struct {
@@ -204,8 +205,8 @@ func (c Config) check() error {
 	switch {
 	case c.Namespace == "":
 		return errors.New("no namespace: set one (hangar server --namespace)")
-	case !labelValueRE.MatchString(c.ServerID):
-		return fmt.Errorf("server id %q: want up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit (hangar server --kube-server-id)", c.ServerID)
+	case !serverIDRE.MatchString(c.ServerID):
+		return fmt.Errorf("server id %q: want up to 40 lowercase letters, digits and inner '-' (hangar server --kube-server-id)", c.ServerID)
 	case c.LinkListen == "":
 		return errors.New("no link address to listen on (hangar server --kube-link-listen)")
 	case c.BuilderImage == "":
@@ -214,8 +215,17 @@ func (c Config) check() error {
 		return errors.New("a repository claim needs its directory and the other way round")
 	}
 	if c.LinkAddr != "" {
-		if _, _, err := net.SplitHostPort(c.LinkAddr); err != nil {
+		if host, _, err := net.SplitHostPort(c.LinkAddr); err != nil || host == "" {
 			return fmt.Errorf("link address %q: want host:port (hangar server --kube-link-addr)", c.LinkAddr)
+		}
+	} else {
+		// Pods are told the listener's address: it must be one.
+		host, _, err := net.SplitHostPort(c.LinkListen)
+		if err != nil {
+			return fmt.Errorf("link listen address %q: want host:port (hangar server --kube-link-listen)", c.LinkListen)
+		}
+		if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
+			return fmt.Errorf("the link listens on all addresses (%s): say at which address Pods reach it (hangar server --kube-link-addr HOST:PORT)", c.LinkListen)
 		}
 	}
 	for _, p := range append(c.EgressAllow, c.EgressDeny...) {

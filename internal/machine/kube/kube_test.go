@@ -70,8 +70,9 @@ func (s *started) pod(name string) (*corev1.Pod, *networkingv1.NetworkPolicy, *c
 // TestBuildThroughKube runs `hangar server --driver kube` against a real
 // API server, with the stand-in kubelet running the Pods: a build runs end
 // to end, its Pod, Secret and NetworkPolicy are what the instance type and
-// the config ask, and all are gone after the build; the objects an earlier
-// run of the server left are reaped at start, another server's are not.
+// the config ask, and all are gone after the build; an SSH build is
+// reached with OpenSSH and cancelled; the objects an earlier run of the
+// server left are reaped at start, another server's are not.
 func TestBuildThroughKube(t *testing.T) {
 	needRoot(t)
 	c := kubetest.Start(t)
@@ -226,6 +227,56 @@ func TestBuildThroughKube(t *testing.T) {
 	}
 	if n := k.ProcessesOf(name); len(n) > 0 {
 		t.Errorf("processes of %s left: %v", name, n)
+	}
+
+	// An SSH build: the builder in the Pod opens its tunnel over the link
+	// it dialled, and OpenSSH reaches the build's shell through the
+	// gateway; cancelling the build removes the Pod.
+	r = s.Hangar("build", "start", "demo", "--json", "--workflow", "pass", "--ssh")
+	if r.Code != 0 {
+		t.Fatalf("build start --ssh: %d %s", r.Code, r.Stderr)
+	}
+	if err := json.Unmarshal([]byte(r.Stdout), &b); err != nil {
+		t.Fatal(err)
+	}
+	waitSSH(t, s, b.ID)
+	env := []string{"HOME=" + t.TempDir(), "HANGAR_TOKEN=" + s.Token}
+	id := fmt.Sprint(b.ID)
+	if r := s.HangarEnv(env, "ssh", id, "--", "hostname; printenv FCI_BUILD_DIR"); r.Code != 0 || r.Stdout != build.Alias(b.ID)+"\n/home/builder/clone\n" {
+		t.Errorf("hangar ssh: %d %q %q", r.Code, r.Stdout, r.Stderr)
+	}
+	if r := s.Hangar("build", "cancel", id); r.Code != 0 {
+		t.Fatalf("build cancel: %d %s", r.Code, r.Stderr)
+	}
+	if done := waitBuild(t, s, b.ID, time.Minute); done.Status != build.Canceled {
+		t.Errorf("SSH build %s (%s), want canceled", done.Status, done.Message)
+	}
+	podName = kube.PodName(serverID, build.Alias(b.ID))
+	if _, err := c.Client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("Pod after the SSH build: %v, want it deleted", err)
+	}
+	if n := k.ProcessesOf(build.Alias(b.ID)); len(n) > 0 {
+		t.Errorf("processes of the SSH build left: %v", n)
+	}
+}
+
+// waitSSH waits until build id's SSH access is ready.
+func waitSSH(t *testing.T, s *harness.Server, id int64) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		r := s.Hangar("build", "show", fmt.Sprint(id), "--json")
+		var b build.Build
+		if err := json.Unmarshal([]byte(r.Stdout), &b); err != nil {
+			t.Fatalf("build show: %v: %s %s", err, r.Stdout, r.Stderr)
+		}
+		if b.SSH.State == build.SSHReady || b.SSH.State == build.SSHConnected {
+			return
+		}
+		if b.Status.Done() || time.Now().After(deadline) {
+			t.Fatalf("build %d: SSH never ready (%s, ssh %s: %s); server:\n%s", id, b.Status, b.SSH.State, b.Message, s.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

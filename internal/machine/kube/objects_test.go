@@ -3,6 +3,7 @@ package kube
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -74,5 +75,37 @@ func TestRepoMounts(t *testing.T) {
 	}
 	if _, err := (&Driver{}).repoMounts([]machine.Mount{{Source: "/data/repos/a.git", Target: "/x"}}); err == nil {
 		t.Error("a mount without a claim was accepted")
+	}
+}
+
+func TestConfigCheck(t *testing.T) {
+	ok := Config{Namespace: "ci", ServerID: "hangar-1", LinkListen: "0.0.0.0:7443", LinkAddr: "10.0.0.5:7443", BuilderImage: "r/hangar:1"}
+	if err := ok.check(); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	for _, c := range []struct {
+		name string
+		edit func(*Config)
+		want string
+	}{
+		{"no namespace", func(c *Config) { c.Namespace = "" }, "--namespace"},
+		{"uppercase id", func(c *Config) { c.ServerID = "Hangar" }, "--kube-server-id"},
+		{"long id", func(c *Config) { c.ServerID = strings.Repeat("a", 41) }, "--kube-server-id"},
+		{"no builder image", func(c *Config) { c.BuilderImage = "" }, "--kube-builder-image"},
+		{"all addresses, no link address", func(c *Config) { c.LinkAddr = "" }, "--kube-link-addr"},
+		{"no port", func(c *Config) { c.LinkAddr = "10.0.0.5" }, "--kube-link-addr"},
+		{"IPv6 egress", func(c *Config) { c.Egress, c.EgressAllow = true, []netip.Prefix{netip.MustParsePrefix("fd00::/8")} }, "IPv4"},
+		{"claim without dir", func(c *Config) { c.ReposClaim = "repos" }, "claim"},
+	} {
+		cfg := ok
+		c.edit(&cfg)
+		if err := cfg.check(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error naming %s", c.name, err, c.want)
+		}
+	}
+	loopback := ok
+	loopback.LinkAddr, loopback.LinkListen = "", "127.0.0.1:0"
+	if err := loopback.check(); err != nil {
+		t.Errorf("a loopback listener without link address: %v", err)
 	}
 }
