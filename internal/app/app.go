@@ -199,7 +199,7 @@ func New(cfg Config) (a *App, err error) {
 		Runners: a.store, RunnerStaleAfter: StaleAfter,
 		RunnerAPI: runnerapi.New(runnerapi.Config{Store: a.store, Logger: log, StaleAfter: StaleAfter})}
 	if !cfg.NoRunner {
-		if err := a.newRunner(ctx, cfg, data, exe, name, mirrors, &scfg); err != nil {
+		if _, err := a.newRunner(ctx, cfg, data, exe, name, mirrors, &scfg); err != nil {
 			return nil, err
 		}
 	}
@@ -231,20 +231,20 @@ func New(cfg Config) (a *App, err error) {
 }
 
 // newRunner makes the server's own runner called name: its driver, builder
-// link, SSH gateway (unless SSH is off) and runner, and wires them into
-// the API's scfg. At start it fails the builds that an earlier run of it
-// left running.
-func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string, mirrors *gitrepo.Mirrors, scfg *server.Config) error {
+// link, SSH gateway (unless SSH is off) and runner (a.run, which it
+// returns), and wires them into the API's scfg. At start it fails the
+// builds that an earlier run of it left running.
+func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string, mirrors *gitrepo.Mirrors, scfg *server.Config) (*runner.Runner, error) {
 	log := a.log
 	hostKey, err := sshca.LoadOrCreateKey(filepath.Join(data, "link_host_key"), "hangar link")
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	// The driver destroys the machines an earlier server of this data dir
 	// left running (a crash, SIGKILL); then their builds end.
 	if a.driver, err = newDriver(cfg, data, log); err != nil {
-		return err
+		return nil, err
 	}
 	msg := InterruptedMessage
 	if a.driver.Name() == "sandbox" {
@@ -252,20 +252,20 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 	}
 	// The runner's identity: other servers' runners keep their builds.
 	if a.runnerID, err = a.store.ServerRunner(ctx, name); err != nil {
-		return err
+		return nil, err
 	}
 	a.session = newSession()
 	info := store.RunnerInfo{Host: hostName(), Capacity: cfg.MaxBuilds, Driver: a.driver.Name(), SSH: cfg.SSH != "off"}
 	if err := a.store.StartRunner(ctx, a.runnerID, info, a.session, StaleAfter); err != nil {
-		return err
+		return nil, err
 	}
 	if n, err := a.store.FailRunnerBuilds(ctx, a.runnerID, msg); err != nil {
-		return err
+		return nil, err
 	} else if n > 0 {
 		log.Warn("builds interrupted by an earlier stop (crash or kill) marked failed", "count", n)
 	}
 	if a.linkLn, err = a.driver.Listen(); err != nil {
-		return fmt.Errorf("builder link: %w", err)
+		return nil, fmt.Errorf("builder link: %w", err)
 	}
 	a.linkSrv = &link.Server{HostKey: hostKey, Logger: log}
 	rcfg := runner.Config{
@@ -276,7 +276,7 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 	if a.driver.Isolated() {
 		images, err := openImages(ctx, cfg, data, scfg.InstanceTypes.Names(), log)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rcfg.Images = images
 	}
@@ -292,26 +292,26 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		keys := filepath.Join(data, "ssh")
 		ca, err := sshca.LoadOrCreateCA(filepath.Join(keys, "user_ca"))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		gwKeyPath := filepath.Join(keys, "gateway_host_key")
 		gwKey, err := sshca.LoadOrCreateKey(gwKeyPath, "hangar gateway")
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := sshalgo.CheckHostKey(gwKey); err != nil {
-			return fmt.Errorf("%s: %w; move it away to make a new one", gwKeyPath, err)
+			return nil, fmt.Errorf("%s: %w; move it away to make a new one", gwKeyPath, err)
 		}
 		sealer, err := sshca.LoadOrCreateSealer(filepath.Join(keys, "seal.key"))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		urlKey, err := sshca.LoadOrCreateSecret(filepath.Join(keys, "url.key"))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if a.sshLn, err = net.Listen("tcp", cfg.SSH); err != nil {
-			return fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
+			return nil, fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
 		}
 		a.gw = &gateway.Gateway{HostKey: gwKey, CA: ca.PublicKey(), Logger: log, HandshakeTimeout: cfg.SSHHandshake,
 			MaxConns: cfg.SSHMaxConns, MaxUnauthenticated: cfg.SSHMaxUnauthenticated,
@@ -330,7 +330,7 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		a.gw.Events = a.run.GatewayEvent
 	}
 	scfg.Continue, scfg.Extend = a.run.Continue, a.run.Extend
-	return nil
+	return a.run, nil
 }
 
 // release closes the listeners, the driver (its shared resources, after
