@@ -104,7 +104,7 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.Kube.User, "kube-user", "", "kube driver: account steps run as, which the images must have (default: the image's user)")
 	f.StringVar(&cfg.Kube.ReposClaim, "kube-repos-claim", "", "kube driver: PersistentVolumeClaim holding <data>/repos (the repository mirrors), mounted read-only by builder Pods")
 	f.IntVar(&cfg.MaxBuilds, "max-builds", 10, "builds that run at once")
-	f.BoolVar(&cfg.NoRunner, "no-runner", false, "run no builds here (API only): other servers' runners and hangar runners run them (PostgreSQL)")
+	f.BoolVar(&cfg.NoRunner, "no-runner", false, "run no builds here (API only): other servers' runners (on a shared PostgreSQL) and hangar runners run them")
 	f.Var(&egress, "sandbox-egress", "on: sandbox machines reach public IPv4 addresses (NAT; never the host, other machines, private, CGNAT or link-local networks); off: nothing outside")
 	f.Lookup("sandbox-egress").NoOptDefVal = "on"
 	f.StringSliceVar(&egressAllow, "sandbox-egress-allow", nil, "IPv4 networks (CIDR, comma-separated) sandbox machines may reach although private, e.g. an artifact proxy at 10.1.2.3/32")

@@ -248,7 +248,7 @@ func New(cfg Config) (a *App, err error) {
 		RunnerAPI: runnerapi.New(runnerapi.Config{Store: a.store, Logger: log, StaleAfter: StaleAfter}),
 		Secrets:   a.vault, Files: a.files}
 	if !cfg.NoRunner {
-		if err := a.newRunner(ctx, cfg, data, exe, name, mirrors, &scfg); err != nil {
+		if _, err := a.newRunner(ctx, cfg, data, exe, name, mirrors, &scfg); err != nil {
 			return nil, err
 		}
 	}
@@ -287,20 +287,20 @@ func New(cfg Config) (a *App, err error) {
 }
 
 // newRunner makes the server's own runner called name: its driver, builder
-// link, SSH gateway (unless SSH is off) and runner, and wires them into
-// the API's scfg. At start it fails the builds that an earlier run of it
-// left running.
-func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string, mirrors *gitrepo.Mirrors, scfg *server.Config) error {
+// link, SSH gateway (unless SSH is off) and runner (a.run, which it
+// returns), and wires them into the API's scfg. At start it fails the
+// builds that an earlier run of it left running.
+func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string, mirrors *gitrepo.Mirrors, scfg *server.Config) (*runner.Runner, error) {
 	log := a.log
 	hostKey, err := sshca.LoadOrCreateKey(filepath.Join(data, "link_host_key"), "hangar link")
 	if err != nil {
-		return err
+		return nil, err
 	}
 
 	// The driver destroys the machines an earlier server of this data dir
 	// left running (a crash, SIGKILL); then their builds end.
 	if a.driver, err = newDriver(cfg, data, log); err != nil {
-		return err
+		return nil, err
 	}
 	msg := InterruptedMessage
 	if a.driver.Name() == "sandbox" || a.driver.Name() == "kube" {
@@ -308,20 +308,20 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 	}
 	// The runner's identity: other servers' runners keep their builds.
 	if a.runnerID, err = a.store.ServerRunner(ctx, name); err != nil {
-		return err
+		return nil, err
 	}
 	a.session = newSession()
 	info := store.RunnerInfo{Host: hostName(), Capacity: cfg.MaxBuilds, Driver: a.driver.Name(), SSH: cfg.SSH != "off"}
 	if err := a.store.StartRunner(ctx, a.runnerID, info, a.session, StaleAfter); err != nil {
-		return err
+		return nil, err
 	}
 	if n, err := a.store.FailRunnerBuilds(ctx, a.runnerID, msg); err != nil {
-		return err
+		return nil, err
 	} else if n > 0 {
 		log.Warn("builds interrupted by an earlier stop (crash or kill) marked failed", "count", n)
 	}
 	if a.linkLn, err = a.driver.Listen(); err != nil {
-		return fmt.Errorf("builder link: %w", err)
+		return nil, fmt.Errorf("builder link: %w", err)
 	}
 	a.linkSrv = &link.Server{HostKey: hostKey, Logger: log}
 	linkAddr := a.linkLn.Addr().String()
@@ -344,13 +344,13 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 	case a.driver.Name() == "kube":
 		images, err := newKubeImages(cfg, scfg.InstanceTypes.Names())
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rcfg.Images = images
 	case a.driver.Isolated():
 		images, err := openImages(ctx, cfg, data, scfg.InstanceTypes.Names(), log)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rcfg.Images = images
 	}
@@ -366,46 +366,46 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		keys := filepath.Join(data, "ssh")
 		ca, err := sshca.LoadOrCreateCA(filepath.Join(keys, "user_ca"))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		// For separate gateways (hangar gateway --user-ca).
 		if err := os.WriteFile(filepath.Join(keys, "user_ca.pub"), ssh.MarshalAuthorizedKey(ca.PublicKey()), 0o644); err != nil {
-			return err
+			return nil, err
 		}
 		gwKeyPath := filepath.Join(keys, "gateway_host_key")
 		gwKey, err := sshca.LoadOrCreateKey(gwKeyPath, "hangar gateway")
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := sshalgo.CheckHostKey(gwKey); err != nil {
-			return fmt.Errorf("%s: %w; move it away to make a new one", gwKeyPath, err)
+			return nil, fmt.Errorf("%s: %w; move it away to make a new one", gwKeyPath, err)
 		}
 		// Every gateway presents a host certificate of the host CA, which
 		// the generated known_hosts trusts (docs/gateways.md).
 		hostCA, err := sshca.LoadOrCreateHostCA(filepath.Join(keys, "host_ca"))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		gwCert, _, err := hostCA.HostSigner(gwKey)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		sealer, err := sshca.LoadOrCreateSealer(filepath.Join(keys, "seal.key"))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		urlKey, err := sshca.LoadOrCreateSecret(filepath.Join(keys, "url.key"))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if cfg.GatewayAddr != "" {
 			if cfg.Database == "" {
-				return errors.New("--gateway-addr: separate gateways share the server's state through PostgreSQL: set --database")
+				return nil, errors.New("--gateway-addr: separate gateways share the server's state through PostgreSQL: set --database")
 			}
 			_, port, err := net.SplitHostPort(cfg.GatewayAddr)
 			pn, perr := strconv.Atoi(port)
 			if err != nil || perr != nil {
-				return fmt.Errorf("--gateway-addr %q: want host:port, e.g. gateways.example.com:2222", cfg.GatewayAddr)
+				return nil, fmt.Errorf("--gateway-addr %q: want host:port, e.g. gateways.example.com:2222", cfg.GatewayAddr)
 			}
 			a.control = &cluster.Control{Store: a.store, Logger: log}
 			rcfg.SSH = &runner.SSHConfig{CA: ca, Sealer: sealer, Gateway: a.control, Store: a.store, AfterSteps: cfg.SSHAfterSteps,
@@ -418,7 +418,7 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 			log.Info("SSH through separate gateways", "gateway_addr", cfg.GatewayAddr)
 		} else {
 			if a.sshLn, err = net.Listen("tcp", cfg.SSH); err != nil {
-				return fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
+				return nil, fmt.Errorf("--ssh %s: %w", cfg.SSH, err)
 			}
 			a.gw = &gateway.Gateway{HostKey: gwKey, HostCert: gwCert, CA: ca.PublicKey(), Logger: log, HandshakeTimeout: cfg.SSHHandshake,
 				MaxConns: cfg.SSHMaxConns, MaxUnauthenticated: cfg.SSHMaxUnauthenticated,
@@ -441,7 +441,7 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		a.control.Events = a.run.GatewayEvent
 	}
 	scfg.Continue, scfg.Extend = a.run.Continue, a.run.Extend
-	return nil
+	return a.run, nil
 }
 
 // release closes the listeners, the driver (its shared resources, after

@@ -154,10 +154,23 @@ func (c *Client) UpdateBuild(ctx context.Context, b *build.Build) (bool, error) 
 	return out.Written, nil
 }
 
+// maxLogBatch bounds the log bytes of one request (a runner that could
+// not reach the servers for a while sends what piled up in several, each
+// well below the server's body limit).
+const maxLogBatch = 8 << 20
+
 // AppendLog implements runner.Store.
 func (c *Client) AppendLog(ctx context.Context, id int64, chunks []build.LogChunk) error {
-	if err := c.call(ctx, http.MethodPost, buildPath(id, "/logs"), chunks, nil); err != nil {
-		return fmt.Errorf("append log of build %d: %w", id, err)
+	for len(chunks) > 0 {
+		n, size := 0, 0
+		for n < len(chunks) && (n == 0 || size+len(chunks[n].Data) <= maxLogBatch) {
+			size += len(chunks[n].Data)
+			n++
+		}
+		if err := c.call(ctx, http.MethodPost, buildPath(id, "/logs"), chunks[:n], nil); err != nil {
+			return fmt.Errorf("append log of build %d: %w", id, err)
+		}
+		chunks = chunks[n:]
 	}
 	return nil
 }

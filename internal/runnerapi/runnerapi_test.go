@@ -278,6 +278,51 @@ func TestClientServers(t *testing.T) {
 	})
 }
 
+// TestLogBatches: a pile of log chunks larger than the server takes in one
+// request (a runner that could not reach it for a while) goes in several.
+func TestLogBatches(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.CreateApp(ctx, &store.App{Name: "demo", Repo: "/r"}); err != nil {
+		t.Fatal(err)
+	}
+	tok := server.RunnerTokenPrefix + "t"
+	if _, err := st.CreateRunner(ctx, "r", server.HashToken(tok)); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv := httptest.NewServer(New(Config{Store: st, Logger: log, StaleAfter: time.Minute, MaxBody: 12 << 20}))
+	defer srv.Close()
+	c := NewClient([]string{srv.URL}, tok, log)
+	if _, err := c.Start(ctx, StartRequest{Host: "h", Labels: []string{"linux"}, Capacity: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateBuild(ctx, &build.Build{App: "demo", Status: build.Queued, Trigger: build.Manual, Steps: []build.Step{}}, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := c.ClaimBuild(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 4 chunks of 3 MiB: 16 MiB in base64 in one request, over the 12.
+	line := strings.Repeat("x", 3<<20-1) + "\n"
+	var chunks []build.LogChunk
+	for i := range 4 {
+		chunks = append(chunks, build.LogChunk{Seq: int64(i + 1), Lines: 1, Time: time.Now(), Data: []byte(line)})
+	}
+	if err := c.AppendLog(ctx, b.ID, chunks); err != nil {
+		t.Fatal(err)
+	}
+	lines, err := st.Logs(ctx, b.ID, 0, 10)
+	if err != nil || len(lines) != 4 {
+		t.Fatalf("stored %d lines, %v; want 4", len(lines), err)
+	}
+}
+
 // BenchmarkClaim: a claim through the runner API (loopback HTTP) against a
 // claim on the store directly, on both databases.
 func BenchmarkClaim(b *testing.B) {
