@@ -333,6 +333,9 @@ func TestPeerForwardAndFailover(t *testing.T) {
 	if _, _, err := c.user(lb.Addr, alias, cred); err == nil {
 		t.Fatal("a revoked build's credential got in")
 	}
+	// Forgotten by the runner: forgotten by the gateways.
+	control.Forget(alias, cred.PublicKey)
+	waitFor(t, "b forgets the build", func() bool { _, ok := b.g.Known(alias); return !ok })
 }
 
 func waitEvent(t *testing.T, evs <-chan gateway.Event, alias, kind string) {
