@@ -23,8 +23,7 @@ import (
 // build whose tunnel another gateway holds.
 type Cluster interface {
 	// BuilderKey reports whether key is the key of alias's builder, whose
-	// SSH access is open; it may bring the gateway's view of alias's
-	// access up to date first (Open).
+	// SSH access is open. The gateway asks only for builds it knows open.
 	BuilderKey(alias string, key ssh.PublicKey) bool
 	// Bound is told when this gateway starts (held) or stops holding
 	// alias's tunnel. It is called with the gateway's lock held: it must

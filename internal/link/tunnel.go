@@ -25,6 +25,9 @@ type Tunnel struct {
 	Serve func(net.Conn)
 	// State, if set, is told when the tunnel goes up (true) or down.
 	State func(up bool, err error)
+	// Keepalive is how often a tunnel to the gateways (Hello.Gateway)
+	// checks that its gateway answers (default KeepaliveInterval).
+	Keepalive time.Duration
 }
 
 // Run keeps the tunnel up until ctx ends.
@@ -66,7 +69,11 @@ func (t *Tunnel) once(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { sc.Close() })
 	defer stop()
 	if t.Hello.Gateway != "" {
-		go keepalive(ctx, sc)
+		every := t.Keepalive
+		if every <= 0 {
+			every = KeepaliveInterval
+		}
+		go keepalive(ctx, sc, every)
 	}
 	ok, _, err := sc.SendRequest("tcpip-forward", true, ssh.Marshal(&forwardRequest{Addr: t.Alias, Port: 22}))
 	if err != nil {
@@ -105,11 +112,11 @@ func (t *Tunnel) once(ctx context.Context) error {
 // given up for another.
 const KeepaliveInterval = 15 * time.Second
 
-// keepalive checks that sc's peer answers, every KeepaliveInterval, and
-// closes sc when it does not, until sc or ctx ends. The checks also keep
-// the gateway from closing the tunnel as idle.
-func keepalive(ctx context.Context, sc ssh.Conn) {
-	tick := time.NewTicker(KeepaliveInterval)
+// keepalive checks that sc's peer answers, every interval, and closes sc
+// when it does not answer within the interval, until sc or ctx ends. The
+// checks also keep the gateway from closing the tunnel as idle.
+func keepalive(ctx context.Context, sc ssh.Conn, every time.Duration) {
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		select {
@@ -117,7 +124,7 @@ func keepalive(ctx context.Context, sc ssh.Conn) {
 			return
 		case <-tick.C:
 		}
-		t := time.AfterFunc(KeepaliveInterval, func() { sc.Close() })
+		t := time.AfterFunc(every, func() { sc.Close() })
 		_, _, err := sc.SendRequest("keepalive@openssh.com", true, nil)
 		t.Stop()
 		if err != nil {

@@ -152,21 +152,24 @@ func (c *cluster) newBuild() (string, string, *sshca.Credential) {
 // does) to the gateways' address, an echo server behind it, until the
 // test ends; it reports the tunnel's ups and downs.
 func (c *cluster) tunnel(alias, hostPEM, addr string) <-chan bool {
-	return c.tunnelTo(alias, hostPEM, addr, func(nc net.Conn) {
-		defer nc.Close()
-		_, _ = io.Copy(nc, nc)
-	})
+	return c.tunnelTo(alias, hostPEM, addr, 0, echoServer)
+}
+
+func echoServer(nc net.Conn) {
+	defer nc.Close()
+	_, _ = io.Copy(nc, nc)
 }
 
 // tunnelTo is tunnel with serve behind it.
-func (c *cluster) tunnelTo(alias, hostPEM, addr string, serve func(net.Conn)) <-chan bool {
+func (c *cluster) tunnelTo(alias, hostPEM, addr string, keepalive time.Duration, serve func(net.Conn)) <-chan bool {
 	states := make(chan bool, 16)
 	tun := &link.Tunnel{
 		Hello: &link.Hello{Name: alias, SSHHostKey: hostPEM, Gateway: addr,
 			GatewayCA: string(ssh.MarshalAuthorizedKey(c.hostCA.PublicKey()))},
-		Alias: alias,
-		Serve: serve,
-		State: func(up bool, _ error) { states <- up },
+		Alias:     alias,
+		Serve:     serve,
+		State:     func(up bool, _ error) { states <- up },
+		Keepalive: keepalive,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -333,6 +336,38 @@ func TestPeerForwardAndFailover(t *testing.T) {
 	if _, _, err := c.user(lb.Addr, alias, cred); err == nil {
 		t.Fatal("a revoked build's credential got in")
 	}
+	// Forgotten by the runner: forgotten by the gateways.
+	control.Forget(alias, cred.PublicKey)
+	waitFor(t, "b forgets the build", func() bool { _, ok := b.g.Known(alias); return !ok })
+}
+
+// TestTunnelLeavesAHungGateway: a gateway that neither answers nor
+// closes (its host hangs) is given up by the builder's keepalive, and the
+// tunnel comes up again through the one address, on another gateway.
+func TestTunnelLeavesAHungGateway(t *testing.T) {
+	c := newCluster(t)
+	control := &Control{Store: c.st}
+	a, b := c.startNode("a"), c.startNode("b")
+	lb := gatewaytest.NewLB(t, a.addr)
+	alias, hostPEM, cred := c.newBuild()
+	control.Open(alias, cred.PublicKey)
+	waitFor(t, "a admits the build", func() bool { k, ok := a.g.Known(alias); return ok && k.Open })
+	waitFor(t, "b admits the build", func() bool { k, ok := b.g.Known(alias); return ok && k.Open })
+	states := c.tunnelTo(alias, hostPEM, lb.Addr, 200*time.Millisecond, echoServer)
+	waitState(t, states, true, "the tunnel, on a")
+	waitFor(t, "a's entry in the registry", func() bool { return c.routeOf(alias) == "a" })
+
+	lb.SetBackends(b.addr)
+	lb.Freeze() // a hangs
+	waitState(t, states, false, "a hung")
+	waitState(t, states, true, "the tunnel again, on b")
+	waitFor(t, "b's entry in the registry", func() bool { return c.routeOf(alias) == "b" })
+	client, nc, err := c.user(lb.Addr, alias, cred)
+	if err != nil {
+		t.Fatalf("after a hung: %v", err)
+	}
+	defer client.Close()
+	echo(t, nc, "after a hung\n")
 }
 
 func waitEvent(t *testing.T, evs <-chan gateway.Event, alias, kind string) {
@@ -407,7 +442,7 @@ func BenchmarkForward(b *testing.B) {
 	waitFor(b, "a admits the build", func() bool { k, ok := ga.g.Known(alias); return ok && k.Open })
 	const size = 64 << 20
 	chunk := make([]byte, 256<<10)
-	states := c.tunnelTo(alias, hostPEM, ga.addr, func(nc net.Conn) {
+	states := c.tunnelTo(alias, hostPEM, ga.addr, 0, func(nc net.Conn) {
 		defer nc.Close()
 		for n := 0; n < size; n += len(chunk) {
 			if _, err := nc.Write(chunk); err != nil {

@@ -166,9 +166,8 @@ func parseKey(s string) ssh.PublicKey {
 	return k
 }
 
-// apply brings the gateway's view of a.Alias to a. Calls for one alias
-// may race (the sync loop, a builder's authentication): the gateway's
-// methods are idempotent, and the last state read wins within a sync.
+// apply brings the gateway's view of a.Alias to a. Only the sync loop
+// calls it, in the order of its reads.
 func (n *Node) apply(a store.GatewayAccess) {
 	n.mu.Lock()
 	prev, known := n.applied[a.Alias]
@@ -195,7 +194,8 @@ func (n *Node) apply(a store.GatewayAccess) {
 
 // BuilderKey implements gateway.Cluster: key must be the SSH host key of
 // the build's machine (which only its builder holds), and the build's
-// access open.
+// access open in the store now. (It reads, and does not apply, the
+// access: a read that a later change overtook must not reopen it.)
 func (n *Node) BuilderKey(alias string, key ssh.PublicKey) bool {
 	n.init()
 	id, err := build.ParseAlias(alias)
@@ -205,11 +205,7 @@ func (n *Node) BuilderKey(alias string, key ssh.PublicKey) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	a, err := n.Store.GatewayAccessOf(ctx, alias)
-	if err != nil {
-		return false
-	}
-	n.apply(*a)
-	if !a.Open {
+	if err != nil || !a.Open {
 		return false
 	}
 	cred, err := n.Store.GetBuildSSH(ctx, id)

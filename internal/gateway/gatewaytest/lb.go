@@ -3,7 +3,6 @@
 package gatewaytest
 
 import (
-	"io"
 	"net"
 	"sync"
 	"testing"
@@ -21,6 +20,9 @@ type LB struct {
 	ln       net.Listener
 	wg       sync.WaitGroup
 	conns    map[net.Conn]struct{} // guarded by mu
+	seq      int                   // guarded by mu: connections relayed so far
+	frozen   int                   // guarded by mu: those before it are frozen
+	closing  chan struct{}         // closed by Close
 }
 
 // NewLB starts an LB in front of backends, closed at t's cleanup.
@@ -29,7 +31,7 @@ func NewLB(t testing.TB, backends ...string) *LB {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lb := &LB{Addr: ln.Addr().String(), backends: backends, ln: ln, conns: map[net.Conn]struct{}{}}
+	lb := &LB{Addr: ln.Addr().String(), backends: backends, ln: ln, conns: map[net.Conn]struct{}{}, closing: make(chan struct{})}
 	lb.wg.Add(1)
 	go lb.serve()
 	t.Cleanup(lb.Close)
@@ -40,6 +42,15 @@ func NewLB(t testing.TB, backends ...string) *LB {
 func (lb *LB) SetBackends(backends ...string) {
 	lb.mu.Lock()
 	lb.backends = backends
+	lb.mu.Unlock()
+}
+
+// Freeze stops moving bytes on the connections open now, as a host that
+// hangs (neither closing nor answering); connections made later move.
+// The frozen connections are closed with the LB.
+func (lb *LB) Freeze() {
+	lb.mu.Lock()
+	lb.frozen = lb.seq
 	lb.mu.Unlock()
 }
 
@@ -96,9 +107,31 @@ func (lb *LB) relay(c net.Conn) {
 		return
 	}
 	defer lb.track(up, false)
+	lb.mu.Lock()
+	seq := lb.seq
+	lb.seq++
+	lb.mu.Unlock()
 	done := make(chan struct{}, 2)
 	cp := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				lb.mu.Lock()
+				frozen := seq < lb.frozen
+				lb.mu.Unlock()
+				if frozen {
+					<-lb.closing
+					break
+				}
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
 		if tc, ok := dst.(*net.TCPConn); ok {
 			_ = tc.CloseWrite()
 		}
@@ -113,6 +146,13 @@ func (lb *LB) relay(c net.Conn) {
 // Close stops the LB and closes every connection through it.
 func (lb *LB) Close() {
 	lb.ln.Close()
+	lb.mu.Lock()
+	select {
+	case <-lb.closing:
+	default:
+		close(lb.closing)
+	}
+	lb.mu.Unlock()
 	lb.mu.Lock()
 	conns := lb.conns
 	lb.conns = nil
