@@ -2,6 +2,7 @@ package runnerapi
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/s2"
 
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
@@ -155,6 +158,22 @@ func TestRunnerAPI(t *testing.T) {
 			t.Fatal(err)
 		}
 		if lines, err := e.st.Logs(ctx, b.ID, 0, 10); err != nil || len(lines) != 2 || lines[1].Text != "two" {
+			t.Errorf("stored log: %+v, %v", lines, err)
+		}
+		// A compressed chunk is stored as it came, if the server can read
+		// it back: one that claims to decode to 4 GiB, or of an unknown
+		// encoding, is refused.
+		z := s2.Encode(nil, []byte("three\n"))
+		if err := c.AppendLog(ctx, b.ID, []build.LogChunk{{Seq: 3, Lines: 1, Time: now, Data: z, Encoding: build.LogS2}}); err != nil {
+			t.Fatal(err)
+		}
+		huge := append(binary.AppendUvarint(nil, 0xffffffff), z[1:]...)
+		for _, bad := range []build.LogChunk{{Seq: 4, Lines: 1, Time: now, Data: huge, Encoding: build.LogS2}, {Seq: 4, Lines: 1, Time: now, Data: z, Encoding: "zip"}} {
+			if err := c.AppendLog(ctx, b.ID, []build.LogChunk{bad}); api.StatusOf(err) != http.StatusBadRequest {
+				t.Errorf("a chunk of encoding %q, %d bytes claimed: %v; want 400", bad.Encoding, len(bad.Data), err)
+			}
+		}
+		if lines, err := e.st.Logs(ctx, b.ID, 0, 10); err != nil || len(lines) != 3 || lines[2].Text != "three" {
 			t.Errorf("stored log: %+v, %v", lines, err)
 		}
 		if err := c.AddEvent(ctx, b.ID, build.Event{Time: now, Kind: "note"}); err != nil {

@@ -41,8 +41,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/klauspost/compress/s2"
+
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/link"
 	"github.com/hangar-ci/hangar/internal/server"
 	"github.com/hangar-ci/hangar/internal/store"
 )
@@ -319,16 +322,41 @@ func (h *handler) update(w http.ResponseWriter, r *http.Request, rn *store.Runne
 }
 
 func (h *handler) logs(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
-	record(h, w, r, rn, "append log", h.cfg.Store.AppendLog)
+	record(h, w, r, rn, "append log", checkChunks, h.cfg.Store.AppendLog)
 }
 
 func (h *handler) event(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
-	record(h, w, r, rn, "add event", h.cfg.Store.AddEvent)
+	record(h, w, r, rn, "add event", nil, h.cfg.Store.AddEvent)
+}
+
+// maxChunkDecoded bounds what a compressed log chunk decodes to: the
+// runner stores a block as the builder sent it, and the link admits
+// blocks that decode to at most link.MaxMessage bytes.
+const maxChunkDecoded = link.MaxMessage
+
+// checkChunks refuses log chunks the server could not read back: an
+// unknown encoding, or an S2 block that claims to decode to more than
+// maxChunkDecoded bytes (the server allocates that much each time the
+// log is read). A runner is not trusted with the server's memory.
+func checkChunks(chunks []build.LogChunk) error {
+	for _, c := range chunks {
+		switch c.Encoding {
+		case "":
+		case build.LogS2:
+			if n, err := s2.DecodedLen(c.Data); err != nil || n > maxChunkDecoded {
+				return fmt.Errorf("log chunk at line %d: not an S2 block that decodes to at most %d bytes", c.Seq, maxChunkDecoded)
+			}
+		default:
+			return fmt.Errorf("log chunk at line %d: unknown encoding %q (is this runner newer than the server?)", c.Seq, c.Encoding)
+		}
+	}
+	return nil
 }
 
 // record decodes a T from the body of a request about the runner's own
-// build and hands it to add.
-func record[T any](h *handler, w http.ResponseWriter, r *http.Request, rn *store.Runner, what string, add func(context.Context, int64, T) error) {
+// build, checks it with check (if any: 400 when it fails) and hands it
+// to add.
+func record[T any](h *handler, w http.ResponseWriter, r *http.Request, rn *store.Runner, what string, check func(T) error, add func(context.Context, int64, T) error) {
 	id, ok := h.own(w, r, rn)
 	if !ok {
 		return
@@ -336,6 +364,12 @@ func record[T any](h *handler, w http.ResponseWriter, r *http.Request, rn *store
 	var v T
 	if !h.decode(w, r, &v) {
 		return
+	}
+	if check != nil {
+		if err := check(v); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
 	}
 	if err := add(r.Context(), id, v); err != nil {
 		h.internal(w, what, err)
