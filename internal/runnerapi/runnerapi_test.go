@@ -232,6 +232,13 @@ func TestRunnerAPI(t *testing.T) {
 		if _, _, err := c.ClaimBuild(ctx); api.StatusOf(err) != http.StatusConflict {
 			t.Errorf("the replaced process's claim: %v", err)
 		}
+		// Nor does it write its build any more.
+		if err := c.AppendLog(ctx, b.ID, []build.LogChunk{{Seq: 4, Lines: 1, Time: now, Data: []byte("stale\n")}}); api.StatusOf(err) != http.StatusConflict {
+			t.Errorf("the replaced process's log: %v", err)
+		}
+		if err := c.AddEvent(ctx, b.ID, build.Event{Time: now, Kind: "note"}); api.StatusOf(err) != http.StatusConflict {
+			t.Errorf("the replaced process's event: %v", err)
+		}
 		// On another host while r1 answers: refused.
 		if _, err := NewClient(e.urls, tok, nil).Start(ctx, StartRequest{Host: "host-c", Labels: []string{"linux"}, Capacity: 1}); api.StatusOf(err) != http.StatusConflict {
 			t.Errorf("r1 on another host: %v", err)

@@ -26,7 +26,8 @@
 //	GET  /api/runner/v1/wait       a long poll: answers when a build changes
 //	                               ({"changed": true}) or after a while.
 //
-// A runner writes only the builds it claimed (403 otherwise). Any server
+// A runner writes only the builds it claimed (403 otherwise), from its
+// current process (409 from one another has replaced). Any server
 // replica answers: the state is the database's.
 package runnerapi
 
@@ -280,8 +281,12 @@ func (h *handler) ended(w http.ResponseWriter, r *http.Request, rn *store.Runner
 }
 
 // own reads the path's build id and refuses a build the runner did not
-// claim.
+// claim, and a process that is not the runner's current one (another took
+// over: what this one writes is stale).
 func (h *handler) own(w http.ResponseWriter, r *http.Request, rn *store.Runner) (int64, bool) {
+	if !current(w, r, rn) {
+		return 0, false
+	}
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || id <= 0 {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("%q is not a build id", r.PathValue("id")))
