@@ -187,7 +187,7 @@ func TestRunnerAPI(t *testing.T) {
 		if _, err := other.UpdateBuild(ctx, b); api.StatusOf(err) != http.StatusForbidden {
 			t.Errorf("another runner's update: %v", err)
 		}
-		if err := other.AppendLog(ctx, b.ID, nil); api.StatusOf(err) != http.StatusForbidden {
+		if err := other.AppendLog(ctx, b.ID, []build.LogChunk{{Seq: 9, Lines: 1, Time: now, Data: []byte("x\n")}}); api.StatusOf(err) != http.StatusForbidden {
 			t.Errorf("another runner's log: %v", err)
 		}
 		if got, _, err := other.ClaimBuild(ctx); err != nil || got.ID != x2 {
