@@ -199,10 +199,24 @@ func keystoreCmd(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "keystore", Short: "Manage an app's Android keystores (environment.android_signing)"}
 	var file, password, alias, keyPassword string
 	add := &cobra.Command{
-		Use:   "add APP REFERENCE --file KEYSTORE --password P --alias A --key-password P",
+		Use:   "add APP REFERENCE --file KEYSTORE --alias A [--password P --key-password P]",
 		Short: "Upload a keystore under the reference workflows name in environment.android_signing (replaces one of that name)",
-		Args:  cobra.ExactArgs(2),
+		Long: `Upload a keystore under the reference workflows name in environment.android_signing (replaces one of
+that name). The passwords come from --password and --key-password, or, kept out of the process
+list and the shell's history, from HANGAR_KEYSTORE_PASSWORD and HANGAR_KEY_PASSWORD.`,
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			for _, p := range []struct {
+				v          *string
+				flag, name string
+			}{{&password, "--password", "HANGAR_KEYSTORE_PASSWORD"}, {&keyPassword, "--key-password", "HANGAR_KEY_PASSWORD"}} {
+				if *p.v == "" {
+					*p.v = os.Getenv(p.name)
+				}
+				if *p.v == "" {
+					return fmt.Errorf("%s: give the password, or set %s (kept out of the process list)", p.flag, p.name)
+				}
+			}
 			data, err := os.ReadFile(file)
 			if err != nil {
 				return fmt.Errorf("--file: %w", err)
@@ -220,10 +234,10 @@ func keystoreCmd(cf *clientFlags) *cobra.Command {
 		},
 	}
 	add.Flags().StringVar(&file, "file", "", "the keystore file (.jks or .keystore)")
-	add.Flags().StringVar(&password, "password", "", "the keystore's password (CM_KEYSTORE_PASSWORD)")
+	add.Flags().StringVar(&password, "password", "", "the keystore's password (CM_KEYSTORE_PASSWORD; default: HANGAR_KEYSTORE_PASSWORD)")
 	add.Flags().StringVar(&alias, "alias", "", "the key's alias (CM_KEY_ALIAS)")
-	add.Flags().StringVar(&keyPassword, "key-password", "", "the key's password (CM_KEY_PASSWORD)")
-	for _, f := range []string{"file", "password", "alias", "key-password"} {
+	add.Flags().StringVar(&keyPassword, "key-password", "", "the key's password (CM_KEY_PASSWORD; default: HANGAR_KEY_PASSWORD)")
+	for _, f := range []string{"file", "alias"} {
 		_ = add.MarkFlagRequired(f)
 	}
 	list := &cobra.Command{

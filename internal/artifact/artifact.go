@@ -147,6 +147,7 @@ func (k *Keeper) write(dir string, r io.Reader, limit int64, done func(n int64) 
 		if err != nil {
 			f.Close()
 			os.Remove(f.Name())
+			_ = os.Remove(abs) // only if empty: made for this upload
 		}
 	}()
 	hm, hs := md5.New(), sha256.New()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -106,6 +107,26 @@ func TestPut(t *testing.T) {
 	}
 	if got := files(t, k.Dir); len(got) != 2 {
 		t.Errorf("files on disk: %q, want one artifact and one cache (the replaced one removed)", got)
+	}
+}
+
+// TestPutRefusedLeavesNoDirectory: a build whose only upload is refused
+// leaves no directory behind (the sweep removes files, not directories).
+func TestPutRefusedLeavesNoDirectory(t *testing.T) {
+	k, _, b := keeper(t)
+	ctx := context.Background()
+	if _, err := k.PutArtifact(ctx, b.ID, "big", strings.NewReader("12345"), 4, accept); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("over the bound: %v", err)
+	}
+	k.MaxCache = 1
+	if _, err := k.PutCache(ctx, "a", "w", b.ID, strings.NewReader("12"), accept); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("cache over the bound: %v", err)
+	}
+	for _, kind := range []string{"artifacts", "caches"} {
+		dir := filepath.Join(k.Dir, kind, strconv.FormatInt(b.ID, 10))
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: %v; want it gone", dir, err)
+		}
 	}
 }
 

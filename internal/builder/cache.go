@@ -103,6 +103,12 @@ func (r *run) untar(tr *tar.Reader, paths []string) (files int, size int64, skip
 		mode := os.FileMode(h.Mode) & 0o777
 		switch h.Typeflag {
 		case tar.TypeDir:
+			if fi, err := os.Lstat(target); err == nil && !fi.IsDir() {
+				// A link (perhaps the archive's own) or a file: making
+				// or chmodding it would act on what it points to.
+				skipped++
+				continue
+			}
 			if err := os.MkdirAll(target, mode|0o700); err != nil {
 				return files, size, skipped, err
 			}

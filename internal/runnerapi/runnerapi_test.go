@@ -2,6 +2,7 @@ package runnerapi
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/s2"
 
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
@@ -157,6 +160,22 @@ func TestRunnerAPI(t *testing.T) {
 		if lines, err := e.st.Logs(ctx, b.ID, 0, 10); err != nil || len(lines) != 2 || lines[1].Text != "two" {
 			t.Errorf("stored log: %+v, %v", lines, err)
 		}
+		// A compressed chunk is stored as it came, if the server can read
+		// it back: one that claims to decode to 4 GiB, or of an unknown
+		// encoding, is refused.
+		z := s2.Encode(nil, []byte("three\n"))
+		if err := c.AppendLog(ctx, b.ID, []build.LogChunk{{Seq: 3, Lines: 1, Time: now, Data: z, Encoding: build.LogS2}}); err != nil {
+			t.Fatal(err)
+		}
+		huge := append(binary.AppendUvarint(nil, 0xffffffff), z[1:]...)
+		for _, bad := range []build.LogChunk{{Seq: 4, Lines: 1, Time: now, Data: huge, Encoding: build.LogS2}, {Seq: 4, Lines: 1, Time: now, Data: z, Encoding: "zip"}} {
+			if err := c.AppendLog(ctx, b.ID, []build.LogChunk{bad}); api.StatusOf(err) != http.StatusBadRequest {
+				t.Errorf("a chunk of encoding %q, %d bytes claimed: %v; want 400", bad.Encoding, len(bad.Data), err)
+			}
+		}
+		if lines, err := e.st.Logs(ctx, b.ID, 0, 10); err != nil || len(lines) != 3 || lines[2].Text != "three" {
+			t.Errorf("stored log: %+v, %v", lines, err)
+		}
 		if err := c.AddEvent(ctx, b.ID, build.Event{Time: now, Kind: "note"}); err != nil {
 			t.Fatal(err)
 		}
@@ -168,7 +187,7 @@ func TestRunnerAPI(t *testing.T) {
 		if _, err := other.UpdateBuild(ctx, b); api.StatusOf(err) != http.StatusForbidden {
 			t.Errorf("another runner's update: %v", err)
 		}
-		if err := other.AppendLog(ctx, b.ID, nil); api.StatusOf(err) != http.StatusForbidden {
+		if err := other.AppendLog(ctx, b.ID, []build.LogChunk{{Seq: 9, Lines: 1, Time: now, Data: []byte("x\n")}}); api.StatusOf(err) != http.StatusForbidden {
 			t.Errorf("another runner's log: %v", err)
 		}
 		if got, _, err := other.ClaimBuild(ctx); err != nil || got.ID != x2 {
@@ -212,6 +231,13 @@ func TestRunnerAPI(t *testing.T) {
 		}
 		if _, _, err := c.ClaimBuild(ctx); api.StatusOf(err) != http.StatusConflict {
 			t.Errorf("the replaced process's claim: %v", err)
+		}
+		// Nor does it write its build any more.
+		if err := c.AppendLog(ctx, b.ID, []build.LogChunk{{Seq: 4, Lines: 1, Time: now, Data: []byte("stale\n")}}); api.StatusOf(err) != http.StatusConflict {
+			t.Errorf("the replaced process's log: %v", err)
+		}
+		if err := c.AddEvent(ctx, b.ID, build.Event{Time: now, Kind: "note"}); api.StatusOf(err) != http.StatusConflict {
+			t.Errorf("the replaced process's event: %v", err)
 		}
 		// On another host while r1 answers: refused.
 		if _, err := NewClient(e.urls, tok, nil).Start(ctx, StartRequest{Host: "host-c", Labels: []string{"linux"}, Capacity: 1}); api.StatusOf(err) != http.StatusConflict {

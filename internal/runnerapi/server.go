@@ -26,7 +26,8 @@
 //	GET  /api/runner/v1/wait       a long poll: answers when a build changes
 //	                               ({"changed": true}) or after a while.
 //
-// A runner writes only the builds it claimed (403 otherwise). Any server
+// A runner writes only the builds it claimed (403 otherwise), from its
+// current process (409 from one another has replaced). Any server
 // replica answers: the state is the database's.
 package runnerapi
 
@@ -41,8 +42,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/klauspost/compress/s2"
+
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/link"
 	"github.com/hangar-ci/hangar/internal/server"
 	"github.com/hangar-ci/hangar/internal/store"
 )
@@ -277,8 +281,12 @@ func (h *handler) ended(w http.ResponseWriter, r *http.Request, rn *store.Runner
 }
 
 // own reads the path's build id and refuses a build the runner did not
-// claim.
+// claim, and a process that is not the runner's current one (another took
+// over: what this one writes is stale).
 func (h *handler) own(w http.ResponseWriter, r *http.Request, rn *store.Runner) (int64, bool) {
+	if !current(w, r, rn) {
+		return 0, false
+	}
 	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
 	if err != nil || id <= 0 {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("%q is not a build id", r.PathValue("id")))
@@ -319,16 +327,41 @@ func (h *handler) update(w http.ResponseWriter, r *http.Request, rn *store.Runne
 }
 
 func (h *handler) logs(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
-	record(h, w, r, rn, "append log", h.cfg.Store.AppendLog)
+	record(h, w, r, rn, "append log", checkChunks, h.cfg.Store.AppendLog)
 }
 
 func (h *handler) event(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
-	record(h, w, r, rn, "add event", h.cfg.Store.AddEvent)
+	record(h, w, r, rn, "add event", nil, h.cfg.Store.AddEvent)
+}
+
+// maxChunkDecoded bounds what a compressed log chunk decodes to: the
+// runner stores a block as the builder sent it, and the link admits
+// blocks that decode to at most link.MaxMessage bytes.
+const maxChunkDecoded = link.MaxMessage
+
+// checkChunks refuses log chunks the server could not read back: an
+// unknown encoding, or an S2 block that claims to decode to more than
+// maxChunkDecoded bytes (the server allocates that much each time the
+// log is read). A runner is not trusted with the server's memory.
+func checkChunks(chunks []build.LogChunk) error {
+	for _, c := range chunks {
+		switch c.Encoding {
+		case "":
+		case build.LogS2:
+			if n, err := s2.DecodedLen(c.Data); err != nil || n > maxChunkDecoded {
+				return fmt.Errorf("log chunk at line %d: not an S2 block that decodes to at most %d bytes", c.Seq, maxChunkDecoded)
+			}
+		default:
+			return fmt.Errorf("log chunk at line %d: unknown encoding %q (is this runner newer than the server?)", c.Seq, c.Encoding)
+		}
+	}
+	return nil
 }
 
 // record decodes a T from the body of a request about the runner's own
-// build and hands it to add.
-func record[T any](h *handler, w http.ResponseWriter, r *http.Request, rn *store.Runner, what string, add func(context.Context, int64, T) error) {
+// build, checks it with check (if any: 400 when it fails) and hands it
+// to add.
+func record[T any](h *handler, w http.ResponseWriter, r *http.Request, rn *store.Runner, what string, check func(T) error, add func(context.Context, int64, T) error) {
 	id, ok := h.own(w, r, rn)
 	if !ok {
 		return
@@ -336,6 +369,12 @@ func record[T any](h *handler, w http.ResponseWriter, r *http.Request, rn *store
 	var v T
 	if !h.decode(w, r, &v) {
 		return
+	}
+	if check != nil {
+		if err := check(v); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
 	}
 	if err := add(r.Context(), id, v); err != nil {
 		h.internal(w, what, err)

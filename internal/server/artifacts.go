@@ -132,6 +132,10 @@ func (s *Server) serveArtifact(w http.ResponseWriter, r *http.Request, id int64)
 	}
 	defer f.Close()
 	base := path.Base(name)
+	// A build's files are the build's, not the UI's: should a browser
+	// render one (an .html or .svg artifact) despite the attachment, it
+	// runs in a sandbox without the UI's origin.
+	w.Header().Set("Content-Security-Policy", "sandbox; default-src 'none'")
 	w.Header().Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": base}))
 	if ct := mime.TypeByExtension(path.Ext(base)); ct != "" {
 		w.Header().Set("Content-Type", ct)

@@ -112,6 +112,12 @@ func TestArtifactsAPI(t *testing.T) {
 	if resp.StatusCode != http.StatusPartialContent || string(body) != "0123456789" || resp.Header.Get("Content-Range") != fmt.Sprintf("bytes 10-19/%d", len(data)) {
 		t.Errorf("range: %d %q %q", resp.StatusCode, body, resp.Header.Get("Content-Range"))
 	}
+	// An HTML artifact (the build's) never runs with the UI's origin.
+	put(t, k, b.ID, "report/index.html", []byte("<script>fetch('/api/v1/apps')</script>"))
+	resp, _ = get(t, srv.URL+fmt.Sprintf("/api/v1/builds/%d/artifacts/report/index.html", b.ID), "secret", nil)
+	if csp := resp.Header.Get("Content-Security-Policy"); resp.StatusCode != 200 || !strings.Contains(csp, "sandbox") || resp.Header.Get("X-Content-Type-Options") != "nosniff" {
+		t.Errorf("HTML artifact: %d, Content-Security-Policy %q, X-Content-Type-Options %q", resp.StatusCode, csp, resp.Header.Get("X-Content-Type-Options"))
+	}
 	rc, err := c.DownloadArtifact(ctx, b.ID, "notes.txt")
 	if err != nil {
 		t.Fatal(err)

@@ -184,8 +184,85 @@ func pushPayload(ref, after string) map[string]any {
 }
 
 func prPayload(action string, number int, head, sha, base string, draft bool) map[string]any {
+	return forkPayload(action, number, "octo/demo", head, sha, base, draft)
+}
+
+// forkPayload is a pull request from repository from (prPayload's are
+// from octo/demo, into octo/demo).
+func forkPayload(action string, number int, from, head, sha, base string, draft bool) map[string]any {
+	repo := func(name string) any {
+		if name == "" {
+			return nil // a deleted fork
+		}
+		return map[string]any{"full_name": name}
+	}
 	return map[string]any{"action": action, "number": number, "pull_request": map[string]any{
-		"draft": draft, "head": map[string]any{"ref": head, "sha": sha}, "base": map[string]any{"ref": base}}}
+		"draft": draft, "head": map[string]any{"ref": head, "sha": sha, "repo": repo(from)},
+		"base": map[string]any{"ref": base, "repo": repo("octo/demo")}}}
+}
+
+const forkFile = `
+workflows:
+  with-secrets:
+    triggering:
+      events: [pull_request]
+    environment:
+      groups: [deploy]
+    scripts:
+      - echo "$DEPLOY_TOKEN"
+  plain:
+    triggering:
+      events: [pull_request]
+    cache:
+      cache_paths: [~/.gradle/caches]
+    publishing:
+      email:
+        recipients: [team@example.com]
+    scripts:
+      - ./gradlew test
+`
+
+// TestWebhookPullRequestFromFork: a pull request from a fork (or a
+// deleted one) gets no groups or keystores (its build of a workflow
+// naming some fails at once, saying why), no cache and no email; one
+// between branches of the repository gets them.
+func TestWebhookPullRequestFromFork(t *testing.T) {
+	e := newHookEnv(t, forkFile)
+	head := e.commit("feature/x", map[string]string{"x.txt": "x"})
+	for i, from := range []string{"mallory/demo", ""} {
+		code, res, raw := e.hook("pull_request", fmt.Sprintf("f-%d", i), forkPayload("opened", 7+i, from, "feature/x", head, "main", false))
+		if code != http.StatusAccepted || len(res.Builds) != 2 {
+			t.Fatalf("pull request from %q: %d %s", from, code, raw)
+		}
+		for _, b := range res.Builds {
+			spec := e.spec(b.ID)
+			switch b.Workflow {
+			case "with-secrets":
+				if b.Status != build.Failed || !strings.Contains(b.Message, "gets no environment variable groups or keystores") {
+					t.Errorf("from %q, with-secrets: %s %q", from, b.Status, b.Message)
+				}
+			case "plain":
+				if b.Status != build.Queued || spec.CachePaths != nil || spec.Email != nil {
+					t.Errorf("from %q, plain: %s, cache %q, email %+v", from, b.Status, spec.CachePaths, spec.Email)
+				}
+			}
+		}
+	}
+	// From a branch of the repository: the cache and email are kept (and
+	// the group is looked for: this server keeps none).
+	code, res, raw := e.hook("pull_request", "same", prPayload("opened", 9, "feature/x", head, "main", false))
+	if code != http.StatusAccepted || len(res.Builds) != 2 {
+		t.Fatalf("pull request from a branch: %d %s", code, raw)
+	}
+	for _, b := range res.Builds {
+		spec := e.spec(b.ID)
+		if b.Workflow == "plain" && (len(spec.CachePaths) != 1 || spec.Email == nil) {
+			t.Errorf("from a branch, plain: cache %q, email %+v", spec.CachePaths, spec.Email)
+		}
+		if b.Workflow == "with-secrets" && strings.Contains(b.Message, "pull request from") {
+			t.Errorf("from a branch, with-secrets: %q", b.Message)
+		}
+	}
 }
 
 const triggerFile = `

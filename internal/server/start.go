@@ -34,6 +34,11 @@ type start struct {
 	payload func() any
 	// breaks are the steps to pause before (--ssh-break-before).
 	breaks []string
+	// fork names the repository of a pull request from a fork ("" for
+	// any other build): its code is not the app's people's, so its build
+	// gets no groups or keystores and neither reads nor saves the cache
+	// (which later builds, and their secrets, would run), nor sends email.
+	fork string
 }
 
 // skippedError is a workflow not built because its when is false.
@@ -130,6 +135,11 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 		}
 		return s.failAtOnce(ctx, b, err.Error())
 	}
+	if st.fork != "" && len(wf.Groups)+len(wf.AndroidSigning) > 0 {
+		why := fmt.Sprintf("a pull request from %s gets no environment variable groups or keystores, and workflow %s names some (environment.groups, android_signing): its code could read them. Build the change from a branch of the app's repository instead", st.fork, wf.ID)
+		s.log.Info("build refused", "app", b.App, "workflow", wf.ID, "reason", why)
+		return s.failAtOnce(ctx, b, why)
+	}
 	if why, err := s.secretsRefusal(ctx, app.Name, wf); err != nil {
 		return nil, err
 	} else if why != "" {
@@ -186,6 +196,9 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 		spec.Scripts = append(spec.Scripts, ss)
 	}
 	addPublishing(&spec, wf, values)
+	if st.fork != "" {
+		spec.CachePaths, spec.Email = nil, nil
+	}
 	if spec.BreakBefore, err = breakpoints(wf, st.breaks); err != nil {
 		return nil, err
 	}

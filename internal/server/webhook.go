@@ -38,13 +38,35 @@ type pullRequestEvent struct {
 	Number      int64  `json:"number"`
 	PullRequest *struct {
 		Head struct {
-			Ref string `json:"ref"`
-			SHA string `json:"sha"`
+			Ref  string  `json:"ref"`
+			SHA  string  `json:"sha"`
+			Repo *prRepo `json:"repo"`
 		} `json:"head"`
 		Base struct {
-			Ref string `json:"ref"`
+			Ref  string  `json:"ref"`
+			Repo *prRepo `json:"repo"`
 		} `json:"base"`
 	} `json:"pull_request"`
+}
+
+// prRepo is a repository of a pull request's head or base.
+type prRepo struct {
+	FullName string `json:"full_name"`
+}
+
+// fork names the repository a pull request comes from when it is not the
+// one it goes into ("a fork" when GitHub does not say: a deleted fork's
+// head.repo is null); "" for a pull request between branches of one
+// repository.
+func (e *pullRequestEvent) fork() string {
+	head, base := e.PullRequest.Head.Repo, e.PullRequest.Base.Repo
+	switch {
+	case head == nil || head.FullName == "":
+		return "a fork"
+	case base == nil || !strings.EqualFold(head.FullName, base.FullName):
+		return head.FullName
+	}
+	return ""
 }
 
 // pullRequestActions are the pull request actions that start builds:
@@ -196,6 +218,7 @@ func (s *Server) hook(ctx context.Context, app *store.App, ev string, body []byt
 		}
 		event, branch, rev, target = workflow.EventPullRequest, pr.PullRequest.Head.Ref, pr.PullRequest.Head.SHA, pr.PullRequest.Base.Ref
 		st.env = []string{"CM_PULL_REQUEST=true", "CM_PULL_REQUEST_NUMBER=" + strconv.FormatInt(pr.Number, 10), "CM_PULL_REQUEST_DEST=" + target}
+		st.fork = pr.fork()
 	default:
 		return fail(http.StatusAccepted, fmt.Sprintf("event %q is not handled (Hangar builds push, tag and pull_request events)", ev))
 	}
