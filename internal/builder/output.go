@@ -58,6 +58,9 @@ const minCompress = 32 << 10
 // at once rather than grow.
 const burst = 64 << 10
 
+// maxFree is how many sent chunk buffers are kept for reuse.
+const maxFree = 8
+
 // maxQueued bounds output read from steps but not yet sent; past it the
 // readers wait, and with them the steps that write.
 const maxQueued = 8 << 20
@@ -78,6 +81,9 @@ type outbox struct {
 	// minCompress is the const, or more in a benchmark that measures
 	// sending uncompressed. Set before the first add.
 	minCompress int
+
+	free [][]byte // guarded by mu; chunk buffers of maxChunk bytes sent, for reuse
+	z    []byte   // the sender's buffer for compressed chunks
 
 	// midLine, by step, is set when the last byte the sender sent of that
 	// step's output did not end a line. Only the sender uses it.
@@ -109,9 +115,14 @@ func (o *outbox) add(step int, data []byte) int64 {
 	}
 	o.queued += int64(len(data))
 	if n := len(o.queue); n > 0 && o.queue[n-1].Step == step {
-		// Fill the last chunk, up to a line's end if one fits.
+		// Fill the last chunk, up to a line's end if one fits. A chunk
+		// that grows takes its full size at once: a step that writes in
+		// small blocks is in a burst.
 		last := &o.queue[n-1]
 		k := cut(data, maxChunk-len(last.Data))
+		if len(last.Data)+k > cap(last.Data) {
+			last.Data = append(o.buffer(), last.Data...)
+		}
 		last.Data = append(last.Data, data[:k]...)
 		data = data[k:]
 	}
@@ -121,16 +132,27 @@ func (o *outbox) add(step int, data []byte) int64 {
 		if k == 0 {
 			k = min(len(data), maxChunk)
 		}
-		size := k
+		var c []byte
 		if len(data) >= burst {
-			size = maxChunk
+			c = o.buffer()
 		}
-		c := append(make([]byte, 0, size), data[:k]...)
+		c = append(c, data[:k]...)
 		o.queue = append(o.queue, link.Event{Type: link.Output, Step: step, Data: c})
 		data = data[k:]
 	}
 	o.cond.Broadcast()
 	return o.queued
+}
+
+// buffer returns an empty buffer of maxChunk bytes, one the sender is
+// done with if there is one. o.mu is held.
+func (o *outbox) buffer() []byte {
+	if n := len(o.free); n > 0 {
+		b := o.free[n-1]
+		o.free = o.free[:n-1]
+		return b[:0]
+	}
+	return make([]byte, 0, maxChunk)
 }
 
 // cut is how much of data fits in room bytes: all of it, or up to the
@@ -218,13 +240,20 @@ func (o *outbox) run() {
 		if err != nil {
 			o.failed = true
 		}
+		// The link has copied what it sent: full-size buffers are reused.
+		for _, ev := range evs {
+			if cap(ev.Data) == maxChunk && len(o.free) < maxFree {
+				o.free = append(o.free, ev.Data)
+			}
+		}
 		o.cond.Broadcast()
 	}
 }
 
 // sendChunk sends one chunk of a step's output: the end of a line begun
 // earlier and the start of one not ended yet as they are, the whole lines
-// between compressed if there are enough of them.
+// between compressed if there are enough of them. The link must be done
+// with an event's bytes when send returns (link.Client.Send is).
 func (o *outbox) sendChunk(ev link.Event) error {
 	data := ev.Data
 	if o.midLine[ev.Step] {
@@ -246,7 +275,10 @@ func (o *outbox) sendChunk(ev link.Event) error {
 	if len(lines) > 0 {
 		out := link.Event{Type: link.Output, Step: ev.Step, Data: lines}
 		if len(lines) >= o.minCompress {
-			if z := s2.Encode(nil, lines); len(z) < len(lines)-len(lines)/8 {
+			if n := s2.MaxEncodedLen(len(lines)); cap(o.z) < n {
+				o.z = make([]byte, n)
+			}
+			if z := s2.Encode(o.z[:cap(o.z)], lines); len(z) < len(lines)-len(lines)/8 {
 				out.S2 = z
 			}
 		}

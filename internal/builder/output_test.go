@@ -48,6 +48,8 @@ func (r *recorder) send(ev link.Event) error {
 			}
 		}
 	}
+	// The outbox reuses its buffers once send returns.
+	ev.Data, ev.S2 = bytes.Clone(ev.Data), bytes.Clone(ev.S2)
 	r.events = append(r.events, ev)
 	select {
 	case r.wake <- struct{}{}:
