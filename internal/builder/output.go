@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/klauspost/compress/s2"
 	"golang.org/x/sys/unix"
@@ -28,9 +29,10 @@ import (
 // make its chunks whole lines, the sender holds back the last chunk while
 // it ends in the middle of a line (the step is writing it) and is not
 // full, until more comes or someone waits for it (a step's end, the
-// build's end); a chunk it must send that still ends mid-line goes as a
-// compressed block of its whole lines and the rest as it is. A line's
-// start is sent as it is too: the runner joins the pieces.
+// build's end), and its whole lines no longer than holdFor; a chunk it
+// must send that still ends mid-line goes as a compressed block of its
+// whole lines and the rest as it is. A line's start is sent as it is
+// too: the runner joins the pieces.
 //
 // Where a step's output enters the builder, raw, before it is compressed
 // and framed, is stepOutput.read: what it passes to outbox.add is what the
@@ -58,6 +60,12 @@ const minCompress = 32 << 10
 // at once rather than grow.
 const burst = 64 << 10
 
+// holdFor is the longest whole lines wait in the builder while the chunk
+// that holds them is held back for ending mid-line: a step that prints a
+// few lines and then part of one (a prompt, a progress bar) has those
+// lines shown at once, as before the chunk was held.
+const holdFor = 20 * time.Millisecond
+
 // maxFree is how many sent chunk buffers are kept for reuse.
 const maxFree = 8
 
@@ -78,12 +86,15 @@ type outbox struct {
 	limit   int64        // guarded by mu; bytes sent at most (the runner's cap); 0: none
 	failed  bool         // guarded by mu; the link failed: drop everything
 
-	// minCompress is the const, or more in a benchmark that measures
-	// sending uncompressed. Set before the first add.
+	// minCompress and holdFor are the consts, or other values in tests
+	// and benchmarks. Set before the first add.
 	minCompress int
+	holdFor     time.Duration
 
-	free [][]byte // guarded by mu; chunk buffers of maxChunk bytes sent, for reuse
-	z    []byte   // the sender's buffer for compressed chunks
+	free      [][]byte    // guarded by mu; chunk buffers of maxChunk bytes sent, for reuse
+	heldSince time.Time   // guarded by mu; when the sender began holding the last chunk back
+	timer     *time.Timer // wakes the sender when whole lines have waited holdFor
+	z         []byte      // the sender's buffer for compressed chunks
 
 	// midLine, by step, is set when the last byte the sender sent of that
 	// step's output did not end a line. Only the sender uses it.
@@ -91,8 +102,14 @@ type outbox struct {
 }
 
 func newOutbox(send func(link.Event) error, limit int64) *outbox {
-	o := &outbox{send: send, limit: limit, midLine: make(map[int]bool), minCompress: minCompress}
+	o := &outbox{send: send, limit: limit, midLine: make(map[int]bool), minCompress: minCompress, holdFor: holdFor}
 	o.cond = sync.NewCond(&o.mu)
+	o.timer = time.AfterFunc(time.Hour, func() {
+		o.mu.Lock()
+		o.cond.Broadcast()
+		o.mu.Unlock()
+	})
+	o.timer.Stop()
 	go o.run()
 	return o
 }
@@ -201,17 +218,23 @@ func (o *outbox) flush() {
 
 // ready is how many queued events the sender may send now: all but the
 // last while it ends mid-line, is not full and nobody waits for any of
-// it. o.mu is held.
-func (o *outbox) ready() int {
-	n := len(o.queue)
+// it. It also reports whether the whole lines of that last one may go
+// (they have waited holdFor) while its unfinished end stays. o.mu is held.
+func (o *outbox) ready(now time.Time) (n int, lines bool) {
+	n = len(o.queue)
 	if n == 0 || o.failed {
-		return n
+		o.heldSince = time.Time{}
+		return n, false
 	}
 	last := o.queue[n-1].Data
-	if len(last) < maxChunk && last[len(last)-1] != '\n' && o.flushTo <= o.queued-int64(len(last)) {
-		return n - 1
+	if len(last) >= maxChunk || last[len(last)-1] == '\n' || o.flushTo > o.queued-int64(len(last)) {
+		o.heldSince = time.Time{}
+		return n, false
 	}
-	return n
+	if o.heldSince.IsZero() {
+		o.heldSince = now
+	}
+	return n - 1, now.Sub(o.heldSince) >= o.holdFor && bytes.IndexByte(last, '\n') >= 0
 }
 
 // run sends queued output until the link fails.
@@ -219,13 +242,26 @@ func (o *outbox) run() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for {
-		n := o.ready()
-		for n == 0 {
+		n, lines := o.ready(time.Now())
+		for n == 0 && !lines {
+			if len(o.queue) > 0 && bytes.IndexByte(o.queue[0].Data, '\n') >= 0 {
+				// Whole lines wait behind an unfinished one: not for
+				// more than holdFor.
+				o.timer.Reset(o.holdFor - time.Since(o.heldSince))
+			}
 			o.cond.Wait()
-			n = o.ready()
+			n, lines = o.ready(time.Now())
 		}
-		evs, failed := o.queue[:n], o.failed
+		evs, failed := o.queue[:n:n], o.failed
 		o.queue = append([]link.Event(nil), o.queue[n:]...)
+		if lines {
+			// The last one's whole lines go; its unfinished end stays.
+			last := &o.queue[0]
+			k := bytes.LastIndexByte(last.Data, '\n') + 1
+			evs = append(evs, link.Event{Type: link.Output, Step: last.Step, Data: last.Data[:k]})
+			last.Data = bytes.Clone(last.Data[k:])
+			o.heldSince = time.Time{}
+		}
 		o.mu.Unlock()
 		var err error
 		var sent int64
@@ -243,7 +279,7 @@ func (o *outbox) run() {
 		// The link has copied what it sent: full-size buffers are reused.
 		for _, ev := range evs {
 			if cap(ev.Data) == maxChunk && len(o.free) < maxFree {
-				o.free = append(o.free, ev.Data)
+				o.free = append(o.free, ev.Data[:0])
 			}
 		}
 		o.cond.Broadcast()
