@@ -42,9 +42,11 @@ const (
 type logsSample struct {
 	toFile, toLog time.Duration // the steps' durations, as the builder measured them
 	total         time.Duration // build start to end, as the client saw it
-	// CPU the build cost the server process itself (link, log book, store)
-	// and its descendants (the machine: builder, steps, and for the sandbox
-	// driver runc), from /proc/PID/stat; the steps' seq and sed included.
+	// CPU the build cost the server process itself (link, log book, store,
+	// the API's answers to the bench's polling) and, for the host driver,
+	// its descendants (the machine: builder, git, both steps' seq and sed),
+	// from /proc/PID/stat. A sandbox machine's processes are reaped
+	// inside its container, not all of them into the server's count.
 	serverCPU, machineCPU time.Duration
 	err                   error // lines missing, out of order or the build failed
 }
@@ -131,8 +133,10 @@ func verboseBuild(ctx context.Context, s *server) logsSample {
 	smp.err = checkLines(ctx, s, b.ID)
 	// The machine's processes have been reaped by now (the build ended
 	// before its log was read).
-	cpu2, _ := procCPU(s.pid())
-	smp.machineCPU = cpu2.children - cpu0.children
+	if s.driver == "host" {
+		cpu2, _ := procCPU(s.pid())
+		smp.machineCPU = cpu2.children - cpu0.children
+	}
 	return smp
 }
 
@@ -182,6 +186,9 @@ func printLogsReport(w io.Writer, driver string, alone, together []logsSample) {
 		cpu := "–" // builds at once share the process
 		if len(ss) > 0 && name == "one at a time" {
 			cpu = fmt.Sprintf("%s, %s", ms(statsOf(server).med), ms(statsOf(machine).med))
+			if driver != "host" {
+				cpu = fmt.Sprintf("%s, –", ms(statsOf(server).med))
+			}
 		}
 		fmt.Fprintf(w, "| %s | %d | %s | %s, %s | %.2fx | %s | %s | all %d, every build |\n", name, len(ss),
 			ms(statsOf(file).med), ms(statsOf(log).med), ms(statsOf(log).max), ratios[len(ratios)/2], ms(statsOf(total).med), cpu, logLines)

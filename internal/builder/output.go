@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/klauspost/compress/s2"
 	"golang.org/x/sys/unix"
@@ -29,9 +30,10 @@ import (
 // make its chunks whole lines, the sender holds back the last chunk while
 // it ends in the middle of a line (the step is writing it) and is not
 // full, until more comes or someone waits for it (a step's end, the
-// build's end); a chunk it must send that still ends mid-line goes as a
-// compressed block of its whole lines and the rest as it is. A line's
-// start is sent as it is too: the runner joins the pieces.
+// build's end), and its whole lines no longer than holdFor; a chunk it
+// must send that still ends mid-line goes as a compressed block of its
+// whole lines and the rest as it is. A line's start is sent as it is
+// too: the runner joins the pieces.
 //
 // Where a step's output enters the builder, raw, before it is compressed
 // and framed, is stepOutput.read: what it passes to outbox.add is what the
@@ -59,6 +61,15 @@ const minCompress = 32 << 10
 // at once rather than grow.
 const burst = 64 << 10
 
+// holdFor is the longest whole lines wait in the builder while the chunk
+// that holds them is held back for ending mid-line: a step that prints a
+// few lines and then part of one (a prompt, a progress bar) has those
+// lines shown at once, as before the chunk was held.
+const holdFor = 20 * time.Millisecond
+
+// maxFree is how many sent chunk buffers are kept for reuse.
+const maxFree = 8
+
 // maxQueued bounds output read from steps but not yet sent; past it the
 // readers wait, and with them the steps that write.
 const maxQueued = 8 << 20
@@ -76,9 +87,15 @@ type outbox struct {
 	limit   int64        // guarded by mu; bytes sent at most (the runner's cap); 0: none
 	failed  bool         // guarded by mu; the link failed: drop everything
 
-	// minCompress is the const, or more in a benchmark that measures
-	// sending uncompressed. Set before the first add.
+	// minCompress and holdFor are the consts, or other values in tests
+	// and benchmarks. Set before the first add.
 	minCompress int
+	holdFor     time.Duration
+
+	free      [][]byte    // guarded by mu; chunk buffers of maxChunk bytes sent, for reuse
+	heldSince time.Time   // guarded by mu; when the sender began holding the last chunk back
+	timer     *time.Timer // wakes the sender when whole lines have waited holdFor
+	z         []byte      // the sender's buffer for compressed chunks
 
 	// midLine, by step, is set when the last byte the sender sent of that
 	// step's output did not end a line. Only the sender uses it.
@@ -86,8 +103,14 @@ type outbox struct {
 }
 
 func newOutbox(send func(link.Event) error, limit int64) *outbox {
-	o := &outbox{send: send, limit: limit, midLine: make(map[int]bool), minCompress: minCompress}
+	o := &outbox{send: send, limit: limit, midLine: make(map[int]bool), minCompress: minCompress, holdFor: holdFor}
 	o.cond = sync.NewCond(&o.mu)
+	o.timer = time.AfterFunc(time.Hour, func() {
+		o.mu.Lock()
+		o.cond.Broadcast()
+		o.mu.Unlock()
+	})
+	o.timer.Stop()
 	go o.run()
 	return o
 }
@@ -110,9 +133,14 @@ func (o *outbox) add(step int, data []byte) int64 {
 	}
 	o.queued += int64(len(data))
 	if n := len(o.queue); n > 0 && o.queue[n-1].Step == step {
-		// Fill the last chunk, up to a line's end if one fits.
+		// Fill the last chunk, up to a line's end if one fits. A chunk
+		// that grows takes its full size at once: a step that writes in
+		// small blocks is in a burst.
 		last := &o.queue[n-1]
 		k := cut(data, maxChunk-len(last.Data))
+		if len(last.Data)+k > cap(last.Data) {
+			last.Data = append(o.buffer(), last.Data...)
+		}
 		last.Data = append(last.Data, data[:k]...)
 		data = data[k:]
 	}
@@ -122,16 +150,27 @@ func (o *outbox) add(step int, data []byte) int64 {
 		if k == 0 {
 			k = min(len(data), maxChunk)
 		}
-		size := k
+		var c []byte
 		if len(data) >= burst {
-			size = maxChunk
+			c = o.buffer()
 		}
-		c := append(make([]byte, 0, size), data[:k]...)
+		c = append(c, data[:k]...)
 		o.queue = append(o.queue, link.Event{Type: link.Output, Step: step, Data: c})
 		data = data[k:]
 	}
 	o.cond.Broadcast()
 	return o.queued
+}
+
+// buffer returns an empty buffer of maxChunk bytes, one the sender is
+// done with if there is one. o.mu is held.
+func (o *outbox) buffer() []byte {
+	if n := len(o.free); n > 0 {
+		b := o.free[n-1]
+		o.free = o.free[:n-1]
+		return b[:0]
+	}
+	return make([]byte, 0, maxChunk)
 }
 
 // cut is how much of data fits in room bytes: all of it, or up to the
@@ -180,17 +219,23 @@ func (o *outbox) flush() {
 
 // ready is how many queued events the sender may send now: all but the
 // last while it ends mid-line, is not full and nobody waits for any of
-// it. o.mu is held.
-func (o *outbox) ready() int {
-	n := len(o.queue)
+// it. It also reports whether the whole lines of that last one may go
+// (they have waited holdFor) while its unfinished end stays. o.mu is held.
+func (o *outbox) ready(now time.Time) (n int, lines bool) {
+	n = len(o.queue)
 	if n == 0 || o.failed {
-		return n
+		o.heldSince = time.Time{}
+		return n, false
 	}
 	last := o.queue[n-1].Data
-	if len(last) < maxChunk && last[len(last)-1] != '\n' && o.flushTo <= o.queued-int64(len(last)) {
-		return n - 1
+	if len(last) >= maxChunk || last[len(last)-1] == '\n' || o.flushTo > o.queued-int64(len(last)) {
+		o.heldSince = time.Time{}
+		return n, false
 	}
-	return n
+	if o.heldSince.IsZero() {
+		o.heldSince = now
+	}
+	return n - 1, now.Sub(o.heldSince) >= o.holdFor && bytes.IndexByte(last, '\n') >= 0
 }
 
 // run sends queued output until the link fails.
@@ -198,13 +243,26 @@ func (o *outbox) run() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for {
-		n := o.ready()
-		for n == 0 {
+		n, lines := o.ready(time.Now())
+		for n == 0 && !lines {
+			if len(o.queue) > 0 && bytes.IndexByte(o.queue[0].Data, '\n') >= 0 {
+				// Whole lines wait behind an unfinished one: not for
+				// more than holdFor.
+				o.timer.Reset(o.holdFor - time.Since(o.heldSince))
+			}
 			o.cond.Wait()
-			n = o.ready()
+			n, lines = o.ready(time.Now())
 		}
-		evs, failed := o.queue[:n], o.failed
+		evs, failed := o.queue[:n:n], o.failed
 		o.queue = append([]link.Event(nil), o.queue[n:]...)
+		if lines {
+			// The last one's whole lines go; its unfinished end stays.
+			last := &o.queue[0]
+			k := bytes.LastIndexByte(last.Data, '\n') + 1
+			evs = append(evs, link.Event{Type: link.Output, Step: last.Step, Data: last.Data[:k]})
+			last.Data = bytes.Clone(last.Data[k:])
+			o.heldSince = time.Time{}
+		}
 		o.mu.Unlock()
 		var err error
 		var sent int64
@@ -219,13 +277,20 @@ func (o *outbox) run() {
 		if err != nil {
 			o.failed = true
 		}
+		// The link has copied what it sent: full-size buffers are reused.
+		for _, ev := range evs {
+			if cap(ev.Data) == maxChunk && len(o.free) < maxFree {
+				o.free = append(o.free, ev.Data[:0])
+			}
+		}
 		o.cond.Broadcast()
 	}
 }
 
 // sendChunk sends one chunk of a step's output: the end of a line begun
 // earlier and the start of one not ended yet as they are, the whole lines
-// between compressed if there are enough of them.
+// between compressed if there are enough of them. The link must be done
+// with an event's bytes when send returns (link.Client.Send is).
 func (o *outbox) sendChunk(ev link.Event) error {
 	data := ev.Data
 	if o.midLine[ev.Step] {
@@ -247,7 +312,10 @@ func (o *outbox) sendChunk(ev link.Event) error {
 	if len(lines) > 0 {
 		out := link.Event{Type: link.Output, Step: ev.Step, Data: lines}
 		if len(lines) >= o.minCompress {
-			if z := s2.Encode(nil, lines); len(z) < len(lines)-len(lines)/8 {
+			if n := s2.MaxEncodedLen(len(lines)); cap(o.z) < n {
+				o.z = make([]byte, n)
+			}
+			if z := s2.Encode(o.z[:cap(o.z)], lines); len(z) < len(lines)-len(lines)/8 {
 				out.S2 = z
 			}
 		}

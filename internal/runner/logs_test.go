@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/s2"
 
@@ -278,10 +280,12 @@ func verboseOutput() []byte {
 func BenchmarkLogBookOutput(b *testing.B) {
 	data := verboseOutput()
 	b.SetBytes(int64(len(data)))
+	var cpu time.Duration
 	for b.Loop() {
 		b.StopTimer()
 		l, _ := newTestLog(b, nil)
 		b.StartTimer()
+		cpu0 := cpuTime()
 		l.StartStep(1)
 		for rest := data; len(rest) > 0; {
 			n := min(len(rest), 32<<10)
@@ -290,7 +294,9 @@ func BenchmarkLogBookOutput(b *testing.B) {
 		}
 		l.EndStep(1)
 		l.Flush()
+		cpu += cpuTime() - cpu0
 	}
+	b.ReportMetric(float64(cpu)/float64(time.Millisecond)/float64(b.N), "cpu-ms/op")
 }
 
 // BenchmarkLogBookOutputBlock is BenchmarkLogBookOutput with the output
@@ -313,15 +319,27 @@ func BenchmarkLogBookOutputBlock(b *testing.B) {
 		rest = rest[n:]
 	}
 	b.SetBytes(int64(len(data)))
+	var cpu time.Duration
 	for b.Loop() {
 		b.StopTimer()
 		l, _ := newTestLog(b, nil)
 		b.StartTimer()
+		cpu0 := cpuTime()
 		l.StartStep(1)
 		for _, bl := range blocks {
 			l.OutputBlock(1, bl.z, bl.size, bl.lines)
 		}
 		l.EndStep(1)
 		l.Flush()
+		cpu += cpuTime() - cpu0
 	}
+	b.ReportMetric(float64(cpu)/float64(time.Millisecond)/float64(b.N), "cpu-ms/op")
+}
+
+// cpuTime is the CPU time this process has used, user and system: wall
+// time says little on a busy machine.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
