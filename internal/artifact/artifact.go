@@ -32,7 +32,7 @@ const (
 	DefaultMaxFile        = 2 << 30 // 2 GiB per artifact
 	DefaultMaxBuild       = 5 << 30 // 5 GiB of artifacts per build
 	DefaultRetention      = 30 * 24 * time.Hour
-	DefaultMaxCache       = 5 << 30 // 5 GiB per cache archive
+	DefaultMaxCache       = 5 << 30             // 5 GiB per cache archive
 	DefaultCacheRetention = 14 * 24 * time.Hour // Codemagic's
 	DefaultSweepInterval  = 10 * time.Minute
 )
