@@ -151,6 +151,10 @@ func TestArtifactsAndCache(t *testing.T) {
 		t.Errorf("step kinds: %v", kinds)
 	}
 
+	if r := s.Hangar("build", "show", strconv.FormatInt(b1.ID, 10)); !strings.Contains(r.Stdout, "Publishing: Show links") {
+		t.Errorf("build show does not mark the publishing step:\n%s", r.Stdout)
+	}
+
 	// The CLI lists and downloads them, byte-identical.
 	r = s.Hangar("build", "artifacts", strconv.FormatInt(b1.ID, 10))
 	if r.Code != 0 || !strings.Contains(r.Stdout, "build/out/app.bin") || !strings.Contains(r.Stdout, "build/out/sub/notes.txt") || strings.Contains(r.Stdout, "big.bin") {
