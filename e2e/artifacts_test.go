@@ -90,8 +90,24 @@ func appBin() []byte {
 // script; the cache saved by the first build is restored in the second;
 // a failed build still uploads its artifacts and runs its publishing
 // scripts, and saves no cache; `hangar cache` lists and clears.
-func TestArtifactsAndCache(t *testing.T) {
-	s := harness.StartServer(t, harness.Options{Driver: "host", Args: []string{"--artifact-max-size", "4MiB"}})
+func TestArtifactsAndCache(t *testing.T) { testArtifactsAndCache(t, "host") }
+
+// TestArtifactsAndCacheSandbox: the same in isolated machines, where the
+// builder is root and the steps' user another one.
+func TestArtifactsAndCacheSandbox(t *testing.T) { testArtifactsAndCache(t, "sandbox") }
+
+func testArtifactsAndCache(t *testing.T, driver string) {
+	args := []string{"--artifact-max-size", "4MiB"}
+	if driver == "sandbox" {
+		if os.Geteuid() != 0 {
+			t.Skip("the sandbox driver needs root")
+		}
+		if _, err := exec.LookPath("runc"); err != nil {
+			t.Skip("the sandbox driver needs runc (apt-get install runc)")
+		}
+		args = append(args, "--sandbox-bridge", testBridge, "--sandbox-subnet", testSubnet)
+	}
+	s := harness.StartServer(t, harness.Options{Driver: driver, Args: args})
 	run := marker()
 	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": strings.ReplaceAll(artifactsFile, "{{run}}", run)})
 	// app add reports, before any build, what is run and what is not.
@@ -104,7 +120,7 @@ func TestArtifactsAndCache(t *testing.T) {
 			t.Errorf("app add's report lacks %q:\n%s", want, r.Stdout)
 		}
 	}
-	f := &fixture{t: t, s: s, driver: "host"}
+	f := &fixture{t: t, s: s, driver: driver, bridge: testBridge}
 	start := func(wf string) *build.Build {
 		t.Helper()
 		r := s.Hangar("build", "start", "arts", "--workflow", wf, "--json")
