@@ -14,6 +14,8 @@ import (
 
 	"github.com/hangar-ci/hangar/e2e/harness"
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/notify/smtptest"
+	"github.com/hangar-ci/hangar/internal/tlstest"
 )
 
 // artifactsFile has a workflow that makes artifacts and uses a cache, and
@@ -88,8 +90,24 @@ func appBin() []byte {
 // script; the cache saved by the first build is restored in the second;
 // a failed build still uploads its artifacts and runs its publishing
 // scripts, and saves no cache; `hangar cache` lists and clears.
-func TestArtifactsAndCache(t *testing.T) {
-	s := harness.StartServer(t, harness.Options{Driver: "host", Args: []string{"--artifact-max-size", "4MiB"}})
+func TestArtifactsAndCache(t *testing.T) { testArtifactsAndCache(t, "host") }
+
+// TestArtifactsAndCacheSandbox: the same in isolated machines, where the
+// builder is root and the steps' user another one.
+func TestArtifactsAndCacheSandbox(t *testing.T) { testArtifactsAndCache(t, "sandbox") }
+
+func testArtifactsAndCache(t *testing.T, driver string) {
+	args := []string{"--artifact-max-size", "4MiB"}
+	if driver == "sandbox" {
+		if os.Geteuid() != 0 {
+			t.Skip("the sandbox driver needs root")
+		}
+		if _, err := exec.LookPath("runc"); err != nil {
+			t.Skip("the sandbox driver needs runc (apt-get install runc)")
+		}
+		args = append(args, "--sandbox-bridge", testBridge, "--sandbox-subnet", testSubnet)
+	}
+	s := harness.StartServer(t, harness.Options{Driver: driver, Args: args})
 	run := marker()
 	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": strings.ReplaceAll(artifactsFile, "{{run}}", run)})
 	// app add reports, before any build, what is run and what is not.
@@ -102,7 +120,7 @@ func TestArtifactsAndCache(t *testing.T) {
 			t.Errorf("app add's report lacks %q:\n%s", want, r.Stdout)
 		}
 	}
-	f := &fixture{t: t, s: s, driver: "host"}
+	f := &fixture{t: t, s: s, driver: driver, bridge: testBridge}
 	start := func(wf string) *build.Build {
 		t.Helper()
 		r := s.Hangar("build", "start", "arts", "--workflow", wf, "--json")
@@ -147,6 +165,10 @@ func TestArtifactsAndCache(t *testing.T) {
 	if kinds["Restoring cache"] != build.KindCacheRestore || kinds["Uploading artifacts"] != build.KindArtifacts ||
 		kinds["Show links"] != build.KindPublishing || kinds["Saving cache"] != build.KindCacheSave || kinds["Make"] != "" {
 		t.Errorf("step kinds: %v", kinds)
+	}
+
+	if r := s.Hangar("build", "show", strconv.FormatInt(b1.ID, 10)); !strings.Contains(r.Stdout, "Publishing: Show links") {
+		t.Errorf("build show does not mark the publishing step:\n%s", r.Stdout)
 	}
 
 	// The CLI lists and downloads them, byte-identical.
@@ -222,19 +244,7 @@ func TestUIArtifacts(t *testing.T) {
 		t.Skip("needs playwright-core: npm ci in e2e/ui (make test does it)")
 	}
 	s := harness.StartServer(t, harness.Options{Driver: "host"})
-	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": strings.ReplaceAll(artifactsFile, "{{run}}", marker())})
-	if r := s.Hangar("app", "add", "ui-arts", "--repo", repo.Path); r.Code != 0 {
-		t.Fatalf("app add: %s", r.Stderr)
-	}
-	r := s.Hangar("build", "start", "ui-arts", "--workflow", "art", "--json")
-	var b build.Build
-	if r.Code != 0 || json.Unmarshal([]byte(r.Stdout), &b) != nil {
-		t.Fatalf("build start: %s %s", r.Stdout, r.Stderr)
-	}
-	f := &fixture{t: t, s: s, driver: "host"}
-	if done, logs := f.wait(b.ID, 2*time.Minute); done.Status != build.Finished {
-		t.Fatalf("build: %s (%s)\n%s", done.Status, done.Message, logs)
-	}
+	b, _ := artBuild(t, s, "ui-arts")
 	shots := os.Getenv("HANGAR_UI_SCREENSHOTS")
 	if shots == "" {
 		shots = filepath.Join(t.TempDir(), "screenshots")
@@ -253,4 +263,56 @@ func TestUIArtifacts(t *testing.T) {
 	if err != nil || !bytes.Equal(got, appBin()) {
 		t.Errorf("the browser's download: %d bytes, %v; want %d identical bytes", len(got), err, len(appBin()))
 	}
+}
+
+// TestEmailSMTP: a server started with --smtp-* sends publishing.email
+// through a real SMTP server on loopback (STARTTLS, AUTH PLAIN with the
+// password from HANGAR_SMTP_PASSWORD), with the artifacts' links.
+func TestEmailSMTP(t *testing.T) {
+	certs := tlstest.New(t, "127.0.0.1")
+	mb := smtptest.Start(t, certs.Server, "ci", "mail-pw-123")
+	s := harness.StartServer(t, harness.Options{Driver: "host", Env: []string{"SSL_CERT_FILE=" + certs.CAFile, "HANGAR_SMTP_PASSWORD=mail-pw-123"},
+		Args: []string{"--smtp-host", "127.0.0.1", "--smtp-port", strconv.Itoa(mb.Port), "--smtp-from", "Hangar <ci@example.com>",
+			"--smtp-user", "ci", "--smtp-starttls", "always"}})
+	b, logs := artBuild(t, s, "mail")
+	if !strings.Contains(logs, "Email: sent to dev@example.com through 127.0.0.1") {
+		t.Fatalf("the log does not say the email was sent:\n%s", logs)
+	}
+	msgs := mb.Wait(1, 10*time.Second)
+	if len(msgs) != 1 {
+		t.Fatalf("%d emails received", len(msgs))
+	}
+	m := msgs[0]
+	if !m.TLS || m.User != "ci" || m.From != "ci@example.com" || strings.Join(m.To, ",") != "dev@example.com" {
+		t.Errorf("envelope: %+v", m)
+	}
+	for _, want := range []string{"Subject: [Hangar] mail #1: Artifacts and cache succeeded", s.URL + fmt.Sprintf("/api/v1/builds/%d/artifacts/build/out/app.bin", b.ID)} {
+		if !strings.Contains(m.Data, want) {
+			t.Errorf("email lacks %q:\n%s", want, m.Data)
+		}
+	}
+	if strings.Contains(s.Log(), "mail-pw-123") || strings.Contains(logs, "mail-pw-123") {
+		t.Error("the SMTP password is in a log")
+	}
+}
+
+// artBuild adds app (artifactsFile) to s, runs its workflow art to its
+// end and returns the build, finished, and its log.
+func artBuild(t *testing.T, s *harness.Server, app string) (*build.Build, string) {
+	t.Helper()
+	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": strings.ReplaceAll(artifactsFile, "{{run}}", marker())})
+	if r := s.Hangar("app", "add", app, "--repo", repo.Path); r.Code != 0 {
+		t.Fatalf("app add: %s", r.Stderr)
+	}
+	r := s.Hangar("build", "start", app, "--workflow", "art", "--json")
+	var b build.Build
+	if r.Code != 0 || json.Unmarshal([]byte(r.Stdout), &b) != nil {
+		t.Fatalf("build start: %s %s", r.Stdout, r.Stderr)
+	}
+	f := &fixture{t: t, s: s, driver: "host"}
+	done, logs := f.wait(b.ID, 2*time.Minute)
+	if done.Status != build.Finished {
+		t.Fatalf("build: %s (%s)\n%s", done.Status, done.Message, logs)
+	}
+	return done, logs
 }

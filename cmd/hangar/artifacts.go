@@ -157,3 +157,12 @@ func cacheCmd(cf *clientFlags) *cobra.Command {
 	cmd.AddCommand(list, clear)
 	return cmd
 }
+
+// stepLabel is a step's name as the CLI shows it: a publishing script's
+// is marked.
+func stepLabel(s build.Step) string {
+	if s.Kind == build.KindPublishing {
+		return "Publishing: " + s.Name
+	}
+	return s.Name
+}

@@ -160,7 +160,7 @@ func followBuild(ctx context.Context, c *api.Client, id int64, out io.Writer) (*
 	printHeader := func(i int) {
 		if !header[i] && i < len(steps) {
 			header[i] = true
-			fmt.Fprintf(out, "==> %s\n", steps[i].Name)
+			fmt.Fprintf(out, "==> %s\n", stepLabel(steps[i]))
 		}
 	}
 	err := c.Follow(ctx, id, func(ev api.LogEvent) error {
@@ -298,7 +298,7 @@ func buildShowCmd(cf *clientFlags) *cobra.Command {
 					if s.Reason != "" {
 						d = s.Reason
 					}
-					fmt.Fprintf(tw, "  %s %s\t%s\t%s%s\n", mark(s.Status), s.Name, s.Status, d, exitNote(s))
+					fmt.Fprintf(tw, "  %s %s\t%s\t%s%s\n", mark(s.Status), stepLabel(s), s.Status, d, exitNote(s))
 				}
 				_ = tw.Flush()
 			}
@@ -345,7 +345,7 @@ func buildLogsCmd(cf *clientFlags) *cobra.Command {
 					if l.Step != step {
 						step = l.Step
 						if step < len(b.Steps) {
-							fmt.Printf("==> %s\n", b.Steps[step].Name)
+							fmt.Printf("==> %s\n", stepLabel(b.Steps[step]))
 						}
 					}
 					fmt.Printf("    %s\n", l.Text)

@@ -83,6 +83,8 @@ type Options struct {
 	// CAFile: the server serves HTTPS (Args give --tls-cert and
 	// --tls-key) with a certificate of this CA (a PEM file).
 	CAFile string
+	// Env is more environment for the server (KEY=VALUE).
+	Env []string
 }
 
 type lockedBuffer struct {
@@ -136,6 +138,9 @@ func StartServer(t testing.TB, o Options) *Server {
 		s.http = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	}
 	s.cmd = exec.Command(bin, args...)
+	if len(o.Env) > 0 {
+		s.cmd.Env = append(os.Environ(), o.Env...)
+	}
 	s.cmd.Stdout = s.log
 	s.cmd.Stderr = s.log
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

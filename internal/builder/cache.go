@@ -55,7 +55,7 @@ func (r *run) restoreCache(ctx context.Context, out io.Writer) error {
 		return nil
 	}
 	defer st.Close()
-	br := bufio.NewReader(st)
+	br := bufio.NewReaderSize(st, 256<<10)
 	line, err := br.ReadBytes('\n')
 	var info link.CacheInfo
 	if err == nil {

@@ -81,7 +81,7 @@ func newStepBook(r *run, name string) (*stepBook, error) {
 	}
 	for i, st := range r.job.Steps {
 		s := StepState{Number: i, Name: st.Name, Status: "pending"}
-		if i > 0 {
+		if i > 0 && st.Script != "" {
 			s.Script = r.scriptPath(i, st)
 			s.Dir = r.stepDir(st)
 			s.Shebang = strings.HasPrefix(st.Script, "#!")

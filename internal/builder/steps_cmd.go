@@ -78,6 +78,9 @@ func StepsMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			}
 			return 0
 		}
+		if s.Script == "" {
+			return fail("step %d (%s) is one of Hangar's own (cache, artifacts): it has no script to run again", s.Number, s.Name)
+		}
 		return stepsRun(s, env, note, stdin, stdout, stderr)
 	case args[0] == "-h" || args[0] == "--help" || args[0] == "help":
 		fmt.Fprint(stdout, stepsUsage)

@@ -3,114 +3,14 @@ package notify
 import (
 	"context"
 	"crypto/tls"
-	"errors"
-	"io"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
-
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/notify/smtptest"
 	"github.com/hangar-ci/hangar/internal/tlstest"
 )
-
-// mailbox is a real SMTP server (emersion/go-smtp) on loopback that keeps
-// what it receives.
-type mailbox struct {
-	srv  *smtp.Server
-	port int
-
-	mu   sync.Mutex // guards msgs
-	msgs []received
-}
-
-type received struct {
-	from string
-	to   []string
-	data string
-	tls  bool
-	user string
-}
-
-type session struct {
-	mb   *mailbox
-	conn *smtp.Conn
-	msg  received
-}
-
-func (s *session) Reset()        { s.msg = received{user: s.msg.user} }
-func (s *session) Logout() error { return nil }
-func (s *session) Mail(from string, _ *smtp.MailOptions) error {
-	s.msg.from = from
-	return nil
-}
-func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	s.msg.to = append(s.msg.to, to)
-	return nil
-}
-func (s *session) Data(r io.Reader) error {
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	s.msg.data = string(data)
-	_, s.msg.tls = s.conn.TLSConnectionState()
-	s.mb.mu.Lock()
-	s.mb.msgs = append(s.mb.msgs, s.msg)
-	s.mb.mu.Unlock()
-	return nil
-}
-func (s *session) AuthMechanisms() []string { return []string{sasl.Plain} }
-func (s *session) Auth(string) (sasl.Server, error) {
-	return sasl.NewPlainServer(func(_, user, pass string) error {
-		if user != "hangar" || pass != "s3cret-pw" {
-			return errors.New("invalid credentials")
-		}
-		s.msg.user = user
-		return nil
-	}), nil
-}
-
-// startMailbox serves SMTP on loopback, with STARTTLS if certs is set.
-func startMailbox(t *testing.T, certs *tlstest.Certs) *mailbox {
-	t.Helper()
-	mb := &mailbox{}
-	mb.srv = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
-		return &session{mb: mb, conn: c}, nil
-	}))
-	mb.srv.Domain = "localhost"
-	mb.srv.ReadTimeout, mb.srv.WriteTimeout = 10*time.Second, 10*time.Second
-	if certs != nil {
-		mb.srv.TLSConfig = certs.Server
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mb.port = l.Addr().(*net.TCPAddr).Port
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := mb.srv.Serve(l); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
-			t.Errorf("smtp server: %v", err)
-		}
-	}()
-	t.Cleanup(func() {
-		mb.srv.Close()
-		<-done
-	})
-	return mb
-}
-
-func (mb *mailbox) received() []received {
-	mb.mu.Lock()
-	defer mb.mu.Unlock()
-	return append([]received(nil), mb.msgs...)
-}
 
 func finished(status build.Status) build.Build {
 	start := time.Now().Add(-time.Minute)
@@ -124,8 +24,8 @@ func finished(status build.Status) build.Build {
 // canceled build), sent over STARTTLS with AUTH PLAIN to a real server.
 func TestEmail(t *testing.T) {
 	certs := tlstest.New(t, "127.0.0.1")
-	mb := startMailbox(t, certs)
-	s := &SMTP{Host: "127.0.0.1", Port: mb.port, From: "Hangar <hangar@example.com>", Username: "hangar", Password: "s3cret-pw",
+	mb := smtptest.Start(t, certs.Server, "hangar", "s3cret-pw")
+	s := &SMTP{Host: "127.0.0.1", Port: mb.Port, From: "Hangar <hangar@example.com>", Username: "hangar", Password: "s3cret-pw",
 		StartTLS: StartTLSAlways, TLS: &tls.Config{RootCAs: certs.Pool}, PublicURL: func() string { return "https://ci.example.com" }}
 	if err := s.Check(); err != nil {
 		t.Fatal(err)
@@ -138,13 +38,13 @@ func TestEmail(t *testing.T) {
 	if len(lines) != 1 || !strings.HasPrefix(lines[0], "Email: sent to dev@example.com, Lead <lead@example.com> through 127.0.0.1") {
 		t.Fatalf("log lines: %q", lines)
 	}
-	msgs := mb.received()
+	msgs := mb.Messages()
 	if len(msgs) != 1 {
 		t.Fatalf("%d messages received", len(msgs))
 	}
 	m := msgs[0]
-	if !m.tls || m.user != "hangar" || m.from != "hangar@example.com" || strings.Join(m.to, ",") != "dev@example.com,lead@example.com" {
-		t.Errorf("envelope: tls=%v user=%q from=%q to=%q", m.tls, m.user, m.from, m.to)
+	if !m.TLS || m.User != "hangar" || m.From != "hangar@example.com" || strings.Join(m.To, ",") != "dev@example.com,lead@example.com" {
+		t.Errorf("envelope: tls=%v user=%q from=%q to=%q", m.TLS, m.User, m.From, m.To)
 	}
 	for _, want := range []string{
 		"Subject: [Hangar] demo #7: Android release succeeded (main, 0123456789)",
@@ -153,8 +53,8 @@ func TestEmail(t *testing.T) {
 		"https://ci.example.com/api/v1/builds/42/artifacts/build/app.apk",
 		"Build: https://ci.example.com/builds/42",
 	} {
-		if !strings.Contains(m.data, want) {
-			t.Errorf("message lacks %q:\n%s", want, m.data)
+		if !strings.Contains(m.Data, want) {
+			t.Errorf("message lacks %q:\n%s", want, m.Data)
 		}
 	}
 
@@ -170,11 +70,11 @@ func TestEmail(t *testing.T) {
 	if lines := s.Notify(ctx, finished(build.Failed), spec, arts); len(lines) != 1 || !strings.HasPrefix(lines[0], "Email: sent") {
 		t.Errorf("failure: %q", lines)
 	}
-	msgs = mb.received()
+	msgs = mb.Messages()
 	if len(msgs) != 2 {
 		t.Fatalf("%d messages received, want 2", len(msgs))
 	}
-	if d := msgs[1].data; !strings.Contains(d, "Android release failed") || !strings.Contains(d, "Reason: step \"Build\" failed") ||
+	if d := msgs[1].Data; !strings.Contains(d, "Android release failed") || !strings.Contains(d, "Reason: step \"Build\" failed") ||
 		!strings.Contains(d, "Log: https://ci.example.com/api/v1/builds/42/logs") || strings.Contains(d, "app.apk") {
 		t.Errorf("failure message:\n%s", d)
 	}
@@ -190,9 +90,9 @@ func TestEmail(t *testing.T) {
 // TestEmailNoTLS: a server without STARTTLS gets no email when it is
 // required, and plain email when it is not (without authentication).
 func TestEmailNoTLS(t *testing.T) {
-	mb := startMailbox(t, nil)
+	mb := smtptest.Start(t, nil, "", "")
 	spec := &build.Spec{Email: &build.Email{Recipients: []string{"dev@example.com"}, Success: true, Failure: true}}
-	s := &SMTP{Host: "127.0.0.1", Port: mb.port, From: "hangar@example.com", StartTLS: StartTLSAlways}
+	s := &SMTP{Host: "127.0.0.1", Port: mb.Port, From: "hangar@example.com", StartTLS: StartTLSAlways}
 	if lines := s.Notify(context.Background(), finished(build.Finished), spec, nil); len(lines) != 1 || !strings.Contains(lines[0], "does not offer STARTTLS") {
 		t.Errorf("STARTTLS required: %q", lines)
 	}
@@ -200,7 +100,7 @@ func TestEmailNoTLS(t *testing.T) {
 	if lines := s.Notify(context.Background(), finished(build.Finished), spec, nil); len(lines) != 1 || !strings.HasPrefix(lines[0], "Email: sent") {
 		t.Errorf("plain: %q", lines)
 	}
-	if msgs := mb.received(); len(msgs) != 1 || msgs[0].tls || !strings.Contains(msgs[0].data, "The build has no artifacts.") {
+	if msgs := mb.Messages(); len(msgs) != 1 || msgs[0].TLS || !strings.Contains(msgs[0].Data, "The build has no artifacts.") {
 		t.Errorf("received: %+v", msgs)
 	}
 	if lines := Unconfigured(context.Background(), finished(build.Finished), spec, nil); len(lines) != 1 || !strings.Contains(lines[0], "no SMTP server configured") {
