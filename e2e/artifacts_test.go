@@ -97,17 +97,7 @@ func TestArtifactsAndCache(t *testing.T) { testArtifactsAndCache(t, "host") }
 func TestArtifactsAndCacheSandbox(t *testing.T) { testArtifactsAndCache(t, "sandbox") }
 
 func testArtifactsAndCache(t *testing.T, driver string) {
-	args := []string{"--artifact-max-size", "4MiB"}
-	if driver == "sandbox" {
-		if os.Geteuid() != 0 {
-			t.Skip("the sandbox driver needs root")
-		}
-		if _, err := exec.LookPath("runc"); err != nil {
-			t.Skip("the sandbox driver needs runc (apt-get install runc)")
-		}
-		args = append(args, "--sandbox-bridge", testBridge, "--sandbox-subnet", testSubnet)
-	}
-	s := harness.StartServer(t, harness.Options{Driver: driver, Args: args})
+	s := harness.StartServer(t, harness.Options{Driver: driver, Args: driverArgs(t, driver, "--artifact-max-size", "4MiB")})
 	run := marker()
 	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": strings.ReplaceAll(artifactsFile, "{{run}}", run)})
 	// app add reports, before any build, what is run and what is not.

@@ -191,16 +191,7 @@ type fixture struct {
 }
 
 func newFixture(t *testing.T, driver string, serverArgs ...string) *fixture {
-	args := serverArgs
-	if driver == "sandbox" {
-		if os.Geteuid() != 0 {
-			t.Skip("the sandbox driver needs root")
-		}
-		if _, err := exec.LookPath("runc"); err != nil {
-			t.Skip("the sandbox driver needs runc (apt-get install runc)")
-		}
-		args = append(args, "--sandbox-bridge", testBridge, "--sandbox-subnet", testSubnet)
-	}
+	args := driverArgs(t, driver, serverArgs...)
 	s := harness.StartServer(t, harness.Options{Driver: driver, Args: args})
 	f := &fixture{t: t, s: s, run: marker(), driver: driver, bridge: testBridge}
 	yaml := strings.NewReplacer("{{run}}", f.run, "{{data}}", s.Data, "{{prefix}}", testPrefix).Replace(workflowFile)
@@ -210,6 +201,21 @@ func newFixture(t *testing.T, driver string, serverArgs ...string) *fixture {
 		t.Fatalf("app add: %d %s %s", r.Code, r.Stdout, r.Stderr)
 	}
 	return f
+}
+
+// driverArgs are args with the test bridge and subnet for the sandbox
+// driver, which it skips the test without (root, runc).
+func driverArgs(t *testing.T, driver string, args ...string) []string {
+	if driver != "sandbox" {
+		return args
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("the sandbox driver needs root")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("the sandbox driver needs runc (apt-get install runc)")
+	}
+	return append(args, "--sandbox-bridge", testBridge, "--sandbox-subnet", testSubnet)
 }
 
 func (f *fixture) hangar(args string) harness.Result {
