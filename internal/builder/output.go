@@ -30,7 +30,8 @@ import (
 // make its chunks whole lines, the sender holds back the last chunk while
 // it ends in the middle of a line (the step is writing it) and is not
 // full, until more comes or someone waits for it (a step's end, the
-// build's end), and its whole lines no longer than holdFor; a chunk it
+// build's end) or holdPartial has passed, and its whole lines no longer
+// than holdFor; a chunk it
 // must send that still ends mid-line goes as a compressed block of its
 // whole lines and the rest as it is. A line's start is sent as it is
 // too: the runner joins the pieces.
@@ -67,6 +68,11 @@ const burst = 64 << 10
 // lines shown at once, as before the chunk was held.
 const holdFor = 20 * time.Millisecond
 
+// holdPartial is the longest an unfinished line waits for its end: a
+// prompt, a progress bar redrawn with \r or dots printed one at a time
+// show while the step runs, not when it next ends a line.
+const holdPartial = 250 * time.Millisecond
+
 // maxFree is how many sent chunk buffers are kept for reuse.
 const maxFree = 8
 
@@ -91,6 +97,7 @@ type outbox struct {
 	// and benchmarks. Set before the first add.
 	minCompress int
 	holdFor     time.Duration
+	holdPartial time.Duration
 
 	free      [][]byte    // guarded by mu; chunk buffers of maxChunk bytes sent, for reuse
 	heldSince time.Time   // guarded by mu; when the sender began holding the last chunk back
@@ -103,7 +110,7 @@ type outbox struct {
 }
 
 func newOutbox(send func(link.Event) error, limit int64) *outbox {
-	o := &outbox{send: send, limit: limit, midLine: make(map[int]bool), minCompress: minCompress, holdFor: holdFor}
+	o := &outbox{send: send, limit: limit, midLine: make(map[int]bool), minCompress: minCompress, holdFor: holdFor, holdPartial: holdPartial}
 	o.cond = sync.NewCond(&o.mu)
 	o.timer = time.AfterFunc(time.Hour, func() {
 		o.mu.Lock()
@@ -235,6 +242,12 @@ func (o *outbox) ready(now time.Time) (n int, lines bool) {
 	if o.heldSince.IsZero() {
 		o.heldSince = now
 	}
+	if now.Sub(o.heldSince) >= o.holdPartial {
+		// The line has waited long enough for its end: it goes as it is
+		// (the runner joins the pieces).
+		o.heldSince = time.Time{}
+		return n, false
+	}
 	return n - 1, now.Sub(o.heldSince) >= o.holdFor && bytes.IndexByte(last, '\n') >= 0
 }
 
@@ -245,10 +258,15 @@ func (o *outbox) run() {
 	for {
 		n, lines := o.ready(time.Now())
 		for n == 0 && !lines {
-			if len(o.queue) > 0 && bytes.IndexByte(o.queue[0].Data, '\n') >= 0 {
+			if len(o.queue) > 0 {
 				// Whole lines wait behind an unfinished one: not for
-				// more than holdFor.
-				o.timer.Reset(o.holdFor - time.Since(o.heldSince))
+				// more than holdFor; the unfinished one not for more
+				// than holdPartial.
+				wait := o.holdPartial
+				if bytes.IndexByte(o.queue[0].Data, '\n') >= 0 {
+					wait = o.holdFor
+				}
+				o.timer.Reset(wait - time.Since(o.heldSince))
 			}
 			o.cond.Wait()
 			n, lines = o.ready(time.Now())

@@ -144,6 +144,7 @@ func TestOutboxChunksOfWholeLines(t *testing.T) {
 	rec := newRecorder()
 	box := newOutbox(rec.send, 0)
 	box.holdFor = time.Hour // whatever the machine's load: only flushes send
+	box.holdPartial = time.Hour
 	line := func(i int) string { return fmt.Sprintf("line %06d of a step that writes a lot\n", i) }
 	var all strings.Builder
 	for i := range 20000 {
@@ -194,6 +195,18 @@ func TestOutboxWholeLinesDoNotWait(t *testing.T) {
 	if got := rec.output(1); got != "line one\nline two\nContinue? y\n" {
 		t.Fatalf("output = %q", got)
 	}
+}
+
+// TestOutboxUnfinishedLineGoesWhenIdle: a line a step has not ended (a
+// prompt, a progress bar) is shown while the step waits, not only once it
+// ends the line.
+func TestOutboxUnfinishedLineGoesWhenIdle(t *testing.T) {
+	rec := newRecorder()
+	box := newOutbox(rec.send, 0)
+	box.add(1, []byte("downloading: 50%"))
+	rec.waitOutput(t, 1, "downloading: 50%")
+	box.add(1, []byte(" 100%\ndone\n"))
+	rec.waitOutput(t, 1, "downloading: 50% 100%\ndone\n")
 }
 
 func TestOutboxDrainSendsALineNotEnded(t *testing.T) {
