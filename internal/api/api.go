@@ -34,6 +34,15 @@ type AppRequest struct {
 	Name          string `json:"name"`
 	Repo          string `json:"repo"`                     // a git URL or a path on the server
 	WebhookSecret string `json:"webhook_secret,omitempty"` // empty: the server makes one
+	// RefuseUnsupported: refuse to start builds of workflows that use keys
+	// Hangar does not support (Workflow.Check.Unsupported).
+	RefuseUnsupported bool `json:"refuse_unsupported,omitempty"`
+}
+
+// AppSettings is the body of PATCH /api/v1/apps/{name}: the settings to
+// change (a missing field is left as it is).
+type AppSettings struct {
+	RefuseUnsupported *bool `json:"refuse_unsupported,omitempty"`
 }
 
 // App is an app as the API shows it.
@@ -44,6 +53,9 @@ type App struct {
 	Repo       string    `json:"repo"`
 	CreatedAt  time.Time `json:"created_at"`
 	WebhookURL string    `json:"webhook_url"`
+	// RefuseUnsupported: builds of workflows that use keys Hangar does not
+	// support are refused at start.
+	RefuseUnsupported bool `json:"refuse_unsupported"`
 	// WebhookSecret is shown only in the answer that created the app.
 	WebhookSecret string `json:"webhook_secret,omitempty"`
 }

@@ -22,7 +22,7 @@ import (
 func presentApp(r *http.Request, a *store.App) api.App {
 	return api.App{
 		ID: a.ID, Name: a.Name, Repo: gitrepo.Redact(a.Repo), CreatedAt: a.CreatedAt,
-		WebhookURL: webhookURL(r, a.Name),
+		WebhookURL: webhookURL(r, a.Name), RefuseUnsupported: a.RefuseUnsupported,
 	}
 }
 
@@ -99,7 +99,7 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, fmt.Sprintf("cannot read repository %s: %v", gitrepo.Redact(repo), err))
 		return
 	}
-	app := &store.App{Name: req.Name, Repo: repo, WebhookSecret: secret}
+	app := &store.App{Name: req.Name, Repo: repo, WebhookSecret: secret, RefuseUnsupported: req.RefuseUnsupported}
 	if err := s.cfg.Store.CreateApp(r.Context(), app); errors.Is(err, store.ErrExists) {
 		writeError(w, http.StatusConflict, fmt.Sprintf("an app named %q already exists", req.Name))
 		return
@@ -107,7 +107,7 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, "create app", err)
 		return
 	}
-	s.log.Info("app added", "app", app.Name, "repo", gitrepo.Redact(app.Repo))
+	s.log.Info("app added", "app", app.Name, "repo", gitrepo.Redact(app.Repo), "refuse_unsupported", app.RefuseUnsupported)
 	resp := presentApp(r, app)
 	resp.WebhookSecret = secret
 	writeJSON(w, http.StatusCreated, resp)
@@ -148,6 +148,33 @@ func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
 	if app, ok := s.lookupApp(w, r, r.PathValue("name")); ok {
 		writeJSON(w, http.StatusOK, presentApp(r, app))
 	}
+}
+
+// patchApp changes an app's settings (admin, or a token for the app).
+func (s *Server) patchApp(w http.ResponseWriter, r *http.Request) {
+	app, ok := s.lookupApp(w, r, r.PathValue("name"))
+	if !ok {
+		return
+	}
+	var req api.AppSettings
+	if !s.decode(w, r, &req) {
+		return
+	}
+	if req.RefuseUnsupported == nil {
+		writeError(w, http.StatusBadRequest, `nothing to change: give {"refuse_unsupported": true} or false`)
+		return
+	}
+	err := s.cfg.Store.SetRefuseUnsupported(r.Context(), app.Name, *req.RefuseUnsupported)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no app %q: see `hangar app list`", app.Name))
+		return
+	} else if err != nil {
+		s.internal(w, "change app", err)
+		return
+	}
+	app.RefuseUnsupported = *req.RefuseUnsupported
+	s.log.Info("app changed", "app", app.Name, "refuse_unsupported", app.RefuseUnsupported)
+	writeJSON(w, http.StatusOK, presentApp(r, app))
 }
 
 func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {

@@ -337,6 +337,17 @@ func (s *Server) rerunBuild(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, fmt.Sprintf("build %d never ran (%s): there is nothing to run again; fix the workflow file and start a new build", b.ID, b.Message))
 		return
 	}
+	if app, err := s.cfg.Store.App(r.Context(), b.App); err == nil && app.RefuseUnsupported {
+		var keys []workflow.Unsupported
+		for _, k := range spec.Ignored {
+			keys = append(keys, workflow.Unsupported{Key: k, Why: workflow.WhyIgnored(k)})
+		}
+		if why := unsupportedRefusal(app.Name, b.Workflow, keys); why != "" {
+			s.log.Info("build refused", "app", b.App, "workflow", b.Workflow, "reason", why)
+			writeError(w, http.StatusUnprocessableEntity, why)
+			return
+		}
+	}
 	spec.BreakBefore = nil
 	if data, err = json.Marshal(spec); err != nil {
 		s.internal(w, "rerun", err)

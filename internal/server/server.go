@@ -26,6 +26,7 @@ type Store interface {
 	App(ctx context.Context, name string) (*store.App, error)
 	Apps(ctx context.Context) ([]*store.App, error)
 	DeleteApp(ctx context.Context, name string) error
+	SetRefuseUnsupported(ctx context.Context, name string, refuse bool) error
 	ActiveBuilds(ctx context.Context, app string) (int, error)
 	TokenByHash(ctx context.Context, hash string) (*store.Token, error)
 	CreateBuild(ctx context.Context, b *build.Build, spec []byte) error
@@ -132,6 +133,7 @@ func (s *Server) routes() []route {
 		{"POST /api/v1/apps", s.auth(s.createApp)},
 		{"GET /api/v1/apps", s.auth(s.listApps)},
 		{"GET /api/v1/apps/{name}", s.auth(s.getApp)},
+		{"PATCH /api/v1/apps/{name}", s.auth(s.patchApp)},
 		{"DELETE /api/v1/apps/{name}", s.auth(s.deleteApp)},
 		{"POST /api/v1/builds", s.auth(s.startBuild)},
 		{"GET /api/v1/builds", s.auth(s.listBuilds)},

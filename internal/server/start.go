@@ -140,14 +140,15 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 		s.log.Info("build refused", "app", b.App, "workflow", wf.ID, "reason", why)
 		return s.failAtOnce(ctx, b, why)
 	}
+	if app.RefuseUnsupported {
+		if why := unsupportedRefusal(app.Name, wf.ID, wf.Report().Unsupported); why != "" {
+			return s.refuse(ctx, b, st, why)
+		}
+	}
 	if why, err := s.secretsRefusal(ctx, app.Name, wf); err != nil {
 		return nil, err
 	} else if why != "" {
-		s.log.Info("build refused", "app", b.App, "workflow", wf.ID, "reason", why)
-		if st.trigger == build.Manual {
-			return nil, &userError{http.StatusUnprocessableEntity, why}
-		}
-		return s.failAtOnce(ctx, b, why)
+		return s.refuse(ctx, b, st, why)
 	}
 	instance := wf.InstanceType
 	if instance == "" {
@@ -221,6 +222,31 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 	}
 	s.log.Info("build queued", "build", b.ID, "app", b.App, "workflow", b.Workflow, "trigger", b.Trigger)
 	return b, nil
+}
+
+// refuse refuses to start b for why: a 422 for a build started by hand, a
+// build that failed at once for a webhook's.
+func (s *Server) refuse(ctx context.Context, b *build.Build, st *start, why string) (*build.Build, error) {
+	s.log.Info("build refused", "app", b.App, "workflow", b.Workflow, "reason", why)
+	if st.trigger == build.Manual {
+		return nil, &userError{http.StatusUnprocessableEntity, why}
+	}
+	return s.failAtOnce(ctx, b, why)
+}
+
+// unsupportedRefusal says why app, which refuses unsupported keys, does
+// not build workflow wfID that uses keys ("" when it uses none).
+func unsupportedRefusal(app, wfID string, keys []workflow.Unsupported) string {
+	if len(keys) == 0 {
+		return ""
+	}
+	var list []string
+	for _, u := range keys {
+		list = append(list, u.Key+" ("+u.Why+")")
+	}
+	return fmt.Sprintf("app %s refuses workflows that rely on what Hangar does not support (its refuse_unsupported setting), and workflow %s uses: %s. "+
+		"Remove these keys from the workflow, or allow the build with `hangar app set %s --refuse-unsupported=false` (API: PATCH /api/v1/apps/%s with {\"refuse_unsupported\": false})",
+		app, wfID, strings.Join(list, "; "), app, app)
 }
 
 func payloadOf(st *start) any {

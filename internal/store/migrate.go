@@ -127,6 +127,8 @@ var migrations = []migration{
 	// Several gateways: builds' access state, the registry of tunnels,
 	// the gateways' events (gateways.go).
 	{version: 17, name: "gateway access, routes and events", sql: gatewaysSchema, postgres: gatewaysNotify},
+	// Apps that refuse builds of workflows relying on unsupported keys.
+	{version: 20, name: "apps.refuse_unsupported", run: addColumn("apps", "refuse_unsupported", "{{bool}} NOT NULL DEFAULT FALSE")},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;

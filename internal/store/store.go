@@ -39,6 +39,9 @@ type App struct {
 	Repo          string    `json:"repo"`
 	WebhookSecret string    `json:"-"`
 	CreatedAt     time.Time `json:"created_at"`
+	// RefuseUnsupported: a build of a workflow that uses keys Hangar does
+	// not support (workflow.Report's Unsupported) is refused at start.
+	RefuseUnsupported bool `json:"refuse_unsupported"`
 }
 
 // Token is an API token, stored by the hash of its secret only.
@@ -203,8 +206,8 @@ func nullMS(t *time.Time) sql.NullInt64 {
 func (s *Store) CreateApp(ctx context.Context, a *App) error {
 	a.CreatedAt = time.Now().UTC().Truncate(time.Millisecond)
 	err := s.db.QueryRowContext(ctx,
-		`INSERT INTO apps (name, repo, webhook_secret, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING RETURNING id`,
-		a.Name, a.Repo, a.WebhookSecret, ms(a.CreatedAt)).Scan(&a.ID)
+		`INSERT INTO apps (name, repo, webhook_secret, created_at, refuse_unsupported) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING RETURNING id`,
+		a.Name, a.Repo, a.WebhookSecret, ms(a.CreatedAt), a.RefuseUnsupported).Scan(&a.ID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ErrExists
 	}
@@ -214,12 +217,12 @@ func (s *Store) CreateApp(ctx context.Context, a *App) error {
 	return nil
 }
 
-const appCols = `id, name, repo, webhook_secret, created_at`
+const appCols = `id, name, repo, webhook_secret, created_at, refuse_unsupported`
 
 func scanApp(row interface{ Scan(...any) error }) (*App, error) {
 	var a App
 	var created int64
-	if err := row.Scan(&a.ID, &a.Name, &a.Repo, &a.WebhookSecret, &created); err != nil {
+	if err := row.Scan(&a.ID, &a.Name, &a.Repo, &a.WebhookSecret, &created, &a.RefuseUnsupported); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, ErrNotFound
 		}
@@ -250,6 +253,18 @@ func (s *Store) Apps(ctx context.Context) ([]*App, error) {
 		apps = append(apps, a)
 	}
 	return apps, rows.Err()
+}
+
+// SetRefuseUnsupported changes app name's RefuseUnsupported setting.
+func (s *Store) SetRefuseUnsupported(ctx context.Context, name string, refuse bool) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE apps SET refuse_unsupported = $2 WHERE name = $1`, name, refuse)
+	if err != nil {
+		return fmt.Errorf("set refuse_unsupported: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
 }
 
 // DeleteApp removes an app with its builds and logs.
