@@ -172,6 +172,16 @@ func (c *Client) App(ctx context.Context, name string) (*App, error) {
 	return &out, nil
 }
 
+// SetAppSettings changes an app's settings (admin, or a token for the
+// app) and returns the app as it now is.
+func (c *Client) SetAppSettings(ctx context.Context, name string, req AppSettings) (*App, error) {
+	var out App
+	if err := c.do(ctx, http.MethodPatch, "/api/v1/apps/"+url.PathEscape(name), req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // DeleteApp deletes an app and its builds (admin).
 func (c *Client) DeleteApp(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/api/v1/apps/"+url.PathEscape(name), nil, nil)
