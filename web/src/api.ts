@@ -11,6 +11,8 @@ export interface App {
   created_at: string;
   webhook_url: string;
   webhook_secret?: string;
+  /** builds of workflows that use keys Hangar does not support are refused */
+  refuse_unsupported: boolean;
 }
 
 export interface Step {
@@ -273,7 +275,8 @@ export const api = {
   info: (signal?: AbortSignal) => getJSON<Info>('/api/v1/info', signal),
   apps: (signal?: AbortSignal) => getJSON<App[]>('/api/v1/apps', signal),
   app: (name: string, signal?: AbortSignal) => getJSON<App>(`/api/v1/apps/${enc(name)}`, signal),
-  addApp: (a: { name: string; repo: string; webhook_secret?: string }) => send<App>('POST', '/api/v1/apps', a) as Promise<App>,
+  addApp: (a: { name: string; repo: string; webhook_secret?: string; refuse_unsupported?: boolean }) => send<App>('POST', '/api/v1/apps', a) as Promise<App>,
+  setApp: (name: string, settings: { refuse_unsupported: boolean }) => send<App>('PATCH', `/api/v1/apps/${enc(name)}`, settings) as Promise<App>,
   deleteApp: (name: string) => send<null>('DELETE', `/api/v1/apps/${enc(name)}`),
   workflows: (app: string, branch?: string, signal?: AbortSignal) =>
     getJSON<Workflows>(`/api/v1/apps/${enc(app)}/workflows${branch ? '?branch=' + enc(branch) : ''}`, signal),

@@ -63,6 +63,7 @@ function AddAppForm({ onCancel }: { onCancel: () => void }) {
   const [name, setName] = useState('');
   const [repo, setRepo] = useState('');
   const [secret, setSecret] = useState('');
+  const [refuse, setRefuse] = useState(false);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const [added, setAdded] = useState<App | null>(null);
@@ -72,7 +73,7 @@ function AddAppForm({ onCancel }: { onCancel: () => void }) {
     setBusy(true);
     setError(null);
     try {
-      setAdded(await api.addApp({ name: name.trim(), repo: repo.trim(), webhook_secret: secret || undefined }));
+      setAdded(await api.addApp({ name: name.trim(), repo: repo.trim(), webhook_secret: secret || undefined, refuse_unsupported: refuse || undefined }));
     } catch (err) {
       setError(err instanceof ApiError ? err.message : String(err));
     } finally {
@@ -154,6 +155,15 @@ function AddAppForm({ onCancel }: { onCancel: () => void }) {
           Leave empty and Hangar makes a random one, shown once.
         </p>
       </div>
+      <div class="field check">
+        <input type="checkbox" id="app-refuse" checked={refuse} onChange={(e) => setRefuse(e.currentTarget.checked)} aria-describedby="app-refuse-hint" />
+        <div>
+          <label for="app-refuse">Refuse workflows that use unsupported keys</label>
+          <p class="hint" id="app-refuse-hint">
+            {REFUSE_HINT}
+          </p>
+        </div>
+      </div>
       <div class="actions">
         <button type="button" class="btn" onClick={onCancel}>
           Cancel
@@ -224,6 +234,9 @@ export function AppPage({ name }: { name: string }) {
             <dd class="mono break">{app.data.webhook_url}</dd>
           </div>
         </dl>
+      ) : null}
+      {app.data ? (
+        <RefuseUnsupportedSetting app={app.data} onChanged={app.reload} />
       ) : (
         <Spinner label="Loading…" />
       )}
@@ -274,6 +287,46 @@ export function AppPage({ name }: { name: string }) {
       <StartBuildDialog open={start !== null} onClose={closeStart} app={name} workflow={start?.workflow} />
       <DeleteAppDialog open={deleting} onClose={closeDelete} name={name} />
     </>
+  );
+}
+
+const REFUSE_HINT =
+  'A build (by hand, rerun or webhook) of a workflow with keys Hangar does not run is refused, listing them, instead of running without them.';
+
+// The app's refuse_unsupported setting, changed at once when ticked.
+function RefuseUnsupportedSetting({ app, onChanged }: { app: App; onChanged: () => void }) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  const change = async (refuse: boolean) => {
+    setBusy(true);
+    setError(null);
+    try {
+      await api.setApp(app.name, { refuse_unsupported: refuse });
+      onChanged();
+    } catch (e) {
+      setError(e instanceof ApiError ? e.message : String(e));
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <div class="field check" data-refuse-unsupported={String(app.refuse_unsupported)}>
+      <input
+        type="checkbox"
+        id="app-refuse-setting"
+        checked={app.refuse_unsupported}
+        disabled={busy}
+        onChange={(e) => void change(e.currentTarget.checked)}
+        aria-describedby="app-refuse-setting-hint"
+      />
+      <div>
+        <label for="app-refuse-setting">Refuse workflows that use unsupported keys</label>
+        <p class="hint" id="app-refuse-setting-hint">
+          {REFUSE_HINT}
+        </p>
+        {error ? <Alert>{error}</Alert> : null}
+      </div>
+    </div>
   );
 }
 
