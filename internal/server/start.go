@@ -244,8 +244,10 @@ func unsupportedRefusal(app, wfID string, keys []workflow.Unsupported) string {
 	for _, u := range keys {
 		list = append(list, u.Key+" ("+u.Why+")")
 	}
-	return fmt.Sprintf("app %s refuses workflows that rely on what Hangar does not support (its refuse_unsupported setting), and workflow %s uses: %s. "+
-		"Remove these keys from the workflow, or allow the build with `hangar app set %s --refuse-unsupported=false` (API: PATCH /api/v1/apps/%s with {\"refuse_unsupported\": false})",
+	// The web UI shows the message up to the command (inUIWords).
+	return fmt.Sprintf("app %s refuses workflows that rely on what Hangar does not support, and workflow %s uses %s. "+
+		"Remove these keys from the workflow, or allow such builds by unsetting the app's refuse_unsupported setting: "+
+		"`hangar app set %s --refuse-unsupported=false` (API: PATCH /api/v1/apps/%s with {\"refuse_unsupported\": false})",
 		app, wfID, strings.Join(list, "; "), app, app)
 }
 

@@ -295,26 +295,31 @@ const REFUSE_HINT =
 
 // The app's refuse_unsupported setting, changed at once when ticked.
 function RefuseUnsupportedSetting({ app, onChanged }: { app: App; onChanged: () => void }) {
+  // What the box shows: the saved setting, or the one being saved.
+  const [on, setOn] = useState(app.refuse_unsupported);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
+  useEffect(() => setOn(app.refuse_unsupported), [app.refuse_unsupported]);
   const change = async (refuse: boolean) => {
+    setOn(refuse);
     setBusy(true);
     setError(null);
     try {
-      await api.setApp(app.name, { refuse_unsupported: refuse });
+      setOn((await api.setApp(app.name, { refuse_unsupported: refuse })).refuse_unsupported);
       onChanged();
     } catch (e) {
+      setOn(!refuse);
       setError(e instanceof ApiError ? e.message : String(e));
     } finally {
       setBusy(false);
     }
   };
   return (
-    <div class="field check" data-refuse-unsupported={String(app.refuse_unsupported)}>
+    <div class="field check" data-refuse-unsupported={busy ? 'saving' : String(app.refuse_unsupported)}>
       <input
         type="checkbox"
         id="app-refuse-setting"
-        checked={app.refuse_unsupported}
+        checked={on}
         disabled={busy}
         onChange={(e) => void change(e.currentTarget.checked)}
         aria-describedby="app-refuse-setting-hint"
