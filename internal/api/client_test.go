@@ -457,7 +457,7 @@ func TestWire(t *testing.T) {
 		return ks
 	}
 	for path, want := range map[string][]string{
-		"/api/v1/apps/demo":           {"created_at", "id", "name", "repo", "webhook_url"},
+		"/api/v1/apps/demo":           {"created_at", "id", "name", "refuse_unsupported", "repo", "webhook_url"},
 		"/api/v1/apps/demo/workflows": {"branch", "commit", "file", "workflows"},
 		"/api/v1/info":                {"driver", "http", "isolated", "ssh"},
 	} {
