@@ -113,15 +113,12 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// StartServer starts `hangar server` and waits until it answers. It is
-// stopped (SIGTERM) at cleanup.
-func StartServer(t testing.TB, o Options) *Server {
+// startServer starts `hangar server` on a free port and waits until it
+// answers. It reports busy, having ended the process, when the server
+// could not bind the port because another process had taken it.
+func startServer(t testing.TB, o Options, data string) (_ *Server, busy bool) {
 	t.Helper()
 	bin := Binary(t)
-	data := o.Data
-	if data == "" {
-		data = t.TempDir()
-	}
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	args := serverArgs(t, addr, data, o)
 	s := &Server{t: t, URL: "http://" + addr, Data: data, log: &lockedBuffer{}, exited: make(chan struct{}), http: http.DefaultClient}
@@ -151,22 +148,50 @@ func StartServer(t testing.TB, o Options) *Server {
 		s.err = s.cmd.Wait()
 		close(s.exited)
 	}()
-	t.Cleanup(s.Stop)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if api.New(s.URL, "", s.http).Health(context.Background()) == nil {
-			break
+			return s, false
 		}
 		select {
 		case <-s.exited:
+			if strings.Contains(s.log.String(), "--http "+addr+": listen tcp "+addr+": bind: address already in use") {
+				return s, true
+			}
 			t.Fatalf("hangar server exited at start:\n%s", s.log.String())
 		default:
 		}
 		if time.Now().After(deadline) {
+			s.Stop()
 			t.Fatalf("hangar server did not answer within 30s:\n%s", s.log.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// StartServer starts `hangar server` and waits until it answers. It is
+// stopped (SIGTERM) at cleanup.
+func StartServer(t testing.TB, o Options) *Server {
+	t.Helper()
+	data := o.Data
+	if data == "" {
+		data = t.TempDir()
+	}
+	// The port is free when picked, but another process of the machine
+	// (a test running alongside) may take it before the server binds it:
+	// then the server says so at start, and gets another.
+	var s *Server
+	for attempt := 1; ; attempt++ {
+		var busy bool
+		if s, busy = startServer(t, o, data); !busy {
+			break
+		}
+		if attempt == 5 {
+			t.Fatalf("hangar server: its --http port was taken before it bound it, 5 times:\n%s", s.log.String())
+		}
+		t.Logf("hangar server: its --http port was taken before it bound it; again with another")
+	}
+	t.Cleanup(s.Stop)
 	tok, err := os.ReadFile(filepath.Join(data, "admin-token"))
 	if err != nil {
 		t.Fatalf("admin token: %v", err)
