@@ -127,6 +127,9 @@ var migrations = []migration{
 	// Several gateways: builds' access state, the registry of tunnels,
 	// the gateways' events (gateways.go).
 	{version: 17, name: "gateway access, routes and events", sql: gatewaysSchema, postgres: gatewaysNotify},
+	// The SSH keys every server and gateway of one database shares,
+	// sealed with the secrets key (sharedkeys.go).
+	{version: 18, name: "shared SSH keys", sql: sharedKeysSchema},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;
