@@ -120,5 +120,13 @@ func sweep(ctx context.Context, st *store.Store, log *slog.Logger) {
 			log.Warn("runner stopped answering: its builds failed", "runner", r.Name, "host", r.Host,
 				"last_seen", r.LastSeen.Format(time.RFC3339), "builds", fmt.Sprint(r.Builds))
 		}
+		if len(stale) > 0 {
+			// The dead runner cannot close its builds' access on separate
+			// gateways, and a machine it left may still hold a tunnel:
+			// close it now, not at a gateway control's next minute.
+			if _, err := st.CloseEndedGatewayAccess(ctx, "the build failed: its runner stopped answering"); err != nil && ctx.Err() == nil {
+				log.Error("close the gateway access of the stale runners' builds", "err", err)
+			}
+		}
 	}
 }
