@@ -33,7 +33,8 @@ import (
 // a new connection gets in through the other. One replica is killed: the
 // API answers through the other, the killed replica's builds fail with a
 // reason naming its runner within the bound, and their SSH access is
-// closed on the gateways.
+// closed on the gateways. An SSH extension asked of the replica that does
+// not run the build reaches the build's runner through the store.
 func TestCluster(t *testing.T) {
 	for _, bin := range []string{"ssh", "bash"} {
 		if _, err := exec.LookPath(bin); err != nil {
@@ -165,6 +166,25 @@ func TestCluster(t *testing.T) {
 		want := fmt.Sprintf("config-%d", id)
 		if r := sf.run("ssh", "-F", filepath.Join(cfgDir, "config"), build.Alias(id), "echo "+want); r.Code != 0 || r.Stdout != want+"\n" {
 			t.Fatalf("build %d through the other replica's ssh_config: exit %d, stdout %q, stderr %q", id, r.Code, r.Stdout, r.Stderr)
+		}
+	}
+
+	// Extend, asked of the replica that does not run the build, reaches
+	// the build's runner through the store.
+	for _, id := range ids {
+		if _, err := servers[1-owner[id]].Client().ExtendSSH(ctx, id, 5*time.Minute); err != nil {
+			t.Fatalf("ssh-extend of build %d through the other replica: %v", id, err)
+		}
+		evs, err := servers[owner[id]].Client().Events(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		extended := false
+		for _, ev := range evs {
+			extended = extended || ev.Kind == "ssh_extended"
+		}
+		if !extended {
+			t.Fatalf("build %d: no ssh_extended event after an extension through the other replica: %+v", id, evs)
 		}
 	}
 

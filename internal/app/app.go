@@ -247,6 +247,9 @@ func New(cfg Config) (a *App, err error) {
 		Runners: a.store, RunnerStaleAfter: StaleAfter,
 		RunnerAPI: runnerapi.New(runnerapi.Config{Store: a.store, Logger: log, StaleAfter: StaleAfter}),
 		Secrets:   a.vault, Files: a.files}
+	// Continue and Extend reach the build's runner through this server,
+	// or through the store when another server's runner runs it.
+	scfg.Continue, scfg.Extend = a.continueBuild, a.extendBuild
 	if !cfg.NoRunner {
 		if _, err := a.newRunner(ctx, cfg, data, exe, name, mirrors, &scfg); err != nil {
 			return nil, err
@@ -426,7 +429,6 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 	if a.control != nil {
 		a.control.Events = a.run.GatewayEvent
 	}
-	scfg.Continue, scfg.Extend = a.run.Continue, a.run.Extend
 	return a.run, nil
 }
 
@@ -571,6 +573,10 @@ func (a *App) Run(ctx context.Context, hurry <-chan struct{}) error {
 	if a.control != nil {
 		g.Go(func() error { return a.control.Run(gctx) })
 	}
+	g.Go(func() error {
+		a.serveRequests(gctx)
+		return nil
+	})
 	if a.gw != nil {
 		g.Go(func() error {
 			if err := a.gw.Serve(a.sshLn); !errors.Is(err, gateway.ErrServerClosed) {

@@ -130,6 +130,9 @@ var migrations = []migration{
 	// The SSH keys every server and gateway of one database shares,
 	// sealed with the secrets key (sharedkeys.go).
 	{version: 18, name: "shared SSH keys", sql: sharedKeysSchema},
+	// Continue and Extend asked through a server whose runner does not
+	// run the build (requests.go).
+	{version: 19, name: "build requests", sql: buildRequestsSchema, postgres: buildRequestsNotify},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;
