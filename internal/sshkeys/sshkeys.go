@@ -111,38 +111,8 @@ var ErrOtherSecretsKey = errors.New("the SSH keys in the database were sealed wi
 // a new key. Without create a missing key is an error (a gateway waits
 // for a server to make them).
 func Shared(ctx context.Context, st *store.Store, secrets *sshca.Sealer, create bool, seedDir string) (*Keys, error) {
-	get := func(name string, make func() ([]byte, error)) ([]byte, error) {
-		var sealed []byte
-		if create {
-			var plain []byte
-			if seedDir != "" {
-				b, err := os.ReadFile(filepath.Join(seedDir, name))
-				if err != nil && !errors.Is(err, os.ErrNotExist) {
-					return nil, err
-				}
-				plain = b
-			}
-			if plain == nil {
-				b, err := make()
-				if err != nil {
-					return nil, err
-				}
-				plain = b
-			}
-			sealed = secrets.Seal(plain, label(name))
-		}
-		got, err := st.SharedKey(ctx, name, sealed)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("the database has no shared SSH key %s yet: start a hangar server on it first", name)
-		}
-		if err != nil {
-			return nil, err
-		}
-		plain, err := secrets.Open(got, label(name))
-		if err != nil {
-			return nil, ErrOtherSecretsKey
-		}
-		return plain, nil
+	get := func(name string, fresh func() ([]byte, error)) ([]byte, error) {
+		return shared(ctx, st, secrets, name, create, seedDir, fresh)
 	}
 	newKey := func(comment string) func() ([]byte, error) {
 		return func() ([]byte, error) {
@@ -170,6 +140,19 @@ func Shared(ctx context.Context, st *store.Store, secrets *sshca.Sealer, create 
 	if err != nil {
 		return nil, err
 	}
+	// Its public half too, for gateways (GatewayCAs): they never open the
+	// private key. Every candidate is the same, made from the agreed key.
+	if create {
+		pub := ssh.MarshalAuthorizedKey(ca.PublicKey())
+		// (Not seeded from a file: <data>/ssh/user_ca.pub may be older.)
+		got, err := shared(ctx, st, secrets, userCAName+".pub", true, "", func() ([]byte, error) { return pub, nil })
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(got, pub) {
+			return nil, fmt.Errorf("the shared SSH key %s.pub is not the public half of %s", userCAName, userCAName)
+		}
+	}
 	hostCA, hostPEM, err := signer(hostCAName, "hangar host CA")
 	if err != nil {
 		return nil, err
@@ -190,6 +173,65 @@ func Shared(ctx context.Context, st *store.Store, secrets *sshca.Sealer, create 
 		return nil, fmt.Errorf("the shared SSH key %s has %d bytes, not 32", urlName, len(urlKey))
 	}
 	return &Keys{UserCA: sshca.NewCA(ca), HostCA: sshca.NewHostCA(hostCA), Sealer: sealer, URLKey: urlKey, hostCAPEM: hostPEM}, nil
+}
+
+// shared returns the shared key name, opened with secrets; with create it
+// first stores (unless there is one) the seed file's or fresh's key.
+func shared(ctx context.Context, st *store.Store, secrets *sshca.Sealer, name string, create bool, seedDir string, fresh func() ([]byte, error)) ([]byte, error) {
+	var sealed []byte
+	if create {
+		var plain []byte
+		if seedDir != "" {
+			b, err := os.ReadFile(filepath.Join(seedDir, name))
+			if err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, err
+			}
+			plain = b
+		}
+		if plain == nil {
+			b, err := fresh()
+			if err != nil {
+				return nil, err
+			}
+			plain = b
+		}
+		sealed = secrets.Seal(plain, label(name))
+	}
+	got, err := st.SharedKey(ctx, name, sealed)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("the database has no shared SSH key %s yet: start a hangar server on it first", name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	plain, err := secrets.Open(got, label(name))
+	if err != nil {
+		return nil, ErrOtherSecretsKey
+	}
+	return plain, nil
+}
+
+// GatewayCAs returns what a gateway needs of the shared keys, which a
+// server made: the host CA and the user CA's public key (not its private
+// key, which the database keeps apart).
+func GatewayCAs(ctx context.Context, st *store.Store, secrets *sshca.Sealer) (*sshca.HostCA, ssh.PublicKey, error) {
+	pem, err := shared(ctx, st, secrets, hostCAName, false, "", nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	hostCA, err := ssh.ParsePrivateKey(pem)
+	if err != nil {
+		return nil, nil, fmt.Errorf("the shared SSH key %s is not a private key", hostCAName)
+	}
+	pub, err := shared(ctx, st, secrets, userCAName+".pub", false, "", nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	userCA, _, _, _, err := ssh.ParseAuthorizedKey(pub)
+	if err != nil {
+		return nil, nil, fmt.Errorf("the shared SSH key %s.pub is not a public key", userCAName)
+	}
+	return sshca.NewHostCA(hostCA), userCA, nil
 }
 
 func label(name string) string { return "hangar shared key " + name }

@@ -57,11 +57,7 @@ func gatewayCAs(ctx context.Context, cfg Config, st *store.Store) (*sshca.HostCA
 		if err != nil {
 			return nil, nil, err
 		}
-		keys, err := sshkeys.Shared(ctx, st, sealer, false, "")
-		if err != nil {
-			return nil, nil, err
-		}
-		return keys.HostCA, keys.UserCA.PublicKey(), nil
+		return sshkeys.GatewayCAs(ctx, st, sealer)
 	}
 	hostCA, err := sshca.LoadHostCA(cfg.HostCA)
 	if err != nil {
