@@ -347,6 +347,12 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		LinkAddr: linkAddr, Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
 		Secrets: a.vault, Files: a.files, PublicURL: func() string { return a.publicURL },
 	}
+	if cfg.Database != "" {
+		// A replica's runner runs builds that another server made (and
+		// fetched into its own data dir): it fetches each build's
+		// repository itself, as a runner on another host does.
+		rcfg.Mirrors = fetchingMirrors{mirrors}
+	}
 	rcfg.Notify = notify.Unconfigured
 	if cfg.SMTP != nil {
 		smtp := *cfg.SMTP
