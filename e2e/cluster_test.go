@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/hangar-ci/hangar/e2e/harness"
+	"github.com/hangar-ci/hangar/internal/app"
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/gateway/gatewaytest"
 	"github.com/hangar-ci/hangar/internal/store/pgtest"
@@ -251,7 +252,7 @@ func TestCluster(t *testing.T) {
 		t.Logf("build %d of the killed server failed %v after the kill: %s", id, took.Round(100*time.Millisecond), b.Message)
 		// Its access is closed on the gateways (its machine, left by the
 		// killed server, still runs until that server starts again).
-		wantRefused := fmt.Sprintf("hangar: SSH access to build %d ended", id)
+		wantRefused := "hangar: " + app.ReasonRunnerStale
 		deadline := time.Now().Add(30 * time.Second)
 		for {
 			r := sf.run("bash", scripts[id], "true")
