@@ -33,11 +33,18 @@ type gatewayProc struct {
 // from data, and waits until it listens. It is killed at cleanup.
 func startGateway(t *testing.T, id, url, data string) *gatewayProc {
 	t.Helper()
+	return startGatewayWith(t, id, url,
+		"--host-ca", filepath.Join(data, "ssh", "host_ca"), "--user-ca", filepath.Join(data, "ssh", "user_ca.pub"))
+}
+
+// startGatewayWith is startGateway with the key flags keyArgs.
+func startGatewayWith(t *testing.T, id, url string, keyArgs ...string) *gatewayProc {
+	t.Helper()
 	addr, peer := loopbackAddr(t), loopbackAddr(t)
-	cmd := exec.Command(harness.Binary(t), "gateway", "--database", url, "--id", id,
+	args := append([]string{"gateway", "--database", url, "--id", id,
 		"--listen", addr, "--peer-listen", peer, "--advertise", peer, "--data", t.TempDir(),
-		"--host-ca", filepath.Join(data, "ssh", "host_ca"), "--user-ca", filepath.Join(data, "ssh", "user_ca.pub"),
-		"--handshake-timeout", "5s", "--log-level", "debug")
+		"--handshake-timeout", "5s", "--log-level", "debug"}, keyArgs...)
+	cmd := exec.Command(harness.Binary(t), args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

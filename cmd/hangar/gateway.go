@@ -44,6 +44,7 @@ func gatewayCmd() *cobra.Command {
 	f.StringVar(&cfg.Data, "data", "./hangar-gateway", "directory of the gateway's host key (made at first start)")
 	f.StringVar(&cfg.HostCA, "host-ca", "./hangar-data/ssh/host_ca", "the host CA's private key: a copy of the server's <data>/ssh/host_ca (the same for every gateway)")
 	f.StringVar(&cfg.UserCA, "user-ca", "./hangar-data/ssh/user_ca.pub", "the user CA's public key: a copy of the server's <data>/ssh/user_ca.pub")
+	f.StringVar(&cfg.SecretsKey, "secrets-key", "", "the servers' --secrets-key (env:NAME or a file): read the CAs from the database, not --host-ca and --user-ca")
 	f.StringVar(&cfg.ID, "id", "", "name of the gateway in the registry of tunnels (default: random at each start)")
 	f.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 10*time.Second, "time a client has from connecting to being authenticated")
 	f.IntVar(&cfg.MaxConns, "max-conns", gateway.DefaultMaxConns, "connections the gateway holds at once, authenticated or not")

@@ -24,7 +24,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/crypto/ssh"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/hangar-ci/hangar/internal/artifact"
@@ -43,6 +42,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/server"
 	"github.com/hangar-ci/hangar/internal/sshalgo"
 	"github.com/hangar-ci/hangar/internal/sshca"
+	"github.com/hangar-ci/hangar/internal/sshkeys"
 	"github.com/hangar-ci/hangar/internal/store"
 )
 
@@ -247,8 +247,22 @@ func New(cfg Config) (a *App, err error) {
 		Runners: a.store, RunnerStaleAfter: StaleAfter,
 		RunnerAPI: runnerapi.New(runnerapi.Config{Store: a.store, Logger: log, StaleAfter: StaleAfter}),
 		Secrets:   a.vault, Files: a.files}
+	// Continue and Extend reach the build's runner through this server,
+	// or through the store when another server's runner runs it.
+	scfg.Continue, scfg.Extend = a.continueBuild, a.extendBuild
 	if !cfg.NoRunner {
 		if _, err := a.newRunner(ctx, cfg, data, exe, name, mirrors, &scfg); err != nil {
+			return nil, err
+		}
+	} else if cfg.GatewayAddr != "" {
+		// An API-only replica serves the SSH scripts, ssh_configs and
+		// one-line commands of builds that other servers' runners run:
+		// the keys are the database's, the gateways shared.
+		keys, err := a.sshKeys(ctx, cfg, data)
+		if err != nil {
+			return nil, err
+		}
+		if scfg.SSH, err = gatewaysSSH(cfg, a.store, keys); err != nil {
 			return nil, err
 		}
 	}
@@ -333,6 +347,12 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		LinkAddr: linkAddr, Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
 		Secrets: a.vault, Files: a.files, PublicURL: func() string { return a.publicURL },
 	}
+	if cfg.Database != "" {
+		// A replica's runner runs builds that another server made (and
+		// fetched into its own data dir): it fetches each build's
+		// repository itself, as a runner on another host does.
+		rcfg.Mirrors = fetchingMirrors{mirrors}
+	}
 	rcfg.Notify = notify.Unconfigured
 	if cfg.SMTP != nil {
 		smtp := *cfg.SMTP
@@ -364,14 +384,11 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 
 	if cfg.SSH != "off" || cfg.GatewayAddr != "" {
 		keys := filepath.Join(data, "ssh")
-		ca, err := sshca.LoadOrCreateCA(filepath.Join(keys, "user_ca"))
+		shared, err := a.sshKeys(ctx, cfg, data)
 		if err != nil {
 			return nil, err
 		}
-		// For separate gateways (hangar gateway --user-ca).
-		if err := os.WriteFile(filepath.Join(keys, "user_ca.pub"), ssh.MarshalAuthorizedKey(ca.PublicKey()), 0o644); err != nil {
-			return nil, err
-		}
+		ca, hostCA, sealer, urlKey := shared.UserCA, shared.HostCA, shared.Sealer, shared.URLKey
 		gwKeyPath := filepath.Join(keys, "gateway_host_key")
 		gwKey, err := sshca.LoadOrCreateKey(gwKeyPath, "hangar gateway")
 		if err != nil {
@@ -382,39 +399,17 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		}
 		// Every gateway presents a host certificate of the host CA, which
 		// the generated known_hosts trusts (docs/gateways.md).
-		hostCA, err := sshca.LoadOrCreateHostCA(filepath.Join(keys, "host_ca"))
-		if err != nil {
-			return nil, err
-		}
 		gwCert, _, err := hostCA.HostSigner(gwKey)
 		if err != nil {
 			return nil, err
 		}
-		sealer, err := sshca.LoadOrCreateSealer(filepath.Join(keys, "seal.key"))
-		if err != nil {
-			return nil, err
-		}
-		urlKey, err := sshca.LoadOrCreateSecret(filepath.Join(keys, "url.key"))
-		if err != nil {
-			return nil, err
-		}
 		if cfg.GatewayAddr != "" {
-			if cfg.Database == "" {
-				return nil, errors.New("--gateway-addr: separate gateways share the server's state through PostgreSQL: set --database")
-			}
-			_, port, err := net.SplitHostPort(cfg.GatewayAddr)
-			pn, perr := strconv.Atoi(port)
-			if err != nil || perr != nil {
-				return nil, fmt.Errorf("--gateway-addr %q: want host:port, e.g. gateways.example.com:2222", cfg.GatewayAddr)
+			if scfg.SSH, err = gatewaysSSH(cfg, a.store, shared); err != nil {
+				return nil, err
 			}
 			a.control = &cluster.Control{Store: a.store, Logger: log}
 			rcfg.SSH = &runner.SSHConfig{CA: ca, Sealer: sealer, Gateway: a.control, Store: a.store, AfterSteps: cfg.SSHAfterSteps,
 				TunnelAddr: cfg.GatewayAddr, TunnelCA: hostCA.PublicKey()}
-			scfg.SSH = &server.SSHConfig{
-				Store: a.store, Sealer: sealer, URLKey: urlKey, GatewayHost: cfg.SSHPublicHost,
-				GatewayPort: pn, GatewayCA: hostCA.PublicKey(), PublicURL: cfg.PublicURL,
-				GatewayDialAddr: cfg.GatewayAddr,
-			}
 			log.Info("SSH through separate gateways", "gateway_addr", cfg.GatewayAddr)
 		} else {
 			if a.sshLn, err = net.Listen("tcp", cfg.SSH); err != nil {
@@ -440,8 +435,50 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 	if a.control != nil {
 		a.control.Events = a.run.GatewayEvent
 	}
-	scfg.Continue, scfg.Extend = a.run.Continue, a.run.Extend
 	return a.run, nil
+}
+
+// sshKeys returns the installation's SSH keys (package sshkeys): with
+// PostgreSQL those every server and gateway of the database shares,
+// sealed with the secrets key (made by the first server, from its files
+// in <data>/ssh if it has them); with SQLite the data dir's files. The
+// files a separate gateway is given (host_ca, user_ca.pub) are written to
+// <data>/ssh either way.
+func (a *App) sshKeys(ctx context.Context, cfg Config, data string) (*sshkeys.Keys, error) {
+	dir := filepath.Join(data, "ssh")
+	var keys *sshkeys.Keys
+	var err error
+	if cfg.Database == "" {
+		keys, err = sshkeys.FromFiles(dir)
+	} else {
+		keys, err = sshkeys.Shared(ctx, a.store, a.vault.Sealer, true, dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("SSH keys: %w", err)
+	}
+	if err := keys.WriteGatewayFiles(dir); err != nil {
+		return nil, fmt.Errorf("SSH keys: %w", err)
+	}
+	return keys, nil
+}
+
+// gatewaysSSH is the API's SSH configuration with separate gateways
+// (--gateway-addr): users are sent to the gateways' address, which the
+// scripts pin by the host CA.
+func gatewaysSSH(cfg Config, st *store.Store, keys *sshkeys.Keys) (*server.SSHConfig, error) {
+	if cfg.Database == "" {
+		return nil, errors.New("--gateway-addr: separate gateways share the server's state through PostgreSQL: set --database")
+	}
+	_, port, err := net.SplitHostPort(cfg.GatewayAddr)
+	pn, perr := strconv.Atoi(port)
+	if err != nil || perr != nil {
+		return nil, fmt.Errorf("--gateway-addr %q: want host:port, e.g. gateways.example.com:2222", cfg.GatewayAddr)
+	}
+	return &server.SSHConfig{
+		Store: st, Sealer: keys.Sealer, URLKey: keys.URLKey, GatewayHost: cfg.SSHPublicHost,
+		GatewayPort: pn, GatewayCA: keys.HostCA.PublicKey(), PublicURL: cfg.PublicURL,
+		GatewayDialAddr: cfg.GatewayAddr,
+	}, nil
 }
 
 // release closes the listeners, the driver (its shared resources, after
@@ -542,6 +579,10 @@ func (a *App) Run(ctx context.Context, hurry <-chan struct{}) error {
 	if a.control != nil {
 		g.Go(func() error { return a.control.Run(gctx) })
 	}
+	g.Go(func() error {
+		a.serveRequests(gctx)
+		return nil
+	})
 	if a.gw != nil {
 		g.Go(func() error {
 			if err := a.gw.Serve(a.sshLn); !errors.Is(err, gateway.ErrServerClosed) {

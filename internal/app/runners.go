@@ -98,6 +98,10 @@ func beat(ctx context.Context, heartbeat func(context.Context) error, log *slog.
 	}
 }
 
+// ReasonRunnerStale is why SSH access to a build ended when the build
+// failed because its runner stopped answering: users see it.
+const ReasonRunnerStale = "SSH access ended: the build failed because its runner stopped answering"
+
 // sweep fails the builds of stale runners every SweepInterval until ctx
 // ends.
 func sweep(ctx context.Context, st *store.Store, log *slog.Logger) {
@@ -119,6 +123,14 @@ func sweep(ctx context.Context, st *store.Store, log *slog.Logger) {
 		for _, r := range stale {
 			log.Warn("runner stopped answering: its builds failed", "runner", r.Name, "host", r.Host,
 				"last_seen", r.LastSeen.Format(time.RFC3339), "builds", fmt.Sprint(r.Builds))
+		}
+		if len(stale) > 0 {
+			// The dead runner cannot close its builds' access on separate
+			// gateways, and a machine it left may still hold a tunnel:
+			// close it now, not at a gateway control's next minute.
+			if _, err := st.CloseEndedGatewayAccess(ctx, ReasonRunnerStale); err != nil && ctx.Err() == nil {
+				log.Error("close the gateway access of the stale runners' builds", "err", err)
+			}
 		}
 	}
 }

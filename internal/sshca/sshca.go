@@ -332,3 +332,10 @@ func HostKeyCallback(ca ssh.PublicKey) ssh.HostKeyCallback {
 		return CheckHostCert(ca, GatewayPrincipal, key)
 	}
 }
+
+// NewCA is the user CA of signer (a key read from elsewhere than a file,
+// such as the database's shared keys).
+func NewCA(signer ssh.Signer) *CA { return &CA{signer: signer} }
+
+// NewHostCA is the host CA of signer.
+func NewHostCA(signer ssh.Signer) *HostCA { return &HostCA{signer: signer} }

@@ -127,6 +127,12 @@ var migrations = []migration{
 	// Several gateways: builds' access state, the registry of tunnels,
 	// the gateways' events (gateways.go).
 	{version: 17, name: "gateway access, routes and events", sql: gatewaysSchema, postgres: gatewaysNotify},
+	// The SSH keys every server and gateway of one database shares,
+	// sealed with the secrets key (sharedkeys.go).
+	{version: 18, name: "shared SSH keys", sql: sharedKeysSchema},
+	// Continue and Extend asked through a server whose runner does not
+	// run the build (requests.go).
+	{version: 19, name: "build requests", sql: buildRequestsSchema, postgres: buildRequestsNotify},
 	// Apps that refuse builds of workflows relying on unsupported keys.
 	{version: 20, name: "apps.refuse_unsupported", run: addColumn("apps", "refuse_unsupported", "{{bool}} NOT NULL DEFAULT FALSE")},
 }

@@ -15,8 +15,10 @@ import (
 
 	"github.com/hangar-ci/hangar/internal/gateway"
 	"github.com/hangar-ci/hangar/internal/netx"
+	"github.com/hangar-ci/hangar/internal/secrets"
 	"github.com/hangar-ci/hangar/internal/sshalgo"
 	"github.com/hangar-ci/hangar/internal/sshca"
+	"github.com/hangar-ci/hangar/internal/sshkeys"
 	"github.com/hangar-ci/hangar/internal/store"
 )
 
@@ -35,12 +37,41 @@ type Config struct {
 	// <data>/ssh/host_ca); UserCA the user CA's public key file (the
 	// server's <data>/ssh/user_ca.pub).
 	HostCA, UserCA string
+	// SecretsKey, if set, is the servers' --secrets-key: the CAs are then
+	// read from the database (the servers' shared keys), not from the
+	// HostCA and UserCA files.
+	SecretsKey string
 	// ID names the gateway in the registry (default: random).
 	ID string
 	// The gateway's bounds (gateway.Gateway's fields; zero: its defaults).
 	HandshakeTimeout time.Duration
 	MaxConns         int
 	Logger           *slog.Logger
+}
+
+// gatewayCAs returns the host CA and the user CA's public key: the
+// database's shared keys with a secrets key, else the files.
+func gatewayCAs(ctx context.Context, cfg Config, st *store.Store) (*sshca.HostCA, ssh.PublicKey, error) {
+	if cfg.SecretsKey != "" {
+		sealer, _, err := secrets.LoadSealer(cfg.SecretsKey, "")
+		if err != nil {
+			return nil, nil, err
+		}
+		return sshkeys.GatewayCAs(ctx, st, sealer)
+	}
+	hostCA, err := sshca.LoadHostCA(cfg.HostCA)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--host-ca: %w", err)
+	}
+	userCABytes, err := os.ReadFile(cfg.UserCA)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--user-ca: %w (copy the server's <data>/ssh/user_ca.pub)", err)
+	}
+	userCA, _, _, _, err := ssh.ParseAuthorizedKey(userCABytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--user-ca %s: not a public key in authorized_keys format", cfg.UserCA)
+	}
+	return hostCA, userCA, nil
 }
 
 // DrainTimeout is how long a stopping gateway waits for its connections.
@@ -61,17 +92,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Advertise == "" {
 		return errors.New("--advertise: set the host:port where the other gateways reach this one's --peer-listen")
 	}
-	hostCA, err := sshca.LoadHostCA(cfg.HostCA)
+	st, err := store.Open(ctx, cfg.Database)
 	if err != nil {
-		return fmt.Errorf("--host-ca: %w", err)
+		return err
 	}
-	userCABytes, err := os.ReadFile(cfg.UserCA)
+	defer st.Close()
+	hostCA, userCA, err := gatewayCAs(ctx, cfg, st)
 	if err != nil {
-		return fmt.Errorf("--user-ca: %w (copy the server's <data>/ssh/user_ca.pub)", err)
-	}
-	userCA, _, _, _, err := ssh.ParseAuthorizedKey(userCABytes)
-	if err != nil {
-		return fmt.Errorf("--user-ca %s: not a public key in authorized_keys format", cfg.UserCA)
+		return err
 	}
 	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
 		return fmt.Errorf("--data: %w", err)
@@ -88,11 +116,6 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(ctx, cfg.Database)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", cfg.Listen, err)
