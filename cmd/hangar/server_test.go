@@ -58,7 +58,7 @@ func TestGatewayFlags(t *testing.T) {
 	}{
 		{[]string{"--database", "mysql://db/hangar"}, "--database: want the servers' PostgreSQL URL"},
 		{[]string{"--database", "postgres://db/hangar"}, "--advertise: set the host:port"},
-		{[]string{"--database", "postgres://db/hangar", "--advertise", "10.0.0.1:2224", "--host-ca", dir + "/none"}, "--host-ca: host CA: open " + dir + "/none"},
+		{[]string{"--database", "postgres://127.0.0.1:1/hangar", "--advertise", "10.0.0.1:2224", "--host-ca", dir + "/none"}, "--host-ca: host CA: open " + dir + "/none"},
 		{[]string{"--max-conns", "0"}, "--max-conns 0: must be at least 1"},
 		{[]string{"--log-level", "loud"}, "--log-level \"loud\""},
 	} {

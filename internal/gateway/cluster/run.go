@@ -49,16 +49,10 @@ type Config struct {
 	Logger           *slog.Logger
 }
 
-// gatewayCAs returns the host CA and the user CA's public key: the
-// database's shared keys with a secrets key, else the files.
-func gatewayCAs(ctx context.Context, cfg Config, st *store.Store) (*sshca.HostCA, ssh.PublicKey, error) {
-	if cfg.SecretsKey != "" {
-		sealer, _, err := secrets.LoadSealer(cfg.SecretsKey, "")
-		if err != nil {
-			return nil, nil, err
-		}
-		return sshkeys.GatewayCAs(ctx, st, sealer)
-	}
+// fileCAs returns the host CA and the user CA's public key from the
+// files of --host-ca and --user-ca (without a secrets key; with one they
+// are the database's shared keys, sshkeys.GatewayCAs).
+func fileCAs(cfg Config) (*sshca.HostCA, ssh.PublicKey, error) {
 	hostCA, err := sshca.LoadHostCA(cfg.HostCA)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--host-ca: %w", err)
@@ -92,14 +86,28 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Advertise == "" {
 		return errors.New("--advertise: set the host:port where the other gateways reach this one's --peer-listen")
 	}
+	// What can be checked without the database is, first.
+	var hostCA *sshca.HostCA
+	var userCA ssh.PublicKey
+	var sealer *sshca.Sealer
+	var err error
+	if cfg.SecretsKey != "" {
+		sealer, _, err = secrets.LoadSealer(cfg.SecretsKey, "")
+	} else {
+		hostCA, userCA, err = fileCAs(cfg)
+	}
+	if err != nil {
+		return err
+	}
 	st, err := store.Open(ctx, cfg.Database)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	hostCA, userCA, err := gatewayCAs(ctx, cfg, st)
-	if err != nil {
-		return err
+	if sealer != nil {
+		if hostCA, userCA, err = sshkeys.GatewayCAs(ctx, st, sealer); err != nil {
+			return err
+		}
 	}
 	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
 		return fmt.Errorf("--data: %w", err)
