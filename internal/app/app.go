@@ -439,18 +439,25 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 }
 
 // sshKeys returns the installation's SSH keys (package sshkeys): with
-// PostgreSQL those every server and gateway of the database shares,
-// sealed with the secrets key (made by the first server, from its files
-// in <data>/ssh if it has them); with SQLite the data dir's files. The
+// PostgreSQL and --secrets-key those every server and gateway of the
+// database shares, sealed with the secrets key (made by the first server,
+// from its files in <data>/ssh if it has them); with SQLite, or without
+// --secrets-key (warned), the data dir's files. The
 // files a separate gateway is given (host_ca, user_ca.pub) are written to
 // <data>/ssh either way.
 func (a *App) sshKeys(ctx context.Context, cfg Config, data string) (*sshkeys.Keys, error) {
 	dir := filepath.Join(data, "ssh")
 	var keys *sshkeys.Keys
 	var err error
-	if cfg.Database == "" {
+	switch {
+	case cfg.Database == "":
 		keys, err = sshkeys.FromFiles(dir)
-	} else {
+	case cfg.SecretsKey == "":
+		// Sharing needs a secrets key that every server is given; with
+		// its data dir's own, a server keeps its own keys (as before).
+		a.log.Warn("SSH keys: this server uses its own SSH keys (in its data dir), not the database's shared ones, since it has no --secrets-key: SSH scripts it serves work only for the builds of its own runner, and separate gateways only for them; give every server and gateway of the database the same --secrets-key", "dir", dir)
+		keys, err = sshkeys.FromFiles(dir)
+	default:
 		keys, err = sshkeys.Shared(ctx, a.store, a.vault.Sealer, true, dir)
 	}
 	if err != nil {
