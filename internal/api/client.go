@@ -58,22 +58,36 @@ func StatusOf(err error) int {
 // 2xx status.
 func (c *Client) send(ctx context.Context, method, path string, in any, header http.Header) (*http.Response, error) {
 	var body io.Reader
+	size := int64(-1)
 	if in != nil {
 		data, err := json.Marshal(in)
 		if err != nil {
 			return nil, err
 		}
-		body = bytes.NewReader(data)
+		body, size = bytes.NewReader(data), int64(len(data))
+		header = header.Clone()
+		if header == nil {
+			header = http.Header{}
+		}
+		header.Set("Content-Type", "application/json")
 	}
+	return c.SendBody(ctx, method, path, body, size, header)
+}
+
+// SendBody makes a request of path (which may carry a query) with body
+// (nil: none) of size bytes (-1: unknown, sent chunked) and header. The
+// caller closes the answer's body, which has a 2xx status; an error
+// answer is an *Error.
+func (c *Client) SendBody(ctx context.Context, method, path string, body io.Reader, size int64, header http.Header) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return nil, err
 	}
+	if body != nil {
+		req.ContentLength = size
+	}
 	for k, v := range header {
 		req.Header[k] = v
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)

@@ -245,7 +245,8 @@ func New(cfg Config) (a *App, err error) {
 	scfg := server.Config{Store: a.store, Mirrors: mirrors, Logger: log, Metrics: promhttp.Handler(), SpoolDir: spool,
 		UI: server.UIHandler(), InstanceTypes: fitPids(cfg.InstanceTypes, cfg.MaxBuilds, log),
 		Runners: a.store, RunnerStaleAfter: StaleAfter,
-		RunnerAPI: runnerapi.New(runnerapi.Config{Store: a.store, Logger: log, StaleAfter: StaleAfter}),
+		RunnerAPI: runnerapi.New(runnerapi.Config{Store: a.store, Logger: log, StaleAfter: StaleAfter,
+			Secrets: a.vault, Files: a.files, PublicURL: func() string { return a.publicURL }}),
 		Secrets:   a.vault, Files: a.files}
 	// Continue and Extend reach the build's runner through this server,
 	// or through the store when another server's runner runs it.
@@ -345,7 +346,7 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 	rcfg := runner.Config{
 		Store: a.store.ForRunner(store.Claim{Runner: a.runnerID, NoSSH: cfg.SSH == "off"}), Driver: a.driver, Mirrors: mirrors, Link: a.linkSrv,
 		LinkAddr: linkAddr, Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
-		Secrets: a.vault, Files: a.files, PublicURL: func() string { return a.publicURL },
+		Secrets: runner.VaultSecrets{Vault: a.vault}, Files: runner.KeeperFiles{Keeper: a.files}, PublicURL: func() string { return a.publicURL },
 	}
 	if cfg.Database != "" {
 		// A replica's runner runs builds that another server made (and

@@ -122,6 +122,17 @@ func NewRunner(ctx context.Context, cfg RunnerConfig) (r *RemoteRunner, err erro
 		Store: r.client, Driver: r.driver, Mirrors: fetchingMirrors{&gitrepo.Mirrors{Dir: filepath.Join(data, "repos")}},
 		Link: r.linkSrv, LinkAddr: r.linkLn.Addr().String(), Executable: exe, MaxBuilds: cfg.Machines.MaxBuilds, Logger: log,
 	}
+	// The servers open the groups and keystores of its builds, and keep
+	// their artifacts and caches.
+	rcfg.Secrets = r.client
+	files, err := r.client.Files(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rcfg.Files = files
+	if u := files.PublicURL(); u != "" {
+		rcfg.PublicURL = files.PublicURL
+	}
 	if r.driver.Isolated() {
 		images, err := openImages(ctx, cfg.Machines, data, cfg.Labels, log)
 		if err != nil {

@@ -185,12 +185,18 @@ func (k *Keeper) PutArtifact(ctx context.Context, id int64, name string, r io.Re
 	if err := k.Store.AddArtifact(ctx, id, a, rel); err != nil {
 		os.Remove(filepath.Join(k.Dir, rel))
 		if errors.Is(err, store.ErrExists) {
-			return a, fmt.Errorf("the build has an artifact named %s already", name)
+			return a, &existsError{name}
 		}
 		return a, err
 	}
 	return a, nil
 }
+
+// existsError is a second artifact of a name in a build (store.ErrExists).
+type existsError struct{ name string }
+
+func (e *existsError) Error() string { return "the build has an artifact named " + e.name + " already" }
+func (e *existsError) Unwrap() error { return store.ErrExists }
 
 // Artifacts lists build id's artifacts.
 func (k *Keeper) Artifacts(ctx context.Context, id int64) ([]build.Artifact, error) {

@@ -16,13 +16,14 @@ import (
 	"github.com/hangar-ci/hangar/internal/store"
 )
 
-// Files keeps what builders upload: artifacts and caches
-// (artifact.Keeper). Each put calls done with the byte count read before
-// it keeps anything.
+// Files keeps what builders upload: artifacts and caches (KeeperFiles
+// on the server; the runner API's client on another host). Each put calls
+// done with the byte count read before it keeps anything. OpenCache opens
+// the cache that build id of app's workflow restores.
 type Files interface {
 	Limits() artifact.Limits
 	PutArtifact(ctx context.Context, id int64, name string, r io.Reader, limit int64, done func(n int64) error) (build.Artifact, error)
-	OpenCache(ctx context.Context, app, workflow string) (io.ReadCloser, build.Cache, error)
+	OpenCache(ctx context.Context, id int64, app, workflow string) (io.ReadCloser, build.Cache, error)
 	PutCache(ctx context.Context, app, workflow string, id int64, r io.Reader, done func(n int64) error) (build.Cache, error)
 }
 
@@ -77,7 +78,7 @@ func (fs *fileServer) serve(req *link.FileRequest) {
 			req.Reject("the workflow has no cache.cache_paths")
 			return
 		}
-		rc, c, err := files.OpenCache(j.ctx, j.b.App, j.b.Workflow)
+		rc, c, err := files.OpenCache(j.ctx, j.b.ID, j.b.App, j.b.Workflow)
 		if errors.Is(err, store.ErrNotFound) {
 			req.Reject(fmt.Sprintf("no cache of workflow %s yet: the first successful build saves one", j.b.Workflow))
 			return

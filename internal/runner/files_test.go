@@ -65,7 +65,7 @@ func TestFilesEnforced(t *testing.T) {
 		fb.wait(ctx)
 	}, func(c *Config) {
 		keeper = &artifact.Keeper{Dir: t.TempDir(), Store: c.Store.(artifact.Store), MaxFile: 10, MaxBuild: 15, MaxCache: 8}
-		c.Files = keeper
+		c.Files = KeeperFiles{keeper}
 		c.PublicURL = func() string { return "https://ci.example.com/" }
 		c.Notify = func(_ context.Context, b build.Build, spec *build.Spec, arts []build.Artifact) []string {
 			notified <- arts

@@ -249,7 +249,7 @@ func (j *job) openSecrets() *outcome {
 	if j.r.cfg.Secrets == nil {
 		return failed("this runner cannot open environment variable groups or keystores")
 	}
-	res, err := j.r.cfg.Secrets.Resolve(j.ctx, j.b.App, groups, keystores)
+	res, err := j.r.cfg.Secrets.Resolve(j.ctx, j.b.ID, j.b.App, groups, keystores)
 	if err != nil {
 		return failed(err.Error())
 	}

@@ -123,8 +123,10 @@ type Config struct {
 
 // Secrets opens what a build's workflow names: its environment variable
 // groups and keystores (package secrets). Its errors hold no secret.
+// VaultSecrets opens them from the server's own vault; a runner on
+// another host asks the servers for those of build id (package runnerapi).
 type Secrets interface {
-	Resolve(ctx context.Context, app string, groups, keystores []string) (*secrets.Resolved, error)
+	Resolve(ctx context.Context, id int64, app string, groups, keystores []string) (*secrets.Resolved, error)
 }
 
 // Images finds the image a build's machine boots from.

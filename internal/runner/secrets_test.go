@@ -48,7 +48,7 @@ func TestSecrets(t *testing.T) {
 			t.Fatal(err)
 		}
 		vault = &secrets.Vault{Store: c.Store.(*store.Store), Sealer: sealer}
-		c.Secrets = vault
+		c.Secrets = VaultSecrets{vault}
 	})
 	ctx := context.Background()
 	if err := vault.SetGroup(ctx, "demo", "play", []secrets.Var{{Name: "PLAY_TOKEN", Value: "tok-123456"}, {Name: "CM_BRANCH", Value: "from-group"}}); err != nil {

@@ -26,6 +26,8 @@
 //	GET  /api/runner/v1/wait       a long poll: answers when a build changes
 //	                               ({"changed": true}) or after a while.
 //
+// and the secrets, artifacts and caches of its builds (files.go).
+//
 // A runner writes only the builds it claimed (403 otherwise), from its
 // current process (409 from one another has replaced). Any server
 // replica answers: the state is the database's.
@@ -98,6 +100,9 @@ type Store interface {
 	RunnerCancelRequests(ctx context.Context, id int64) ([]int64, error)
 	RunnerEndedBuilds(ctx context.Context, runner int64, ids []int64) ([]int64, error)
 	Subscribe(id int64) (<-chan struct{}, func())
+	// Build and BuildSpec read a build for the file endpoints.
+	Build(ctx context.Context, id int64) (*build.Build, error)
+	BuildSpec(ctx context.Context, id int64) ([]byte, error)
 }
 
 // Config configures the runner API.
@@ -112,6 +117,13 @@ type Config struct {
 	// MaxBody bounds request bodies (default 32 MiB: a batch of log
 	// chunks).
 	MaxBody int64
+	// Secrets opens the groups and keystores runners' builds name (nil:
+	// such builds fail); Files keeps their artifacts and caches (nil:
+	// none kept); PublicURL is the API's URL as users reach it (artifact
+	// links; nil: paths). See files.go.
+	Secrets   Secrets
+	Files     Files
+	PublicURL func() string
 }
 
 // InterruptedMessage is the message of the builds a runner left running
@@ -151,6 +163,7 @@ func New(cfg Config) http.Handler {
 	} {
 		h.mux.Handle(pattern, h.auth(f))
 	}
+	h.fileRoutes()
 	h.mux.HandleFunc("/api/runner/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no runner API endpoint %s %s: is this runner newer than the server?", r.Method, r.URL.Path))
 	})
