@@ -227,7 +227,7 @@ func New(cfg Config) (a *App, err error) {
 		log.Info("secrets key", "fingerprint", fingerprint)
 	}
 	a.vault = &secrets.Vault{Store: a.store, Sealer: sealer}
-	a.files = &artifact.Keeper{Dir: data, Store: a.store, MaxFile: cfg.ArtifactMaxFile, MaxBuild: cfg.ArtifactMaxBuild,
+	a.files = &artifact.Keeper{Dir: data, Store: a.store, InDatabase: cfg.Database != "", MaxFile: cfg.ArtifactMaxFile, MaxBuild: cfg.ArtifactMaxBuild,
 		Retention: cfg.ArtifactRetention, MaxCache: cfg.CacheMaxSize, CacheRetention: cfg.CacheRetention, Logger: log}
 	// The API's URL, for artifact links and emails: --public-url, or the
 	// address it listens on (set below, before any build runs).

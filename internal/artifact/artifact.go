@@ -1,16 +1,17 @@
-// Package artifact keeps what builds leave behind on the server's disk:
-// their artifacts (files collected after the steps, kept with the build
-// for a retention period) and the workflows' caches (one compressed
-// archive per app and workflow, saved by a successful build and restored
-// before the next one's steps). The files are under Dir; their metadata
-// rows are in the store, which works on SQLite and PostgreSQL alike. A
-// background sweep (Run) deletes what has expired and files no row names.
+// Package artifact keeps what builds leave behind: their artifacts (files
+// collected after the steps, kept with the build for a retention period)
+// and the workflows' caches (one compressed archive per app and workflow,
+// saved by a successful build and restored before the next one's steps).
+// Their metadata rows are in the store. The files are under Dir (one
+// server on SQLite), or, with InDatabase (servers sharing PostgreSQL), in
+// the database as chunked blobs that every replica reads, streamed in and
+// out a chunk at a time (blob.go). A background sweep (Run) deletes what
+// has expired and files or blobs no row names.
 package artifact
 
 import (
 	"context"
 	"crypto/md5"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -50,13 +51,22 @@ type Store interface {
 	DeleteCaches(ctx context.Context, app, workflow string) ([]string, error)
 	TakeExpiredCaches(ctx context.Context, now time.Time) ([]string, error)
 	CacheFiles(ctx context.Context) (map[string]bool, error)
+	BlobStore
+	AddDownloadTicket(ctx context.Context, ticket string, id int64, name string, expires time.Time) error
+	TakeDownloadTicket(ctx context.Context, ticket string) (int64, string, error)
 }
 
 // Keeper keeps artifacts in Dir/artifacts/<build id>/ and caches in
-// Dir/caches/<app>/. Set Dir and Store; zero limits take the defaults.
+// Dir/caches/<build id>/, or with InDatabase as blobs in the store. Set Dir
+// and Store; zero limits take the defaults. Files kept either way are
+// read whatever InDatabase says now.
 type Keeper struct {
 	Dir   string
 	Store Store
+	// InDatabase keeps new files in the database, where every server of
+	// it reads them; ChunkSize is their chunks' size (default 1 MiB).
+	InDatabase bool
+	ChunkSize  int
 	// MaxFile and MaxBuild bound one artifact and a build's artifacts
 	// together; Retention is how long artifacts are kept.
 	MaxFile, MaxBuild int64
@@ -131,14 +141,15 @@ func CheckName(name string) error {
 // write copies r into a new file under dir (a random name), hashing it,
 // and hands done the byte count: the file is kept only if done accepts
 // it. It returns the file's path relative to k.Dir.
-func (k *Keeper) write(dir string, r io.Reader, limit int64, done func(n int64) error) (rel string, n int64, md5sum, sha string, err error) {
+func (k *Keeper) write(ctx context.Context, dir string, r io.Reader, limit int64, done func(n int64) error) (rel string, n int64, md5sum, sha string, err error) {
+	if k.InDatabase {
+		return k.writeBlob(ctx, r, limit, done)
+	}
 	abs := filepath.Join(k.Dir, dir)
 	if err := os.MkdirAll(abs, 0o700); err != nil {
 		return "", 0, "", "", err
 	}
-	var rb [12]byte
-	_, _ = rand.Read(rb[:])
-	name := hex.EncodeToString(rb[:])
+	name := randomID()
 	f, err := os.CreateTemp(abs, name+".*.part")
 	if err != nil {
 		return "", 0, "", "", err
@@ -176,14 +187,14 @@ func (k *Keeper) PutArtifact(ctx context.Context, id int64, name string, r io.Re
 	if err := CheckName(name); err != nil {
 		return build.Artifact{}, err
 	}
-	rel, n, m, s, err := k.write(filepath.Join("artifacts", strconv.FormatInt(id, 10)), r, limit, done)
+	rel, n, m, s, err := k.write(ctx, filepath.Join("artifacts", strconv.FormatInt(id, 10)), r, limit, done)
 	if err != nil {
 		return build.Artifact{}, err
 	}
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	a := build.Artifact{Name: name, Size: n, MD5: m, SHA256: s, CreatedAt: now, ExpiresAt: now.Add(k.retention())}
 	if err := k.Store.AddArtifact(ctx, id, a, rel); err != nil {
-		os.Remove(filepath.Join(k.Dir, rel))
+		k.remove(rel)
 		if errors.Is(err, store.ErrExists) {
 			return a, &existsError{name}
 		}
@@ -205,23 +216,32 @@ func (k *Keeper) Artifacts(ctx context.Context, id int64) ([]build.Artifact, err
 
 // OpenArtifact opens build id's artifact name (store.ErrNotFound if it
 // does not exist or has expired).
-func (k *Keeper) OpenArtifact(ctx context.Context, id int64, name string) (*os.File, build.Artifact, error) {
+func (k *Keeper) OpenArtifact(ctx context.Context, id int64, name string) (io.ReadSeekCloser, build.Artifact, error) {
 	a, rel, err := k.Store.Artifact(ctx, id, name)
 	if err != nil {
 		return nil, a, err
 	}
+	f, err := k.open(ctx, rel)
+	return f, a, err
+}
+
+// open opens a kept file (store.ErrNotFound if it is gone).
+func (k *Keeper) open(ctx context.Context, rel string) (io.ReadSeekCloser, error) {
+	if id, ok := strings.CutPrefix(rel, store.BlobFilePrefix); ok {
+		return k.openBlob(ctx, id)
+	}
 	f, err := os.Open(filepath.Join(k.Dir, rel))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, a, store.ErrNotFound
+		return nil, store.ErrNotFound
 	}
-	return f, a, err
+	return f, err
 }
 
 // PutCache stores app's cache of workflow, saved by build id, from r (at
 // most MaxCache bytes: ErrTooLarge past it), if done accepts its byte
 // count; it replaces the one before.
 func (k *Keeper) PutCache(ctx context.Context, app, workflow string, id int64, r io.Reader, done func(n int64) error) (build.Cache, error) {
-	rel, n, _, _, err := k.write(filepath.Join("caches", strconv.FormatInt(id, 10)), r, k.maxCache(), done)
+	rel, n, _, _, err := k.write(ctx, filepath.Join("caches", strconv.FormatInt(id, 10)), r, k.maxCache(), done)
 	if err != nil {
 		return build.Cache{}, err
 	}
@@ -229,7 +249,7 @@ func (k *Keeper) PutCache(ctx context.Context, app, workflow string, id int64, r
 	c := build.Cache{App: app, Workflow: workflow, Size: n, Build: id, CreatedAt: now, ExpiresAt: now.Add(k.cacheRetention())}
 	old, err := k.Store.PutCache(ctx, c, rel)
 	if err != nil {
-		os.Remove(filepath.Join(k.Dir, rel))
+		k.remove(rel)
 		return c, err
 	}
 	k.remove(old)
@@ -242,10 +262,7 @@ func (k *Keeper) OpenCache(ctx context.Context, app, workflow string) (io.ReadCl
 	if err != nil {
 		return nil, c, err
 	}
-	f, err := os.Open(filepath.Join(k.Dir, rel))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, c, store.ErrNotFound
-	}
+	f, err := k.open(ctx, rel)
 	return f, c, err
 }
 
@@ -267,6 +284,13 @@ func (k *Keeper) ClearCaches(ctx context.Context, app, workflow string) (int, er
 // remove deletes a kept file (a path relative to Dir) and its directory
 // once empty.
 func (k *Keeper) remove(rel string) {
+	if id, ok := strings.CutPrefix(rel, store.BlobFilePrefix); ok {
+		// The caller's context may have ended (an upload cut short).
+		if err := k.Store.DeleteBlob(context.Background(), id); err != nil {
+			k.log().Warn("delete a kept blob", "blob", id, "err", err)
+		}
+		return
+	}
 	if rel == "" || filepath.IsAbs(rel) || strings.Contains(rel, "..") {
 		return
 	}
@@ -278,8 +302,9 @@ func (k *Keeper) remove(rel string) {
 }
 
 // Sweep deletes the artifacts and caches that expired at now, and the
-// files that no row names (their build or app was deleted) once they are
-// older than an hour (younger ones may be uploads not yet recorded).
+// files and blobs that no row names (their build or app was deleted, an
+// upload was cut short) once they are older than an hour (younger ones may
+// be uploads not yet recorded).
 func (k *Keeper) Sweep(ctx context.Context, now time.Time) error {
 	var errs []error
 	for _, take := range []func(context.Context, time.Time) ([]string, error){k.Store.TakeExpiredArtifacts, k.Store.TakeExpiredCaches} {
@@ -288,6 +313,9 @@ func (k *Keeper) Sweep(ctx context.Context, now time.Time) error {
 		for _, f := range files {
 			k.remove(f)
 		}
+	}
+	if _, err := k.Store.DeleteOrphanBlobs(ctx, now.Add(-time.Hour)); err != nil {
+		errs = append(errs, err)
 	}
 	for kind, list := range map[string]func(context.Context) (map[string]bool, error){"artifacts": k.Store.ArtifactFiles, "caches": k.Store.CacheFiles} {
 		known, err := list(ctx)

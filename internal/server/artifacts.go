@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"mime"
 	"net/http"
 	"net/url"
-	"os"
 	"path"
 	"strings"
 
@@ -17,11 +17,14 @@ import (
 )
 
 // Files serves builds' artifacts and the apps' caches (artifact.Keeper).
+// Download tickets are kept where every replica takes them.
 type Files interface {
 	Artifacts(ctx context.Context, id int64) ([]build.Artifact, error)
-	OpenArtifact(ctx context.Context, id int64, name string) (*os.File, build.Artifact, error)
+	OpenArtifact(ctx context.Context, id int64, name string) (io.ReadSeekCloser, build.Artifact, error)
 	Caches(ctx context.Context, app string) ([]build.Cache, error)
 	ClearCaches(ctx context.Context, app, workflow string) (int, error)
+	IssueTicket(ctx context.Context, id int64, name string) (string, error)
+	TakeTicket(ctx context.Context, ticket string) (int64, string, error)
 }
 
 func (s *Server) files(w http.ResponseWriter) (Files, bool) {
@@ -65,7 +68,8 @@ func (s *Server) listArtifacts(w http.ResponseWriter, r *http.Request) {
 
 // artifactTicket serves POST /api/v1/builds/{id}/artifact-tickets: a
 // single-use URL, valid 30 seconds, that downloads one artifact without
-// the Authorization header (for a browser's own download).
+// the Authorization header (for a browser's own download), through any
+// server of the database.
 func (s *Server) artifactTicket(w http.ResponseWriter, r *http.Request) {
 	b, ok := s.lookupBuild(w, r)
 	if !ok {
@@ -89,7 +93,11 @@ func (s *Server) artifactTicket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.Close()
-	t := s.downloads.issue(b.ID, req.Name)
+	t, err := files.IssueTicket(r.Context(), b.ID, req.Name)
+	if err != nil {
+		s.internal(w, "issue a download ticket", err)
+		return
+	}
 	writeJSON(w, http.StatusCreated, api.ArtifactTicket{URL: artifactPath(b.ID, req.Name) + "?ticket=" + t})
 }
 
@@ -101,7 +109,16 @@ func (s *Server) downloadArtifact(w http.ResponseWriter, r *http.Request) {
 		if !ok {
 			return
 		}
-		if tk, ok := s.downloads.take(t, id); !ok || tk.user != r.PathValue("name") {
+		files, ok := s.files(w)
+		if !ok {
+			return
+		}
+		tid, name, err := files.TakeTicket(r.Context(), t)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.internal(w, "take a download ticket", err)
+			return
+		}
+		if err != nil || tid != id || name != r.PathValue("name") {
 			writeError(w, http.StatusUnauthorized, "this download link has expired or was used already: download the artifact again from the build page")
 			return
 		}

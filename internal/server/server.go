@@ -109,8 +109,6 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	tickets terminalTickets
-	// downloads are artifact download tickets (user: the artifact's name).
-	downloads terminalTickets
 	// hookSlots holds a token per webhook body being read (MaxHookReads).
 	hookSlots chan struct{}
 	// patterns are the routes of mux, as registered (for tests that walk

@@ -135,6 +135,10 @@ var migrations = []migration{
 	{version: 19, name: "build requests", sql: buildRequestsSchema, postgres: buildRequestsNotify},
 	// Apps that refuse builds of workflows relying on unsupported keys.
 	{version: 20, name: "apps.refuse_unsupported", run: addColumn("apps", "refuse_unsupported", "{{bool}} NOT NULL DEFAULT FALSE")},
+	// Artifacts and caches kept in the database, and download tickets any
+	// replica takes (blobs.go).
+	{version: 23, name: "blobs", sql: blobsSchema},
+	{version: 24, name: "artifact download tickets", sql: downloadTicketsSchema},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;
