@@ -247,7 +247,7 @@ func New(cfg Config) (a *App, err error) {
 		Runners: a.store, RunnerStaleAfter: StaleAfter,
 		RunnerAPI: runnerapi.New(runnerapi.Config{Store: a.store, Logger: log, StaleAfter: StaleAfter,
 			Secrets: a.vault, Files: a.files, PublicURL: func() string { return a.publicURL }}),
-		Secrets:   a.vault, Files: a.files}
+		Secrets: a.vault, Files: a.files}
 	// Continue and Extend reach the build's runner through this server,
 	// or through the store when another server's runner runs it.
 	scfg.Continue, scfg.Extend = a.continueBuild, a.extendBuild
