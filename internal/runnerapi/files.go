@@ -415,6 +415,9 @@ func (f *RemoteFiles) upload(ctx context.Context, path string, r io.Reader, head
 // PutArtifact implements runner.Files: limit is the artifact's size.
 func (f *RemoteFiles) PutArtifact(ctx context.Context, id int64, name string, r io.Reader, limit int64, done func(n int64) error) (build.Artifact, error) {
 	var a build.Artifact
+	if err := artifact.CheckName(name); err != nil {
+		return a, err
+	}
 	parts := strings.Split(name, "/")
 	for i, p := range parts {
 		parts[i] = url.PathEscape(p)
