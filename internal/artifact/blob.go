@@ -58,7 +58,9 @@ func (k *Keeper) writeBlob(ctx context.Context, r io.Reader, limit int64, done f
 			if n > limit {
 				return "", 0, "", "", ErrTooLarge
 			}
-			if err := k.Store.PutBlobChunk(ctx, id, seq, buf[:m]); err != nil {
+			if err := k.Store.PutBlobChunk(ctx, id, seq, buf[:m]); errors.Is(err, store.ErrNotFound) {
+				return "", 0, "", "", errors.New("the upload stalled for over an hour and was dropped")
+			} else if err != nil {
 				return "", 0, "", "", err
 			}
 		}

@@ -13,14 +13,16 @@ import (
 // blobsSchema keeps files in the database (migration 23), for servers
 // that share it: every replica reads the artifacts and caches any of them
 // kept. A blob is a row of blobs and its content in chunks of chunk_size
-// bytes (the last one shorter), written and read one chunk at a time.
-// artifacts.file and caches.file name a blob as "db:<id>".
+// bytes (the last one shorter), written and read one chunk at a time;
+// written_at is when its last chunk was written (an upload in progress
+// is not an orphan). artifacts.file and caches.file name a blob as
+// "db:<id>".
 const blobsSchema = `
 CREATE TABLE IF NOT EXISTS blobs (
 	id TEXT PRIMARY KEY,
 	size {{int}} NOT NULL DEFAULT 0,
 	chunk_size {{int}} NOT NULL,
-	created_at {{int}} NOT NULL
+	written_at {{int}} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS blob_chunks (
 	blob_id TEXT NOT NULL REFERENCES blobs(id) ON DELETE CASCADE,
@@ -55,15 +57,23 @@ type Blob struct {
 
 // CreateBlob starts blob id, whose chunks hold chunkSize bytes.
 func (s *Store) CreateBlob(ctx context.Context, id string, chunkSize int64) error {
-	if _, err := s.db.ExecContext(ctx, `INSERT INTO blobs (id, chunk_size, created_at) VALUES ($1, $2, $3)`,
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO blobs (id, chunk_size, written_at) VALUES ($1, $2, $3)`,
 		id, chunkSize, ms(time.Now())); err != nil {
 		return fmt.Errorf("create blob: %w", err)
 	}
 	return nil
 }
 
-// PutBlobChunk writes chunk seq (from 0) of blob id.
+// PutBlobChunk writes chunk seq (from 0) of blob id (ErrNotFound: the
+// blob is gone, deleted as an orphan after an hour without a chunk).
 func (s *Store) PutBlobChunk(ctx context.Context, id string, seq int64, data []byte) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE blobs SET written_at = $2 WHERE id = $1`, id, ms(time.Now()))
+	if err != nil {
+		return fmt.Errorf("write blob chunk: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
 	if _, err := s.db.ExecContext(ctx, `INSERT INTO blob_chunks (blob_id, seq, data) VALUES ($1, $2, $3)`, id, seq, data); err != nil {
 		return fmt.Errorf("write blob chunk: %w", err)
 	}
@@ -119,14 +129,14 @@ func (s *Store) DeleteBlob(ctx context.Context, id string) error {
 	return nil
 }
 
-// orphanBlobs selects the blobs made before $1 that no artifact or cache
-// names: uploads that never completed, or whose row went with its build
+// orphanBlobs selects the blobs last written before $1 that no artifact
+// or cache names: uploads that stopped, or whose row went with its build
 // or app.
-const orphanBlobs = `SELECT id FROM blobs WHERE created_at < $1
+const orphanBlobs = `SELECT id FROM blobs WHERE written_at < $1
 	AND '` + BlobFilePrefix + `' || id NOT IN (SELECT file FROM artifacts)
 	AND '` + BlobFilePrefix + `' || id NOT IN (SELECT file FROM caches)`
 
-// DeleteOrphanBlobs deletes the blobs made before before that no
+// DeleteOrphanBlobs deletes the blobs last written before before that no
 // artifact or cache names, and says how many.
 func (s *Store) DeleteOrphanBlobs(ctx context.Context, before time.Time) (int, error) {
 	rows, err := s.db.QueryContext(ctx, orphanBlobs, ms(before))

@@ -39,6 +39,9 @@ func TestBlobs(t *testing.T) {
 		if err := s.FinishBlob(ctx, "nope", 1); !errors.Is(err, ErrNotFound) {
 			t.Errorf("finish no blob: %v", err)
 		}
+		if err := s.PutBlobChunk(ctx, "nope", 0, []byte("x")); !errors.Is(err, ErrNotFound) {
+			t.Errorf("a chunk of no blob: %v", err)
+		}
 		info, err := s.BlobInfo(ctx, "kept")
 		if err != nil || info.Size != 1200 || info.ChunkSize != 1000 {
 			t.Errorf("BlobInfo = %+v, %v", info, err)
@@ -62,7 +65,7 @@ func TestBlobs(t *testing.T) {
 		if err := s.AddArtifact(ctx, b.ID, a, BlobFilePrefix+"kept"); err != nil {
 			t.Fatal(err)
 		}
-		// Young blobs may be uploads in progress: kept.
+		// Blobs written lately may be uploads in progress: kept.
 		if n, err := s.DeleteOrphanBlobs(ctx, now.Add(-time.Hour)); err != nil || n != 0 {
 			t.Errorf("DeleteOrphanBlobs of an hour ago = %d, %v", n, err)
 		}
