@@ -24,6 +24,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/machine"
 	"github.com/hangar-ci/hangar/internal/machine/kube"
 	"github.com/hangar-ci/hangar/internal/machine/kube/kubetest"
+	"github.com/hangar-ci/hangar/internal/syncbuf"
 )
 
 // The Pods' containers run under the stand-in kubelet (kubetest.Kubelet),
@@ -79,7 +80,7 @@ func runPods(t *testing.T, c *kubetest.Cluster, repos string) (*kubetest.Kubelet
 		t.Fatal(err)
 	}
 	rec := &started{pods: map[string]*corev1.Pod{}, netpols: map[string]*networkingv1.NetworkPolicy{}, secrets: map[string]*corev1.Secret{}}
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	k := &kubetest.Kubelet{
 		Client:    c.Client,
 		Namespace: ns,
@@ -621,21 +622,4 @@ func waitBuild(t *testing.T, s *harness.Server, id int64, within time.Duration) 
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
