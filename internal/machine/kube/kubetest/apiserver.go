@@ -6,8 +6,9 @@
 // No real kubelet runs here (it needs a container runtime, CNI and images
 // from a registry): the stand-in plays its part, so a test exercises the
 // real API server's validation, admission, watches and deletion protocol,
-// but not a real runtime's isolation, resource limits or NetworkPolicy
-// enforcement.
+// and the containers' memory and CPU limits (cgroup v1, where the host has
+// it), but not a real runtime's isolation, its other limits or
+// NetworkPolicy enforcement.
 package kubetest
 
 import (
