@@ -59,12 +59,13 @@ type Kubelet struct {
 	OnStart func(*corev1.Pod)
 
 	dir  string
-	cg   *cgroups // nil: limits are not enforced, for the reason noLimits
-	// noLimits says why the containers' limits are not enforced.
-	noLimits string
-	ctx      context.Context
+	ctx  context.Context
 	stop context.CancelFunc
 	wg   sync.WaitGroup // one per Pod being run
+	// cg makes the containers' cgroups; nil: their limits are not
+	// enforced, for the reason noLimits.
+	cg       *cgroups
+	noLimits string
 
 	mu   sync.Mutex
 	pods map[types.UID]*podRun // guarded by mu
