@@ -24,11 +24,11 @@ type runnerConfig struct {
 	app      hangarapp.RunnerConfig
 	labels   []string
 	logLevel string
-	egress   onOff
+	egress   *egressFlags
 }
 
 func runnerCmd(cf *clientFlags) *cobra.Command {
-	rc := runnerConfig{egress: true}
+	var rc runnerConfig
 	m := &rc.app.Machines
 	cmd := &cobra.Command{
 		Use:   "runner",
@@ -45,10 +45,11 @@ machines it left. Runners on other hosts run no SSH builds (see docs/deploy.md).
 	}
 	f := cmd.Flags()
 	f.StringVar(&m.Data, "data", "./hangar-runner", "the runner's data directory (machines, repository mirrors, images, its link key)")
-	f.StringVar(&m.Driver, "driver", "auto", "machine driver: sandbox (isolated, needs root and runc), host (no isolation), or auto")
+	f.StringVar(&m.Driver, "driver", "auto", driverUsage)
+	kubeFlags(f, &m.Kube)
 	f.IntVar(&m.MaxBuilds, "capacity", 2, "builds that run at once")
 	f.StringSliceVar(&rc.labels, "labels", []string{"linux"}, "instance types the runner runs (comma-separated), e.g. linux,linux_x2")
-	f.Var(&rc.egress, "sandbox-egress", "on: sandbox machines reach public IPv4 addresses; off: nothing outside")
+	rc.egress = addEgressFlags(f)
 	f.StringVar(&m.SandboxSubnet, "sandbox-subnet", "10.213.43.0/24", "private IPv4 network of sandbox machines (another than a server's on the same host)")
 	f.StringVar(&m.SandboxBridge, "sandbox-bridge", "hangar1", "name of the host bridge of sandbox machines (another than a server's on the same host)")
 	f.StringVar(&m.SandboxDir, "sandbox-dir", "", "where sandbox machines' writable layers live (default: <data>/machines)")
@@ -64,7 +65,6 @@ machines it left. Runners on other hosts run no SSH builds (see docs/deploy.md).
 // SIGTERM, which stop its builds (they fail) and destroy their machines.
 func runRunner(cf *clientFlags, rc *runnerConfig) error {
 	cfg := rc.app
-	cfg.Machines.SandboxEgress = bool(rc.egress)
 	servers := cf.server
 	if servers == "" {
 		servers = os.Getenv("HANGAR_SERVER")
@@ -86,6 +86,9 @@ func runRunner(cf *clientFlags, rc *runnerConfig) error {
 	}
 	if !strings.HasPrefix(cfg.Token, "hrt_") {
 		return errors.New("--token: give the runner's token (hrt_..., from `hangar runner token create NAME`), or set HANGAR_RUNNER_TOKEN; an API token is not a runner token")
+	}
+	if err := rc.egress.apply(&cfg.Machines); err != nil {
+		return err
 	}
 	for _, l := range rc.labels {
 		if l = strings.TrimSpace(l); l != "" {

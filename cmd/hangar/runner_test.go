@@ -18,6 +18,10 @@ func TestRunnerFlags(t *testing.T) {
 		{[]string{"--server", "127.0.0.1:1"}, "--token: give the runner's token"},
 		{[]string{"--server", "127.0.0.1:1", "--token", "hgr_user"}, "an API token is not a runner token"},
 		{[]string{"--server", "http://a:1,b:2", "--token", "hrt_x"}, "--log-level"},
+		// The machine flags are the server's (shared definitions).
+		{[]string{"--server", "a:1", "--token", "hrt_x", "--driver", "kube", "--namespace", "builds", "--kube-link-addr", "10.0.0.5:7443"}, "--log-level"},
+		{[]string{"--server", "a:1", "--token", "hrt_x", "--sandbox-egress-allow", "10.1.2.3/16"}, "did you mean 10.1.0.0/16 or 10.1.2.3/32"},
+		{[]string{"--server", "a:1", "--token", "hrt_x", "--sandbox-egress=off", "--sandbox-dns", "9.9.9.9"}, "need --sandbox-egress=on"},
 	} {
 		var cf clientFlags
 		cmd := runnerCmd(&cf)

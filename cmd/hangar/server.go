@@ -26,32 +26,20 @@ import (
 func serverCmd() *cobra.Command {
 	var cfg hangarapp.Config
 	var logLevel, instanceTypes string
-	egress := onOff(true)
-	var egressAllow, egressDeny, dns []string
+	var egress *egressFlags
 	var applyFileFlags func(*hangarapp.Config) error
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the Hangar service (API, runner) in one process",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg.SandboxEgress = bool(egress)
 			if cfg.Database != "" {
 				if err := store.CheckURL(cfg.Database); err != nil {
 					return fmt.Errorf("--%w", err)
 				}
 			}
-			var err error
-			if cfg.SandboxEgressAllow, err = parseNetworks("--sandbox-egress-allow", egressAllow); err != nil {
+			if err := egress.apply(&cfg); err != nil {
 				return err
-			}
-			if cfg.SandboxEgressDeny, err = parseNetworks("--sandbox-egress-deny", egressDeny); err != nil {
-				return err
-			}
-			if cfg.SandboxDNS, err = parseAddrs("--sandbox-dns", dns); err != nil {
-				return err
-			}
-			if !cfg.SandboxEgress && (len(egressAllow) > 0 || len(egressDeny) > 0 || len(dns) > 0) {
-				return errors.New("--sandbox-egress-allow, --sandbox-egress-deny and --sandbox-dns need --sandbox-egress=on")
 			}
 			if instanceTypes != "" {
 				data, err := os.ReadFile(instanceTypes)
@@ -92,24 +80,11 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.Data, "data", "./hangar-data", "data directory (database, tokens, keys, repository mirrors)")
 	f.StringVar(&cfg.Database, "database", "", "PostgreSQL URL, e.g. postgres://hangar@db.example.com/hangar?sslmode=verify-full, password in PGPASSWORD or ~/.pgpass (default: SQLite in the data directory, <data>/hangar.db)")
 	f.StringVar(&cfg.SecretsKey, "secrets-key", "", "key that encrypts environment variable groups and keystores: a file (32 bytes, raw, base64 or hex, e.g. from `openssl rand -base64 32`) or env:NAME; every server of one --database needs the same (default: <data>/secrets.key, made on first use)")
-	f.StringVar(&cfg.Driver, "driver", "auto", "machine driver: sandbox (isolated, needs root and runc), host (no isolation), kube (Kubernetes Pods, see docs/kubernetes.md), or auto")
-	f.StringVar(&cfg.Kube.Kubeconfig, "kubeconfig", "", "kube driver: kubeconfig file of the cluster (default: the in-cluster config)")
-	f.StringVar(&cfg.Kube.Namespace, "namespace", "", "kube driver: namespace of the builder Pods")
-	f.StringVar(&cfg.Kube.ServerID, "kube-server-id", "", "kube driver: this server's name among those sharing the namespace, in its objects' names and labels (default: the host name, lowercased; keep it stable across restarts)")
-	f.StringVar(&cfg.Kube.LinkListen, "kube-link-listen", "0.0.0.0:7443", "kube driver: address the builder link listens on")
-	f.StringVar(&cfg.Kube.LinkAddr, "kube-link-addr", "", "kube driver: host:port at which builder Pods reach the link (required when --kube-link-listen is on all addresses)")
-	f.StringVar(&cfg.Kube.BuilderImage, "kube-builder-image", "", "kube driver: image holding this version's hangar binary (copied into each Pod by an init container)")
-	f.StringVar(&cfg.Kube.BuilderPath, "kube-builder-path", "/usr/local/bin/hangar", "kube driver: path of the hangar binary in --kube-builder-image")
-	f.StringVar(&cfg.Kube.RuntimeClass, "kube-runtime-class", "", "kube driver: runtimeClassName of builder Pods, e.g. gvisor or kata (default: the cluster's default runtime)")
-	f.StringVar(&cfg.Kube.User, "kube-user", "", "kube driver: account steps run as, which the images must have (default: the image's user)")
-	f.StringVar(&cfg.Kube.ReposClaim, "kube-repos-claim", "", "kube driver: PersistentVolumeClaim holding <data>/repos (the repository mirrors), mounted read-only by builder Pods")
+	f.StringVar(&cfg.Driver, "driver", "auto", driverUsage)
+	kubeFlags(f, &cfg.Kube)
 	f.IntVar(&cfg.MaxBuilds, "max-builds", 10, "builds that run at once")
 	f.BoolVar(&cfg.NoRunner, "no-runner", false, "run no builds here (API only): other servers' runners (on a shared PostgreSQL) and hangar runners run them")
-	f.Var(&egress, "sandbox-egress", "on: sandbox machines reach public IPv4 addresses (NAT; never the host, other machines, private, CGNAT or link-local networks); off: nothing outside")
-	f.Lookup("sandbox-egress").NoOptDefVal = "on"
-	f.StringSliceVar(&egressAllow, "sandbox-egress-allow", nil, "IPv4 networks (CIDR, comma-separated) sandbox machines may reach although private, e.g. an artifact proxy at 10.1.2.3/32")
-	f.StringSliceVar(&egressDeny, "sandbox-egress-deny", nil, "IPv4 networks (CIDR, comma-separated) sandbox machines may not reach")
-	f.StringSliceVar(&dns, "sandbox-dns", nil, "name servers of sandbox machines, comma-separated IPv4 addresses (default: the host's non-loopback ones; their port 53 is opened)")
+	egress = addEgressFlags(f)
 	f.StringVar(&cfg.SandboxSubnet, "sandbox-subnet", "10.213.42.0/24", "private IPv4 network of sandbox machines")
 	f.StringVar(&cfg.SandboxBridge, "sandbox-bridge", "hangar0", "name of the host bridge of sandbox machines")
 	f.StringVar(&cfg.SandboxDir, "sandbox-dir", "", "where sandbox machines' writable layers live (default: <data>/machines)")

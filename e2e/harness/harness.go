@@ -25,6 +25,7 @@ import (
 
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/image/imagetest"
+	"github.com/hangar-ci/hangar/internal/syncbuf"
 )
 
 var (
@@ -70,7 +71,7 @@ type Server struct {
 	CAFile string
 	http   *http.Client
 	cmd    *exec.Cmd
-	log    *lockedBuffer
+	log    *syncbuf.Buffer
 	exited chan struct{}
 	err    error // cmd.Wait's error, set before exited is closed
 }
@@ -85,23 +86,6 @@ type Options struct {
 	CAFile string
 	// Env is more environment for the server (KEY=VALUE).
 	Env []string
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func freePort(t testing.TB) int {
@@ -121,7 +105,7 @@ func startServer(t testing.TB, o Options, data string) (_ *Server, busy bool) {
 	bin := Binary(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	args := serverArgs(t, addr, data, o)
-	s := &Server{t: t, URL: "http://" + addr, Data: data, log: &lockedBuffer{}, exited: make(chan struct{}), http: http.DefaultClient}
+	s := &Server{t: t, URL: "http://" + addr, Data: data, log: &syncbuf.Buffer{}, exited: make(chan struct{}), http: http.DefaultClient}
 	if o.CAFile != "" {
 		pem, err := os.ReadFile(o.CAFile)
 		if err != nil {
@@ -226,7 +210,7 @@ func StartServerFails(t testing.TB, o Options) string {
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	args := serverArgs(t, addr, data, o)
-	log := &lockedBuffer{}
+	log := &syncbuf.Buffer{}
 	cmd := exec.Command(Binary(t), args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -303,7 +287,7 @@ func (s *Server) Stop() {
 // stopProcess stops a hangar process (SIGTERM, SIGKILL after 60 s) unless
 // exited is closed, and fails the test if the race detector reported in
 // its log; the log is shown if the test failed.
-func stopProcess(t testing.TB, what string, cmd *exec.Cmd, exited <-chan struct{}, log *lockedBuffer) {
+func stopProcess(t testing.TB, what string, cmd *exec.Cmd, exited <-chan struct{}, log *syncbuf.Buffer) {
 	select {
 	case <-exited:
 	default:

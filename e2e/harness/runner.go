@@ -5,13 +5,15 @@ import (
 	"os/exec"
 	"syscall"
 	"testing"
+
+	"github.com/hangar-ci/hangar/internal/syncbuf"
 )
 
 // Runner is a `hangar runner` process, stopped (SIGTERM) at cleanup.
 type Runner struct {
 	t      testing.TB
 	cmd    *exec.Cmd
-	log    *lockedBuffer
+	log    *syncbuf.Buffer
 	exited chan struct{}
 	// Data is its data directory.
 	Data string
@@ -26,7 +28,7 @@ func StartRunner(t testing.TB, servers, token, data string, args ...string) *Run
 	if data == "" {
 		data = t.TempDir()
 	}
-	r := &Runner{t: t, log: &lockedBuffer{}, exited: make(chan struct{}), Data: data}
+	r := &Runner{t: t, log: &syncbuf.Buffer{}, exited: make(chan struct{}), Data: data}
 	r.cmd = exec.Command(Binary(t), append([]string{"runner", "--server", servers, "--data", data, "--driver", "host", "--log-level", "debug"}, args...)...)
 	r.cmd.Env = append(os.Environ(), "HANGAR_RUNNER_TOKEN="+token)
 	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log

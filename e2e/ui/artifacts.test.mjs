@@ -6,54 +6,24 @@
 // Env: HANGAR_URL, HANGAR_TOKEN, BUILD_ID (an ended build with artifacts), ARTIFACT (its name),
 // OUT_FILE (where to save the download), SCREENSHOT_DIR.
 
-import { chromium } from 'playwright-core';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { launch, need, run, serverURL, signIn } from './browser.mjs';
 
-const base = need('HANGAR_URL').replace(/\/$/, '');
+const base = serverURL();
 const token = need('HANGAR_TOKEN');
 const id = need('BUILD_ID');
 const artifact = need('ARTIFACT');
 const out = need('OUT_FILE');
 const shots = need('SCREENSHOT_DIR');
 
-function need(name) {
-  const v = process.env[name];
-  if (!v) fail(`${name} is not set`);
-  return v;
-}
-
-function fail(msg) {
-  console.error(`FAIL: ${msg}`);
-  process.exit(1);
-}
-
-const overall = setTimeout(() => fail('the artifacts test did not finish within 2 minutes'), 2 * 60 * 1000);
-mkdirSync(shots, { recursive: true });
-const userData = mkdtempSync(path.join(tmpdir(), 'hangar-ui-artifacts-'));
-const context = await chromium.launchPersistentContext(userData, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  acceptDownloads: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  viewport: { width: 1280, height: 900 },
-});
-const page = context.pages()[0] ?? (await context.newPage());
-page.setDefaultTimeout(60_000);
-const pageErrors = [];
-page.on('pageerror', (e) => pageErrors.push(e.message));
+const b = await launch('artifacts', 2, shots, { acceptDownloads: true });
+const page = b.page;
 // The token travels only in Authorization headers, never in a URL.
 const urls = [];
 page.on('request', (r) => urls.push(r.url()));
 
-let failed = null;
-try {
-  await page.goto(base + '/');
-  await page.waitForURL(/\/signin/);
-  await page.getByLabel('API token').fill(token);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.getByRole('heading', { name: 'Builds', level: 1 }).waitFor();
+await run(b, path.join(shots, 'artifacts-failure.png'), async () => {
+  await signIn(page, token);
 
   console.log(`--- build ${id} lists its artifacts`);
   await page.goto(`${base}/builds/${id}`);
@@ -74,13 +44,4 @@ try {
   await download.saveAs(out);
   const leaked = urls.filter((u) => u.includes(token));
   if (leaked.length) throw new Error(`the token is in a URL: ${leaked[0]}`);
-  if (pageErrors.length) throw new Error(`page errors: ${pageErrors.join('; ')}`);
-  console.log('PASS');
-} catch (e) {
-  failed = e;
-  await page.screenshot({ path: path.join(shots, 'artifacts-failure.png') }).catch(() => {});
-}
-await context.close();
-rmSync(userData, { recursive: true, force: true });
-clearTimeout(overall);
-if (failed) fail(failed.stack || String(failed));
+});

@@ -5,60 +5,25 @@
 // Env: HANGAR_URL, HANGAR_TOKEN, APP_NAME (whose workflow "echo" imports group play and echoes
 // $PLAY_TOKEN), SECRET (the value to save as PLAY_TOKEN), SCREENSHOT_DIR.
 
-import { chromium } from 'playwright-core';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { launch, need, run, serverURL, signIn, waitBuild } from './browser.mjs';
 
-const base = need('HANGAR_URL').replace(/\/$/, '');
+const base = serverURL();
 const token = need('HANGAR_TOKEN');
 const appName = need('APP_NAME');
 const secret = need('SECRET');
 const shots = need('SCREENSHOT_DIR');
 
-function need(name) {
-  const v = process.env[name];
-  if (!v) fail(`${name} is not set`);
-  return v;
-}
-
-function fail(msg) {
-  console.error(`FAIL: ${msg}`);
-  process.exit(1);
-}
-
-const overall = setTimeout(() => fail('the groups test did not finish within 3 minutes'), 3 * 60 * 1000);
-mkdirSync(shots, { recursive: true });
-const userData = mkdtempSync(path.join(tmpdir(), 'hangar-ui-groups-'));
-const context = await chromium.launchPersistentContext(userData, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  viewport: { width: 1280, height: 900 },
-});
-const page = context.pages()[0] ?? (await context.newPage());
-page.setDefaultTimeout(60_000);
-const pageErrors = [];
-page.on('pageerror', (e) => pageErrors.push(e.message));
+const b = await launch('groups', 3, shots);
+const page = b.page;
 // Every answer the page gets: none may hold the value.
 const answers = [];
 page.on('response', async (r) => {
   if (r.url().includes('/api/')) answers.push(r.text().then((t) => `${r.url()}: ${t}`, () => ''));
 });
 
-async function buildOf(id) {
-  const r = await fetch(`${base}/api/v1/builds/${id}`, { headers: { Authorization: `Bearer ${token}` } });
-  if (!r.ok) throw new Error(`GET build ${id}: ${r.status}`);
-  return r.json();
-}
-
-let failed = null;
-try {
-  await page.goto(base + '/');
-  await page.waitForURL(/\/signin/);
-  await page.getByLabel('API token').fill(token);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.getByRole('heading', { name: 'Builds', level: 1 }).waitFor();
+await run(b, path.join(shots, 'groups-failure.png'), async () => {
+  await signIn(page, token);
 
   console.log('--- save a value in a new group');
   await page.goto(`${base}/apps/${appName}`);
@@ -94,13 +59,8 @@ try {
   });
   if (r.status !== 201) throw new Error(`start a build: ${r.status} ${await r.text()}`);
   const id = (await r.json()).id;
-  let b;
-  for (let i = 0; i < 600; i++) {
-    b = await buildOf(id);
-    if (['finished', 'failed', 'canceled', 'timeout'].includes(b.status)) break;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  if (b.status !== 'finished') throw new Error(`build ${id} ended ${b.status}: ${b.message}`);
+  const built = await waitBuild(token, id);
+  if (built.status !== 'finished') throw new Error(`build ${id} ended ${built.status}: ${built.message}`);
   await page.goto(`${base}/builds/${id}`);
   await page.locator('button.step', { hasText: 'Echo' }).click();
   await page.getByText('token=*****').waitFor();
@@ -109,13 +69,4 @@ try {
   for (const a of await Promise.all(answers)) {
     if (a.includes(secret)) throw new Error(`an API answer holds the value: ${a.slice(0, 200)}`);
   }
-  if (pageErrors.length) throw new Error(`page errors: ${pageErrors.join('; ')}`);
-  console.log('PASS');
-} catch (e) {
-  failed = e;
-  await page.screenshot({ path: path.join(shots, 'groups-failure.png') }).catch(() => {});
-}
-await context.close();
-rmSync(userData, { recursive: true, force: true });
-clearTimeout(overall);
-if (failed) fail(failed.stack || String(failed));
+});

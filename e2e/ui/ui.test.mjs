@@ -11,52 +11,30 @@
 //
 // Env: HANGAR_URL, HANGAR_TOKEN, REPO_PATH (a repository with workflow "hold"), SCREENSHOT_DIR.
 
-import { chromium } from 'playwright-core';
 import { execFile, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { fail, launch, need, serverURL } from './browser.mjs';
 
-const base = need('HANGAR_URL').replace(/\/$/, '');
+const base = serverURL();
 const token = need('HANGAR_TOKEN');
 const repo = need('REPO_PATH');
 const shots = need('SCREENSHOT_DIR');
 const origin = new URL(base).origin;
 const appName = process.env.APP_NAME || 'ui-demo';
 
-function need(name) {
-  const v = process.env[name];
-  if (!v) fail(`${name} is not set`);
-  return v;
-}
-
-function fail(msg) {
-  console.error(`FAIL: ${msg}`);
-  process.exit(1);
-}
-
 function step(msg) {
   console.log(`--- ${msg}`);
 }
 
-// The whole run is bounded: a hung browser must not hang the test.
-const overall = setTimeout(() => fail('the UI test did not finish within 5 minutes'), 5 * 60 * 1000);
-
-mkdirSync(shots, { recursive: true });
-const userData = mkdtempSync(path.join(tmpdir(), 'hangar-ui-chromium-'));
 const sshHome = mkdtempSync(path.join(tmpdir(), 'hangar-ui-home-'));
-
-const context = await chromium.launchPersistentContext(userData, {
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic'],
-  viewport: { width: 1280, height: 900 },
-  colorScheme: 'light',
-});
+// The whole run is bounded: a hung browser must not hang the test.
+const b = await launch('UI', 5, shots, { args: ['--disable-quic'], colorScheme: 'light' });
+const { context, page, pageErrors } = b;
 
 // Every request of the page must go to the server.
 const foreign = [];
-const pageErrors = [];
 const watch = (page) => {
   page.on('request', (r) => {
     const u = new URL(r.url());
@@ -67,11 +45,11 @@ const watch = (page) => {
     const u = new URL(ws.url());
     if (u.host !== new URL(origin).host) foreign.push(`WebSocket ${ws.url()}`);
   });
-  page.on('pageerror', (e) => pageErrors.push(e.message));
   page.on('console', (m) => {
     if (m.type() === 'error') console.log(`browser console: ${m.text()}`);
   });
 };
+context.pages().forEach(watch);
 context.on('page', watch);
 
 let n = 0;
@@ -120,9 +98,6 @@ async function waitEvents(id, kind, n) {
 }
 
 let failed = null;
-const page = context.pages()[0] ?? (await context.newPage());
-if (context.pages()[0] === page) watch(page);
-page.setDefaultTimeout(60_000);
 
 try {
   step('sign in');
@@ -397,10 +372,8 @@ try {
   }
 }
 
-await context.close();
-rmSync(userData, { recursive: true, force: true });
+await b.close();
 rmSync(sshHome, { recursive: true, force: true });
-clearTimeout(overall);
 
 if (foreign.length) {
   console.error(`the page contacted other hosts than ${origin}:\n  ${foreign.join('\n  ')}`);

@@ -339,13 +339,9 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		return nil, fmt.Errorf("builder link: %w", err)
 	}
 	a.linkSrv = &link.Server{HostKey: hostKey, Logger: log}
-	linkAddr := a.linkLn.Addr().String()
-	if d, ok := a.driver.(interface{ LinkAddr() string }); ok {
-		linkAddr = d.LinkAddr() // the kube driver's Pods dial another address
-	}
 	rcfg := runner.Config{
 		Store: a.store.ForRunner(store.Claim{Runner: a.runnerID, NoSSH: cfg.SSH == "off"}), Driver: a.driver, Mirrors: mirrors, Link: a.linkSrv,
-		LinkAddr: linkAddr, Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
+		LinkAddr: builderLinkAddr(a.driver, a.linkLn), Executable: exe, MaxBuilds: cfg.MaxBuilds, Logger: log,
 		Secrets: runner.VaultSecrets{Vault: a.vault}, Files: runner.KeeperFiles{Keeper: a.files}, PublicURL: func() string { return a.publicURL },
 	}
 	if cfg.Database != "" {
@@ -361,19 +357,8 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		rcfg.Notify = smtp.Notify
 	}
 	scfg.Driver, scfg.Isolated = a.driver.Name(), a.driver.Isolated()
-	switch {
-	case a.driver.Name() == "kube":
-		images, err := newKubeImages(cfg, scfg.InstanceTypes.Names())
-		if err != nil {
-			return nil, err
-		}
-		rcfg.Images = images
-	case a.driver.Isolated():
-		images, err := openImages(ctx, cfg, data, scfg.InstanceTypes.Names(), log)
-		if err != nil {
-			return nil, err
-		}
-		rcfg.Images = images
+	if rcfg.Images, err = driverImages(ctx, cfg, data, a.driver, scfg.InstanceTypes.Names(), log); err != nil {
+		return nil, err
 	}
 	for _, name := range scfg.InstanceTypes.Names() {
 		limits := scfg.InstanceTypes[name].String()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hangar-ci/hangar/internal/image"
 	"github.com/hangar-ci/hangar/internal/machine"
+	"github.com/hangar-ci/hangar/internal/runner"
 )
 
 // instanceImages maps instance types to the images of a store: the
@@ -99,4 +100,17 @@ func (ii *instanceImages) ForInstanceType(name string) (*machine.Image, map[stri
 		return nil, nil, fmt.Errorf("the image %s of instance type %s: %w", ref, name, err)
 	}
 	return root, info.Labels, nil
+}
+
+// driverImages returns the images of the instance types named types for
+// driver d: the cluster pulls the kube driver's, the other isolated
+// drivers boot them from the image store; the host driver has none (nil).
+func driverImages(ctx context.Context, cfg Config, data string, d machine.Driver, types []string, log *slog.Logger) (runner.Images, error) {
+	switch {
+	case d.Name() == "kube":
+		return newKubeImages(cfg, types)
+	case d.Isolated():
+		return openImages(ctx, cfg, data, types, log)
+	}
+	return nil, nil
 }

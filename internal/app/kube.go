@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,8 +14,8 @@ import (
 	"github.com/hangar-ci/hangar/internal/machine/kube"
 )
 
-// KubeConfig is the configuration of the kube driver (hangar server
-// --driver kube); the egress policy is the sandbox driver's.
+// KubeConfig is the configuration of the kube driver (hangar server or
+// hangar runner --driver kube); the egress policy is the sandbox driver's.
 type KubeConfig struct {
 	Kubeconfig   string
 	Namespace    string
@@ -29,7 +30,8 @@ type KubeConfig struct {
 }
 
 // newKubeDriver creates the kube driver: machines are Pods. It deletes what
-// an earlier run of this server left in the cluster.
+// an earlier run of this server or runner (the same id) left in the
+// cluster.
 func newKubeDriver(cfg Config, data string, log *slog.Logger) (*kube.Driver, error) {
 	k := cfg.Kube
 	id := k.ServerID
@@ -69,7 +71,7 @@ func newKubeDriver(cfg Config, data string, log *slog.Logger) (*kube.Driver, err
 
 // kubeImages maps instance types to registry images, which the cluster
 // pulls: the runner's Images for the kube driver. Their labels (toolchain
-// versions) are not known to the server.
+// versions) are not known to the server or runner.
 type kubeImages map[string]string
 
 func newKubeImages(cfg Config, types []string) (kubeImages, error) {
@@ -103,4 +105,13 @@ func (ki kubeImages) ForInstanceType(name string) (*machine.Image, map[string]st
 		return nil, nil, fmt.Errorf("instance type %s has no image on this server", name)
 	}
 	return &machine.Image{Name: ref}, nil, nil
+}
+
+// builderLinkAddr is the address builders dial to reach the link listener
+// ln: the kube driver's Pods are told another one (--kube-link-addr).
+func builderLinkAddr(d machine.Driver, ln net.Listener) string {
+	if k, ok := d.(interface{ LinkAddr() string }); ok {
+		return k.LinkAddr()
+	}
+	return ln.Addr().String()
 }

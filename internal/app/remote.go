@@ -120,7 +120,7 @@ func NewRunner(ctx context.Context, cfg RunnerConfig) (r *RemoteRunner, err erro
 	r.linkSrv = &link.Server{HostKey: hostKey, Logger: log}
 	rcfg := runner.Config{
 		Store: r.client, Driver: r.driver, Mirrors: fetchingMirrors{&gitrepo.Mirrors{Dir: filepath.Join(data, "repos")}},
-		Link: r.linkSrv, LinkAddr: r.linkLn.Addr().String(), Executable: exe, MaxBuilds: cfg.Machines.MaxBuilds, Logger: log,
+		Link: r.linkSrv, LinkAddr: builderLinkAddr(r.driver, r.linkLn), Executable: exe, MaxBuilds: cfg.Machines.MaxBuilds, Logger: log,
 	}
 	// The servers open the groups and keystores of its builds, and keep
 	// their artifacts and caches.
@@ -133,18 +133,14 @@ func NewRunner(ctx context.Context, cfg RunnerConfig) (r *RemoteRunner, err erro
 	if u := files.PublicURL(); u != "" {
 		rcfg.PublicURL = files.PublicURL
 	}
-	if r.driver.Isolated() {
-		images, err := openImages(ctx, cfg.Machines, data, cfg.Labels, log)
-		if err != nil {
-			return nil, err
-		}
-		rcfg.Images = images
+	if rcfg.Images, err = driverImages(ctx, cfg.Machines, data, r.driver, cfg.Labels, log); err != nil {
+		return nil, err
 	}
 	// Its claims take no SSH build; should one come, it fails saying why.
 	rcfg.NoSSHReason = fmt.Sprintf("runner %s runs no SSH builds: it runs on another host than the servers, and no SSH gateway that both its builders and users reach is under its control (see docs/deploy.md#gateways)", r.name)
 	r.run = runner.New(rcfg)
 	log.Info("hangar runner started", "runner", r.name, "servers", strings.Join(cfg.Servers, ","), "labels", strings.Join(cfg.Labels, ","),
-		"capacity", cfg.Machines.MaxBuilds, "driver", r.driver.Name(), "data", data)
+		"capacity", cfg.Machines.MaxBuilds, "driver", r.driver.Name(), "data", data, "link", rcfg.LinkAddr)
 	log.Info("SSH builds are left to the servers' own runners: a runner on another host has no SSH gateway its builders can reach (see docs/deploy.md)")
 	return r, nil
 }

@@ -1,7 +1,6 @@
 package app
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
@@ -11,12 +10,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"golang.org/x/crypto/acme/autocert"
 
 	"github.com/hangar-ci/hangar/internal/api"
+	"github.com/hangar-ci/hangar/internal/syncbuf"
 	"github.com/hangar-ci/hangar/internal/tlstest"
 )
 
@@ -79,30 +78,12 @@ func TestHTTPSConfig(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination for a server's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer // guarded by mu
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestServeHTTPS: with --tls-cert/--tls-key, `hangar server` serves its API
 // over HTTPS only, and says so; on loopback without TLS it warns of
 // nothing.
 func TestServeHTTPS(t *testing.T) {
 	certs := tlstest.New(t, "127.0.0.1")
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	cfg := Config{Data: t.TempDir(), Driver: "host", HTTP: "127.0.0.1:0", SSH: "off", MaxBuilds: 1,
 		TLSCert: certs.CertFile, TLSKey: certs.KeyFile, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 	a, err := New(cfg)

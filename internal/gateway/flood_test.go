@@ -25,6 +25,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/link"
 	"github.com/hangar-ci/hangar/internal/sshca"
 	"github.com/hangar-ci/hangar/internal/sshd"
+	"github.com/hangar-ci/hangar/internal/syncbuf"
 )
 
 func runOK(t *testing.T, name string, args ...string) {
@@ -261,29 +262,11 @@ func TestFloodRealLoginGetsThrough(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer for a logger that goroutines write to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestFailedLoginsSlowedAndLogged: each failed authentication from a
 // source is logged at info level (address, user, no key) and answered after
 // a delay that doubles up to a bound; a success starts the source over.
 func TestFailedLoginsSlowedAndLogged(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	base, top := 20*time.Millisecond, 80*time.Millisecond
 	gw, _, ca, gwAddr, _, _ := setup(t, func(g *gateway.Gateway) {
 		g.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))

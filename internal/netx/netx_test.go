@@ -5,17 +5,50 @@ import (
 	"errors"
 	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 var errTestClosed = errors.New("test: server closed")
 
+// listen listens on a loopback port that no other process can take
+// while the test runs, even after the listener is closed: a second
+// socket, bound to the same address (both with SO_REUSEPORT) but never
+// listening, holds the port until the test's cleanup. So a dial to the
+// port after the listener closed is refused (nothing listens there), and
+// a success can only mean that the listener still accepts: no other
+// process can have been given the port (binding it needs SO_REUSEPORT and
+// our user), and no outgoing connection gets it as its local port (the
+// kernel does not pick a bound port).
 func listen(t *testing.T) net.Listener {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	guard, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(guard) })
+	if err := unix.SetsockoptInt(guard, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := unix.Bind(guard, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatalf("hold port %d: %v", port, err)
 	}
 	return l
 }
@@ -84,19 +117,17 @@ func dial(t *testing.T, addr string) net.Conn {
 	return c
 }
 
-// refused waits until a dial to addr fails (the listener is closed).
+// refused checks that a dial to addr, a port of listen, is refused: its
+// listener is closed.
 func refused(t *testing.T, addr string) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err == nil {
-		// A dial to a free loopback port in the ephemeral range may pick
-		// that very port as its own and connect to itself (TCP
-		// simultaneous open): that is not the listener answering.
-		self := c.LocalAddr().String() == c.RemoteAddr().String()
 		c.Close()
-		if !self {
-			t.Fatalf("dial %s succeeded after the listener closed", addr)
-		}
+		t.Fatalf("dial %s succeeded after the listener closed (%s -> %s)", addr, c.LocalAddr(), c.RemoteAddr())
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial %s after the listener closed: %v, want connection refused", addr, err)
 	}
 }
 

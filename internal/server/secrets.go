@@ -72,15 +72,7 @@ func (s *Server) listGroups(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	groups, err := s.cfg.Secrets.Groups(r.Context(), app)
-	if err != nil {
-		s.internal(w, "list groups", err)
-		return
-	}
-	out := []api.Group{}
-	for _, g := range groups {
-		out = append(out, presentGroup(g))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeList(s, w, "groups", groups, err, presentGroup)
 }
 
 func (s *Server) setGroup(w http.ResponseWriter, r *http.Request) {
@@ -110,17 +102,7 @@ func (s *Server) setGroup(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("environment variable group set", "app", app, "group", group, "keys", keys)
 	groups, err := s.cfg.Secrets.Groups(r.Context(), app)
-	if err != nil {
-		s.internal(w, "list groups", err)
-		return
-	}
-	for _, g := range groups {
-		if g.Name == group {
-			writeJSON(w, http.StatusOK, presentGroup(g))
-			return
-		}
-	}
-	s.internal(w, "read the group set", errors.New("group not found after set"))
+	writeStored(s, w, "group", groups, err, func(g store.Group) bool { return g.Name == group }, presentGroup)
 }
 
 func (s *Server) deleteGroup(w http.ResponseWriter, r *http.Request) {
@@ -156,6 +138,37 @@ func ofApp(app string) string {
 	return " of app " + app
 }
 
+// writeList answers a request for a list of what (groups, keystores):
+// items, read with err, each as present makes it.
+func writeList[T, P any](s *Server, w http.ResponseWriter, what string, items []T, err error, present func(T) P) {
+	if err != nil {
+		s.internal(w, "list "+what, err)
+		return
+	}
+	out := []P{}
+	for _, it := range items {
+		out = append(out, present(it))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// writeStored answers a request that stored a what (a group, a keystore)
+// with it as read back: the item of items (read with err) that stored
+// picks, as present makes it.
+func writeStored[T, P any](s *Server, w http.ResponseWriter, what string, items []T, err error, stored func(T) bool, present func(T) P) {
+	if err != nil {
+		s.internal(w, "list "+what+"s", err)
+		return
+	}
+	for _, it := range items {
+		if stored(it) {
+			writeJSON(w, http.StatusOK, present(it))
+			return
+		}
+	}
+	s.internal(w, "read the "+what+" stored", fmt.Errorf("%s not found after it was stored", what))
+}
+
 // deleted answers a delete that returned err.
 func (s *Server) deleted(w http.ResponseWriter, err error, notFound, what string) {
 	switch {
@@ -178,15 +191,7 @@ func (s *Server) listKeystores(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	list, err := s.cfg.Secrets.Keystores(r.Context(), app)
-	if err != nil {
-		s.internal(w, "list keystores", err)
-		return
-	}
-	out := []api.Keystore{}
-	for _, k := range list {
-		out = append(out, presentKeystore(k))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeList(s, w, "keystores", list, err, presentKeystore)
 }
 
 func (s *Server) putKeystore(w http.ResponseWriter, r *http.Request) {
@@ -206,17 +211,7 @@ func (s *Server) putKeystore(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("keystore added", "app", app, "reference", ref)
 	list, err := s.cfg.Secrets.Keystores(r.Context(), app)
-	if err != nil {
-		s.internal(w, "list keystores", err)
-		return
-	}
-	for _, k := range list {
-		if k.Ref == ref {
-			writeJSON(w, http.StatusOK, presentKeystore(k))
-			return
-		}
-	}
-	s.internal(w, "read the keystore added", errors.New("keystore not found after put"))
+	writeStored(s, w, "keystore", list, err, func(k store.Keystore) bool { return k.Ref == ref }, presentKeystore)
 }
 
 func (s *Server) deleteKeystore(w http.ResponseWriter, r *http.Request) {

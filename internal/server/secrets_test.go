@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/hangar-ci/hangar/internal/api"
@@ -18,6 +17,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/gitrepo"
 	"github.com/hangar-ci/hangar/internal/secrets"
 	"github.com/hangar-ci/hangar/internal/store"
+	"github.com/hangar-ci/hangar/internal/syncbuf"
 )
 
 const groupsYAML = `workflows:
@@ -41,34 +41,16 @@ const groupsYAML = `workflows:
       - echo plain
 `
 
-// syncBuffer is a log the test reads while the server writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // newSecretsEnv is a hookEnv whose server keeps groups and keystores in
 // a real vault, logging into the returned buffer.
-func newSecretsEnv(t *testing.T) (*hookEnv, *syncBuffer) {
+func newSecretsEnv(t *testing.T) (*hookEnv, *syncbuf.Buffer) {
 	t.Helper()
 	e := newHookEnv(t, groupsYAML)
 	sealer, _, err := secrets.LoadSealer("", t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	e.srv.Close()
 	e.srv = httptest.NewServer(New(Config{Store: e.st, Mirrors: &gitrepo.Mirrors{Dir: filepath.Join(t.TempDir(), "mirrors")}, SpoolDir: e.spool,
 		Logger: slog.New(slog.NewTextHandler(logs, nil)), Secrets: &secrets.Vault{Store: e.st, Sealer: sealer}}))

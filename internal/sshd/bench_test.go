@@ -4,6 +4,8 @@ import (
 	"context"
 	"os"
 	"testing"
+
+	"github.com/hangar-ci/hangar/internal/syncbuf"
 )
 
 const gib = 1 << 30
@@ -24,7 +26,7 @@ func BenchmarkExecThroughput(b *testing.B) {
 			for b.Loop() {
 				// Stdout stays nil: the client writes to /dev/null itself.
 				cmd := h.command(context.Background(), "ssh", sshTo("head -c 1073741824 /dev/zero", flags...)...)
-				var stderr syncBuffer
+				var stderr syncbuf.Buffer
 				cmd.Stderr = &stderr
 				if err := cmd.Run(); err != nil {
 					b.Fatalf("ssh: %v: %s", err, stderr.String())
@@ -46,7 +48,7 @@ func BenchmarkStdinThroughput(b *testing.B) {
 		}
 		cmd := h.command(context.Background(), "ssh", sshTo("head -c 1073741824 > /dev/null")...)
 		cmd.Stdin = zero
-		var stderr syncBuffer
+		var stderr syncbuf.Buffer
 		cmd.Stderr = &stderr
 		err = cmd.Run()
 		zero.Close()

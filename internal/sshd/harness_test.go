@@ -347,21 +347,3 @@ func (h *harness) background(cmd *exec.Cmd) {
 		<-done
 	})
 }
-
-// syncBuffer is a bytes.Buffer safe for a writing command and a reading test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/hangar-ci/hangar/internal/proctab"
+	"github.com/hangar-ci/hangar/internal/syncbuf"
 )
 
 // liveShell is an OpenSSH client with a login shell (ssh -tt) that the test
@@ -24,7 +25,7 @@ type liveShell struct {
 	t     *testing.T
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
-	out   syncBuffer
+	out   syncbuf.Buffer
 	done  chan error
 }
 
@@ -172,7 +173,7 @@ func TestNewShellWhenAsked(t *testing.T) {
 }
 
 // goShell opens a login shell with x/crypto/ssh at cols x rows, with env.
-func (h *harness) goShell(t *testing.T, c *ssh.Client, cols, rows int, env map[string]string) (*ssh.Session, io.Writer, *syncBuffer) {
+func (h *harness) goShell(t *testing.T, c *ssh.Client, cols, rows int, env map[string]string) (*ssh.Session, io.Writer, *syncbuf.Buffer) {
 	t.Helper()
 	sess, err := c.NewSession()
 	if err != nil {
@@ -190,7 +191,7 @@ func (h *harness) goShell(t *testing.T, c *ssh.Client, cols, rows int, env map[s
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	sess.Stdout, sess.Stderr = out, out
 	if err := sess.Shell(); err != nil {
 		t.Fatal(err)
@@ -198,7 +199,7 @@ func (h *harness) goShell(t *testing.T, c *ssh.Client, cols, rows int, env map[s
 	return sess, stdin, out
 }
 
-func waitBuf(t *testing.T, b *syncBuffer, s string) {
+func waitBuf(t *testing.T, b *syncbuf.Buffer, s string) {
 	t.Helper()
 	if !waitFor(20*time.Second, func() bool { return strings.Contains(b.String(), s) }) {
 		t.Fatalf("output lacks %q:\n%q", s, b.String())
@@ -375,7 +376,7 @@ func TestCloseAllEndsEverything(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
 	defer cancel()
 	running := h.command(ctx, "ssh", sshTo("echo running; sleep 303")...)
-	var out syncBuffer
+	var out syncbuf.Buffer
 	running.Stdout, running.Stderr = &out, &out
 	h.background(running)
 	if !waitFor(10*time.Second, func() bool { return strings.Contains(out.String(), "running") }) {

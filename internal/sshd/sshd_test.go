@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/hangar-ci/hangar/internal/syncbuf"
 )
 
 func TestOpenSSHClientInstalled(t *testing.T) {
@@ -227,7 +229,7 @@ func TestPTYLoginShellLive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out syncBuffer
+	var out syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -396,7 +398,7 @@ func TestCloseAllRevokes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stdin.Close()
-	var out syncBuffer
+	var out syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -204,28 +204,28 @@ func newDriver(ctx context.Context, cfg Config, client kubernetes.Interface) (*D
 func (c Config) check() error {
 	switch {
 	case c.Namespace == "":
-		return errors.New("no namespace: set one (hangar server --namespace)")
+		return errors.New("no namespace: set one (--namespace)")
 	case !serverIDRE.MatchString(c.ServerID):
-		return fmt.Errorf("server id %q: want up to 40 lowercase letters, digits and inner '-' (hangar server --kube-server-id)", c.ServerID)
+		return fmt.Errorf("server id %q: want up to 40 lowercase letters, digits and inner '-' (--kube-server-id)", c.ServerID)
 	case c.LinkListen == "":
-		return errors.New("no link address to listen on (hangar server --kube-link-listen)")
+		return errors.New("no link address to listen on (--kube-link-listen)")
 	case c.BuilderImage == "":
-		return errors.New("no builder image: name an image holding the hangar binary (hangar server --kube-builder-image)")
+		return errors.New("no builder image: name an image holding the hangar binary (--kube-builder-image)")
 	case (c.ReposClaim == "") != (c.ReposDir == ""):
 		return errors.New("a repository claim needs its directory and the other way round")
 	}
 	if c.LinkAddr != "" {
 		if host, _, err := net.SplitHostPort(c.LinkAddr); err != nil || host == "" {
-			return fmt.Errorf("link address %q: want host:port (hangar server --kube-link-addr)", c.LinkAddr)
+			return fmt.Errorf("link address %q: want host:port (--kube-link-addr)", c.LinkAddr)
 		}
 	} else {
 		// Pods are told the listener's address: it must be one.
 		host, _, err := net.SplitHostPort(c.LinkListen)
 		if err != nil {
-			return fmt.Errorf("link listen address %q: want host:port (hangar server --kube-link-listen)", c.LinkListen)
+			return fmt.Errorf("link listen address %q: want host:port (--kube-link-listen)", c.LinkListen)
 		}
 		if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
-			return fmt.Errorf("the link listens on all addresses (%s): say at which address Pods reach it (hangar server --kube-link-addr HOST:PORT)", c.LinkListen)
+			return fmt.Errorf("the link listens on all addresses (%s): say at which address Pods reach it (--kube-link-addr HOST:PORT)", c.LinkListen)
 		}
 	}
 	for _, p := range append(c.EgressAllow, c.EgressDeny...) {
@@ -241,7 +241,7 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	if kubeconfig == "" {
 		rc, err := rest.InClusterConfig()
 		if err != nil {
-			return nil, fmt.Errorf("not in a cluster (%w): name a kubeconfig file (hangar server --kubeconfig)", err)
+			return nil, fmt.Errorf("not in a cluster (%w): name a kubeconfig file (--kubeconfig)", err)
 		}
 		return rc, nil
 	}

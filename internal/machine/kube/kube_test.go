@@ -24,6 +24,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/machine"
 	"github.com/hangar-ci/hangar/internal/machine/kube"
 	"github.com/hangar-ci/hangar/internal/machine/kube/kubetest"
+	"github.com/hangar-ci/hangar/internal/syncbuf"
 )
 
 // The Pods' containers run under the stand-in kubelet (kubetest.Kubelet),
@@ -67,6 +68,45 @@ func (s *started) pod(name string) (*corev1.Pod, *networkingv1.NetworkPolicy, *c
 	return s.pods[name], s.netpols[name], s.secrets[name]
 }
 
+// runPods makes the RuntimeClass gvisor and starts the stand-in kubelet
+// for ns, with the test's images and the claim hangar-repos holding repos;
+// it records the Pods it starts (with their NetworkPolicy and Secret as
+// they were then), and logs the containers' output if the test fails.
+func runPods(t *testing.T, c *kubetest.Cluster, repos string) (*kubetest.Kubelet, *started) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := c.Client.NodeV1().RuntimeClasses().Create(ctx, &nodev1.RuntimeClass{
+		ObjectMeta: metav1.ObjectMeta{Name: "gvisor"}, Handler: "runsc"}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec := &started{pods: map[string]*corev1.Pod{}, netpols: map[string]*networkingv1.NetworkPolicy{}, secrets: map[string]*corev1.Secret{}}
+	out := &syncbuf.Buffer{}
+	k := &kubetest.Kubelet{
+		Client:    c.Client,
+		Namespace: ns,
+		Images: map[string]map[string]string{
+			builderImage: {builderPath: harness.Binary(t)},
+			buildImage:   {},
+		},
+		Claims: map[string]string{"hangar-repos": repos},
+		Output: out,
+		OnStart: func(p *corev1.Pod) {
+			np, _ := c.Client.NetworkingV1().NetworkPolicies(ns).Get(ctx, p.Name, metav1.GetOptions{})
+			sec, _ := c.Client.CoreV1().Secrets(ns).Get(ctx, p.Name, metav1.GetOptions{})
+			rec.mu.Lock()
+			rec.pods[p.Name], rec.netpols[p.Name], rec.secrets[p.Name] = p, np, sec
+			rec.mu.Unlock()
+		},
+	}
+	k.Start(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("containers' output:\n%s", out.String())
+		}
+	})
+	return k, rec
+}
+
 // TestBuildThroughKube runs `hangar server --driver kube` against a real
 // API server, with the stand-in kubelet running the Pods: a build runs end
 // to end, its Pod, Secret and NetworkPolicy are what the instance type and
@@ -78,10 +118,6 @@ func TestBuildThroughKube(t *testing.T) {
 	c := kubetest.Start(t)
 	ctx := context.Background()
 	c.Namespace(t, ns)
-	if _, err := c.Client.NodeV1().RuntimeClasses().Create(ctx, &nodev1.RuntimeClass{
-		ObjectMeta: metav1.ObjectMeta{Name: "gvisor"}, Handler: "runsc"}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	// Left by an earlier run of this server (its labels), and another
 	// server's.
 	orphan := kube.PodName(serverID, "build-999")
@@ -102,31 +138,7 @@ func TestBuildThroughKube(t *testing.T) {
 	}
 
 	data := t.TempDir()
-	rec := &started{pods: map[string]*corev1.Pod{}, netpols: map[string]*networkingv1.NetworkPolicy{}, secrets: map[string]*corev1.Secret{}}
-	out := &syncBuffer{}
-	k := &kubetest.Kubelet{
-		Client:    c.Client,
-		Namespace: ns,
-		Images: map[string]map[string]string{
-			builderImage: {builderPath: harness.Binary(t)},
-			buildImage:   {},
-		},
-		Claims: map[string]string{"hangar-repos": filepath.Join(data, "repos")},
-		Output: out,
-		OnStart: func(p *corev1.Pod) {
-			np, _ := c.Client.NetworkingV1().NetworkPolicies(ns).Get(ctx, p.Name, metav1.GetOptions{})
-			sec, _ := c.Client.CoreV1().Secrets(ns).Get(ctx, p.Name, metav1.GetOptions{})
-			rec.mu.Lock()
-			rec.pods[p.Name], rec.netpols[p.Name], rec.secrets[p.Name] = p, np, sec
-			rec.mu.Unlock()
-		},
-	}
-	k.Start(t)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("containers' output:\n%s", out.String())
-		}
-	})
+	k, rec := runPods(t, c, filepath.Join(data, "repos"))
 
 	s := harness.StartServer(t, harness.Options{Driver: "kube", Data: data, Args: []string{
 		"--kubeconfig", c.Kubeconfig, "--namespace", ns, "--kube-server-id", serverID,
@@ -163,82 +175,17 @@ func TestBuildThroughKube(t *testing.T) {
 			t.Errorf("another server's object: %v, want it kept", err)
 		}
 	}
-	owner, err := c.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.OwnerName(serverID), metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("the server's ConfigMap: %v", err)
-	}
+	addDemo(t, s)
+	name := runPass(t, s, s.Log)
 
-	repo := harness.NewRepo(t, map[string]string{
-		"codemagic.yaml": `workflows:
-  pass:
-    scripts:
-      - name: Greet
-        script: echo "greeting from $(hostname) in $FCI_BUILD_DIR"
-      - name: Check the clone
-        script: cat marker.txt
-`,
-		"marker.txt": "marker-in-the-clone\n",
-	})
-	if r := s.Hangar("app", "add", "demo", "--repo", repo.Path); r.Code != 0 {
-		t.Fatalf("app add: %d %s %s", r.Code, r.Stdout, r.Stderr)
-	}
-	r := s.Hangar("build", "start", "demo", "--json", "--workflow", "pass")
-	if r.Code != 0 {
-		t.Fatalf("build start: %d %s", r.Code, r.Stderr)
-	}
-	var b build.Build
-	if err := json.Unmarshal([]byte(r.Stdout), &b); err != nil {
-		t.Fatal(err)
-	}
-	done := waitBuild(t, s, b.ID, 3*time.Minute)
-	logs := s.Hangar("build", "logs", fmt.Sprint(b.ID)).Stdout
-	if done.Status != build.Finished {
-		t.Fatalf("build %s (%s), want finished; log:\n%s\nserver:\n%s", done.Status, done.Message, logs, s.Log())
-	}
-	name := build.Alias(b.ID)
-	for _, want := range []string{"Machine: kube driver", "greeting from " + name + " in /home/builder/", "marker-in-the-clone"} {
-		if !strings.Contains(logs, want) {
-			t.Errorf("log lacks %q:\n%s", want, logs)
-		}
-	}
-
-	// What the driver created, as the kubelet saw it.
-	podName := kube.PodName(serverID, name)
-	pod, np, sec := rec.pod(podName)
-	if pod == nil {
-		t.Fatalf("the kubelet ran no Pod %s", podName)
-	}
-	checkPod(t, pod, owner, name)
-	checkNetworkPolicy(t, np, s, name)
-	if sec == nil || len(sec.Data["hello"]) == 0 || !hasOwner(sec.OwnerReferences, owner) {
-		t.Errorf("Secret %s: %+v, want the hello, owned by the server's ConfigMap", podName, sec)
-	}
-
-	// Gone after the build: the runner destroys the machine before it
-	// records the end.
-	if _, err := c.Client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Errorf("Pod after the build: %v, want it deleted", err)
-	}
-	if _, err := c.Client.CoreV1().Secrets(ns).Get(ctx, podName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Errorf("Secret after the build: %v, want it deleted", err)
-	}
-	if _, err := c.Client.NetworkingV1().NetworkPolicies(ns).Get(ctx, podName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Errorf("NetworkPolicy after the build: %v, want it deleted", err)
-	}
-	if n := k.ProcessesOf(name); len(n) > 0 {
-		t.Errorf("processes of %s left: %v", name, n)
-	}
+	// What the driver created, as the kubelet saw it, and gone after the
+	// build: the runner destroys the machine before it records the end.
+	checkMachine(t, c, k, rec, serverID, name, s.Log(), "hangar server started")
 
 	// An SSH build: the builder in the Pod opens its tunnel over the link
 	// it dialled, and OpenSSH reaches the build's shell through the
 	// gateway; cancelling the build removes the Pod.
-	r = s.Hangar("build", "start", "demo", "--json", "--workflow", "pass", "--ssh")
-	if r.Code != 0 {
-		t.Fatalf("build start --ssh: %d %s", r.Code, r.Stderr)
-	}
-	if err := json.Unmarshal([]byte(r.Stdout), &b); err != nil {
-		t.Fatal(err)
-	}
+	b := startBuild(t, s, "pass", "--ssh")
 	waitSSH(t, s, b.ID)
 	env := []string{"HOME=" + t.TempDir(), "HANGAR_TOKEN=" + s.Token}
 	id := fmt.Sprint(b.ID)
@@ -251,12 +198,192 @@ func TestBuildThroughKube(t *testing.T) {
 	if done := waitBuild(t, s, b.ID, time.Minute); done.Status != build.Canceled {
 		t.Errorf("SSH build %s (%s), want canceled", done.Status, done.Message)
 	}
-	podName = kube.PodName(serverID, build.Alias(b.ID))
-	if _, err := c.Client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Errorf("Pod after the SSH build: %v, want it deleted", err)
-	}
+	checkGone(t, c, kube.PodName(serverID, build.Alias(b.ID)))
 	if n := k.ProcessesOf(build.Alias(b.ID)); len(n) > 0 {
 		t.Errorf("processes of the SSH build left: %v", n)
+	}
+}
+
+// TestRunnerThroughKube runs `hangar runner --driver kube`, a runner on
+// another host than the server, against the real API server, with the
+// stand-in kubelet running the Pods: the server (API only) queues a build,
+// the runner claims it and runs it as a Pod with the flags the server's
+// kube driver takes, and its objects are gone after the build. A runner
+// killed while its build runs leaves the Pod running (as a cluster would);
+// started again, it reaps the Pod, and the server has failed the build.
+func TestRunnerThroughKube(t *testing.T) {
+	needRoot(t)
+	const runnerID = "runner-1"
+	c := kubetest.Start(t)
+	ctx := context.Background()
+	c.Namespace(t, ns)
+	data := t.TempDir() // the runner's
+	// The runner fetches the builds' repositories into its own data dir:
+	// that is what the claim holds.
+	k, rec := runPods(t, c, filepath.Join(data, "repos"))
+
+	s := harness.StartServer(t, harness.Options{Driver: "host", Args: []string{"--no-runner"}})
+	tr := s.Hangar("runner", "token", "create", "kuber")
+	if tr.Code != 0 || !strings.HasPrefix(tr.Stdout, "hrt_") {
+		t.Fatalf("runner token create: %d %s %s", tr.Code, tr.Stdout, tr.Stderr)
+	}
+	token := strings.TrimSpace(tr.Stdout)
+	args := []string{"--driver", "kube", "--labels", "linux", "--capacity", "1",
+		"--kubeconfig", c.Kubeconfig, "--namespace", ns, "--kube-server-id", runnerID,
+		"--kube-link-listen", "127.0.0.1:0",
+		"--kube-builder-image", builderImage, "--kube-builder-path", builderPath,
+		"--kube-runtime-class", "gvisor", "--kube-repos-claim", "hangar-repos",
+		"--default-image", buildImage,
+	}
+	r := harness.StartRunner(t, s.URL, token, data, args...)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("runner:\n%s", r.Log())
+		}
+	})
+
+	addDemo(t, s)
+	name := runPass(t, s, r.Log)
+	if list := s.Hangar("runner", "list").Stdout; !strings.Contains(list, "kuber") {
+		t.Errorf("runner list lacks the runner:\n%s", list)
+	}
+	checkMachine(t, c, k, rec, runnerID, name, r.Log(), "hangar runner started")
+
+	// Killed while a build runs: the Pod runs on. Started again, the
+	// runner reaps it, and the server has failed the build.
+	b := startBuild(t, s, "hold")
+	podName := kube.PodName(runnerID, build.Alias(b.ID))
+	waitLog(t, s, b.ID, fmt.Sprintf("holding-%d", b.ID))
+	r.Kill()
+	if _, err := c.Client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{}); err != nil {
+		t.Fatalf("the killed runner's Pod: %v, want it running", err)
+	}
+	r = harness.StartRunner(t, s.URL, token, data, args...)
+	waitGone(t, "the killed runner's Pod", func() error {
+		_, err := c.Client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})
+		return err
+	})
+	checkGone(t, c, podName)
+	if n := k.ProcessesOf(build.Alias(b.ID)); len(n) > 0 {
+		t.Errorf("processes of the killed runner's build left: %v", n)
+	}
+	if done := waitBuild(t, s, b.ID, time.Minute); done.Status != build.Failed {
+		t.Errorf("the killed runner's build: %s (%s), want failed", done.Status, done.Message)
+	}
+}
+
+// addDemo adds the app demo: workflow pass greets and reads a file of
+// the clone, hold holds until it is stopped.
+func addDemo(t *testing.T, s *harness.Server) {
+	t.Helper()
+	repo := harness.NewRepo(t, map[string]string{
+		"codemagic.yaml": `workflows:
+  pass:
+    scripts:
+      - name: Greet
+        script: echo "greeting from $(hostname) in $FCI_BUILD_DIR"
+      - name: Check the clone
+        script: cat marker.txt
+  hold:
+    scripts:
+      - name: Hold
+        script: echo "holding-$FCI_BUILD_ID"; exec sleep 600
+`,
+		"marker.txt": "marker-in-the-clone\n",
+	})
+	if r := s.Hangar("app", "add", "demo", "--repo", repo.Path); r.Code != 0 {
+		t.Fatalf("app add: %d %s %s", r.Code, r.Stdout, r.Stderr)
+	}
+}
+
+// runPass runs a build of demo's workflow pass to its end, checks its log
+// and returns its machine's name; log is what ran it (shown on failure).
+func runPass(t *testing.T, s *harness.Server, log func() string) string {
+	t.Helper()
+	b := startBuild(t, s, "pass")
+	done := waitBuild(t, s, b.ID, 3*time.Minute)
+	logs := s.Hangar("build", "logs", fmt.Sprint(b.ID)).Stdout
+	if done.Status != build.Finished {
+		t.Fatalf("build %s (%s), want finished; log:\n%s\nwhat ran it:\n%s", done.Status, done.Message, logs, log())
+	}
+	name := build.Alias(b.ID)
+	for _, want := range []string{"Machine: kube driver", "greeting from " + name + " in /home/builder/", "marker-in-the-clone"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %q:\n%s", want, logs)
+		}
+	}
+	return name
+}
+
+// startBuild starts a build of workflow of the app demo, with more flags.
+func startBuild(t *testing.T, s *harness.Server, workflow string, flags ...string) build.Build {
+	t.Helper()
+	r := s.Hangar(append([]string{"build", "start", "demo", "--json", "--workflow", workflow}, flags...)...)
+	if r.Code != 0 {
+		t.Fatalf("build start: %d %s", r.Code, r.Stderr)
+	}
+	var b build.Build
+	if err := json.Unmarshal([]byte(r.Stdout), &b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// waitLog waits until build id's log has line.
+func waitLog(t *testing.T, s *harness.Server, id int64, line string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		logs := s.Hangar("build", "logs", fmt.Sprint(id)).Stdout
+		if strings.Contains(logs, line) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("build %d: no %q in its log after 2 minutes:\n%s", id, line, logs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// checkGone checks that the Pod, Secret and NetworkPolicy called name
+// are gone.
+func checkGone(t *testing.T, c *kubetest.Cluster, name string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := c.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("Pod %s: %v, want it deleted", name, err)
+	}
+	if _, err := c.Client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("Secret %s: %v, want it deleted", name, err)
+	}
+	if _, err := c.Client.NetworkingV1().NetworkPolicies(ns).Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("NetworkPolicy %s: %v, want it deleted", name, err)
+	}
+}
+
+// checkMachine checks the objects of machine name of the driver with id
+// id as the kubelet saw them when it started the Pod (the link address is
+// in log, on the line with started), and that they and the machine's
+// processes are gone.
+func checkMachine(t *testing.T, c *kubetest.Cluster, k *kubetest.Kubelet, rec *started, id, name, log, started string) {
+	t.Helper()
+	owner, err := c.Client.CoreV1().ConfigMaps(ns).Get(context.Background(), kube.OwnerName(id), metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the ConfigMap of %s: %v", id, err)
+	}
+	podName := kube.PodName(id, name)
+	pod, np, sec := rec.pod(podName)
+	if pod == nil {
+		t.Fatalf("the kubelet ran no Pod %s", podName)
+	}
+	checkPod(t, pod, owner, id, name)
+	checkNetworkPolicy(t, np, log, started, id, name)
+	if sec == nil || len(sec.Data["hello"]) == 0 || !hasOwner(sec.OwnerReferences, owner) {
+		t.Errorf("Secret %s: %+v, want the hello, owned by the ConfigMap of %s", podName, sec, id)
+	}
+	checkGone(t, c, podName)
+	if n := k.ProcessesOf(name); len(n) > 0 {
+		t.Errorf("processes of %s left: %v", name, n)
 	}
 }
 
@@ -280,9 +407,10 @@ func waitSSH(t *testing.T, s *harness.Server, id int64) {
 	}
 }
 
-func checkPod(t *testing.T, pod *corev1.Pod, owner *corev1.ConfigMap, name string) {
+// checkPod checks the Pod of machine name of the driver with id id.
+func checkPod(t *testing.T, pod *corev1.Pod, owner *corev1.ConfigMap, id, name string) {
 	t.Helper()
-	if pod.Labels[kube.LabelServer] != serverID || pod.Labels[kube.LabelMachine] != name || pod.Labels[kube.LabelManagedBy] != "hangar" {
+	if pod.Labels[kube.LabelServer] != id || pod.Labels[kube.LabelMachine] != name || pod.Labels[kube.LabelManagedBy] != "hangar" {
 		t.Errorf("Pod labels %v", pod.Labels)
 	}
 	if !hasOwner(pod.OwnerReferences, owner) {
@@ -329,23 +457,25 @@ func checkPod(t *testing.T, pod *corev1.Pod, owner *corev1.ConfigMap, name strin
 	}
 }
 
-func checkNetworkPolicy(t *testing.T, np *networkingv1.NetworkPolicy, s *harness.Server, name string) {
+// checkNetworkPolicy checks the NetworkPolicy of machine name of the
+// driver with id id; the link address is in log, on the line with started.
+func checkNetworkPolicy(t *testing.T, np *networkingv1.NetworkPolicy, log, started, id, name string) {
 	t.Helper()
 	if np == nil {
 		t.Fatal("no NetworkPolicy when the Pod started")
 	}
-	if sel := np.Spec.PodSelector.MatchLabels; sel[kube.LabelMachine] != name || sel[kube.LabelServer] != serverID {
+	if sel := np.Spec.PodSelector.MatchLabels; sel[kube.LabelMachine] != name || sel[kube.LabelServer] != id {
 		t.Errorf("NetworkPolicy selects %v", sel)
 	}
 	types := fmt.Sprint(np.Spec.PolicyTypes)
 	if !strings.Contains(types, "Ingress") || !strings.Contains(types, "Egress") || len(np.Spec.Ingress) != 0 {
 		t.Errorf("policy types %s, ingress %v: want no ingress at all", types, np.Spec.Ingress)
 	}
-	// The link is open: the server's log names its address (the
-	// listener's, as no --kube-link-addr is given).
+	// The link is open: the server's (runner's) log names its address
+	// (the listener's, as no --kube-link-addr is given).
 	link := ""
-	for _, line := range strings.Split(s.Log(), "\n") {
-		if _, after, ok := strings.Cut(line, "hangar server started"); ok {
+	for _, line := range strings.Split(log, "\n") {
+		if _, after, ok := strings.Cut(line, started); ok {
 			if _, v, ok := strings.Cut(after, "link="); ok {
 				link = strings.Fields(v)[0]
 			}
@@ -492,21 +622,4 @@ func waitBuild(t *testing.T, s *harness.Server, id int64, within time.Duration) 
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

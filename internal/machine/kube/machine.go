@@ -59,7 +59,7 @@ func (d *Driver) Start(ctx context.Context, spec machine.Spec) (machine.Machine,
 		return nil, fmt.Errorf("kube driver: machine name %q: want up to 50 lowercase letters, digits and inner '-'", spec.Name)
 	}
 	if spec.Image == nil || spec.Image.Name == "" {
-		return nil, fmt.Errorf("kube driver: start %s: no image: Pods run the instance type's image, which must be a registry image (hangar server --default-image, or the instance types' images)", spec.Name)
+		return nil, fmt.Errorf("kube driver: start %s: no image: Pods run the instance type's image, which must be a registry image (--default-image, or the instance types' images)", spec.Name)
 	}
 	var hello []byte
 	if spec.Stdin != nil {

@@ -84,7 +84,7 @@ func (d *Driver) repoMounts(mounts []machine.Mount) ([]corev1.VolumeMount, error
 	var out []corev1.VolumeMount
 	for _, m := range mounts {
 		if d.cfg.ReposClaim == "" {
-			return nil, fmt.Errorf("mount %s: the kube driver has no repository claim to take it from (hangar server --kube-repos-claim)", m.Source)
+			return nil, fmt.Errorf("mount %s: the kube driver has no repository claim to take it from (--kube-repos-claim)", m.Source)
 		}
 		rel, err := filepath.Rel(d.cfg.ReposDir, m.Source)
 		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") || filepath.IsAbs(rel) {

@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/hangar-ci/hangar/internal/image/imagetest"
 	"github.com/hangar-ci/hangar/internal/machine"
+	"github.com/hangar-ci/hangar/internal/syncbuf"
 )
 
 const (
@@ -118,23 +118,8 @@ func assertHostClean(tb testing.TB, d *Driver) {
 	}
 }
 
-// syncBuffer is a goroutine-safe output sink.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// syncBuffer gathers a machine's output; waitFor waits for a line of it.
+type syncBuffer struct{ syncbuf.Buffer }
 
 // waitFor waits until the output contains s.
 func (b *syncBuffer) waitFor(tb testing.TB, s string, timeout time.Duration) {

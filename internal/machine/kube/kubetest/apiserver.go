@@ -6,12 +6,12 @@
 // No real kubelet runs here (it needs a container runtime, CNI and images
 // from a registry): the stand-in plays its part, so a test exercises the
 // real API server's validation, admission, watches and deletion protocol,
-// but not a real runtime's isolation, resource limits or NetworkPolicy
-// enforcement.
+// and the containers' memory and CPU limits (cgroup v1, where the host has
+// it), but not a real runtime's isolation, its other limits or
+// NetworkPolicy enforcement.
 package kubetest
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -30,7 +30,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,6 +38,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/hangar-ci/hangar/internal/syncbuf"
 )
 
 // RequireEnv set to "require" makes a test fail, rather than skip, where
@@ -182,7 +183,7 @@ func (c *Cluster) Namespace(t testing.TB, name string) {
 
 type process struct {
 	name string
-	out  *lockedBuffer
+	out  *syncbuf.Buffer
 	done chan struct{}
 }
 
@@ -198,7 +199,7 @@ func (p *process) exited() bool {
 // startProcess starts a binary, stopped (SIGTERM, then SIGKILL) at cleanup.
 func startProcess(t testing.TB, name, path string, args ...string) *process {
 	t.Helper()
-	p := &process{name: name, out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &process{name: name, out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -290,23 +291,6 @@ func ecPEM(t testing.TB, k *ecdsa.PrivateKey) []byte {
 		t.Fatal(err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }

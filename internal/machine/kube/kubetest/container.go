@@ -28,6 +28,8 @@ type containerSpec struct {
 	Env    []string `json:"env"`
 	// Hostname is set in the container's own UTS namespace.
 	Hostname string `json:"hostname"`
+	// Cgroups are the cgroup directories the container joins first.
+	Cgroups []string `json:"cgroups,omitempty"`
 }
 
 type mount struct {
@@ -62,6 +64,13 @@ func runContainer(specJSON string) {
 	var s containerSpec
 	if err := json.Unmarshal([]byte(specJSON), &s); err != nil {
 		fail("spec: %v", err)
+	}
+	// Into the container's cgroups before anything else: every process
+	// of the container descends from this one.
+	for _, d := range s.Cgroups {
+		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte("0"), 0); err != nil {
+			fail("join cgroup %s: %v", d, err)
+		}
 	}
 	// Nothing of ours propagates to the host.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {

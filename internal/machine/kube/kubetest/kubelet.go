@@ -37,9 +37,13 @@ const NodeName = "kubetest-node"
 // API server, and, when a Pod is deleted, stops its processes (SIGTERM,
 // SIGKILL after the grace period) and removes the Pod, as a kubelet does.
 //
-// It does not enforce resources, runtime classes or NetworkPolicies, pulls
-// no image (an image is Images' files over the host's root; others fail
-// with ErrImagePull) and serves no logs. Volumes: emptyDir, secret and
+// Each container runs in cgroups of its own (v1 memory and cpu, where the
+// host has them: see Limits) with its memory and CPU limits, so a
+// container that exceeds its memory is OOM-killed (reason OOMKilled) and
+// one that spins is throttled to its CPUs. It does not enforce requests,
+// ephemeral-storage, runtime classes or NetworkPolicies, pulls no image
+// (an image is Images' files over the host's root; others fail with
+// ErrImagePull) and serves no logs. Volumes: emptyDir, secret and
 // persistentVolumeClaim (Claims), with subPath.
 type Kubelet struct {
 	Client    kubernetes.Interface
@@ -58,6 +62,10 @@ type Kubelet struct {
 	ctx  context.Context
 	stop context.CancelFunc
 	wg   sync.WaitGroup // one per Pod being run
+	// cg makes the containers' cgroups; nil: their limits are not
+	// enforced, for the reason noLimits.
+	cg       *cgroups
+	noLimits string
 
 	mu   sync.Mutex
 	pods map[types.UID]*podRun // guarded by mu
@@ -81,10 +89,18 @@ func (k *Kubelet) Start(t testing.TB) {
 	t.Helper()
 	k.dir = t.TempDir()
 	k.pods = map[types.UID]*podRun{}
+	cg, why, err := newCgroups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.cg, k.noLimits = cg, why
+	if cg == nil {
+		t.Logf("stand-in kubelet: the containers' limits are not enforced: %s", why)
+	}
 	k.ctx, k.stop = context.WithCancel(context.Background())
 	factory := informers.NewSharedInformerFactoryWithOptions(k.Client, 0, informers.WithNamespace(k.Namespace))
 	inf := factory.Core().V1().Pods().Informer()
-	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	_, err = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { k.handle(t, obj) },
 		UpdateFunc: func(_, obj any) { k.handle(t, obj) },
 	})
@@ -101,11 +117,20 @@ func (k *Kubelet) Start(t testing.TB) {
 		}
 		k.mu.Unlock()
 		k.wg.Wait()
+		if k.cg != nil {
+			if err := k.cg.close(); err != nil {
+				t.Error(err)
+			}
+		}
 	})
 	if !cache.WaitForCacheSync(k.ctx.Done(), inf.HasSynced) {
 		t.Fatal("stand-in kubelet: no Pod list")
 	}
 }
+
+// Limits reports whether the containers run under their memory and CPU
+// limits, and if not, why.
+func (k *Kubelet) Limits() (bool, string) { return k.cg != nil, k.noLimits }
 
 // Running reports how many Pods have containers running or to run.
 func (k *Kubelet) Running() int {
@@ -384,7 +409,20 @@ func (k *Kubelet) runContainer(t testing.TB, pod *corev1.Pod, c corev1.Container
 	if wd == "" {
 		wd = "/"
 	}
-	spec, _ := json.Marshal(containerSpec{Root: root, Mounts: mounts, Dir: wd, Argv: append(append([]string{}, c.Command...), c.Args...), Env: env, Hostname: host})
+	var cgDirs []string // memory, cpu
+	if k.cg != nil {
+		if cgDirs, err = k.cg.container(string(pod.UID)+"-"+c.Name, c.Resources.Limits); err != nil {
+			return terminated(128, "ContainerCannotRun", err.Error())
+		}
+		// After the container's init has been waited for: the kernel
+		// has ended and reaped every other process of its PID namespace.
+		defer func() {
+			if err := removeCgroups(cgDirs); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	spec, _ := json.Marshal(containerSpec{Root: root, Mounts: mounts, Dir: wd, Argv: append(append([]string{}, c.Command...), c.Args...), Env: env, Hostname: host, Cgroups: cgDirs})
 	self, err := os.Executable()
 	if err != nil {
 		return terminated(128, "ContainerCannotRun", err.Error())
@@ -430,6 +468,9 @@ func (k *Kubelet) runContainer(t testing.TB, pod *corev1.Pod, c corev1.Container
 		code := int32(exit.ExitCode())
 		if ws, ok := exit.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			code = 128 + int32(ws.Signal())
+		}
+		if cgDirs != nil && oomKilled(cgDirs[0]) {
+			return terminated(code, "OOMKilled", "")
 		}
 		return terminated(code, "Error", "")
 	default:
