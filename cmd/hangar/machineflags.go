@@ -18,7 +18,7 @@ const driverUsage = "machine driver: sandbox (isolated, needs root and runc), ho
 func kubeFlags(f *pflag.FlagSet, k *hangarapp.KubeConfig) {
 	f.StringVar(&k.Kubeconfig, "kubeconfig", "", "kube driver: kubeconfig file of the cluster (default: the in-cluster config)")
 	f.StringVar(&k.Namespace, "namespace", "", "kube driver: namespace of the builder Pods")
-	f.StringVar(&k.ServerID, "kube-server-id", "", "kube driver: this server's (or runner's) name among those sharing the namespace, in its objects' names and labels; each server and runner needs its own (default: the host name, lowercased; keep it stable across restarts)")
+	f.StringVar(&k.ServerID, "kube-server-id", "", "kube driver: this server's (or runner's) name among those sharing the namespace, in its objects' names and labels; each server and runner needs its own (default: a server's host name, lowercased; a runner's runner-NAME, from its runner name; keep it stable across restarts)")
 	f.StringVar(&k.LinkListen, "kube-link-listen", "0.0.0.0:7443", "kube driver: address the builder link listens on")
 	f.StringVar(&k.LinkAddr, "kube-link-addr", "", "kube driver: host:port at which builder Pods reach the link (required when --kube-link-listen is on all addresses)")
 	f.StringVar(&k.BuilderImage, "kube-builder-image", "", "kube driver: image holding this version's hangar binary (copied into each Pod by an init container)")

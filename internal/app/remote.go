@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -102,15 +104,31 @@ func NewRunner(ctx context.Context, cfg RunnerConfig) (r *RemoteRunner, err erro
 		return nil, err
 	}
 	r.client = runnerapi.NewClient(cfg.Servers, cfg.Token, log)
-	if r.driver, err = newDriver(cfg.Machines, data, log); err != nil {
-		return nil, err
+	// A kube runner without --kube-server-id is named in the cluster
+	// after its runner name, which is unique (the host name is not: two
+	// runners on one host would reap each other's Pods): its driver is
+	// made once the servers have told the name.
+	kubeByName := cfg.Machines.Driver == "kube" && cfg.Machines.Kube.ServerID == ""
+	driverName := "kube"
+	if !kubeByName {
+		if r.driver, err = newDriver(cfg.Machines, data, log); err != nil {
+			return nil, err
+		}
+		driverName = r.driver.Name()
 	}
 	start, err := r.client.Start(ctx, runnerapi.StartRequest{Host: hostName(), Labels: cfg.Labels,
-		Capacity: cfg.Machines.MaxBuilds, Driver: r.driver.Name()})
+		Capacity: cfg.Machines.MaxBuilds, Driver: driverName})
 	if err != nil {
 		return nil, fmt.Errorf("start the runner with the server: %w", err)
 	}
 	r.name = start.Name
+	if kubeByName {
+		mc := cfg.Machines
+		mc.Kube.ServerID = KubeRunnerID(r.name)
+		if r.driver, err = newDriver(mc, data, log); err != nil {
+			return nil, err
+		}
+	}
 	if start.Interrupted > 0 {
 		log.Warn("builds this runner left running (crash or kill) were marked failed", "count", start.Interrupted)
 	}
@@ -203,4 +221,29 @@ func (r *RemoteRunner) release() error {
 		r.lock.Close()
 	}
 	return errors.Join(errs...)
+}
+
+// KubeRunnerID is the kube driver's id (--kube-server-id) of runner name
+// when none is given: "runner-" and the name, lowercased, with '.' and
+// '_' as '-'; a name that does not fit as it is (too long, or changed)
+// is shortened and ends with a hash of it, so that two runners never
+// share an id.
+func KubeRunnerID(name string) string {
+	id := "runner-" + strings.Map(func(c rune) rune {
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-':
+			return c
+		case c >= 'A' && c <= 'Z':
+			return c + 'a' - 'A'
+		}
+		return '-'
+	}, name)
+	if id == "runner-"+name && len(id) <= 40 && !strings.HasSuffix(id, "-") {
+		return id
+	}
+	sum := sha256.Sum256([]byte(name))
+	if len(id) > 31 {
+		id = id[:31]
+	}
+	return strings.TrimRight(id, "-") + "-" + hex.EncodeToString(sum[:4])
 }

@@ -2,7 +2,10 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -31,4 +34,30 @@ func TestNewRunnerChecks(t *testing.T) {
 	if matches, _ := filepath.Glob(data); len(matches) != 0 {
 		t.Errorf("the refused runner made %v", matches)
 	}
+}
+
+func TestKubeRunnerID(t *testing.T) {
+	long := strings.Repeat("a", 63)
+	for name, want := range map[string]string{
+		"k8s-1":   "runner-k8s-1",
+		"Build.1": "runner-build-1-" + hashOf("Build.1"),
+		"x_":      "runner-x-" + hashOf("x_"),
+		long:      "runner-" + long[:24] + "-" + hashOf(long),
+	} {
+		got := KubeRunnerID(name)
+		if got != want {
+			t.Errorf("KubeRunnerID(%q) = %q, want %q", name, got, want)
+		}
+		if !regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$`).MatchString(got) {
+			t.Errorf("KubeRunnerID(%q) = %q: not a kube driver id", name, got)
+		}
+	}
+	if KubeRunnerID("a.b") == KubeRunnerID("a_b") {
+		t.Error("runners a.b and a_b share a kube id")
+	}
+}
+
+func hashOf(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:4])
 }
