@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/hangar-ci/hangar/e2e/harness"
@@ -187,6 +188,36 @@ func TestCluster(t *testing.T) {
 		if !extended {
 			t.Fatalf("build %d: no ssh_extended event after an extension through the other replica: %+v", id, evs)
 		}
+	}
+
+	// The browser terminal: its ticket, issued by the replica that runs
+	// the build, opens the terminal through the other one.
+	{
+		id := ids[0]
+		tk, err := servers[owner[id]].Client().TerminalTicket(ctx, id)
+		if err != nil {
+			t.Fatalf("terminal ticket of build %d: %v", id, err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		ws, _, err := websocket.Dial(wctx, "ws"+strings.TrimPrefix(servers[1-owner[id]].URL, "http")+tk.URL, nil)
+		if err != nil {
+			t.Fatalf("build %d's terminal through the other replica: %v", id, err)
+		}
+		want := fmt.Sprintf("term-%d-%d", id, 6*7)
+		in, _ := json.Marshal(map[string]string{"type": "input", "data": fmt.Sprintf("echo term-%d-$((6*7))\n", id)})
+		if err := ws.Write(wctx, websocket.MessageText, in); err != nil {
+			t.Fatal(err)
+		}
+		var screen strings.Builder
+		for !strings.Contains(screen.String(), want) {
+			_, data, err := ws.Read(wctx)
+			if err != nil {
+				t.Fatalf("build %d's terminal through the other replica: waiting for %q: %v\nscreen:\n%s", id, want, err, screen.String())
+			}
+			screen.Write(data)
+		}
+		ws.CloseNow()
+		cancel()
 	}
 
 	// Gateway a dies: its builders' tunnels come back through b, and new

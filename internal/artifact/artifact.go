@@ -52,8 +52,8 @@ type Store interface {
 	TakeExpiredCaches(ctx context.Context, now time.Time) ([]string, error)
 	CacheFiles(ctx context.Context) (map[string]bool, error)
 	BlobStore
-	AddDownloadTicket(ctx context.Context, ticket string, id int64, name string, expires time.Time) error
-	TakeDownloadTicket(ctx context.Context, ticket string) (int64, string, error)
+	AddTicket(ctx context.Context, kind, ticket string, id int64, name string, expires time.Time) error
+	TakeTicket(ctx context.Context, kind, ticket string) (int64, string, error)
 }
 
 // Keeper keeps artifacts in Dir/artifacts/<build id>/ and caches in

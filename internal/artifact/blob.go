@@ -154,7 +154,7 @@ func (k *Keeper) IssueTicket(ctx context.Context, id int64, name string) (string
 	var b [24]byte
 	_, _ = rand.Read(b[:])
 	t := hex.EncodeToString(b[:])
-	if err := k.Store.AddDownloadTicket(ctx, t, id, name, time.Now().Add(TicketTTL)); err != nil {
+	if err := k.Store.AddTicket(ctx, store.TicketDownload, t, id, name, time.Now().Add(TicketTTL)); err != nil {
 		return "", err
 	}
 	return t, nil
@@ -163,5 +163,5 @@ func (k *Keeper) IssueTicket(ctx context.Context, id int64, name string) (string
 // TakeTicket uses ticket up and returns the build and artifact it was
 // issued for (store.ErrNotFound: unknown, used or expired).
 func (k *Keeper) TakeTicket(ctx context.Context, ticket string) (int64, string, error) {
-	return k.Store.TakeDownloadTicket(ctx, ticket)
+	return k.Store.TakeTicket(ctx, store.TicketDownload, ticket)
 }

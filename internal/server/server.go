@@ -21,6 +21,9 @@ import (
 
 // Store is what the API needs of the store.
 type Store interface {
+	// Tickets of the browser terminal (store.TicketTerminal).
+	AddTicket(ctx context.Context, kind, ticket string, id int64, name string, expires time.Time) error
+	TakeTicket(ctx context.Context, kind, ticket string) (int64, string, error)
 	AddToken(ctx context.Context, hash string, t store.Token) error
 	CreateApp(ctx context.Context, a *store.App) error
 	App(ctx context.Context, name string) (*store.App, error)
@@ -108,7 +111,6 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	mux     *http.ServeMux
-	tickets terminalTickets
 	// hookSlots holds a token per webhook body being read (MaxHookReads).
 	hookSlots chan struct{}
 	// patterns are the routes of mux, as registered (for tests that walk

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -19,6 +18,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/sshca"
+	"github.com/hangar-ci/hangar/internal/store"
 )
 
 // A browser terminal is an SSH client inside the server: it reaches the
@@ -31,45 +31,11 @@ import (
 // ends the shell (a logout: the browser sends "logout", the shell gets
 // SIGHUP); a closed tab or a lost WebSocket only detaches it.
 
-// terminalTickets are single-use, short-lived permissions to open a
-// terminal WebSocket (browsers cannot set headers on WebSockets).
-type terminalTickets struct {
-	mu      sync.Mutex
-	tickets map[string]ticket // guarded by mu
-}
-
-type ticket struct {
-	build   int64
-	user    string
-	expires time.Time
-}
-
-func (t *terminalTickets) issue(build int64, user string) string {
-	var b [24]byte
-	_, _ = rand.Read(b[:])
-	id := hex.EncodeToString(b[:])
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.tickets == nil {
-		t.tickets = make(map[string]ticket)
-	}
-	now := time.Now()
-	for k, v := range t.tickets {
-		if now.After(v.expires) {
-			delete(t.tickets, k)
-		}
-	}
-	t.tickets[id] = ticket{build: build, user: user, expires: now.Add(30 * time.Second)}
-	return id
-}
-
-func (t *terminalTickets) take(id string, build int64) (ticket, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	tk, ok := t.tickets[id]
-	delete(t.tickets, id)
-	return tk, ok && tk.build == build && time.Now().Before(tk.expires)
-}
+// terminalTicketTTL is how long a terminal ticket is valid: a
+// single-use permission to open a terminal WebSocket (browsers cannot set
+// headers on WebSockets), kept in the store so that any replica takes
+// it.
+const terminalTicketTTL = 30 * time.Second
 
 // terminalTicket serves POST /api/v1/builds/{id}/terminal.
 func (s *Server) terminalTicket(w http.ResponseWriter, r *http.Request) {
@@ -89,7 +55,13 @@ func (s *Server) terminalTicket(w http.ResponseWriter, r *http.Request) {
 	if t := tokenOf(r); t != nil {
 		user = t.Name
 	}
-	id := s.tickets.issue(b.ID, user)
+	var tb [24]byte
+	_, _ = rand.Read(tb[:])
+	id := hex.EncodeToString(tb[:])
+	if err := s.cfg.Store.AddTicket(r.Context(), store.TicketTerminal, id, b.ID, user, time.Now().Add(terminalTicketTTL)); err != nil {
+		s.internal(w, "issue a terminal ticket", err)
+		return
+	}
 	writeJSON(w, http.StatusCreated, api.TerminalTicket{URL: fmt.Sprintf("/api/v1/builds/%d/terminal/ws?ticket=%s", b.ID, id)})
 }
 
@@ -108,8 +80,12 @@ func (s *Server) terminalWS(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "not a build id")
 		return
 	}
-	tk, ok := s.tickets.take(r.URL.Query().Get("ticket"), id)
-	if !ok {
+	tid, user, err := s.cfg.Store.TakeTicket(r.Context(), store.TicketTerminal, r.URL.Query().Get("ticket"))
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.internal(w, "take a terminal ticket", err)
+		return
+	}
+	if err != nil || tid != id {
 		writeError(w, http.StatusUnauthorized, "this terminal link has expired: open the terminal again")
 		return
 	}
@@ -128,7 +104,7 @@ func (s *Server) terminalWS(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ev := build.Event{Kind: "ssh_script", Data: map[string]string{"via": "browser", "remote": r.RemoteAddr, "token": tk.user}}
+	ev := build.Event{Kind: "ssh_script", Data: map[string]string{"via": "browser", "remote": r.RemoteAddr, "token": user}}
 	_ = s.cfg.SSH.Store.AddEvent(ctx, id, ev)
 	cols, rows := termSize(r.URL.Query().Get("cols"), r.URL.Query().Get("rows"))
 	if err := s.relay(ctx, ws, a.Alias, []byte(a.PrivateKey), a.Certificate, a.BuilderKey, cols, rows); err != nil {

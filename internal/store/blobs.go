@@ -32,18 +32,27 @@ CREATE TABLE IF NOT EXISTS blob_chunks (
 );
 `
 
-// downloadTicketsSchema keeps artifact download tickets (migration 24):
-// single-use, short-lived, taken by whichever replica the download
-// reaches. Only the ticket's SHA-256 is kept.
-const downloadTicketsSchema = `
-CREATE TABLE IF NOT EXISTS download_tickets (
+// ticketsSchema keeps tickets (migration 24): single-use, short-lived
+// permissions that a browser presents in a URL (it cannot set headers),
+// taken by whichever replica the request reaches. Only the ticket's
+// SHA-256 is kept. kind says what a ticket opens (TicketDownload: an
+// artifact, name; TicketTerminal: a build's terminal for user name).
+const ticketsSchema = `
+CREATE TABLE IF NOT EXISTS tickets (
 	hash TEXT PRIMARY KEY,
+	kind TEXT NOT NULL,
 	build_id {{int}} NOT NULL,
 	name TEXT NOT NULL,
 	expires_at {{int}} NOT NULL
 );
-CREATE INDEX IF NOT EXISTS download_tickets_expires ON download_tickets(expires_at);
+CREATE INDEX IF NOT EXISTS tickets_expires ON tickets(expires_at);
 `
+
+// Kinds of tickets.
+const (
+	TicketDownload = "download"
+	TicketTerminal = "terminal"
+)
 
 // BlobFilePrefix starts the file of an artifact or cache kept as a blob.
 const BlobFilePrefix = "db:"
@@ -169,33 +178,33 @@ func ticketHash(ticket string) string {
 	return hex.EncodeToString(h[:])
 }
 
-// AddDownloadTicket records ticket (kept as its hash) for artifact name
-// of build id until expires, and deletes the tickets that have expired.
-func (s *Store) AddDownloadTicket(ctx context.Context, ticket string, id int64, name string, expires time.Time) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM download_tickets WHERE expires_at <= $1`, ms(time.Now())); err != nil {
-		return fmt.Errorf("add download ticket: %w", err)
+// AddTicket records ticket (kept as its hash) of kind for build id and
+// name until expires, and deletes the tickets that have expired.
+func (s *Store) AddTicket(ctx context.Context, kind, ticket string, id int64, name string, expires time.Time) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM tickets WHERE expires_at <= $1`, ms(time.Now())); err != nil {
+		return fmt.Errorf("add %s ticket: %w", kind, err)
 	}
-	if _, err := s.db.ExecContext(ctx, `INSERT INTO download_tickets (hash, build_id, name, expires_at) VALUES ($1, $2, $3, $4)`,
-		ticketHash(ticket), id, name, ms(expires)); err != nil {
-		return fmt.Errorf("add download ticket: %w", err)
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO tickets (hash, kind, build_id, name, expires_at) VALUES ($1, $2, $3, $4, $5)`,
+		ticketHash(ticket), kind, id, name, ms(expires)); err != nil {
+		return fmt.Errorf("add %s ticket: %w", kind, err)
 	}
 	return nil
 }
 
-// TakeDownloadTicket uses ticket up: it returns the build and artifact
-// name it was issued for, or ErrNotFound if it does not exist, was taken
-// already or has expired.
-func (s *Store) TakeDownloadTicket(ctx context.Context, ticket string) (int64, string, error) {
+// TakeTicket uses ticket of kind up: it returns the build and name it was
+// issued for, or ErrNotFound if it does not exist (of that kind), was
+// taken already or has expired.
+func (s *Store) TakeTicket(ctx context.Context, kind, ticket string) (int64, string, error) {
 	var id int64
 	var name string
 	var expires int64
-	err := s.db.QueryRowContext(ctx, `DELETE FROM download_tickets WHERE hash = $1 RETURNING build_id, name, expires_at`,
-		ticketHash(ticket)).Scan(&id, &name, &expires)
+	err := s.db.QueryRowContext(ctx, `DELETE FROM tickets WHERE hash = $1 AND kind = $2 RETURNING build_id, name, expires_at`,
+		ticketHash(ticket), kind).Scan(&id, &name, &expires)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, "", ErrNotFound
 	}
 	if err != nil {
-		return 0, "", fmt.Errorf("take download ticket: %w", err)
+		return 0, "", fmt.Errorf("take %s ticket: %w", kind, err)
 	}
 	if expires <= ms(time.Now()) {
 		return 0, "", ErrNotFound

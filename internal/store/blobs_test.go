@@ -90,31 +90,41 @@ func TestBlobs(t *testing.T) {
 	})
 }
 
-// TestDownloadTickets: a ticket is taken once, by any store of the
-// database; an expired one is not taken.
-func TestDownloadTickets(t *testing.T) {
+// TestTickets: a ticket is taken once, by any store of the database, and
+// only as the kind it was issued as; an expired one is not taken.
+func TestTickets(t *testing.T) {
 	eachBackend(t, func(t *testing.T, db testDB) {
 		ctx := context.Background()
 		s := db.open(t)
 		now := time.Now()
-		if err := s.AddDownloadTicket(ctx, "t1", 7, "out/app.apk", now.Add(time.Minute)); err != nil {
+		if err := s.AddTicket(ctx, TicketDownload, "t1", 7, "out/app.apk", now.Add(time.Minute)); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.AddDownloadTicket(ctx, "old", 7, "x", now.Add(-time.Second)); err != nil {
+		if err := s.AddTicket(ctx, TicketDownload, "old", 7, "x", now.Add(-time.Second)); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := s.TakeDownloadTicket(ctx, "old"); !errors.Is(err, ErrNotFound) {
+		if err := s.AddTicket(ctx, TicketTerminal, "term", 8, "alice", now.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.TakeTicket(ctx, TicketDownload, "term"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("a terminal ticket taken as a download ticket: %v", err)
+		}
+		other := db.open(t) // another replica
+		if id, name, err := other.TakeTicket(ctx, TicketTerminal, "term"); err != nil || id != 8 || name != "alice" {
+			t.Errorf("another replica's TakeTicket = %d %q %v", id, name, err)
+		}
+		if _, _, err := s.TakeTicket(ctx, TicketDownload, "old"); !errors.Is(err, ErrNotFound) {
 			t.Errorf("an expired ticket: %v", err)
 		}
-		id, name, err := s.TakeDownloadTicket(ctx, "t1")
+		id, name, err := s.TakeTicket(ctx, TicketDownload, "t1")
 		if err != nil || id != 7 || name != "out/app.apk" {
-			t.Errorf("TakeDownloadTicket = %d %q %v", id, name, err)
+			t.Errorf("TakeTicket = %d %q %v", id, name, err)
 		}
-		if _, _, err := s.TakeDownloadTicket(ctx, "t1"); !errors.Is(err, ErrNotFound) {
+		if _, _, err := s.TakeTicket(ctx, TicketDownload, "t1"); !errors.Is(err, ErrNotFound) {
 			t.Errorf("a ticket taken twice: %v", err)
 		}
 		var n int
-		if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM download_tickets WHERE hash = 't1'`).Scan(&n); err != nil || n != 0 {
+		if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM tickets WHERE hash = 't1'`).Scan(&n); err != nil || n != 0 {
 			t.Errorf("a ticket kept in clear: %d, %v", n, err)
 		}
 	})

@@ -138,7 +138,7 @@ var migrations = []migration{
 	// Artifacts and caches kept in the database, and download tickets any
 	// replica takes (blobs.go).
 	{version: 23, name: "blobs", sql: blobsSchema},
-	{version: 24, name: "artifact download tickets", sql: downloadTicketsSchema},
+	{version: 24, name: "tickets (artifact downloads, terminals)", sql: ticketsSchema},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;
