@@ -108,9 +108,9 @@ type Config struct {
 
 // Server serves the API. Create it with New.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	mux     *http.ServeMux
+	cfg Config
+	log *slog.Logger
+	mux *http.ServeMux
 	// hookSlots holds a token per webhook body being read (MaxHookReads).
 	hookSlots chan struct{}
 	// patterns are the routes of mux, as registered (for tests that walk
