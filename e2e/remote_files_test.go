@@ -18,7 +18,9 @@ import (
 	"github.com/hangar-ci/hangar/e2e/harness"
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/notify/smtptest"
 	"github.com/hangar-ci/hangar/internal/store/pgtest"
+	"github.com/hangar-ci/hangar/internal/tlstest"
 )
 
 // remoteFilesWorkflow uses a variable group, makes an artifact and
@@ -43,6 +45,9 @@ workflows:
           seq 1 300000 > out/app.bin
     artifacts:
       - out/*.bin
+    publishing:
+      email:
+        recipients: [dev@example.com]
 `
 
 // TestRemoteRunnerFiles: two API-only servers on one PostgreSQL and a
@@ -51,7 +56,8 @@ workflows:
 // masked in the log, never in a log of the runner or the servers); its
 // artifact is kept in the database and downloaded through the OTHER
 // server: by the CLI, by a ticket the first server issued, and by a
-// range; the cache the first build saved is restored in the second.
+// range; the cache the first build saved is restored in the second; its
+// publishing.email goes through the servers' SMTP server.
 func TestRemoteRunnerFiles(t *testing.T) {
 	url := pgtest.DB(t)
 	ctx := context.Background()
@@ -63,9 +69,14 @@ func TestRemoteRunnerFiles(t *testing.T) {
 	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"--database", url, "--secrets-key", keyFile, "--no-runner"}
-	a := harness.StartServer(t, harness.Options{Driver: "host", Args: args})
-	b := harness.StartServer(t, harness.Options{Driver: "host", Args: args})
+	certs := tlstest.New(t, "127.0.0.1")
+	mb := smtptest.Start(t, certs.Server, "ci", "mail-pw-remote")
+	args := []string{"--database", url, "--secrets-key", keyFile, "--no-runner",
+		"--smtp-host", "127.0.0.1", "--smtp-port", strconv.Itoa(mb.Port), "--smtp-from", "Hangar <ci@example.com>",
+		"--smtp-user", "ci", "--smtp-starttls", "always"}
+	env := []string{"SSL_CERT_FILE=" + certs.CAFile, "HANGAR_SMTP_PASSWORD=mail-pw-remote"}
+	a := harness.StartServer(t, harness.Options{Driver: "host", Args: args, Env: env})
+	b := harness.StartServer(t, harness.Options{Driver: "host", Args: args, Env: env})
 	r := a.Hangar("runner", "token", "create", "remote")
 	if r.Code != 0 {
 		t.Fatalf("runner token create: %s", r.Stderr)
@@ -94,7 +105,8 @@ func TestRemoteRunnerFiles(t *testing.T) {
 	if b1.Status != build.Finished {
 		t.Fatalf("first build: %s (%s)\n%s\nrunner:\n%s", b1.Status, b1.Message, logs, runner.Log())
 	}
-	for _, want := range []string{"Environment variable groups: deploy (1 variables", "token=*****", "cache-miss", "Uploaded out/app.bin", "Saved the cache"} {
+	for _, want := range []string{"Environment variable groups: deploy (1 variables", "token=*****", "cache-miss", "Uploaded out/app.bin", "Saved the cache",
+		"Email: sent to dev@example.com through 127.0.0.1"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("first build's log lacks %q:\n%s", want, logs)
 		}
@@ -103,6 +115,11 @@ func TestRemoteRunnerFiles(t *testing.T) {
 		if strings.Contains(log, token) {
 			t.Errorf("the group's value is in the %s log", what)
 		}
+	}
+	// The email went through the servers' SMTP server, with the artifact
+	// the store keeps.
+	if msgs := mb.Wait(1, 10*time.Second); len(msgs) != 1 || !strings.Contains(msgs[0].Data, fmt.Sprintf("/api/v1/builds/%d/artifacts/out/app.bin", b1.ID)) {
+		t.Errorf("emails: %+v; want one with the artifact's link", msgs)
 	}
 	if list, err := b.Client().Runners(ctx); err != nil || len(list) != 1 || list[0].Name != "remote" {
 		t.Fatalf("runners: %+v, %v", list, err)

@@ -246,7 +246,7 @@ func New(cfg Config) (a *App, err error) {
 		UI: server.UIHandler(), InstanceTypes: fitPids(cfg.InstanceTypes, cfg.MaxBuilds, log),
 		Runners: a.store, RunnerStaleAfter: StaleAfter,
 		RunnerAPI: runnerapi.New(runnerapi.Config{Store: a.store, Logger: log, StaleAfter: StaleAfter,
-			Secrets: a.vault, Files: a.files, PublicURL: func() string { return a.publicURL }}),
+			Secrets: a.vault, Files: a.files, PublicURL: func() string { return a.publicURL }, Notify: a.notifier(cfg)}),
 		Secrets: a.vault, Files: a.files}
 	// Continue and Extend reach the build's runner through this server,
 	// or through the store when another server's runner runs it.
@@ -350,12 +350,7 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 		// repository itself, as a runner on another host does.
 		rcfg.Mirrors = fetchingMirrors{mirrors}
 	}
-	rcfg.Notify = notify.Unconfigured
-	if cfg.SMTP != nil {
-		smtp := *cfg.SMTP
-		smtp.PublicURL = rcfg.PublicURL
-		rcfg.Notify = smtp.Notify
-	}
+	rcfg.Notify = a.notifier(cfg)
 	scfg.Driver, scfg.Isolated = a.driver.Name(), a.driver.Isolated()
 	if rcfg.Images, err = driverImages(ctx, cfg, data, a.driver, scfg.InstanceTypes.Names(), log); err != nil {
 		return nil, err
@@ -651,6 +646,18 @@ func (a *App) shutdownServers(hs *http.Server, stopHTTP func(), hurry <-chan str
 		return nil
 	})
 	_ = g.Wait()
+}
+
+// notifier sends publishing.email through the --smtp server, for this
+// server's runner and, through the runner API, for runners on other
+// hosts; without one, it says in the build's log that none was sent.
+func (a *App) notifier(cfg Config) func(ctx context.Context, b build.Build, spec *build.Spec, artifacts []build.Artifact) []string {
+	if cfg.SMTP == nil {
+		return notify.Unconfigured
+	}
+	smtp := *cfg.SMTP
+	smtp.PublicURL = func() string { return a.publicURL }
+	return smtp.Notify
 }
 
 // newDriver picks and creates the machine driver.

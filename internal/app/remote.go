@@ -143,6 +143,7 @@ func NewRunner(ctx context.Context, cfg RunnerConfig) (r *RemoteRunner, err erro
 	// The servers open the groups and keystores of its builds, and keep
 	// their artifacts and caches.
 	rcfg.Secrets = r.client
+	rcfg.Notify = r.client.Notify // publishing.email, through their SMTP server
 	files, err := r.client.Files(ctx)
 	if err != nil {
 		return nil, err

@@ -88,6 +88,7 @@ func (h *handler) fileRoutes() {
 		"PUT /api/runner/v1/builds/{id}/artifacts/{name...}": h.putArtifact,
 		"GET /api/runner/v1/builds/{id}/cache":               h.getCache,
 		"PUT /api/runner/v1/builds/{id}/cache":               h.putCache,
+		"POST /api/runner/v1/builds/{id}/notify":             h.notify,
 	} {
 		h.mux.Handle(pattern, h.auth(f))
 	}

@@ -21,6 +21,8 @@
 //	POST /api/runner/v1/ended      which of the builds it runs ([ids]) have
 //	                               ended without it (failed by a sweep).
 //	PUT  /api/runner/v1/builds/ID         writes its build ({"written"}).
+//	POST /api/runner/v1/builds/ID/notify  sends its publishing.email as it
+//	                               ends ({"lines"} for its log).
 //	POST /api/runner/v1/builds/ID/logs    stores log chunks of its build.
 //	POST /api/runner/v1/builds/ID/events  records an event of its build.
 //	GET  /api/runner/v1/wait       a long poll: answers when a build changes
@@ -103,6 +105,7 @@ type Store interface {
 	// Build and BuildSpec read a build for the file endpoints.
 	Build(ctx context.Context, id int64) (*build.Build, error)
 	BuildSpec(ctx context.Context, id int64) ([]byte, error)
+	Artifacts(ctx context.Context, id int64) ([]build.Artifact, error)
 }
 
 // Config configures the runner API.
@@ -124,6 +127,9 @@ type Config struct {
 	Secrets   Secrets
 	Files     Files
 	PublicURL func() string
+	// Notify sends the publishing.email of runners' builds (nil: none
+	// is sent, and none is said to be).
+	Notify Notifier
 }
 
 // InterruptedMessage is the message of the builds a runner left running

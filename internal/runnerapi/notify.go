@@ -1,0 +1,73 @@
+package runnerapi
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/store"
+)
+
+// Notifier sends a build's publishing.email as it ends (package notify);
+// what it returns goes to the build's log.
+type Notifier func(ctx context.Context, b build.Build, spec *build.Spec, artifacts []build.Artifact) []string
+
+// NotifyRequest is the end of a build that a runner is about to write:
+// the servers send its publishing.email.
+type NotifyRequest struct {
+	Status  build.Status `json:"status"`
+	Message string       `json:"message,omitempty"`
+}
+
+// NotifyResponse is what to log of it.
+type NotifyResponse struct {
+	Lines []string `json:"lines"`
+}
+
+// notify serves POST /api/runner/v1/builds/{id}/notify: the server sends
+// the email of the runner's build that is ending, to the recipients of
+// the build's own spec, with the artifacts the store keeps of it (not
+// what the runner says), through the servers' SMTP server.
+func (h *handler) notify(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
+	b, spec, ok := h.running(w, r, rn)
+	if !ok {
+		return
+	}
+	var req NotifyRequest
+	if !h.decode(w, r, &req) {
+		return
+	}
+	if !req.Status.Done() {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("status %q: want the build's final status (finished, failed, canceled, timeout)", req.Status))
+		return
+	}
+	if h.cfg.Notify == nil || spec.Email == nil {
+		writeJSON(w, http.StatusOK, NotifyResponse{})
+		return
+	}
+	arts, err := h.cfg.Store.Artifacts(r.Context(), b.ID)
+	if err != nil {
+		h.internal(w, "read the build's artifacts", err)
+		return
+	}
+	final := *b
+	now := time.Now()
+	final.Status, final.Message, final.FinishedAt = req.Status, req.Message, &now
+	writeJSON(w, http.StatusOK, NotifyResponse{Lines: h.cfg.Notify(r.Context(), final, spec, arts)})
+}
+
+// Notify asks the servers to send build b's publishing.email as it ends
+// (a runner.Config.Notify); it returns what to log, also when the
+// servers could not be asked.
+func (c *Client) Notify(ctx context.Context, b build.Build, spec *build.Spec, _ []build.Artifact) []string {
+	if spec.Email == nil {
+		return nil
+	}
+	var out NotifyResponse
+	if err := c.call(ctx, http.MethodPost, buildPath(b.ID, "/notify"), NotifyRequest{Status: b.Status, Message: b.Message}, &out); err != nil {
+		return []string{fmt.Sprintf("Email: NOT sent: the servers could not be asked to send it: %v", err)}
+	}
+	return out.Lines
+}
