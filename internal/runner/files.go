@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"strconv"
 	"strings"
 
@@ -187,13 +186,9 @@ func answer(st link.Stream, res link.FileResult) {
 
 // artifactURL is where the API serves an artifact.
 func (r *Runner) artifactURL(id int64, name string) string {
-	parts := strings.Split(name, "/")
-	for i, p := range parts {
-		parts[i] = url.PathEscape(p)
-	}
 	base := ""
 	if r.cfg.PublicURL != nil {
 		base = strings.TrimRight(r.cfg.PublicURL(), "/")
 	}
-	return fmt.Sprintf("%s/api/v1/builds/%d/artifacts/%s", base, id, strings.Join(parts, "/"))
+	return base + build.ArtifactPath(id, name)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/build"
@@ -51,6 +52,13 @@ func (h *handler) notify(w http.ResponseWriter, r *http.Request, rn *store.Runne
 	if err != nil {
 		h.internal(w, "read the build's artifacts", err)
 		return
+	}
+	base := ""
+	if h.cfg.PublicURL != nil {
+		base = strings.TrimRight(h.cfg.PublicURL(), "/")
+	}
+	for i := range arts {
+		arts[i].URL = base + build.ArtifactPath(b.ID, arts[i].Name)
 	}
 	final := *b
 	now := time.Now()

@@ -7,9 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"net/url"
 	"path"
-	"strings"
 
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
@@ -35,15 +33,6 @@ func (s *Server) files(w http.ResponseWriter) (Files, bool) {
 	return s.cfg.Files, true
 }
 
-// artifactPath is an artifact's API path, each component escaped.
-func artifactPath(id int64, name string) string {
-	parts := strings.Split(name, "/")
-	for i, p := range parts {
-		parts[i] = url.PathEscape(p)
-	}
-	return fmt.Sprintf("/api/v1/builds/%d/artifacts/%s", id, strings.Join(parts, "/"))
-}
-
 // listArtifacts serves GET /api/v1/builds/{id}/artifacts.
 func (s *Server) listArtifacts(w http.ResponseWriter, r *http.Request) {
 	b, ok := s.lookupBuild(w, r)
@@ -61,7 +50,7 @@ func (s *Server) listArtifacts(w http.ResponseWriter, r *http.Request) {
 	}
 	base := s.baseURL(r)
 	for i := range list {
-		list[i].URL = base + artifactPath(b.ID, list[i].Name)
+		list[i].URL = base + build.ArtifactPath(b.ID, list[i].Name)
 	}
 	writeJSON(w, http.StatusOK, list)
 }
@@ -98,7 +87,7 @@ func (s *Server) artifactTicket(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, "issue a download ticket", err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, api.ArtifactTicket{URL: artifactPath(b.ID, req.Name) + "?ticket=" + t})
+	writeJSON(w, http.StatusCreated, api.ArtifactTicket{URL: build.ArtifactPath(b.ID, req.Name) + "?ticket=" + t})
 }
 
 // downloadArtifact serves GET /api/v1/builds/{id}/artifacts/{name...},
