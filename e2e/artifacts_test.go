@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"archive/zip"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -36,6 +37,9 @@ workflows:
           seq 1 400000 > build/out/app.bin
           printf 'notes of {{run}}\n' > build/out/sub/notes.txt
           head -c 4500000 /dev/zero > build/out/big.bin
+          mkdir -p build/ios/Runner.xcarchive/Products
+          echo plist > build/ios/Runner.xcarchive/Info.plist
+          ln -s Info.plist build/ios/Runner.xcarchive/Products/link
           if [ -f "$HOME/.e2e-cache/stamp" ]; then echo "cache-hit $(cat "$HOME/.e2e-cache/stamp") deps=$(cat deps/d.txt)"; else echo cache-miss; fi
           mkdir -p "$HOME/.e2e-cache" deps
           echo "$CM_BUILD_ID" > "$HOME/.e2e-cache/stamp"
@@ -43,6 +47,7 @@ workflows:
     artifacts:
       - build/**/*.bin
       - build/out/**/*.txt
+      - build/ios/*.xcarchive
       - missing/*.zip
       - /etc/passwd
     publishing:
@@ -135,7 +140,8 @@ func testArtifactsAndCache(t *testing.T, driver string) {
 		"build/out/big.bin is 4.3 MiB, over the server's limit of 4.0 MiB per artifact: not uploaded",
 		"Pattern missing/*.zip matched no files",
 		"Pattern /etc/passwd is outside the clone",
-		"Uploaded 2 artifacts",
+		"Uploaded build/ios/Runner.xcarchive.zip",
+		"Uploaded 3 artifacts",
 		`links=[{"name":"app.bin","type":"bin","url":"` + s.URL + fmt.Sprintf("/api/v1/builds/%d/artifacts/build/out/app.bin", b1.ID),
 		"Saved the cache: 2 files",
 		"Email: NOT sent to dev@example.com: this server has no SMTP server configured",
@@ -176,6 +182,20 @@ func testArtifactsAndCache(t *testing.T, driver string) {
 	}
 	if got, err := os.ReadFile(filepath.Join(dir, "build/out/sub/notes.txt")); err != nil || string(got) != "notes of "+run+"\n" {
 		t.Errorf("downloaded notes.txt: %q %v", got, err)
+	}
+	// The directory came as a zip archive holding it, its link a link.
+	if zr, err := zip.OpenReader(filepath.Join(dir, "build/ios/Runner.xcarchive.zip")); err != nil {
+		t.Errorf("downloaded Runner.xcarchive.zip: %v", err)
+	} else {
+		var names []string
+		for _, f := range zr.File {
+			names = append(names, fmt.Sprintf("%s %v", f.Name, f.Mode().Type()))
+		}
+		zr.Close()
+		want := []string{"Runner.xcarchive/ d---------", "Runner.xcarchive/Info.plist ----------", "Runner.xcarchive/Products/ d---------", "Runner.xcarchive/Products/link L---------"}
+		if strings.Join(names, "\n") != strings.Join(want, "\n") {
+			t.Errorf("Runner.xcarchive.zip holds:\n%s\nwant:\n%s", strings.Join(names, "\n"), strings.Join(want, "\n"))
+		}
 	}
 
 	// The second build of the workflow restores the first one's cache.

@@ -194,8 +194,8 @@ func underAny(p string, dirs []string) bool {
 	return false
 }
 
-// errCacheTooLarge stops an archive past the server's bound.
-var errCacheTooLarge = errors.New("over the bound")
+// errTooLarge stops an archive (a cache's, a directory's) past its bound.
+var errTooLarge = errors.New("over the bound")
 
 // boundedWriter fails once more than max bytes were written.
 type boundedWriter struct {
@@ -206,7 +206,7 @@ type boundedWriter struct {
 
 func (b *boundedWriter) Write(p []byte) (int, error) {
 	if b.n+int64(len(p)) > b.max {
-		return 0, errCacheTooLarge
+		return 0, errTooLarge
 	}
 	n, err := b.w.Write(p)
 	b.n += int64(n)
@@ -248,7 +248,7 @@ func (r *run) saveCache(ctx context.Context, out io.Writer) error {
 	if err == nil {
 		err = zw.Close()
 	}
-	if errors.Is(err, errCacheTooLarge) {
+	if errors.Is(err, errTooLarge) {
 		fmt.Fprintf(out, "The cache was not saved: its archive grew past the server's bound of %s (compressed) after %d files, %s; cache less (cache.cache_paths) or ask the admin for a higher --cache-max-size\n",
 			build.HumanBytes(r.job.Limits.Cache), files, build.HumanBytes(size))
 		return nil

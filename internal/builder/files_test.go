@@ -2,10 +2,12 @@ package builder
 
 import (
 	"archive/tar"
+	"archive/zip"
 	"bytes"
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -133,5 +135,93 @@ func TestCacheRestoreStaysInPaths(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(filepath.Join(home, ".gradle", "caches", "ok.txt")); string(data) != "ok" {
 		t.Errorf("ok.txt: %q", data)
+	}
+}
+
+// TestArtifactDirectoryZipped: a pattern matching a directory, as
+// Codemagic's build/ios/xcarchive/*.xcarchive, uploads it as one zip
+// archive named after it (Runner.xcarchive.zip) holding the directory,
+// its symbolic links kept as links (never followed, even out of the
+// clone); what else matches inside it is not uploaded again; an archive
+// over the server's limit is left out and said.
+func TestArtifactDirectoryZipped(t *testing.T) {
+	home, outside := t.TempDir(), t.TempDir()
+	clone := filepath.Join(home, "clone")
+	if err := os.MkdirAll(filepath.Join(home, ".hangar"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(outside, "secret.txt"), "outside")
+	arch := filepath.Join(clone, "build", "ios", "xcarchive", "Runner.xcarchive")
+	write(t, filepath.Join(arch, "Info.plist"), "<plist/>")
+	write(t, filepath.Join(arch, "Products", "Applications", "Runner.app", "Runner"), strings.Repeat("binary", 1000))
+	if err := os.Symlink("Applications", filepath.Join(arch, "Products", "Current")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "secret.txt"), filepath.Join(arch, "leak")); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(clone, "build", "app.ipa"), "ipa")
+	k := &keptFiles{}
+	r := &run{job: &link.Job{Artifacts: []string{"build/ios/xcarchive/*.xcarchive", "build/**/*.plist", "build/*.ipa"},
+		Limits: &link.FileLimits{ArtifactFile: 1 << 20, ArtifactBuild: 1 << 20}}, home: home, dir: clone, files: k}
+	var out bytes.Buffer
+	if err := r.uploadArtifacts(context.Background(), &out); err != nil {
+		t.Fatal(err)
+	}
+	if len(k.kept) != 2 || !strings.HasPrefix(k.kept[0], "build/ios/xcarchive/Runner.xcarchive.zip=") || k.kept[1] != "build/app.ipa=ipa" {
+		t.Fatalf("uploaded %d artifacts, want the zip and the ipa; log:\n%s", len(k.kept), out.String())
+	}
+	data := strings.TrimPrefix(k.kept[0], "build/ios/xcarchive/Runner.xcarchive.zip=")
+	zr, err := zip.NewReader(strings.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, f := range zr.File {
+		rc, err := f.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		kind := "file"
+		switch {
+		case f.Mode()&os.ModeSymlink != 0:
+			kind = "link"
+		case f.Mode().IsDir():
+			kind = "dir"
+		}
+		got[f.Name] = kind + ":" + string(b)
+	}
+	want := map[string]string{
+		"Runner.xcarchive/":                                        "dir:",
+		"Runner.xcarchive/Info.plist":                              "file:<plist/>",
+		"Runner.xcarchive/Products/":                               "dir:",
+		"Runner.xcarchive/Products/Applications/":                  "dir:",
+		"Runner.xcarchive/Products/Applications/Runner.app/":       "dir:",
+		"Runner.xcarchive/Products/Applications/Runner.app/Runner": "file:" + strings.Repeat("binary", 1000),
+		"Runner.xcarchive/Products/Current":                        "link:Applications",
+		"Runner.xcarchive/leak":                                    "link:" + filepath.Join(outside, "secret.txt"),
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("zip entries:\n got %q\nwant %q", got, want)
+	}
+	if len(r.links) != 2 || r.links[0].Name != "Runner.xcarchive.zip" || r.links[0].Type != "xcarchive" {
+		t.Errorf("CM_ARTIFACT_LINKS: %s", r.artifactLinks())
+	}
+	if entries, _ := os.ReadDir(filepath.Join(home, ".hangar")); len(entries) != 0 {
+		t.Errorf("left in ~/.hangar: %v", entries)
+	}
+
+	// Over the limit per artifact: said, and the build goes on.
+	k2 := &keptFiles{}
+	r = &run{job: &link.Job{Artifacts: []string{"build/ios/xcarchive/*.xcarchive"},
+		Limits: &link.FileLimits{ArtifactFile: 100, ArtifactBuild: 1 << 20}}, home: home, dir: clone, files: k2}
+	out.Reset()
+	if err := r.uploadArtifacts(context.Background(), &out); err != nil {
+		t.Fatal(err)
+	}
+	if len(k2.kept) != 0 || !strings.Contains(out.String(), "build/ios/xcarchive/Runner.xcarchive/ zipped is over the server's limit of 100 bytes per artifact: not uploaded") {
+		t.Errorf("over the limit: uploaded %q; log:\n%s", k2.kept, out.String())
 	}
 }
