@@ -68,8 +68,22 @@ func (w *Workflow) Report() Report {
 		r.Steps = append(r.Steps, "Saving cache (after a successful build)")
 	}
 	h := func(format string, args ...any) { r.Honoured = append(r.Honoured, fmt.Sprintf(format, args...)) }
-	h("max_build_duration: %s", formatDuration(w.MaxDuration))
-	h("instance_type: %s (refused at start if the server has no such type)", orDefault(w.InstanceType, "linux, the default"))
+	switch d := w.defaults; {
+	case w.MaxDurationInput == "":
+		h("max_build_duration: %s", formatDuration(w.MaxDuration))
+	case d != nil && d.MaxDurationInput == "":
+		h("max_build_duration: %s with the inputs' defaults (%s; a build's own value is checked when it starts)", formatDuration(w.MaxDuration), w.MaxDurationInput)
+	default:
+		h("max_build_duration: %s, depends on an input without default: given when the build starts (1-120 minutes)", w.MaxDurationInput)
+	}
+	switch instance := orDefault(w.InstanceType, "linux, the default"); {
+	case !inputRef.MatchString(w.InstanceType):
+		h("instance_type: %s (refused at start if the server has no such type)", instance)
+	case w.defaults != nil && !inputRef.MatchString(w.defaults.InstanceType):
+		h("instance_type: %s with the inputs' defaults (%s; refused at start if the server has no such type)", orDefault(w.defaults.InstanceType, "linux, the default"), instance)
+	default:
+		h("instance_type: %s, depends on an input without default: given when the build starts (refused then if the server has no such type)", instance)
+	}
 	if w.WorkingDirectory != "" {
 		h("working_directory: %s", w.WorkingDirectory)
 	}

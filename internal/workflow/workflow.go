@@ -82,6 +82,11 @@ type Workflow struct {
 	// (1-120, default 60); a Go duration string such as "90s" or "2m" is a
 	// Hangar extension (more than 0, at most 120m).
 	MaxDuration time.Duration
+	// MaxDurationInput is max_build_duration as written when it takes an
+	// input (${{ inputs.minutes }}); then MaxDuration is its value with
+	// the inputs' defaults (DefaultMaxDuration for an input without one),
+	// and Resolve gives the build's.
+	MaxDurationInput string
 	// WorkingDirectory is the workflow's working_directory: where scripts run
 	// unless they set their own, relative to the clone unless absolute.
 	// Empty means the clone itself.
@@ -125,6 +130,10 @@ type Workflow struct {
 	CachePaths []string
 	// Publishing is what the publishing section asks Hangar to run.
 	Publishing Publishing
+	// src is where the workflow was read from (Resolve reads it again);
+	// defaults is it read with its inputs' defaults (nil without inputs).
+	src      *source
+	defaults *Workflow
 	// Ignored lists, as paths such as "publishing.slack", "environment.groups" or
 	// "scripts[2].when", the sections present in the file that Hangar
 	// accepts but does not act on, in file order.
