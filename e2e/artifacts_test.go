@@ -30,6 +30,7 @@ workflows:
       cache_paths:
         - $HOME/.e2e-cache
         - deps
+        - {{abs}}
     scripts:
       - name: Make
         script: |
@@ -44,6 +45,9 @@ workflows:
           mkdir -p "$HOME/.e2e-cache" deps
           echo "$CM_BUILD_ID" > "$HOME/.e2e-cache/stamp"
           echo "dep-$CM_BUILD_ID" > deps/d.txt
+          if [ -f {{abs}}/stamp ]; then echo "abs-hit $(cat {{abs}}/stamp)"; else echo abs-miss; fi
+          mkdir -p {{abs}} 2>/dev/null || { sudo mkdir -p {{abs}} && sudo chown "$(id -u)" {{abs}}; }
+          echo "$CM_BUILD_ID" > {{abs}}/stamp
     artifacts:
       - build/**/*.bin
       - build/out/**/*.txt
@@ -78,6 +82,12 @@ workflows:
           script: echo "publish-ran links=$CM_ARTIFACT_LINKS"
 `
 
+// artifactsYAML is artifactsFile for the run marker run, with abs as its
+// absolute cache path.
+func artifactsYAML(run, abs string) string {
+	return strings.NewReplacer("{{run}}", run, "{{abs}}", abs).Replace(artifactsFile)
+}
+
 // appBin is what the art workflow writes to build/out/app.bin.
 func appBin() []byte {
 	var b bytes.Buffer
@@ -104,7 +114,13 @@ func TestArtifactsAndCacheSandbox(t *testing.T) { testArtifactsAndCache(t, "sand
 func testArtifactsAndCache(t *testing.T, driver string) {
 	s := harness.StartServer(t, harness.Options{Driver: driver, Args: driverArgs(t, driver, "--artifact-max-size", "4MiB")})
 	run := marker()
-	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": strings.ReplaceAll(artifactsFile, "{{run}}", run)})
+	// An absolute cache path: the machine's own /opt in a sandbox, a
+	// directory of the test's on the host.
+	abs := "/opt/e2e-abs-cache"
+	if driver == "host" {
+		abs = filepath.Join(t.TempDir(), "abs-cache")
+	}
+	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": artifactsYAML(run, abs)})
 	// app add reports, before any build, what is run and what is not.
 	r := s.Hangar("app", "add", "arts", "--repo", repo.Path)
 	if r.Code != 0 {
@@ -143,7 +159,7 @@ func testArtifactsAndCache(t *testing.T, driver string) {
 		"Uploaded build/ios/Runner.xcarchive.zip",
 		"Uploaded 3 artifacts",
 		`links=[{"name":"app.bin","type":"bin","url":"` + s.URL + fmt.Sprintf("/api/v1/builds/%d/artifacts/build/out/app.bin", b1.ID),
-		"Saved the cache: 2 files",
+		"Saved the cache: 3 files",
 		"Email: NOT sent to dev@example.com: this server has no SMTP server configured",
 		"Ignored: publishing.slack",
 	} {
@@ -205,8 +221,9 @@ func testArtifactsAndCache(t *testing.T, driver string) {
 	}
 	for _, want := range []string{
 		fmt.Sprintf("Restoring the cache saved by build %d", b1.ID),
-		"Restored 2 files",
+		"Restored 3 files",
 		fmt.Sprintf("cache-hit %d deps=dep-%d", b1.ID, b1.ID),
+		fmt.Sprintf("abs-hit %d", b1.ID),
 	} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("second build's log lacks %q:\n%s", want, logs)
@@ -310,7 +327,7 @@ func TestEmailSMTP(t *testing.T) {
 // end and returns the build, finished, and its log.
 func artBuild(t *testing.T, s *harness.Server, app string) (*build.Build, string) {
 	t.Helper()
-	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": strings.ReplaceAll(artifactsFile, "{{run}}", marker())})
+	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": artifactsYAML(marker(), filepath.Join(t.TempDir(), "abs-cache"))})
 	if r := s.Hangar("app", "add", app, "--repo", repo.Path); r.Code != 0 {
 		t.Fatalf("app add: %s", r.Stderr)
 	}

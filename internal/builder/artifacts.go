@@ -46,7 +46,21 @@ func (r *run) artifactLinks() string {
 // expandPath expands $VAR, ${VAR} and a leading ~ of a workflow path
 // against env and makes it absolute (a relative one is in the clone).
 func (r *run) expandPath(p string, env []string) string {
-	p = workflow.Expand(p, func(name string) (string, bool) { return lookupEnv(env, name) })
+	abs, _ := r.expandPathUnset(p, env)
+	return abs
+}
+
+// expandPathUnset is expandPath that also returns the names of the
+// variables p refers to that env does not set.
+func (r *run) expandPathUnset(p string, env []string) (string, []string) {
+	var unset []string
+	p = workflow.Expand(p, func(name string) (string, bool) {
+		v, ok := lookupEnv(env, name)
+		if !ok && !slices.Contains(unset, name) {
+			unset = append(unset, name)
+		}
+		return v, ok
+	})
 	if p == "~" || strings.HasPrefix(p, "~/") {
 		home, _ := lookupEnv(env, "HOME")
 		p = home + p[1:]
@@ -54,7 +68,7 @@ func (r *run) expandPath(p string, env []string) string {
 	if !filepath.IsAbs(p) {
 		p = filepath.Join(r.dir, p)
 	}
-	return filepath.Clean(p)
+	return filepath.Clean(p), unset
 }
 
 // within reports whether p is dir or under it.

@@ -18,10 +18,18 @@ import (
 )
 
 // keptFiles stands in for the runner's end of the file channels: it
-// keeps what the builder uploads, by name, and answers each upload.
-type keptFiles struct{ kept []string }
+// keeps what the builder uploads, by name, and answers each upload; it
+// serves cache as the workflow's cache.
+type keptFiles struct {
+	kept  []string
+	cache []byte
+}
 
 func (k *keptFiles) OpenFile(h link.FileHeader) (link.Stream, error) {
+	if h.Op == link.GetCache {
+		info, _ := json.Marshal(link.CacheInfo{Size: int64(len(k.cache)), Build: 1, Created: "2026-11-28 01:00:00 UTC"})
+		return &keptStream{k: k, answer: io.MultiReader(bytes.NewReader(append(info, '\n')), bytes.NewReader(k.cache))}, nil
+	}
 	return &keptStream{k: k, name: h.Name}, nil
 }
 
@@ -119,13 +127,32 @@ func TestCacheRestoreStaysInPaths(t *testing.T) {
 	add(&tar.Header{Name: ".gradle/caches/evil/pwned", Typeflag: tar.TypeReg, Mode: 0o644}, "x")
 	add(&tar.Header{Name: ".gradle/caches/evil/", Typeflag: tar.TypeDir, Mode: 0o777}, "")
 	add(&tar.Header{Name: ".gradle/caches/ok.txt", Typeflag: tar.TypeReg, Mode: 0o644}, "ok")
+	// Out of the paths by "..", by an absolute name, by a hard link; a
+	// link in place of a path itself (later entries would go through it).
+	abs := filepath.Join(t.TempDir(), "pub-cache")
+	trav, _ := filepath.Rel(home, filepath.Join(outside, "trav"))
+	add(&tar.Header{Name: ".gradle/caches/../../" + filepath.ToSlash(trav), Typeflag: tar.TypeReg, Mode: 0o644}, "x")
+	add(&tar.Header{Name: filepath.ToSlash(trav), Typeflag: tar.TypeReg, Mode: 0o644}, "x")
+	add(&tar.Header{Name: filepath.Join(outside, "abs"), Typeflag: tar.TypeReg, Mode: 0o644}, "x")
+	add(&tar.Header{Name: abs, Typeflag: tar.TypeSymlink, Linkname: outside, Mode: 0o777}, "")
+	add(&tar.Header{Name: abs + "/hard", Typeflag: tar.TypeLink, Linkname: filepath.Join(outside, "secret")}, "")
+	add(&tar.Header{Name: abs + "/ok.txt", Typeflag: tar.TypeReg, Mode: 0o644}, "ok2")
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
 	r := &run{home: home}
-	files, _, skipped, err := r.untar(tar.NewReader(&buf), []string{filepath.Join(home, ".gradle", "caches")})
-	if err != nil || files != 1 || skipped != 2 {
-		t.Errorf("untar: %d files, %d skipped, %v; want 1 file, 2 skipped", files, skipped, err)
+	files, _, skipped, err := r.untar(tar.NewReader(&buf), []string{filepath.Join(home, ".gradle", "caches"), abs})
+	if err != nil || files != 2 || skipped != 7 {
+		t.Errorf("untar: %d files, %d skipped, %v; want 2 files, 7 skipped", files, skipped, err)
+	}
+	if entries, _ := os.ReadDir(outside); len(entries) != 0 {
+		t.Errorf("written outside the paths: %v", entries)
+	}
+	if fi, err := os.Lstat(abs); err != nil || !fi.IsDir() {
+		t.Errorf("%s: %v %v; want the directory the archive's ok.txt made", abs, fi, err)
+	}
+	if data, _ := os.ReadFile(filepath.Join(abs, "ok.txt")); string(data) != "ok2" {
+		t.Errorf("pub-cache/ok.txt: %q", data)
 	}
 	if fi, err := os.Stat(outside); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("the directory the archive's link points to: %v, %v; want its mode untouched (0700)", fi.Mode(), err)
@@ -223,5 +250,82 @@ func TestArtifactDirectoryZipped(t *testing.T) {
 	}
 	if len(k2.kept) != 0 || !strings.Contains(out.String(), "build/ios/xcarchive/Runner.xcarchive/ zipped is over the server's limit of 100 bytes per artifact: not uploaded") {
 		t.Errorf("over the limit: uploaded %q; log:\n%s", k2.kept, out.String())
+	}
+}
+
+// TestCachePathsAnywhere: as on Codemagic, a cache path may be under
+// $HOME, in the clone (by $CM_BUILD_DIR or relative) or absolute; what
+// cannot be cached is refused, saying why; the archive saved by one build
+// is restored by the next into the same places.
+func TestCachePathsAnywhere(t *testing.T) {
+	home := t.TempDir()
+	clone := filepath.Join(home, "clone")
+	abs := filepath.Join(t.TempDir(), "opt", "flutter", ".pub-cache")
+	linked := filepath.Join(t.TempDir(), "linked")
+	if err := os.Symlink(t.TempDir(), linked); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{
+		filepath.Join(home, ".gradle", "caches", "modules", "a.jar"): "jar",
+		filepath.Join(clone, "node_modules", "left-pad", "index.js"): "js",
+		filepath.Join(clone, "deps", "d.txt"):                        "dep",
+		filepath.Join(abs, "hosted", "pkg.tar"):                      "pkg",
+	}
+	for p, data := range files {
+		write(t, p, data)
+	}
+	if err := os.Symlink("index.js", filepath.Join(clone, "node_modules", "left-pad", "main.js")); err != nil {
+		t.Fatal(err)
+	}
+	k := &keptFiles{}
+	r := &run{home: home, dir: clone, files: k, env: []string{"HOME=" + home, "CM_BUILD_DIR=" + clone, "PUB=" + abs},
+		job: &link.Job{Limits: &link.FileLimits{Cache: 1 << 20}, CachePaths: []string{
+			"~/.gradle/caches", "$CM_BUILD_DIR/node_modules", "deps", "$PUB", "~/.gradle/caches/modules",
+			"/", "$HOME", "~/.hangar/keystores", "$CM_BUILD_DIR", "/proc/self", "$FLUTTER_ROOT/.pub-cache", linked,
+		}}}
+	var out bytes.Buffer
+	if err := r.saveCache(context.Background(), &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"Cache path / (/) is not cached: it is the whole file system",
+		"Cache path $HOME (" + home + ") is not cached: it holds the build's home",
+		"Cache path ~/.hangar/keystores (" + filepath.Join(home, ".hangar", "keystores") + ") is not cached: it is Hangar's own directory of the build",
+		"Cache path $CM_BUILD_DIR (" + clone + ") is not cached: it is the clone itself",
+		"Cache path /proc/self (/proc/self) is not cached: it is in /proc, a file system of the kernel",
+		"Cache path $FLUTTER_ROOT/.pub-cache is not cached: $FLUTTER_ROOT is not set on this machine",
+		"Cache path " + linked + " is not cached: it is a symbolic link",
+		"Saved the cache: 4 files",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("save log lacks %q:\n%s", want, out.String())
+		}
+	}
+	if len(k.kept) != 1 {
+		t.Fatalf("uploaded %d caches", len(k.kept))
+	}
+	k.cache = []byte(strings.TrimPrefix(k.kept[0], "="))
+
+	// The next build's machine: none of it yet.
+	for _, d := range []string{filepath.Join(home, ".gradle"), clone, filepath.Dir(filepath.Dir(abs))} {
+		if err := os.RemoveAll(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(t, filepath.Join(clone, "README"), "fresh clone")
+	out.Reset()
+	if err := r.restoreCache(context.Background(), &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "Restored 4 files") {
+		t.Errorf("restore log:\n%s", out.String())
+	}
+	for p, data := range files {
+		if got, err := os.ReadFile(p); err != nil || string(got) != data {
+			t.Errorf("%s: %q %v; want %q", p, got, err, data)
+		}
+	}
+	if target, err := os.Readlink(filepath.Join(clone, "node_modules", "left-pad", "main.js")); err != nil || target != "index.js" {
+		t.Errorf("the link in node_modules: %q %v", target, err)
 	}
 }
