@@ -218,13 +218,14 @@ func (r *run) untar(tr *tar.Reader, paths []string) (files int, size int64, skip
 			skipped++
 			continue
 		}
-		if err := r.chown(target); err != nil {
+		if err := r.restoreOwner(target, h); err != nil {
 			return files, size, skipped, err
 		}
 	}
 }
 
-// mkdirs makes dir and its missing parents, owned by the steps' user.
+// mkdirs makes dir and its missing parents, owned by the steps' user
+// under $HOME (theirs), by the builder elsewhere.
 func (r *run) mkdirs(dir string) error {
 	if _, err := os.Lstat(dir); err == nil {
 		return nil
@@ -234,6 +235,9 @@ func (r *run) mkdirs(dir string) error {
 	}
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
+	}
+	if !within(dir, r.home) {
+		return nil
 	}
 	return r.chown(dir)
 }
@@ -295,7 +299,11 @@ func (r *run) saveCache(ctx context.Context, out io.Writer) error {
 			fmt.Fprintf(out, "Cache path %s does not exist: not cached\n", p)
 			continue
 		}
-		if why := cacheRootProblem(p, false); why != "" {
+		why := cacheRootProblem(p, false)
+		if why == "" && !r.stepsReach(p) {
+			why = "the steps' user cannot reach it"
+		}
+		if why != "" {
 			fmt.Fprintf(out, "Cache path %s is not cached: %s\n", p, why)
 			continue
 		}
@@ -318,7 +326,7 @@ func (r *run) saveCache(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	tw := tar.NewWriter(zw)
-	files, size, err := r.tarPaths(tw, paths)
+	files, size, unreadable, err := r.tarPaths(tw, paths)
 	if err == nil {
 		err = tw.Close()
 	}
@@ -344,13 +352,16 @@ func (r *run) saveCache(ctx context.Context, out io.Writer) error {
 		return nil
 	}
 	fmt.Fprintf(out, "Saved the cache: %d files, %s (%s compressed) in %s\n", files, build.HumanBytes(size), build.HumanBytes(res.Size), time.Since(start).Round(time.Millisecond))
+	if unreadable > 0 {
+		fmt.Fprintf(out, "Left out %d entries of the cache paths that the steps' user cannot read\n", unreadable)
+	}
 	return nil
 }
 
 // tarPaths writes paths into tw, named relative to the home when under
 // it, else by their absolute path; symbolic links under them are kept as
 // links, not followed.
-func (r *run) tarPaths(tw *tar.Writer, paths []string) (files int, size int64, err error) {
+func (r *run) tarPaths(tw *tar.Writer, paths []string) (files int, size int64, unreadable int, err error) {
 	for _, root := range paths {
 		err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
@@ -358,6 +369,13 @@ func (r *run) tarPaths(tw *tar.Writer, paths []string) (files int, size int64, e
 			}
 			fi, err := d.Info()
 			if err != nil {
+				return nil
+			}
+			if !r.stepsMayArchive(fi) {
+				unreadable++
+				if fi.IsDir() {
+					return filepath.SkipDir
+				}
 				return nil
 			}
 			var linkTarget string
@@ -381,7 +399,7 @@ func (r *run) tarPaths(tw *tar.Writer, paths []string) (files int, size int64, e
 			if fi.IsDir() {
 				h.Name += "/"
 			}
-			h.Uname, h.Gname, h.Uid, h.Gid = "", "", 0, 0
+			r.setOwner(h, fi)
 			if err := tw.WriteHeader(h); err != nil {
 				return err
 			}
@@ -401,8 +419,8 @@ func (r *run) tarPaths(tw *tar.Writer, paths []string) (files int, size int64, e
 			return nil
 		})
 		if err != nil {
-			return files, size, err
+			return files, size, unreadable, err
 		}
 	}
-	return files, size, nil
+	return files, size, unreadable, nil
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/hangar-ci/hangar/internal/link"
@@ -327,5 +328,80 @@ func TestCachePathsAnywhere(t *testing.T) {
 	}
 	if target, err := os.Readlink(filepath.Join(clone, "node_modules", "left-pad", "main.js")); err != nil || target != "index.js" {
 		t.Errorf("the link in node_modules: %q %v", target, err)
+	}
+}
+
+// TestCacheStepsRights: when the builder is root and the steps another
+// user, the cache holds only what that user can read, and a restored
+// entry outside $HOME belongs to whom it belonged (the user's stay the
+// user's, root's stay root's); under $HOME everything is the user's.
+func TestCacheStepsRights(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, as the builder of a sandbox is, to give files to another user")
+	}
+	const uid, gid = 4242, 4242
+	home := t.TempDir()
+	abs := filepath.Join(t.TempDir(), "opt", "cache")
+	for p, mode := range map[string]os.FileMode{
+		filepath.Join(abs, "users.txt"):        0o600,
+		filepath.Join(abs, "roots-public.txt"): 0o644,
+		filepath.Join(abs, "roots-secret.txt"): 0o600,
+		filepath.Join(home, "c", "mine.txt"):   0o600,
+	} {
+		write(t, p, filepath.Base(p))
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{filepath.Join(abs, "users.txt"), filepath.Join(home, "c", "mine.txt"), filepath.Join(home, "c")} {
+		if err := os.Chown(p, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// t.TempDir's directories are the test's own (0700): let the user in.
+	for _, d := range []string{filepath.Dir(home), home, filepath.Dir(filepath.Dir(abs)), filepath.Dir(abs), abs} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k := &keptFiles{}
+	r := &run{home: home, dir: filepath.Join(home, "clone"), files: k, env: []string{"HOME=" + home}, uid: uid, gid: gid,
+		cred: &syscall.Credential{Uid: uid, Gid: gid},
+		job:  &link.Job{Limits: &link.FileLimits{Cache: 1 << 20}, CachePaths: []string{abs, "~/c"}}}
+	var out bytes.Buffer
+	if err := r.saveCache(context.Background(), &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "Saved the cache: 3 files") || !strings.Contains(out.String(), "Left out 1 entries of the cache paths that the steps' user cannot read") {
+		t.Fatalf("save log:\n%s", out.String())
+	}
+	k.cache = []byte(strings.TrimPrefix(k.kept[0], "="))
+	for _, d := range []string{filepath.Dir(abs), filepath.Join(home, "c")} {
+		if err := os.RemoveAll(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out.Reset()
+	if err := r.restoreCache(context.Background(), &out); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]uint32{
+		filepath.Join(abs, "users.txt"):        uid,
+		filepath.Join(abs, "roots-public.txt"): 0,
+		filepath.Join(home, "c", "mine.txt"):   uid,
+		filepath.Join(home, "c"):               uid,
+		filepath.Dir(abs):                      0, // made for the path, not in the archive
+	} {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Errorf("%s: %v\n%s", p, err, out.String())
+			continue
+		}
+		if got := fi.Sys().(*syscall.Stat_t).Uid; got != want {
+			t.Errorf("%s belongs to %d, want %d", p, got, want)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(abs, "roots-secret.txt")); err == nil {
+		t.Error("a file the steps' user cannot read was cached")
 	}
 }
