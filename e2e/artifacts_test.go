@@ -41,6 +41,7 @@ workflows:
           mkdir -p build/ios/Runner.xcarchive/Products
           echo plist > build/ios/Runner.xcarchive/Info.plist
           ln -s Info.plist build/ios/Runner.xcarchive/Products/link
+          mkdir -p "$HOME/logs" && echo "log of {{run}}" > "$HOME/logs/build.log"
           if [ -f "$HOME/.e2e-cache/stamp" ]; then echo "cache-hit $(cat "$HOME/.e2e-cache/stamp") deps=$(cat deps/d.txt)"; else echo cache-miss; fi
           mkdir -p "$HOME/.e2e-cache" deps
           echo "$CM_BUILD_ID" > "$HOME/.e2e-cache/stamp"
@@ -53,7 +54,8 @@ workflows:
       - build/out/**/*.txt
       - build/ios/*.xcarchive
       - missing/*.zip
-      - /etc/passwd
+      - $HOME/logs/*.log
+      - /proc/self/status
     publishing:
       scripts:
         - name: Show links
@@ -99,10 +101,11 @@ func appBin() []byte {
 }
 
 // TestArtifactsAndCache: a build's artifacts are collected (Codemagic's
-// globs, a file over the server's limit left out, a pattern outside the
-// clone refused, one matching nothing named), listed and downloaded
-// byte-identical by the CLI; CM_ARTIFACT_LINKS reaches the publishing
-// script; the cache saved by the first build is restored in the second;
+// globs, a directory zipped, a file from outside the clone, a file over
+// the server's limit left out, a pattern in /proc refused, one matching
+// nothing named), listed and downloaded byte-identical by the CLI;
+// CM_ARTIFACT_LINKS reaches the publishing script; the cache saved by the
+// first build (under $HOME, in the clone, absolute) is restored in the second;
 // a failed build still uploads its artifacts and runs its publishing
 // scripts, and saves no cache; `hangar cache` lists and clears.
 func TestArtifactsAndCache(t *testing.T) { testArtifactsAndCache(t, "host") }
@@ -155,9 +158,10 @@ func testArtifactsAndCache(t *testing.T, driver string) {
 		"Uploaded build/out/app.bin",
 		"build/out/big.bin is 4.3 MiB, over the server's limit of 4.0 MiB per artifact: not uploaded",
 		"Pattern missing/*.zip matched no files",
-		"Pattern /etc/passwd is outside the clone",
+		"Pattern /proc/self/status (/proc/self/status) is not collected: it is in /proc",
+		"Uploaded build.log",
 		"Uploaded build/ios/Runner.xcarchive.zip",
-		"Uploaded 3 artifacts",
+		"Uploaded 4 artifacts",
 		`links=[{"name":"app.bin","type":"bin","url":"` + s.URL + fmt.Sprintf("/api/v1/builds/%d/artifacts/build/out/app.bin", b1.ID),
 		"Saved the cache: 3 files",
 		"Email: NOT sent to dev@example.com: this server has no SMTP server configured",
@@ -198,6 +202,9 @@ func testArtifactsAndCache(t *testing.T, driver string) {
 	}
 	if got, err := os.ReadFile(filepath.Join(dir, "build/out/sub/notes.txt")); err != nil || string(got) != "notes of "+run+"\n" {
 		t.Errorf("downloaded notes.txt: %q %v", got, err)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "build.log")); err != nil || string(got) != "log of "+run+"\n" {
+		t.Errorf("downloaded build.log (from $HOME/logs): %q %v", got, err)
 	}
 	// The directory came as a zip archive holding it, its link a link.
 	if zr, err := zip.OpenReader(filepath.Join(dir, "build/ios/Runner.xcarchive.zip")); err != nil {

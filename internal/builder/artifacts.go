@@ -78,9 +78,9 @@ func within(p, dir string) bool {
 }
 
 // uploadArtifacts is the artifacts step: it collects the files and
-// directories the patterns match in the clone and uploads them to the
-// runner. Nothing found, a file over a limit or a refused upload is said
-// in the log; the step fails only when the link does.
+// directories the patterns match and uploads them to the runner. Nothing
+// found, a file over a limit or a refused upload is said in the log; the
+// step fails only when the link does.
 func (r *run) uploadArtifacts(ctx context.Context, out io.Writer) error {
 	env := mergeEnv(r.env, readEnvFile(r.cmEnv))
 	lim := r.job.Limits
@@ -88,18 +88,23 @@ func (r *run) uploadArtifacts(ctx context.Context, out io.Writer) error {
 		fmt.Fprintln(out, "This server keeps no artifacts: none are uploaded.")
 		return nil
 	}
-	c := &collector{r: r, out: out, lim: lim, seen: map[string]bool{}}
+	c := &collector{r: r, out: out, lim: lim, seen: map[string]bool{}, names: map[string]bool{}}
 	start := time.Now()
 	for _, pattern := range r.job.Artifacts {
 		abs := r.expandPath(pattern, env)
+		root := r.dir
 		if !within(abs, r.dir) || abs == r.dir {
-			fmt.Fprintf(out, "Pattern %s is outside the clone ($CM_BUILD_DIR, %s): not collected. Artifacts are files of the clone; copy others into it first.\n", pattern, r.dir)
-			continue
+			// As on Codemagic, an absolute pattern (/tmp/xcodebuild_logs/*.log).
+			if why := refuseArtifactPattern(abs); why != "" {
+				fmt.Fprintf(out, "Pattern %s (%s) is not collected: %s\n", pattern, abs, why)
+				continue
+			}
+			root = "/"
 		}
-		rel, _ := filepath.Rel(r.dir, abs)
-		matches := glob(r.dir, filepath.ToSlash(rel))
+		rel, _ := filepath.Rel(root, abs)
+		matches := glob(root, filepath.ToSlash(rel))
 		for _, m := range matches {
-			if err := c.collect(ctx, m.rel); err != nil {
+			if err := c.collect(ctx, filepath.Join(root, filepath.FromSlash(m.rel))); err != nil {
 				return err
 			}
 		}
@@ -108,11 +113,26 @@ func (r *run) uploadArtifacts(ctx context.Context, out io.Writer) error {
 		}
 	}
 	if c.found == 0 {
-		fmt.Fprintln(out, "No artifacts found: no file of the clone matches the artifacts patterns")
+		fmt.Fprintln(out, "No artifacts found: no file matches the artifacts patterns")
 		return nil
 	}
 	fmt.Fprintf(out, "Uploaded %d artifact%s, %s, in %s\n", len(r.links), plural(len(r.links), "", "s"), build.HumanBytes(c.total), time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// refuseArtifactPattern says why the absolute pattern abs, outside the
+// clone, is not searched ("" if it is).
+func refuseArtifactPattern(abs string) string {
+	parts := splitPattern(filepath.ToSlash(abs))
+	if len(parts) == 0 || hasMeta(parts[0]) || strings.Contains(parts[0], "{") || parts[0] == "**" {
+		return "it would search the whole file system; start it with a directory, such as /tmp/xcodebuild_logs/*.log"
+	}
+	for _, d := range kernelDirs {
+		if within(abs, d) {
+			return "it is in " + d + ", a file system of the kernel"
+		}
+	}
+	return ""
 }
 
 // collector collects one build's artifacts.
@@ -120,62 +140,95 @@ type collector struct {
 	r     *run
 	out   io.Writer
 	lim   *link.FileLimits
-	seen  map[string]bool // the clone's paths already collected
+	seen  map[string]bool // the paths already collected
+	names map[string]bool // the artifact names given
 	dirs  []string        // the directories collected (zipped), whose entries are in their archive
 	found int             // files and directories found
 	total int64           // bytes uploaded
 }
 
-// collect uploads the match rel of the clone: a file as it is, a
-// directory as a zip archive, as Codemagic does (Runner.xcarchive becomes
+// collect uploads the match p (absolute): a file as it is, a directory as
+// a zip archive, as Codemagic does (Runner.xcarchive becomes
 // Runner.xcarchive.zip). Something under a directory collected already is
-// in that archive, and is not collected again.
-func (c *collector) collect(ctx context.Context, rel string) error {
-	if c.seen[rel] || slices.ContainsFunc(c.dirs, func(d string) bool { return strings.HasPrefix(rel, d+"/") }) {
+// in that archive, and is not collected again. An artifact of the clone
+// is named by its path in the clone; one from elsewhere by its name,
+// suffixed _1, _2, ... if another artifact has it (as Codemagic does).
+func (c *collector) collect(ctx context.Context, p string) error {
+	if c.seen[p] || slices.ContainsFunc(c.dirs, func(d string) bool { return within(p, d) }) {
 		return nil
 	}
-	c.seen[rel] = true
+	c.seen[p] = true
 	c.found++
 	r, out, lim := c.r, c.out, c.lim
-	real, fi, err := r.checkArtifact(rel)
+	inClone := within(p, r.dir) && p != r.dir
+	shown := p
+	if inClone {
+		shown = filepath.ToSlash(mustRel(r.dir, p))
+	}
+	real, fi, err := r.checkArtifact(p, inClone)
 	if err != nil {
-		fmt.Fprintf(out, "%s: %v: not uploaded\n", rel, err)
+		fmt.Fprintf(out, "%s: %v: not uploaded\n", shown, err)
 		return nil
 	}
+	base := shown
+	if !inClone {
+		base = path.Base(filepath.ToSlash(p))
+	}
+	name := c.uniqueName(base, fi.IsDir())
+	c.names[name] = true
 	left := lim.ArtifactBuild - c.total
 	if fi.IsDir() {
-		c.dirs = append(c.dirs, rel)
-		zf, err := r.zipDir(real, path.Base(rel), min(lim.ArtifactFile, left))
+		c.dirs = append(c.dirs, p)
+		zf, err := r.zipDir(real, path.Base(filepath.ToSlash(p)), min(lim.ArtifactFile, left))
 		switch {
 		case errors.Is(err, errTooLarge) && left < lim.ArtifactFile:
-			fmt.Fprintf(out, "%s/ (zipped) would take this build's artifacts past the server's limit of %s per build: not uploaded\n", rel, build.HumanBytes(lim.ArtifactBuild))
+			fmt.Fprintf(out, "%s/ (zipped) would take this build's artifacts past the server's limit of %s per build: not uploaded\n", shown, build.HumanBytes(lim.ArtifactBuild))
 			return nil
 		case errors.Is(err, errTooLarge):
-			fmt.Fprintf(out, "%s/ zipped is over the server's limit of %s per artifact: not uploaded\n", rel, build.HumanBytes(lim.ArtifactFile))
+			fmt.Fprintf(out, "%s/ zipped is over the server's limit of %s per artifact: not uploaded\n", shown, build.HumanBytes(lim.ArtifactFile))
 			return nil
 		case err != nil:
-			fmt.Fprintf(out, "%s/: zipping it failed: %v: not uploaded\n", rel, err)
+			fmt.Fprintf(out, "%s/: zipping it failed: %v: not uploaded\n", shown, err)
 			return nil
 		}
 		defer zf.Close()
-		return c.upload(ctx, zf, rel+".zip", artifactType(rel))
+		return c.upload(ctx, zf, name, artifactType(p))
 	}
 	size := fi.Size()
 	if size > lim.ArtifactFile {
-		fmt.Fprintf(out, "%s is %s, over the server's limit of %s per artifact: not uploaded\n", rel, build.HumanBytes(size), build.HumanBytes(lim.ArtifactFile))
+		fmt.Fprintf(out, "%s is %s, over the server's limit of %s per artifact: not uploaded\n", shown, build.HumanBytes(size), build.HumanBytes(lim.ArtifactFile))
 		return nil
 	}
 	if size > left {
-		fmt.Fprintf(out, "%s (%s) would take this build's artifacts past the server's limit of %s per build: not uploaded\n", rel, build.HumanBytes(size), build.HumanBytes(lim.ArtifactBuild))
+		fmt.Fprintf(out, "%s (%s) would take this build's artifacts past the server's limit of %s per build: not uploaded\n", shown, build.HumanBytes(size), build.HumanBytes(lim.ArtifactBuild))
 		return nil
 	}
 	f, err := os.Open(real)
 	if err != nil {
-		fmt.Fprintf(out, "%s: %v: not uploaded\n", rel, err)
+		fmt.Fprintf(out, "%s: %v: not uploaded\n", shown, err)
 		return nil
 	}
 	defer f.Close()
-	return c.upload(ctx, f, rel, artifactType(rel))
+	return c.upload(ctx, f, name, artifactType(p))
+}
+
+// uniqueName is the artifact name of a file (or, zipped, a directory):
+// base, or base_N if another artifact has it.
+func (c *collector) uniqueName(base string, dir bool) string {
+	ext := path.Ext(base)
+	stem := strings.TrimSuffix(base, ext)
+	if stem == "" {
+		stem, ext = base, ""
+	}
+	suffix := ""
+	if dir {
+		suffix = ".zip"
+	}
+	name := base + suffix
+	for n := 1; c.names[name]; n++ {
+		name = fmt.Sprintf("%s_%d%s%s", stem, n, ext, suffix)
+	}
+	return name
 }
 
 // upload sends f as the artifact name; only a failed link is an error.
@@ -204,21 +257,33 @@ func plural(n int, one, more string) string {
 // errLinkFailed: the link to the runner failed during an upload.
 var errLinkFailed = errors.New("the link to the runner failed")
 
-// checkArtifact returns the real path and the file info of the match rel
-// of the clone: a regular file or a directory; a symbolic link counts if
-// it leads to one of the clone.
-func (r *run) checkArtifact(rel string) (string, os.FileInfo, error) {
-	p := filepath.Join(r.dir, filepath.FromSlash(rel))
+// checkArtifact returns the real path and the file info of the match p:
+// a regular file or a directory that the steps' user can read. A match
+// of the clone counts if it is a symbolic link that leads to one of the
+// clone; one from elsewhere must not be Hangar's own (~/.hangar) or the
+// kernel's.
+func (r *run) checkArtifact(p string, inClone bool) (string, os.FileInfo, error) {
 	real, err := filepath.EvalSymlinks(p)
 	if err != nil {
 		return "", nil, err
 	}
-	root, err := filepath.EvalSymlinks(r.dir)
-	if err != nil {
-		return "", nil, err
-	}
-	if !within(real, root) {
-		return "", nil, errors.New("it is a symbolic link to a file outside the clone")
+	if inClone {
+		root, err := filepath.EvalSymlinks(r.dir)
+		if err != nil {
+			return "", nil, err
+		}
+		if !within(real, root) {
+			return "", nil, errors.New("it is a symbolic link to a file outside the clone")
+		}
+	} else {
+		if hangar, err := filepath.EvalSymlinks(filepath.Join(r.home, ".hangar")); err == nil && within(real, hangar) {
+			return "", nil, errors.New("it is Hangar's own file of the build")
+		}
+		for _, d := range kernelDirs {
+			if within(real, d) {
+				return "", nil, errors.New("it is in " + d + ", a file system of the kernel")
+			}
+		}
 	}
 	fi, err := os.Stat(real)
 	if err != nil {
@@ -226,6 +291,9 @@ func (r *run) checkArtifact(rel string) (string, os.FileInfo, error) {
 	}
 	if !fi.Mode().IsRegular() && !fi.IsDir() {
 		return "", nil, errors.New("it is not a regular file or a directory")
+	}
+	if !r.stepsReach(real) || !r.stepsMayArchive(fi) {
+		return "", nil, errors.New("the steps' user cannot read it")
 	}
 	return real, fi, nil
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/hangar-ci/hangar/internal/link"
+	"github.com/hangar-ci/hangar/internal/workflow"
 )
 
 // keptFiles stands in for the runner's end of the file channels: it
@@ -403,5 +404,169 @@ func TestCacheStepsRights(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(abs, "roots-secret.txt")); err == nil {
 		t.Error("a file the steps' user cannot read was cached")
+	}
+}
+
+// TestArtifactsOutsideClone: as on Codemagic, an absolute pattern
+// (/tmp/xcodebuild_logs/*.log, $HOME/Library/**/*.dSYM) collects files and
+// directories from outside the clone, named by their name, suffixed _N
+// when another artifact has it; a pattern that would search the whole
+// file system or the kernel's, and Hangar's own files, are refused.
+func TestArtifactsOutsideClone(t *testing.T) {
+	home, logs := t.TempDir(), filepath.Join(t.TempDir(), "xcodebuild_logs")
+	clone := filepath.Join(home, "clone")
+	write(t, filepath.Join(logs, "a.log"), "tmp a")
+	write(t, filepath.Join(logs, "b.log"), "tmp b")
+	write(t, filepath.Join(home, "logs", "a.log"), "home a")
+	write(t, filepath.Join(clone, "a.log"), "clone a")
+	write(t, filepath.Join(home, ".hangar", "env"), "SECRET=1")
+	write(t, filepath.Join(home, "Library", "DerivedData", "App", "Build", "Runner.app.dSYM", "Contents", "Info.plist"), "dsym")
+	k := &keptFiles{}
+	r := &run{home: home, dir: clone, files: k, env: []string{"HOME=" + home},
+		job: &link.Job{Artifacts: []string{logs + "/*.log", "~/logs/*.log", "a.log", "$HOME/Library/**/*.dSYM", "~/.hangar/*", "/**/*.log", "/proc/self/status"},
+			Limits: &link.FileLimits{ArtifactFile: 1 << 20, ArtifactBuild: 1 << 20}}}
+	var out bytes.Buffer
+	if err := r.uploadArtifacts(context.Background(), &out); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, kept := range k.kept {
+		name, data, _ := strings.Cut(kept, "=")
+		if !strings.HasSuffix(name, ".zip") {
+			name += "=" + data
+		}
+		names = append(names, name)
+	}
+	if want := []string{"a.log=tmp a", "b.log=tmp b", "a_1.log=home a", "a_2.log=clone a", "Runner.app.dSYM.zip"}; !slices.Equal(names, want) {
+		t.Errorf("uploaded %q, want %q; log:\n%s", names, want, out.String())
+	}
+	for _, want := range []string{
+		filepath.Join(home, ".hangar", "env") + ": it is Hangar's own file of the build: not uploaded",
+		"Pattern /**/*.log (/**/*.log) is not collected: it would search the whole file system",
+		"Pattern /proc/self/status (/proc/self/status) is not collected: it is in /proc, a file system of the kernel",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestArtifactsStepsRights: when the builder is root and the steps
+// another user, an artifact from outside the clone that this user cannot
+// read is not uploaded, and a zipped directory leaves out what it cannot
+// read.
+func TestArtifactsStepsRights(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, as the builder of a sandbox is")
+	}
+	home, dir := t.TempDir(), t.TempDir()
+	for _, d := range []string{filepath.Dir(home), home, filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(t, filepath.Join(dir, "secret.log"), "root only")
+	write(t, filepath.Join(dir, "public.log"), "public")
+	write(t, filepath.Join(dir, "out.d", "secret.txt"), "root only")
+	write(t, filepath.Join(dir, "out.d", "public.txt"), "public")
+	for _, p := range []string{filepath.Join(dir, "secret.log"), filepath.Join(dir, "out.d", "secret.txt")} {
+		if err := os.Chmod(p, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k := &keptFiles{}
+	r := &run{home: home, dir: filepath.Join(home, "clone"), files: k, cred: &syscall.Credential{Uid: 4242, Gid: 4242},
+		job: &link.Job{Artifacts: []string{dir + "/*.log", dir + "/*.d"}, Limits: &link.FileLimits{ArtifactFile: 1 << 20, ArtifactBuild: 1 << 20}}}
+	if err := os.MkdirAll(filepath.Join(home, ".hangar"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := r.uploadArtifacts(context.Background(), &out); err != nil {
+		t.Fatal(err)
+	}
+	if len(k.kept) != 2 || k.kept[0] != "public.log=public" || !strings.Contains(out.String(), filepath.Join(dir, "secret.log")+": the steps' user cannot read it: not uploaded") {
+		t.Fatalf("uploaded %d: log:\n%s", len(k.kept), out.String())
+	}
+	data := strings.TrimPrefix(k.kept[1], "out.d.zip=")
+	zr, err := zip.NewReader(strings.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range zr.File {
+		names = append(names, f.Name)
+	}
+	if want := []string{"out.d/", "out.d/public.txt"}; !slices.Equal(names, want) {
+		t.Errorf("out.d.zip holds %q, want %q", names, want)
+	}
+}
+
+// TestCodemagicArtifactsAndCache runs the artifacts and cache of a file
+// written as Codemagic's documentation shows them
+// (internal/workflow/testdata/codemagic/artifacts-cache.yaml) on a
+// machine laid out as a Flutter build leaves it.
+func TestCodemagicArtifactsAndCache(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "workflow", "testdata", "codemagic", "artifacts-cache.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := workflow.Parse("codemagic.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := f.Workflows[0]
+	home := t.TempDir()
+	clone := filepath.Join(home, "clone")
+	for p, data := range map[string]string{
+		"clone/build/app/outputs/apk/release/app-release.apk":    "apk",
+		"clone/build/app/outputs/bundle/release/app-release.aab": "aab",
+		"clone/build/app/outputs/mapping/release/mapping.txt":    "map",
+		"clone/build/ios/xcarchive/Runner.xcarchive/Info.plist":  "plist",
+		"clone/flutter_drive.log":                                "drive",
+		"clone/node_modules/left-pad/index.js":                   "js",
+		".gradle/caches/modules-2/a.jar":                         "jar",
+		".pub-cache/hosted/pub.dev/http-1.0.0/pubspec.yaml":      "pub",
+	} {
+		write(t, filepath.Join(home, p), data)
+	}
+	if err := os.MkdirAll(filepath.Join(home, ".hangar"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	k := &keptFiles{}
+	r := &run{home: home, dir: clone, files: k, env: []string{"HOME=" + home, "CM_BUILD_DIR=" + clone},
+		job: &link.Job{Artifacts: w.Artifacts, CachePaths: w.CachePaths,
+			Limits: &link.FileLimits{ArtifactFile: 1 << 20, ArtifactBuild: 1 << 20, Cache: 1 << 20}}}
+	var out bytes.Buffer
+	if err := r.uploadArtifacts(context.Background(), &out); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, kept := range k.kept {
+		name, _, _ := strings.Cut(kept, "=")
+		names = append(names, name)
+	}
+	want := []string{"build/app/outputs/apk/release/app-release.apk", "build/app/outputs/bundle/release/app-release.aab",
+		"build/app/outputs/mapping/release/mapping.txt", "build/ios/xcarchive/Runner.xcarchive.zip", "flutter_drive.log"}
+	if !slices.Equal(names, want) {
+		t.Errorf("uploaded %q, want %q; log:\n%s", names, want, out.String())
+	}
+	for _, want := range []string{"Pattern build/ios/ipa/*.ipa matched no files", "Pattern /tmp/xcodebuild_logs/*.log matched no files"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	k.kept = nil
+	if err := r.saveCache(context.Background(), &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"Cache path $FLUTTER_ROOT/.pub-cache is not cached: $FLUTTER_ROOT is not set on this machine",
+		"Cache path " + filepath.Join(home, "Library", "Caches", "CocoaPods") + " does not exist: not cached",
+		"Saved the cache: 3 files",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("cache log lacks %q:\n%s", want, out.String())
+		}
 	}
 }
