@@ -40,6 +40,8 @@ func (w *Workflow) Report() Report {
 		var notes []string
 		if s.IgnoreFailure {
 			notes = append(notes, "its failure is ignored")
+		} else if d := w.defaults; d != nil && i < len(d.Scripts) && d.Scripts[i].IgnoreFailure {
+			notes = append(notes, "its failure is ignored with the inputs' defaults")
 		}
 		if s.WorkingDirectory != "" {
 			notes = append(notes, "in "+s.WorkingDirectory)

@@ -31,6 +31,9 @@ func TestInputsEverywhere(t *testing.T) {
 			t.Errorf("report lacks %q:\n%q", want, r.Honoured)
 		}
 	}
+	if !slices.Contains(r.Steps, "1. Test ${{ inputs.flavor }} (its failure is ignored with the inputs' defaults)") {
+		t.Errorf("report steps: %q", r.Steps)
+	}
 	if r := mustWorkflow(t, f, "nightly").Report(); !slices.Contains(r.Honoured, "max_build_duration: ${{ inputs.minutes }}, depends on an input without default: given when the build starts (1-120 minutes)") {
 		t.Errorf("nightly's report: %q", r.Honoured)
 	}
@@ -58,13 +61,13 @@ func TestInputsEverywhere(t *testing.T) {
 			t.Errorf("resolved:\n got %q %v %v\nwant %q %v %v", got, d.MaxDuration, d.Scripts[0].IgnoreFailure, want, minutes, lenient)
 		}
 	}
-	check(d, 30*time.Minute, "linux_x2", "dev", "team@example.com", false)
+	check(d, 30*time.Minute, "linux_x2", "dev", "team@example.com", true)
 	// From the command line (strings) and from JSON alike.
-	d, err = resolve(map[string]any{"minutes": "90", "machine": "linux_x4", "flavor": "prod", "notify": "qa@example.com", "lenient": "true"})
+	d, err = resolve(map[string]any{"minutes": "90", "machine": "linux_x4", "flavor": "prod", "notify": "qa@example.com", "lenient": "false"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	check(d, 90*time.Minute, "linux_x4", "prod", "qa@example.com", true)
+	check(d, 90*time.Minute, "linux_x4", "prod", "qa@example.com", false)
 	// A value is substituted once: text that looks like a reference stays.
 	if d, err := resolve(map[string]any{"notify": "${{ inputs.flavor }}@example.com"}); err == nil {
 		t.Errorf("a recipient %q was accepted", d.Publishing.Email.Recipients[0])
