@@ -13,8 +13,9 @@ import (
 // builder's own (~/.hangar), its entries under top/ as `zip -r -y` and
 // Finder write them (Runner.xcarchive/Info.plist): regular files
 // compressed, symbolic links kept as links (never followed), other files
-// and what the steps' user cannot read left out. It stops with errTooLarge past limit bytes of archive. The file has no name (it
-// is gone once closed); the caller closes it.
+// and what the steps' user cannot read left out. It stops with
+// errTooLarge past limit bytes of archive. The file has no name (it is
+// gone once closed); the caller closes it.
 func (r *run) zipDir(dir, top string, limit int64) (*os.File, error) {
 	tmp, err := os.CreateTemp(filepath.Join(r.home, ".hangar"), "artifact-*.zip")
 	if err != nil {
