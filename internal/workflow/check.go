@@ -147,10 +147,10 @@ func (w *Workflow) Report() Report {
 		r.Unsupported = append(r.Unsupported, Unsupported{Key: "environment.ios_signing", Why: IOSSigningRefused})
 	}
 	if len(w.Artifacts) > 0 {
-		h("artifacts: %s (collected after the steps, relative to the clone; kept with the build)", strings.Join(w.Artifacts, ", "))
+		h("artifacts: %s (collected after the steps, relative to the clone or absolute; kept with the build)%s", strings.Join(w.Artifacts, ", "), w.withDefaults(w.Artifacts, func(d *Workflow) []string { return d.Artifacts }))
 	}
 	if len(w.CachePaths) > 0 {
-		h("cache.cache_paths: %s (restored before the steps, saved after a successful build)", strings.Join(w.CachePaths, ", "))
+		h("cache.cache_paths: %s (restored before the steps, saved after a successful build)%s", strings.Join(w.CachePaths, ", "), w.withDefaults(w.CachePaths, func(d *Workflow) []string { return d.CachePaths }))
 	}
 	if n := len(w.Publishing.Scripts); n > 0 {
 		h("publishing.scripts: %d script(s), run after the steps (also after a failure) with CM_ARTIFACT_LINKS", n)
@@ -163,12 +163,29 @@ func (w *Workflow) Report() Report {
 		if e.Failure {
 			when = append(when, "failure")
 		}
-		h("publishing.email: %s, on %s (through the server's SMTP server)", strings.Join(e.Recipients, ", "), orDefault(strings.Join(when, " and "), "no outcome"))
+		h("publishing.email: %s, on %s (through the server's SMTP server)%s", strings.Join(e.Recipients, ", "), orDefault(strings.Join(when, " and "), "no outcome"),
+			w.withDefaults(e.Recipients, func(d *Workflow) []string { return d.Publishing.Email.Recipients }))
 	}
 	for _, k := range w.Ignored {
 		r.Unsupported = append(r.Unsupported, Unsupported{Key: k, Why: WhyIgnored(k)})
 	}
 	return r
+}
+
+// withDefaults says what list, which may take inputs, is with the inputs'
+// defaults (of picks it from the workflow read with them): "" when list
+// takes no input, else "; with the inputs' defaults: a, b" or that it
+// depends on an input without default.
+func (w *Workflow) withDefaults(list []string, of func(*Workflow) []string) string {
+	if !slices.ContainsFunc(list, inputRef.MatchString) {
+		return ""
+	}
+	if w.defaults != nil {
+		if d := of(w.defaults); !slices.ContainsFunc(d, inputRef.MatchString) {
+			return "; with the inputs' defaults: " + strings.Join(d, ", ")
+		}
+	}
+	return "; depends on an input without default, given when the build starts"
 }
 
 func describeWhenRule(w *When) string {

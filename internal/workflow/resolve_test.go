@@ -26,6 +26,8 @@ func TestInputsEverywhere(t *testing.T) {
 	for _, want := range []string{
 		"max_build_duration: 30 minutes with the inputs' defaults (${{ inputs.minutes }}; a build's own value is checked when it starts)",
 		"instance_type: linux_x2 with the inputs' defaults (${{ inputs.machine }}; refused at start if the server has no such type)",
+		"cache.cache_paths: $CM_BUILD_DIR/.cache/${{ inputs.flavor }} (restored before the steps, saved after a successful build); with the inputs' defaults: $CM_BUILD_DIR/.cache/dev",
+		"publishing.email: ${{ inputs.notify }}, on success and failure (through the server's SMTP server); with the inputs' defaults: team@example.com",
 	} {
 		if !slices.Contains(r.Honoured, want) {
 			t.Errorf("report lacks %q:\n%q", want, r.Honoured)
