@@ -83,11 +83,22 @@ func (r *run) refuseCachePath(abs string) string {
 
 // cacheRootProblem says why the cache path root cannot be restored into
 // or saved ("" if it can): a symbolic link (Codemagic does not cache
-// links either), or, to restore, a directory the builder cannot write.
-func cacheRootProblem(root string, restore bool) string {
+// links either), a path that goes through a link the build could have
+// made (in $HOME, the clone's included, or not root's), or, to restore, a
+// directory the builder cannot write.
+func (r *run) cacheRootProblem(root string, restore bool) string {
 	fi, err := os.Lstat(root)
 	if err == nil && fi.Mode()&os.ModeSymlink != 0 {
 		return "it is a symbolic link; list the directory it leads to"
+	}
+	for p := filepath.Dir(root); p != filepath.Dir(p); p = filepath.Dir(p) {
+		fi, err := os.Lstat(p)
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); within(p, r.home) || !ok || st.Uid != 0 {
+			return "it goes through the symbolic link " + p + ", which the build could have made; list the directory it leads to"
+		}
 	}
 	if !restore {
 		return ""
@@ -136,7 +147,7 @@ func (r *run) restoreCache(ctx context.Context, out io.Writer) error {
 	defer zr.Close()
 	var roots []string
 	for _, p := range paths {
-		if why := cacheRootProblem(p, true); why != "" {
+		if why := r.cacheRootProblem(p, true); why != "" {
 			fmt.Fprintf(out, "Cache path %s is not restored: %s\n", p, why)
 			continue
 		}
@@ -299,7 +310,7 @@ func (r *run) saveCache(ctx context.Context, out io.Writer) error {
 			fmt.Fprintf(out, "Cache path %s does not exist: not cached\n", p)
 			continue
 		}
-		why := cacheRootProblem(p, false)
+		why := r.cacheRootProblem(p, false)
 		if why == "" && !r.stepsReach(p) {
 			why = "the steps' user cannot reach it"
 		}

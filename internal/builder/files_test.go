@@ -570,3 +570,45 @@ func TestCodemagicArtifactsAndCache(t *testing.T) {
 		}
 	}
 }
+
+// TestCacheRootThroughLink: a cache path that goes through a symbolic
+// link the build could have made (one committed in the clone, say) is
+// neither saved nor restored: the archive of a build where it was a
+// directory is not written where the link leads in the next.
+func TestCacheRootThroughLink(t *testing.T) {
+	home, outside := t.TempDir(), t.TempDir()
+	clone := filepath.Join(home, "clone")
+	write(t, filepath.Join(clone, "link", "cache", "x.txt"), "cached")
+	k := &keptFiles{}
+	r := &run{home: home, dir: clone, files: k, env: []string{"HOME=" + home, "CM_BUILD_DIR=" + clone},
+		job: &link.Job{Limits: &link.FileLimits{Cache: 1 << 20}, CachePaths: []string{"$CM_BUILD_DIR/link/cache"}}}
+	var out bytes.Buffer
+	if err := r.saveCache(context.Background(), &out); err != nil || !strings.Contains(out.String(), "Saved the cache: 1 files") {
+		t.Fatalf("save: %v\n%s", err, out.String())
+	}
+	k.cache = []byte(strings.TrimPrefix(k.kept[0], "="))
+	// The next build's clone has link -> outside.
+	if err := os.RemoveAll(filepath.Join(clone, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(clone, "link")); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := r.restoreCache(context.Background(), &out); err != nil {
+		t.Fatal(err)
+	}
+	want := "Cache path " + filepath.Join(clone, "link", "cache") + " is not restored: it goes through the symbolic link " + filepath.Join(clone, "link")
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("restore log lacks %q:\n%s", want, out.String())
+	}
+	if entries, _ := os.ReadDir(outside); len(entries) != 0 {
+		t.Errorf("written where the link leads: %v", entries)
+	}
+	write(t, filepath.Join(outside, "cache", "y.txt"), "where the link leads")
+	out.Reset()
+	k.kept = nil
+	if err := r.saveCache(context.Background(), &out); err != nil || len(k.kept) != 0 || !strings.Contains(out.String(), "is not cached: it goes through the symbolic link") {
+		t.Errorf("save through the link: %v, %d uploads\n%s", err, len(k.kept), out.String())
+	}
+}
