@@ -95,7 +95,7 @@ func (r *run) uploadArtifacts(ctx context.Context, out io.Writer) error {
 		root := r.dir
 		if !within(abs, r.dir) || abs == r.dir {
 			// As on Codemagic, an absolute pattern (/tmp/xcodebuild_logs/*.log).
-			if why := refuseArtifactPattern(abs); why != "" {
+			if why := r.refuseArtifactPattern(abs); why != "" {
 				fmt.Fprintf(out, "Pattern %s (%s) is not collected: %s\n", pattern, abs, why)
 				continue
 			}
@@ -122,10 +122,13 @@ func (r *run) uploadArtifacts(ctx context.Context, out io.Writer) error {
 
 // refuseArtifactPattern says why the absolute pattern abs, outside the
 // clone, is not searched ("" if it is).
-func refuseArtifactPattern(abs string) string {
+func (r *run) refuseArtifactPattern(abs string) string {
 	parts := splitPattern(filepath.ToSlash(abs))
 	if len(parts) == 0 || hasMeta(parts[0]) || strings.Contains(parts[0], "{") || parts[0] == "**" {
 		return "it would search the whole file system; start it with a directory, such as /tmp/xcodebuild_logs/*.log"
+	}
+	if within(r.home, abs) {
+		return "it holds the build's home ($HOME, with Hangar's own files); list what to collect in it"
 	}
 	for _, d := range kernelDirs {
 		if within(abs, d) {

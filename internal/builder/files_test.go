@@ -421,9 +421,14 @@ func TestArtifactsOutsideClone(t *testing.T) {
 	write(t, filepath.Join(clone, "a.log"), "clone a")
 	write(t, filepath.Join(home, ".hangar", "env"), "SECRET=1")
 	write(t, filepath.Join(home, "Library", "DerivedData", "App", "Build", "Runner.app.dSYM", "Contents", "Info.plist"), "dsym")
+	// A link to the home, from elsewhere: zipped without ~/.hangar.
+	homeLink := filepath.Join(filepath.Dir(logs), "homelink")
+	if err := os.Symlink(home, homeLink); err != nil {
+		t.Fatal(err)
+	}
 	k := &keptFiles{}
 	r := &run{home: home, dir: clone, files: k, env: []string{"HOME=" + home},
-		job: &link.Job{Artifacts: []string{logs + "/*.log", "~/logs/*.log", "a.log", "$HOME/Library/**/*.dSYM", "~/.hangar/*", "/**/*.log", "/proc/self/status"},
+		job: &link.Job{Artifacts: []string{logs + "/*.log", "~/logs/*.log", "a.log", "$HOME/Library/**/*.dSYM", "~/.hangar/*", "/**/*.log", "/proc/self/status", "~", filepath.Dir(home), homeLink},
 			Limits: &link.FileLimits{ArtifactFile: 1 << 20, ArtifactBuild: 1 << 20}}}
 	var out bytes.Buffer
 	if err := r.uploadArtifacts(context.Background(), &out); err != nil {
@@ -437,13 +442,28 @@ func TestArtifactsOutsideClone(t *testing.T) {
 		}
 		names = append(names, name)
 	}
-	if want := []string{"a.log=tmp a", "b.log=tmp b", "a_1.log=home a", "a_2.log=clone a", "Runner.app.dSYM.zip"}; !slices.Equal(names, want) {
+	if want := []string{"a.log=tmp a", "b.log=tmp b", "a_1.log=home a", "a_2.log=clone a", "Runner.app.dSYM.zip", "homelink.zip"}; !slices.Equal(names, want) {
 		t.Errorf("uploaded %q, want %q; log:\n%s", names, want, out.String())
+	}
+	data := strings.TrimPrefix(k.kept[len(k.kept)-1], "homelink.zip=")
+	zr, err := zip.NewReader(strings.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range zr.File {
+		if strings.Contains(f.Name, ".hangar") {
+			t.Errorf("homelink.zip holds %s", f.Name)
+		}
+	}
+	if len(zr.File) < 5 {
+		t.Errorf("homelink.zip holds %d entries", len(zr.File))
 	}
 	for _, want := range []string{
 		filepath.Join(home, ".hangar", "env") + ": it is Hangar's own file of the build: not uploaded",
 		"Pattern /**/*.log (/**/*.log) is not collected: it would search the whole file system",
 		"Pattern /proc/self/status (/proc/self/status) is not collected: it is in /proc, a file system of the kernel",
+		"Pattern ~ (" + home + ") is not collected: it holds the build's home",
+		"Pattern " + filepath.Dir(home) + " (" + filepath.Dir(home) + ") is not collected: it holds the build's home",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, out.String())

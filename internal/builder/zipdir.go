@@ -34,6 +34,9 @@ func (r *run) zipDir(dir, top string, limit int64) (*os.File, error) {
 		if err != nil {
 			return err
 		}
+		if p == filepath.Join(r.home, ".hangar") {
+			return filepath.SkipDir // Hangar's own files of the build
+		}
 		if !r.stepsMayArchive(fi) {
 			if fi.IsDir() {
 				return filepath.SkipDir
