@@ -647,6 +647,9 @@ func (p *parser) boolean(val *yaml.Node, what string) (bool, *Error) {
 	if p.deferred(n) {
 		return false, nil
 	}
+	if v := n.Value; p.from[n] != "" && n.Kind == yaml.ScalarNode && (v == "true" || v == "false") {
+		return v == "true", nil // a string or choice input's text
+	}
 	var b bool
 	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" || n.Decode(&b) != nil {
 		return false, p.errf(n, "%s must be true or false, got %s", what, got(n))

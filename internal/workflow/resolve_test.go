@@ -124,6 +124,8 @@ func TestInputsTypeChecked(t *testing.T) {
 			"codemagic.yaml:7:25: max_build_duration must be 1-120 minutes, got the boolean true (the default of input b)"},
 		{"workflows:\n  w:\n    inputs:\n      m:\n        type: number\n    max_build_duration: ${{ inputs.minutes }}\n",
 			`${{ inputs.minutes }}: workflow "w" has no input "minutes"`},
+		{"workflows:\n  w:\n    inputs:\n      s:\n        default: \"true\"\n    scripts:\n      - name: a\n        script: b\n        ignore_failure: ${{ inputs.s }}\n    triggering:\n      cancel_previous_builds: ${{ inputs.s }} x\n",
+			`codemagic.yaml:11:31: triggering.cancel_previous_builds must be true or false, got "true x" (with the default of input s)`},
 		{"workflows:\n  w:\n    inputs:\n      s:\n        default: x\n    scripts:\n      - name: a\n        script: b\n        ignore_failure: ${{ inputs.s }}\n",
 			`codemagic.yaml:9:25: scripts[0].ignore_failure must be true or false, got "x" (the default of input s)`},
 		{"workflows:\n  w:\n    inputs:\n      br:\n        description: branch\n    triggering:\n      events: [push]\n      branch_patterns:\n        - pattern: ${{ inputs.br }}\n",
