@@ -11,6 +11,9 @@
 // honoured and what is not supported, so that a user can be told before a
 // build. Every validation error is an *Error that names the file, the line
 // and column of the offending node, what is wrong and what is expected.
+// Inputs (${{ inputs.ID }}) may be used in any key: Parse checks each
+// workflow with its inputs' defaults, and Workflow.Resolve reads it again
+// with the values a build is given.
 package workflow
 
 import (
