@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"archive/zip"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -29,6 +30,7 @@ workflows:
       cache_paths:
         - $HOME/.e2e-cache
         - deps
+        - {{abs}}
     scripts:
       - name: Make
         script: |
@@ -36,15 +38,24 @@ workflows:
           seq 1 400000 > build/out/app.bin
           printf 'notes of {{run}}\n' > build/out/sub/notes.txt
           head -c 4500000 /dev/zero > build/out/big.bin
+          mkdir -p build/ios/Runner.xcarchive/Products
+          echo plist > build/ios/Runner.xcarchive/Info.plist
+          ln -s Info.plist build/ios/Runner.xcarchive/Products/link
+          mkdir -p "$HOME/logs" && echo "log of {{run}}" > "$HOME/logs/build.log"
           if [ -f "$HOME/.e2e-cache/stamp" ]; then echo "cache-hit $(cat "$HOME/.e2e-cache/stamp") deps=$(cat deps/d.txt)"; else echo cache-miss; fi
           mkdir -p "$HOME/.e2e-cache" deps
           echo "$CM_BUILD_ID" > "$HOME/.e2e-cache/stamp"
           echo "dep-$CM_BUILD_ID" > deps/d.txt
+          if [ -f {{abs}}/stamp ]; then echo "abs-hit $(cat {{abs}}/stamp)"; else echo abs-miss; fi
+          mkdir -p {{abs}} 2>/dev/null || { sudo mkdir -p {{abs}} && sudo chown "$(id -u)" {{abs}}; }
+          echo "$CM_BUILD_ID" > {{abs}}/stamp
     artifacts:
       - build/**/*.bin
       - build/out/**/*.txt
+      - build/ios/*.xcarchive
       - missing/*.zip
-      - /etc/passwd
+      - $HOME/logs/*.log
+      - /proc/self/status
     publishing:
       scripts:
         - name: Show links
@@ -73,6 +84,12 @@ workflows:
           script: echo "publish-ran links=$CM_ARTIFACT_LINKS"
 `
 
+// artifactsYAML is artifactsFile for the run marker run, with abs as its
+// absolute cache path.
+func artifactsYAML(run, abs string) string {
+	return strings.NewReplacer("{{run}}", run, "{{abs}}", abs).Replace(artifactsFile)
+}
+
 // appBin is what the art workflow writes to build/out/app.bin.
 func appBin() []byte {
 	var b bytes.Buffer
@@ -84,10 +101,11 @@ func appBin() []byte {
 }
 
 // TestArtifactsAndCache: a build's artifacts are collected (Codemagic's
-// globs, a file over the server's limit left out, a pattern outside the
-// clone refused, one matching nothing named), listed and downloaded
-// byte-identical by the CLI; CM_ARTIFACT_LINKS reaches the publishing
-// script; the cache saved by the first build is restored in the second;
+// globs, a directory zipped, a file from outside the clone, a file over
+// the server's limit left out, a pattern in /proc refused, one matching
+// nothing named), listed and downloaded byte-identical by the CLI;
+// CM_ARTIFACT_LINKS reaches the publishing script; the cache saved by the
+// first build (under $HOME, in the clone, absolute) is restored in the second;
 // a failed build still uploads its artifacts and runs its publishing
 // scripts, and saves no cache; `hangar cache` lists and clears.
 func TestArtifactsAndCache(t *testing.T) { testArtifactsAndCache(t, "host") }
@@ -99,7 +117,13 @@ func TestArtifactsAndCacheSandbox(t *testing.T) { testArtifactsAndCache(t, "sand
 func testArtifactsAndCache(t *testing.T, driver string) {
 	s := harness.StartServer(t, harness.Options{Driver: driver, Args: driverArgs(t, driver, "--artifact-max-size", "4MiB")})
 	run := marker()
-	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": strings.ReplaceAll(artifactsFile, "{{run}}", run)})
+	// An absolute cache path: the machine's own /opt in a sandbox, a
+	// directory of the test's on the host.
+	abs := "/opt/e2e-abs-cache"
+	if driver == "host" {
+		abs = filepath.Join(t.TempDir(), "abs-cache")
+	}
+	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": artifactsYAML(run, abs)})
 	// app add reports, before any build, what is run and what is not.
 	r := s.Hangar("app", "add", "arts", "--repo", repo.Path)
 	if r.Code != 0 {
@@ -134,10 +158,12 @@ func testArtifactsAndCache(t *testing.T, driver string) {
 		"Uploaded build/out/app.bin",
 		"build/out/big.bin is 4.3 MiB, over the server's limit of 4.0 MiB per artifact: not uploaded",
 		"Pattern missing/*.zip matched no files",
-		"Pattern /etc/passwd is outside the clone",
-		"Uploaded 2 artifacts",
+		"Pattern /proc/self/status (/proc/self/status) is not collected: it is in /proc",
+		"Uploaded build.log",
+		"Uploaded build/ios/Runner.xcarchive.zip",
+		"Uploaded 4 artifacts",
 		`links=[{"name":"app.bin","type":"bin","url":"` + s.URL + fmt.Sprintf("/api/v1/builds/%d/artifacts/build/out/app.bin", b1.ID),
-		"Saved the cache: 2 files",
+		"Saved the cache: 3 files",
 		"Email: NOT sent to dev@example.com: this server has no SMTP server configured",
 		"Ignored: publishing.slack",
 	} {
@@ -177,6 +203,23 @@ func testArtifactsAndCache(t *testing.T, driver string) {
 	if got, err := os.ReadFile(filepath.Join(dir, "build/out/sub/notes.txt")); err != nil || string(got) != "notes of "+run+"\n" {
 		t.Errorf("downloaded notes.txt: %q %v", got, err)
 	}
+	if got, err := os.ReadFile(filepath.Join(dir, "build.log")); err != nil || string(got) != "log of "+run+"\n" {
+		t.Errorf("downloaded build.log (from $HOME/logs): %q %v", got, err)
+	}
+	// The directory came as a zip archive holding it, its link a link.
+	if zr, err := zip.OpenReader(filepath.Join(dir, "build/ios/Runner.xcarchive.zip")); err != nil {
+		t.Errorf("downloaded Runner.xcarchive.zip: %v", err)
+	} else {
+		var names []string
+		for _, f := range zr.File {
+			names = append(names, fmt.Sprintf("%s %v", f.Name, f.Mode().Type()))
+		}
+		zr.Close()
+		want := []string{"Runner.xcarchive/ d---------", "Runner.xcarchive/Info.plist ----------", "Runner.xcarchive/Products/ d---------", "Runner.xcarchive/Products/link L---------"}
+		if strings.Join(names, "\n") != strings.Join(want, "\n") {
+			t.Errorf("Runner.xcarchive.zip holds:\n%s\nwant:\n%s", strings.Join(names, "\n"), strings.Join(want, "\n"))
+		}
+	}
 
 	// The second build of the workflow restores the first one's cache.
 	b2, logs := f.wait(start("art").ID, 2*time.Minute)
@@ -185,8 +228,9 @@ func testArtifactsAndCache(t *testing.T, driver string) {
 	}
 	for _, want := range []string{
 		fmt.Sprintf("Restoring the cache saved by build %d", b1.ID),
-		"Restored 2 files",
+		"Restored 3 files",
 		fmt.Sprintf("cache-hit %d deps=dep-%d", b1.ID, b1.ID),
+		fmt.Sprintf("abs-hit %d", b1.ID),
 	} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("second build's log lacks %q:\n%s", want, logs)
@@ -290,7 +334,7 @@ func TestEmailSMTP(t *testing.T) {
 // end and returns the build, finished, and its log.
 func artBuild(t *testing.T, s *harness.Server, app string) (*build.Build, string) {
 	t.Helper()
-	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": strings.ReplaceAll(artifactsFile, "{{run}}", marker())})
+	repo := harness.NewRepo(t, map[string]string{"codemagic.yaml": artifactsYAML(marker(), filepath.Join(t.TempDir(), "abs-cache"))})
 	if r := s.Hangar("app", "add", app, "--repo", repo.Path); r.Code != 0 {
 		t.Fatalf("app add: %s", r.Stderr)
 	}

@@ -38,9 +38,10 @@ workflows:
         type: boolean
         default: true
       count:
-        description: How many
+        description: How many (also the build's minutes)
         type: number
         default: 2
+    max_build_duration: ${{ inputs.count }}
     environment:
       vars:
         E2E_RUN: "{{run}}"
@@ -94,7 +95,7 @@ func TestWorkflowFeatures(t *testing.T) {
 	}
 	// app add says, before any build, what Hangar makes of the file.
 	for _, want := range []string{"codemagic.yaml (branch main at", "Workflow features (Features)", "    3. Export",
-		"inputs: flavor (choice, default dev)", "publishing.slack: this publisher is NOT run by Hangar", "no scripts: the build fetches the sources and ends"} {
+		"inputs: flavor (choice, default dev)", "max_build_duration: 2 minutes with the inputs' defaults (${{ inputs.count }}", "publishing.slack: this publisher is NOT run by Hangar", "no scripts: the build fetches the sources and ends"} {
 		if !strings.Contains(r.Stdout, want) {
 			t.Errorf("app add does not say %q:\n%s", want, r.Stdout)
 		}
@@ -106,6 +107,7 @@ func TestWorkflowFeatures(t *testing.T) {
 		"--workflow features --input count=many": `input count of workflow features: is a number, got "many"`,
 		"--workflow features --input flavor=qa":  `must be one of dev, prod, got "qa"`,
 		"--workflow features --input flavor":     `--input "flavor": write --input KEY=VALUE`,
+		"--workflow features --input count=500":  "codemagic.yaml:19:25: max_build_duration must be 1-120 minutes, got 500 (the value of input count)",
 	} {
 		if r := f.hangar("build start demo " + args); r.Code == 0 || !strings.Contains(r.Stderr, want) {
 			t.Errorf("build start %s: exit %d %q, want %q", args, r.Code, r.Stderr, want)
@@ -113,8 +115,8 @@ func TestWorkflowFeatures(t *testing.T) {
 	}
 
 	b, logs := f.wait(f.start("--workflow features --input flavor=prod --input runTests=false --input count=5").ID, 2*time.Minute)
-	if b.Status != build.Finished {
-		t.Fatalf("features: %s %s\n%s", b.Status, b.Message, logs)
+	if b.Status != build.Finished || b.MaxDuration != 5*60 {
+		t.Fatalf("features: %s %s, max duration %ds\n%s", b.Status, b.Message, b.MaxDuration, logs)
 	}
 	clone := ""
 	for _, l := range strings.Split(logs, "\n") {
@@ -140,7 +142,7 @@ func TestWorkflowFeatures(t *testing.T) {
 	}
 	// The defaults: dev, tests run, deploy skipped.
 	b, logs = f.wait(f.start("--workflow features").ID, 2*time.Minute)
-	if b.Status != build.Finished || !strings.Contains(logs, "tests-ran") || strings.Contains(logs, "deploy-ran") ||
+	if b.Status != build.Finished || b.MaxDuration != 2*60 || !strings.Contains(logs, "tests-ran") || strings.Contains(logs, "deploy-ran") ||
 		b.Steps[5].Status != build.StepSkipped || !strings.Contains(b.Steps[5].Reason, `env.DEPLOY == "yes" and env.FLAVOR == "prod"`) {
 		t.Errorf("features with defaults: %s %+v\n%s", b.Status, b.Steps, logs)
 	}

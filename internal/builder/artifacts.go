@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -45,7 +46,21 @@ func (r *run) artifactLinks() string {
 // expandPath expands $VAR, ${VAR} and a leading ~ of a workflow path
 // against env and makes it absolute (a relative one is in the clone).
 func (r *run) expandPath(p string, env []string) string {
-	p = workflow.Expand(p, func(name string) (string, bool) { return lookupEnv(env, name) })
+	abs, _ := r.expandPathUnset(p, env)
+	return abs
+}
+
+// expandPathUnset is expandPath that also returns the names of the
+// variables p refers to that env does not set.
+func (r *run) expandPathUnset(p string, env []string) (string, []string) {
+	var unset []string
+	p = workflow.Expand(p, func(name string) (string, bool) {
+		v, ok := lookupEnv(env, name)
+		if !ok && !slices.Contains(unset, name) {
+			unset = append(unset, name)
+		}
+		return v, ok
+	})
 	if p == "~" || strings.HasPrefix(p, "~/") {
 		home, _ := lookupEnv(env, "HOME")
 		p = home + p[1:]
@@ -53,7 +68,7 @@ func (r *run) expandPath(p string, env []string) string {
 	if !filepath.IsAbs(p) {
 		p = filepath.Join(r.dir, p)
 	}
-	return filepath.Clean(p)
+	return filepath.Clean(p), unset
 }
 
 // within reports whether p is dir or under it.
@@ -62,8 +77,8 @@ func within(p, dir string) bool {
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
-// uploadArtifacts is the artifacts step: it collects the files the
-// patterns match in the clone and uploads them to the runner. Nothing
+// uploadArtifacts is the artifacts step: it collects the files and
+// directories the patterns match and uploads them to the runner. Nothing
 // found, a file over a limit or a refused upload is said in the log; the
 // step fails only when the link does.
 func (r *run) uploadArtifacts(ctx context.Context, out io.Writer) error {
@@ -73,62 +88,166 @@ func (r *run) uploadArtifacts(ctx context.Context, out io.Writer) error {
 		fmt.Fprintln(out, "This server keeps no artifacts: none are uploaded.")
 		return nil
 	}
-	var total int64
-	seen := map[string]bool{}
-	found := 0
+	c := &collector{r: r, out: out, lim: lim, seen: map[string]bool{}, names: map[string]bool{}}
 	start := time.Now()
 	for _, pattern := range r.job.Artifacts {
 		abs := r.expandPath(pattern, env)
+		root := r.dir
 		if !within(abs, r.dir) || abs == r.dir {
-			fmt.Fprintf(out, "Pattern %s is outside the clone ($CM_BUILD_DIR, %s): not collected. Artifacts are files of the clone; copy others into it first.\n", pattern, r.dir)
-			continue
+			// As on Codemagic, an absolute pattern (/tmp/xcodebuild_logs/*.log).
+			if why := r.refuseArtifactPattern(abs); why != "" {
+				fmt.Fprintf(out, "Pattern %s (%s) is not collected: %s\n", pattern, abs, why)
+				continue
+			}
+			root = "/"
 		}
-		rel, _ := filepath.Rel(r.dir, abs)
-		matches := glob(r.dir, filepath.ToSlash(rel))
-		files, dirs := 0, 0
+		rel, _ := filepath.Rel(root, abs)
+		matches := glob(root, filepath.ToSlash(rel))
 		for _, m := range matches {
-			if m.dir {
-				dirs++
-				continue
-			}
-			files++
-			if seen[m.rel] {
-				continue
-			}
-			seen[m.rel] = true
-			found++
-			size, err := r.checkArtifact(m.rel)
-			if err != nil {
-				fmt.Fprintf(out, "%s: %v: not uploaded\n", m.rel, err)
-				continue
-			}
-			if size > lim.ArtifactFile {
-				fmt.Fprintf(out, "%s is %s, over the server's limit of %s per artifact: not uploaded\n", m.rel, build.HumanBytes(size), build.HumanBytes(lim.ArtifactFile))
-				continue
-			}
-			if total+size > lim.ArtifactBuild {
-				fmt.Fprintf(out, "%s (%s) would take this build's artifacts past the server's limit of %s per build: not uploaded\n", m.rel, build.HumanBytes(size), build.HumanBytes(lim.ArtifactBuild))
-				continue
-			}
-			n, err := r.uploadArtifact(ctx, out, m.rel, size)
-			if errors.Is(err, errLinkFailed) {
+			if err := c.collect(ctx, filepath.Join(root, filepath.FromSlash(m.rel))); err != nil {
 				return err
 			}
-			total += n
 		}
-		switch {
-		case files == 0 && dirs > 0:
-			fmt.Fprintf(out, "Pattern %s matched %d director%s and no files: artifacts are files (list a directory's files with dir/**/*)\n", pattern, dirs, plural(dirs, "y", "ies"))
-		case files == 0:
+		if len(matches) == 0 {
 			fmt.Fprintf(out, "Pattern %s matched no files\n", pattern)
 		}
 	}
-	if found == 0 {
-		fmt.Fprintln(out, "No artifacts found: no file of the clone matches the artifacts patterns")
+	if c.found == 0 {
+		fmt.Fprintln(out, "No artifacts found: no file matches the artifacts patterns")
 		return nil
 	}
-	fmt.Fprintf(out, "Uploaded %d artifact%s, %s, in %s\n", len(r.links), plural(len(r.links), "", "s"), build.HumanBytes(total), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(out, "Uploaded %d artifact%s, %s, in %s\n", len(r.links), plural(len(r.links), "", "s"), build.HumanBytes(c.total), time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// refuseArtifactPattern says why the absolute pattern abs, outside the
+// clone, is not searched ("" if it is).
+func (r *run) refuseArtifactPattern(abs string) string {
+	parts := splitPattern(filepath.ToSlash(abs))
+	if len(parts) == 0 || hasMeta(parts[0]) || strings.Contains(parts[0], "{") || parts[0] == "**" {
+		return "it would search the whole file system; start it with a directory, such as /tmp/xcodebuild_logs/*.log"
+	}
+	if within(r.home, abs) {
+		return "it holds the build's home ($HOME, with Hangar's own files); list what to collect in it"
+	}
+	for _, d := range kernelDirs {
+		if within(abs, d) {
+			return "it is in " + d + ", a file system of the kernel"
+		}
+	}
+	return ""
+}
+
+// collector collects one build's artifacts.
+type collector struct {
+	r     *run
+	out   io.Writer
+	lim   *link.FileLimits
+	seen  map[string]bool // the paths already collected
+	names map[string]bool // the artifact names given
+	dirs  []string        // the directories collected (zipped), whose entries are in their archive
+	found int             // files and directories found
+	total int64           // bytes uploaded
+}
+
+// collect uploads the match p (absolute): a file as it is, a directory as
+// a zip archive, as Codemagic does (Runner.xcarchive becomes
+// Runner.xcarchive.zip). Something under a directory collected already is
+// in that archive, and is not collected again. An artifact of the clone
+// is named by its path in the clone; one from elsewhere by its name,
+// suffixed _1, _2, ... if another artifact has it (as Codemagic does).
+func (c *collector) collect(ctx context.Context, p string) error {
+	if c.seen[p] || slices.ContainsFunc(c.dirs, func(d string) bool { return within(p, d) }) {
+		return nil
+	}
+	c.seen[p] = true
+	c.found++
+	r, out, lim := c.r, c.out, c.lim
+	inClone := within(p, r.dir) && p != r.dir
+	shown := p
+	if inClone {
+		shown = filepath.ToSlash(mustRel(r.dir, p))
+	}
+	real, fi, err := r.checkArtifact(p, inClone)
+	if err != nil {
+		fmt.Fprintf(out, "%s: %v: not uploaded\n", shown, err)
+		return nil
+	}
+	base := shown
+	if !inClone {
+		base = path.Base(filepath.ToSlash(p))
+	}
+	name := c.uniqueName(base, fi.IsDir())
+	c.names[name] = true
+	left := lim.ArtifactBuild - c.total
+	if fi.IsDir() {
+		c.dirs = append(c.dirs, p)
+		zf, err := r.zipDir(real, path.Base(filepath.ToSlash(p)), min(lim.ArtifactFile, left))
+		switch {
+		case errors.Is(err, errTooLarge) && left < lim.ArtifactFile:
+			fmt.Fprintf(out, "%s/ (zipped) would take this build's artifacts past the server's limit of %s per build: not uploaded\n", shown, build.HumanBytes(lim.ArtifactBuild))
+			return nil
+		case errors.Is(err, errTooLarge):
+			fmt.Fprintf(out, "%s/ zipped is over the server's limit of %s per artifact: not uploaded\n", shown, build.HumanBytes(lim.ArtifactFile))
+			return nil
+		case err != nil:
+			fmt.Fprintf(out, "%s/: zipping it failed: %v: not uploaded\n", shown, err)
+			return nil
+		}
+		defer zf.Close()
+		return c.upload(ctx, zf, name, artifactType(p))
+	}
+	size := fi.Size()
+	if size > lim.ArtifactFile {
+		fmt.Fprintf(out, "%s is %s, over the server's limit of %s per artifact: not uploaded\n", shown, build.HumanBytes(size), build.HumanBytes(lim.ArtifactFile))
+		return nil
+	}
+	if size > left {
+		fmt.Fprintf(out, "%s (%s) would take this build's artifacts past the server's limit of %s per build: not uploaded\n", shown, build.HumanBytes(size), build.HumanBytes(lim.ArtifactBuild))
+		return nil
+	}
+	f, err := os.Open(real)
+	if err != nil {
+		fmt.Fprintf(out, "%s: %v: not uploaded\n", shown, err)
+		return nil
+	}
+	defer f.Close()
+	return c.upload(ctx, f, name, artifactType(p))
+}
+
+// uniqueName is the artifact name of a file (or, zipped, a directory):
+// base, or base_N if another artifact has it.
+func (c *collector) uniqueName(base string, dir bool) string {
+	ext := path.Ext(base)
+	stem := strings.TrimSuffix(base, ext)
+	if stem == "" {
+		stem, ext = base, ""
+	}
+	suffix := ""
+	if dir {
+		suffix = ".zip"
+	}
+	name := base + suffix
+	for n := 1; c.names[name]; n++ {
+		name = fmt.Sprintf("%s_%d%s%s", stem, n, ext, suffix)
+	}
+	return name
+}
+
+// upload sends f as the artifact name; only a failed link is an error.
+func (c *collector) upload(ctx context.Context, f *os.File, name, typ string) error {
+	n, err := c.r.uploadArtifact(ctx, c.out, f, name, typ)
+	if errors.Is(err, errLinkFailed) {
+		return err
+	}
+	c.total += n
+	return nil
+}
+
+// artifactType is an artifact's type in CM_ARTIFACT_LINKS: the extension
+// of the file or directory collected ("apk", "xcarchive").
+func artifactType(rel string) string {
+	return strings.TrimPrefix(path.Ext(rel), ".")
 }
 
 func plural(n int, one, more string) string {
@@ -141,66 +260,83 @@ func plural(n int, one, more string) string {
 // errLinkFailed: the link to the runner failed during an upload.
 var errLinkFailed = errors.New("the link to the runner failed")
 
-// checkArtifact returns the size of the regular file rel of the clone; a
-// symbolic link counts if it leads to a regular file of the clone.
-func (r *run) checkArtifact(rel string) (int64, error) {
-	p := filepath.Join(r.dir, filepath.FromSlash(rel))
+// checkArtifact returns the real path and the file info of the match p:
+// a regular file or a directory that the steps' user can read. A match
+// of the clone counts if it is a symbolic link that leads to one of the
+// clone; one from elsewhere must not be Hangar's own (~/.hangar) or the
+// kernel's.
+func (r *run) checkArtifact(p string, inClone bool) (string, os.FileInfo, error) {
 	real, err := filepath.EvalSymlinks(p)
 	if err != nil {
-		return 0, err
+		return "", nil, err
 	}
-	root, err := filepath.EvalSymlinks(r.dir)
-	if err != nil {
-		return 0, err
-	}
-	if !within(real, root) {
-		return 0, errors.New("it is a symbolic link to a file outside the clone")
+	if inClone {
+		root, err := filepath.EvalSymlinks(r.dir)
+		if err != nil {
+			return "", nil, err
+		}
+		if !within(real, root) {
+			return "", nil, errors.New("it is a symbolic link to a file outside the clone")
+		}
+	} else {
+		if hangar, err := filepath.EvalSymlinks(filepath.Join(r.home, ".hangar")); err == nil && within(real, hangar) {
+			return "", nil, errors.New("it is Hangar's own file of the build")
+		}
+		for _, d := range kernelDirs {
+			if within(real, d) {
+				return "", nil, errors.New("it is in " + d + ", a file system of the kernel")
+			}
+		}
 	}
 	fi, err := os.Stat(real)
 	if err != nil {
-		return 0, err
+		return "", nil, err
 	}
-	if !fi.Mode().IsRegular() {
-		return 0, errors.New("it is not a regular file")
+	if !fi.Mode().IsRegular() && !fi.IsDir() {
+		return "", nil, errors.New("it is not a regular file or a directory")
 	}
-	return fi.Size(), nil
+	if !r.stepsReach(real) || !r.stepsMayArchive(fi) {
+		return "", nil, errors.New("the steps' user cannot read it")
+	}
+	return real, fi, nil
 }
 
-// uploadArtifact sends the artifact rel (size bytes) and records its link.
-func (r *run) uploadArtifact(ctx context.Context, out io.Writer, rel string, size int64) (int64, error) {
-	f, err := os.Open(filepath.Join(r.dir, filepath.FromSlash(rel)))
-	if err != nil {
-		fmt.Fprintf(out, "%s: %v: not uploaded\n", rel, err)
+// uploadArtifact sends f, from where it stands to its end, as the
+// artifact name and records its link. It returns the bytes kept;
+// errLinkFailed if the link failed.
+func (r *run) uploadArtifact(ctx context.Context, out io.Writer, f *os.File, name, typ string) (int64, error) {
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		fmt.Fprintf(out, "%s: not a regular file: not uploaded\n", name)
 		return 0, nil
 	}
-	defer f.Close()
+	size := fi.Size()
 	start := time.Now()
-	st, err := r.files.OpenFile(link.FileHeader{Op: link.PutArtifact, Name: rel, Size: size})
+	st, err := r.files.OpenFile(link.FileHeader{Op: link.PutArtifact, Name: name, Size: size})
 	if err != nil {
 		if ctx.Err() != nil {
 			return 0, errLinkFailed
 		}
-		fmt.Fprintf(out, "%s: %v\n", rel, err)
+		fmt.Fprintf(out, "%s: %v\n", name, err)
 		return 0, nil
 	}
 	defer st.Close()
 	// Exactly the size announced, should the file grow meanwhile.
 	if _, err := io.CopyN(st, f, size); err != nil {
-		fmt.Fprintf(out, "%s: upload failed: %v\n", rel, err)
+		fmt.Fprintf(out, "%s: upload failed: %v\n", name, err)
 		return 0, nil
 	}
 	res, err := finishUpload(st)
 	if err != nil {
-		fmt.Fprintf(out, "%s: upload failed: %v\n", rel, err)
+		fmt.Fprintf(out, "%s: upload failed: %v\n", name, err)
 		return 0, errLinkFailed
 	}
 	if res.Error != "" {
-		fmt.Fprintf(out, "%s: %s\n", rel, res.Error)
+		fmt.Fprintf(out, "%s: %s\n", name, res.Error)
 		return 0, nil
 	}
-	fmt.Fprintf(out, "Uploaded %s (%s) in %s\n", rel, build.HumanBytes(res.Size), time.Since(start).Round(time.Millisecond))
-	name := path.Base(rel)
-	r.links = append(r.links, artifactLink{Name: name, Type: strings.TrimPrefix(path.Ext(name), "."), URL: res.URL, MD5: res.MD5})
+	fmt.Fprintf(out, "Uploaded %s (%s) in %s\n", name, build.HumanBytes(res.Size), time.Since(start).Round(time.Millisecond))
+	r.links = append(r.links, artifactLink{Name: path.Base(name), Type: typ, URL: res.URL, MD5: res.MD5})
 	return res.Size, nil
 }
 

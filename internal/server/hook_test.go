@@ -474,6 +474,12 @@ workflows:
         type: choice
         options: [dev, prod]
         default: dev
+      machine:
+        type: choice
+        options: [linux, linux_x2]
+        default: linux
+    max_build_duration: ${{ inputs.count }}
+    instance_type: ${{ inputs.machine }}
     environment:
       vars:
         OUT: $CM_BUILD_DIR/out
@@ -525,20 +531,25 @@ func TestStartWithInputs(t *testing.T) {
 		want   string
 	}{
 		{nil, "input count of workflow inputs has no default: give it a value (--input count=VALUE"},
-		{map[string]any{"count": 2, "colour": "red"}, "workflow inputs has no input colour; its inputs are name, count, runTests, flavor"},
+		{map[string]any{"count": 2, "colour": "red"}, "workflow inputs has no input colour; its inputs are name, count, runTests, flavor, machine"},
 		{map[string]any{"count": "two"}, `input count of workflow inputs: is a number, got "two"`},
 		{map[string]any{"count": 2, "runTests": "maybe"}, `input runTests of workflow inputs: is a boolean (true or false), got "maybe"`},
 		{map[string]any{"count": 2, "flavor": "staging"}, `input flavor of workflow inputs: must be one of dev, prod, got "staging"`},
+		// Checked once substituted, naming the key and the input.
+		{map[string]any{"count": 500}, "max_build_duration must be 1-120 minutes, got 500 (the value of input count)"},
 	} {
 		if code, _, msg := start(tt.inputs); code != http.StatusBadRequest || !strings.Contains(msg, tt.want) {
 			t.Errorf("inputs %v: %d %q, want 400 %q", tt.inputs, code, msg, tt.want)
 		}
 	}
-	code, b, msg := start(map[string]any{"count": "3", "runTests": "false", "name": "Hangar"})
+	code, b, msg := start(map[string]any{"count": "3", "runTests": "false", "name": "Hangar", "machine": "linux_x2"})
 	if code != http.StatusCreated {
 		t.Fatalf("start: %d %s", code, msg)
 	}
 	spec := e.spec(b.ID)
+	if b.MaxDuration != 3*60 || spec.InstanceType != "linux_x2" {
+		t.Errorf("max_build_duration %ds, instance_type %q; want the inputs' 180s and linux_x2", b.MaxDuration, spec.InstanceType)
+	}
 	if got := strings.Join(spec.Vars, "|"); got != "OUT=$CM_BUILD_DIR/out|GREETING=Hello Hangar" {
 		t.Errorf("vars: %s (expansion is the builder's: it knows CM_BUILD_DIR)", got)
 	}
@@ -548,7 +559,7 @@ func TestStartWithInputs(t *testing.T) {
 	if s := spec.Scripts[1]; s.Condition != "${{ inputs.runTests }}" {
 		t.Errorf("script 1: %+v", s)
 	}
-	want := map[string]any{"name": "Hangar", "count": 3.0, "runTests": false, "flavor": "dev"}
+	want := map[string]any{"name": "Hangar", "count": 3.0, "runTests": false, "flavor": "dev", "machine": "linux_x2"}
 	if fmt.Sprint(spec.Inputs) != fmt.Sprint(want) {
 		t.Errorf("inputs %v, want %v", spec.Inputs, want)
 	}
@@ -559,7 +570,7 @@ func TestStartWithInputs(t *testing.T) {
 	// The workflows endpoint shows the inputs and the check report.
 	var wfs api.Workflows
 	e.do("GET", "/api/v1/apps/demo/workflows", nil, &wfs)
-	if len(wfs.Workflows) != 4 || len(wfs.Workflows[0].Inputs) != 4 || wfs.Workflows[0].Inputs[2].Default != true ||
+	if len(wfs.Workflows) != 4 || len(wfs.Workflows[0].Inputs) != 5 || wfs.Workflows[0].Inputs[2].Default != true ||
 		wfs.Workflows[0].Check.ID != "inputs" || len(wfs.Workflows[3].Check.Steps) != 3 {
 		t.Errorf("workflows: %+v", wfs)
 	}

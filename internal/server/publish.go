@@ -6,22 +6,14 @@ import (
 )
 
 // addPublishing freezes wf's artifacts, cache paths, publishing scripts
-// and email into spec, with inputs substituted.
-func addPublishing(spec *build.Spec, wf *workflow.Workflow, values map[string]any) {
-	sub := func(list []string) []string {
-		var out []string
-		for _, s := range list {
-			out = append(out, workflow.SubstituteInputs(s, values))
-		}
-		return out
-	}
-	spec.Artifacts = sub(wf.Artifacts)
-	spec.CachePaths = sub(wf.CachePaths)
+// and email into spec (wf has its inputs substituted: Resolve).
+func addPublishing(spec *build.Spec, wf *workflow.Workflow) {
+	spec.Artifacts = wf.Artifacts
+	spec.CachePaths = wf.CachePaths
 	for i, sc := range wf.Publishing.Scripts {
 		spec.Publish = append(spec.Publish, build.SpecScript{
-			Name: workflow.SubstituteInputs(sc.Name, values), File: publishFile(sc, i),
-			Script: workflow.SubstituteInputs(sc.Script, values), IgnoreFailure: sc.IgnoreFailure,
-			WorkingDirectory: workflow.SubstituteInputs(sc.WorkingDirectory, values),
+			Name: sc.Name, File: publishFile(sc, i),
+			Script: sc.Script, IgnoreFailure: sc.IgnoreFailure, WorkingDirectory: sc.WorkingDirectory,
 		})
 	}
 	if e := wf.Publishing.Email; e != nil {

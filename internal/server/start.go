@@ -123,16 +123,21 @@ func (s *Server) failAtOnce(ctx context.Context, b *build.Build, msg string) (*b
 // wf's when is false, and a *userError for inputs a user gave wrong.
 func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirror string, wf *workflow.Workflow, st *start) (*build.Build, error) {
 	b.Workflow, b.WorkflowName = wf.ID, wf.Name
-	res, err := s.cfg.InstanceTypes.Lookup(wf.InstanceType)
-	if err != nil {
-		s.log.Info("build refused", "app", b.App, "workflow", wf.ID, "err", err)
-		return s.failAtOnce(ctx, b, err.Error())
-	}
 	values, err := wf.InputValues(st.inputs)
+	if err == nil {
+		// Every key read again with the inputs substituted (and checked).
+		wf, err = wf.Resolve(values)
+	}
 	if err != nil {
 		if st.trigger == build.Manual {
 			return nil, onField("inputs", &userError{http.StatusBadRequest, err.Error()})
 		}
+		return s.failAtOnce(ctx, b, err.Error())
+	}
+	b.WorkflowName = wf.Name
+	res, err := s.cfg.InstanceTypes.Lookup(wf.InstanceType)
+	if err != nil {
+		s.log.Info("build refused", "app", b.App, "workflow", wf.ID, "err", err)
 		return s.failAtOnce(ctx, b, err.Error())
 	}
 	if st.fork != "" && len(wf.Groups)+len(wf.AndroidSigning) > 0 {
@@ -168,9 +173,8 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 	// what a workflow's condition sees as env.
 	env = append([]string{"CI=true", "HANGAR=true", "CM_BRANCH=" + b.Branch, "CM_COMMIT=" + b.Commit, "CM_WORKFLOW=" + wf.ID}, env...)
 	for _, v := range wf.Vars {
-		value := workflow.SubstituteInputs(v.Value, values)
-		spec.Vars = append(spec.Vars, v.Name+"="+value)
-		env = append(env, v.Name+"="+workflow.Expand(value, lookupIn(env)))
+		spec.Vars = append(spec.Vars, v.Name+"="+v.Value)
+		env = append(env, v.Name+"="+workflow.Expand(v.Value, lookupIn(env)))
 	}
 	ch := &changes{s: s, mirror: mirror, b: b}
 	if wf.When != nil {
@@ -183,8 +187,8 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 	}
 	for i, sc := range wf.Scripts {
 		ss := build.SpecScript{
-			Name: workflow.SubstituteInputs(sc.Name, values), File: sc.FileName(i + 1), Script: workflow.SubstituteInputs(sc.Script, values),
-			IgnoreFailure: sc.IgnoreFailure, WorkingDirectory: workflow.SubstituteInputs(sc.WorkingDirectory, values),
+			Name: sc.Name, File: sc.FileName(i + 1), Script: sc.Script,
+			IgnoreFailure: sc.IgnoreFailure, WorkingDirectory: sc.WorkingDirectory,
 		}
 		if sc.When != nil && sc.When.Changeset != nil {
 			if ss.Skip, err = ch.skipReason(ctx, sc.When.Changeset); err != nil {
@@ -196,7 +200,7 @@ func (s *Server) queue(ctx context.Context, b *build.Build, app *store.App, mirr
 		}
 		spec.Scripts = append(spec.Scripts, ss)
 	}
-	addPublishing(&spec, wf, values)
+	addPublishing(&spec, wf)
 	if st.fork != "" {
 		spec.CachePaths, spec.Email = nil, nil
 	}

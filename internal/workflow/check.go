@@ -40,6 +40,8 @@ func (w *Workflow) Report() Report {
 		var notes []string
 		if s.IgnoreFailure {
 			notes = append(notes, "its failure is ignored")
+		} else if d := w.defaults; d != nil && i < len(d.Scripts) && d.Scripts[i].IgnoreFailure {
+			notes = append(notes, "its failure is ignored with the inputs' defaults")
 		}
 		if s.WorkingDirectory != "" {
 			notes = append(notes, "in "+s.WorkingDirectory)
@@ -68,8 +70,22 @@ func (w *Workflow) Report() Report {
 		r.Steps = append(r.Steps, "Saving cache (after a successful build)")
 	}
 	h := func(format string, args ...any) { r.Honoured = append(r.Honoured, fmt.Sprintf(format, args...)) }
-	h("max_build_duration: %s", formatDuration(w.MaxDuration))
-	h("instance_type: %s (refused at start if the server has no such type)", orDefault(w.InstanceType, "linux, the default"))
+	switch d := w.defaults; {
+	case w.MaxDurationInput == "":
+		h("max_build_duration: %s", formatDuration(w.MaxDuration))
+	case d != nil && d.MaxDurationInput == "":
+		h("max_build_duration: %s with the inputs' defaults (%s; a build's own value is checked when it starts)", formatDuration(w.MaxDuration), w.MaxDurationInput)
+	default:
+		h("max_build_duration: %s, depends on an input without default: given when the build starts (1-120 minutes)", w.MaxDurationInput)
+	}
+	switch instance := orDefault(w.InstanceType, "linux, the default"); {
+	case !inputRef.MatchString(w.InstanceType):
+		h("instance_type: %s (refused at start if the server has no such type)", instance)
+	case w.defaults != nil && !inputRef.MatchString(w.defaults.InstanceType):
+		h("instance_type: %s with the inputs' defaults (%s; refused at start if the server has no such type)", orDefault(w.defaults.InstanceType, "linux, the default"), instance)
+	default:
+		h("instance_type: %s, depends on an input without default: given when the build starts (refused then if the server has no such type)", instance)
+	}
 	if w.WorkingDirectory != "" {
 		h("working_directory: %s", w.WorkingDirectory)
 	}
@@ -131,10 +147,10 @@ func (w *Workflow) Report() Report {
 		r.Unsupported = append(r.Unsupported, Unsupported{Key: "environment.ios_signing", Why: IOSSigningRefused})
 	}
 	if len(w.Artifacts) > 0 {
-		h("artifacts: %s (collected after the steps, relative to the clone; kept with the build)", strings.Join(w.Artifacts, ", "))
+		h("artifacts: %s (collected after the steps, relative to the clone or absolute; kept with the build)%s", strings.Join(w.Artifacts, ", "), w.withDefaults(w.Artifacts, func(d *Workflow) []string { return d.Artifacts }))
 	}
 	if len(w.CachePaths) > 0 {
-		h("cache.cache_paths: %s (restored before the steps, saved after a successful build)", strings.Join(w.CachePaths, ", "))
+		h("cache.cache_paths: %s (restored before the steps, saved after a successful build)%s", strings.Join(w.CachePaths, ", "), w.withDefaults(w.CachePaths, func(d *Workflow) []string { return d.CachePaths }))
 	}
 	if n := len(w.Publishing.Scripts); n > 0 {
 		h("publishing.scripts: %d script(s), run after the steps (also after a failure) with CM_ARTIFACT_LINKS", n)
@@ -147,12 +163,29 @@ func (w *Workflow) Report() Report {
 		if e.Failure {
 			when = append(when, "failure")
 		}
-		h("publishing.email: %s, on %s (through the server's SMTP server)", strings.Join(e.Recipients, ", "), orDefault(strings.Join(when, " and "), "no outcome"))
+		h("publishing.email: %s, on %s (through the server's SMTP server)%s", strings.Join(e.Recipients, ", "), orDefault(strings.Join(when, " and "), "no outcome"),
+			w.withDefaults(e.Recipients, func(d *Workflow) []string { return d.Publishing.Email.Recipients }))
 	}
 	for _, k := range w.Ignored {
 		r.Unsupported = append(r.Unsupported, Unsupported{Key: k, Why: WhyIgnored(k)})
 	}
 	return r
+}
+
+// withDefaults says what list, which may take inputs, is with the inputs'
+// defaults (of picks it from the workflow read with them): "" when list
+// takes no input, else "; with the inputs' defaults: a, b" or that it
+// depends on an input without default.
+func (w *Workflow) withDefaults(list []string, of func(*Workflow) []string) string {
+	if !slices.ContainsFunc(list, inputRef.MatchString) {
+		return ""
+	}
+	if w.defaults != nil {
+		if d := of(w.defaults); !slices.ContainsFunc(d, inputRef.MatchString) {
+			return "; with the inputs' defaults: " + strings.Join(d, ", ")
+		}
+	}
+	return "; depends on an input without default, given when the build starts"
 }
 
 func describeWhenRule(w *When) string {

@@ -22,6 +22,7 @@ func FuzzParse(f *testing.F) {
 		"- a\n",
 		"workflows:\n  w:\n    scripts: [a\n",
 		"x: !!binary aGVsbG8=\nworkflows: {w: {scripts: [!!str 1], environment: {vars: {A: !!binary aGk=}}}}\n",
+		"d: &d ${{ inputs.m }}\nworkflows:\n  w:\n    inputs: {m: {type: number, default: 5}, b: {type: boolean, default: true}}\n    max_build_duration: *d\n    scripts: [{script: 'echo ${{ inputs.m }}', ignore_failure: '${{ inputs.b }}'}]\n",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
@@ -56,6 +57,17 @@ func FuzzParse(f *testing.F) {
 				w.Matches(EventPush, ref)
 				w.Matches(EventTag, ref)
 				w.MatchesPullRequest(ref, "main")
+			}
+			// A build with the defaults reads the workflow again.
+			if values, err := w.InputValues(nil); err == nil {
+				r, err := w.Resolve(values)
+				var ie *InputError
+				if err != nil && !errors.As(err, &ie) {
+					t.Fatalf("Resolve: %T %v", err, err)
+				}
+				if err == nil && (r.ID != w.ID || r.MaxDuration <= 0 || r.MaxDuration > MaxMaxDuration || len(r.Scripts) != len(w.Scripts)) {
+					t.Fatalf("resolved %+v from %+v", r, w)
+				}
 			}
 		}
 	})

@@ -41,6 +41,12 @@ type parser struct {
 	// active holds the mappings whose entries are being listed, to
 	// catch a merge key that refers to a mapping containing it.
 	active map[*yaml.Node]bool
+	// values are the inputs substituted in the nodes being read (nil
+	// when none are, at Parse); partial: only some of them (defaults).
+	values  map[string]any
+	partial bool
+	// from says which nodes hold a substituted input (for errors).
+	from map[*yaml.Node]string
 }
 
 // pair is one key and value of a mapping, after merge keys are applied. key
@@ -51,6 +57,9 @@ func (p *parser) errf(n *yaml.Node, format string, args ...any) *Error {
 	e := &Error{File: p.file, Msg: fmt.Sprintf(format, args...)}
 	if n != nil {
 		e.Line, e.Column = n.Line, n.Column
+		if from := p.from[n]; from != "" {
+			e.Msg += " (" + from + ")"
+		}
 	}
 	return e
 }
@@ -173,7 +182,7 @@ func (p *parser) workflow(key, val *yaml.Node) (*Workflow, *Error) {
 	if !validID(id) {
 		return nil, p.errf(key, "workflow id %q is not valid; expected only letters, digits, '-' and '_'", id)
 	}
-	w := &Workflow{ID: id, Name: id, MaxDuration: DefaultMaxDuration}
+	w := &Workflow{ID: id, Name: id, MaxDuration: DefaultMaxDuration, src: &source{file: p.file, key: key, val: val}}
 	n := resolve(val)
 	if isNull(n) {
 		return nil, p.errf(key, "workflow %q is empty; expected a mapping with at least scripts", id)
@@ -195,12 +204,13 @@ func (p *parser) workflow(key, val *yaml.Node) (*Workflow, *Error) {
 				w.Name = s
 			}
 		case "max_build_duration":
-			w.MaxDuration, err = p.duration(kv.val)
+			w.MaxDuration, err = p.duration(w, kv.val)
 		case "working_directory":
 			w.WorkingDirectory, err = p.str(kv.val, "working_directory")
 			p.use(kv.val, w.WorkingDirectory)
 		case "instance_type":
 			w.InstanceType, err = p.str(kv.val, "instance_type")
+			p.use(kv.val, w.InstanceType)
 		case "environment":
 			err = p.environment(w, kv.val)
 		case "triggering":
@@ -227,6 +237,11 @@ func (p *parser) workflow(key, val *yaml.Node) (*Workflow, *Error) {
 	if err := p.checkInputUses(w); err != nil {
 		return nil, err
 	}
+	if p.values == nil {
+		if err := p.defaults(w); err != nil {
+			return nil, err
+		}
+	}
 	for _, list := range [][]Script{w.Scripts, w.Publishing.Scripts} {
 		for i := range list {
 			if list[i].WorkingDirectory == "" {
@@ -243,8 +258,12 @@ func (w *Workflow) ignore(path string) {
 	}
 }
 
-func (p *parser) duration(val *yaml.Node) (time.Duration, *Error) {
+func (p *parser) duration(w *Workflow, val *yaml.Node) (time.Duration, *Error) {
 	n := resolve(val)
+	if p.deferred(n) {
+		w.MaxDurationInput = n.Value
+		return DefaultMaxDuration, nil
+	}
 	if n.Kind == yaml.ScalarNode {
 		switch n.ShortTag() {
 		case "!!int":
@@ -255,7 +274,13 @@ func (p *parser) duration(val *yaml.Node) (time.Duration, *Error) {
 			return time.Duration(m) * time.Minute, nil
 		case "!!str":
 			s := strings.TrimSpace(n.Value)
-			if _, err := strconv.Atoi(s); err == nil {
+			if m, err := strconv.Atoi(s); err == nil && p.from[n] != "" {
+				// A string or choice input's text: minutes.
+				if m < 1 || m > 120 {
+					return 0, p.errf(n, "max_build_duration must be 1-120 minutes, got %s", s)
+				}
+				return time.Duration(m) * time.Minute, nil
+			} else if err == nil {
 				return 0, p.errf(n, "max_build_duration must be a number of minutes (1-120) without quotes, or a duration with a unit such as \"90m\"; got %q", n.Value)
 			}
 			d, err := time.ParseDuration(s)
@@ -358,6 +383,7 @@ func (p *parser) names(kv pair) ([]string, *Error) {
 		if it.Kind != yaml.ScalarNode || strings.TrimSpace(it.Value) == "" {
 			return nil, p.errf(it, "environment.%s must be a list of names, got %s", kv.key.Value, got(it))
 		}
+		p.use(it, it.Value)
 		out = append(out, strings.TrimSpace(it.Value))
 	}
 	return out, nil
@@ -463,6 +489,10 @@ func (p *parser) patterns(w *Workflow, path string, val *yaml.Node) ([]Pattern, 
 				if len(v.Value) > maxGlobPattern {
 					return nil, p.errf(v, "%s.pattern is longer than %d characters", at, maxGlobPattern)
 				}
+				if p.partial && inputRef.MatchString(v.Value) {
+					return nil, p.errf(v, "%s.pattern uses an input without default: triggering is read when a webhook arrives, and a webhook's build has only the inputs' defaults; give the input a default", at)
+				}
+				p.use(v, v.Value)
 				pat.Pattern, have = v.Value, true
 			case "include":
 				pat.Include, err = p.boolean(kv.val, at+".include")
@@ -614,6 +644,12 @@ func (p *parser) str(val *yaml.Node, what string) (string, *Error) {
 
 func (p *parser) boolean(val *yaml.Node, what string) (bool, *Error) {
 	n := resolve(val)
+	if p.deferred(n) {
+		return false, nil
+	}
+	if v := n.Value; p.from[n] != "" && n.Kind == yaml.ScalarNode && (v == "true" || v == "false") {
+		return v == "true", nil // a string or choice input's text
+	}
 	var b bool
 	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" || n.Decode(&b) != nil {
 		return false, p.errf(n, "%s must be true or false, got %s", what, got(n))

@@ -122,6 +122,9 @@ func (p *parser) email(w *Workflow, val *yaml.Node) (*Email, *Error) {
 				return nil, err
 			}
 			for i, r := range list {
+				if p.deferred(resolve(resolve(kv.val).Content[i])) {
+					continue // checked when a build gives the input
+				}
 				if _, perr := mail.ParseAddress(r); perr != nil || strings.ContainsAny(r, "\r\n") {
 					return nil, p.errf(resolve(kv.val).Content[i], "publishing.email.recipients: %q is not an email address", r)
 				}

@@ -26,5 +26,6 @@ func (p *parser) toolchain(w *Workflow, kv pair) *Error {
 		w.Toolchains = map[string]string{}
 	}
 	w.Toolchains[kv.key.Value] = n.Value
+	p.use(n, n.Value)
 	return nil
 }

@@ -11,6 +11,9 @@
 // honoured and what is not supported, so that a user can be told before a
 // build. Every validation error is an *Error that names the file, the line
 // and column of the offending node, what is wrong and what is expected.
+// Inputs (${{ inputs.ID }}) may be used in any key: Parse checks each
+// workflow with its inputs' defaults, and Workflow.Resolve reads it again
+// with the values a build is given.
 package workflow
 
 import (
@@ -82,6 +85,11 @@ type Workflow struct {
 	// (1-120, default 60); a Go duration string such as "90s" or "2m" is a
 	// Hangar extension (more than 0, at most 120m).
 	MaxDuration time.Duration
+	// MaxDurationInput is max_build_duration as written when it takes an
+	// input (${{ inputs.minutes }}); then MaxDuration is its value with
+	// the inputs' defaults (DefaultMaxDuration for an input without one),
+	// and Resolve gives the build's.
+	MaxDurationInput string
 	// WorkingDirectory is the workflow's working_directory: where scripts run
 	// unless they set their own, relative to the clone unless absolute.
 	// Empty means the clone itself.
@@ -125,6 +133,10 @@ type Workflow struct {
 	CachePaths []string
 	// Publishing is what the publishing section asks Hangar to run.
 	Publishing Publishing
+	// src is where the workflow was read from (Resolve reads it again);
+	// defaults is it read with its inputs' defaults (nil without inputs).
+	src      *source
+	defaults *Workflow
 	// Ignored lists, as paths such as "publishing.slack", "environment.groups" or
 	// "scripts[2].when", the sections present in the file that Hangar
 	// accepts but does not act on, in file order.

@@ -144,6 +144,9 @@ func TestParseValid(t *testing.T) {
 			},
 		},
 	}
+	for _, w := range f.Workflows {
+		w.src = nil // where it was read from, for Resolve
+	}
 	if !reflect.DeepEqual(f, want) {
 		for i := range max(len(f.Workflows), len(want.Workflows)) {
 			if i < len(f.Workflows) && i < len(want.Workflows) {
