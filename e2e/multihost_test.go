@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/hangar-ci/hangar/e2e/harness"
 	"github.com/hangar-ci/hangar/internal/api"
@@ -285,8 +288,20 @@ func (m *multiHost) twentyBuilds(t *testing.T) {
 	t.Logf("20 builds: %d on r1 (%s), %d on r2 (%s)", ran["r1"], m.hosts["r1"].Name, ran["r2"], m.hosts["r2"].Name)
 }
 
-// sshAndGatewayKill: SSH builds on both runners' hosts; see TestMultiHost.
+// sshAndGatewayKill: four SSH builds, two on each runner's host, their
+// tunnels on gateway a. OpenSSH gets into each with the generated script
+// through each gateway (b forwards the hop to a over the peer link),
+// pinning the gateways by the host CA alone with StrictHostKeyChecking
+// yes, and with the ssh_config of the other server. A login shell is open
+// in each, through a, when a is killed: the builders' tunnels come back
+// through b, the next login (through b) re-attaches to each shell, and
+// logging out of it finishes the build: no build is lost.
 func (m *multiHost) sshAndGatewayKill(t *testing.T) {
+	for _, bin := range []string{"ssh", "bash"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("needs %s", bin)
+		}
+	}
 	list, err := m.servers[0].Client().Runners(m.ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -296,7 +311,137 @@ func (m *multiHost) sshAndGatewayKill(t *testing.T) {
 			t.Skipf("runner %s (hangar runner on another host) runs no SSH builds yet: SSH builds on remote runners (their tunnels and gateway access through the runner API) are missing", r.Name)
 		}
 	}
-	t.Fatal("SSH builds on remote runners: not written yet")
+	a, b := m.gws[0], m.gws[1]
+	sf := &sshFixture{fixture: &fixture{t: t, s: m.servers[0], run: marker(), driver: "host"}, home: t.TempDir()}
+
+	// Tunnels land on a (the balancer's first backend).
+	m.lb.SetBackends(a.addr, b.addr)
+	fs := map[int64]*followed{}
+	var ids []int64
+	for i := range 4 {
+		bld, err := m.servers[i%2].Client().StartBuild(m.ctx, api.StartRequest{App: "demo", Workflow: "ssh", SSH: true})
+		if err != nil {
+			t.Fatalf("start SSH build %d of 4: %v", i+1, err)
+		}
+		t.Cleanup(func() { m.servers[1].Hangar("build", "cancel", fmt.Sprint(bld.ID)) })
+		ids = append(ids, bld.ID)
+		fs[bld.ID] = follow(m.ctx, t, m.servers[1-i%2].Client(), bld.ID)
+	}
+	for _, id := range ids {
+		sf.waitSSH(id)
+		waitRouteHolder(t, m.url, build.Alias(id), a.id)
+	}
+	owners := buildRunners(t, m.url)
+	count := map[string]int{}
+	for _, id := range ids {
+		count[owners[id]]++
+	}
+	if count["r1"] != 2 || count["r2"] != 2 {
+		t.Fatalf("SSH builds by runner: %v, want 2 each (capacity 2)", count)
+	}
+
+	// Into each, with the script of either server, through each gateway.
+	confs := map[int64]string{}
+	for i, id := range ids {
+		s := m.servers[i%2]
+		r := s.Hangar("build", "ssh-script", fmt.Sprint(id))
+		if r.Code != 0 {
+			t.Fatalf("ssh-script of build %d: %s", id, r.Stderr)
+		}
+		if !strings.Contains(r.Stdout, "@cert-authority hangar-gateway ssh-ed25519 ") || !strings.Contains(r.Stdout, "StrictHostKeyChecking yes") {
+			t.Fatalf("build %d's script does not pin the gateways' host CA strictly:\n%s", id, r.Stdout)
+		}
+		script := filepath.Join(t.TempDir(), "connect.sh")
+		if err := os.WriteFile(script, []byte(r.Stdout), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, g := range []*gatewayProc{a, b} {
+			m.lb.SetBackends(g.addr)
+			want := fmt.Sprintf("in-%d-via-%s-on-%s", id, g.id, m.hosts[owners[id]].Name)
+			cmd := fmt.Sprintf("echo in-%d-via-%s-on-$(cat /proc/sys/kernel/hostname)", id, g.id)
+			if r := sf.run("bash", script, cmd); r.Code != 0 || r.Stdout != want+"\n" {
+				t.Fatalf("build %d (%s) through gateway %s: exit %d, stdout %q, stderr %q", id, owners[id], g.id, r.Code, r.Stdout, r.Stderr)
+			}
+		}
+		dir := filepath.Join(t.TempDir(), "cfg")
+		if r := m.servers[1-i%2].Hangar("build", "ssh-config", fmt.Sprint(id), "--dir", dir); r.Code != 0 {
+			t.Fatalf("ssh-config of build %d: %s", id, r.Stderr)
+		}
+		confs[id] = filepath.Join(dir, "config")
+	}
+
+	// A login shell in each, through a.
+	m.lb.SetBackends(a.addr)
+	lives := map[int64]*liveSSH{}
+	for _, id := range ids {
+		l := startLive(t, sf, "ssh", "-F", confs[id], "-tt", build.Alias(id))
+		l.typeLine(fmt.Sprintf(`export KEPT=v%d-$((40+2)); echo "before-kill-$((%d+1))"`, id, id))
+		l.waitOut(fmt.Sprintf("before-kill-%d", id+1))
+		lives[id] = l
+	}
+
+	// a dies: every tunnel comes back through the one address, on b.
+	m.lb.SetBackends(a.addr, b.addr)
+	if err := a.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-a.exited
+	killed := time.Now()
+	for _, id := range ids {
+		waitRouteHolder(t, m.url, build.Alias(id), b.id)
+	}
+	t.Logf("the 4 builders' tunnels were on gateway b %v after gateway a was killed", time.Since(killed).Round(time.Millisecond))
+	for _, id := range ids {
+		if code := lives[id].waitExit(); code == 0 {
+			t.Errorf("build %d: the login through the killed gateway ended with status 0", id)
+		}
+		waitEvent(t, sf, id, "ssh_login_detach", "shell 1")
+	}
+	// The next login re-attaches to the shell, and logging out of it
+	// finishes the build.
+	for _, id := range ids {
+		l := startLive(t, sf, "ssh", "-F", confs[id], "-tt", build.Alias(id))
+		l.typeLine(`echo "kept=$KEPT"`)
+		l.waitOut(fmt.Sprintf("kept=v%d-42", id))
+		l.typeLine("exit")
+		l.waitExit()
+	}
+	for _, id := range ids {
+		f := fs[id]
+		select {
+		case <-f.ended:
+		case <-time.After(time.Minute):
+			t.Fatalf("SSH build %d did not end within a minute of its logout:\n%s", id, f.log())
+		}
+		want := fmt.Sprintf("ssh-build-%d\non-%s", id, m.hosts[owners[id]].Name)
+		if got := f.build(); got == nil || got.Status != build.Finished || !strings.Contains(f.log(), want) {
+			t.Errorf("SSH build %d of %s: %+v, want finished with %q in its log:\n%s", id, owners[id], got, want, f.log())
+		}
+	}
+}
+
+// waitRouteHolder waits until the gateways' registry (in the database at
+// url) names gateway want as holding alias's tunnel.
+func waitRouteHolder(t *testing.T, url, alias, want string) {
+	t.Helper()
+	ctx := t.Context()
+	db, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var got string
+		_ = db.QueryRow(ctx, `SELECT gateway_id FROM gateway_routes WHERE alias = $1`, alias).Scan(&got)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the registry names %q as holding %s's tunnel, want %q", got, alias, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // runnerKill: four hold builds, two on each runner; r1 is killed with
