@@ -389,6 +389,7 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 			return nil, err
 		}
 		ca, hostCA, sealer, urlKey := shared.UserCA, shared.HostCA, shared.Sealer, shared.URLKey
+		creds := &runner.LocalCredentials{CA: ca, Sealer: sealer, Store: a.store}
 		gwKeyPath := filepath.Join(keys, "gateway_host_key")
 		gwKey, err := sshca.LoadOrCreateKey(gwKeyPath, "hangar gateway")
 		if err != nil {
@@ -408,7 +409,7 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 				return nil, err
 			}
 			a.control = &cluster.Control{Store: a.store, Logger: log}
-			rcfg.SSH = &runner.SSHConfig{CA: ca, Sealer: sealer, Gateway: a.control, Store: a.store, AfterSteps: cfg.SSHAfterSteps,
+			rcfg.SSH = &runner.SSHConfig{Credentials: creds, Gateway: a.control, Store: a.store, AfterSteps: cfg.SSHAfterSteps,
 				TunnelAddr: cfg.GatewayAddr, TunnelCA: hostCA.PublicKey()}
 			log.Info("SSH through separate gateways", "gateway_addr", cfg.GatewayAddr)
 		} else {
@@ -420,7 +421,7 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 				MaxUnauthenticatedPerSource: cfg.SSHMaxUnauthenticatedPerSource}
 			a.gw.AuthDelay.Max = cfg.SSHAuthDelayMax
 			a.linkSrv.Tunnels = a.gw
-			rcfg.SSH = &runner.SSHConfig{CA: ca, Sealer: sealer, Gateway: a.gw, Store: a.store, AfterSteps: cfg.SSHAfterSteps}
+			rcfg.SSH = &runner.SSHConfig{Credentials: creds, Gateway: a.gw, Store: a.store, AfterSteps: cfg.SSHAfterSteps}
 			scfg.SSH = &server.SSHConfig{
 				Store: a.store, Sealer: sealer, URLKey: urlKey, GatewayHost: cfg.SSHPublicHost,
 				GatewayPort: a.sshLn.Addr().(*net.TCPAddr).Port, GatewayKey: gwKey.PublicKey(), GatewayCA: hostCA.PublicKey(), PublicURL: cfg.PublicURL,
