@@ -62,12 +62,19 @@ type (
 		Labels   []string `json:"labels"`
 		Capacity int      `json:"capacity"`
 		Driver   string   `json:"driver"`
+		// SSH: the runner runs SSH builds if the server has separate
+		// gateways (StartResponse.SSH).
+		SSH bool `json:"ssh,omitempty"`
 	}
 	// StartResponse names the runner and counts the builds of its
 	// earlier run that were failed.
 	StartResponse struct {
 		Name        string `json:"name"`
 		Interrupted int64  `json:"interrupted"`
+		// SSH is set when the runner asked for SSH builds and the server
+		// has separate gateways: the runner claims SSH builds, and its
+		// builders open their tunnels there.
+		SSH *StartSSH `json:"ssh,omitempty"`
 	}
 	// ClaimResponse is a claimed build with its spec, or none.
 	ClaimResponse struct {
@@ -78,9 +85,13 @@ type (
 	UpdateResponse struct {
 		Written bool `json:"written"`
 	}
-	// WaitResponse says whether a build changed during a long poll.
+	// WaitResponse says what changed during a long poll: a build
+	// (Changed), the gateways' events of the runner's builds (Gateway),
+	// the requests to them (Requests: some are pending).
 	WaitResponse struct {
-		Changed bool `json:"changed"`
+		Changed  bool `json:"changed"`
+		Gateway  bool `json:"gateway,omitempty"`
+		Requests bool `json:"requests,omitempty"`
 	}
 )
 
@@ -98,6 +109,13 @@ type Store interface {
 	RunnerCancelRequests(ctx context.Context, id int64) ([]int64, error)
 	RunnerEndedBuilds(ctx context.Context, runner int64, ids []int64) ([]int64, error)
 	Subscribe(id int64) (<-chan struct{}, func())
+	// SSH builds and requests.
+	Build(ctx context.Context, id int64) (*build.Build, error)
+	GetBuildSSH(ctx context.Context, id int64) (*store.BuildSSH, error)
+	RunnerGatewayEventsSince(ctx context.Context, runner int64, since time.Time) ([]store.GatewayEvent, error)
+	PendingBuildRequests(ctx context.Context, runner int64) ([]store.BuildRequest, error)
+	BuildRequestOf(ctx context.Context, id int64) (*store.BuildRequest, error)
+	AnswerBuildRequest(ctx context.Context, id int64, errText string) error
 }
 
 // Config configures the runner API.
@@ -107,6 +125,9 @@ type Config struct {
 	// StaleAfter is the bound of silence after which a runner's builds
 	// fail; a second process may take over a runner silent that long.
 	StaleAfter time.Duration
+	// SSH, if set, lets runners run SSH builds (see SSHConfig). Nil:
+	// they claim none.
+	SSH *SSHConfig
 	// MaxWait bounds a long poll (default 25 s).
 	MaxWait time.Duration
 	// MaxBody bounds request bodies (default 32 MiB: a batch of log
@@ -139,15 +160,21 @@ func New(cfg Config) http.Handler {
 		h.log = slog.Default()
 	}
 	for pattern, f := range map[string]func(http.ResponseWriter, *http.Request, *store.Runner){
-		"POST /api/runner/v1/start":              h.start,
-		"POST /api/runner/v1/heartbeat":          h.heartbeat,
-		"POST /api/runner/v1/claim":              h.claim,
-		"GET /api/runner/v1/cancels":             h.cancels,
-		"POST /api/runner/v1/ended":              h.ended,
-		"PUT /api/runner/v1/builds/{id}":         h.update,
-		"POST /api/runner/v1/builds/{id}/logs":   h.logs,
-		"POST /api/runner/v1/builds/{id}/events": h.event,
-		"GET /api/runner/v1/wait":                h.wait,
+		"POST /api/runner/v1/start":               h.start,
+		"POST /api/runner/v1/heartbeat":           h.heartbeat,
+		"POST /api/runner/v1/claim":               h.claim,
+		"GET /api/runner/v1/cancels":              h.cancels,
+		"POST /api/runner/v1/ended":               h.ended,
+		"PUT /api/runner/v1/builds/{id}":          h.update,
+		"POST /api/runner/v1/builds/{id}/logs":    h.logs,
+		"POST /api/runner/v1/builds/{id}/events":  h.event,
+		"GET /api/runner/v1/wait":                 h.wait,
+		"POST /api/runner/v1/builds/{id}/ssh":     h.issueSSH,
+		"DELETE /api/runner/v1/builds/{id}/ssh":   h.destroySSH,
+		"POST /api/runner/v1/builds/{id}/gateway": h.gateway,
+		"GET /api/runner/v1/gateway-events":       h.gatewayEvents,
+		"GET /api/runner/v1/requests":             h.requests,
+		"POST /api/runner/v1/requests/{id}":       h.answer,
 	} {
 		h.mux.Handle(pattern, h.auth(f))
 	}
@@ -189,7 +216,7 @@ func (h *handler) start(w http.ResponseWriter, r *http.Request, rn *store.Runner
 		writeError(w, http.StatusBadRequest, "a runner starts with a session, its host, at least one label and a capacity of at least 1")
 		return
 	}
-	info := store.RunnerInfo{Host: req.Host, Labels: req.Labels, Capacity: req.Capacity, Driver: req.Driver}
+	info := store.RunnerInfo{Host: req.Host, Labels: req.Labels, Capacity: req.Capacity, Driver: req.Driver, SSH: req.SSH && h.cfg.SSH != nil}
 	err := h.cfg.Store.StartRunner(r.Context(), rn.ID, info, session, h.cfg.StaleAfter)
 	var inUse *store.RunnerInUseError
 	if errors.As(err, &inUse) {
@@ -206,8 +233,12 @@ func (h *handler) start(w http.ResponseWriter, r *http.Request, rn *store.Runner
 		return
 	}
 	h.log.Info("runner started", "runner", rn.Name, "host", req.Host, "labels", strings.Join(req.Labels, ","),
-		"capacity", req.Capacity, "driver", req.Driver, "interrupted_builds_failed", n)
-	writeJSON(w, http.StatusOK, StartResponse{Name: rn.Name, Interrupted: n})
+		"capacity", req.Capacity, "driver", req.Driver, "ssh", info.SSH, "interrupted_builds_failed", n)
+	resp := StartResponse{Name: rn.Name, Interrupted: n}
+	if info.SSH {
+		resp.SSH = &StartSSH{TunnelAddr: h.cfg.SSH.TunnelAddr, TunnelCA: authorized(h.cfg.SSH.TunnelCA)}
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func (h *handler) heartbeat(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
@@ -237,8 +268,9 @@ func (h *handler) claim(w http.ResponseWriter, r *http.Request, rn *store.Runner
 	if !current(w, r, rn) {
 		return
 	}
-	// Runners on other hosts run no SSH builds: see docs/deploy.md.
-	b, spec, err := h.cfg.Store.ClaimBuildFor(r.Context(), store.Claim{Runner: rn.ID, Labels: rn.Labels, NoSSH: true})
+	// A runner runs SSH builds if it said so at start and the servers
+	// have separate gateways (see docs/deploy.md).
+	b, spec, err := h.cfg.Store.ClaimBuildFor(r.Context(), store.Claim{Runner: rn.ID, Labels: rn.Labels, NoSSH: !rn.SSH || h.cfg.SSH == nil})
 	if errors.Is(err, store.ErrNotFound) {
 		writeJSON(w, http.StatusOK, ClaimResponse{})
 		return
@@ -383,18 +415,53 @@ func record[T any](h *handler, w http.ResponseWriter, r *http.Request, rn *store
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// wait answers when any build changes, or after MaxWait.
+// wait answers when any build changes, a gateway records an event (for
+// a runner of SSH builds), the runner's builds have requests pending, or
+// after MaxWait.
 func (h *handler) wait(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
-	wake, unsub := h.cfg.Store.Subscribe(0)
+	builds, unsub := h.cfg.Store.Subscribe(0)
 	defer unsub()
+	reqs, unsubReqs := h.cfg.Store.Subscribe(store.BuildRequestChanges)
+	defer unsubReqs()
+	var gw <-chan struct{} // nil: never
+	if rn.SSH && h.cfg.SSH != nil {
+		var unsubGW func()
+		gw, unsubGW = h.cfg.Store.Subscribe(store.GatewayEventChanges)
+		defer unsubGW()
+	}
 	t := time.NewTimer(h.cfg.MaxWait)
 	defer t.Stop()
-	select {
-	case <-wake:
-		writeJSON(w, http.StatusOK, WaitResponse{Changed: true})
-	case <-t.C:
-		writeJSON(w, http.StatusOK, WaitResponse{})
-	case <-r.Context().Done():
+	pending := func() bool {
+		qs, err := h.cfg.Store.PendingBuildRequests(r.Context(), rn.ID)
+		if err != nil && r.Context().Err() == nil {
+			h.log.Warn("read the requests to a runner's builds", "runner", rn.Name, "err", err)
+		}
+		return len(qs) > 0
+	}
+	// Requests made between two polls are not missed.
+	if pending() {
+		writeJSON(w, http.StatusOK, WaitResponse{Requests: true})
+		return
+	}
+	for {
+		select {
+		case <-builds:
+			writeJSON(w, http.StatusOK, WaitResponse{Changed: true})
+			return
+		case <-gw:
+			writeJSON(w, http.StatusOK, WaitResponse{Gateway: true})
+			return
+		case <-reqs:
+			if pending() {
+				writeJSON(w, http.StatusOK, WaitResponse{Requests: true})
+				return
+			}
+		case <-t.C:
+			writeJSON(w, http.StatusOK, WaitResponse{})
+			return
+		case <-r.Context().Done():
+			return
+		}
 	}
 }
 

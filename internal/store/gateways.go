@@ -234,8 +234,13 @@ func (s *Store) AddGatewayEvent(ctx context.Context, ev *GatewayEvent) error {
 // the order of their IDs. (Readers go by time, not by ID: on PostgreSQL
 // an event may become visible after one with a higher ID.)
 func (s *Store) GatewayEventsSince(ctx context.Context, since time.Time) ([]GatewayEvent, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, time, gateway_id, alias, kind, remote, client, detail FROM gateway_events
+	return s.gatewayEvents(ctx, `SELECT id, time, gateway_id, alias, kind, remote, client, detail FROM gateway_events
 		WHERE time >= $1 ORDER BY id`, ms(since))
+}
+
+// gatewayEvents runs query, which selects gateway events' columns.
+func (s *Store) gatewayEvents(ctx context.Context, query string, args ...any) ([]GatewayEvent, error) {
+	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("gateway events: %w", err)
 	}
@@ -251,6 +256,13 @@ func (s *Store) GatewayEventsSince(ctx context.Context, since time.Time) ([]Gate
 		out = append(out, ev)
 	}
 	return out, rows.Err()
+}
+
+// RunnerGatewayEventsSince is GatewayEventsSince for the builds that
+// runner claimed (by their aliases, build.Alias).
+func (s *Store) RunnerGatewayEventsSince(ctx context.Context, runner int64, since time.Time) ([]GatewayEvent, error) {
+	return s.gatewayEvents(ctx, `SELECT e.id, e.time, e.gateway_id, e.alias, e.kind, e.remote, e.client, e.detail FROM gateway_events e
+		JOIN builds b ON e.alias = 'build-' || b.id WHERE e.time >= $1 AND b.runner_id = $2 ORDER BY e.id`, ms(since), runner)
 }
 
 // PruneGatewayEvents removes the events recorded before before.
