@@ -23,7 +23,7 @@ import (
 	"github.com/hangar-ci/hangar/internal/store/pgtest"
 )
 
-// multiHostWorkflows: "hold" prints its build and host, then waits until
+// multiHostWorkflows: "hold" prints its host and build, then waits until
 // the file release-<build id> of {{dir}} exists; "ssh" prints the same
 // and ends its steps (the build then waits for its SSH user).
 const multiHostWorkflows = `
@@ -33,8 +33,8 @@ workflows:
     scripts:
       - name: Hold
         script: |
-          echo "holding-$FCI_BUILD_ID"
           echo "on-$(cat /proc/sys/kernel/hostname)"
+          echo "holding-$FCI_BUILD_ID"
           while [ ! -e "{{dir}}/release-$FCI_BUILD_ID" ]; do sleep 0.2; done
           echo "released-$FCI_BUILD_ID"
   ssh:
@@ -249,7 +249,7 @@ func (m *multiHost) waitFinished(t *testing.T, id int64, f *followed) string {
 	if h == nil {
 		t.Fatalf("build %d was claimed by %q, not by a test host's runner", id, runner)
 	}
-	want := fmt.Sprintf("holding-%d\non-%s\nreleased-%d", id, h.Name, id)
+	want := fmt.Sprintf("on-%s\nholding-%d\nreleased-%d", h.Name, id, id)
 	if got := f.build(); got == nil || got.Status != build.Finished || !strings.Contains(f.log(), want) {
 		t.Errorf("build %d of %s: %+v, want finished with %q in its log:\n%s", id, runner, got, want, f.log())
 	}
@@ -308,7 +308,7 @@ func (m *multiHost) sshAndGatewayKill(t *testing.T) {
 	}
 	for _, r := range list {
 		if m.hosts[r.Name] != nil && !r.SSH {
-			t.Skipf("runner %s (hangar runner on another host) runs no SSH builds yet: SSH builds on remote runners (their tunnels and gateway access through the runner API) are missing", r.Name)
+			t.Fatalf("runner %s runs no SSH builds, want it to: the servers have separate gateways (--gateway-addr)", r.Name)
 		}
 	}
 	a, b := m.gws[0], m.gws[1]
@@ -473,7 +473,7 @@ func (m *multiHost) runnerKill(t *testing.T) {
 		if b.Status != build.Failed || !strings.HasPrefix(b.Message, want) {
 			t.Errorf("build %d of the killed runner: %s %q, want failed %q...", id, b.Status, b.Message, want)
 		}
-		if on := fmt.Sprintf("holding-%d\non-%s\n", id, m.hosts["r1"].Name); !strings.Contains(f.log()+"\n", on) {
+		if on := fmt.Sprintf("on-%s\nholding-%d", m.hosts["r1"].Name, id); !strings.Contains(f.log(), on) {
 			t.Errorf("build %d of the killed runner: no %q in its log:\n%s", id, on, f.log())
 		}
 		if b.FinishedAt == nil {
