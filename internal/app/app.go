@@ -663,12 +663,14 @@ func (a *App) shutdownServers(hs *http.Server, stopHTTP func(), hurry <-chan str
 		}
 	}()
 	var g errgroup.Group
-	g.Go(func() error {
-		if err := a.linkSrv.Shutdown(ctx); err != nil {
-			a.log.Warn("builder link shutdown", "err", err)
-		}
-		return nil
-	})
+	if a.linkSrv != nil { // none without a runner (--no-runner)
+		g.Go(func() error {
+			if err := a.linkSrv.Shutdown(ctx); err != nil {
+				a.log.Warn("builder link shutdown", "err", err)
+			}
+			return nil
+		})
+	}
 	if a.gw != nil {
 		g.Go(func() error {
 			if err := a.gw.Shutdown(ctx); err != nil {
