@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -270,7 +271,9 @@ func TestSSHGateway(t *testing.T) {
 			t.Errorf("events since yesterday: %v; want 400", err)
 		}
 		wake := watch(t, ctx, cancel, c, store.GatewayEventChanges)
-		got := make(chan []string, 1)
+		var mu sync.Mutex
+		var seen []string // what WatchGateway passed on; guarded by mu
+		disconnected := make(chan struct{})
 		watched := make(chan struct{})
 		defer func() {
 			cancel()
@@ -278,19 +281,25 @@ func TestSSHGateway(t *testing.T) {
 		}()
 		go func() {
 			defer close(watched)
-			var seen []string
 			c.WatchGateway(ctx, func(ev gateway.Event) {
+				mu.Lock()
+				defer mu.Unlock()
 				seen = append(seen, ev.Alias+" "+ev.Kind)
-				if len(seen) == 2 {
-					got <- seen
+				if ev.Kind == "disconnect" {
+					close(disconnected)
 				}
 			})
 		}()
 		since := time.Now().Add(-time.Second)
-		// The long poll may not have started yet: record events of r2's
-		// build until one wakes r1 (the events of any build do).
+		for _, ev := range []store.GatewayEvent{{Alias: build.Alias(other), Kind: "connect"}, {Alias: "build-999999", Kind: "connect"}} {
+			if err := e.st.AddGatewayEvent(ctx, &ev); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The long poll may not have started yet: connect to r1's build
+		// until it wakes r1.
 		for woke := false; !woke; {
-			if err := e.st.AddGatewayEvent(ctx, &store.GatewayEvent{Alias: build.Alias(other), Kind: "connect"}); err != nil {
+			if err := e.st.AddGatewayEvent(ctx, &store.GatewayEvent{Alias: alias, Kind: "connect", Remote: "127.0.0.1:5"}); err != nil {
 				t.Fatal(err)
 			}
 			select {
@@ -299,19 +308,21 @@ func TestSSHGateway(t *testing.T) {
 			case <-time.After(3 * time.Second):
 			}
 		}
-		for _, ev := range []store.GatewayEvent{{Alias: alias, Kind: "connect", Remote: "127.0.0.1:5"}, {Alias: "build-999999", Kind: "connect"}, {Alias: alias, Kind: "disconnect"}} {
-			if err := e.st.AddGatewayEvent(ctx, &ev); err != nil {
-				t.Fatal(err)
-			}
+		if err := e.st.AddGatewayEvent(ctx, &store.GatewayEvent{Alias: alias, Kind: "disconnect", Remote: "127.0.0.1:5"}); err != nil {
+			t.Fatal(err)
 		}
 		select {
-		case seen := <-got:
-			if strings.Join(seen, ",") != alias+" connect,"+alias+" disconnect" {
-				t.Errorf("events passed on: %v", seen)
-			}
+		case <-disconnected:
 		case <-time.After(gatewayPoll + 10*time.Second):
-			t.Error("the events of its build were not passed on")
+			t.Fatal("the disconnect from its build was not passed on")
 		}
+		mu.Lock()
+		for _, ev := range seen {
+			if !strings.HasPrefix(ev, alias+" ") {
+				t.Errorf("another build's event passed on: %s (all: %v)", ev, seen)
+			}
+		}
+		mu.Unlock()
 		evs, err := c2.GatewayEventsSince(ctx, since)
 		if err != nil || len(evs) == 0 || slices.ContainsFunc(evs, func(ev store.GatewayEvent) bool { return ev.Alias != build.Alias(other) }) {
 			t.Errorf("r2's events: %+v, %v; want its build's only", evs, err)
