@@ -124,6 +124,11 @@ func TestRemoteRunnerSSH(t *testing.T) {
 	t.Logf("ssh-extend answered by the hangar runner in %v", time.Since(started).Round(time.Millisecond))
 	waitEvent(t, sf, id, "ssh_extended", "7m")
 	started = time.Now()
+	if _, err := s.Client().ExtendSSH(ctx, id, 3*time.Minute); err != nil {
+		t.Fatalf("extend through the API: %v", err)
+	}
+	t.Logf("an extension through the API answered by the hangar runner in %v", time.Since(started).Round(time.Millisecond))
+	started = time.Now()
 	if r := f.hangar(fmt.Sprintf("build continue %d", id)); r.Code != 0 {
 		t.Fatalf("continue: exit %d: %s", r.Code, r.Stderr)
 	}
