@@ -116,11 +116,20 @@ func TestSSHCredentials(t *testing.T) {
 		if err := c.call(ctx, http.MethodPost, buildPath(id, "/ssh"), "{", nil); api.StatusOf(err) != http.StatusBadRequest {
 			t.Errorf("issue with a body that is not an object: %v", err)
 		}
-		if _, err := plain.Issue(ctx, id, alias, deadline, hostSigner.PublicKey()); api.StatusOf(err) != http.StatusForbidden {
+		c2, _ := e.sshRunner(t, "r2")
+		if _, err := c2.Issue(ctx, id, alias, deadline, hostSigner.PublicKey()); api.StatusOf(err) != http.StatusForbidden {
 			t.Errorf("another runner issues: %v; want 403", err)
 		}
 		if _, err := c.Issue(ctx, id+100, build.Alias(id+100), deadline, hostSigner.PublicKey()); api.StatusOf(err) != http.StatusNotFound {
 			t.Errorf("issue for no build: %v; want 404", err)
+		}
+		// A build started without SSH gets no credential.
+		plainID := e.queue(t, build.Spec{}, false)
+		if b, _, err := c.ClaimBuild(ctx); err != nil || b.ID != plainID {
+			t.Fatalf("claim: %v, %v; want build %d", b, err, plainID)
+		}
+		if _, err := c.Issue(ctx, plainID, build.Alias(plainID), time.Now().Add(time.Minute), hostSigner.PublicKey()); api.StatusOf(err) != http.StatusConflict || !strings.Contains(err.Error(), "without SSH") {
+			t.Errorf("issue for a build without SSH: %v; want 409", err)
 		}
 		issued, err := c.Issue(ctx, id, alias, deadline, hostSigner.PublicKey())
 		if err != nil {
@@ -157,7 +166,7 @@ func TestSSHCredentials(t *testing.T) {
 		if strings.Contains(string(raw), "PRIVATE") || strings.Contains(string(raw), "cert") {
 			t.Errorf("the issue response holds more than public keys: %s", raw)
 		}
-		if err := plain.Destroy(ctx, id); api.StatusOf(err) != http.StatusForbidden {
+		if err := c2.Destroy(ctx, id); api.StatusOf(err) != http.StatusForbidden {
 			t.Errorf("another runner destroys: %v", err)
 		}
 		if err := c.Destroy(ctx, id); err != nil {
@@ -194,6 +203,26 @@ func TestSSHWithoutGateways(t *testing.T) {
 		}
 		if _, err := c.GatewayEventsSince(ctx, time.Now()); api.StatusOf(err) != http.StatusConflict {
 			t.Errorf("gateway events: %v; want 409", err)
+		}
+	})
+}
+
+// TestSSHRunnerWithoutSSH: with separate gateways, a runner that did not
+// ask for SSH builds at start makes no SSH call.
+func TestSSHRunnerWithoutSSH(t *testing.T) {
+	eachBackendSSH(t, 1, true, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		c := NewClient(e.urls, e.runner(t, "plain"), nil)
+		if _, err := c.Start(ctx, StartRequest{Host: "h", Labels: []string{"linux"}, Capacity: 1}); err != nil {
+			t.Fatal(err)
+		}
+		id := e.queue(t, build.Spec{}, false)
+		if b, _, err := c.ClaimBuild(ctx); err != nil || b.ID != id {
+			t.Fatalf("claim: %v, %v", b, err)
+		}
+		key, _, _ := sshca.NewKey("x")
+		if _, err := c.Issue(ctx, id, build.Alias(id), time.Now().Add(time.Minute), key.PublicKey()); api.StatusOf(err) != http.StatusConflict || !strings.Contains(err.Error(), "did not start to run SSH builds") {
+			t.Errorf("issue: %v; want 409", err)
 		}
 	})
 }
