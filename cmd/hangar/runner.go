@@ -25,6 +25,8 @@ type runnerConfig struct {
 	labels   []string
 	logLevel string
 	egress   onOff
+	// egressAllow: --sandbox-egress-allow, parsed by runRunner.
+	egressAllow []string
 }
 
 func runnerCmd(cf *clientFlags) *cobra.Command {
@@ -51,6 +53,7 @@ their tunnels at the gateways, which this host's machines must reach; without th
 	f.IntVar(&m.MaxBuilds, "capacity", 2, "builds that run at once")
 	f.StringSliceVar(&rc.labels, "labels", []string{"linux"}, "instance types the runner runs (comma-separated), e.g. linux,linux_x2")
 	f.Var(&rc.egress, "sandbox-egress", "on: sandbox machines reach public IPv4 addresses; off: nothing outside")
+	f.StringSliceVar(&rc.egressAllow, "sandbox-egress-allow", nil, "IPv4 networks (CIDR, comma-separated) sandbox machines may reach although private, e.g. the SSH gateways at 10.0.0.10/32")
 	f.StringVar(&m.SandboxSubnet, "sandbox-subnet", "10.213.43.0/24", "private IPv4 network of sandbox machines (another than a server's on the same host)")
 	f.StringVar(&m.SandboxBridge, "sandbox-bridge", "hangar1", "name of the host bridge of sandbox machines (another than a server's on the same host)")
 	f.StringVar(&m.SandboxDir, "sandbox-dir", "", "where sandbox machines' writable layers live (default: <data>/machines)")
@@ -68,6 +71,13 @@ their tunnels at the gateways, which this host's machines must reach; without th
 func runRunner(cf *clientFlags, rc *runnerConfig) error {
 	cfg := rc.app
 	cfg.Machines.SandboxEgress = bool(rc.egress)
+	var err error
+	if cfg.Machines.SandboxEgressAllow, err = parseNetworks("--sandbox-egress-allow", rc.egressAllow); err != nil {
+		return err
+	}
+	if !rc.egress && len(rc.egressAllow) > 0 {
+		return errors.New("--sandbox-egress-allow needs --sandbox-egress=on")
+	}
 	servers := cf.server
 	if servers == "" {
 		servers = os.Getenv("HANGAR_SERVER")
