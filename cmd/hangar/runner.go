@@ -25,6 +25,8 @@ type runnerConfig struct {
 	labels   []string
 	logLevel string
 	egress   onOff
+	// egressAllow: --sandbox-egress-allow, parsed by runRunner.
+	egressAllow []string
 }
 
 func runnerCmd(cf *clientFlags) *cobra.Command {
@@ -37,7 +39,9 @@ func runnerCmd(cf *clientFlags) *cobra.Command {
 them on this host's machines, with --capacity at once. It authenticates with a runner token (--token
 or HANGAR_RUNNER_TOKEN) made by an admin with ` + "`hangar runner token create NAME`" + `. A runner that stops
 answering has its builds failed by the servers within ` + (hangarapp.StaleAfter + hangarapp.SweepInterval).String() + `; when it starts again it removes the
-machines it left. Runners on other hosts run no SSH builds (see docs/deploy.md).`,
+machines it left. It runs SSH builds when the servers have separate SSH gateways (hangar server
+--gateway-addr, see docs/gateways.md): the servers issue each build's credential, the builders open
+their tunnels at the gateways, which this host's machines must reach; without them it runs none.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRunner(cf, &rc)
@@ -49,12 +53,14 @@ machines it left. Runners on other hosts run no SSH builds (see docs/deploy.md).
 	f.IntVar(&m.MaxBuilds, "capacity", 2, "builds that run at once")
 	f.StringSliceVar(&rc.labels, "labels", []string{"linux"}, "instance types the runner runs (comma-separated), e.g. linux,linux_x2")
 	f.Var(&rc.egress, "sandbox-egress", "on: sandbox machines reach public IPv4 addresses; off: nothing outside")
+	f.StringSliceVar(&rc.egressAllow, "sandbox-egress-allow", nil, "IPv4 networks (CIDR, comma-separated) sandbox machines may reach although private, e.g. the SSH gateways at 10.0.0.10/32")
 	f.StringVar(&m.SandboxSubnet, "sandbox-subnet", "10.213.43.0/24", "private IPv4 network of sandbox machines (another than a server's on the same host)")
 	f.StringVar(&m.SandboxBridge, "sandbox-bridge", "hangar1", "name of the host bridge of sandbox machines (another than a server's on the same host)")
 	f.StringVar(&m.SandboxDir, "sandbox-dir", "", "where sandbox machines' writable layers live (default: <data>/machines)")
 	f.StringVar(&m.Images, "images", "", "image store of sandbox machines (default: <data>/images; see hangar image)")
 	f.StringVar(&m.DefaultImage, "default-image", image.DefaultName, "image of the instance types (built by hangar image build, or any registry image)")
 	f.StringVar(&m.RegistryAuth, "registry-auth", "", "Docker config.json with the credentials of the registries images are pulled from (default: anonymous)")
+	f.DurationVar(&m.SSHAfterSteps, "ssh-after-steps", 20*time.Minute, "how long an SSH build's machine stays after its steps complete (bounded by max_build_duration)")
 	f.StringVar(&rc.logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.AddCommand(runnerTokenCmd(cf), runnerListCmd(cf), runnerRevokeCmd(cf))
 	return cmd
@@ -65,6 +71,13 @@ machines it left. Runners on other hosts run no SSH builds (see docs/deploy.md).
 func runRunner(cf *clientFlags, rc *runnerConfig) error {
 	cfg := rc.app
 	cfg.Machines.SandboxEgress = bool(rc.egress)
+	var err error
+	if cfg.Machines.SandboxEgressAllow, err = parseNetworks("--sandbox-egress-allow", rc.egressAllow); err != nil {
+		return err
+	}
+	if !rc.egress && len(rc.egressAllow) > 0 {
+		return errors.New("--sandbox-egress-allow needs --sandbox-egress=on")
+	}
 	servers := cf.server
 	if servers == "" {
 		servers = os.Getenv("HANGAR_SERVER")

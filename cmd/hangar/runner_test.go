@@ -18,6 +18,9 @@ func TestRunnerFlags(t *testing.T) {
 		{[]string{"--server", "127.0.0.1:1"}, "--token: give the runner's token"},
 		{[]string{"--server", "127.0.0.1:1", "--token", "hgr_user"}, "an API token is not a runner token"},
 		{[]string{"--server", "http://a:1,b:2", "--token", "hrt_x"}, "--log-level"},
+		{[]string{"--server", "a:1", "--token", "hrt_x", "--sandbox-egress-allow", "10.0.0.10/32"}, "--log-level"},
+		{[]string{"--server", "a:1", "--token", "hrt_x", "--sandbox-egress-allow", "10.0.0.10/16"}, "did you mean 10.0.0.0/16 or 10.0.0.10/32"},
+		{[]string{"--server", "a:1", "--token", "hrt_x", "--sandbox-egress=off", "--sandbox-egress-allow", "10.0.0.10/32"}, "needs --sandbox-egress=on"},
 	} {
 		var cf clientFlags
 		cmd := runnerCmd(&cf)

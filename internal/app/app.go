@@ -663,7 +663,7 @@ func (a *App) shutdownServers(hs *http.Server, stopHTTP func(), hurry <-chan str
 		}
 	}()
 	var g errgroup.Group
-	if a.linkSrv != nil { // none with --no-runner
+	if a.linkSrv != nil { // none without a runner (--no-runner)
 		g.Go(func() error {
 			if err := a.linkSrv.Shutdown(ctx); err != nil {
 				a.log.Warn("builder link shutdown", "err", err)

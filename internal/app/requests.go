@@ -17,7 +17,8 @@ const RequestTimeout = 15 * time.Second
 
 // continueBuild resumes build id at its breakpoint: through this server's
 // runner if it runs the build, else through the store, to the server
-// whose runner does (store.BuildRequest).
+// whose runner does, or to the `hangar runner` that does, through the
+// runner API (store.BuildRequest).
 func (a *App) continueBuild(id int64, who string) error {
 	if mine, err := a.ownBuild(id, func() error { return a.run.Continue(id, who) }); mine {
 		return err
@@ -49,7 +50,8 @@ func (a *App) ownBuild(id int64, fn func() error) (bool, error) {
 	return false, nil
 }
 
-// askThroughStore records r and waits for the runner's server to answer.
+// askThroughStore records r and waits for the build's runner (its server's
+// serveRequests, or a hangar runner through the runner API) to answer.
 func askThroughStore(st *store.Store, r store.BuildRequest) error {
 	ctx, cancel := context.WithTimeout(context.Background(), RequestTimeout)
 	defer cancel()

@@ -34,8 +34,9 @@ type SSHConfig struct {
 }
 
 // Gateway is what the runner needs of the SSH gateway that users reach a
-// build's machine through (*gateway.Gateway in the same process; another
-// implementation may reach gateways in other processes). The runner
+// build's machine through (*gateway.Gateway in the same process;
+// *cluster.Control for separate gateways; runnerapi's client, through
+// the servers, for a runner on another host). The runner
 // admits a build's key when its access opens, and takes it back in two
 // stages at its end; the gateway tells the runner of connections through
 // Runner.GatewayEvent. None of the methods blocks for long.

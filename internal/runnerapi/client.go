@@ -152,6 +152,11 @@ func (c *Client) UpdateBuild(ctx context.Context, b *build.Build) (bool, error) 
 	if err := c.call(ctx, http.MethodPut, buildPath(b.ID, ""), b, &out); err != nil {
 		return false, fmt.Errorf("update build %d: %w", b.ID, err)
 	}
+	if b.Status.Done() {
+		// A slot is free: the long poll does not wake for the runner's
+		// own writes.
+		c.wake(0)
+	}
 	return out.Written, nil
 }
 

@@ -9,10 +9,12 @@
 // Hangar-Runner-Session header:
 //
 //	POST /api/runner/v1/start      it starts: records host, labels, capacity,
-//	                               driver; fails the builds an earlier run of
-//	                               it left running. Refused (409) while
-//	                               another process on another host runs as
-//	                               this runner.
+//	                               driver, whether it runs SSH builds; fails
+//	                               the builds an earlier run of it left
+//	                               running. Refused (409) while another
+//	                               process on another host runs as this
+//	                               runner. With separate gateways, it is told
+//	                               their tunnel address and host CA.
 //	POST /api/runner/v1/heartbeat  it is alive (409: another process took
 //	                               over, or it was revoked: it must stop).
 //	POST /api/runner/v1/claim      the oldest queued build of its labels, or
@@ -24,11 +26,37 @@
 //	POST /api/runner/v1/builds/ID/logs    stores log chunks of its build.
 //	POST /api/runner/v1/builds/ID/events  records an event of its build.
 //	GET  /api/runner/v1/wait       a long poll: answers when a build changes
-//	                               ({"changed": true}) or after a while.
+//	                               ({"changed": true}), a gateway records an
+//	                               event ({"gateway": true}), requests to its
+//	                               builds are pending ({"requests": true}),
+//	                               or after a while.
+//	GET  /api/runner/v1/requests       the pending Continue/Extend requests
+//	                                   to its builds (store.BuildRequest).
+//	POST /api/runner/v1/requests/ID    answers one ({"error"}: "" if done).
 //
-// A runner writes only the builds it claimed (403 otherwise), from its
-// current process (409 from one another has replaced). Any server
-// replica answers: the state is the database's.
+// SSH builds, with separate gateways (`hangar server --gateway-addr`;
+// 409 without), see SSHConfig:
+//
+//	POST   /api/runner/v1/builds/ID/ssh      {alias, expires, host_key}: the
+//	                                         server issues the build's
+//	                                         credential with its user CA and
+//	                                         keeps it sealed; answers the
+//	                                         user CA and the user's public
+//	                                         key, never a private key.
+//	DELETE /api/runner/v1/builds/ID/ssh      destroys its private key.
+//	POST   /api/runner/v1/builds/ID/gateway  {op, alias, key, reason}: open,
+//	                                         drain, disconnect or forget the
+//	                                         build's access on the gateways
+//	                                         (cluster.Control); the key is
+//	                                         the one the server issued.
+//	GET    /api/runner/v1/gateway-events?since=RFC3339
+//	                                         the gateways' events of its
+//	                                         builds.
+//
+// A runner reads and writes only the builds it claimed and their requests
+// (403 otherwise), from its current process (409 from one another has
+// replaced); bad input gets 400 saying what is wrong. Any server replica
+// answers: the state is the database's.
 package runnerapi
 
 import (
@@ -415,11 +443,14 @@ func record[T any](h *handler, w http.ResponseWriter, r *http.Request, rn *store
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// wait answers when any build changes, a gateway records an event (for
-// a runner of SSH builds), the runner's builds have requests pending, or
-// after MaxWait.
+// wait answers when what concerns the runner changes: a build is queued
+// or one is asked to cancel (store.QueueChanges), a gateway records an
+// event of one of its builds (a runner of SSH builds), requests to its
+// builds are pending; or after MaxWait. Other builds' changes (their
+// logs, events, other runners' writes) do not wake it.
 func (h *handler) wait(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
-	builds, unsub := h.cfg.Store.Subscribe(0)
+	start := time.Now()
+	builds, unsub := h.cfg.Store.Subscribe(store.QueueChanges)
 	defer unsub()
 	reqs, unsubReqs := h.cfg.Store.Subscribe(store.BuildRequestChanges)
 	defer unsubReqs()
@@ -449,8 +480,13 @@ func (h *handler) wait(w http.ResponseWriter, r *http.Request, rn *store.Runner)
 			writeJSON(w, http.StatusOK, WaitResponse{Changed: true})
 			return
 		case <-gw:
-			writeJSON(w, http.StatusOK, WaitResponse{Gateway: true})
-			return
+			// Only the events of its builds (a gateway's clock may be a
+			// little behind).
+			evs, err := h.cfg.Store.RunnerGatewayEventsSince(r.Context(), rn.ID, start.Add(-2*time.Second))
+			if err != nil || len(evs) > 0 {
+				writeJSON(w, http.StatusOK, WaitResponse{Gateway: true})
+				return
+			}
 		case <-reqs:
 			if pending() {
 				writeJSON(w, http.StatusOK, WaitResponse{Requests: true})

@@ -85,10 +85,15 @@ type (
 	}
 )
 
-// noSSH refuses SSH calls on a server without separate gateways.
-func (h *handler) noSSH(w http.ResponseWriter) bool {
-	if h.cfg.SSH == nil {
+// noSSH refuses SSH calls on a server without separate gateways, and of
+// a runner that did not start to run SSH builds.
+func (h *handler) noSSH(w http.ResponseWriter, rn *store.Runner) bool {
+	switch {
+	case h.cfg.SSH == nil:
 		writeError(w, http.StatusConflict, "this server has no separate SSH gateways (hangar server --gateway-addr): runners on other hosts run no SSH builds through it")
+		return true
+	case !rn.SSH:
+		writeError(w, http.StatusConflict, fmt.Sprintf("runner %s did not start to run SSH builds (start it again)", rn.Name))
 		return true
 	}
 	return false
@@ -131,11 +136,15 @@ const maxDuration = 120 * time.Minute
 
 func (h *handler) issueSSH(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
 	var req IssueRequest
-	if h.noSSH(w) || !h.decode(w, r, &req) {
+	if h.noSSH(w, rn) || !h.decode(w, r, &req) {
 		return
 	}
 	b, ok := h.sshBuild(w, r, rn, req.Alias)
 	if !ok || !running(w, b) {
+		return
+	}
+	if b.SSH.Mode == "" {
+		writeError(w, http.StatusConflict, fmt.Sprintf("build %d was started without SSH access", b.ID))
 		return
 	}
 	hostKey, _, _, _, err := ssh.ParseAuthorizedKey([]byte(req.HostKey))
@@ -162,7 +171,7 @@ func (h *handler) issueSSH(w http.ResponseWriter, r *http.Request, rn *store.Run
 }
 
 func (h *handler) destroySSH(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
-	if h.noSSH(w) {
+	if h.noSSH(w, rn) {
 		return
 	}
 	id, ok := h.own(w, r, rn)
@@ -182,7 +191,7 @@ func authorized(k ssh.PublicKey) string {
 
 func (h *handler) gateway(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
 	var req GatewayRequest
-	if h.noSSH(w) || !h.decode(w, r, &req) {
+	if h.noSSH(w, rn) || !h.decode(w, r, &req) {
 		return
 	}
 	b, ok := h.sshBuild(w, r, rn, req.Alias)
@@ -245,7 +254,7 @@ func (h *handler) gateway(w http.ResponseWriter, r *http.Request, rn *store.Runn
 }
 
 func (h *handler) gatewayEvents(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
-	if h.noSSH(w) || !current(w, r, rn) {
+	if h.noSSH(w, rn) || !current(w, r, rn) {
 		return
 	}
 	since, err := time.Parse(time.RFC3339Nano, r.URL.Query().Get("since"))

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -115,11 +116,20 @@ func TestSSHCredentials(t *testing.T) {
 		if err := c.call(ctx, http.MethodPost, buildPath(id, "/ssh"), "{", nil); api.StatusOf(err) != http.StatusBadRequest {
 			t.Errorf("issue with a body that is not an object: %v", err)
 		}
-		if _, err := plain.Issue(ctx, id, alias, deadline, hostSigner.PublicKey()); api.StatusOf(err) != http.StatusForbidden {
+		c2, _ := e.sshRunner(t, "r2")
+		if _, err := c2.Issue(ctx, id, alias, deadline, hostSigner.PublicKey()); api.StatusOf(err) != http.StatusForbidden {
 			t.Errorf("another runner issues: %v; want 403", err)
 		}
 		if _, err := c.Issue(ctx, id+100, build.Alias(id+100), deadline, hostSigner.PublicKey()); api.StatusOf(err) != http.StatusNotFound {
 			t.Errorf("issue for no build: %v; want 404", err)
+		}
+		// A build started without SSH gets no credential.
+		plainID := e.queue(t, build.Spec{}, false)
+		if b, _, err := c.ClaimBuild(ctx); err != nil || b.ID != plainID {
+			t.Fatalf("claim: %v, %v; want build %d", b, err, plainID)
+		}
+		if _, err := c.Issue(ctx, plainID, build.Alias(plainID), time.Now().Add(time.Minute), hostSigner.PublicKey()); api.StatusOf(err) != http.StatusConflict || !strings.Contains(err.Error(), "without SSH") {
+			t.Errorf("issue for a build without SSH: %v; want 409", err)
 		}
 		issued, err := c.Issue(ctx, id, alias, deadline, hostSigner.PublicKey())
 		if err != nil {
@@ -156,7 +166,7 @@ func TestSSHCredentials(t *testing.T) {
 		if strings.Contains(string(raw), "PRIVATE") || strings.Contains(string(raw), "cert") {
 			t.Errorf("the issue response holds more than public keys: %s", raw)
 		}
-		if err := plain.Destroy(ctx, id); api.StatusOf(err) != http.StatusForbidden {
+		if err := c2.Destroy(ctx, id); api.StatusOf(err) != http.StatusForbidden {
 			t.Errorf("another runner destroys: %v", err)
 		}
 		if err := c.Destroy(ctx, id); err != nil {
@@ -193,6 +203,26 @@ func TestSSHWithoutGateways(t *testing.T) {
 		}
 		if _, err := c.GatewayEventsSince(ctx, time.Now()); api.StatusOf(err) != http.StatusConflict {
 			t.Errorf("gateway events: %v; want 409", err)
+		}
+	})
+}
+
+// TestSSHRunnerWithoutSSH: with separate gateways, a runner that did not
+// ask for SSH builds at start makes no SSH call.
+func TestSSHRunnerWithoutSSH(t *testing.T) {
+	eachBackendSSH(t, 1, true, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		c := NewClient(e.urls, e.runner(t, "plain"), nil)
+		if _, err := c.Start(ctx, StartRequest{Host: "h", Labels: []string{"linux"}, Capacity: 1}); err != nil {
+			t.Fatal(err)
+		}
+		id := e.queue(t, build.Spec{}, false)
+		if b, _, err := c.ClaimBuild(ctx); err != nil || b.ID != id {
+			t.Fatalf("claim: %v, %v", b, err)
+		}
+		key, _, _ := sshca.NewKey("x")
+		if _, err := c.Issue(ctx, id, build.Alias(id), time.Now().Add(time.Minute), key.PublicKey()); api.StatusOf(err) != http.StatusConflict || !strings.Contains(err.Error(), "did not start to run SSH builds") {
+			t.Errorf("issue: %v; want 409", err)
 		}
 	})
 }
@@ -270,7 +300,9 @@ func TestSSHGateway(t *testing.T) {
 			t.Errorf("events since yesterday: %v; want 400", err)
 		}
 		wake := watch(t, ctx, cancel, c, store.GatewayEventChanges)
-		got := make(chan []string, 1)
+		var mu sync.Mutex
+		var seen []string // what WatchGateway passed on; guarded by mu
+		disconnected := make(chan struct{})
 		watched := make(chan struct{})
 		defer func() {
 			cancel()
@@ -278,19 +310,25 @@ func TestSSHGateway(t *testing.T) {
 		}()
 		go func() {
 			defer close(watched)
-			var seen []string
 			c.WatchGateway(ctx, func(ev gateway.Event) {
+				mu.Lock()
+				defer mu.Unlock()
 				seen = append(seen, ev.Alias+" "+ev.Kind)
-				if len(seen) == 2 {
-					got <- seen
+				if ev.Kind == "disconnect" {
+					close(disconnected)
 				}
 			})
 		}()
 		since := time.Now().Add(-time.Second)
-		// The long poll may not have started yet: record events of r2's
-		// build until one wakes r1 (the events of any build do).
+		for _, ev := range []store.GatewayEvent{{Alias: build.Alias(other), Kind: "connect"}, {Alias: "build-999999", Kind: "connect"}} {
+			if err := e.st.AddGatewayEvent(ctx, &ev); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The long poll may not have started yet: connect to r1's build
+		// until it wakes r1.
 		for woke := false; !woke; {
-			if err := e.st.AddGatewayEvent(ctx, &store.GatewayEvent{Alias: build.Alias(other), Kind: "connect"}); err != nil {
+			if err := e.st.AddGatewayEvent(ctx, &store.GatewayEvent{Alias: alias, Kind: "connect", Remote: "127.0.0.1:5"}); err != nil {
 				t.Fatal(err)
 			}
 			select {
@@ -299,19 +337,21 @@ func TestSSHGateway(t *testing.T) {
 			case <-time.After(3 * time.Second):
 			}
 		}
-		for _, ev := range []store.GatewayEvent{{Alias: alias, Kind: "connect", Remote: "127.0.0.1:5"}, {Alias: "build-999999", Kind: "connect"}, {Alias: alias, Kind: "disconnect"}} {
-			if err := e.st.AddGatewayEvent(ctx, &ev); err != nil {
-				t.Fatal(err)
-			}
+		if err := e.st.AddGatewayEvent(ctx, &store.GatewayEvent{Alias: alias, Kind: "disconnect", Remote: "127.0.0.1:5"}); err != nil {
+			t.Fatal(err)
 		}
 		select {
-		case seen := <-got:
-			if strings.Join(seen, ",") != alias+" connect,"+alias+" disconnect" {
-				t.Errorf("events passed on: %v", seen)
-			}
+		case <-disconnected:
 		case <-time.After(gatewayPoll + 10*time.Second):
-			t.Error("the events of its build were not passed on")
+			t.Fatal("the disconnect from its build was not passed on")
 		}
+		mu.Lock()
+		for _, ev := range seen {
+			if !strings.HasPrefix(ev, alias+" ") {
+				t.Errorf("another build's event passed on: %s (all: %v)", ev, seen)
+			}
+		}
+		mu.Unlock()
 		evs, err := c2.GatewayEventsSince(ctx, since)
 		if err != nil || len(evs) == 0 || slices.ContainsFunc(evs, func(ev store.GatewayEvent) bool { return ev.Alias != build.Alias(other) }) {
 			t.Errorf("r2's events: %+v, %v; want its build's only", evs, err)

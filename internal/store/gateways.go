@@ -5,7 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/hangar-ci/hangar/internal/build"
 )
 
 // Gateways among several share three things through the store (package
@@ -234,13 +237,8 @@ func (s *Store) AddGatewayEvent(ctx context.Context, ev *GatewayEvent) error {
 // the order of their IDs. (Readers go by time, not by ID: on PostgreSQL
 // an event may become visible after one with a higher ID.)
 func (s *Store) GatewayEventsSince(ctx context.Context, since time.Time) ([]GatewayEvent, error) {
-	return s.gatewayEvents(ctx, `SELECT id, time, gateway_id, alias, kind, remote, client, detail FROM gateway_events
+	rows, err := s.db.QueryContext(ctx, `SELECT id, time, gateway_id, alias, kind, remote, client, detail FROM gateway_events
 		WHERE time >= $1 ORDER BY id`, ms(since))
-}
-
-// gatewayEvents runs query, which selects gateway events' columns.
-func (s *Store) gatewayEvents(ctx context.Context, query string, args ...any) ([]GatewayEvent, error) {
-	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("gateway events: %w", err)
 	}
@@ -261,8 +259,47 @@ func (s *Store) gatewayEvents(ctx context.Context, query string, args ...any) ([
 // RunnerGatewayEventsSince is GatewayEventsSince for the builds that
 // runner claimed (by their aliases, build.Alias).
 func (s *Store) RunnerGatewayEventsSince(ctx context.Context, runner int64, since time.Time) ([]GatewayEvent, error) {
-	return s.gatewayEvents(ctx, `SELECT e.id, e.time, e.gateway_id, e.alias, e.kind, e.remote, e.client, e.detail FROM gateway_events e
-		JOIN builds b ON e.alias = 'build-' || b.id WHERE e.time >= $1 AND b.runner_id = $2 ORDER BY e.id`, ms(since), runner)
+	evs, err := s.GatewayEventsSince(ctx, since)
+	if err != nil || len(evs) == 0 {
+		return nil, err
+	}
+	// The few builds the events name, then which of them are runner's.
+	args := []any{runner}
+	var marks []string
+	seen := map[int64]bool{}
+	for _, ev := range evs {
+		if id, err := build.ParseAlias(ev.Alias); err == nil && !seen[id] {
+			seen[id] = true
+			args = append(args, id)
+			marks = append(marks, fmt.Sprintf("$%d", len(args)))
+		}
+	}
+	if len(marks) == 0 {
+		return nil, nil
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM builds WHERE runner_id = $1 AND id IN (`+strings.Join(marks, ", ")+`)`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("gateway events: %w", err)
+	}
+	defer rows.Close()
+	mine := map[string]bool{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("gateway events: %w", err)
+		}
+		mine[build.Alias(id)] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("gateway events: %w", err)
+	}
+	var out []GatewayEvent
+	for _, ev := range evs {
+		if mine[ev.Alias] {
+			out = append(out, ev)
+		}
+	}
+	return out, nil
 }
 
 // PruneGatewayEvents removes the events recorded before before.

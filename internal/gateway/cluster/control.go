@@ -4,7 +4,9 @@
 //   - Control is the runner's side: it implements the gateway-control
 //     methods the runner calls on an in-process gateway (Open, Drain,
 //     Disconnect, Revoke, Forget) by writing each build's access state to
-//     the store, and brings the gateways' events back to the runner.
+//     the store, and brings the gateways' events back to the runner. A
+//     server's runner calls it directly; a runner on another host through
+//     the runner API, whose server calls it (package runnerapi).
 //   - Node is a gateway's side (gateway.Cluster): it applies the access
 //     state to its gateway as it changes, records which tunnels it holds
 //     (the registry, with an expiry it renews), records its events, and
