@@ -368,6 +368,15 @@ func (m *multiHost) sshAndGatewayKill(t *testing.T) {
 			t.Fatalf("ssh-config of build %d: %s", id, r.Stderr)
 		}
 		confs[id] = filepath.Join(dir, "config")
+		var written strings.Builder
+		files, _ := filepath.Glob(filepath.Join(dir, "*"))
+		for _, p := range files {
+			body, _ := os.ReadFile(p)
+			written.Write(body)
+		}
+		if w := written.String(); !strings.Contains(w, "StrictHostKeyChecking yes") || !strings.Contains(w, "@cert-authority hangar-gateway ssh-ed25519 ") {
+			t.Fatalf("build %d's ssh_config does not pin the gateways' host CA strictly:\n%s", id, w)
+		}
 	}
 
 	// A login shell in each, through a.
