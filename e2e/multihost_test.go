@@ -51,7 +51,6 @@ type multiHost struct {
 	t       *testing.T
 	ctx     context.Context
 	url     string // PostgreSQL
-	net     *harness.Net
 	servers [2]*harness.Server
 	gws     [2]*gatewayProc
 	lb      *gatewaytest.LB
@@ -82,7 +81,7 @@ type multiHost struct {
 func TestMultiHost(t *testing.T) {
 	nt := harness.NewNet(t, 2)
 	started := time.Now()
-	m := &multiHost{t: t, ctx: t.Context(), url: pgtest.DB(t), net: nt, release: t.TempDir(),
+	m := &multiHost{t: t, ctx: t.Context(), url: pgtest.DB(t), release: t.TempDir(),
 		tokens: map[string]string{}, runners: map[string]*harness.Runner{},
 		hosts: map[string]*harness.Host{}, servArg: map[string]string{}}
 	keyFile := secretsKeyFile(t)
