@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -46,14 +44,7 @@ func TestCluster(t *testing.T) {
 	url := pgtest.DB(t)
 	ctx := context.Background()
 	lb := gatewaytest.NewLB(t)
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		t.Fatal(err)
-	}
-	keyFile := filepath.Join(t.TempDir(), "secrets.key")
-	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	keyFile := secretsKeyFile(t)
 	args := []string{"--database", url, "--secrets-key", keyFile, "--gateway-addr", lb.Addr,
 		"--ssh-public-host", "127.0.0.1", "--ssh-after-steps", "10m", "--max-builds", "2"}
 	started := time.Now()

@@ -37,7 +37,9 @@ func runnerCmd(cf *clientFlags) *cobra.Command {
 them on this host's machines, with --capacity at once. It authenticates with a runner token (--token
 or HANGAR_RUNNER_TOKEN) made by an admin with ` + "`hangar runner token create NAME`" + `. A runner that stops
 answering has its builds failed by the servers within ` + (hangarapp.StaleAfter + hangarapp.SweepInterval).String() + `; when it starts again it removes the
-machines it left. Runners on other hosts run no SSH builds (see docs/deploy.md).`,
+machines it left. It runs SSH builds when the servers have separate SSH gateways (hangar server
+--gateway-addr, see docs/gateways.md): the servers issue each build's credential, the builders open
+their tunnels at the gateways, which this host's machines must reach; without them it runs none.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRunner(cf, &rc)
@@ -56,6 +58,7 @@ machines it left. Runners on other hosts run no SSH builds (see docs/deploy.md).
 	f.StringVar(&m.Images, "images", "", "image store of sandbox machines (default: <data>/images; see hangar image)")
 	f.StringVar(&m.DefaultImage, "default-image", image.DefaultName, "image of the instance types (built by hangar image build, or any registry image)")
 	f.StringVar(&m.RegistryAuth, "registry-auth", "", "Docker config.json with the credentials of the registries images are pulled from (default: anonymous)")
+	f.DurationVar(&m.SSHAfterSteps, "ssh-after-steps", 20*time.Minute, "how long an SSH build's machine stays after its steps complete (bounded by max_build_duration)")
 	f.StringVar(&rc.logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.AddCommand(runnerTokenCmd(cf), runnerListCmd(cf), runnerRevokeCmd(cf))
 	return cmd

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -86,10 +87,13 @@ type Options struct {
 	CAFile string
 	// Env is more environment for the server (KEY=VALUE).
 	Env []string
+	// IP is the address the API listens on (default 127.0.0.1), e.g. a
+	// Net's HostIP for runners on its hosts.
+	IP string
 }
 
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort(t testing.TB, ip string) int {
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +107,11 @@ func freePort(t testing.TB) int {
 func startServer(t testing.TB, o Options, data string) (_ *Server, busy bool) {
 	t.Helper()
 	bin := Binary(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	ip := o.IP
+	if ip == "" {
+		ip = "127.0.0.1"
+	}
+	addr := net.JoinHostPort(ip, strconv.Itoa(freePort(t, ip)))
 	args := serverArgs(t, addr, data, o)
 	s := &Server{t: t, URL: "http://" + addr, Data: data, log: &syncbuf.Buffer{}, exited: make(chan struct{}), http: http.DefaultClient}
 	if o.CAFile != "" {
@@ -208,7 +216,7 @@ func StartServerFails(t testing.TB, o Options) string {
 	if data == "" {
 		data = t.TempDir()
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t, "127.0.0.1"))
 	args := serverArgs(t, addr, data, o)
 	log := &syncbuf.Buffer{}
 	cmd := exec.Command(Binary(t), args...)
@@ -304,6 +312,10 @@ func stopProcess(t testing.TB, what string, cmd *exec.Cmd, exited <-chan struct{
 	// fails the test that ran it.
 	if strings.Contains(log.String(), "WARNING: DATA RACE") {
 		t.Errorf("the race detector found a data race in %s", what)
+	}
+	// Nor may it panic, at its stop or before.
+	if strings.Contains("\n"+log.String(), "\npanic: ") {
+		t.Errorf("%s panicked", what)
 	}
 	if t.Failed() {
 		t.Logf("%s log:\n%s", what, log.String())

@@ -25,14 +25,31 @@ type Runner struct {
 // starts in the background (see its Log, or the servers' runner list).
 func StartRunner(t testing.TB, servers, token, data string, args ...string) *Runner {
 	t.Helper()
+	return startRunner(t, nil, servers, token, data, args...)
+}
+
+// StartRunnerOn is StartRunner on host h of a Net: in its network
+// namespace, with its host name.
+func StartRunnerOn(t testing.TB, h *Host, servers, token, data string, args ...string) *Runner {
+	t.Helper()
+	return startRunner(t, h, servers, token, data, args...)
+}
+
+func startRunner(t testing.TB, h *Host, servers, token, data string, args ...string) *Runner {
+	t.Helper()
 	if data == "" {
 		data = t.TempDir()
 	}
 	r := &Runner{t: t, log: &syncbuf.Buffer{}, exited: make(chan struct{}), Data: data}
-	r.cmd = exec.Command(Binary(t), append([]string{"runner", "--server", servers, "--data", data, "--driver", "host", "--log-level", "debug"}, args...)...)
+	argv := append([]string{"runner", "--server", servers, "--data", data, "--driver", "host", "--log-level", "debug"}, args...)
+	if h != nil {
+		r.cmd = h.Command(Binary(t), argv...)
+	} else {
+		r.cmd = exec.Command(Binary(t), argv...)
+		r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	}
 	r.cmd.Env = append(os.Environ(), "HANGAR_RUNNER_TOKEN="+token)
 	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

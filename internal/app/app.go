@@ -144,10 +144,12 @@ type App struct {
 	sshLn   net.Listener     // nil without SSH
 	gw      *gateway.Gateway // nil without SSH or with separate gateways
 	control *cluster.Control // with separate gateways (GatewayAddr)
-	run     *runner.Runner
-	httpLn  net.Listener
-	tls     *tls.Config // the API's; nil: plain HTTP
-	api     http.Handler
+	// runnerSSH lets runners on other hosts run SSH builds (GatewayAddr).
+	runnerSSH *runnerapi.SSHConfig
+	run       *runner.Runner
+	httpLn    net.Listener
+	tls       *tls.Config // the API's; nil: plain HTTP
+	api       http.Handler
 	// runnerID and session are the server's own runner's identity and
 	// this process's session (0 and "" without a runner).
 	runnerID int64
@@ -245,8 +247,6 @@ func New(cfg Config) (a *App, err error) {
 	scfg := server.Config{Store: a.store, Mirrors: mirrors, Logger: log, Metrics: promhttp.Handler(), SpoolDir: spool,
 		UI: server.UIHandler(), InstanceTypes: fitPids(cfg.InstanceTypes, cfg.MaxBuilds, log),
 		Runners: a.store, RunnerStaleAfter: StaleAfter,
-		RunnerAPI: runnerapi.New(runnerapi.Config{Store: a.store, Logger: log, StaleAfter: StaleAfter,
-			Secrets: a.vault, Files: a.files, PublicURL: func() string { return a.publicURL }, Notify: a.notifier(cfg)}),
 		Secrets: a.vault, Files: a.files}
 	// Continue and Extend reach the build's runner through this server,
 	// or through the store when another server's runner runs it.
@@ -266,7 +266,12 @@ func New(cfg Config) (a *App, err error) {
 		if scfg.SSH, err = gatewaysSSH(cfg, a.store, keys); err != nil {
 			return nil, err
 		}
+		a.control = &cluster.Control{Store: a.store, Logger: log}
+		a.runnerSSH = runnerAPISSH(cfg, a.store, keys, a.control)
 	}
+	// Runners on other hosts run SSH builds through the separate gateways.
+	scfg.RunnerAPI = runnerapi.New(runnerapi.Config{Store: a.store, Logger: log, StaleAfter: StaleAfter, SSH: a.runnerSSH,
+		Secrets: a.vault, Files: a.files, PublicURL: func() string { return a.publicURL }, Notify: a.notifier(cfg)})
 	if a.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
 		return nil, fmt.Errorf("--http %s: %w", cfg.HTTP, err)
 	}
@@ -370,6 +375,7 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 			return nil, err
 		}
 		ca, hostCA, sealer, urlKey := shared.UserCA, shared.HostCA, shared.Sealer, shared.URLKey
+		creds := &runner.LocalCredentials{CA: ca, Sealer: sealer, Store: a.store}
 		gwKeyPath := filepath.Join(keys, "gateway_host_key")
 		gwKey, err := sshca.LoadOrCreateKey(gwKeyPath, "hangar gateway")
 		if err != nil {
@@ -389,7 +395,8 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 				return nil, err
 			}
 			a.control = &cluster.Control{Store: a.store, Logger: log}
-			rcfg.SSH = &runner.SSHConfig{CA: ca, Sealer: sealer, Gateway: a.control, Store: a.store, AfterSteps: cfg.SSHAfterSteps,
+			a.runnerSSH = runnerAPISSH(cfg, a.store, shared, a.control)
+			rcfg.SSH = &runner.SSHConfig{Credentials: creds, Gateway: a.control, Store: a.store, AfterSteps: cfg.SSHAfterSteps,
 				TunnelAddr: cfg.GatewayAddr, TunnelCA: hostCA.PublicKey()}
 			log.Info("SSH through separate gateways", "gateway_addr", cfg.GatewayAddr)
 		} else {
@@ -401,7 +408,7 @@ func (a *App) newRunner(ctx context.Context, cfg Config, data, exe, name string,
 				MaxUnauthenticatedPerSource: cfg.SSHMaxUnauthenticatedPerSource}
 			a.gw.AuthDelay.Max = cfg.SSHAuthDelayMax
 			a.linkSrv.Tunnels = a.gw
-			rcfg.SSH = &runner.SSHConfig{CA: ca, Sealer: sealer, Gateway: a.gw, Store: a.store, AfterSteps: cfg.SSHAfterSteps}
+			rcfg.SSH = &runner.SSHConfig{Credentials: creds, Gateway: a.gw, Store: a.store, AfterSteps: cfg.SSHAfterSteps}
 			scfg.SSH = &server.SSHConfig{
 				Store: a.store, Sealer: sealer, URLKey: urlKey, GatewayHost: cfg.SSHPublicHost,
 				GatewayPort: a.sshLn.Addr().(*net.TCPAddr).Port, GatewayKey: gwKey.PublicKey(), GatewayCA: hostCA.PublicKey(), PublicURL: cfg.PublicURL,
@@ -467,6 +474,16 @@ func gatewaysSSH(cfg Config, st *store.Store, keys *sshkeys.Keys) (*server.SSHCo
 		GatewayPort: pn, GatewayCA: keys.HostCA.PublicKey(), PublicURL: cfg.PublicURL,
 		GatewayDialAddr: cfg.GatewayAddr,
 	}, nil
+}
+
+// runnerAPISSH is the runner API's SSH configuration with separate
+// gateways: the server issues the credentials of the builds that runners
+// on other hosts run, and controls the gateways for them with control.
+func runnerAPISSH(cfg Config, st *store.Store, keys *sshkeys.Keys, control *cluster.Control) *runnerapi.SSHConfig {
+	return &runnerapi.SSHConfig{
+		Credentials: &runner.LocalCredentials{CA: keys.UserCA, Sealer: keys.Sealer, Store: st},
+		Gateway:     control, TunnelAddr: cfg.GatewayAddr, TunnelCA: keys.HostCA.PublicKey(),
+	}
 }
 
 // release closes the listeners, the driver (its shared resources, after
@@ -543,6 +560,10 @@ func (a *App) Run(ctx context.Context, hurry <-chan struct{}) error {
 		return nil
 	})
 	if a.run == nil {
+		if a.control != nil {
+			// Closes what crashed runners left open, prunes.
+			g.Go(func() error { return a.control.Run(gctx) })
+		}
 		g.Go(func() error {
 			<-gctx.Done()
 			a.shutdownServers(hs, stopHTTP, hurry)
@@ -623,7 +644,7 @@ func (a *App) shutdownServers(hs *http.Server, stopHTTP func(), hurry <-chan str
 		}
 	}()
 	var g errgroup.Group
-	if a.linkSrv != nil { // none with --no-runner
+	if a.linkSrv != nil { // none without a runner (--no-runner)
 		g.Go(func() error {
 			if err := a.linkSrv.Shutdown(ctx); err != nil {
 				a.log.Warn("builder link shutdown", "err", err)

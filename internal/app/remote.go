@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/crypto/ssh"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/hangar-ci/hangar/internal/gitrepo"
@@ -49,6 +50,7 @@ type RemoteRunner struct {
 	linkSrv *link.Server
 	run     *runner.Runner
 	name    string
+	ssh     bool // it runs SSH builds
 }
 
 // fetchingMirrors are a runner's own repository mirrors: the runner
@@ -117,7 +119,7 @@ func NewRunner(ctx context.Context, cfg RunnerConfig) (r *RemoteRunner, err erro
 		driverName = r.driver.Name()
 	}
 	start, err := r.client.Start(ctx, runnerapi.StartRequest{Host: hostName(), Labels: cfg.Labels,
-		Capacity: cfg.Machines.MaxBuilds, Driver: driverName})
+		Capacity: cfg.Machines.MaxBuilds, Driver: driverName, SSH: true})
 	if err != nil {
 		return nil, fmt.Errorf("start the runner with the server: %w", err)
 	}
@@ -155,12 +157,29 @@ func NewRunner(ctx context.Context, cfg RunnerConfig) (r *RemoteRunner, err erro
 	if rcfg.Images, err = driverImages(ctx, cfg.Machines, data, r.driver, cfg.Labels, log); err != nil {
 		return nil, err
 	}
-	// Its claims take no SSH build; should one come, it fails saying why.
-	rcfg.NoSSHReason = fmt.Sprintf("runner %s runs no SSH builds: it runs on another host than the servers, and no SSH gateway that both its builders and users reach is under its control (see docs/deploy.md#gateways)", r.name)
+	if start.SSH != nil {
+		// The servers have separate gateways: they issue the builds'
+		// credentials and control the gateways; the builders open their
+		// tunnels at the gateways.
+		tunnelCA, _, _, _, err := ssh.ParseAuthorizedKey([]byte(start.SSH.TunnelCA))
+		if err != nil {
+			return nil, fmt.Errorf("start the runner with the server: the gateways' host CA: %w", err)
+		}
+		rcfg.SSH = &runner.SSHConfig{Credentials: r.client, Gateway: r.client.Gateway(), Store: r.client,
+			TunnelAddr: start.SSH.TunnelAddr, TunnelCA: tunnelCA, AfterSteps: cfg.Machines.SSHAfterSteps}
+	} else {
+		// Its claims take no SSH build; should one come, it fails saying why.
+		rcfg.NoSSHReason = fmt.Sprintf("runner %s runs no SSH builds: the servers have no separate SSH gateways (hangar server --gateway-addr) that both its builders and users reach (see docs/deploy.md#gateways)", r.name)
+	}
 	r.run = runner.New(rcfg)
+	r.ssh = rcfg.SSH != nil
 	log.Info("hangar runner started", "runner", r.name, "servers", strings.Join(cfg.Servers, ","), "labels", strings.Join(cfg.Labels, ","),
 		"capacity", cfg.Machines.MaxBuilds, "driver", r.driver.Name(), "data", data, "link", rcfg.LinkAddr)
-	log.Info("SSH builds are left to the servers' own runners: a runner on another host has no SSH gateway its builders can reach (see docs/deploy.md)")
+	if r.ssh {
+		log.Info("SSH builds through the servers' separate gateways", "gateway_addr", start.SSH.TunnelAddr)
+	} else {
+		log.Info("SSH builds are left to the servers' own runners: the servers have no separate SSH gateways (hangar server --gateway-addr; see docs/deploy.md)")
+	}
 	return r, nil
 }
 
@@ -177,6 +196,18 @@ func (r *RemoteRunner) Run(ctx context.Context) error {
 		r.client.Watch(watchCtx)
 		return nil
 	})
+	// The requests to its builds (Continue, Extend) and the gateways'
+	// events are served until the builds have stopped.
+	g.Go(func() error {
+		serveRequests(watchCtx, r.client, r.run, r.log, nil)
+		return nil
+	})
+	if r.ssh {
+		g.Go(func() error {
+			r.client.WatchGateway(watchCtx, r.run.GatewayEvent)
+			return nil
+		})
+	}
 	// Heartbeats go on until the builds have stopped.
 	g.Go(func() error { return beat(beatCtx, r.client.Heartbeat, r.log) })
 	g.Go(func() error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/runner"
@@ -16,7 +17,8 @@ const RequestTimeout = 15 * time.Second
 
 // continueBuild resumes build id at its breakpoint: through this server's
 // runner if it runs the build, else through the store, to the server
-// whose runner does (store.BuildRequest).
+// whose runner does, or to the `hangar runner` that does, through the
+// runner API (store.BuildRequest).
 func (a *App) continueBuild(id int64, who string) error {
 	if mine, err := a.ownBuild(id, func() error { return a.run.Continue(id, who) }); mine {
 		return err
@@ -48,7 +50,8 @@ func (a *App) ownBuild(id int64, fn func() error) (bool, error) {
 	return false, nil
 }
 
-// askThroughStore records r and waits for the runner's server to answer.
+// askThroughStore records r and waits for the build's runner (its server's
+// serveRequests, or a hangar runner through the runner API) to answer.
 func askThroughStore(st *store.Store, r store.BuildRequest) error {
 	ctx, cancel := context.WithTimeout(context.Background(), RequestTimeout)
 	defer cancel()
@@ -74,30 +77,65 @@ func askThroughStore(st *store.Store, r store.BuildRequest) error {
 		case <-ctx.Done():
 			// Answered now, so that a late runner does not do it.
 			_ = st.AnswerBuildRequest(context.Background(), id, "no answer in time")
-			return fmt.Errorf("the build's runner did not answer within %v: try again (builds run by a hangar runner on another host cannot be asked to %s yet)", RequestTimeout, r.Kind)
+			return fmt.Errorf("the build's runner did not answer within %v: try again", RequestTimeout)
 		}
 	}
+}
+
+// requestSource gives a runner the requests to its builds and takes its
+// answers: the store (a server's own runner) or the runner API (a runner
+// on another host).
+type requestSource interface {
+	PendingRequests(ctx context.Context) ([]store.BuildRequest, error)
+	AnswerRequest(ctx context.Context, id int64, errText string) error
+	// Subscribe(store.BuildRequestChanges) wakes at new requests.
+	Subscribe(id int64) (<-chan struct{}, func())
+}
+
+// storeRequests are the requests to runner's builds in the store.
+type storeRequests struct {
+	*store.Store
+	runner int64
+}
+
+func (s storeRequests) PendingRequests(ctx context.Context) ([]store.BuildRequest, error) {
+	return s.PendingBuildRequests(ctx, s.runner)
+}
+
+func (s storeRequests) AnswerRequest(ctx context.Context, id int64, errText string) error {
+	return s.AnswerBuildRequest(ctx, id, errText)
 }
 
 // serveRequests does the Continue and Extend requests that other servers
 // passed on for the builds of this server's runner, until ctx ends.
 func (a *App) serveRequests(ctx context.Context) {
-	wake, unsub := a.store.Subscribe(store.BuildRequestChanges)
+	prune := func(ctx context.Context) {
+		if err := a.store.PruneBuildRequests(ctx, time.Now().Add(-time.Hour)); err != nil && ctx.Err() == nil {
+			a.log.Warn("prune build requests", "err", err)
+		}
+	}
+	serveRequests(ctx, storeRequests{a.store, a.runnerID}, a.run, a.log, prune)
+}
+
+// serveRequests does the requests of src to run's builds until ctx ends;
+// each minute it calls prune, if set.
+func serveRequests(ctx context.Context, src requestSource, run *runner.Runner, log *slog.Logger, prune func(context.Context)) {
+	wake, unsub := src.Subscribe(store.BuildRequestChanges)
 	defer unsub()
 	tick := time.NewTicker(time.Minute) // a missed wake-up; pruning
 	defer tick.Stop()
 	for {
-		reqs, err := a.store.PendingBuildRequests(ctx, a.runnerID)
+		reqs, err := src.PendingRequests(ctx)
 		if err != nil && ctx.Err() == nil {
-			a.log.Warn("read the requests to this runner's builds", "err", err)
+			log.Warn("read the requests to this runner's builds", "err", err)
 		}
 		for _, q := range reqs {
 			var err error
 			switch q.Kind {
 			case store.RequestContinue:
-				err = a.run.Continue(q.BuildID, q.Who)
+				err = run.Continue(q.BuildID, q.Who)
 			case store.RequestExtend:
-				err = a.run.Extend(q.BuildID, q.By, q.Who)
+				err = run.Extend(q.BuildID, q.By, q.Who)
 			default:
 				err = fmt.Errorf("unknown request %q", q.Kind)
 			}
@@ -105,8 +143,8 @@ func (a *App) serveRequests(ctx context.Context) {
 			if err != nil {
 				text = err.Error()
 			}
-			if err := a.store.AnswerBuildRequest(ctx, q.ID, text); err != nil && ctx.Err() == nil {
-				a.log.Warn("answer a request to a build", "build", q.BuildID, "err", err)
+			if err := src.AnswerRequest(ctx, q.ID, text); err != nil && ctx.Err() == nil {
+				log.Warn("answer a request to a build", "build", q.BuildID, "err", err)
 			}
 		}
 		select {
@@ -114,8 +152,8 @@ func (a *App) serveRequests(ctx context.Context) {
 			return
 		case <-wake:
 		case <-tick.C:
-			if err := a.store.PruneBuildRequests(ctx, time.Now().Add(-time.Hour)); err != nil && ctx.Err() == nil {
-				a.log.Warn("prune build requests", "err", err)
+			if prune != nil {
+				prune(ctx)
 			}
 		}
 	}

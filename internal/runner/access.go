@@ -13,15 +13,13 @@ import (
 	"github.com/hangar-ci/hangar/internal/build/access"
 	"github.com/hangar-ci/hangar/internal/gateway"
 	"github.com/hangar-ci/hangar/internal/link"
-	"github.com/hangar-ci/hangar/internal/sshca"
-	"github.com/hangar-ci/hangar/internal/store"
 )
 
 // SSHConfig is what SSH builds need. A Runner without it refuses them.
 type SSHConfig struct {
-	CA      *sshca.CA
-	Sealer  *sshca.Sealer
-	Gateway Gateway
+	// Credentials issues and destroys the builds' credentials.
+	Credentials Credentials
+	Gateway     Gateway
 	// TunnelAddr, if set, is the address of separate gateways (`hangar
 	// gateway`, several behind one address), where builders open their
 	// tunnels (link.Hello.Gateway) instead of on the runner's link;
@@ -36,8 +34,9 @@ type SSHConfig struct {
 }
 
 // Gateway is what the runner needs of the SSH gateway that users reach a
-// build's machine through (*gateway.Gateway in the same process; another
-// implementation may reach gateways in other processes). The runner
+// build's machine through (*gateway.Gateway in the same process;
+// *cluster.Control for separate gateways; runnerapi's client, through
+// the servers, for a runner on another host). The runner
 // admits a build's key when its access opens, and takes it back in two
 // stages at its end; the gateway tells the runner of connections through
 // Runner.GatewayEvent. None of the methods blocks for long.
@@ -56,10 +55,8 @@ type Gateway interface {
 
 var _ Gateway = (*gateway.Gateway)(nil)
 
-// SSHStore keeps SSH credentials and events.
+// SSHStore records the SSH events of builds.
 type SSHStore interface {
-	PutBuildSSH(ctx context.Context, id int64, c *store.BuildSSH) error
-	DestroySSHKey(ctx context.Context, id int64) error
 	AddEvent(ctx context.Context, id int64, ev build.Event) error
 }
 
@@ -123,26 +120,17 @@ func (r *Runner) GatewayEvent(ev gateway.Event) {
 func (j *job) setupSSH() error {
 	cfg := j.r.cfg.SSH
 	b := j.b
-	cred, err := cfg.CA.Issue(j.name, j.deadline)
-	if err != nil {
-		return err
-	}
-	err = cfg.Store.PutBuildSSH(context.Background(), b.ID, &store.BuildSSH{
-		PrivateKey:  cfg.Sealer.Seal(cred.PrivateKey, j.name),
-		Certificate: string(ssh.MarshalAuthorizedKey(cred.Certificate)),
-		PublicKey:   string(ssh.MarshalAuthorizedKey(cred.PublicKey)),
-		HostKey:     string(ssh.MarshalAuthorizedKey(j.sshHostKey)),
-	})
+	cred, err := cfg.Credentials.Issue(context.Background(), b.ID, j.name, j.deadline, j.sshHostKey)
 	if err != nil {
 		return err
 	}
 	j.jobSSH = &link.JobSSH{
 		Alias:   j.name,
-		UserCA:  string(ssh.MarshalAuthorizedKey(cfg.CA.PublicKey())),
-		UserKey: string(ssh.MarshalAuthorizedKey(cred.PublicKey)),
+		UserCA:  string(ssh.MarshalAuthorizedKey(cred.UserCA)),
+		UserKey: string(ssh.MarshalAuthorizedKey(cred.UserKey)),
 	}
 	j.ssh = &sshAccess{
-		cfg: cfg, alias: j.name, key: cred.PublicKey,
+		cfg: cfg, alias: j.name, key: cred.UserKey,
 		rules: access.New(b.ID, j.deadline, cfg.AfterSteps),
 		gw:    make(chan gateway.Event, 256),
 		wake:  make(chan struct{}, 1),
@@ -150,7 +138,7 @@ func (j *job) setupSSH() error {
 	j.r.mu.Lock()
 	j.r.byAlias[j.name] = j
 	j.r.mu.Unlock()
-	cfg.Gateway.Open(j.name, cred.PublicKey)
+	cfg.Gateway.Open(j.name, cred.UserKey)
 	j.rules(access.Event{Kind: access.Open, Time: j.r.clock.Now()})
 	return nil
 }
@@ -332,7 +320,7 @@ func (j *job) endAccess(final build.Status) {
 	s.cfg.Gateway.Drain(s.alias, msg)
 	// Keep the refusal's message for a while, then forget the build.
 	j.r.clock.AfterFunc(forgetAfter, func() { s.cfg.Gateway.Forget(s.alias, s.key) })
-	if err := s.cfg.Store.DestroySSHKey(context.Background(), j.b.ID); err != nil {
+	if err := s.cfg.Credentials.Destroy(context.Background(), j.b.ID); err != nil {
 		j.log.Error("destroy SSH key", "err", err)
 	}
 	// The builder tells the sessions why they end and closes them; then

@@ -87,7 +87,7 @@ func newEnv(t *testing.T, builder func(context.Context, *fakeBuilder), opts ...e
 	cfg := Config{
 		Store: st, Driver: e.driver, Mirrors: fakeMirrors{}, Link: linkSrv, LinkAddr: ln.Addr().String(),
 		Executable: "/nonexistent/hangar", LinkTimeout: linkTimeout, Logger: quiet, Clock: e.clock,
-		SSH: &SSHConfig{CA: ca, Sealer: sealer, Gateway: gw, Store: st, AfterSteps: afterSteps},
+		SSH: &SSHConfig{Credentials: &LocalCredentials{CA: ca, Sealer: sealer, Store: st}, Gateway: gw, Store: st, AfterSteps: afterSteps},
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -780,8 +780,9 @@ func testShutdownSteps(t *testing.T) {
 
 // The store fits what the runner needs.
 var (
-	_ Store    = (*store.Store)(nil)
-	_ SSHStore = (*store.Store)(nil)
+	_ Store           = (*store.Store)(nil)
+	_ SSHStore        = (*store.Store)(nil)
+	_ CredentialStore = (*store.Store)(nil)
 )
 
 // TestBreakpoint: the builder pauses before a step; the build shows it,

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -31,8 +32,8 @@ type Client struct {
 	log     *slog.Logger
 
 	mu   sync.Mutex
-	cur  int                    // guarded by mu; the server that answered last
-	subs map[chan struct{}]bool // guarded by mu
+	cur  int                     // guarded by mu; the server that answered last
+	subs map[chan struct{}]int64 // guarded by mu; each subscriber's key (see Subscribe)
 }
 
 // NewClient returns a client of the servers at urls that authenticates
@@ -42,7 +43,7 @@ func NewClient(urls []string, token string, log *slog.Logger) *Client {
 	_, _ = rand.Read(b[:])
 	header := &sessionTransport{session: hex.EncodeToString(b[:]), base: http.DefaultTransport}
 	hc := &http.Client{Transport: header}
-	c := &Client{session: header.session, log: log, subs: map[chan struct{}]bool{}}
+	c := &Client{session: header.session, log: log, subs: map[chan struct{}]int64{}}
 	if c.log == nil {
 		c.log = slog.Default()
 	}
@@ -151,6 +152,11 @@ func (c *Client) UpdateBuild(ctx context.Context, b *build.Build) (bool, error) 
 	if err := c.call(ctx, http.MethodPut, buildPath(b.ID, ""), b, &out); err != nil {
 		return false, fmt.Errorf("update build %d: %w", b.ID, err)
 	}
+	if b.Status.Done() {
+		// A slot is free: the long poll does not wake for the runner's
+		// own writes.
+		c.wake(0)
+	}
 	return out.Written, nil
 }
 
@@ -183,13 +189,18 @@ func (c *Client) AddEvent(ctx context.Context, id int64, ev build.Event) error {
 	return nil
 }
 
-// Subscribe implements runner.Store: the channel receives a value when
-// any build changes (id is ignored: the runner watches every build), as
-// far as Watch learns of it.
-func (c *Client) Subscribe(int64) (<-chan struct{}, func()) {
+// Subscribe implements runner.Store: the channel receives a value, as far
+// as Watch learns of it, when a build changes that concerns the runner
+// (id 0 or a build's id: any of them), when a gateway's event of its
+// builds is recorded (store.GatewayEventChanges), or when a request to
+// one of its builds is (store.BuildRequestChanges).
+func (c *Client) Subscribe(id int64) (<-chan struct{}, func()) {
+	if id != store.GatewayEventChanges && id != store.BuildRequestChanges {
+		id = 0
+	}
 	ch := make(chan struct{}, 1)
 	c.mu.Lock()
-	c.subs[ch] = true
+	c.subs[ch] = id
 	c.mu.Unlock()
 	return ch, func() {
 		c.mu.Lock()
@@ -203,7 +214,9 @@ func (c *Client) Subscribe(int64) (<-chan struct{}, func()) {
 const minWatch = 200 * time.Millisecond
 
 // Watch long-polls the servers for changes and wakes the subscribers,
-// until ctx ends. Without an answer it tries again, waiting up to 5 s.
+// until ctx ends. Without an answer it tries again, waiting up to 5 s,
+// and wakes every subscriber when one comes (what changed meanwhile went
+// unseen).
 func (c *Client) Watch(ctx context.Context) {
 	wait := minWatch
 	for {
@@ -217,10 +230,21 @@ func (c *Client) Watch(ctx context.Context) {
 		if err != nil {
 			wait = min(2*wait, 5*time.Second)
 		} else {
-			wait = minWatch
-			if out.Changed {
-				c.wake()
+			if wait != minWatch {
+				out = WaitResponse{Changed: true, Gateway: true, Requests: true}
 			}
+			wait = minWatch
+			var keys []int64
+			if out.Changed {
+				keys = append(keys, 0)
+			}
+			if out.Gateway {
+				keys = append(keys, store.GatewayEventChanges)
+			}
+			if out.Requests {
+				keys = append(keys, store.BuildRequestChanges)
+			}
+			c.wake(keys...)
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -232,10 +256,14 @@ func (c *Client) Watch(ctx context.Context) {
 	}
 }
 
-func (c *Client) wake() {
+// wake wakes the subscribers of keys.
+func (c *Client) wake(keys ...int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for ch := range c.subs {
+	for ch, key := range c.subs {
+		if !slices.Contains(keys, key) {
+			continue
+		}
 		select {
 		case ch <- struct{}{}:
 		default:

@@ -19,8 +19,10 @@ import (
 
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
+	"github.com/hangar-ci/hangar/internal/gateway/cluster"
 	"github.com/hangar-ci/hangar/internal/runner"
 	"github.com/hangar-ci/hangar/internal/server"
+	"github.com/hangar-ci/hangar/internal/sshca"
 	"github.com/hangar-ci/hangar/internal/store"
 	"github.com/hangar-ci/hangar/internal/store/pgtest"
 )
@@ -41,10 +43,20 @@ type env struct {
 	admin *api.Client
 	urls  []string
 	srvs  []*httptest.Server
+	ssh   *SSHConfig // the servers' (eachBackendSSH)
+	ca    *sshca.CA
+	seal  *sshca.Sealer
 }
 
 // eachBackend runs f on SQLite and on PostgreSQL.
 func eachBackend(t *testing.T, servers int, f func(t *testing.T, e *env)) {
+	eachBackendSSH(t, servers, false, f)
+}
+
+// eachBackendSSH is eachBackend, with servers that have separate
+// gateways (a real user CA and sealer, gateway control through the store)
+// if ssh.
+func eachBackendSSH(t *testing.T, servers int, ssh bool, f func(t *testing.T, e *env)) {
 	open := map[string]func(t *testing.T) (*store.Store, error){
 		"sqlite": func(t *testing.T) (*store.Store, error) {
 			return store.OpenSQLite(filepath.Join(t.TempDir(), "hangar.db"))
@@ -69,9 +81,24 @@ func eachBackend(t *testing.T, servers int, f func(t *testing.T, e *env)) {
 			}
 			log := slog.New(slog.NewTextHandler(io.Discard, nil))
 			e := &env{st: st}
+			if ssh {
+				dir := t.TempDir()
+				if e.ca, err = sshca.LoadOrCreateCA(filepath.Join(dir, "user_ca")); err != nil {
+					t.Fatal(err)
+				}
+				hostCA, err := sshca.LoadOrCreateCA(filepath.Join(dir, "host_ca"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if e.seal, err = sshca.LoadOrCreateSealer(filepath.Join(dir, "seal.key")); err != nil {
+					t.Fatal(err)
+				}
+				e.ssh = &SSHConfig{Credentials: &runner.LocalCredentials{CA: e.ca, Sealer: e.seal, Store: st},
+					Gateway: &cluster.Control{Store: st, Logger: log}, TunnelAddr: "gateways.example:2222", TunnelCA: hostCA.PublicKey()}
+			}
 			for range servers {
 				srv := httptest.NewServer(server.New(server.Config{Store: st, Logger: log, Runners: st, RunnerStaleAfter: time.Minute,
-					RunnerAPI: New(Config{Store: st, Logger: log, StaleAfter: time.Minute, MaxWait: 2 * time.Second})}))
+					RunnerAPI: New(Config{Store: st, Logger: log, StaleAfter: time.Minute, MaxWait: 2 * time.Second, SSH: e.ssh})}))
 				t.Cleanup(srv.Close)
 				e.srvs = append(e.srvs, srv)
 				e.urls = append(e.urls, srv.URL)
@@ -269,17 +296,7 @@ func TestClientServers(t *testing.T) {
 		if _, err := c.Start(ctx, StartRequest{Host: "h", Labels: []string{"linux"}, Capacity: 1}); err != nil {
 			t.Fatal(err)
 		}
-		wake, unsub := c.Subscribe(0)
-		defer unsub()
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			c.Watch(ctx)
-		}()
-		defer func() {
-			cancel()
-			<-done
-		}()
+		wake := watch(t, ctx, cancel, c, 0)
 		// A build made while the runner waits wakes it. The long poll may
 		// not have started yet: make builds until one wakes it.
 		for woke := false; !woke; {
@@ -409,4 +426,21 @@ func BenchmarkClaim(b *testing.B) {
 			}
 		})
 	}
+}
+
+// watch subscribes to key of c, runs c.Watch until the test ends (when
+// it calls cancel, which ends ctx) and returns the subscription.
+func watch(t *testing.T, ctx context.Context, cancel func(), c *Client, key int64) <-chan struct{} {
+	wake, unsub := c.Subscribe(key)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Watch(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		unsub()
+	})
+	return wake
 }

@@ -9,10 +9,12 @@
 // Hangar-Runner-Session header:
 //
 //	POST /api/runner/v1/start      it starts: records host, labels, capacity,
-//	                               driver; fails the builds an earlier run of
-//	                               it left running. Refused (409) while
-//	                               another process on another host runs as
-//	                               this runner.
+//	                               driver, whether it runs SSH builds; fails
+//	                               the builds an earlier run of it left
+//	                               running. Refused (409) while another
+//	                               process on another host runs as this
+//	                               runner. With separate gateways, it is told
+//	                               their tunnel address and host CA.
 //	POST /api/runner/v1/heartbeat  it is alive (409: another process took
 //	                               over, or it was revoked: it must stop).
 //	POST /api/runner/v1/claim      the oldest queued build of its labels, or
@@ -26,13 +28,40 @@
 //	POST /api/runner/v1/builds/ID/logs    stores log chunks of its build.
 //	POST /api/runner/v1/builds/ID/events  records an event of its build.
 //	GET  /api/runner/v1/wait       a long poll: answers when a build changes
-//	                               ({"changed": true}) or after a while.
+//	                               ({"changed": true}), a gateway records an
+//	                               event ({"gateway": true}), requests to its
+//	                               builds are pending ({"requests": true}),
+//	                               or after a while.
+//	GET  /api/runner/v1/requests       the pending Continue/Extend requests
+//	                                   to its builds (store.BuildRequest).
+//	POST /api/runner/v1/requests/ID    answers one ({"error"}: "" if done).
 //
-// and the secrets, artifacts and caches of its builds (files.go).
+// SSH builds, with separate gateways (`hangar server --gateway-addr`;
+// 409 without), see SSHConfig:
 //
-// A runner writes only the builds it claimed (403 otherwise), from its
-// current process (409 from one another has replaced). Any server
-// replica answers: the state is the database's.
+//	POST   /api/runner/v1/builds/ID/ssh      {alias, expires, host_key}: the
+//	                                         server issues the build's
+//	                                         credential with its user CA and
+//	                                         keeps it sealed; answers the
+//	                                         user CA and the user's public
+//	                                         key, never a private key.
+//	DELETE /api/runner/v1/builds/ID/ssh      destroys its private key.
+//	POST   /api/runner/v1/builds/ID/gateway  {op, alias, key, reason}: open,
+//	                                         drain, disconnect or forget the
+//	                                         build's access on the gateways
+//	                                         (cluster.Control); the key is
+//	                                         the one the server issued.
+//	GET    /api/runner/v1/gateway-events?since=RFC3339
+//	                                         the gateways' events of its
+//	                                         builds.
+//
+// and the secrets, artifacts and caches of its builds, and its builds'
+// publishing.email (files.go, notify.go).
+//
+// A runner reads and writes only the builds it claimed and their requests
+// (403 otherwise), from its current process (409 from one another has
+// replaced); bad input gets 400 saying what is wrong. Any server replica
+// answers: the state is the database's.
 package runnerapi
 
 import (
@@ -66,12 +95,19 @@ type (
 		Labels   []string `json:"labels"`
 		Capacity int      `json:"capacity"`
 		Driver   string   `json:"driver"`
+		// SSH: the runner runs SSH builds if the server has separate
+		// gateways (StartResponse.SSH).
+		SSH bool `json:"ssh,omitempty"`
 	}
 	// StartResponse names the runner and counts the builds of its
 	// earlier run that were failed.
 	StartResponse struct {
 		Name        string `json:"name"`
 		Interrupted int64  `json:"interrupted"`
+		// SSH is set when the runner asked for SSH builds and the server
+		// has separate gateways: the runner claims SSH builds, and its
+		// builders open their tunnels there.
+		SSH *StartSSH `json:"ssh,omitempty"`
 	}
 	// ClaimResponse is a claimed build with its spec, or none.
 	ClaimResponse struct {
@@ -82,9 +118,13 @@ type (
 	UpdateResponse struct {
 		Written bool `json:"written"`
 	}
-	// WaitResponse says whether a build changed during a long poll.
+	// WaitResponse says what changed during a long poll: a build
+	// (Changed), the gateways' events of the runner's builds (Gateway),
+	// the requests to them (Requests: some are pending).
 	WaitResponse struct {
-		Changed bool `json:"changed"`
+		Changed  bool `json:"changed"`
+		Gateway  bool `json:"gateway,omitempty"`
+		Requests bool `json:"requests,omitempty"`
 	}
 )
 
@@ -102,8 +142,14 @@ type Store interface {
 	RunnerCancelRequests(ctx context.Context, id int64) ([]int64, error)
 	RunnerEndedBuilds(ctx context.Context, runner int64, ids []int64) ([]int64, error)
 	Subscribe(id int64) (<-chan struct{}, func())
-	// Build and BuildSpec read a build for the file endpoints.
+	// SSH builds and requests.
 	Build(ctx context.Context, id int64) (*build.Build, error)
+	GetBuildSSH(ctx context.Context, id int64) (*store.BuildSSH, error)
+	RunnerGatewayEventsSince(ctx context.Context, runner int64, since time.Time) ([]store.GatewayEvent, error)
+	PendingBuildRequests(ctx context.Context, runner int64) ([]store.BuildRequest, error)
+	BuildRequestOf(ctx context.Context, id int64) (*store.BuildRequest, error)
+	AnswerBuildRequest(ctx context.Context, id int64, errText string) error
+	// Build specs and artifacts for the file endpoints.
 	BuildSpec(ctx context.Context, id int64) ([]byte, error)
 	Artifacts(ctx context.Context, id int64) ([]build.Artifact, error)
 }
@@ -115,6 +161,9 @@ type Config struct {
 	// StaleAfter is the bound of silence after which a runner's builds
 	// fail; a second process may take over a runner silent that long.
 	StaleAfter time.Duration
+	// SSH, if set, lets runners run SSH builds (see SSHConfig). Nil:
+	// they claim none.
+	SSH *SSHConfig
 	// MaxWait bounds a long poll (default 25 s).
 	MaxWait time.Duration
 	// MaxBody bounds request bodies (default 32 MiB: a batch of log
@@ -157,15 +206,21 @@ func New(cfg Config) http.Handler {
 		h.log = slog.Default()
 	}
 	for pattern, f := range map[string]func(http.ResponseWriter, *http.Request, *store.Runner){
-		"POST /api/runner/v1/start":              h.start,
-		"POST /api/runner/v1/heartbeat":          h.heartbeat,
-		"POST /api/runner/v1/claim":              h.claim,
-		"GET /api/runner/v1/cancels":             h.cancels,
-		"POST /api/runner/v1/ended":              h.ended,
-		"PUT /api/runner/v1/builds/{id}":         h.update,
-		"POST /api/runner/v1/builds/{id}/logs":   h.logs,
-		"POST /api/runner/v1/builds/{id}/events": h.event,
-		"GET /api/runner/v1/wait":                h.wait,
+		"POST /api/runner/v1/start":               h.start,
+		"POST /api/runner/v1/heartbeat":           h.heartbeat,
+		"POST /api/runner/v1/claim":               h.claim,
+		"GET /api/runner/v1/cancels":              h.cancels,
+		"POST /api/runner/v1/ended":               h.ended,
+		"PUT /api/runner/v1/builds/{id}":          h.update,
+		"POST /api/runner/v1/builds/{id}/logs":    h.logs,
+		"POST /api/runner/v1/builds/{id}/events":  h.event,
+		"GET /api/runner/v1/wait":                 h.wait,
+		"POST /api/runner/v1/builds/{id}/ssh":     h.issueSSH,
+		"DELETE /api/runner/v1/builds/{id}/ssh":   h.destroySSH,
+		"POST /api/runner/v1/builds/{id}/gateway": h.gateway,
+		"GET /api/runner/v1/gateway-events":       h.gatewayEvents,
+		"GET /api/runner/v1/requests":             h.requests,
+		"POST /api/runner/v1/requests/{id}":       h.answer,
 	} {
 		h.mux.Handle(pattern, h.auth(f))
 	}
@@ -208,7 +263,7 @@ func (h *handler) start(w http.ResponseWriter, r *http.Request, rn *store.Runner
 		writeError(w, http.StatusBadRequest, "a runner starts with a session, its host, at least one label and a capacity of at least 1")
 		return
 	}
-	info := store.RunnerInfo{Host: req.Host, Labels: req.Labels, Capacity: req.Capacity, Driver: req.Driver}
+	info := store.RunnerInfo{Host: req.Host, Labels: req.Labels, Capacity: req.Capacity, Driver: req.Driver, SSH: req.SSH && h.cfg.SSH != nil}
 	err := h.cfg.Store.StartRunner(r.Context(), rn.ID, info, session, h.cfg.StaleAfter)
 	var inUse *store.RunnerInUseError
 	if errors.As(err, &inUse) {
@@ -225,8 +280,12 @@ func (h *handler) start(w http.ResponseWriter, r *http.Request, rn *store.Runner
 		return
 	}
 	h.log.Info("runner started", "runner", rn.Name, "host", req.Host, "labels", strings.Join(req.Labels, ","),
-		"capacity", req.Capacity, "driver", req.Driver, "interrupted_builds_failed", n)
-	writeJSON(w, http.StatusOK, StartResponse{Name: rn.Name, Interrupted: n})
+		"capacity", req.Capacity, "driver", req.Driver, "ssh", info.SSH, "interrupted_builds_failed", n)
+	resp := StartResponse{Name: rn.Name, Interrupted: n}
+	if info.SSH {
+		resp.SSH = &StartSSH{TunnelAddr: h.cfg.SSH.TunnelAddr, TunnelCA: authorized(h.cfg.SSH.TunnelCA)}
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func (h *handler) heartbeat(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
@@ -256,8 +315,9 @@ func (h *handler) claim(w http.ResponseWriter, r *http.Request, rn *store.Runner
 	if !current(w, r, rn) {
 		return
 	}
-	// Runners on other hosts run no SSH builds: see docs/deploy.md.
-	b, spec, err := h.cfg.Store.ClaimBuildFor(r.Context(), store.Claim{Runner: rn.ID, Labels: rn.Labels, NoSSH: true})
+	// A runner runs SSH builds if it said so at start and the servers
+	// have separate gateways (see docs/deploy.md).
+	b, spec, err := h.cfg.Store.ClaimBuildFor(r.Context(), store.Claim{Runner: rn.ID, Labels: rn.Labels, NoSSH: !rn.SSH || h.cfg.SSH == nil})
 	if errors.Is(err, store.ErrNotFound) {
 		writeJSON(w, http.StatusOK, ClaimResponse{})
 		return
@@ -402,18 +462,61 @@ func record[T any](h *handler, w http.ResponseWriter, r *http.Request, rn *store
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// wait answers when any build changes, or after MaxWait.
+// wait answers when what concerns the runner changes: a build is queued
+// or one is asked to cancel (store.QueueChanges), a gateway records an
+// event of one of its builds (a runner of SSH builds), requests to its
+// builds are pending; or after MaxWait. Other builds' changes (their
+// logs, events, other runners' writes) do not wake it.
 func (h *handler) wait(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
-	wake, unsub := h.cfg.Store.Subscribe(0)
+	start := time.Now()
+	builds, unsub := h.cfg.Store.Subscribe(store.QueueChanges)
 	defer unsub()
+	reqs, unsubReqs := h.cfg.Store.Subscribe(store.BuildRequestChanges)
+	defer unsubReqs()
+	var gw <-chan struct{} // nil: never
+	if rn.SSH && h.cfg.SSH != nil {
+		var unsubGW func()
+		gw, unsubGW = h.cfg.Store.Subscribe(store.GatewayEventChanges)
+		defer unsubGW()
+	}
 	t := time.NewTimer(h.cfg.MaxWait)
 	defer t.Stop()
-	select {
-	case <-wake:
-		writeJSON(w, http.StatusOK, WaitResponse{Changed: true})
-	case <-t.C:
-		writeJSON(w, http.StatusOK, WaitResponse{})
-	case <-r.Context().Done():
+	pending := func() bool {
+		qs, err := h.cfg.Store.PendingBuildRequests(r.Context(), rn.ID)
+		if err != nil && r.Context().Err() == nil {
+			h.log.Warn("read the requests to a runner's builds", "runner", rn.Name, "err", err)
+		}
+		return len(qs) > 0
+	}
+	// Requests made between two polls are not missed.
+	if pending() {
+		writeJSON(w, http.StatusOK, WaitResponse{Requests: true})
+		return
+	}
+	for {
+		select {
+		case <-builds:
+			writeJSON(w, http.StatusOK, WaitResponse{Changed: true})
+			return
+		case <-gw:
+			// Only the events of its builds (a gateway's clock may be a
+			// little behind).
+			evs, err := h.cfg.Store.RunnerGatewayEventsSince(r.Context(), rn.ID, start.Add(-2*time.Second))
+			if err != nil || len(evs) > 0 {
+				writeJSON(w, http.StatusOK, WaitResponse{Gateway: true})
+				return
+			}
+		case <-reqs:
+			if pending() {
+				writeJSON(w, http.StatusOK, WaitResponse{Requests: true})
+				return
+			}
+		case <-t.C:
+			writeJSON(w, http.StatusOK, WaitResponse{})
+			return
+		case <-r.Context().Done():
+			return
+		}
 	}
 }
 

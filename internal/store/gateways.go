@@ -5,7 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/hangar-ci/hangar/internal/build"
 )
 
 // Gateways among several share three things through the store (package
@@ -251,6 +254,52 @@ func (s *Store) GatewayEventsSince(ctx context.Context, since time.Time) ([]Gate
 		out = append(out, ev)
 	}
 	return out, rows.Err()
+}
+
+// RunnerGatewayEventsSince is GatewayEventsSince for the builds that
+// runner claimed (by their aliases, build.Alias).
+func (s *Store) RunnerGatewayEventsSince(ctx context.Context, runner int64, since time.Time) ([]GatewayEvent, error) {
+	evs, err := s.GatewayEventsSince(ctx, since)
+	if err != nil || len(evs) == 0 {
+		return nil, err
+	}
+	// The few builds the events name, then which of them are runner's.
+	args := []any{runner}
+	var marks []string
+	seen := map[int64]bool{}
+	for _, ev := range evs {
+		if id, err := build.ParseAlias(ev.Alias); err == nil && !seen[id] {
+			seen[id] = true
+			args = append(args, id)
+			marks = append(marks, fmt.Sprintf("$%d", len(args)))
+		}
+	}
+	if len(marks) == 0 {
+		return nil, nil
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM builds WHERE runner_id = $1 AND id IN (`+strings.Join(marks, ", ")+`)`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("gateway events: %w", err)
+	}
+	defer rows.Close()
+	mine := map[string]bool{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("gateway events: %w", err)
+		}
+		mine[build.Alias(id)] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("gateway events: %w", err)
+	}
+	var out []GatewayEvent
+	for _, ev := range evs {
+		if mine[ev.Alias] {
+			out = append(out, ev)
+		}
+	}
+	return out, nil
 }
 
 // PruneGatewayEvents removes the events recorded before before.

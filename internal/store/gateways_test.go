@@ -242,3 +242,41 @@ func TestGatewayAccessOfEndedBuilds(t *testing.T) {
 		}
 	})
 }
+
+// TestRunnerGatewayEvents: a runner reads the gateways' events of the
+// builds it claimed only.
+func TestRunnerGatewayEvents(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db testDB) {
+		ctx := context.Background()
+		s := db.open(t)
+		mine, err := s.CreateRunner(ctx, "mine", "hash-mine")
+		if err != nil {
+			t.Fatal(err)
+		}
+		theirs, err := s.CreateRunner(ctx, "theirs", "hash-theirs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := queue(t, s, build.Spec{}, true)
+		b := queue(t, s, build.Spec{}, true)
+		if got, _, err := s.ForRunner(Claim{Runner: mine.ID}).ClaimBuild(ctx); err != nil || got.ID != a {
+			t.Fatalf("claim: %v, %v", got, err)
+		}
+		if got, _, err := s.ForRunner(Claim{Runner: theirs.ID}).ClaimBuild(ctx); err != nil || got.ID != b {
+			t.Fatalf("claim: %v, %v", got, err)
+		}
+		since := time.Now().Add(-time.Second)
+		for _, alias := range []string{build.Alias(a), build.Alias(b), "nobody", build.Alias(a), "build-0x1"} {
+			if err := s.AddGatewayEvent(ctx, &GatewayEvent{GatewayID: "g", Alias: alias, Kind: "connect"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		evs, err := s.RunnerGatewayEventsSince(ctx, mine.ID, since)
+		if err != nil || len(evs) != 2 || evs[0].Alias != build.Alias(a) || evs[1].Alias != build.Alias(a) || evs[0].ID >= evs[1].ID {
+			t.Errorf("mine: %+v, %v; want the 2 events of build %d in order", evs, err, a)
+		}
+		if evs, err := s.RunnerGatewayEventsSince(ctx, mine.ID, time.Now().Add(time.Minute)); err != nil || len(evs) != 0 {
+			t.Errorf("since a minute from now: %+v, %v", evs, err)
+		}
+	})
+}

@@ -135,10 +135,12 @@ var migrations = []migration{
 	{version: 19, name: "build requests", sql: buildRequestsSchema, postgres: buildRequestsNotify},
 	// Apps that refuse builds of workflows relying on unsupported keys.
 	{version: 20, name: "apps.refuse_unsupported", run: addColumn("apps", "refuse_unsupported", "{{bool}} NOT NULL DEFAULT FALSE")},
+	// Runners wake for queued builds and cancel requests only (runners.go).
+	{version: 21, name: "notify runners of queued builds and cancel requests", postgres: queueNotify},
 	// Artifacts and caches kept in the database, and download tickets any
 	// replica takes (blobs.go).
-	{version: 23, name: "blobs", sql: blobsSchema},
-	{version: 24, name: "tickets (artifact downloads, terminals)", sql: ticketsSchema},
+	{version: 22, name: "blobs", sql: blobsSchema},
+	{version: 23, name: "tickets (artifact downloads, terminals)", sql: ticketsSchema},
 }
 
 // schemaV1 is the schema of the last release before versioned migrations;

@@ -12,7 +12,9 @@ import (
 // breakpoint, Extend its SSH access) from the server the user reached to
 // the server whose runner runs the build: the asking server writes a
 // request, the runner's server (woken by BuildRequestChanges, in any
-// process) does it and writes the outcome, which wakes the asker.
+// process) does it and writes the outcome, which wakes the asker. A
+// runner on another host takes and answers its requests through the
+// runner API.
 const BuildRequestChanges int64 = -3
 
 // Kinds of build requests.

@@ -21,6 +21,17 @@ import (
 // earlier run of it left running. Any server sweeps: the builds of a runner
 // silent for longer than the stale bound fail, with a message naming it.
 
+// QueueChanges wakes its subscribers when a build is queued, or a running
+// build is asked to cancel, in any process (on PostgreSQL, queueNotify):
+// what runners wait for, without waking at every change of every build.
+const QueueChanges int64 = -4
+
+// queueNotify (migration 21) notifies QueueChanges to other processes.
+const queueNotify = `
+CREATE TRIGGER builds_queue_notify AFTER INSERT OR UPDATE OF status, cancel_requested ON builds
+	FOR EACH ROW WHEN (NEW.status = 'queued' OR NEW.cancel_requested) EXECUTE FUNCTION hangar_notify_gateways('-4');
+`
+
 // runnersSchema is migration 15.
 const runnersSchema = `
 CREATE TABLE IF NOT EXISTS runners (

@@ -297,3 +297,45 @@ func TestRunnerSessions(t *testing.T) {
 		}
 	})
 }
+
+// TestQueueChanges: a queued build and a cancel request made through one
+// Store wake the QueueChanges subscribers of another (a runner's wait);
+// the log of a running build does not.
+func TestQueueChanges(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db testDB) {
+		ctx := context.Background()
+		server, runner := twoStores(t, db)
+		wake, unsub := runner.Subscribe(QueueChanges)
+		defer unsub()
+		id := queue(t, server, build.Spec{}, false)
+		awaitWake(t, wake, "build queued")
+		if b, _, err := runner.ClaimBuild(ctx); err != nil || b.ID != id {
+			t.Fatalf("claim: %v, %v", b, err)
+		}
+		changed, unsubBuild := runner.Subscribe(id)
+		defer unsubBuild()
+		if err := server.AppendLog(ctx, id, []build.LogChunk{{Seq: 1, Lines: 1, Time: time.Now(), Data: []byte("x\n")}}); err != nil {
+			t.Fatal(err)
+		}
+		awaitWake(t, changed, "the log, for the build's subscribers")
+		select {
+		case <-wake:
+			t.Fatal("a running build's log woke the runners")
+		default:
+		}
+		if _, err := server.CancelBuild(ctx, id, "canceled"); err != nil {
+			t.Fatal(err)
+		}
+		awaitWake(t, wake, "cancel requested")
+	})
+}
+
+// awaitWake waits up to 30 s for a wake-up on ch.
+func awaitWake(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no wake-up within 30 s: %s", what)
+	}
+}

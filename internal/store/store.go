@@ -353,6 +353,9 @@ func (s *Store) CreateBuild(ctx context.Context, b *build.Build, spec []byte) er
 		return fmt.Errorf("create build: %w", err)
 	}
 	s.notify(b.ID)
+	if b.Status == build.Queued {
+		s.notify(QueueChanges)
+	}
 	return nil
 }
 
@@ -522,6 +525,7 @@ func (s *Store) CancelBuild(ctx context.Context, id int64, message string) (bool
 		return false, fmt.Errorf("cancel build %d: %w", id, err)
 	}
 	s.notify(id)
+	s.notify(QueueChanges)
 	return true, nil
 }
 

@@ -4,7 +4,9 @@
 //   - Control is the runner's side: it implements the gateway-control
 //     methods the runner calls on an in-process gateway (Open, Drain,
 //     Disconnect, Revoke, Forget) by writing each build's access state to
-//     the store, and brings the gateways' events back to the runner.
+//     the store, and brings the gateways' events back to the runner. A
+//     server's runner calls it directly; a runner on another host through
+//     the runner API, whose server calls it (package runnerapi).
 //   - Node is a gateway's side (gateway.Cluster): it applies the access
 //     state to its gateway as it changes, records which tunnels it holds
 //     (the registry, with an expiry it renews), records its events, and
@@ -146,31 +148,17 @@ func (c *Control) Run(ctx context.Context) error {
 	defer unsub()
 	tick := time.NewTicker(30 * time.Second)
 	defer tick.Stop()
-	// A little before now: a gateway's clock may be a little behind.
-	start := time.Now().Add(-5 * time.Second)
-	seen := map[int64]time.Time{} // event id: its time
+	feed := NewEventFeed()
 	var lastPrune time.Time
 	for {
-		since := time.Now().Add(-EventWindow)
-		if since.Before(start) {
-			since = start
-		}
+		since := feed.Since()
 		evs, err := c.Store.GatewayEventsSince(ctx, since)
 		if err != nil && ctx.Err() == nil {
 			c.log().Warn("gateway control: read the gateways' events", "err", err)
 		}
-		for _, ev := range evs {
-			if _, ok := seen[ev.ID]; ok {
-				continue
-			}
-			seen[ev.ID] = ev.Time
+		for _, ev := range feed.Fresh(since, evs) {
 			if c.Events != nil {
-				c.Events(gateway.Event{Alias: ev.Alias, Kind: ev.Kind, Remote: ev.Remote, Client: ev.Client, Detail: ev.Detail})
-			}
-		}
-		for id, t := range seen {
-			if t.Before(since.Add(-time.Minute)) {
-				delete(seen, id)
+				c.Events(ev)
 			}
 		}
 		if now := time.Now(); now.Sub(lastPrune) > time.Minute {
@@ -200,4 +188,46 @@ func (c *Control) Run(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// EventFeed passes on the gateways' events once each, read again and
+// again over a window of EventWindow (the store gives no order in which
+// events become visible). Make it with NewEventFeed.
+type EventFeed struct {
+	start time.Time
+	seen  map[int64]time.Time // event id: its time
+}
+
+// NewEventFeed returns a feed of the events recorded from now on (less a
+// few seconds: a gateway's clock may be a little behind).
+func NewEventFeed() *EventFeed {
+	return &EventFeed{start: time.Now().Add(-5 * time.Second), seen: map[int64]time.Time{}}
+}
+
+// Since is the time to read events from now.
+func (f *EventFeed) Since() time.Time {
+	since := time.Now().Add(-EventWindow)
+	if since.Before(f.start) {
+		since = f.start
+	}
+	return since
+}
+
+// Fresh returns those of evs, read from since, that it has not returned
+// before.
+func (f *EventFeed) Fresh(since time.Time, evs []store.GatewayEvent) []gateway.Event {
+	var out []gateway.Event
+	for _, ev := range evs {
+		if _, ok := f.seen[ev.ID]; ok {
+			continue
+		}
+		f.seen[ev.ID] = ev.Time
+		out = append(out, gateway.Event{Alias: ev.Alias, Kind: ev.Kind, Remote: ev.Remote, Client: ev.Client, Detail: ev.Detail})
+	}
+	for id, t := range f.seen {
+		if t.Before(since.Add(-time.Minute)) {
+			delete(f.seen, id)
+		}
+	}
+	return out
 }

@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// LB is a TCP load balancer on loopback: each connection goes to the
-// first of its backends that accepts it, as a TCP load balancer with
-// health checks would send it to a live one.
+// LB is a TCP load balancer (on loopback unless made by NewLBOn): each
+// connection goes to the first of its backends that accepts it, as a TCP
+// load balancer with health checks would send it to a live one.
 type LB struct {
 	Addr string
 
@@ -27,7 +27,12 @@ type LB struct {
 
 // NewLB starts an LB in front of backends, closed at t's cleanup.
 func NewLB(t testing.TB, backends ...string) *LB {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return NewLBOn(t, "127.0.0.1:0", backends...)
+}
+
+// NewLBOn is NewLB listening on addr (host:port; port 0 picks one).
+func NewLBOn(t testing.TB, addr string, backends ...string) *LB {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
