@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -36,11 +35,7 @@ import (
 // closed on the gateways. An SSH extension asked of the replica that does
 // not run the build reaches the build's runner through the store.
 func TestCluster(t *testing.T) {
-	for _, bin := range []string{"ssh", "bash"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s", bin)
-		}
-	}
+	harness.Need(t, "ssh", "bash")
 	url := pgtest.DB(t)
 	ctx := context.Background()
 	lb := gatewaytest.NewLB(t)

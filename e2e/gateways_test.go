@@ -122,11 +122,7 @@ func loopbackAddr(t *testing.T) string {
 // and new connections and the browser terminal get in. The runner hears the gateways' events, and the end
 // of the build closes access on the gateways.
 func TestGateways(t *testing.T) {
-	for _, bin := range []string{"ssh", "bash"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s", bin)
-		}
-	}
+	harness.Need(t, "ssh", "bash")
 	url := pgtest.DB(t)
 	lb := gatewaytest.NewLB(t)
 	s := harness.StartServer(t, harness.Options{Driver: "host", Args: []string{

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -296,11 +295,7 @@ func (m *multiHost) twentyBuilds(t *testing.T) {
 // through b, the next login (through b) re-attaches to each shell, and
 // logging out of it finishes the build: no build is lost.
 func (m *multiHost) sshAndGatewayKill(t *testing.T) {
-	for _, bin := range []string{"ssh", "bash"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s", bin)
-		}
-	}
+	harness.Need(t, "ssh", "bash")
 	list, err := m.servers[0].Client().Runners(m.ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -28,11 +27,7 @@ import (
 // build continue` reach the runner through the runner API. The build's
 // end closes access on the gateways.
 func TestRemoteRunnerSSH(t *testing.T) {
-	for _, bin := range []string{"ssh", "bash"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s", bin)
-		}
-	}
+	harness.Need(t, "ssh", "bash")
 	url := pgtest.DB(t)
 	ctx := context.Background()
 	lb := gatewaytest.NewLB(t)

@@ -55,11 +55,7 @@ func newHostSSHFixtureAfter(t *testing.T, after string) *sshFixture {
 // newHostSSHFixtureWith is newHostSSHFixtureAfter with the app's
 // codemagic.yaml.
 func newHostSSHFixtureWith(t *testing.T, after, workflows string) *sshFixture {
-	for _, bin := range []string{"ssh", "bash"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s", bin)
-		}
-	}
+	harness.Need(t, "ssh", "bash")
 	s := harness.StartServer(t, harness.Options{Driver: "host", Args: []string{
 		"--ssh", "127.0.0.1:0", "--ssh-after-steps", after, "--ssh-handshake-timeout", "5s",
 	}})

@@ -420,3 +420,13 @@ func (r *Repo) git(dir string, args ...string) string {
 	}
 	return string(out)
 }
+
+// Need skips t unless every one of bins is on PATH.
+func Need(t testing.TB, bins ...string) {
+	t.Helper()
+	for _, bin := range bins {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("needs %s", bin)
+		}
+	}
+}
