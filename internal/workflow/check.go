@@ -34,7 +34,14 @@ type Unsupported struct {
 func (w *Workflow) Report() Report {
 	r := Report{ID: w.ID, Name: w.Name, Steps: []string{}, Honoured: []string{}, Unsupported: []Unsupported{},
 		Groups: append([]string{}, w.Groups...), Keystores: append([]string{}, w.AndroidSigning...)}
-	r.Steps = append(r.Steps, "Preparing build machine ("+orDefault(w.InstanceType, "linux")+")", "Fetching app sources")
+	machine := orDefault(w.InstanceType, "linux")
+	if inputRef.MatchString(w.InstanceType) {
+		machine = "given by an input"
+		if d := w.defaults; d != nil && !inputRef.MatchString(d.InstanceType) {
+			machine = orDefault(d.InstanceType, "linux") + " with the inputs' defaults"
+		}
+	}
+	r.Steps = append(r.Steps, "Preparing build machine ("+machine+")", "Fetching app sources")
 	for i, s := range w.Scripts {
 		line := fmt.Sprintf("%d. %s", i+1, s.Name)
 		var notes []string

@@ -33,7 +33,8 @@ func TestInputsEverywhere(t *testing.T) {
 			t.Errorf("report lacks %q:\n%q", want, r.Honoured)
 		}
 	}
-	if !slices.Contains(r.Steps, "1. Test ${{ inputs.flavor }} (its failure is ignored with the inputs' defaults)") {
+	if !slices.Contains(r.Steps, "1. Test ${{ inputs.flavor }} (its failure is ignored with the inputs' defaults)") ||
+		!slices.Contains(r.Steps, "Preparing build machine (linux_x2 with the inputs' defaults)") {
 		t.Errorf("report steps: %q", r.Steps)
 	}
 	if r := mustWorkflow(t, f, "nightly").Report(); !slices.Contains(r.Honoured, "max_build_duration: ${{ inputs.minutes }}, depends on an input without default: given when the build starts (1-120 minutes)") {
