@@ -40,7 +40,7 @@ const (
 
 // Store is what the Keeper needs of the store.
 type Store interface {
-	AddArtifact(ctx context.Context, id int64, a build.Artifact, file string) error
+	AddArtifactWithin(ctx context.Context, id int64, a build.Artifact, file string, max int64) error
 	Artifacts(ctx context.Context, id int64) ([]build.Artifact, error)
 	Artifact(ctx context.Context, id int64, name string) (build.Artifact, string, error)
 	TakeExpiredArtifacts(ctx context.Context, now time.Time) ([]string, error)
@@ -80,6 +80,10 @@ type Keeper struct {
 
 // ErrTooLarge is the error of an upload past its bound.
 var ErrTooLarge = errors.New("over the size bound")
+
+// ErrBuildFull is the error of an artifact that would take its build's
+// artifacts past MaxBuild (an ErrTooLarge).
+var ErrBuildFull = fmt.Errorf("%w: the build's artifacts would pass their bound", ErrTooLarge)
 
 func (k *Keeper) maxFile() int64  { return orDefault(k.MaxFile, DefaultMaxFile) }
 func (k *Keeper) maxBuild() int64 { return orDefault(k.MaxBuild, DefaultMaxBuild) }
@@ -182,7 +186,8 @@ func (k *Keeper) write(ctx context.Context, dir string, r io.Reader, limit int64
 }
 
 // PutArtifact stores artifact name of build id from r, at most limit
-// bytes (ErrTooLarge past it), if done accepts its byte count.
+// bytes (ErrTooLarge past it), if done accepts its byte count and the
+// build's artifacts stay within MaxBuild (ErrBuildFull).
 func (k *Keeper) PutArtifact(ctx context.Context, id int64, name string, r io.Reader, limit int64, done func(n int64) error) (build.Artifact, error) {
 	if err := CheckName(name); err != nil {
 		return build.Artifact{}, err
@@ -193,10 +198,13 @@ func (k *Keeper) PutArtifact(ctx context.Context, id int64, name string, r io.Re
 	}
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	a := build.Artifact{Name: name, Size: n, MD5: m, SHA256: s, CreatedAt: now, ExpiresAt: now.Add(k.retention())}
-	if err := k.Store.AddArtifact(ctx, id, a, rel); err != nil {
+	if err := k.Store.AddArtifactWithin(ctx, id, a, rel, k.maxBuild()); err != nil {
 		k.remove(rel)
-		if errors.Is(err, store.ErrExists) {
+		switch {
+		case errors.Is(err, store.ErrExists):
 			return a, &existsError{name}
+		case errors.Is(err, store.ErrFull):
+			return a, ErrBuildFull
 		}
 		return a, err
 	}

@@ -52,7 +52,7 @@ func (k *Keeper) writeBlob(ctx context.Context, r io.Reader, limit int64, done f
 	src := io.TeeReader(io.LimitReader(r, limit+1), io.MultiWriter(hm, hs))
 	buf := make([]byte, size)
 	for seq := int64(0); ; seq++ {
-		m, rerr := io.ReadFull(src, buf)
+		m, rerr := fill(src, buf)
 		if m > 0 {
 			n += int64(m)
 			if n > limit {
@@ -64,7 +64,7 @@ func (k *Keeper) writeBlob(ctx context.Context, r io.Reader, limit int64, done f
 				return "", 0, "", "", err
 			}
 		}
-		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+		if rerr == io.EOF {
 			break
 		}
 		if rerr != nil {
@@ -78,6 +78,21 @@ func (k *Keeper) writeBlob(ctx context.Context, r io.Reader, limit int64, done f
 		return "", 0, "", "", err
 	}
 	return store.BlobFilePrefix + id, n, hex.EncodeToString(hm.Sum(nil)), hex.EncodeToString(hs.Sum(nil)), nil
+}
+
+// fill reads r into buf until buf is full (nil error) or r ends (io.EOF,
+// with what it read before). Unlike io.ReadFull, it keeps r's own error:
+// a body cut short (io.ErrUnexpectedEOF) is not a short last chunk.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // openBlob opens blob id for reading and seeking (ranges).

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/hangar-ci/hangar/internal/build"
@@ -196,6 +197,30 @@ func TestTickets(t *testing.T) {
 		}
 		if _, _, err := k.TakeTicket(ctx, tk); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("a ticket taken twice: %v", err)
+		}
+	})
+}
+
+// TestDatabaseFilesCutShort: an upload whose body breaks off (a request
+// body without its final chunk reads as io.ErrUnexpectedEOF) is not kept
+// in the database, as on disk, even when done would accept its bytes.
+func TestDatabaseFilesCutShort(t *testing.T) {
+	dbKeepers(t, func(t *testing.T, k *Keeper, st *store.Store, b *build.Build) {
+		ctx := context.Background()
+		cut := func() io.Reader {
+			return io.MultiReader(strings.NewReader("0123456789abc"), iotest.ErrReader(io.ErrUnexpectedEOF))
+		}
+		if a, err := k.PutArtifact(ctx, b.ID, "out/app.apk", cut(), 13, accept); !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Errorf("an artifact cut short: %+v, %v; want io.ErrUnexpectedEOF", a, err)
+		}
+		if c, err := k.PutCache(ctx, "a", "w", b.ID, cut(), accept); !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Errorf("a cache cut short: %+v, %v; want io.ErrUnexpectedEOF", c, err)
+		}
+		if _, _, err := k.OpenCache(ctx, "a", "w"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("OpenCache after a cut upload: %v; want none kept", err)
+		}
+		if n, err := st.DeleteOrphanBlobs(ctx, time.Now().Add(time.Hour)); err != nil || n != 0 {
+			t.Errorf("blobs left by cut uploads: %d, %v", n, err)
 		}
 	})
 }

@@ -210,6 +210,8 @@ func (h *handler) putError(w http.ResponseWriter, body *errReader, what string, 
 	switch {
 	case body.err != nil:
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: the upload did not complete", what))
+	case errors.Is(err, artifact.ErrBuildFull):
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("%s would take the build's artifacts past the server's limit of %s per build", what, build.HumanBytes(h.cfg.Files.Limits().ArtifactBuild)))
 	case errors.Is(err, artifact.ErrTooLarge):
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("%s is over the server's bound of %s", what, build.HumanBytes(limit)))
 	case errors.Is(err, store.ErrExists), errors.Is(err, errSize):

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -209,6 +211,88 @@ func TestRunnerSecretsAndFiles(t *testing.T) {
 		}
 		if _, err := files.PutArtifact(ctx, id, "late.txt", strings.NewReader("x"), 1, accept); api.StatusOf(err) != http.StatusConflict {
 			t.Errorf("an artifact of an ended build: %v", err)
+		}
+	})
+}
+
+// barrierFiles holds each artifact upload, once past the runner API's
+// checks, until n of them are: uploads at once.
+type barrierFiles struct {
+	*artifact.Keeper
+	n       int
+	mu      sync.Mutex
+	entered int
+	all     chan struct{}
+}
+
+func (f *barrierFiles) PutArtifact(ctx context.Context, id int64, name string, r io.Reader, limit int64, done func(n int64) error) (build.Artifact, error) {
+	f.mu.Lock()
+	if f.entered++; f.entered == f.n {
+		close(f.all)
+	}
+	f.mu.Unlock()
+	select {
+	case <-f.all:
+	case <-ctx.Done():
+		return build.Artifact{}, ctx.Err()
+	}
+	return f.Keeper.PutArtifact(ctx, id, name, r, limit, done)
+}
+
+// TestArtifactsAtOnce: artifacts uploaded at once, each within the bound
+// of one, do not take the build's artifacts past the build's bound.
+func TestArtifactsAtOnce(t *testing.T) {
+	eachBackend(t, 1, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		log := slog.New(slog.NewTextHandler(io.Discard, nil))
+		k := &artifact.Keeper{Dir: t.TempDir(), Store: e.st, MaxFile: 100, MaxBuild: 150}
+		if strings.HasSuffix(t.Name(), "/postgres") {
+			k.InDatabase, k.ChunkSize = true, 16
+		}
+		files := &barrierFiles{Keeper: k, n: 3, all: make(chan struct{})}
+		srv := httptest.NewServer(server.New(server.Config{Store: e.st, Logger: log, Runners: e.st, RunnerStaleAfter: time.Minute,
+			RunnerAPI: New(Config{Store: e.st, Logger: log, StaleAfter: time.Minute, MaxWait: 2 * time.Second, Files: files})}))
+		defer srv.Close()
+		id := e.queue(t, build.Spec{}, false)
+		c := NewClient([]string{srv.URL}, e.runner(t, "r1"), nil)
+		if _, err := c.Start(ctx, StartRequest{Host: "h", Labels: []string{"linux"}, Capacity: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if b, _, err := c.ClaimBuild(ctx); err != nil || b.ID != id {
+			t.Fatalf("claim: %v %v; want %d", b, err, id)
+		}
+		rf, err := c.Files(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		errs := make(chan error, files.n)
+		for i := range files.n {
+			go func() {
+				_, err := rf.PutArtifact(ctx, id, fmt.Sprintf("part%d", i), strings.NewReader(strings.Repeat("x", 60)), 60, func(int64) error { return nil })
+				errs <- err
+			}()
+		}
+		refused := 0
+		for range files.n {
+			if err := <-errs; errors.Is(err, artifact.ErrTooLarge) {
+				refused++
+			} else if err != nil {
+				t.Errorf("upload: %v", err)
+			}
+		}
+		list, err := k.Artifacts(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var total int64
+		for _, a := range list {
+			total += a.Size
+		}
+		if total > 150 || refused != 1 {
+			t.Errorf("3 uploads of 60 bytes at once, the build's bound 150: %d kept (%d bytes), %d refused; want 2 kept, 1 refused", len(list), total, refused)
+		}
+		if n, err := e.st.DeleteOrphanBlobs(ctx, time.Now().Add(time.Hour)); err != nil || n != 0 {
+			t.Errorf("blobs left by the refused upload: %d, %v", n, err)
 		}
 	})
 }

@@ -15,6 +15,10 @@ import (
 // what it returns goes to the build's log.
 type Notifier func(ctx context.Context, b build.Build, spec *build.Spec, artifacts []build.Artifact) []string
 
+// EmailEvent is the kind of the build event that records that the
+// servers sent a runner's build's publishing.email (once per build).
+const EmailEvent = "email"
+
 // NotifyRequest is the end of a build that a runner is about to write:
 // the servers send its publishing.email.
 type NotifyRequest struct {
@@ -30,7 +34,8 @@ type NotifyResponse struct {
 // notify serves POST /api/runner/v1/builds/{id}/notify: the server sends
 // the email of the runner's build that is ending, to the recipients of
 // the build's own spec, with the artifacts the store keeps of it (not
-// what the runner says), through the servers' SMTP server.
+// what the runner says), through the servers' SMTP server; once per build
+// (409 after, EmailEvent records it).
 func (h *handler) notify(w http.ResponseWriter, r *http.Request, rn *store.Runner) {
 	b, spec, ok := h.running(w, r, rn)
 	if !ok {
@@ -46,6 +51,23 @@ func (h *handler) notify(w http.ResponseWriter, r *http.Request, rn *store.Runne
 	}
 	if h.cfg.Notify == nil || spec.Email == nil {
 		writeJSON(w, http.StatusOK, NotifyResponse{})
+		return
+	}
+	// Once per build: the runner cannot mail the recipients again and
+	// again (bar requests at the same moment).
+	evs, err := h.cfg.Store.Events(r.Context(), b.ID)
+	if err != nil {
+		h.internal(w, "read the build's events", err)
+		return
+	}
+	for _, ev := range evs {
+		if ev.Kind == EmailEvent {
+			writeError(w, http.StatusConflict, fmt.Sprintf("build %d's publishing.email was sent already", b.ID))
+			return
+		}
+	}
+	if err := h.cfg.Store.AddEvent(r.Context(), b.ID, build.Event{Kind: EmailEvent, Data: map[string]string{"status": string(req.Status)}}); err != nil {
+		h.internal(w, "record the build's email", err)
 		return
 	}
 	arts, err := h.cfg.Store.Artifacts(r.Context(), b.ID)

@@ -18,8 +18,8 @@ import (
 // TestNotify: the servers send the publishing.email of a runner's build
 // as it ends, to the recipients of the build's own spec and with the
 // artifacts the store keeps of it (linked at the public URL); another
-// runner's build, a status that is not final and an ended build are
-// refused.
+// runner's build, a second email of a build, a status that is not final
+// and an ended build are refused.
 func TestNotify(t *testing.T) {
 	eachBackend(t, 1, func(t *testing.T, e *env) {
 		ctx := context.Background()
@@ -64,6 +64,11 @@ func TestNotify(t *testing.T) {
 			t.Errorf("notified %+v with %+v", s.b, s.arts)
 		}
 		var out NotifyResponse
+		// Once per build: a runner does not mail the recipients again and
+		// again (with a reason of its own).
+		if err := c.call(ctx, http.MethodPost, buildPath(id, "/notify"), NotifyRequest{Status: build.Failed, Message: "again"}, &out); api.StatusOf(err) != http.StatusConflict {
+			t.Errorf("a second email: %v; want 409", err)
+		}
 		if err := c.call(ctx, http.MethodPost, buildPath(id, "/notify"), NotifyRequest{Status: build.Building}, &out); api.StatusOf(err) != http.StatusBadRequest {
 			t.Errorf("a status that is not final: %v; want 400", err)
 		}

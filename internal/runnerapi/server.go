@@ -24,7 +24,7 @@
 //	                               ended without it (failed by a sweep).
 //	PUT  /api/runner/v1/builds/ID         writes its build ({"written"}).
 //	POST /api/runner/v1/builds/ID/notify  sends its publishing.email as it
-//	                               ends ({"lines"} for its log).
+//	                               ends ({"lines"} for its log); once.
 //	POST /api/runner/v1/builds/ID/logs    stores log chunks of its build.
 //	POST /api/runner/v1/builds/ID/events  records an event of its build.
 //	GET  /api/runner/v1/wait       a long poll: answers when a build changes
@@ -152,6 +152,7 @@ type Store interface {
 	// Build specs and artifacts for the file endpoints.
 	BuildSpec(ctx context.Context, id int64) ([]byte, error)
 	Artifacts(ctx context.Context, id int64) ([]build.Artifact, error)
+	Events(ctx context.Context, id int64) ([]build.Event, error)
 }
 
 // Config configures the runner API.

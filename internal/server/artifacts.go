@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"path"
+	"strings"
 
 	"github.com/hangar-ci/hangar/internal/api"
 	"github.com/hangar-ci/hangar/internal/build"
@@ -150,8 +151,19 @@ func (s *Server) serveArtifact(w http.ResponseWriter, r *http.Request, id int64)
 	}
 	w.Header().Set("Digest", "md5="+a.MD5)
 	w.Header().Set("X-Checksum-Sha256", a.SHA256)
+	if strings.Count(r.Header.Get("Range"), ",") >= maxRanges {
+		// Each range may read a chunk of an artifact kept in the database
+		// again (in any order, one byte each): past a few, the whole
+		// file is sent, which reads each chunk once (RFC 9110 lets a
+		// server ignore Range).
+		r.Header.Del("Range")
+	}
 	http.ServeContent(w, r, "", a.CreatedAt, f)
 }
+
+// maxRanges bounds the ranges of one artifact download that are served
+// as asked.
+const maxRanges = 8
 
 // listCaches serves GET /api/v1/caches[?app=NAME]: the caches of the apps
 // the token may use.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/hangar-ci/hangar/internal/api"
@@ -222,5 +223,50 @@ func TestCachesAPI(t *testing.T) {
 	}
 	if n := files(); n != 1 {
 		t.Errorf("%d cache files on disk after clear, want 1", n)
+	}
+}
+
+// chunkCounter is a store that counts the blob chunks read.
+type chunkCounter struct {
+	*store.Store
+	reads atomic.Int64
+}
+
+func (c *chunkCounter) BlobChunk(ctx context.Context, id string, seq int64) ([]byte, error) {
+	c.reads.Add(1)
+	return c.Store.BlobChunk(ctx, id, seq)
+}
+
+// TestArtifactRanges: a download of an artifact kept in the database
+// reads each chunk at most about once, whatever ranges it asks: many
+// one-byte ranges that alternate between chunks do not make a chunk read
+// per range (a small request that reads the database many times over).
+func TestArtifactRanges(t *testing.T) {
+	st, _, srv, b := filesServer(t)
+	counter := &chunkCounter{Store: st}
+	k := &artifact.Keeper{Dir: t.TempDir(), Store: counter, InDatabase: true, ChunkSize: 10}
+	s := httptest.NewServer(New(Config{Store: st, Files: k, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	defer s.Close()
+	srv.Close()
+	data := bytes.Repeat([]byte("0123456789"), 10) // 10 chunks
+	put(t, k, b.ID, "app.apk", data)
+	url := s.URL + fmt.Sprintf("/api/v1/builds/%d/artifacts/app.apk", b.ID)
+
+	// A few ranges are served as asked.
+	resp, body := get(t, url, "secret", http.Header{"Range": {"bytes=0-1,50-51"}})
+	if resp.StatusCode != http.StatusPartialContent || !strings.Contains(string(body), "01") {
+		t.Errorf("two ranges: %d %q", resp.StatusCode, body)
+	}
+	var rs []string
+	for i := range 40 {
+		rs = append(rs, fmt.Sprintf("%d-%d", (i%2)*50+i/2, (i%2)*50+i/2))
+	}
+	counter.reads.Store(0)
+	resp, body = get(t, url, "secret", http.Header{"Range": {"bytes=" + strings.Join(rs, ",")}})
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent {
+		t.Fatalf("many ranges: %d %q", resp.StatusCode, body)
+	}
+	if n := counter.reads.Load(); n > 10 {
+		t.Errorf("40 one-byte ranges read %d chunks of a 10-chunk artifact; want at most 10", n)
 	}
 }

@@ -47,7 +47,41 @@ CREATE INDEX IF NOT EXISTS caches_expires ON caches(expires_at);
 // AddArtifact records artifact a of build id, kept on disk as file. A
 // second artifact of the same name in a build is ErrExists.
 func (s *Store) AddArtifact(ctx context.Context, id int64, a build.Artifact, file string) error {
-	res, err := s.db.ExecContext(ctx, `INSERT INTO artifacts (build_id, name, file, size, md5, sha256, created_at, expires_at)
+	return s.AddArtifactWithin(ctx, id, a, file, 0)
+}
+
+// ErrFull is the error of an artifact that would take its build's
+// artifacts past their bound.
+var ErrFull = errors.New("the build's artifacts would pass their bound")
+
+// AddArtifactWithin is AddArtifact, refused with ErrFull if the build's
+// artifacts that have not expired would then take more than max bytes
+// (0: no bound). Artifacts of a build added at once, through any server,
+// are summed one after the other (the build's row is locked).
+func (s *Store) AddArtifactWithin(ctx context.Context, id int64, a build.Artifact, file string, max int64) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("add artifact: %w", err)
+	}
+	defer tx.Rollback()
+	if max > 0 {
+		err := tx.QueryRowContext(ctx, `SELECT id FROM builds WHERE id = $1`+s.d.forUpdate, id).Scan(new(int64))
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("add artifact: %w", err)
+		}
+		var total int64
+		if err := tx.QueryRowContext(ctx, `SELECT coalesce(sum(size), 0) FROM artifacts WHERE build_id = $1 AND expires_at > $2`,
+			id, ms(time.Now())).Scan(&total); err != nil {
+			return fmt.Errorf("add artifact: %w", err)
+		}
+		if total+a.Size > max {
+			return ErrFull
+		}
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO artifacts (build_id, name, file, size, md5, sha256, created_at, expires_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (build_id, name) DO NOTHING`,
 		id, a.Name, file, a.Size, a.MD5, a.SHA256, ms(a.CreatedAt), ms(a.ExpiresAt))
 	if err != nil {
@@ -58,6 +92,9 @@ func (s *Store) AddArtifact(ctx context.Context, id int64, a build.Artifact, fil
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return ErrExists
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("add artifact: %w", err)
 	}
 	return nil
 }

@@ -127,3 +127,35 @@ func TestCaches(t *testing.T) {
 		}
 	})
 }
+
+// TestArtifactBound: an artifact that would take its build's artifacts
+// that have not expired past the bound is refused (ErrFull).
+func TestArtifactBound(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db testDB) {
+		ctx := context.Background()
+		s := db.open(t)
+		b := newBuild(t, s, build.Building)
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		add := func(name string, size int64, expires time.Time, max int64) error {
+			return s.AddArtifactWithin(ctx, b.ID, build.Artifact{Name: name, Size: size, CreatedAt: now, ExpiresAt: expires}, "f/"+name, max)
+		}
+		if err := add("expired", 10, now.Add(-time.Hour), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := add("three", 3, now.Add(time.Hour), 5); err != nil {
+			t.Fatal(err)
+		}
+		if err := add("three-more", 3, now.Add(time.Hour), 5); !errors.Is(err, ErrFull) {
+			t.Errorf("3 + 3 bytes within 5: %v; want ErrFull", err)
+		}
+		if err := add("two", 2, now.Add(time.Hour), 5); err != nil {
+			t.Errorf("3 + 2 bytes within 5 (the expired artifact not counted): %v", err)
+		}
+		if err := s.AddArtifactWithin(ctx, b.ID+100, build.Artifact{Name: "x", Size: 1}, "x", 5); !errors.Is(err, ErrNotFound) {
+			t.Errorf("artifact of no build, with a bound: %v", err)
+		}
+		if list, err := s.Artifacts(ctx, b.ID); err != nil || len(list) != 2 {
+			t.Errorf("Artifacts = %+v, %v; want three and two", list, err)
+		}
+	})
+}
