@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hangar-ci/hangar/internal/build"
 	"github.com/hangar-ci/hangar/internal/store"
@@ -43,6 +44,9 @@ func (h *handler) notify(w http.ResponseWriter, r *http.Request, rn *store.Runne
 	}
 	var req NotifyRequest
 	if !h.decode(w, r, &req) {
+		return
+	}
+	if !textWithin(w, "message", req.Message, maxText) {
 		return
 	}
 	if !req.Status.Done() {
@@ -96,8 +100,22 @@ func (c *Client) Notify(ctx context.Context, b build.Build, spec *build.Spec, _ 
 		return nil
 	}
 	var out NotifyResponse
-	if err := c.call(ctx, http.MethodPost, buildPath(b.ID, "/notify"), NotifyRequest{Status: b.Status, Message: b.Message}, &out); err != nil {
+	if err := c.call(ctx, http.MethodPost, buildPath(b.ID, "/notify"), NotifyRequest{Status: b.Status, Message: truncate(b.Message, maxText)}, &out); err != nil {
 		return []string{fmt.Sprintf("Email: NOT sent: the servers could not be asked to send it: %v", err)}
 	}
 	return out.Lines
+}
+
+// truncate shortens s to at most max bytes, on a rune boundary, marking
+// the cut.
+func truncate(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	const more = "…"
+	cut := max - len(more)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + more
 }

@@ -89,3 +89,42 @@ func TestNotify(t *testing.T) {
 		}
 	})
 }
+
+// TestTextBounds: the text a runner sends is bounded (400 beyond, saying
+// which field and its bound); the client cuts what it sends to fit, on a
+// rune boundary.
+func TestTextBounds(t *testing.T) {
+	eachBackend(t, 1, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		id := e.queue(t, build.Spec{Email: &build.Email{Recipients: []string{"dev@example.com"}, Success: true}}, false)
+		c := NewClient(e.urls, e.runner(t, "r1"), nil)
+		long := strings.Repeat("x", 300)
+		err := c.call(ctx, http.MethodPost, "/api/runner/v1/start", StartRequest{Host: "h", Labels: []string{"linux", long}, Capacity: 1}, nil)
+		if api.StatusOf(err) != http.StatusBadRequest || !strings.Contains(err.Error(), "label: 300 bytes, at most 255") {
+			t.Errorf("a long label: %v", err)
+		}
+		if _, err := c.Start(ctx, StartRequest{Host: "h", Labels: []string{"linux"}, Capacity: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if b, _, err := c.ClaimBuild(ctx); err != nil || b.ID != id {
+			t.Fatalf("claim: %v %v", b, err)
+		}
+		err = c.call(ctx, http.MethodPost, buildPath(id, "/notify"), NotifyRequest{Status: build.Failed, Message: strings.Repeat("m", maxText+1)}, nil)
+		if api.StatusOf(err) != http.StatusBadRequest || !strings.Contains(err.Error(), "message: 4097 bytes, at most 4096") {
+			t.Errorf("a long message: %v", err)
+		}
+	})
+	for _, c := range []struct {
+		in   string
+		max  int
+		want string
+	}{
+		{"short", 10, "short"},
+		{"abcdefghijkl", 10, "abcdefg…"},
+		{"ééééé", 8, "éé…"}, // é is 2 bytes, … 3: a cut inside é moves back
+	} {
+		if got := truncate(c.in, c.max); got != c.want || len(got) > c.max {
+			t.Errorf("truncate(%q, %d) = %q, want %q", c.in, c.max, got, c.want)
+		}
+	}
+}

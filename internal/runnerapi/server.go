@@ -264,6 +264,18 @@ func (h *handler) start(w http.ResponseWriter, r *http.Request, rn *store.Runner
 		writeError(w, http.StatusBadRequest, "a runner starts with a session, its host, at least one label and a capacity of at least 1")
 		return
 	}
+	if !shortText(w, "host", req.Host) || !shortText(w, "driver", req.Driver) {
+		return
+	}
+	if len(req.Labels) > maxLabels {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%d labels: a runner serves at most %d instance types", len(req.Labels), maxLabels))
+		return
+	}
+	for _, l := range req.Labels {
+		if !shortText(w, "label", l) {
+			return
+		}
+	}
 	info := store.RunnerInfo{Host: req.Host, Labels: req.Labels, Capacity: req.Capacity, Driver: req.Driver, SSH: req.SSH && h.cfg.SSH != nil}
 	err := h.cfg.Store.StartRunner(r.Context(), rn.ID, info, session, h.cfg.StaleAfter)
 	var inUse *store.RunnerInUseError
@@ -548,4 +560,27 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// Bounds of the text a runner sends (beside the request body's).
+const (
+	maxText   = 4096 // a message, reason or error: users read it
+	maxShort  = 255  // a host name, driver or label
+	maxLabels = 64
+)
+
+// shortText answers 400 and reports false if value (of field) is longer
+// than maxShort.
+func shortText(w http.ResponseWriter, field, value string) bool {
+	return textWithin(w, field, value, maxShort)
+}
+
+// textWithin answers 400 and reports false if value (of field) is longer
+// than max bytes.
+func textWithin(w http.ResponseWriter, field, value string, max int) bool {
+	if len(value) > max {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: %d bytes, at most %d", field, len(value), max))
+		return false
+	}
+	return true
 }

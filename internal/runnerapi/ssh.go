@@ -237,6 +237,9 @@ func (h *handler) gateway(w http.ResponseWriter, r *http.Request, rn *store.Runn
 			writeError(w, http.StatusBadRequest, "drain: give the reason that users connecting are told")
 			return
 		}
+		if !textWithin(w, "reason", req.Reason, maxText) {
+			return
+		}
 		gw.Drain(req.Alias, req.Reason)
 	case "disconnect":
 		gw.Disconnect(req.Alias)
@@ -319,6 +322,9 @@ func (h *handler) answer(w http.ResponseWriter, r *http.Request, rn *store.Runne
 	}
 	if owner != rn.ID {
 		writeError(w, http.StatusForbidden, fmt.Sprintf("request %d is to build %d, which is not runner %s's", id, q.BuildID, rn.Name))
+		return
+	}
+	if !textWithin(w, "error", req.Error, maxText) {
 		return
 	}
 	if err := h.cfg.Store.AnswerBuildRequest(context.WithoutCancel(r.Context()), id, req.Error); err != nil {

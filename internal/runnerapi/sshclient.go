@@ -72,7 +72,7 @@ func (g clientGateway) Open(alias string, key ssh.PublicKey) {
 }
 
 func (g clientGateway) Drain(alias, reason string) {
-	g.do(GatewayRequest{Op: "drain", Alias: alias, Reason: reason})
+	g.do(GatewayRequest{Op: "drain", Alias: alias, Reason: truncate(reason, maxText)})
 }
 
 func (g clientGateway) Disconnect(alias string) {
@@ -143,7 +143,7 @@ func (c *Client) PendingRequests(ctx context.Context) ([]store.BuildRequest, err
 
 // AnswerRequest records the outcome of request id (errText "" if done).
 func (c *Client) AnswerRequest(ctx context.Context, id int64, errText string) error {
-	if err := c.call(ctx, http.MethodPost, "/api/runner/v1/requests/"+strconv.FormatInt(id, 10), AnswerRequest{Error: errText}, nil); err != nil {
+	if err := c.call(ctx, http.MethodPost, "/api/runner/v1/requests/"+strconv.FormatInt(id, 10), AnswerRequest{Error: truncate(errText, maxText)}, nil); err != nil {
 		return fmt.Errorf("answer request %d: %w", id, err)
 	}
 	return nil
