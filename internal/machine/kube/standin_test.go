@@ -39,10 +39,9 @@ func TestStandInLimits(t *testing.T) {
 	}
 	ctx := context.Background()
 	limits := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("64Mi")}
-	run := func(name, script string) {
+	run := func(name, script string, grace int64) {
 		t.Helper()
 		no := false
-		grace := int64(0)
 		if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: name},
 			Spec: corev1.PodSpec{
@@ -56,9 +55,12 @@ func TestStandInLimits(t *testing.T) {
 		}
 	}
 	// tail buffers a line without a newline whole.
-	run("hog", "head -c 256m /dev/zero | tail >/dev/null")
-	run("fits", "head -c 16m /dev/zero | tail | wc -c")
-	run("spin", "echo spinning; exec sleep 600")
+	run("hog", "head -c 256m /dev/zero | tail >/dev/null", 0)
+	run("fits", "head -c 16m /dev/zero | tail | wc -c", 0)
+	// A grace period, so that the API server waits for the kubelet to
+	// have stopped the Pod (and removed its cgroups) before the Pod goes;
+	// the script ends at SIGTERM (as PID 1 it would ignore it otherwise).
+	run("spin", "trap 'exit 0' TERM; echo spinning; sleep 600 & wait", 30)
 	for name, want := range map[string]struct {
 		phase  corev1.PodPhase
 		reason string
