@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/hangar-ci/hangar/e2e/harness"
 	"github.com/hangar-ci/hangar/internal/app"
@@ -61,33 +60,8 @@ func TestCluster(t *testing.T) {
 	}
 	t.Logf("2 servers and 2 gateways up in %v", time.Since(started).Round(time.Millisecond))
 
-	f := &fixture{t: t, s: servers[0], run: marker(), driver: "host"}
-	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": hostSSHWorkflows})
-	if r := servers[0].Hangar("app", "add", "demo", "--repo", f.repo.Path); r.Code != 0 {
-		t.Fatalf("app add: %s", r.Stderr)
-	}
-	sf := &sshFixture{fixture: f, home: t.TempDir()}
-
-	db, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close(ctx)
-	holder := func(alias string) string {
-		var id string
-		_ = db.QueryRow(ctx, `SELECT gateway_id FROM gateway_routes WHERE alias = $1`, alias).Scan(&id)
-		return id
-	}
-	waitHolder := func(alias, want string) {
-		t.Helper()
-		deadline := time.Now().Add(time.Minute)
-		for holder(alias) != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("the registry names %q as holding %s's tunnel, want %q", holder(alias), alias, want)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	sf := hostSSHApp(t, servers[0])
+	f := sf.fixture
 
 	// Four SSH builds, started through either server; each runner takes
 	// two (--max-builds 2). Build i's tunnel lands on gateway i%2.
@@ -107,7 +81,7 @@ func TestCluster(t *testing.T) {
 		t.Cleanup(func() { servers[1].Hangar("build", "cancel", fmt.Sprint(b.ID)) })
 		waitLog(t, f, b.ID, "holding")
 		sf.waitSSH(b.ID)
-		waitHolder(build.Alias(b.ID), gws[i%2].id)
+		waitRouteHolder(t, url, build.Alias(b.ID), gws[i%2].id)
 	}
 	owner := map[int64]int{} // build -> index of the server whose runner runs it
 	runs := [2]int{}
@@ -215,7 +189,7 @@ func TestCluster(t *testing.T) {
 	<-gws[0].exited
 	killed := time.Now()
 	for _, id := range ids {
-		waitHolder(build.Alias(id), "b")
+		waitRouteHolder(t, url, build.Alias(id), "b")
 	}
 	t.Logf("every tunnel was on gateway b %v after gateway a was killed", time.Since(killed).Round(time.Millisecond))
 	for _, id := range ids {
@@ -246,6 +220,7 @@ func TestCluster(t *testing.T) {
 		}
 		var b *build.Build
 		for {
+			var err error
 			b, err = live.Client().Build(ctx, id)
 			if err != nil {
 				t.Fatalf("build %d through the remaining server: %v", id, err)

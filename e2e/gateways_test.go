@@ -128,12 +128,8 @@ func TestGateways(t *testing.T) {
 	s := harness.StartServer(t, harness.Options{Driver: "host", Args: []string{
 		"--database", url, "--gateway-addr", lb.Addr, "--ssh-public-host", "127.0.0.1", "--ssh-after-steps", "10m",
 	}})
-	f := &fixture{t: t, s: s, run: marker(), driver: "host"}
-	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": hostSSHWorkflows})
-	if r := s.Hangar("app", "add", "demo", "--repo", f.repo.Path); r.Code != 0 {
-		t.Fatalf("app add: %s", r.Stderr)
-	}
-	sf := &sshFixture{fixture: f, home: t.TempDir()}
+	sf := hostSSHApp(t, s)
+	f := sf.fixture
 	a := startGateway(t, "a", url, s.Data)
 	b := startGateway(t, "b", url, s.Data)
 	lb.SetBackends(a.addr) // the builder's tunnel lands on a
@@ -144,25 +140,10 @@ func TestGateways(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close(ctx)
-	holder := func(alias string) string {
-		var id string
-		_ = db.QueryRow(ctx, `SELECT gateway_id FROM gateway_routes WHERE alias = $1`, alias).Scan(&id)
-		return id
-	}
-	waitHolder := func(alias, want string) {
-		t.Helper()
-		deadline := time.Now().Add(time.Minute)
-		for holder(alias) != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("the registry names %q as holding %s's tunnel, want %q", holder(alias), alias, want)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
 
 	id, script := startHostSSH(t, sf)
 	alias := fmt.Sprintf("build-%d", id)
-	waitHolder(alias, "a")
+	waitRouteHolder(t, url, alias, "a")
 	// Only the host CA pins the gateways.
 	if body, _ := os.ReadFile(script); !bytes.Contains(body, []byte("@cert-authority hangar-gateway ssh-ed25519 ")) || !bytes.Contains(body, []byte("StrictHostKeyChecking yes")) {
 		t.Fatalf("the script does not pin the gateways' host CA:\n%s", body)
@@ -199,7 +180,7 @@ func TestGateways(t *testing.T) {
 	}
 	<-a.exited
 	killed := time.Now()
-	waitHolder(alias, "b")
+	waitRouteHolder(t, url, alias, "b")
 	t.Logf("the builder's tunnel was back, through b, %v after gateway a was killed", time.Since(killed).Round(time.Millisecond))
 	// The shell's connection went with a, the shell stayed: the next
 	// connection gets it back.
@@ -254,4 +235,16 @@ func waitGatewayEvent(t *testing.T, s *harness.Server, id int64, kind string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// hostSSHApp adds app demo (hostSSHWorkflows, in a new repository) to s
+// and returns an SSH fixture for its builds.
+func hostSSHApp(t *testing.T, s *harness.Server) *sshFixture {
+	t.Helper()
+	f := &fixture{t: t, s: s, run: marker(), driver: "host"}
+	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": hostSSHWorkflows})
+	if r := s.Hangar("app", "add", "demo", "--repo", f.repo.Path); r.Code != 0 {
+		t.Fatalf("app add: %s", r.Stderr)
+	}
+	return &sshFixture{fixture: f, home: t.TempDir()}
 }

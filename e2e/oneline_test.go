@@ -25,11 +25,7 @@ import (
 // restarts on a new database in the same data dir (same keys): its build
 // has the old build's id, and the old URL is refused.
 func TestOneLinerHTTPS(t *testing.T) {
-	for _, bin := range []string{"ssh", "bash", "curl"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s", bin)
-		}
-	}
+	harness.Need(t, "ssh", "bash", "curl")
 	certs := tlstest.New(t, "127.0.0.1")
 	data := t.TempDir()
 	start := func() *sshFixture {

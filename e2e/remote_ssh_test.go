@@ -48,12 +48,8 @@ func TestRemoteRunnerSSH(t *testing.T) {
 		t.Fatalf("runner list: %s %s; want r1 with SSH yes", r.Stdout, r.Stderr)
 	}
 
-	f := &fixture{t: t, s: s, run: marker(), driver: "host"}
-	f.repo = harness.NewRepo(t, map[string]string{"codemagic.yaml": hostSSHWorkflows})
-	if r := s.Hangar("app", "add", "demo", "--repo", f.repo.Path); r.Code != 0 {
-		t.Fatalf("app add: %s", r.Stderr)
-	}
-	sf := &sshFixture{fixture: f, home: t.TempDir()}
+	sf := hostSSHApp(t, s)
+	f := sf.fixture
 	bl := f.start("--workflow hold --ssh-break-before Hold")
 	id, alias := bl.ID, build.Alias(bl.ID)
 	t.Cleanup(func() { f.hangar(fmt.Sprintf("build cancel %d", id)) })
